@@ -1,0 +1,42 @@
+# jobwire — `make run` starts it on embedded defaults; `make test` runs the whole suite.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+PYTEST_WORKERS ?= 2
+
+.PHONY: install run test lint services bench soak clean lock
+
+$(STAMP): pyproject.toml requirements.lock
+	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "jobwire needs Python >= 3.11 (set PY=python3.11)")'
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/jobwire serve --jobs examples/quickstart.yaml
+
+services:
+	@bash scripts/services.sh
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy --strict src/jobwire
+	$(BIN)/lint-imports
+
+test: install services lint
+	$(BIN)/pytest -n $(PYTEST_WORKERS) -q -p no:cacheprovider --durations=10 -m "not slow"
+	$(BIN)/pytest -q -p no:cacheprovider -m slow
+
+bench: install
+	$(BIN)/python -m bench
+
+lock:
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^jobwire' > requirements.lock
+
+clean:
+	rm -rf .jobwire .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,189 @@
+"""Settings: every one from a `JOBWIRE_` environment variable or the config file (`JOBWIRE_CONFIG`).
+
+Defaults are the embedded mode: one process, SQLite under `./.jobwire/`, the API on loopback.
+Each default says why it is what it is.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from jobwire.model import Duration
+
+Scope = Literal["read", "write"]
+
+
+class ApiToken(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    token: SecretStr
+    scopes: list[Scope] = Field(default_factory=lambda: ["read", "write"])
+    name: str = "token"
+
+
+class WebhookSinkSpec(BaseModel):
+    """POST every status document to `url`, signed with HMAC-SHA256 when a secret is set."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["webhook"] = "webhook"
+    url: str
+    secret_env: str | None = None
+    secret: SecretStr | None = None
+    timeout: Duration = timedelta(seconds=10)
+    max_attempts: int = 5
+    allow_private: bool = True
+    """Sinks are configured by the operator, not by job authors: private addresses are allowed."""
+
+
+class LogSinkSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["log"] = "log"
+
+
+SinkSpec = WebhookSinkSpec | LogSinkSpec
+
+
+def parse_tokens(value: Any) -> Any:
+    """`JOBWIRE_API_TOKENS="s3cret:read,write;other:read"` → [ApiToken, ...]; lists pass through."""
+    if isinstance(value, str):
+        out = []
+        for i, part in enumerate(p for p in value.split(";") if p.strip()):
+            token, _, scopes = part.strip().partition(":")
+            out.append(
+                {
+                    "token": token,
+                    "scopes": [s.strip() for s in scopes.split(",") if s.strip()] or ["read", "write"],
+                    "name": f"token{i + 1}",
+                }
+            )
+        return out
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="JOBWIRE_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    config: Path | None = None
+    """A YAML file whose keys are these settings (lower case); the environment overrides it."""
+    host: str = "127.0.0.1"
+    """Loopback by default: the API is reachable from this machine only until a token is set."""
+    port: int = 8080
+    data_dir: Path = Path(".jobwire")
+    """Holds the SQLite file, its lock and the run logs."""
+    database_url: str | None = None
+    """Default `sqlite:///<data_dir>/jobwire.db`; `memory://` for throwaway runs."""
+    jobs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    """Job definition files or folders (YAML). Comma-separated in the environment."""
+    api_token: SecretStr | None = None
+    """One token with read and write scopes. Required when `host` is not loopback."""
+    api_tokens: Annotated[list[ApiToken], NoDecode] = Field(default_factory=list)
+    """Several tokens with scopes: `tok1:read,write;tok2:read`."""
+    public_url: str | None = None
+    """How jobs reach this API for callbacks; default http://<host>:<port>."""
+    http_allow_private: bool = False
+    """HTTP targets may not call loopback/private/link-local addresses unless allowed (SSRF)."""
+    log_level: str = "info"
+    log_format: Literal["console", "json"] = "console"
+    shutdown_grace: Duration = timedelta(seconds=10)
+    """On SIGTERM, running local processes get this long before they are stopped and recorded interrupted."""
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    """FULL: a recorded run survives power loss, not just a crash. Group commit keeps it fast."""
+    retention_interval: Duration = timedelta(minutes=1)
+    """How often retention sweeps run (each sweep is cheap: indexed deletes)."""
+    run_log_max_bytes: int = 1_048_576
+    sinks: list[SinkSpec] = Field(default_factory=list)
+    reload: bool = False
+    """Reload job files when they change (development)."""
+
+    @field_validator("jobs", mode="before")
+    @classmethod
+    def _split_paths(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _tokens(cls, v: Any) -> Any:
+        return parse_tokens(v)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlFileSource(settings_cls))
+
+    # ---- derived
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'jobwire.db'}"
+
+    @property
+    def effective_public_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return (self.public_url or f"http://{host}:{self.port}").rstrip("/")
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
+
+    def all_tokens(self) -> list[ApiToken]:
+        out = list(self.api_tokens)
+        if self.api_token is not None:
+            out.insert(0, ApiToken(token=self.api_token, scopes=["read", "write"], name="api_token"))
+        return out
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings with secrets masked (for `jobwire config`)."""
+        data = self.model_dump(mode="json")
+        if self.api_token is not None:
+            data["api_token"] = "****"
+        data["api_tokens"] = [{"name": t.name, "token": "****", "scopes": t.scopes} for t in self.api_tokens]
+        for s in data.get("sinks", []):
+            if s.get("secret"):
+                s["secret"] = "****"
+        data["database_url"] = _mask_url(self.effective_database_url)
+        return data
+
+
+def _mask_url(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":****@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+class _YamlFileSource(PydanticBaseSettingsSource):
+    """Reads the file named by JOBWIRE_CONFIG (or `config=` given to Settings)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        import os
+
+        path = self.current_state.get("config") or os.environ.get("JOBWIRE_CONFIG")
+        if not path:
+            return {}
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"config file {p} (JOBWIRE_CONFIG) does not exist")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {p}: expected a mapping of settings at the top level")
+        return data

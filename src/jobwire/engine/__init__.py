@@ -1,0 +1,16 @@
+"""The engine: event → recorded run → dispatch → watch → status, with policies and reconcile."""
+
+from jobwire.engine.engine import (
+    Conflict,
+    Engine,
+    EngineError,
+    Forbidden,
+    InvalidParams,
+    JobNotFound,
+    RunNotFound,
+    Unavailable,
+)
+
+__all__ = [
+    "Conflict", "Engine", "EngineError", "Forbidden", "InvalidParams", "JobNotFound", "RunNotFound", "Unavailable",
+]

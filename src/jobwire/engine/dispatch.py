@@ -1,0 +1,261 @@
+"""Attempts: running one run on its target — timeout, retry with backoff, cancel, shutdown.
+
+Before an attempt is handed to its target, a launch marker file named after the attempt's
+target-side name is created. After a crash, a pending run with a marker *may* have started, so
+it is resumed (the target adopts it by name, or reports it lost); without a marker it certainly
+did not start and is simply launched. That keeps "never lost, never doubled" for local processes
+too, which have no server-side name to look up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from contextlib import suppress
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from jobwire.engine.policies import backoff_delay
+from jobwire.model import Job, Run, RunError, RunState, StatusBlock, utcnow
+from jobwire.targets.base import CallbackResult, Outcome, RunContext
+
+if TYPE_CHECKING:
+    from jobwire.engine.engine import Engine
+
+log = structlog.get_logger(__name__)
+
+
+class EngineContext(RunContext):
+    def __init__(self, engine: Engine, run: Run, job: Job, resumed: bool, received_at: datetime | None) -> None:
+        self._engine = engine
+        self.run = run
+        self.job = job
+        self.params = dict(run.params)
+        self.resumed = resumed
+        self.callback_url = f"{engine.settings.effective_public_url}/api/v1/runs/{run.id}/callback"
+        self.callback_token = engine.callback_token(run.id)
+        self._received_at = received_at
+        self._cap = getattr(job.target, "log_max_bytes", None)
+
+    async def started(self, ref: str | None, status: StatusBlock | None = None) -> None:
+        run = self.run
+        now = utcnow()
+        if run.state == RunState.running and run.target_ref == ref:
+            return
+        run.started_at = run.started_at if self.resumed and run.started_at else now
+        run.target_ref = ref
+        if self._received_at is not None:
+            self._engine.metrics.dispatch_seconds.observe((now - self._received_at).total_seconds())
+            self._received_at = None
+        self._engine.transition(run, RunState.running, f"started on {self.job.target.type}" + (f" as {ref}" if ref else ""), status)
+
+    async def report(self, status: StatusBlock, target_status: dict[str, Any] | None = None) -> None:
+        if target_status is not None:
+            self.run.target_status = target_status
+        self._engine.committer.update(self.run)
+        self._engine.publish(self.run, status)
+
+    def log(self, data: bytes) -> None:
+        self._engine.logs.write(self.run.id, data, self._cap)
+
+    async def callback(self) -> CallbackResult:
+        return await self._engine.attempts.wait_callback(self.run.id)
+
+
+class Attempts:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._contexts: dict[str, EngineContext] = {}
+        self._cancel_reasons: dict[str, str] = {}
+        self._callbacks: dict[str, asyncio.Future[CallbackResult]] = {}
+        self._shutting_down = False
+        self.markers = engine.settings.data_dir / "launched"
+        self.markers.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def count(self) -> int:
+        return len(self._tasks)
+
+    # ---- markers
+    def _marker(self, run: Run) -> Path:
+        return self.markers / (run.id if run.attempt == 1 else f"{run.id}-{run.attempt}")
+
+    def was_launched(self, run: Run) -> bool:
+        return self._marker(run).exists()
+
+    def forget(self, run_id: str) -> None:
+        for p in self.markers.glob(f"{run_id}*"):
+            p.unlink(missing_ok=True)
+
+    # ---- launching
+    def launch(
+        self, run: Run, job: Job, resumed: bool = False, received_at: datetime | None = None
+    ) -> None:
+        """Start an attempt now, or at `run.not_before` for a retry."""
+        delay = (run.not_before - utcnow()).total_seconds() if run.not_before else 0.0
+        if delay > 0 and not resumed:
+            loop = asyncio.get_running_loop()
+            self._timers[run.id] = loop.call_later(delay, self._start_task, run, job, False, None)
+            return
+        self._start_task(run, job, resumed, received_at)
+
+    def _start_task(self, run: Run, job: Job, resumed: bool, received_at: datetime | None) -> None:
+        self._timers.pop(run.id, None)
+        if self._shutting_down:
+            return
+        self._tasks[run.id] = asyncio.create_task(
+            self._attempt(run, job, resumed, received_at), name=f"jobwire-run-{run.id}"
+        )
+
+    async def _attempt(self, run: Run, job: Job, resumed: bool, received_at: datetime | None) -> None:
+        engine = self._engine
+        target = engine.targets.get(job.target.type)
+        ctx = EngineContext(engine, run, job, resumed, received_at)
+        self._contexts[run.id] = ctx
+        outcome: Outcome | None = None
+        try:
+            if target is None:
+                outcome = Outcome(
+                    RunState.failed,
+                    error=RunError(message=f"no target of type {job.target.type!r} is configured", reason="NoTarget"),
+                    retryable=False,
+                )
+            else:
+                marker = self._marker(run)
+                if not marker.exists():
+                    fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600)
+                    os.close(fd)
+                timeout = job.timeout.total_seconds() if job.timeout else None
+                if timeout is not None and resumed and run.started_at:
+                    timeout = max(0.0, timeout - (utcnow() - run.started_at).total_seconds())
+                try:
+                    async with asyncio.timeout(timeout) as cm:
+                        outcome = await target.execute(ctx)
+                except TimeoutError:
+                    if not cm.expired():
+                        raise
+                    with suppress(Exception):
+                        await target.cancel(ctx)
+                    outcome = Outcome(
+                        RunState.timed_out,
+                        error=RunError(message=f"timed out after {job.timeout}", reason="Timeout"),
+                    )
+        except asyncio.CancelledError:
+            reason = self._cancel_reasons.pop(run.id, None)
+            if reason is not None:
+                outcome = Outcome(RunState.cancelled, error=RunError(message=reason, reason="Cancelled"), retryable=False)
+            elif self._shutting_down:
+                if target is not None and target.survives_restart:
+                    log.info("left running for adoption after restart", run_id=run.id)
+                    return
+                outcome = Outcome(
+                    RunState.interrupted,
+                    error=RunError(message="jobwire stopped while the run was in progress", reason="Interrupted"),
+                    retryable=False,
+                )
+            else:
+                raise
+        except Exception as exc:
+            log.exception("target raised", run_id=run.id, job=job.name)
+            outcome = Outcome(RunState.failed, error=RunError(message=str(exc) or type(exc).__name__, reason="TargetError"))
+        finally:
+            self._tasks.pop(run.id, None)
+            self._contexts.pop(run.id, None)
+            fut = self._callbacks.pop(run.id, None)
+            if fut is not None and not fut.done():
+                fut.cancel()
+        if outcome is not None:
+            self._finish(run, job, outcome)
+
+    def _finish(self, run: Run, job: Job, outcome: Outcome) -> None:
+        engine = self._engine
+        run.exit_code = outcome.exit_code if outcome.exit_code is not None else run.exit_code
+        run.http_status = outcome.http_status if outcome.http_status is not None else run.http_status
+        if outcome.target_status:
+            run.target_status = outcome.target_status
+        if outcome.state == RunState.succeeded:
+            run.error = None
+        else:
+            run.error = outcome.error or RunError(message=outcome.state.value, reason=outcome.state.value)
+        retry = (
+            outcome.state in (RunState.failed, RunState.timed_out)
+            and outcome.retryable
+            and run.attempt < job.retry.max_attempts
+            and not self._shutting_down
+        )
+        if retry:
+            delay = backoff_delay(job.retry, run.attempt + 1)
+            reason = f"attempt {run.attempt} {outcome.state.value}: {run.error.message if run.error else ''}"
+            self._engine.transition(run, outcome.state, reason, outcome.status)
+            run.attempt += 1
+            run.not_before = utcnow() + timedelta(seconds=delay)
+            run.started_at = None
+            run.target_ref = None
+            engine.transition(run, RunState.pending, f"retry in {delay:.2f}s")
+            self.launch(run, job)
+            return
+        run.finished_at = utcnow()
+        run.not_before = None
+        reason = run.error.message if run.error and outcome.state != RunState.succeeded else None
+        engine.transition(run, outcome.state, reason, outcome.status)
+        for p in self.markers.glob(f"{run.id}*"):
+            p.unlink(missing_ok=True)
+        engine.finished(run)
+
+    # ---- cancel / callback / shutdown
+    async def cancel(self, run: Run, reason: str) -> bool:
+        """Cancel a run's attempt in progress; False if nothing is in progress (queued / waiting)."""
+        timer = self._timers.pop(run.id, None)
+        if timer is not None:
+            timer.cancel()
+            return False
+        task = self._tasks.get(run.id)
+        if task is None:
+            return False
+        self._cancel_reasons[run.id] = reason
+        ctx = self._contexts.get(run.id)
+        stored = self._engine.jobs.get(run.job)
+        target = self._engine.targets.get(stored.job.target.type) if stored else None
+        if ctx is not None and target is not None:
+            try:
+                await target.cancel(ctx)
+            except Exception as exc:
+                log.warning("target cancel failed", run_id=run.id, error=str(exc))
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+        return True
+
+    def deliver_callback(self, run: Run, ok: bool, message: str | None, data: dict[str, Any]) -> None:
+        fut = self._callbacks.get(run.id)
+        if fut is None:
+            fut = self._callbacks[run.id] = asyncio.get_running_loop().create_future()
+        if not fut.done():
+            fut.set_result(CallbackResult(ok=ok, message=message, data=data))
+
+    async def wait_callback(self, run_id: str) -> CallbackResult:
+        fut = self._callbacks.get(run_id)
+        if fut is None:
+            fut = self._callbacks[run_id] = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(fut)
+
+    async def shutdown(self, grace: float) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        tasks = list(self._tasks.values())
+        if tasks:
+            log.info("waiting for running runs", count=len(tasks), grace_seconds=grace)
+            await asyncio.wait(tasks, timeout=grace)
+        self._shutting_down = True
+        tasks = list(self._tasks.values())
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with suppress(asyncio.CancelledError):
+                await t

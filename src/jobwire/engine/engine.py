@@ -1,0 +1,695 @@
+"""The engine: event → recorded run → dispatch → watch → status.
+
+Every way in (time triggers, API, webhooks, brokers) ends in `submit`, which decides the
+concurrency outcome, writes the event and its run in one group-committed transaction and only
+then dispatches. Every state change is persisted and published as one status document.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import suppress
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from jobwire.config import Settings
+from jobwire.engine.committer import Committer
+from jobwire.engine.dispatch import Attempts
+from jobwire.engine.metrics import Metrics
+from jobwire.engine.policies import Decision, Slots
+from jobwire.engine.runlogs import RunLogs
+from jobwire.engine.scheduler import TimeScheduler, missed_fires
+from jobwire.engine.status import StatusHub, document
+from jobwire.jobfile import JobFileError, load_path
+from jobwire.model import (
+    Admission,
+    Event,
+    EventOutcome,
+    Incoming,
+    Job,
+    Run,
+    RunState,
+    StatusDocument,
+    Transition,
+    WebhookTrigger,
+    event_run_key,
+    run_id_for,
+    time_run_key,
+    utcnow,
+)
+from jobwire.params import ParamError, mask_params, resolve_params
+from jobwire.signing import DELIVERY_HEADER, SIGNATURE_HEADER, ReplayGuard, SignatureError, verify
+from jobwire.sinks import build_sinks
+from jobwire.store import Intake, Store, StoredJob, open_store
+from jobwire.targets import build_targets
+from jobwire.targets.base import Target
+
+log = structlog.get_logger(__name__)
+
+
+class EngineError(Exception):
+    """Base for errors the API maps to HTTP answers. `status` is the HTTP code, `reason` a short word."""
+
+    status = 400
+    reason = "BadRequest"
+
+
+class JobNotFound(EngineError):
+    status = 404
+    reason = "JobNotFound"
+
+
+class RunNotFound(EngineError):
+    status = 404
+    reason = "RunNotFound"
+
+
+class Conflict(EngineError):
+    status = 409
+    reason = "Conflict"
+
+
+class InvalidParams(EngineError):
+    status = 422
+    reason = "InvalidParameters"
+
+
+class Forbidden(EngineError):
+    status = 403
+    reason = "Forbidden"
+
+
+class Unavailable(EngineError):
+    status = 503
+    reason = "ShuttingDown"
+
+
+MANUAL_SOURCES = ("api", "rerun")
+"""Sources a paused job still accepts: pausing stops schedules and events, not a person's explicit run."""
+
+
+def new_id(prefix: str) -> str:
+    return prefix + uuid.uuid4().hex[:23]
+
+
+class Engine:
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+        self.settings = settings
+        self.store = store or open_store(settings.effective_database_url)
+        self.metrics = Metrics()
+        self.registry: CollectorRegistry = self.metrics.registry
+        self.logs = RunLogs(settings.data_dir / "logs", settings.run_log_max_bytes)
+        self.targets: dict[str, Target] = build_targets(settings)
+        self.hub = StatusHub(build_sinks(settings), self.metrics)
+        self.committer = Committer(self.store, self.metrics)
+        self.scheduler = TimeScheduler(self._fire_batch, self.metrics.lateness_seconds.observe)
+        self.slots = Slots()
+        self.attempts = Attempts(self)
+        self.jobs: dict[str, StoredJob] = {}
+        self.runs: dict[str, Run] = {}
+        """Active runs (queued, pending, running) by id; finished runs are only in the store."""
+        self.active_keys: dict[str, str] = {}
+        self.replay_guard = ReplayGuard(capacity=100_000, ttl=3600)
+        self._secret = b""
+        self._stopping = False
+        self._ready = False
+        self._bg: set[asyncio.Task[Any]] = set()
+        self._file_mtimes: dict[Path, float] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def ready(self) -> bool:
+        return self._ready and not self._stopping
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def start(self) -> None:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self._secret = self._load_secret()
+        await self.store.open()
+        try:
+            self.committer.start()
+            for target in self.targets.values():
+                await target.start()
+            await self.hub.start()
+            await self._load_jobs()
+            await self._reconcile()
+            await self._catch_up()
+            self.scheduler.start()
+            self._spawn(self._retention_loop(), "jobwire-retention")
+            if self.settings.reload and self.settings.jobs:
+                self._spawn(self._reload_loop(), "jobwire-reload")
+        except BaseException:
+            await self.store.close()
+            raise
+        self._ready = True
+        log.info("engine started", jobs=len(self.jobs), active_runs=len(self.runs))
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("stopping: no new runs", running=self.attempts.count)
+        await self.scheduler.stop()
+        for t in list(self._bg):
+            t.cancel()
+        await self.attempts.shutdown(self.settings.shutdown_grace.total_seconds())
+        await self.committer.flush()
+        await self.hub.stop()
+        for target in self.targets.values():
+            with suppress(Exception):
+                await target.close()
+        await self.committer.stop()
+        await self.store.close()
+        self._ready = False
+        log.info("stopped")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    def _load_secret(self) -> bytes:
+        """Per-installation key for callback tokens: survives restarts, never leaves the data dir."""
+        path = self.settings.data_dir / "secret.key"
+        if path.exists():
+            return path.read_bytes()
+        key = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key)
+        return key
+
+    def callback_token(self, run_id: str) -> str:
+        return hmac.new(self._secret, run_id.encode(), hashlib.sha256).hexdigest()
+
+    # ------------------------------------------------------------------ jobs
+    async def _load_jobs(self) -> None:
+        file_jobs: list[tuple[Job, str]] = []
+        for path in self.settings.jobs:
+            file_jobs.extend(load_path(path))  # raises JobFileError listing every problem
+            self._file_mtimes.update(_mtimes(path))
+        stored = {s.job.name: s for s in await self.store.list_jobs()}
+        seen = set()
+        for job, origin in file_jobs:
+            seen.add(job.name)
+            prev = stored.get(job.name)
+            if prev is None or prev.job != job or prev.origin != origin:
+                stored[job.name] = await self.store.save_job(job, origin)
+        for name, s in list(stored.items()):
+            if s.origin.startswith("file:") and name not in seen:
+                await self.store.delete_job(name)
+                del stored[name]
+        self.jobs = stored
+        for s in stored.values():
+            self.scheduler.set_job(s.job, s.paused)
+        self.metrics.jobs.set(len(self.jobs))
+
+    async def reload_files(self) -> list[str]:
+        """Re-read job files; on errors keep the current definitions and return the messages."""
+        try:
+            file_jobs: list[tuple[Job, str]] = []
+            for path in self.settings.jobs:
+                file_jobs.extend(load_path(path))
+        except JobFileError as exc:
+            msgs = [str(e) for e in exc.errors]
+            log.error("job files have errors; keeping the current definitions", errors=msgs)
+            return msgs
+        names = set()
+        for job, origin in file_jobs:
+            names.add(job.name)
+            cur = self.jobs.get(job.name)
+            if cur is None or cur.job != job:
+                await self._install(await self.store.save_job(job, origin))
+        for name, s in list(self.jobs.items()):
+            if s.origin.startswith("file:") and name not in names:
+                await self.store.delete_job(name)
+                self.jobs.pop(name, None)
+                self.scheduler.remove_job(name)
+        self.metrics.jobs.set(len(self.jobs))
+        log.info("job files reloaded", jobs=len(names))
+        return []
+
+    async def _reload_loop(self) -> None:
+        """Development mode: re-read job files when they change. Checks mtimes once a second —
+        the only periodic check in jobwire, and only with `reload` on."""
+        while True:
+            await asyncio.sleep(1)
+            current: dict[Path, float] = {}
+            for path in self.settings.jobs:
+                current.update(_mtimes(path))
+            if current != self._file_mtimes:
+                self._file_mtimes = current
+                await self.reload_files()
+
+    async def _install(self, stored: StoredJob) -> None:
+        self.jobs[stored.job.name] = stored
+        self.scheduler.set_job(stored.job, stored.paused)
+
+    async def put_job(self, job: Job, origin: str = "api") -> StoredJob:
+        cur = self.jobs.get(job.name)
+        if cur is not None and cur.origin.startswith("file:") and origin == "api":
+            raise Conflict(
+                f"job {job.name!r} is defined in {cur.origin[5:]}; edit that file instead of the API definition"
+            )
+        stored = await self.store.save_job(job, origin)
+        await self._install(stored)
+        self.metrics.jobs.set(len(self.jobs))
+        return stored
+
+    def get_job(self, name: str) -> StoredJob:
+        stored = self.jobs.get(name)
+        if stored is None:
+            raise JobNotFound(f"no job named {name!r}")
+        return stored
+
+    async def delete_job(self, name: str) -> None:
+        cur = self.get_job(name)
+        if cur.origin.startswith("file:"):
+            raise Conflict(f"job {name!r} is defined in {cur.origin[5:]}; remove it from that file")
+        await self.store.delete_job(name)
+        self.jobs.pop(name, None)
+        self.scheduler.remove_job(name)
+        self.metrics.jobs.set(len(self.jobs))
+
+    async def pause(self, name: str) -> StoredJob:
+        return await self._set_paused(name, True)
+
+    async def resume(self, name: str) -> StoredJob:
+        return await self._set_paused(name, False)
+
+    async def _set_paused(self, name: str, paused: bool) -> StoredJob:
+        self.get_job(name)
+        stored = await self.store.set_paused(name, paused)
+        if stored is None:
+            raise JobNotFound(f"no job named {name!r}")
+        await self._install(stored)
+        return stored
+
+    # ------------------------------------------------------------------ intake
+    def _fire_batch(self, batch: list[Incoming]) -> None:
+        for inc in batch:
+            self._spawn(self._submit_quietly(inc), "jobwire-fire")
+
+    async def _submit_quietly(self, inc: Incoming) -> None:
+        try:
+            await self.submit(inc)
+        except Exception as exc:
+            log.error("time trigger could not be recorded", job=inc.job, trigger=inc.trigger, error=str(exc))
+
+    async def submit(self, incoming: Incoming) -> Admission:
+        """Record the event (and its run) durably, then dispatch. Returns after the commit."""
+        if self._stopping:
+            raise Unavailable("jobwire is shutting down; retry against another replica or after restart")
+        inc = incoming
+        event = Event(
+            id=new_id("e"),
+            job=inc.job,
+            trigger=inc.trigger,
+            source=inc.source,
+            received_at=inc.received_at,
+            scheduled_at=inc.scheduled_at,
+            input_location=inc.input_location,
+        )
+        stored = self.jobs.get(inc.job or "")
+        if stored is None:
+            event.payload = _json_safe(inc.payload)
+            return await self._record_no_run(event, EventOutcome.invalid, f"no job named {inc.job!r}")
+        job = stored.job
+        supplied = inc.params if inc.params is not None else inc.payload if isinstance(inc.payload, dict) else None
+        event.payload = _mask_payload(job, inc.params if inc.params is not None else inc.payload)
+        if stored.paused and inc.source not in MANUAL_SOURCES:
+            return await self._record_no_run(event, EventOutcome.paused, "job is paused")
+        trig = job.trigger(inc.trigger)
+        try:
+            params = resolve_params(
+                job, supplied, trig.params if trig is not None else None, strict=inc.params is not None
+            )
+        except ParamError as exc:
+            return await self._record_no_run(event, EventOutcome.invalid, str(exc))
+        if inc.scheduled_at is not None and inc.source in ("cron", "interval", "at"):
+            key = time_run_key(job.name, inc.trigger, inc.scheduled_at)
+        else:
+            key = event_run_key(job.name, inc.trigger, inc.event_key or new_id("k"))
+        existing = self.active_keys.get(key)
+        if existing is not None:
+            return await self._record_no_run(
+                event, EventOutcome.duplicate, f"run key already has run {existing}", run_id=existing
+            )
+        ckey = str(params.get(job.concurrency.key)) if job.concurrency.key else None
+        decision, victims = self.slots.decide(job, ckey)
+        if decision == Decision.skip:
+            return await self._record_no_run(
+                event,
+                EventOutcome.overlap,
+                f"concurrency policy forbid: already running {', '.join(victims)}",
+            )
+        now = utcnow()
+        state = RunState.queued if decision == Decision.queue else RunState.pending
+        run = Run(
+            id=run_id_for(key),
+            key=key,
+            job=job.name,
+            trigger=inc.trigger,
+            event_id=event.id,
+            state=state,
+            params=params,
+            concurrency_key=ckey,
+            created_at=now,
+            scheduled_at=inc.scheduled_at,
+            input_location=inc.input_location,
+            environment=job.environment,
+            history=[Transition(state=state, at=now, reason=f"event {event.id} from {inc.source}")],
+        )
+        event.run_id = run.id
+        # reserve before the await, so concurrent submits see this run in the policy decision
+        self.active_keys[key] = run.id
+        if state == RunState.queued:
+            self.slots.enqueue(job.name, ckey, run.id)
+        else:
+            self.slots.occupy(job.name, ckey, run.id, now)
+        try:
+            rec = await self.committer.record(Intake(event, run))
+        except BaseException:
+            self.active_keys.pop(key, None)
+            self.slots.release(job.name, ckey, run.id)
+            raise
+        self.metrics.events.labels(inc.source, rec.event.outcome.value).inc()
+        if rec.event.outcome != EventOutcome.run:
+            self.active_keys.pop(key, None)
+            self.slots.release(job.name, ckey, run.id)
+            return Admission(event=rec.event, run=rec.run)
+        self.runs[run.id] = run
+        self.metrics.runs_active.labels(state.value).inc()
+        self.publish(run)
+        for victim in victims:
+            self._spawn(self.cancel(victim, f"replaced by run {run.id}"), "jobwire-replace")
+        if state == RunState.pending:
+            self.attempts.launch(run, job, received_at=inc.received_at)
+        return Admission(event=rec.event, run=run)
+
+    async def _record_no_run(
+        self, event: Event, outcome: EventOutcome, reason: str, run_id: str | None = None
+    ) -> Admission:
+        event.outcome = outcome
+        event.reason = reason
+        event.run_id = run_id
+        rec = await self.committer.record(Intake(event, None))
+        self.metrics.events.labels(event.source, outcome.value).inc()
+        run = self.runs.get(run_id) if run_id else None
+        if outcome == EventOutcome.invalid:
+            log.warning("invalid event", event_id=event.id, job=event.job, reason=reason)
+        return Admission(event=rec.event, run=run)
+
+    async def trigger(
+        self, job: str, params: dict[str, Any], idempotency_key: str | None = None, source: str = "api"
+    ) -> Admission:
+        """Manual run (API / CLI). Raises JobNotFound, InvalidParams (422 naming the parameter)."""
+        stored = self.jobs.get(job)
+        adm = await self.submit(
+            Incoming(job=job, trigger=source, source=source, params=params, event_key=idempotency_key)
+        )
+        if stored is None:
+            raise JobNotFound(f"no job named {job!r} (event {adm.event.id} recorded as invalid)")
+        if adm.event.outcome == EventOutcome.invalid:
+            raise InvalidParams(adm.event.reason or "invalid parameters")
+        if adm.event.outcome == EventOutcome.duplicate and adm.run is None and adm.event.run_id:
+            adm.run = await self.store.get_run(adm.event.run_id)
+        return adm
+
+    async def webhook(self, job: str, trigger_id: str | None, body: bytes, headers: dict[str, str]) -> Admission:
+        """Verify the HMAC signature, timestamp and delivery id, then submit."""
+        stored = self.get_job(job)
+        hooks = [
+            (tid, t)
+            for tid, t in zip(stored.job.trigger_ids(), stored.job.triggers, strict=True)
+            if isinstance(t, WebhookTrigger) and (trigger_id is None or tid == trigger_id)
+        ]
+        if not hooks:
+            raise JobNotFound(f"job {job!r} has no webhook trigger" + (f" {trigger_id!r}" if trigger_id else ""))
+        if len(hooks) > 1:
+            raise EngineError(f"job {job!r} has several webhook triggers; POST to /webhook/<trigger id>")
+        tid, trig = hooks[0]
+        h = {k.lower(): v for k, v in headers.items()}
+        secret = trig.secret or os.environ.get(trig.secret_env or "", "")
+        if not secret:
+            raise Forbidden(f"webhook secret not configured: set the environment variable {trig.secret_env}")
+        try:
+            verify(
+                secret.encode(), body, h.get(SIGNATURE_HEADER.lower()), time.time(), trig.tolerance.total_seconds()
+            )
+        except SignatureError as exc:
+            raise Forbidden(f"webhook signature rejected: {exc.reason}") from None
+        delivery = h.get(DELIVERY_HEADER.lower())
+        if not delivery:
+            raise EngineError(f"missing {DELIVERY_HEADER} header (a unique id per delivery)")
+        replayed = self.replay_guard.seen(f"{job}/{tid}/{delivery}", time.time())
+        try:
+            payload: Any = json.loads(body) if body else None
+        except ValueError:
+            payload = body.decode("utf-8", "replace")
+        adm = await self.submit(
+            Incoming(job=job, trigger=tid, source="webhook", payload=payload, event_key=delivery)
+        )
+        if replayed or adm.event.outcome == EventOutcome.duplicate:
+            raise Conflict(f"delivery {delivery!r} was already received (event {adm.event.id} recorded as duplicate)")
+        return adm
+
+    # ------------------------------------------------------------------ runs
+    def publish(self, run: Run, block: Any = None) -> None:
+        stored = self.jobs.get(run.job)
+        self.hub.publish(document(run, stored.job if stored else None, block))
+
+    def transition(self, run: Run, state: RunState, reason: str | None = None, block: Any = None) -> None:
+        """Change a run's state: persisted (group commit) and published on every sink."""
+        if run.state != state:
+            if run.state in (RunState.queued, RunState.pending, RunState.running):
+                self.metrics.runs_active.labels(run.state.value).dec()
+            if state in (RunState.queued, RunState.pending, RunState.running):
+                self.metrics.runs_active.labels(state.value).inc()
+        run.state = state
+        run.history.append(Transition(state=state, at=utcnow(), reason=reason, attempt=run.attempt))
+        self.committer.update(run)
+        self.publish(run, block)
+
+    def finished(self, run: Run) -> None:
+        """Bookkeeping once a run is terminal: free its slot and start whoever waits for it."""
+        self.runs.pop(run.id, None)
+        self.active_keys.pop(run.key, None)
+        self.logs.finish(run.id)
+        self.metrics.runs_finished.labels(run.job, run.state.value).inc()
+        if run.started_at and run.finished_at:
+            self.metrics.run_seconds.labels(run.job).observe((run.finished_at - run.started_at).total_seconds())
+        self.slots.release(run.job, run.concurrency_key, run.id)
+        self._promote(run.job, run.concurrency_key)
+
+    def _promote(self, job_name: str, ckey: str | None) -> None:
+        stored = self.jobs.get(job_name)
+        if stored is None or self._stopping:
+            return
+        while (nxt := self.slots.next_waiting(stored.job, ckey)) is not None:
+            run = self.runs.get(nxt)
+            if run is None:
+                continue
+            self.slots.occupy(job_name, ckey, run.id, run.created_at)
+            self.transition(run, RunState.pending, "a concurrency slot is free")
+            self.attempts.launch(run, stored.job)
+
+    async def get_run(self, run_id: str) -> Run:
+        run = self.runs.get(run_id) or await self.store.get_run(run_id)
+        if run is None:
+            raise RunNotFound(f"no run with id {run_id!r}")
+        return run
+
+    async def cancel(self, run_id: str, reason: str = "cancelled by user") -> Run:
+        run = self.runs.get(run_id)
+        if run is None:
+            stored = await self.store.get_run(run_id)
+            if stored is None:
+                raise RunNotFound(f"no run with id {run_id!r}")
+            raise Conflict(f"run {run_id} already ended ({stored.state.value})")
+        if not await self.attempts.cancel(run, reason):
+            # queued, or pending before its first/next attempt: nothing runs on the target
+            run.finished_at = utcnow()
+            self.transition(run, RunState.cancelled, reason)
+            self.finished(run)
+        await self.committer.flush()
+        return run
+
+    async def rerun(self, run_id: str, idempotency_key: str | None = None) -> Admission:
+        orig = await self.get_run(run_id)
+        if orig.job not in self.jobs:
+            raise JobNotFound(f"job {orig.job!r} of run {run_id} is no longer defined")
+        adm = await self.submit(
+            Incoming(
+                job=orig.job,
+                trigger="rerun",
+                source="rerun",
+                params=orig.params,
+                event_key=idempotency_key or f"{run_id}/{uuid.uuid4().hex[:12]}",
+                input_location=orig.input_location,
+            )
+        )
+        if adm.event.outcome == EventOutcome.invalid:
+            raise InvalidParams(adm.event.reason or "invalid parameters")
+        if adm.run is None and adm.event.run_id:
+            adm.run = await self.store.get_run(adm.event.run_id)
+        return adm
+
+    async def callback(self, run_id: str, token: str, ok: bool, message: str | None, data: dict[str, Any]) -> Run:
+        if not hmac.compare_digest(token.encode(), self.callback_token(run_id).encode()):
+            raise Forbidden("wrong callback token for this run")
+        run = self.runs.get(run_id)
+        if run is None:
+            stored = await self.store.get_run(run_id)
+            if stored is None:
+                raise RunNotFound(f"no run with id {run_id!r}")
+            raise Conflict(f"run {run_id} already ended ({stored.state.value})")
+        self.attempts.deliver_callback(run, ok, message, data)
+        return run
+
+    async def run_log(self, run_id: str, follow: bool = False) -> AsyncIterator[bytes]:
+        run = await self.get_run(run_id)
+        stored = self.jobs.get(run.job)
+        if stored is not None:
+            target = self.targets.get(stored.job.target.type)
+            if target is not None:
+                stream = await target.logs(run, follow)
+                if stream is not None:
+                    async for chunk in stream:
+                        yield chunk
+                    return
+        async for chunk in self.logs.read(run_id, follow, lambda: run_id in self.runs):
+            yield chunk
+
+    def subscribe(self) -> AsyncIterator[StatusDocument]:
+        return self.hub.subscribe()
+
+    def next_fire(self, job: str) -> datetime | None:
+        return self.scheduler.next_due(job)
+
+    # ------------------------------------------------------------------ restart
+    async def _reconcile(self) -> None:
+        """Resume what was in flight when jobwire last stopped."""
+        active = await self.store.active_runs()
+        for run in active:
+            stored = self.jobs.get(run.job)
+            if stored is None:
+                run.finished_at = utcnow()
+                run.error = _error("its job is no longer defined", "JobDeleted")
+                self.transition(run, RunState.failed, "job deleted while jobwire was down")
+                continue
+            self.runs[run.id] = run
+            self.active_keys[run.key] = run.id
+            self.metrics.runs_active.labels(run.state.value).inc()
+            if run.state == RunState.queued:
+                self.slots.enqueue(run.job, run.concurrency_key, run.id)
+                continue
+            self.slots.occupy(run.job, run.concurrency_key, run.id, run.created_at)
+            resumed = run.state == RunState.running or self.attempts.was_launched(run)
+            log.info("resuming run", run_id=run.id, job=run.job, state=run.state.value, resumed=resumed)
+            self.attempts.launch(run, stored.job, resumed=resumed)
+        for stored in self.jobs.values():
+            keys = {r.concurrency_key for r in self.runs.values() if r.job == stored.job.name}
+            for k in keys:
+                self._promote(stored.job.name, k)
+        await self.committer.flush()
+
+    async def _catch_up(self) -> None:
+        """Fire times missed while jobwire was down, per each job's catch-up policy."""
+        now = utcnow()
+        due: list[Incoming] = []
+        for stored in self.jobs.values():
+            if stored.paused:
+                continue
+            job = stored.job
+            for tid, trig in zip(job.trigger_ids(), job.triggers, strict=True):
+                if trig.type not in ("cron", "interval", "at"):
+                    continue
+                last = await self.store.last_fire(job.name, tid)
+                for t in missed_fires(trig, last, now, job.catchup):
+                    due.append(Incoming(job=job.name, trigger=tid, source=trig.type, scheduled_at=t))
+        if due:
+            log.info("catching up missed fire times", count=len(due))
+            await asyncio.gather(*(self.submit(i) for i in due))
+
+    # ------------------------------------------------------------------ retention
+    async def sweep(self) -> int:
+        """Apply each job's retention once: keep the newest N and drop what is past the TTL."""
+        deleted = 0
+        now = utcnow()
+        for stored in list(self.jobs.values()):
+            ret = stored.job.retention
+            res = await self.store.prune(stored.job.name, ret.keep, now - ret.ttl)
+            for rid in res.runs:
+                self.logs.delete(rid)
+                self.attempts.forget(rid)
+            deleted += len(res.runs)
+            self.metrics.retention_deleted.labels("run").inc(len(res.runs))
+            self.metrics.retention_deleted.labels("event").inc(res.events)
+        if deleted:
+            log.info("retention sweep", runs_deleted=deleted)
+        return deleted
+
+    async def _retention_loop(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception as exc:
+                log.error("retention sweep failed", error=str(exc))
+            await asyncio.sleep(self.settings.retention_interval.total_seconds())
+
+
+def _error(message: str, reason: str, code: int | str | None = None) -> Any:
+    from jobwire.model import RunError
+
+    return RunError(message=message, reason=reason, code=code)
+
+
+def _mtimes(path: Path) -> dict[Path, float]:
+    if path.is_dir():
+        return {p: p.stat().st_mtime for p in sorted(path.rglob("*.y*ml"))}
+    return {path: path.stat().st_mtime} if path.exists() else {}
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _mask_payload(job: Job, payload: Any) -> Any:
+    """Events keep their payload for lineage, with secret parameters masked."""
+    if isinstance(payload, dict):
+        return _json_safe(mask_params(job, payload))
+    return _json_safe(payload)
+
+
+__all__ = [
+    "Conflict",
+    "Engine",
+    "EngineError",
+    "Forbidden",
+    "InvalidParams",
+    "JobNotFound",
+    "RunNotFound",
+    "Unavailable",
+]

@@ -1,0 +1,88 @@
+"""Pure policy logic: concurrency slots and retry backoff (unit-tested without an engine)."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from jobwire.model import ConcurrencyPolicy, Job, Retry
+
+
+def backoff_delay(retry: Retry, next_attempt: int, rnd: Callable[[], float] = random.random) -> float:
+    """Seconds to wait before `next_attempt` (2, 3, ...): backoff × multiplier^(n-2), capped, ± jitter."""
+    base = retry.backoff.total_seconds() * retry.multiplier ** max(next_attempt - 2, 0)
+    base = min(base, retry.max_backoff.total_seconds())
+    return max(0.0, base * (1 + retry.jitter * (2 * rnd() - 1)))
+
+
+class Decision(StrEnum):
+    start = "start"
+    queue = "queue"
+    skip = "skip"
+    replace = "replace"
+
+
+@dataclass
+class _Slot:
+    active: dict[str, datetime] = field(default_factory=dict)
+    """Runs holding a slot (pending or running), with their creation time (oldest replaced first)."""
+    waiting: deque[str] = field(default_factory=deque)
+
+
+class Slots:
+    """Which runs of each (job, concurrency key) hold a slot and which wait for one."""
+
+    def __init__(self) -> None:
+        self._slots: dict[tuple[str, str | None], _Slot] = {}
+
+    def _slot(self, job: str, key: str | None) -> _Slot:
+        return self._slots.setdefault((job, key), _Slot())
+
+    def decide(self, job: Job, key: str | None) -> tuple[Decision, list[str]]:
+        limit = job.concurrency.limit
+        slot = self._slots.get((job.name, key))
+        if limit is None or slot is None or (len(slot.active) < limit and not slot.waiting):
+            return Decision.start, []
+        policy = job.concurrency.policy
+        if policy == ConcurrencyPolicy.forbid:
+            return Decision.skip, sorted(slot.active, key=slot.active.__getitem__)
+        if policy == ConcurrencyPolicy.replace:
+            oldest = sorted(slot.active, key=slot.active.__getitem__)
+            return Decision.replace, oldest[: max(len(oldest) - limit + 1, 0)]
+        return Decision.queue, []
+
+    def occupy(self, job: str, key: str | None, run_id: str, created_at: datetime) -> None:
+        self._slot(job, key).active[run_id] = created_at
+
+    def enqueue(self, job: str, key: str | None, run_id: str) -> None:
+        self._slot(job, key).waiting.append(run_id)
+
+    def release(self, job: str, key: str | None, run_id: str) -> None:
+        slot = self._slots.get((job, key))
+        if slot is None:
+            return
+        slot.active.pop(run_id, None)
+        try:
+            slot.waiting.remove(run_id)
+        except ValueError:
+            pass
+        if not slot.active and not slot.waiting:
+            del self._slots[(job, key)]
+
+    def next_waiting(self, job: Job, key: str | None) -> str | None:
+        """The queued run that may take a free slot now, if any (removed from the queue)."""
+        slot = self._slots.get((job.name, key))
+        if slot is None or not slot.waiting:
+            return None
+        limit = job.concurrency.limit
+        if limit is not None and len(slot.active) >= limit:
+            return None
+        return slot.waiting.popleft()
+
+    def holds(self, job: str, key: str | None, run_id: str) -> bool:
+        slot = self._slots.get((job, key))
+        return slot is not None and (run_id in slot.active or run_id in slot.waiting)

@@ -1,0 +1,178 @@
+"""Time triggers (cron, interval, at) in one heap of next fire times.
+
+The loop sleeps until the earliest due time or until the heap changes — never polls. When it
+wakes, it takes every entry that is due, submits them together (the committer turns a burst of
+10,000 due schedules into a few transactions), and pushes each trigger's next fire time computed
+from its *due* time, so lateness never accumulates into drift.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import math
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from jobwire.cron import CronExpr
+from jobwire.model import (
+    AtTrigger,
+    Catchup,
+    CatchupPolicy,
+    CronTrigger,
+    Incoming,
+    IntervalTrigger,
+    Job,
+    utcnow,
+)
+
+log = structlog.get_logger(__name__)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+Fire = Callable[[list[Incoming]], None]
+"""Hands a batch of due fires to the engine without waiting for their commit."""
+
+
+def next_fire(trigger: Any, after: datetime) -> datetime | None:
+    """The first fire time of a time trigger strictly after `after` (UTC), or None if it has none."""
+    if isinstance(trigger, CronTrigger):
+        return CronExpr.parse(trigger.cron).next_after(after, ZoneInfo(trigger.timezone))
+    if isinstance(trigger, IntervalTrigger):
+        anchor = trigger.start or EPOCH
+        step = trigger.interval.total_seconds()
+        if after < anchor:
+            return anchor
+        n = math.floor((after - anchor).total_seconds() / step) + 1
+        return anchor + timedelta(seconds=n * step)
+    if isinstance(trigger, AtTrigger):
+        return trigger.at if trigger.at > after else None
+    return None
+
+
+def missed_fires(trigger: Any, last: datetime | None, now: datetime, policy: Catchup) -> list[datetime]:
+    """Fire times in (last, now] to run after downtime, per the job's catch-up policy.
+
+    A trigger never fired before (`last` is None) has nothing to catch up — except an `at`
+    trigger whose time passed within the window while jobwire was down.
+    """
+    if policy.policy == CatchupPolicy.skip:
+        return []
+    floor = now - policy.window
+    if last is None:
+        if isinstance(trigger, AtTrigger) and floor <= trigger.at <= now:
+            return [trigger.at]
+        return []
+    start = max(last, floor - timedelta(microseconds=1))
+    times: list[datetime] = []
+    t = next_fire(trigger, start)
+    while t is not None and t <= now:
+        times.append(t)
+        if policy.policy == CatchupPolicy.all and len(times) >= policy.max:
+            break
+        if policy.policy == CatchupPolicy.latest and len(times) > 1:
+            times.pop(0)
+        t = next_fire(trigger, t)
+    return times
+
+
+class TimeScheduler:
+    def __init__(self, fire: Fire, on_lateness: Callable[[float], None] | None = None) -> None:
+        self._fire = fire
+        self._on_lateness = on_lateness
+        self._heap: list[tuple[float, int, str, str, int, datetime]] = []
+        self._triggers: dict[tuple[str, str], Any] = {}
+        self._generation: dict[str, int] = {}
+        self._seq = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="jobwire-scheduler")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def set_job(self, job: Job, paused: bool, now: datetime | None = None) -> None:
+        """(Re)schedule a job's time triggers; replaces whatever was scheduled for it."""
+        gen = self._generation.get(job.name, 0) + 1
+        self._generation[job.name] = gen
+        for key in [k for k in self._triggers if k[0] == job.name]:
+            del self._triggers[key]
+        if paused:
+            self._wake.set()
+            return
+        now = now or utcnow()
+        for tid, trig in zip(job.trigger_ids(), job.triggers, strict=True):
+            if trig.type not in ("cron", "interval", "at"):
+                continue
+            due = next_fire(trig, now)
+            self._triggers[(job.name, tid)] = trig
+            if due is not None:
+                self._push(due, job.name, tid, gen)
+        self._wake.set()
+
+    def remove_job(self, name: str) -> None:
+        self._generation[name] = self._generation.get(name, 0) + 1
+        for key in [k for k in self._triggers if k[0] == name]:
+            del self._triggers[key]
+        self._wake.set()
+
+    def next_due(self, job: str) -> datetime | None:
+        gen = self._generation.get(job)
+        due = [e[5] for e in self._heap if e[2] == job and e[4] == gen]
+        return min(due) if due else None
+
+    @property
+    def size(self) -> int:
+        return len(self._triggers)
+
+    def _push(self, due: datetime, job: str, tid: str, gen: int) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (due.timestamp(), self._seq, job, tid, gen, due))
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            if not self._heap:
+                await self._wake.wait()
+                continue
+            delay = self._heap[0][0] - time.time()
+            if delay > 0:
+                try:
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+                    continue  # the heap changed: look again
+                except TimeoutError:
+                    pass
+            now_ts = utcnow().timestamp()
+            batch: list[Incoming] = []
+            while self._heap and self._heap[0][0] <= now_ts + 0.0005:
+                ts, _, job, tid, gen, due = heapq.heappop(self._heap)
+                if self._generation.get(job) != gen or (job, tid) not in self._triggers:
+                    continue  # superseded by a redefinition, pause or delete
+                trig = self._triggers[(job, tid)]
+                batch.append(
+                    Incoming(job=job, trigger=tid, source=trig.type, scheduled_at=due, received_at=utcnow())
+                )
+                if self._on_lateness:
+                    self._on_lateness(now_ts - ts)
+                nxt = next_fire(trig, due)
+                if nxt is not None:
+                    self._push(nxt, job, tid, gen)
+            if batch:
+                try:
+                    self._fire(batch)
+                except Exception as exc:  # never let one bad batch stop the clock
+                    log.error("firing time triggers failed", error=str(exc), count=len(batch))
+

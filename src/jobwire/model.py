@@ -1,0 +1,581 @@
+"""The vocabulary of jobwire: jobs, triggers, targets, policies, events, runs, status.
+
+Everything here is a value object. Definitions (jobs and what they contain) are
+strict pydantic models (`extra="forbid"`) so a misspelt field is an error that
+names its path, never a silently ignored key. Records (events, runs) are what
+the store keeps and the API returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Union
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
+
+# --------------------------------------------------------------------------- helpers
+
+_DURATION_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w))+\s*$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
+_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Accept `90`, `1.5`, `"30s"`, `"1h30m"`, `"500ms"`, `"2d"` or a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m, 1h30m or a number of seconds")
+    if isinstance(value, int | float):
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        try:
+            return timedelta(seconds=float(text))
+        except ValueError:
+            pass
+        if _DURATION_RE.match(text):
+            return timedelta(
+                seconds=sum(float(n) * _UNIT[u] for n, u in _DURATION_PART.findall(text))
+            )
+    raise ValueError(f"expected a duration such as 30s, 5m, 1h30m or a number of seconds, got {value!r}")
+
+
+def format_duration(td: timedelta) -> str:
+    secs = td.total_seconds()
+    if secs == int(secs):
+        return f"{int(secs)}s"
+    return f"{secs}s"
+
+
+def _non_negative(td: timedelta) -> timedelta:
+    if td < timedelta(0):
+        raise ValueError("must not be negative")
+    return td
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    AfterValidator(_non_negative),
+    PlainSerializer(format_duration, return_type=str),
+]
+
+
+def _check_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r} (expected an IANA name such as Europe/Amsterdam)") from exc
+    return name
+
+
+TimeZoneName = Annotated[str, AfterValidator(_check_zone)]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("a time needs a zone or offset, e.g. 2026-12-01T10:00:00Z")
+    return value.astimezone(UTC)
+
+
+AwareDatetime = Annotated[datetime, AfterValidator(_aware_utc)]
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+PARAM_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+JobName = Annotated[str, Field(pattern=NAME_RE, description="letters, digits, '_', '.', '-'; ≤128")]
+
+
+class _Def(BaseModel):
+    """Base for definitions: unknown fields are errors, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+class ParamType(StrEnum):
+    string = "string"
+    integer = "integer"
+    number = "number"
+    boolean = "boolean"
+    json = "json"
+
+
+class Parameter(_Def):
+    """A declared input of a job. Event payloads and API bodies fill parameters, and only
+    parameters reach the target (as env vars, argv elements or HTTP body fields)."""
+
+    name: Annotated[str, Field(pattern=PARAM_RE)]
+    type: ParamType = ParamType.string
+    default: Any = None
+    required: bool | None = None
+    description: str = ""
+    choices: list[Any] | None = None
+    secret: bool = False
+    """A secret parameter is masked in logs, events and API responses."""
+
+    @property
+    def is_required(self) -> bool:
+        return self.required if self.required is not None else self.default is None
+
+
+# --------------------------------------------------------------------------- triggers
+
+
+class _Trigger(_Def):
+    id: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = None
+    """Stable identity of the trigger within its job; part of every run key it makes.
+    Defaults to the trigger's type (with its index when a job has several of one type)."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Fixed parameter values for runs made by this trigger (the payload cannot override them)."""
+
+
+class CronTrigger(_Trigger):
+    type: Literal["cron"] = "cron"
+    cron: str
+    timezone: TimeZoneName = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _parse(cls, v: str) -> str:
+        from jobwire.cron import CronExpr  # local: cron is a pure leaf module
+
+        CronExpr.parse(v)
+        return v
+
+
+class IntervalTrigger(_Trigger):
+    type: Literal["interval"] = "interval"
+    interval: Duration
+    start: AwareDatetime | None = None
+    """Anchor of the grid of fire times (default: the Unix epoch), so restarts keep the phase."""
+
+    @field_validator("interval")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v < timedelta(milliseconds=100):
+            raise ValueError("interval must be at least 100ms")
+        return v
+
+
+class AtTrigger(_Trigger):
+    type: Literal["at"] = "at"
+    at: AwareDatetime
+
+
+class ApiTrigger(_Trigger):
+    type: Literal["api"] = "api"
+
+
+class WebhookTrigger(_Trigger):
+    type: Literal["webhook"] = "webhook"
+    secret_env: str | None = None
+    """Name of the environment variable holding the HMAC secret (preferred over `secret`)."""
+    secret: str | None = Field(default=None, repr=False)
+    tolerance: Duration = timedelta(minutes=5)
+    """How far the signed timestamp may be from now; older deliveries are stale."""
+
+    @model_validator(mode="after")
+    def _needs_secret(self) -> WebhookTrigger:
+        if not self.secret and not self.secret_env:
+            raise ValueError("a webhook trigger needs `secret_env` (or `secret`) for its HMAC signature")
+        return self
+
+
+Trigger = Annotated[
+    Union[CronTrigger, IntervalTrigger, AtTrigger, ApiTrigger, WebhookTrigger],
+    Field(discriminator="type"),
+]
+TIME_TRIGGERS = ("cron", "interval", "at")
+
+
+def _infer_trigger_type(value: Any) -> Any:
+    """`- cron: "* * * * *"` is shorthand for `- {type: cron, cron: ...}`; `- api` for `{type: api}`."""
+    if isinstance(value, str):
+        return {"type": value}
+    if isinstance(value, dict) and "type" not in value:
+        for kind in ("cron", "interval", "at", "webhook", "api"):
+            if kind in value:
+                v = dict(value)
+                if kind in ("webhook", "api") and isinstance(v[kind], dict | type(None)):
+                    extra = v.pop(kind) or {}
+                    v.update(extra)
+                v["type"] = kind
+                return v
+    return value
+
+
+# --------------------------------------------------------------------------- targets
+
+
+class LocalTarget(_Def):
+    """A process on this machine. argv is executed directly; a shell only with `shell: true`,
+    and then parameters reach it only as environment variables."""
+
+    type: Literal["local"] = "local"
+    command: list[str] | str
+    shell: bool = False
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    log_max_bytes: int = 1_048_576
+    kill_grace: Duration = timedelta(seconds=10)
+
+    @model_validator(mode="after")
+    def _shape(self) -> LocalTarget:
+        if self.shell:
+            if not isinstance(self.command, str):
+                raise ValueError("with shell: true, command must be one string")
+            if "{{" in self.command:
+                raise ValueError(
+                    "with shell: true, parameters cannot be templated into the command; "
+                    "read them from the environment (JOBWIRE_PARAM_<NAME>) instead"
+                )
+        elif isinstance(self.command, str) or not self.command:
+            raise ValueError("command must be a non-empty list of arguments (or set shell: true)")
+        return self
+
+
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD")
+
+
+class HttpTarget(_Def):
+    """One HTTP call per run, with `Idempotency-Key: <run id>`."""
+
+    type: Literal["http"] = "http"
+    url: str
+    method: str = "POST"
+    headers: dict[str, str] = Field(default_factory=dict)
+    payload: Any = None
+    timeout: Duration = timedelta(seconds=30)
+    accept_status: list[int | str] = Field(default_factory=lambda: ["2xx"])
+    """Status codes that count as success: numbers or classes such as `2xx`."""
+    allow_private: bool = False
+    """Allow loopback/private/link-local destinations (refused by default: SSRF)."""
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.upper()
+            if v not in HTTP_METHODS:
+                raise ValueError(f"method must be one of {', '.join(HTTP_METHODS)}")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("url must be an absolute http:// or https:// URL")
+        return v
+
+    @field_validator("accept_status")
+    @classmethod
+    def _status(cls, v: list[int | str]) -> list[int | str]:
+        for s in v:
+            if isinstance(s, str) and not re.fullmatch(r"[1-5]xx", s):
+                raise ValueError(f"accept_status entries are codes or classes like 2xx, got {s!r}")
+        return v
+
+
+TargetSpec = Annotated[Union[LocalTarget, HttpTarget], Field(discriminator="type")]
+
+
+# --------------------------------------------------------------------------- policies
+
+
+class ConcurrencyPolicy(StrEnum):
+    allow = "allow"
+    forbid = "forbid"
+    queue = "queue"
+    replace = "replace"
+
+
+class Concurrency(_Def):
+    """What happens when a run is due while others of the same job (and key) are running."""
+
+    policy: ConcurrencyPolicy = ConcurrencyPolicy.allow
+    max_running: Annotated[int, Field(ge=1)] | None = None
+    """Limit for forbid/queue/replace (default 1); with `allow` a set limit queues the excess."""
+    key: str | None = None
+    """A parameter name: the limit then applies per value of that parameter."""
+
+    @property
+    def limit(self) -> int | None:
+        if self.policy == ConcurrencyPolicy.allow:
+            return self.max_running
+        return self.max_running or 1
+
+
+class Retry(_Def):
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 1
+    backoff: Duration = timedelta(seconds=1)
+    max_backoff: Duration = timedelta(minutes=5)
+    multiplier: Annotated[float, Field(ge=1)] = 2.0
+    jitter: Annotated[float, Field(ge=0, le=1)] = 0.2
+    """Fraction of the delay added or removed at random, so retries of many runs spread out."""
+
+
+class CatchupPolicy(StrEnum):
+    skip = "skip"
+    latest = "latest"
+    all = "all"
+
+
+class Catchup(_Def):
+    """Fire times missed while jobwire was down. Default `latest` within 1h: a nightly job
+    missed by a short outage still runs once, a week-old backlog does not flood the target."""
+
+    policy: CatchupPolicy = CatchupPolicy.latest
+    window: Duration = timedelta(hours=1)
+    max: Annotated[int, Field(ge=1)] = 100
+
+
+class Retention(_Def):
+    """Both hold: the newest `keep` runs are always kept; older runs are deleted once past `ttl`."""
+
+    keep: Annotated[int, Field(ge=0)] = 20
+    ttl: Duration = timedelta(days=7)
+
+
+class Job(_Def):
+    name: JobName
+    description: str = ""
+    triggers: list[Annotated[Trigger, BeforeValidator(_infer_trigger_type)]] = Field(default_factory=list)
+    target: TargetSpec
+    parameters: list[Parameter] = Field(default_factory=list)
+    concurrency: Concurrency = Concurrency()
+    retry: Retry = Retry()
+    timeout: Duration | None = None
+    catchup: Catchup = Catchup()
+    retention: Retention = Retention()
+    paused: bool = False
+    environment: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Job:
+        names = [p.name for p in self.parameters]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"parameter names must be unique: {sorted(dup)}")
+        ids = [t.id for t in self.triggers if t.id]
+        if len(ids) != len(set(ids)):
+            raise ValueError("trigger ids must be unique within a job")
+        if self.concurrency.key and self.concurrency.key not in names:
+            raise ValueError(f"concurrency.key {self.concurrency.key!r} is not a declared parameter")
+        return self
+
+    def trigger_ids(self) -> list[str]:
+        """The effective id of each trigger, in order (see `_Trigger.id`)."""
+        counts: dict[str, int] = {}
+        for t in self.triggers:
+            counts[t.type] = counts.get(t.type, 0) + 1
+        seen: dict[str, int] = {}
+        out = []
+        for t in self.triggers:
+            if t.id:
+                out.append(t.id)
+                continue
+            seen[t.type] = seen.get(t.type, 0) + 1
+            out.append(t.type if counts[t.type] == 1 else f"{t.type}-{seen[t.type]}")
+        return out
+
+    def trigger(self, trigger_id: str) -> Any | None:
+        for tid, t in zip(self.trigger_ids(), self.triggers, strict=True):
+            if tid == trigger_id:
+                return t
+        return None
+
+    def param(self, name: str) -> Parameter | None:
+        return next((p for p in self.parameters if p.name == name), None)
+
+
+# --------------------------------------------------------------------------- records
+
+
+class EventOutcome(StrEnum):
+    """Lineage: what an event made, or why it made nothing."""
+
+    run = "run"
+    duplicate = "duplicate"  # its run key already had a run (`run_id` points at it)
+    overlap = "overlap"  # concurrency policy forbid: skipped
+    filtered = "filtered"  # the trigger's filter did not match
+    invalid = "invalid"  # bad payload / parameters / unknown job
+    paused = "paused"  # the job was paused
+
+
+class Event(BaseModel):
+    id: str
+    job: str | None
+    trigger: str
+    source: str
+    """The kind of source: cron, interval, at, api, webhook, amqp, sqs, s3, mqtt, postgres, after, rerun."""
+    received_at: datetime
+    scheduled_at: datetime | None = None
+    payload: Any = None
+    outcome: EventOutcome = EventOutcome.run
+    run_id: str | None = None
+    reason: str | None = None
+    input_location: str | None = None
+
+
+class RunState(StrEnum):
+    queued = "queued"  # recorded, waiting for a concurrency slot
+    pending = "pending"  # recorded, about to be dispatched (or waiting for a retry)
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    timed_out = "timed_out"
+    cancelled = "cancelled"
+    interrupted = "interrupted"  # jobwire stopped while it ran and could not hand it over
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {RunState.succeeded, RunState.failed, RunState.timed_out, RunState.cancelled, RunState.interrupted}
+)
+ACTIVE_STATES = frozenset({RunState.pending, RunState.running})
+
+
+class RunError(BaseModel):
+    """Seed 000's `error` block."""
+
+    message: str
+    reason: str | None = None
+    code: int | str | None = None
+
+
+class Transition(BaseModel):
+    state: RunState
+    at: datetime
+    reason: str | None = None
+    attempt: int = 1
+
+
+class Run(BaseModel):
+    id: str
+    key: str
+    job: str
+    trigger: str
+    event_id: str
+    state: RunState
+    attempt: int = 1
+    params: dict[str, Any] = Field(default_factory=dict)
+    concurrency_key: str | None = None
+    created_at: datetime
+    scheduled_at: datetime | None = None
+    not_before: datetime | None = None
+    """For a pending run waiting for its next attempt: not to be started before this time."""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    exit_code: int | None = None
+    http_status: int | None = None
+    error: RunError | None = None
+    target_ref: str | None = None
+    """The target-side name: process id, Kubernetes Job name, instance id."""
+    target_status: dict[str, Any] = Field(default_factory=dict)
+    history: list[Transition] = Field(default_factory=list)
+    input_location: str | None = None
+    environment: str | None = None
+
+
+def run_id_for(key: str) -> str:
+    """A run's id is a pure function of its key, so every replica and every retry after a crash
+    names the same run the same way (and so does the target: Job name, Idempotency-Key)."""
+    return "r" + hashlib.sha256(key.encode()).hexdigest()[:23]
+
+
+def time_run_key(job: str, trigger: str, scheduled_at: datetime) -> str:
+    return f"{job}/{trigger}/{scheduled_at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')}"
+
+
+def event_run_key(job: str, trigger: str, event_key: str) -> str:
+    return f"{job}/{trigger}/{event_key}"
+
+
+# --------------------------------------------------------------------------- status
+
+
+class StatusBlock(BaseModel):
+    """Seed 000's `status`: Kubernetes JobStatus fields, filled in for every target."""
+
+    active: int = 0
+    completionTime: datetime | None = None  # noqa: N815 - seed 000's field names
+    startTime: datetime | None = None  # noqa: N815
+    failed: int = 0
+    succeeded: int = 0
+
+
+class StatusDocument(BaseModel):
+    """One status message for every sink, in the shape of seed 000's message plus correlation."""
+
+    name: str
+    input_location: str | None = None
+    action: str
+    status: StatusBlock
+    environment: str | None = None
+    error: RunError | None = None
+    run_id: str
+    event_id: str
+    job: str
+    attempt: int
+    time: datetime
+
+
+# --------------------------------------------------------------------------- intake
+
+
+class Incoming(BaseModel):
+    """What a source hands to the engine: one occurrence of one trigger.
+
+    `event_key` identifies the occurrence for deduplication (a webhook delivery id, a broker
+    message id, an Idempotency-Key); time triggers leave it empty and set `scheduled_at`.
+    """
+
+    job: str | None
+    trigger: str
+    source: str
+    payload: Any = None
+    params: dict[str, Any] | None = None
+    """Parameters given explicitly (API body); otherwise they come from `payload` if it is an object."""
+    event_key: str | None = None
+    scheduled_at: datetime | None = None
+    input_location: str | None = None
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+class Admission(BaseModel):
+    """The answer to an Incoming once it is durably recorded: its event, and the run it made
+    (for a duplicate: the run that already existed)."""
+
+    event: Event
+    run: Run | None = None
+
+    @property
+    def created(self) -> bool:
+        return self.event.outcome == EventOutcome.run

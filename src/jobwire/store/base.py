@@ -1,0 +1,156 @@
+"""The store contract: where definitions, events and runs live.
+
+One abstract class, one contract-test suite (`tests/contract/test_store_contract.py`) run against
+every implementation. The central promise is `record`: an event and the run it makes are written
+in one transaction, and a run key can have at most one run — a repeat becomes a `duplicate` event
+pointing at the run that exists.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from jobwire.model import Event, EventOutcome, Job, Run, RunState
+
+T = TypeVar("T")
+
+
+class StoreError(RuntimeError):
+    """A store could not be used; the message says what to do."""
+
+
+class StoreLocked(StoreError):
+    """Another jobwire process holds this store (SQLite allows one scheduler per file)."""
+
+
+@dataclass(slots=True)
+class Intake:
+    """One event to record and, unless its outcome says otherwise, the run it makes."""
+
+    event: Event
+    run: Run | None = None
+
+
+@dataclass(slots=True)
+class Recorded:
+    event: Event
+    """As stored: for a repeat run key, outcome `duplicate` and `run_id` of the existing run."""
+    run: Run | None
+    """The new run, or for a duplicate the run that already existed."""
+
+
+@dataclass(slots=True)
+class StoredJob:
+    job: Job
+    origin: str
+    """Where the definition came from: `api`, or `file:<path>`."""
+    paused: bool
+    """Kept apart from the definition so pausing a file-defined job survives a reload."""
+    updated_at: datetime
+
+
+@dataclass(slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: str | None = None
+
+
+@dataclass(slots=True)
+class RunQuery:
+    job: str | None = None
+    states: list[RunState] | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    event_id: str | None = None
+    limit: int = 50
+    cursor: str | None = None
+    """Opaque, from a previous page's `next_cursor`. Newest first."""
+
+
+@dataclass(slots=True)
+class EventQuery:
+    job: str | None = None
+    outcomes: list[EventOutcome] | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 50
+    cursor: str | None = None
+
+
+@dataclass(slots=True)
+class PruneResult:
+    runs: list[str] = field(default_factory=list)
+    events: int = 0
+
+
+class Store(ABC):
+    """Every method is a coroutine and safe to call concurrently from one event loop."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect, migrate to the current schema, take the single-scheduler lock if the store needs one."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    # ---- jobs
+    @abstractmethod
+    async def save_job(self, job: Job, origin: str) -> StoredJob:
+        """Insert or replace the definition; keeps the paused flag of an existing job
+        unless the definition itself says `paused: true`."""
+
+    @abstractmethod
+    async def get_job(self, name: str) -> StoredJob | None: ...
+
+    @abstractmethod
+    async def list_jobs(self) -> list[StoredJob]:
+        """Ordered by name."""
+
+    @abstractmethod
+    async def delete_job(self, name: str) -> bool:
+        """Removes the definition; its runs and events stay until retention removes them."""
+
+    @abstractmethod
+    async def set_paused(self, name: str, paused: bool) -> StoredJob | None: ...
+
+    # ---- events and runs
+    @abstractmethod
+    async def record(self, batch: list[Intake]) -> list[Recorded]:
+        """Write every event of the batch and the runs they make, in ONE transaction, in order.
+        A run whose key exists already is not written; its event becomes a duplicate of the
+        existing run (also when the repeat is inside the same batch)."""
+
+    @abstractmethod
+    async def update_runs(self, runs: list[Run]) -> None:
+        """Persist the current state of these runs (all fields, history included), in one transaction."""
+
+    @abstractmethod
+    async def get_run(self, run_id: str) -> Run | None: ...
+
+    @abstractmethod
+    async def get_run_by_key(self, key: str) -> Run | None: ...
+
+    @abstractmethod
+    async def list_runs(self, query: RunQuery) -> Page[Run]: ...
+
+    @abstractmethod
+    async def active_runs(self) -> list[Run]:
+        """Runs not in a terminal state (queued, pending, running), oldest first: what reconcile resumes."""
+
+    @abstractmethod
+    async def get_event(self, event_id: str) -> Event | None: ...
+
+    @abstractmethod
+    async def list_events(self, query: EventQuery) -> Page[Event]: ...
+
+    @abstractmethod
+    async def last_fire(self, job: str, trigger: str) -> datetime | None:
+        """The latest `scheduled_at` recorded for this time trigger: where catch-up starts."""
+
+    @abstractmethod
+    async def prune(self, job: str, keep: int, older_than: datetime) -> PruneResult:
+        """Delete finished runs of `job` created before `older_than`, except its `keep` newest
+        runs; also delete events older than `older_than` that no longer point at a kept run."""

@@ -1,0 +1,103 @@
+"""The target contract: where a run executes.
+
+A target has one essential method, `execute(ctx) -> Outcome`: launch the run under its run id as
+the target-side name (so a repeat after a crash adopts instead of launching twice), report when it
+is started, and return how it ended. The engine owns everything around it: recording, timeouts
+(it cancels the task), retries, cancellation, status publishing.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from jobwire.config import Settings
+from jobwire.model import Job, Run, RunError, RunState, StatusBlock
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How an attempt ended. `state` is terminal: succeeded, failed, timed_out, cancelled or interrupted."""
+
+    state: RunState
+    exit_code: int | None = None
+    http_status: int | None = None
+    error: RunError | None = None
+    retryable: bool = True
+    """False when another attempt cannot help (bad definition, 4xx from a validating API)."""
+    status: StatusBlock | None = None
+    target_status: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class CallbackResult:
+    """What a job reported through `POST /api/v1/runs/{id}/callback`."""
+
+    ok: bool
+    message: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class RunContext(ABC):
+    """The engine's side of one attempt, handed to `Target.execute`."""
+
+    run: Run
+    job: Job
+    params: dict[str, Any]
+    """Validated parameters: the only part of an event that may reach the target."""
+    resumed: bool
+    """True when jobwire restarted while this attempt was in flight: adopt it, do not relaunch blindly."""
+    callback_url: str | None
+    callback_token: str
+    """Per-run secret the job presents on its callback (Authorization: Bearer ...)."""
+
+    @property
+    def target_name(self) -> str:
+        """The target-side name of this attempt: the run id, with the attempt number after the first."""
+        return self.run.id if self.run.attempt == 1 else f"{self.run.id}-{self.run.attempt}"
+
+    @abstractmethod
+    async def started(self, ref: str | None, status: StatusBlock | None = None) -> None:
+        """Record the run as running, with the target-side reference (pid, Job name, instance id)."""
+
+    @abstractmethod
+    async def report(self, status: StatusBlock, target_status: dict[str, Any] | None = None) -> None:
+        """Publish an intermediate status change (e.g. a Kubernetes JobStatus update)."""
+
+    @abstractmethod
+    def log(self, data: bytes) -> None:
+        """Append to the run's log (size-capped by the engine)."""
+
+    @abstractmethod
+    async def callback(self) -> CallbackResult:
+        """Wait for the job to call back (targets whose runs report their own end)."""
+
+
+class Target(ABC):
+    kind: ClassVar[str]
+    survives_restart: ClassVar[bool] = False
+    """True when a run keeps going without jobwire (Kubernetes, spot): on shutdown it is left
+    running and adopted after restart instead of being recorded as interrupted."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def start(self) -> None:
+        """Open connections; called once before the first run."""
+
+    async def close(self) -> None:
+        """Release connections; called once at shutdown."""
+
+    @abstractmethod
+    async def execute(self, ctx: RunContext) -> Outcome:
+        """Run one attempt to its end. Cancellation of the task means: stop watching and, unless
+        `survives_restart`, stop the work (a local process is terminated)."""
+
+    async def cancel(self, ctx: RunContext) -> None:
+        """Stop the work on the target side (called before the task is cancelled on a user's cancel)."""
+
+    async def logs(self, run: Run, follow: bool = False) -> AsyncIterator[bytes] | None:
+        """Stream the run's log from the target side; None means: use the log jobwire captured."""
+        return None
