@@ -229,6 +229,10 @@ class Attempts:
         task.cancel()
         with suppress(asyncio.CancelledError):
             await task
+        if self._cancel_reasons.pop(run.id, None) is not None and stored is not None:
+            # cancelled before the attempt's coroutine ever ran: nothing started on the target
+            self._tasks.pop(run.id, None)
+            self._finish(run, stored.job, Outcome(RunState.cancelled, error=RunError(message=reason, reason="Cancelled"), retryable=False))
         return True
 
     def deliver_callback(self, run: Run, ok: bool, message: str | None, data: dict[str, Any]) -> None:

@@ -400,7 +400,7 @@ class Engine:
             self._spawn(self.cancel(victim, f"replaced by run {run.id}"), "jobwire-replace")
         if state == RunState.pending:
             self.attempts.launch(run, job, received_at=inc.received_at)
-        return Admission(event=rec.event, run=run)
+        return Admission(event=rec.event, run=run.model_copy(deep=True))
 
     async def _record_no_run(
         self, event: Event, outcome: EventOutcome, reason: str, run_id: str | None = None
@@ -411,6 +411,8 @@ class Engine:
         rec = await self.committer.record(Intake(event, None))
         self.metrics.events.labels(event.source, outcome.value).inc()
         run = self.runs.get(run_id) if run_id else None
+        if run is not None:
+            run = run.model_copy(deep=True)
         if outcome == EventOutcome.invalid:
             log.warning("invalid event", event_id=event.id, job=event.job, reason=reason)
         return Admission(event=rec.event, run=run)

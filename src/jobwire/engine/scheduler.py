@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -43,12 +42,13 @@ def next_fire(trigger: Any, after: datetime) -> datetime | None:
     if isinstance(trigger, CronTrigger):
         return CronExpr.parse(trigger.cron).next_after(after, ZoneInfo(trigger.timezone))
     if isinstance(trigger, IntervalTrigger):
+        # integer microseconds: float division at ~1e9 s / 0.2 s loses the step and repeats a fire time
         anchor = trigger.start or EPOCH
-        step = trigger.interval.total_seconds()
+        step = trigger.interval // timedelta(microseconds=1)
         if after < anchor:
             return anchor
-        n = math.floor((after - anchor).total_seconds() / step) + 1
-        return anchor + timedelta(seconds=n * step)
+        elapsed = (after - anchor) // timedelta(microseconds=1)
+        return anchor + timedelta(microseconds=(elapsed // step + 1) * step)
     if isinstance(trigger, AtTrigger):
         return trigger.at if trigger.at > after else None
     return None

@@ -1,0 +1,185 @@
+"""The FastAPI application: routers under /api/v1, one error shape, bearer-token auth.
+
+`create_app(engine)` does not start or stop the engine — whoever made the engine owns its
+lifetime (`jobwire serve` starts it before uvicorn serves and stops it after).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from jobwire.api import routes_events, routes_jobs, routes_runs, routes_system
+from jobwire.api.auth import READ, Authenticator
+from jobwire.api.schemas import ApiError, ErrorDetail, error_body
+from jobwire.engine import Engine, EngineError
+from jobwire.jobfile import JobFileError
+from jobwire.store import StoreError
+
+PREFIX = "/api/v1"
+log = structlog.get_logger("jobwire.api")
+
+_REASONS = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    409: "Conflict",
+    413: "PayloadTooLarge",
+    415: "UnsupportedMediaType",
+    422: "ValidationError",
+    429: "TooManyRequests",
+}
+
+
+def _version() -> str:
+    try:
+        return version("jobwire")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0"
+
+
+def loc_path(loc: tuple[int | str, ...] | list[int | str]) -> str:
+    """("body", "job", "callback_url") → "job.callback_url"; ("query", "limit") → "query.limit";
+    list indices as `[i]`: "triggers[0].cron"."""
+    parts = list(loc)
+    if parts and parts[0] == "body":
+        parts = parts[1:]
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += f".{p}" if out else str(p)
+    return out or "body"
+
+
+def _json(
+    status: int,
+    reason: str,
+    message: str,
+    details: list[ErrorDetail] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(error_body(status, reason, message, details), status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def api_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return _json(exc.status, exc.reason, exc.message, exc.details, exc.headers)
+
+    async def engine_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, EngineError)
+        details: list[ErrorDetail] = []
+        for d in getattr(exc, "details", None) or []:
+            if isinstance(d, ErrorDetail):
+                details.append(d)
+            elif isinstance(d, dict) and "message" in d:
+                details.append(ErrorDetail(path=str(d.get("path", "")), message=str(d["message"])))
+        param = getattr(exc, "param", None)
+        if param and not details:
+            details.append(ErrorDetail(path=f"params.{param}", message=str(exc) or exc.reason))
+        return _json(exc.status, exc.reason, str(exc) or exc.reason, details)
+
+    async def job_file_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, JobFileError)
+        details = [
+            ErrorDetail(path=str(e.path or ""), message=str(e.message), line=e.line or None)
+            for e in getattr(exc, "errors", [])
+        ]
+        first = f": {details[0].path}: {details[0].message}" if details else ""
+        more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+        return _json(422, "InvalidJob", f"the job definition is invalid{first}{more}", details)
+
+    async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        details = [
+            ErrorDetail(path=loc_path(tuple(e.get("loc", ()))), message=str(e.get("msg", "invalid")))
+            for e in exc.errors()
+        ]
+        first = f": {details[0].path}: {details[0].message}" if details else ""
+        return _json(422, "ValidationError", f"invalid request{first}", details)
+
+    async def http_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        reason = _REASONS.get(exc.status_code, "Error")
+        message = exc.detail if isinstance(exc.detail, str) else reason
+        if exc.status_code == 404 and message == "Not Found":
+            message = "no such endpoint (the API is under /api/v1; see /docs)"
+        return _json(exc.status_code, reason, message, headers=getattr(exc, "headers", None))
+
+    async def store_error(_: Request, exc: Exception) -> JSONResponse:
+        log.error("store error", error=str(exc))
+        return _json(503, "StoreUnavailable", str(exc) or "the store is unavailable")
+
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error in request", error_type=type(exc).__name__)
+        return _json(500, "InternalError", "internal error (see the jobwire log)")
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(EngineError, engine_error)
+    app.add_exception_handler(JobFileError, job_file_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(StoreError, store_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def create_app(engine: Engine, *, heartbeat: float = 15.0) -> FastAPI:
+    """The API for `engine`. Raises `BindRefusedError` when `engine.settings.host` is not loopback and no
+    API token is configured. `heartbeat`: seconds between SSE comment lines on /stream."""
+    auth = Authenticator.from_settings(engine.settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield  # the engine belongs to the caller
+
+    app = FastAPI(
+        title="jobwire",
+        version=_version(),
+        description=(
+            "Event-driven job scheduler. Authenticate with `Authorization: Bearer <token>` "
+            "(scope `read` for GET, `write` for the rest). Every error is "
+            '`{"error": {"message", "reason", "code", "details": [{"path", "message"}]}}`.'
+        ),
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.state.auth = auth
+    app.state.heartbeat = heartbeat
+    _install_error_handlers(app)
+
+    for module in (routes_jobs, routes_runs, routes_events, routes_system):
+        app.include_router(module.router, prefix=PREFIX)
+
+    # Conventional unprefixed paths for probes and scrapers (not repeated in the schema).
+    app.add_api_route("/healthz", routes_system.healthz, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/readyz", routes_system.readyz, methods=["GET"], include_in_schema=False)
+    app.add_api_route(
+        "/metrics",
+        routes_system.metrics,
+        methods=["GET"],
+        include_in_schema=False,
+        dependencies=READ,
+    )
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    return app
+
+
+__all__ = ["PREFIX", "create_app"]

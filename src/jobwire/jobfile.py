@@ -1,0 +1,671 @@
+"""Job definitions from YAML files (and API bodies), with errors that name file, line and field.
+
+A file holds `jobs: [...]`, or one job mapping, or a YAML stream of documents each holding one
+of those. Every error of every file is collected (a bad job never hides the next one), and each
+is reported as `file:line: path: message`, e.g.
+
+    examples/bad.yaml:7: jobs[0].triggers[0].cron: cron '61 * * * *': minute field '61' is out of range 0-59
+
+Loading is safe: only plain YAML data (mappings, sequences, strings, numbers, booleans, null,
+timestamps); tags that would construct Python objects are refused. `${VAR}` is not expanded:
+secrets are passed by name (`secret_env`), never written into a file.
+
+Seed 003's job form (`{"name", "description", "schedule", "job": {"callback_url", "http_method",
+"payload"}}`) is accepted wherever a job is, and converted to a cron trigger + http target.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from jobwire.model import Job
+from jobwire.params import Loc, check_definition
+
+__all__ = [
+    "SEED003_JOB_KEYS",
+    "SEED003_KEYS",
+    "DefinitionError",
+    "JobFileError",
+    "check_paths",
+    "format_loc",
+    "from_seed003",
+    "is_seed003",
+    "load_path",
+    "load_text",
+    "parse_job",
+    "to_seed003",
+]
+
+MAX_NODES = 200_000
+"""Upper bound on YAML nodes built per document (alias bombs)."""
+
+SEED003_KEYS = ("name", "description", "schedule", "job")
+SEED003_JOB_KEYS = ("callback_url", "http_method", "payload")
+
+
+@dataclass(frozen=True)
+class DefinitionError:
+    """One problem in one job definition."""
+
+    source: str
+    """The file (as given), or "api"."""
+    line: int | None
+    """1-based line in `source`, when known."""
+    path: str
+    """Where in the document: `jobs[1].target.url` (empty for the document itself)."""
+    message: str
+
+    def __str__(self) -> str:
+        where = self.source if self.line is None else f"{self.source}:{self.line}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class JobFileError(Exception):
+    """One or more definition errors; str() gives one per line."""
+
+    def __init__(self, errors: list[DefinitionError]) -> None:
+        self.errors = list(errors)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join(str(e) for e in self.errors)
+
+
+def format_loc(loc: Iterable[str | int]) -> str:
+    """("jobs", 0, "target", "url") → "jobs[0].target.url"."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.isidentifier():
+            out += f".{part}" if out else part
+        else:
+            out += f"[{part!r}]"
+    return out
+
+
+# --------------------------------------------------------------------------- YAML with lines
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_SCALAR_TAGS = frozenset(
+    f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "timestamp")
+)
+
+
+class _YamlProblemError(Exception):
+    def __init__(self, line: int | None, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+@dataclass
+class _Doc:
+    data: Any
+    lines: dict[Loc, int]
+    line: int
+
+
+class _Builder:
+    """Builds plain Python data from a composed node tree, remembering the line of every value."""
+
+    def __init__(self, loader: yaml.SafeLoader) -> None:
+        self.loader = loader
+        self.lines: dict[Loc, int] = {}
+        self.count = 0
+        self.active: set[int] = set()
+        self.problems: list[tuple[Loc, int, str]] = []
+
+    def build(self, node: yaml.Node, loc: Loc) -> Any:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise _YamlProblemError(node.start_mark.line + 1, "document too large (alias expansion?)")
+        line = node.start_mark.line + 1
+        self.lines.setdefault(loc, line)
+        if isinstance(node, yaml.ScalarNode):
+            if node.tag not in _SCALAR_TAGS:
+                raise _YamlProblemError(
+                    line, f"tag {node.tag!r} is not allowed: job files hold plain data only"
+                )
+            return self.loader.construct_object(node, deep=True)
+        if id(node) in self.active:
+            raise _YamlProblemError(line, "recursive alias")
+        self.active.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                if node.tag != _SEQ_TAG:
+                    raise _YamlProblemError(
+                        line, f"tag {node.tag!r} is not allowed: job files hold plain data only"
+                    )
+                return [self.build(child, (*loc, i)) for i, child in enumerate(node.value)]
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, loc, line)
+            raise _YamlProblemError(line, f"unexpected YAML node {type(node).__name__}")
+        finally:
+            self.active.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, loc: Loc, line: int) -> dict[Any, Any]:
+        if node.tag != _MAP_TAG:
+            raise _YamlProblemError(line, f"tag {node.tag!r} is not allowed: job files hold plain data only")
+        seen: dict[str, int] = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
+                key_line = key_node.start_mark.line + 1
+                if key_node.value in seen:
+                    self.problems.append(
+                        (
+                            (*loc, key_node.value),
+                            key_line,
+                            f"duplicate key {key_node.value!r} (first at line {seen[key_node.value]})",
+                        )
+                    )
+                else:
+                    seen[key_node.value] = key_line
+        self.loader.flatten_mapping(node)  # `<<: *anchor` merge keys; explicit keys come last and win
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key_line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise _YamlProblemError(key_line, "mapping keys must be plain scalars")
+            if key_node.tag not in _SCALAR_TAGS:
+                raise _YamlProblemError(
+                    key_line, f"tag {key_node.tag!r} is not allowed: job files hold plain data only"
+                )
+            key = self.loader.construct_object(key_node, deep=True)
+            child: Loc = (*loc, key)
+            self.lines[child] = key_line
+            out[key] = self.build(value_node, child)
+        return out
+
+
+def _yaml_error(exc: yaml.YAMLError) -> _YamlProblemError:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        parts = [p for p in (exc.context, exc.problem) if p]
+        message = "YAML syntax error: " + ", ".join(parts)
+        if mark is not None:
+            message += f" (column {mark.column + 1})"
+            text = mark.buffer or ""
+            lines = text.split("\n") if isinstance(text, str) else []
+            bad = lines[mark.line] if mark.line < len(lines) else ""
+            if ":" in bad and bad.split(":", 1)[1].strip().startswith(("*", "@", "`", "%")):
+                message += "; quote values that start with '*', '@', '`' or '%', e.g. cron: \"*/5 * * * *\""
+            return _YamlProblemError(mark.line + 1, message)
+        return _YamlProblemError(None, message)
+    return _YamlProblemError(None, f"YAML error: {exc}")
+
+
+def _compose(text: str, source: str) -> tuple[list[_Doc], list[DefinitionError]]:
+    docs: list[_Doc] = []
+    errors: list[DefinitionError] = []
+    loader = yaml.SafeLoader(text)
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                continue
+            builder = _Builder(loader)
+            data = builder.build(node, ())
+            for loc, line, message in builder.problems:
+                errors.append(DefinitionError(source, line, format_loc(loc), message))
+            docs.append(_Doc(data, builder.lines, node.start_mark.line + 1))
+    except yaml.YAMLError as exc:
+        problem = _yaml_error(exc)
+        errors.append(DefinitionError(source, problem.line, "", problem.message))
+    except _YamlProblemError as problem:
+        errors.append(DefinitionError(source, problem.line, "", problem.message))
+    finally:
+        loader.dispose()
+    return docs, errors
+
+
+# --------------------------------------------------------------------------- pydantic errors → lines
+
+
+def _strip(ann: Any) -> Any:
+    while get_origin(ann) is typing.Annotated:
+        ann = get_args(ann)[0]
+    if get_origin(ann) in (Union, types.UnionType):
+        args = [a for a in get_args(ann) if a is not type(None)]
+        if len(args) == 1:
+            return _strip(args[0])
+    return ann
+
+
+def _is_model(ann: Any) -> bool:
+    return isinstance(ann, type) and issubclass(ann, BaseModel)
+
+
+def _union_variant(ann: Any, tag: str | int) -> Any:
+    for arg in get_args(ann):
+        arg = _strip(arg)
+        if _is_model(arg):
+            field = arg.model_fields.get("type")
+            if field is not None and field.default == tag:
+                return arg
+    return None
+
+
+def _model_at(raw_loc: Loc) -> type[BaseModel] | None:
+    """The model class at a raw pydantic loc (tags included), for "did you mean" hints."""
+    ann: Any = Job
+    for part in raw_loc:
+        ann = _strip(ann)
+        if _is_model(ann):
+            field = ann.model_fields.get(part) if isinstance(part, str) else None
+            if field is None:
+                return None
+            ann = field.annotation
+        elif get_origin(ann) is list and isinstance(part, int):
+            ann = get_args(ann)[0]
+        elif get_origin(ann) is dict:
+            ann = get_args(ann)[1]
+        elif get_origin(ann) in (Union, types.UnionType):
+            ann = _union_variant(ann, part)
+            if ann is None:
+                return None
+        else:
+            return None
+    ann = _strip(ann)
+    return ann if _is_model(ann) else None
+
+
+def _union_positions() -> list[Loc]:
+    """Locs (with '*' for any index) of the tagged unions in Job: pydantic puts the tag after them."""
+    out: list[Loc] = []
+
+    def walk(ann: Any, loc: Loc, depth: int) -> None:
+        if depth > 6:
+            return
+        ann = _strip(ann)
+        if get_origin(ann) in (Union, types.UnionType):
+            out.append(loc)
+            return
+        if get_origin(ann) is list:
+            walk(get_args(ann)[0], (*loc, "*"), depth + 1)
+        elif _is_model(ann):
+            for name, field in ann.model_fields.items():
+                walk(field.annotation, (*loc, name), depth + 1)
+
+    walk(Job, (), 0)
+    return out
+
+
+_UNIONS = _union_positions()
+
+
+def _loc_part_matches(pattern: str | int, part: str | int) -> bool:
+    return isinstance(part, int) if pattern == "*" else pattern == part
+
+
+def _clean_loc(loc: Loc) -> Loc:
+    """Drop the discriminator tags pydantic adds: ("target", "http", "url") → ("target", "url")."""
+    out = list(loc)
+    for pos in sorted(_UNIONS, key=len, reverse=True):
+        n = len(pos)
+        if len(out) > n and isinstance(out[n], str) and all(map(_loc_part_matches, pos, out)):
+            del out[n]
+    return tuple(out)
+
+
+_SECRETISH = ("secret", "password", "token")
+
+
+def _message(err: Mapping[str, Any], raw_loc: Loc) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    value = err.get("input")
+    where = "trigger" if raw_loc[:1] == ("triggers",) else "target" if raw_loc[:1] == ("target",) else "value"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        name = str(raw_loc[-1])
+        model = _model_at(raw_loc[:-1])
+        if model is None:
+            return f"unknown field {name!r}"
+        known = list(model.model_fields)
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "known fields: " + ", ".join(known)
+        return f"unknown field {name!r} ({hint})"
+    if kind == "union_tag_invalid":
+        expected = str(ctx.get("expected_tags", "")).replace("'", "")
+        return f"unknown {where} type {ctx.get('tag')!r} (expected one of: {expected})"
+    if kind == "union_tag_not_found":
+        if where == "trigger":
+            return (
+                "a trigger needs a type: cron, interval, at, api or webhook "
+                '(e.g. `- cron: "0 * * * *"` or `- type: api`)'
+            )
+        return "a target needs `type:` (e.g. local or http)"
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+    secretish = any(isinstance(p, str) and any(s in p.lower() for s in _SECRETISH) for p in raw_loc)
+    if isinstance(value, str | int | float) and not isinstance(value, bool) and not secretish:
+        shown = repr(value)
+        if raw_loc and raw_loc[-1] == "cron" and isinstance(value, str):
+            if shown not in msg:
+                msg = f"cron {shown}: {msg}"
+        elif shown not in msg and len(shown) <= 80:
+            msg = f"{msg}, got {shown}"
+    return msg
+
+
+def _nearest_line(lines: Mapping[Loc, int], loc: Loc, default: int | None) -> int | None:
+    for n in range(len(loc), -1, -1):
+        line = lines.get(loc[:n])
+        if line is not None:
+            return line
+    return default
+
+
+# --------------------------------------------------------------------------- seed 003
+
+
+def is_seed003(data: Any) -> bool:
+    """Seed 003's form: has `schedule` or a `job` mapping, and none of jobwire's `target`/`triggers`."""
+    if not isinstance(data, Mapping) or "target" in data or "triggers" in data:
+        return False
+    return "schedule" in data or isinstance(data.get("job"), Mapping)
+
+
+def _seed003_problems(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
+    problems: list[tuple[Loc, str]] = []
+    for key in data:
+        if key not in SEED003_KEYS:
+            problems.append(
+                (
+                    (str(key),),
+                    f"{key!r} is not part of seed 003's job form (name, description, schedule, job); "
+                    "use jobwire's form (triggers, target, ...) for anything more",
+                )
+            )
+    for key in ("name", "schedule", "job"):
+        if key not in data:
+            problems.append(((key,), "required field is missing"))
+    if "schedule" in data and not isinstance(data["schedule"], str):
+        problems.append((("schedule",), "expected a cron expression string such as '* * * * *'"))
+    job = data.get("job")
+    if "job" in data and not isinstance(job, Mapping):
+        problems.append((("job",), "expected an object with callback_url, http_method and payload"))
+    if isinstance(job, Mapping):
+        for key in job:
+            if key not in SEED003_JOB_KEYS:
+                problems.append(
+                    (
+                        ("job", str(key)),
+                        f"{key!r} is not part of seed 003's job form "
+                        "(callback_url, http_method, payload); use jobwire's http target for more",
+                    )
+                )
+        if "callback_url" not in job:
+            problems.append((("job", "callback_url"), "required field is missing"))
+        method = job.get("http_method", "POST")
+        if not isinstance(method, str):
+            problems.append((("job", "http_method"), "expected an HTTP method such as 'post'"))
+    return problems
+
+
+def from_seed003(data: Mapping[str, Any], source: str = "api") -> dict[str, Any]:
+    """Seed 003's job form → jobwire's: a cron trigger with id `schedule` (UTC) and an http target
+    (url = callback_url, method = http_method in upper case, default POST; payload as is).
+    Raises JobFileError when the form has keys seed 003 does not have, or lacks required ones."""
+    problems = _seed003_problems(data)
+    if problems:
+        raise JobFileError([DefinitionError(source, None, format_loc(loc), msg) for loc, msg in problems])
+    job = data["job"]
+    out: dict[str, Any] = {
+        "name": data["name"],
+        "triggers": [{"type": "cron", "id": "schedule", "cron": data["schedule"]}],
+        "target": {
+            "type": "http",
+            "url": job["callback_url"],
+            "method": str(job.get("http_method") or "POST").upper(),
+            "payload": job.get("payload"),
+        },
+    }
+    if data.get("description") is not None:
+        out["description"] = data["description"]
+    return out
+
+
+def to_seed003(job: Job) -> dict[str, Any] | None:
+    """The job in seed 003's form, when that form says all there is to say about it (one cron
+    trigger with id `schedule` in UTC, an http target with default headers/timeout/status/guard,
+    default policies, no parameters); otherwise None. `parse_job(to_seed003(job)) == job`."""
+    from jobwire.model import CronTrigger, HttpTarget
+
+    if (
+        len(job.triggers) != 1
+        or not isinstance(job.triggers[0], CronTrigger)
+        or not isinstance(job.target, HttpTarget)
+    ):
+        return None
+    trig, target = job.triggers[0], job.target
+    seed = {
+        "name": job.name,
+        "description": job.description,
+        "schedule": trig.cron,
+        "job": {"callback_url": target.url, "http_method": target.method.lower(), "payload": target.payload},
+    }
+    try:
+        same = Job.model_validate(from_seed003(seed)) == job
+    except (JobFileError, ValidationError):
+        return None
+    return seed if same else None
+
+
+def _to_seed_loc(loc: Loc) -> Loc:
+    """A jobwire loc of a converted seed 003 job → where it came from in seed 003's form."""
+    if loc[:1] in (("name",), ("description",)):
+        return loc
+    if loc[:1] == ("triggers",):
+        return ("schedule",)
+    if loc[:2] == ("target", "url"):
+        return ("job", "callback_url")
+    if loc[:2] == ("target", "method"):
+        return ("job", "http_method")
+    if loc[:2] == ("target", "payload"):
+        return ("job", "payload", *loc[2:])
+    if loc[:1] == ("target",):
+        return ("job",)
+    return ()
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _validate(
+    data: Any, base: Loc, lines: Mapping[Loc, int], source: str, default_line: int | None
+) -> tuple[Job | None, list[DefinitionError]]:
+    """One job mapping (either form) → Job, or its errors."""
+
+    def err(loc: Loc, message: str) -> DefinitionError:
+        full = (*base, *loc)
+        return DefinitionError(source, _nearest_line(lines, full, default_line), format_loc(full), message)
+
+    if not isinstance(data, Mapping):
+        return None, [err((), f"a job must be a mapping, got {type(data).__name__}")]
+    seed = is_seed003(data)
+    if seed:
+        problems = _seed003_problems(data)
+        if problems:
+            return None, [err(loc, msg) for loc, msg in problems]
+        data = from_seed003(data, source)
+    errors: list[DefinitionError] = []
+    try:
+        job = Job.model_validate(data)
+    except ValidationError as exc:
+        for e in exc.errors():
+            raw = tuple(e["loc"])
+            loc = _clean_loc(raw)
+            message = _message(e, raw)
+            if seed:
+                loc = _to_seed_loc(loc)
+            errors.append(err(loc, message))
+        return None, errors
+    for loc, message in check_definition(job):
+        errors.append(err(_to_seed_loc(loc) if seed else loc, message))
+    return (None, errors) if errors else (job, [])
+
+
+@dataclass
+class _Loaded:
+    name: str
+    job: Job | None
+    """None when the definition has errors (its name still counts for duplicates)."""
+    source: str
+    line: int | None
+    path: str
+
+
+def _jobs_of_text(text: str, source: str) -> tuple[list[_Loaded], list[DefinitionError]]:
+    docs, errors = _compose(text, source)
+    loaded: list[_Loaded] = []
+    for doc in docs:
+        data = doc.data
+        if data is None:
+            continue
+        items: list[tuple[Any, Loc]]
+        if isinstance(data, Mapping) and "jobs" in data:
+            others = [k for k in data if k != "jobs"]
+            for k in others:
+                errors.append(
+                    DefinitionError(
+                        source,
+                        doc.lines.get((k,), doc.line),
+                        format_loc((str(k),)),
+                        "a file with `jobs:` holds nothing else at the top level",
+                    )
+                )
+            jobs = data["jobs"]
+            if jobs is None:
+                continue
+            if not isinstance(jobs, list):
+                errors.append(
+                    DefinitionError(source, doc.lines.get(("jobs",)), "jobs", "expected a list of jobs")
+                )
+                continue
+            items = [(item, ("jobs", i)) for i, item in enumerate(jobs)]
+        elif isinstance(data, Mapping):
+            items = [(data, ())]
+        else:
+            errors.append(
+                DefinitionError(
+                    source,
+                    doc.line,
+                    "",
+                    "expected `jobs: [...]` or a single job mapping at the top level, "
+                    f"got {type(data).__name__}",
+                )
+            )
+            continue
+        for item, base in items:
+            job, errs = _validate(item, base, doc.lines, source, doc.line)
+            errors.extend(errs)
+            name = job.name if job is not None else item.get("name") if isinstance(item, Mapping) else None
+            if isinstance(name, str):
+                line = _nearest_line(doc.lines, (*base, "name"), doc.line)
+                loaded.append(_Loaded(name, job, source, line, format_loc((*base, "name"))))
+    return loaded, errors
+
+
+def _dedupe(loaded: list[_Loaded]) -> tuple[list[_Loaded], list[DefinitionError]]:
+    first: dict[str, _Loaded] = {}
+    kept: list[_Loaded] = []
+    errors: list[DefinitionError] = []
+    for item in loaded:
+        prev = first.get(item.name)
+        if prev is None:
+            first[item.name] = item
+            if item.job is not None:
+                kept.append(item)
+            continue
+        where = prev.source if prev.line is None else f"{prev.source}:{prev.line}"
+        errors.append(
+            DefinitionError(
+                item.source,
+                item.line,
+                item.path,
+                f"duplicate job name {item.name!r}: already defined at {where}",
+            )
+        )
+    return kept, errors
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+    return [path]
+
+
+def _load_files(paths: Iterable[Path]) -> tuple[list[_Loaded], list[DefinitionError]]:
+    loaded: list[_Loaded] = []
+    errors: list[DefinitionError] = []
+    for root in paths:
+        if not root.exists():
+            errors.append(DefinitionError(str(root), None, "", "no such file or directory"))
+            continue
+        for file in _files(root):
+            try:
+                text = file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                errors.append(DefinitionError(str(file), None, "", f"cannot read: {exc}"))
+                continue
+            jobs, errs = _jobs_of_text(text, str(file))
+            loaded.extend(jobs)
+            errors.extend(errs)
+    kept, dup_errors = _dedupe(loaded)
+    return kept, _sorted(errors + dup_errors)
+
+
+def _sorted(errors: list[DefinitionError]) -> list[DefinitionError]:
+    """Grouped by file (in the order first seen), by line within a file."""
+    order = {src: i for i, src in reversed(list(enumerate(e.source for e in errors)))}
+    return sorted(errors, key=lambda e: (order[e.source], e.line or 0))
+
+
+def load_text(text: str, source: str) -> list[Job]:
+    """The jobs in one YAML text. Raises JobFileError with every error found."""
+    loaded, errors = _jobs_of_text(text, source)
+    kept, dup_errors = _dedupe(loaded)
+    if errors or dup_errors:
+        raise JobFileError(_sorted(errors + dup_errors))
+    return [item.job for item in kept if item.job is not None]
+
+
+def load_path(path: Path) -> list[tuple[Job, str]]:
+    """The jobs in a file, or in every *.yaml / *.yml under a folder (recursively, sorted), each with
+    its origin `file:<path>`. Raises JobFileError with every error of every file."""
+    kept, errors = _load_files([path])
+    if errors:
+        raise JobFileError(errors)
+    return [(item.job, f"file:{item.source}") for item in kept if item.job is not None]
+
+
+def check_paths(paths: list[Path]) -> tuple[list[Job], list[DefinitionError]]:
+    """For `jobwire check`: the valid jobs and every error, without raising for definition errors.
+    Job names must be unique across all the paths."""
+    kept, errors = _load_files(paths)
+    return [item.job for item in kept if item.job is not None], errors
+
+
+def parse_job(data: Any, source: str = "api") -> Job:
+    """One job from an API body: jobwire's form or seed 003's. Raises JobFileError."""
+    job, errors = _validate(data, (), {}, source, None)
+    if job is None:
+        raise JobFileError(errors)
+    return job

@@ -1,0 +1,101 @@
+-- Named queries of jobwire.store.sqlite. Times are integer microseconds since the epoch (UTC).
+-- Column lists of runs/events must match RUN_COLUMNS / EVENT_COLUMNS in jobwire/store/sqlite.py.
+
+-- name: upsert_job
+-- Insert or replace a definition; an existing row keeps `paused` unless the new one pauses.
+INSERT INTO jobs (name, definition, origin, paused, updated_at)
+VALUES (:name, :definition, :origin, :paused, :updated_at)
+ON CONFLICT (name) DO UPDATE SET
+    definition = excluded.definition,
+    origin = excluded.origin,
+    paused = CASE WHEN excluded.paused THEN 1 ELSE jobs.paused END,
+    updated_at = excluded.updated_at
+RETURNING name, definition, origin, paused, updated_at;
+
+-- name: get_job
+SELECT name, definition, origin, paused, updated_at FROM jobs WHERE name = :name;
+
+-- name: list_jobs
+SELECT name, definition, origin, paused, updated_at FROM jobs ORDER BY name;
+
+-- name: delete_job
+DELETE FROM jobs WHERE name = :name;
+
+-- name: set_paused
+UPDATE jobs SET paused = :paused, updated_at = :updated_at WHERE name = :name
+RETURNING name, definition, origin, paused, updated_at;
+
+-- name: insert_run
+-- A repeat run key (or id) inserts nothing: the caller then reads the run that exists.
+INSERT INTO runs (
+    id, key, job, trigger, event_id, state, attempt, params, concurrency_key, created_at,
+    scheduled_at, not_before, started_at, finished_at, exit_code, http_status, error,
+    target_ref, target_status, history, input_location, environment
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT DO NOTHING;
+
+-- name: update_run
+-- Every field but the identity (id, and key which id derives from). Parameters in insert order, id last.
+UPDATE runs SET
+    job = ?2, trigger = ?3, event_id = ?4, state = ?5, attempt = ?6, params = ?7,
+    concurrency_key = ?8, created_at = ?9, scheduled_at = ?10, not_before = ?11, started_at = ?12,
+    finished_at = ?13, exit_code = ?14, http_status = ?15, error = ?16, target_ref = ?17,
+    target_status = ?18, history = ?19, input_location = ?20, environment = ?21
+WHERE id = ?1;
+
+-- name: select_runs
+-- The prefix of every run read; callers append WHERE / ORDER BY.
+SELECT
+    id, key, job, trigger, event_id, state, attempt, params, concurrency_key, created_at,
+    scheduled_at, not_before, started_at, finished_at, exit_code, http_status, error,
+    target_ref, target_status, history, input_location, environment
+FROM runs;
+
+-- name: run_identity_by_key
+SELECT id, event_id FROM runs WHERE key = ?;
+
+-- name: insert_event
+INSERT INTO events (
+    id, job, trigger, source, received_at, scheduled_at, payload, outcome, run_id, reason,
+    input_location
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: select_events
+-- The prefix of every event read; callers append WHERE / ORDER BY.
+SELECT
+    id, job, trigger, source, received_at, scheduled_at, payload, outcome, run_id, reason,
+    input_location
+FROM events;
+
+-- name: last_fire
+SELECT scheduled_at FROM events
+WHERE job = :job AND trigger = :trigger AND scheduled_at IS NOT NULL
+ORDER BY scheduled_at DESC
+LIMIT 1;
+
+-- name: prune_runs
+-- Finished runs of the job created before the cut-off, except its `keep` newest runs (any state).
+DELETE FROM runs
+WHERE job = :job
+  AND state IN ('succeeded', 'failed', 'timed_out', 'cancelled', 'interrupted')
+  AND created_at < :older_than
+  AND id NOT IN (
+      SELECT id FROM runs WHERE job = :job ORDER BY created_at DESC, id DESC LIMIT :keep
+  )
+RETURNING id;
+
+-- name: prune_events
+-- Events of the job older than the cut-off that no longer point at a run that exists. Kept anyway:
+-- the event a run was made by, and the newest fire of each time trigger (last_fire survives retention).
+DELETE FROM events
+WHERE job = :job
+  AND received_at < :older_than
+  AND (run_id IS NULL OR NOT EXISTS (SELECT 1 FROM runs WHERE runs.id = events.run_id))
+  AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.event_id = events.id)
+  AND NOT (
+      scheduled_at IS NOT NULL
+      AND scheduled_at = (
+          SELECT max(e2.scheduled_at) FROM events AS e2
+          WHERE e2.job = events.job AND e2.trigger = events.trigger AND e2.scheduled_at IS NOT NULL
+      )
+  );

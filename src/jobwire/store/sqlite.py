@@ -1,0 +1,648 @@
+"""SQLite store: the embedded default. One file, one scheduler.
+
+The stdlib `sqlite3` module is driven from ONE dedicated thread. Each store method is one hop to
+that thread, running a plain synchronous function that does all of its statements in one
+transaction (a hop per method, not per statement as with aiosqlite). WAL mode; `synchronous`
+FULL by default so a recorded run survives power loss, not just a crash.
+
+A second jobwire process on the same file would fire every schedule twice, so `open()` takes an
+exclusive `flock` on `<db>.lock` and fails fast with `StoreLocked` naming the process that holds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic_core import to_json
+
+from jobwire.model import ACTIVE_STATES, Event, EventOutcome, Job, Run, RunState, utcnow
+from jobwire.store.base import (
+    EventQuery,
+    Intake,
+    Page,
+    PruneResult,
+    Recorded,
+    RunQuery,
+    Store,
+    StoredJob,
+    StoreError,
+    StoreLocked,
+)
+from jobwire.store.queries import (
+    Queries,
+    check_limit,
+    decode_cursor,
+    encode_cursor,
+    from_us,
+    load_migrations,
+    opt_dt,
+    opt_us,
+    to_us,
+)
+
+T = TypeVar("T")
+
+Q = Queries("sqlite")
+
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+BUSY_TIMEOUT_MS = 5000
+
+RUN_COLUMNS = (
+    "id", "key", "job", "trigger", "event_id", "state", "attempt", "params", "concurrency_key",
+    "created_at", "scheduled_at", "not_before", "started_at", "finished_at", "exit_code", "http_status",
+    "error", "target_ref", "target_status", "history", "input_location", "environment",
+)  # fmt: skip
+EVENT_COLUMNS = (
+    "id", "job", "trigger", "source", "received_at", "scheduled_at", "payload", "outcome", "run_id",
+    "reason", "input_location",
+)  # fmt: skip
+_LISTED_ACTIVE = frozenset({RunState.queued, *ACTIVE_STATES})
+# Literal, so SQLite can prove a query only wants rows of the partial index `runs_active`.
+_ACTIVE_TERM = "state IN ('queued', 'pending', 'running')"
+
+
+# --------------------------------------------------------------------------- url, lock
+
+
+def path_from_url(url: str) -> Path:
+    """`sqlite:///relative/path.db` → `relative/path.db`; `sqlite:////abs/path.db` → `/abs/path.db`."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise StoreError(
+            f"invalid SQLite URL {url!r}: expected sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        )
+    rest = url[len(prefix) :].split("?", 1)[0]
+    if rest == ":memory:":
+        raise StoreError("sqlite:///:memory: is not supported (one scheduler per file); use memory://")
+    return Path(rest).expanduser()
+
+
+def _take_lock(lock_path: Path, db_path: Path) -> int:
+    """Exclusive non-blocking flock on the lock file; the fd stays open while the store is open."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        finally:
+            os.close(fd)
+        pid = holder if holder.isdigit() else "unknown"
+        who = (
+            f"another jobwire store in this process (pid {pid})"
+            if pid == str(os.getpid())
+            else f"another jobwire process (pid {pid})"
+        )
+        raise StoreLocked(
+            f"{who} is using {db_path}; stop it or set JOBWIRE_DATA_DIR to another folder"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into complete statements (triggers' BEGIN…END kept whole)."""
+    out: list[str] = []
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    rest = "\n".join(ln for ln in buf.splitlines() if not ln.strip().startswith("--")).strip()
+    if rest:
+        raise StoreError(f"migration ends with an incomplete statement: {rest[:80]!r}")
+    return out
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The version the database is at (0 for an empty one)."""
+    has = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    ).fetchone()
+    if not has:
+        return 0
+    row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def latest_version() -> int:
+    return len(load_migrations("sqlite"))
+
+
+def migrate(conn: sqlite3.Connection, target: int | None = None) -> list[int]:
+    """Apply the migrations after the database's version up to `target` (default: all), each in
+    its own transaction with its `schema_version` row. Returns the versions applied."""
+    migrations = load_migrations("sqlite")
+    latest = len(migrations)
+    target = latest if target is None else target
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version ("
+        " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)"
+    )
+    current = schema_version(conn)
+    if current > latest:
+        raise StoreError(
+            f"the database schema is at version {current}, newer than this jobwire knows ({latest}); "
+            "upgrade jobwire or point it at another database"
+        )
+    applied: list[int] = []
+    for version, name, sql in migrations:
+        if version <= current or version > target:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if schema_version(conn) >= version:  # applied meanwhile (cannot happen under the lock)
+                conn.execute("ROLLBACK")
+                continue
+            for stmt in _statements(sql):
+                conn.execute(stmt)
+            conn.execute(
+                "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
+                (version, name, to_us(utcnow())),
+            )
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"migration {version:04d}_{name}.sql failed: {exc}") from exc
+            raise
+        applied.append(version)
+    return applied
+
+
+def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
+    """A connection with jobwire's settings: autocommit (explicit BEGIN), WAL, foreign keys."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True, cached_statements=256)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(f"{path}: could not switch to WAL journal mode (got {mode!r})")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        conn.execute("PRAGMA cache_size = -16384")  # KiB: 16 MiB of page cache (default 2 MiB)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+# --------------------------------------------------------------------------- row mapping
+
+
+def _json(value: Any) -> str:
+    return to_json(value).decode()
+
+
+def _run_values(run: Run) -> tuple[Any, ...]:
+    return (
+        run.id,
+        run.key,
+        run.job,
+        run.trigger,
+        run.event_id,
+        run.state.value,
+        run.attempt,
+        _json(run.params),
+        run.concurrency_key,
+        to_us(run.created_at),
+        opt_us(run.scheduled_at),
+        opt_us(run.not_before),
+        opt_us(run.started_at),
+        opt_us(run.finished_at),
+        run.exit_code,
+        run.http_status,
+        None if run.error is None else _json(run.error),
+        run.target_ref,
+        _json(run.target_status),
+        _json(run.history),
+        run.input_location,
+        run.environment,
+    )
+
+
+def _run_update_values(run: Run) -> tuple[Any, ...]:
+    v = _run_values(run)
+    return (v[0], *v[2:])  # id, then everything after key
+
+
+def _run_from_row(row: Sequence[Any]) -> Run:
+    return Run.model_validate(
+        {
+            "id": row[0],
+            "key": row[1],
+            "job": row[2],
+            "trigger": row[3],
+            "event_id": row[4],
+            "state": row[5],
+            "attempt": row[6],
+            "params": json.loads(row[7]),
+            "concurrency_key": row[8],
+            "created_at": from_us(row[9]),
+            "scheduled_at": opt_dt(row[10]),
+            "not_before": opt_dt(row[11]),
+            "started_at": opt_dt(row[12]),
+            "finished_at": opt_dt(row[13]),
+            "exit_code": row[14],
+            "http_status": row[15],
+            "error": None if row[16] is None else json.loads(row[16]),
+            "target_ref": row[17],
+            "target_status": json.loads(row[18]),
+            "history": json.loads(row[19]),
+            "input_location": row[20],
+            "environment": row[21],
+        }
+    )
+
+
+def _event_values(event: Event) -> tuple[Any, ...]:
+    return (
+        event.id,
+        event.job,
+        event.trigger,
+        event.source,
+        to_us(event.received_at),
+        opt_us(event.scheduled_at),
+        None if event.payload is None else _json(event.payload),
+        event.outcome.value,
+        event.run_id,
+        event.reason,
+        event.input_location,
+    )
+
+
+def _event_from_row(row: Sequence[Any]) -> Event:
+    return Event.model_validate(
+        {
+            "id": row[0],
+            "job": row[1],
+            "trigger": row[2],
+            "source": row[3],
+            "received_at": from_us(row[4]),
+            "scheduled_at": opt_dt(row[5]),
+            "payload": None if row[6] is None else json.loads(row[6]),
+            "outcome": row[7],
+            "run_id": row[8],
+            "reason": row[9],
+            "input_location": row[10],
+        }
+    )
+
+
+def _job_from_row(row: Sequence[Any]) -> StoredJob:
+    return StoredJob(
+        job=Job.model_validate_json(row[1]), origin=row[2], paused=bool(row[3]), updated_at=from_us(row[4])
+    )
+
+
+def duplicate_reason(existing: Run) -> str:
+    return f"run key already has run {existing.id}"
+
+
+# --------------------------------------------------------------------------- the store
+
+
+class SQLiteStore(Store):
+    def __init__(
+        self, url: str, *, synchronous: str = "FULL", busy_timeout_ms: int = BUSY_TIMEOUT_MS
+    ) -> None:
+        self.url = url
+        self.path = path_from_url(url)
+        sync = synchronous.upper()
+        if sync not in SYNCHRONOUS_MODES:
+            raise StoreError(
+                f"sqlite synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, got {synchronous!r}"
+            )
+        self.synchronous = sync
+        self.busy_timeout_ms = busy_timeout_ms
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.url!r})"
+
+    # ---- the one thread
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None or self._conn is None:
+            raise StoreError(f"{self!r} is not open: call open() first")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(conn, *args)` in one write transaction (on the store thread)."""
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn, *args)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"{self.path}: {exc}") from exc
+            raise
+        return result
+
+    def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(conn, *args)` in one read transaction: a consistent snapshot."""
+        conn = self._conn
+        assert conn is not None
+        conn.execute("BEGIN")
+        try:
+            return fn(conn, *args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
+    async def _w(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._call(self._write, fn, *args)
+
+    async def _r(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._call(self._read, fn, *args)
+
+    # ---- lifecycle
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            raise StoreError(f"{self!r} is already open")
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobwire-sqlite")
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._open_sync)
+        except BaseException:
+            executor.shutdown(wait=True)
+            raise
+        self._executor = executor
+
+    def _open_sync(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the folder for {self.path}: {exc}") from exc
+        fd = _take_lock(self.lock_path, self.path.absolute())
+        try:
+            conn = connect(self.path, self.synchronous)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            try:
+                migrate(conn)
+            except BaseException:
+                conn.close()
+                raise
+        except sqlite3.Error as exc:
+            self._release(fd)
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        except BaseException:
+            self._release(fd)
+            raise
+        self._conn, self._lock_fd = conn, fd
+
+    @staticmethod
+    def _release(fd: int) -> None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    async def close(self) -> None:
+        executor = self._executor
+        if executor is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
+        finally:
+            self._executor = None
+            executor.shutdown(wait=True)
+
+    def _close_sync(self) -> None:
+        conn, fd = self._conn, self._lock_fd
+        self._conn = self._lock_fd = None
+        try:
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA optimize")
+                conn.close()
+        finally:
+            if fd is not None:
+                self._release(fd)
+
+    # ---- jobs
+
+    async def save_job(self, job: Job, origin: str) -> StoredJob:
+        params = {
+            "name": job.name,
+            "definition": job.model_dump_json(),
+            "origin": origin,
+            "paused": int(job.paused),
+            "updated_at": to_us(utcnow()),
+        }
+
+        def op(conn: sqlite3.Connection) -> StoredJob:
+            row = conn.execute(Q.upsert_job, params).fetchone()
+            return StoredJob(job=job, origin=row[2], paused=bool(row[3]), updated_at=from_us(row[4]))
+
+        return await self._w(op)
+
+    async def get_job(self, name: str) -> StoredJob | None:
+        row = await self._r(lambda c: c.execute(Q.get_job, {"name": name}).fetchone())
+        return None if row is None else _job_from_row(row)
+
+    async def list_jobs(self) -> list[StoredJob]:
+        rows = await self._r(lambda c: c.execute(Q.list_jobs).fetchall())
+        return [_job_from_row(r) for r in rows]
+
+    async def delete_job(self, name: str) -> bool:
+        count: int = await self._w(lambda c: c.execute(Q.delete_job, {"name": name}).rowcount)
+        return count > 0
+
+    async def set_paused(self, name: str, paused: bool) -> StoredJob | None:
+        params = {"name": name, "paused": int(paused), "updated_at": to_us(utcnow())}
+        row = await self._w(lambda c: c.execute(Q.set_paused, params).fetchone())
+        return None if row is None else _job_from_row(row)
+
+    # ---- events and runs
+
+    async def record(self, batch: list[Intake]) -> list[Recorded]:
+        if not batch:
+            return []
+        # Serialize on the caller's thread while the store thread works on the previous call.
+        runs = [(i.run, _run_values(i.run)) for i in batch if i.run is not None]
+        return await self._w(self._record_sync, batch, runs)
+
+    @staticmethod
+    def _record_sync(
+        conn: sqlite3.Connection, batch: list[Intake], runs: list[tuple[Run, tuple[Any, ...]]]
+    ) -> list[Recorded]:
+        inserted = conn.executemany(Q.insert_run, [v for _, v in runs]).rowcount if runs else 0
+        all_new = inserted == len(runs)
+        out: list[Recorded] = []
+        event_rows: list[tuple[Any, ...]] = []
+        for intake in batch:
+            event, run = intake.event, intake.run
+            if run is not None:
+                new = all_new
+                if not new:
+                    # Some run key repeated: the run is ours if the row at its key came from our event.
+                    row = conn.execute(Q.run_identity_by_key, (run.key,)).fetchone()
+                    new = row is not None and row[0] == run.id and row[1] == run.event_id
+                if new:
+                    if event.run_id != run.id:
+                        event = event.model_copy(update={"run_id": run.id})
+                else:
+                    existing = _existing_run(conn, run)
+                    event = event.model_copy(
+                        update={
+                            "outcome": EventOutcome.duplicate,
+                            "run_id": existing.id,
+                            "reason": duplicate_reason(existing),
+                        }
+                    )
+                    run = existing
+            event_rows.append(_event_values(event))
+            out.append(Recorded(event=event, run=run))
+        try:
+            conn.executemany(Q.insert_event, event_rows)
+        except sqlite3.IntegrityError as exc:
+            raise StoreError(f"cannot record the batch: {exc} (event ids must be unique)") from exc
+        return out
+
+    async def update_runs(self, runs: list[Run]) -> None:
+        if not runs:
+            return
+        values = [_run_update_values(r) for r in runs]
+        await self._w(lambda c: c.executemany(Q.update_run, values))
+
+    async def get_run(self, run_id: str) -> Run | None:
+        row = await self._r(lambda c: c.execute(Q.select_runs + " WHERE id = ?", (run_id,)).fetchone())
+        return None if row is None else _run_from_row(row)
+
+    async def get_run_by_key(self, key: str) -> Run | None:
+        row = await self._r(lambda c: c.execute(Q.select_runs + " WHERE key = ?", (key,)).fetchone())
+        return None if row is None else _run_from_row(row)
+
+    async def list_runs(self, query: RunQuery) -> Page[Run]:
+        limit = check_limit(query.limit)
+        where: list[str] = []
+        args: list[Any] = []
+        if query.job is not None:
+            where.append("job = ?")
+            args.append(query.job)
+        if query.states is not None:
+            states = [RunState(s) for s in query.states]
+            where.append(f"state IN ({', '.join('?' * len(states))})")
+            args.extend(s.value for s in states)
+            if states and set(states) <= _LISTED_ACTIVE:
+                where.append(_ACTIVE_TERM)  # lets the planner use the small partial index
+        if query.event_id is not None:
+            where.append("event_id = ?")
+            args.append(query.event_id)
+        _time_window(where, args, "created_at", query.since, query.until, query.cursor)
+        sql = Q.select_runs + _where(where) + " ORDER BY created_at DESC, id DESC LIMIT ?"
+        args.append(limit + 1)
+        rows = await self._r(lambda c: c.execute(sql, args).fetchall())
+        items = [_run_from_row(r) for r in rows[:limit]]
+        cursor = encode_cursor(rows[limit - 1][9], rows[limit - 1][0]) if len(rows) > limit else None
+        return Page(items=items, next_cursor=cursor)
+
+    async def active_runs(self) -> list[Run]:
+        sql = f"{Q.select_runs} WHERE {_ACTIVE_TERM} ORDER BY created_at, id"
+        rows = await self._r(lambda c: c.execute(sql).fetchall())
+        return [_run_from_row(r) for r in rows]
+
+    async def get_event(self, event_id: str) -> Event | None:
+        row = await self._r(lambda c: c.execute(Q.select_events + " WHERE id = ?", (event_id,)).fetchone())
+        return None if row is None else _event_from_row(row)
+
+    async def list_events(self, query: EventQuery) -> Page[Event]:
+        limit = check_limit(query.limit)
+        where: list[str] = []
+        args: list[Any] = []
+        if query.job is not None:
+            where.append("job = ?")
+            args.append(query.job)
+        if query.outcomes is not None:
+            where.append(f"outcome IN ({', '.join('?' * len(query.outcomes))})")
+            args.extend(EventOutcome(o).value for o in query.outcomes)
+        _time_window(where, args, "received_at", query.since, query.until, query.cursor)
+        sql = Q.select_events + _where(where) + " ORDER BY received_at DESC, id DESC LIMIT ?"
+        args.append(limit + 1)
+        rows = await self._r(lambda c: c.execute(sql, args).fetchall())
+        items = [_event_from_row(r) for r in rows[:limit]]
+        cursor = encode_cursor(rows[limit - 1][4], rows[limit - 1][0]) if len(rows) > limit else None
+        return Page(items=items, next_cursor=cursor)
+
+    async def last_fire(self, job: str, trigger: str) -> datetime | None:
+        row = await self._r(lambda c: c.execute(Q.last_fire, {"job": job, "trigger": trigger}).fetchone())
+        return None if row is None else from_us(row[0])
+
+    async def prune(self, job: str, keep: int, older_than: datetime) -> PruneResult:
+        params = {"job": job, "keep": max(0, keep), "older_than": to_us(older_than)}
+
+        def op(conn: sqlite3.Connection) -> PruneResult:
+            runs = [r[0] for r in conn.execute(Q.prune_runs, params).fetchall()]
+            events = conn.execute(Q.prune_events, {"job": job, "older_than": params["older_than"]}).rowcount
+            return PruneResult(runs=sorted(runs), events=events)
+
+        return await self._w(op)
+
+    # ---- for tests and tools
+
+    async def execute(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement in its own transaction on the store thread (tests, diagnostics)."""
+        return await self._w(lambda c: c.execute(sql, args).fetchall())
+
+
+def _existing_run(conn: sqlite3.Connection, run: Run) -> Run:
+    """The run that made `run`'s insert a no-op: same key, or (a different key with) the same id."""
+    row = conn.execute(Q.select_runs + " WHERE key = ?", (run.key,)).fetchone()
+    if row is None:
+        row = conn.execute(Q.select_runs + " WHERE id = ?", (run.id,)).fetchone()
+    if row is None:  # pragma: no cover - the insert conflicted on one of the two
+        raise StoreError(f"run {run.id} was neither inserted nor found")
+    return _run_from_row(row)
+
+
+def _where(clauses: list[str]) -> str:
+    return (" WHERE " + " AND ".join(clauses)) if clauses else ""
+
+
+def _time_window(
+    where: list[str],
+    args: list[Any],
+    column: str,
+    since: datetime | None,
+    until: datetime | None,
+    cursor: str | None,
+) -> None:
+    """`since` inclusive, `until` exclusive; the cursor continues strictly after the last row."""
+    if since is not None:
+        where.append(f"{column} >= ?")
+        args.append(to_us(since))
+    if until is not None:
+        where.append(f"{column} < ?")
+        args.append(to_us(until))
+    if cursor is not None:
+        us, row_id = decode_cursor(cursor)
+        where.append(f"({column}, id) < (?, ?)")
+        args.extend((us, row_id))

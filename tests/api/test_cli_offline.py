@@ -1,0 +1,182 @@
+"""CLI commands that need no server: check, config, serve's refusal, and error reporting."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from jobwire.cli import app, parse_params
+
+runner = CliRunner()
+
+GOOD = """\
+jobs:
+  - name: nightly
+    triggers:
+      - cron: "0 2 * * *"
+        timezone: Europe/Amsterdam
+      - api
+    target:
+      type: http
+      url: https://example.com/build
+  - name: local-echo
+    triggers: [api]
+    target:
+      type: local
+      command: [echo, hi]
+"""
+
+BAD = """\
+jobs:
+  - name: broken
+    triggers:
+      - cron: "61 * * * *"
+    target:
+      type: http
+      url: ftp://example.com
+"""
+
+SEED003 = {
+    "name": "CLI",
+    "description": "From CLI",
+    "schedule": "*/5 * * * *",
+    "job": {"callback_url": "https://example.com/cb", "http_method": "post", "payload": {}},
+}
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for k in list(os.environ):
+        if k.startswith("JOBWIRE_"):
+            monkeypatch.delenv(k)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_check_good_files(tmp_path: Path) -> None:
+    (tmp_path / "jobs.yaml").write_text(GOOD)
+    (tmp_path / "seed.json").write_text(json.dumps(SEED003))
+    result = runner.invoke(app, ["check", "jobs.yaml", "seed.json"])
+    assert result.exit_code == 0, result.output
+    assert "3 jobs OK" in result.output
+    for text in ("nightly", "local-echo", "CLI", "cron 0 2 * * * (Europe/Amsterdam)", "cron */5 * * * *"):
+        assert text in result.output
+
+
+def test_check_bad_file_prints_file_line_path_message(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text(BAD)
+    (tmp_path / "good.yaml").write_text(GOOD)
+    result = runner.invoke(app, ["check", "good.yaml", "bad.yaml"])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("bad.yaml:")]
+    assert len(lines) == 2, result.output
+    assert re.fullmatch(r"bad\.yaml:4: jobs\[0\]\.triggers\[0\]\.cron: .*61.*", lines[0]), lines[0]
+    assert re.fullmatch(r"bad\.yaml:7: jobs\[0\]\.target\.url: .*http.*", lines[1]), lines[1]
+    assert "2 errors" in result.output
+
+
+def test_check_json_output(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text(BAD)
+    result = runner.invoke(app, ["check", "--json", "bad.yaml"])
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["ok"] is False and {e["line"] for e in data["errors"]} == {4, 7}
+
+
+def test_check_missing_path() -> None:
+    result = runner.invoke(app, ["check", "does-not-exist.yaml"])
+    assert result.exit_code == 1
+    assert "does-not-exist.yaml" in result.output
+
+
+def test_config_masks_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOBWIRE_API_TOKEN", "super-secret-token-value")
+    monkeypatch.setenv("JOBWIRE_API_TOKENS", "reader-secret:read")
+    monkeypatch.setenv("JOBWIRE_DATABASE_URL", "postgresql://jw:db-password@db:5432/jw")
+    monkeypatch.setenv("JOBWIRE_PORT", "9999")
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 0, result.output
+    for secret in ("super-secret-token-value", "reader-secret", "db-password"):
+        assert secret not in result.output
+    assert "api_token: '****'" in result.output
+    assert "port: 9999" in result.output
+    assert "postgresql://jw:****@db:5432/jw" in result.output
+    data = json.loads(runner.invoke(app, ["config", "--json"]).stdout)
+    assert data["api_tokens"] == [{"name": "token1", "token": "****", "scopes": ["read"]}]
+
+
+def test_config_reports_bad_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOBWIRE_PORT", "not-a-port")
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 2
+    assert "port" in result.output
+
+
+def test_serve_refuses_public_bind_without_token(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path / "d")])
+    assert result.exit_code == 2
+    assert "JOBWIRE_API_TOKEN is required when binding to 0.0.0.0" in result.output
+    assert not (tmp_path / "d").exists()  # refused before anything was started
+
+
+def test_unreachable_server_says_what_to_do() -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = runner.invoke(app, ["jobs", "list", "--url", f"http://127.0.0.1:{port}"])
+    assert result.exit_code == 2
+    assert f"cannot reach jobwire at http://127.0.0.1:{port}" in result.output
+    assert "jobwire serve" in result.output
+
+
+def test_parse_params() -> None:
+    assert parse_params(["a=1", "b=x=y", "c:=[1, 2]", "d:=true", "e="]) == {
+        "a": "1",
+        "b": "x=y",
+        "c": [1, 2],
+        "d": True,
+        "e": "",
+    }
+    for bad in ("novalue", "=x", "c:={nope"):
+        with pytest.raises(typer.BadParameter):
+            parse_params([bad])
+
+
+def test_logging_masks_secrets_in_json_lines() -> None:
+    import io
+    import logging
+
+    import structlog
+
+    from jobwire.logging import configure_logging
+
+    buf = io.StringIO()
+    configure_logging("info", "json", stream=buf)
+    try:
+        structlog.get_logger("t").info(
+            "hello",
+            api_token="tok-123",
+            headers={"Authorization": "Bearer abc"},
+            db_password="pw",
+            run_id="r1",
+        )
+        logging.getLogger("uvicorn.error").info("plain %s", "record", extra={"client_secret": "cs"})
+        structlog.get_logger("t").debug("hidden at info")
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+        logging.getLogger().setLevel(logging.WARNING)
+    lines = [json.loads(line) for line in buf.getvalue().splitlines()]
+    assert len(lines) == 2
+    first, second = lines
+    assert first["api_token"] == "****" and first["db_password"] == "****"
+    assert first["headers"] == {"Authorization": "****"} and first["run_id"] == "r1"
+    assert second["event"] == "plain record" and second["client_secret"] == "****"
+    for secret in ("tok-123", "abc", '"pw"', '"cs"'):
+        assert secret not in buf.getvalue()

@@ -1,0 +1,152 @@
+"""The Sink contract: `publish` delivers or raises (the engine retries). Webhook and log sinks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import structlog
+from pydantic import SecretStr
+
+from jobwire.config import LogSinkSpec, Settings, WebhookSinkSpec
+from jobwire.model import RunError, StatusBlock, StatusDocument, utcnow
+from jobwire.signing import DELIVERY_HEADER, SIGNATURE_HEADER, SignatureError, verify
+from jobwire.sinks import SINKS, DeliveryError, LogSink, SinkConfigError, WebhookSink, build_sinks
+from tests.support.fake_context import RecordingServer
+
+SECRET = "sink-secret-value"
+
+
+def doc(action: str = "finished", attempt: int = 1) -> StatusDocument:
+    return StatusDocument(
+        name="nightly",
+        action=action,
+        status=StatusBlock(succeeded=1, startTime=utcnow(), completionTime=utcnow()),
+        environment="prod",
+        error=None,
+        run_id="r0123456789abcdef",
+        event_id="ev-1",
+        job="nightly",
+        attempt=attempt,
+        time=utcnow(),
+    )
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[RecordingServer]:
+    s = await RecordingServer().start()
+    yield s
+    await s.stop()
+
+
+async def started(spec: WebhookSinkSpec) -> WebhookSink:
+    sink = WebhookSink(spec)
+    await sink.start()
+    return sink
+
+
+def test_registry(tmp_path: Path) -> None:
+    assert dict(SINKS) == {"webhook": WebhookSink, "log": LogSink}
+    settings = Settings(
+        data_dir=tmp_path,
+        sinks=[WebhookSinkSpec(url="http://127.0.0.1:1/hook", max_attempts=7), LogSinkSpec()],
+    )
+    sinks = build_sinks(settings)
+    assert [type(s) for s in sinks] == [WebhookSink, LogSink]
+    assert sinks[0].max_attempts == 7
+
+
+async def test_webhook_delivers_a_verifiable_signed_document(server: RecordingServer) -> None:
+    sink = await started(WebhookSinkSpec(url=server.url("/hook"), secret=SecretStr(SECRET)))
+    try:
+        d = doc()
+        await sink.publish(d)
+    finally:
+        await sink.close()
+    (req,) = server.requests
+    assert req.method == "POST"
+    assert req.headers["content-type"] == "application/json"
+    assert req.headers[DELIVERY_HEADER.lower()] == f"{d.run_id}:1:finished"
+    verify(SECRET.encode(), req.body, req.headers[SIGNATURE_HEADER.lower()], time.time(), 60)
+    assert StatusDocument.model_validate_json(req.body) == d
+    with pytest.raises(SignatureError):
+        verify(b"wrong", req.body, req.headers[SIGNATURE_HEADER.lower()], time.time(), 60)
+
+
+async def test_webhook_secret_from_env(server: RecordingServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOOK_SECRET_FOR_TEST", SECRET)
+    sink = await started(WebhookSinkSpec(url=server.url("/hook"), secret_env="HOOK_SECRET_FOR_TEST"))
+    try:
+        await sink.publish(doc())
+    finally:
+        await sink.close()
+    (req,) = server.requests
+    verify(SECRET.encode(), req.body, req.headers[SIGNATURE_HEADER.lower()], time.time(), 60)
+
+
+async def test_webhook_missing_secret_env_fails_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HOOK_SECRET_ABSENT", raising=False)
+    sink = WebhookSink(WebhookSinkSpec(url="http://127.0.0.1:1/hook", secret_env="HOOK_SECRET_ABSENT"))
+    with pytest.raises(SinkConfigError, match="HOOK_SECRET_ABSENT"):
+        await sink.start()
+
+
+async def test_webhook_raises_on_500(server: RecordingServer) -> None:
+    sink = await started(WebhookSinkSpec(url=server.url("/status/500"), secret=SecretStr(SECRET)))
+    try:
+        with pytest.raises(DeliveryError, match="500"):
+            await sink.publish(doc())
+        # a retry of the same document carries the same delivery id
+        with pytest.raises(DeliveryError):
+            await sink.publish(doc())
+    finally:
+        await sink.close()
+    ids = {r.headers[DELIVERY_HEADER.lower()] for r in server.requests}
+    assert len(server.requests) == 2 and len(ids) == 1
+
+
+async def test_webhook_raises_on_network_error(server: RecordingServer) -> None:
+    url = server.url("/hook")
+    await server.stop()
+    sink = await started(WebhookSinkSpec(url=url))
+    try:
+        with pytest.raises(DeliveryError):
+            await sink.publish(doc())
+    finally:
+        await sink.close()
+
+
+async def test_webhook_private_destination_guard(server: RecordingServer) -> None:
+    sink = await started(WebhookSinkSpec(url=server.url("/hook"), allow_private=False))
+    try:
+        with pytest.raises(DeliveryError, match="allow_private"):
+            await sink.publish(doc())
+    finally:
+        await sink.close()
+    assert server.requests == []
+
+
+async def test_webhook_error_message_hides_url_credentials(server: RecordingServer) -> None:
+    url = server.url("/status/503?token=query-secret").replace("http://", "http://user:pw-secret@")
+    sink = await started(WebhookSinkSpec(url=url))
+    try:
+        with pytest.raises(DeliveryError) as info:
+            await sink.publish(doc())
+    finally:
+        await sink.close()
+    assert "pw-secret" not in str(info.value) and "query-secret" not in str(info.value)
+
+
+async def test_log_sink_logs_status_fields_only() -> None:
+    d = doc().model_copy(
+        update={"error": RunError(message="body with sekrit", reason="HTTPStatus", code=500)}
+    )
+    with structlog.testing.capture_logs() as logs:
+        await LogSink().publish(d)
+    (entry,) = logs
+    assert entry["event"] == "status"
+    assert entry["log_level"] == "info"
+    assert (entry["run_id"], entry["job"], entry["action"]) == (d.run_id, d.job, d.action)
+    assert "sekrit" not in repr(entry)

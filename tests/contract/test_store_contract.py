@@ -1,0 +1,698 @@
+"""The store contract: every store (memory, sqlite, later postgres) passes these tests.
+
+Store-specific behaviour (the SQLite single-scheduler lock, durability across reopen) is at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from jobwire.model import (
+    ACTIVE_STATES,
+    TERMINAL_STATES,
+    ApiTrigger,
+    Event,
+    EventOutcome,
+    Job,
+    LocalTarget,
+    Run,
+    RunError,
+    RunState,
+    Transition,
+    event_run_key,
+    run_id_for,
+    time_run_key,
+)
+from jobwire.store import (
+    EventQuery,
+    Intake,
+    RunQuery,
+    Store,
+    StoreError,
+    StoreLocked,
+    open_store,
+)
+from jobwire.store.sqlite import SQLiteStore
+
+from .conftest import MakeStore
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+_ids = itertools.count()
+
+
+def job(name: str = "nightly", **kw: Any) -> Job:
+    return Job(name=name, target=LocalTarget(command=["true"]), triggers=[ApiTrigger()], **kw)
+
+
+def event(
+    job_name: str | None = "nightly",
+    *,
+    at: datetime = T0,
+    trigger: str = "api",
+    scheduled_at: datetime | None = None,
+    outcome: EventOutcome = EventOutcome.run,
+    payload: Any = None,
+    id: str | None = None,
+) -> Event:
+    return Event(
+        id=id or f"e{next(_ids):06d}",
+        job=job_name,
+        trigger=trigger,
+        source="api",
+        received_at=at,
+        scheduled_at=scheduled_at,
+        payload=payload,
+        outcome=outcome,
+    )
+
+
+def run_for(
+    ev: Event, key: str | None = None, *, state: RunState = RunState.pending, at: datetime | None = None
+) -> Run:
+    assert ev.job is not None
+    key = key or event_run_key(ev.job, ev.trigger, ev.id)
+    return Run(
+        id=run_id_for(key),
+        key=key,
+        job=ev.job,
+        trigger=ev.trigger,
+        event_id=ev.id,
+        state=state,
+        created_at=at or ev.received_at,
+        scheduled_at=ev.scheduled_at,
+    )
+
+
+def intake(job_name: str = "nightly", key: str | None = None, **kw: Any) -> Intake:
+    state = kw.pop("state", RunState.pending)
+    ev = event(job_name, **kw)
+    return Intake(event=ev, run=run_for(ev, key, state=state))
+
+
+async def all_runs(store: Store, **filters: Any) -> list[Run]:
+    out: list[Run] = []
+    cursor = None
+    while True:
+        page = await store.list_runs(RunQuery(limit=1000, cursor=cursor, **filters))
+        out += page.items
+        if page.next_cursor is None:
+            return out
+        cursor = page.next_cursor
+
+
+async def all_events(store: Store, **filters: Any) -> list[Event]:
+    out: list[Event] = []
+    cursor = None
+    while True:
+        page = await store.list_events(EventQuery(limit=1000, cursor=cursor, **filters))
+        out += page.items
+        if page.next_cursor is None:
+            return out
+        cursor = page.next_cursor
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+async def test_jobs_crud(store: Store) -> None:
+    assert await store.get_job("nightly") is None
+    assert await store.list_jobs() == []
+    before = datetime.now(UTC)
+    saved = await store.save_job(job("nightly", description="v1"), "file:/etc/jobs.yaml")
+    assert saved.origin == "file:/etc/jobs.yaml" and saved.paused is False
+    assert saved.updated_at >= before - timedelta(seconds=1) and saved.updated_at.utcoffset() == timedelta(0)
+    await store.save_job(job("alpha"), "api")
+    got = await store.get_job("nightly")
+    assert got is not None and got.job == job("nightly", description="v1")
+    assert got.updated_at == saved.updated_at
+    assert [s.job.name for s in await store.list_jobs()] == ["alpha", "nightly"]
+
+    await store.save_job(job("nightly", description="v2"), "api")
+    got = await store.get_job("nightly")
+    assert got is not None and got.job.description == "v2" and got.origin == "api"
+    assert len(await store.list_jobs()) == 2
+
+    assert await store.delete_job("nightly") is True
+    assert await store.delete_job("nightly") is False
+    assert await store.get_job("nightly") is None
+    assert [s.job.name for s in await store.list_jobs()] == ["alpha"]
+
+
+async def test_paused_survives_redefinition(store: Store) -> None:
+    assert await store.set_paused("nope", True) is None
+    await store.save_job(job(), "file:a.yaml")
+    paused = await store.set_paused("nightly", True)
+    assert paused is not None and paused.paused is True and paused.job.name == "nightly"
+    # a reload of the file (definition says nothing about pausing) keeps the pause
+    again = await store.save_job(job(description="edited"), "file:a.yaml")
+    assert again.paused is True
+    got = await store.get_job("nightly")
+    assert got is not None and got.paused is True and got.job.description == "edited"
+    resumed = await store.set_paused("nightly", False)
+    assert resumed is not None and resumed.paused is False
+    # a definition that says paused: true pauses
+    assert (await store.save_job(job(paused=True), "api")).paused is True
+    got = await store.get_job("nightly")
+    assert got is not None and got.paused is True
+    # a new job takes its definition's flag
+    assert (await store.save_job(job("fresh"), "api")).paused is False
+    assert (await store.save_job(job("born-paused", paused=True), "api")).paused is True
+
+
+# --------------------------------------------------------------------------- record
+
+
+async def test_record_one(store: Store) -> None:
+    i = intake(payload={"file": "a.csv", "n": [1, 2.5, None, True]})
+    [rec] = await store.record([i])
+    assert rec.event.outcome == EventOutcome.run
+    assert i.run is not None
+    assert rec.event.run_id == i.run.id
+    assert rec.run == i.run
+    assert await store.get_run(i.run.id) == i.run
+    stored_event = await store.get_event(i.event.id)
+    assert stored_event == rec.event
+    assert stored_event is not None and stored_event.payload == {"file": "a.csv", "n": [1, 2.5, None, True]}
+    assert await store.get_run("r-unknown") is None
+    assert await store.get_event("e-unknown") is None
+    assert await store.record([]) == []
+
+
+async def test_record_batch_in_order(store: Store) -> None:
+    batch = [intake(at=T0 + timedelta(seconds=n)) for n in range(50)]
+    recorded = await store.record(batch)
+    assert [r.event.id for r in recorded] == [i.event.id for i in batch]
+    assert [r.run for r in recorded] == [i.run for i in batch]
+    assert all(r.event.outcome == EventOutcome.run for r in recorded)
+    assert len(await all_runs(store)) == 50
+    assert len(await all_events(store)) == 50
+
+
+async def test_duplicate_key_across_batches(store: Store) -> None:
+    key = time_run_key("nightly", "cron", T0)
+    [first] = await store.record([intake(key=key, scheduled_at=T0)])
+    assert first.run is not None
+    # the run moves on before the repeat arrives: the duplicate points at the run as stored
+    moved = first.run.model_copy(update={"state": RunState.running, "started_at": T0 + timedelta(seconds=1)})
+    await store.update_runs([moved])
+    repeat = intake(key=key, scheduled_at=T0, at=T0 + timedelta(minutes=1))
+    [dup] = await store.record([repeat])
+    assert dup.event.outcome == EventOutcome.duplicate
+    assert dup.event.run_id == first.run.id
+    assert dup.event.reason is not None and first.run.id in dup.event.reason
+    assert dup.run == moved
+    stored = await store.get_event(repeat.event.id)
+    assert stored is not None and stored.outcome == EventOutcome.duplicate and stored.run_id == first.run.id
+    assert [r.id for r in await all_runs(store)] == [first.run.id]
+    assert len(await all_events(store)) == 2
+
+
+async def test_duplicate_key_within_one_batch(store: Store) -> None:
+    key = event_run_key("nightly", "amqp", "msg-1")
+    batch = [intake(key=key), intake(key="other"), intake(key=key), intake(key=key)]
+    recorded = await store.record(batch)
+    assert [r.event.outcome for r in recorded] == [
+        EventOutcome.run, EventOutcome.run, EventOutcome.duplicate, EventOutcome.duplicate,
+    ]  # fmt: skip
+    assert batch[0].run is not None
+    assert recorded[2].event.run_id == recorded[3].event.run_id == batch[0].run.id
+    assert recorded[2].run == recorded[3].run == batch[0].run
+    assert len(await all_runs(store)) == 2
+    assert {e.outcome for e in await all_events(store)} == {EventOutcome.run, EventOutcome.duplicate}
+    assert len(await all_events(store)) == 4
+
+
+async def test_concurrent_records_make_one_run_per_key(store: Store) -> None:
+    key = event_run_key("nightly", "webhook", "delivery-1")
+    results = await asyncio.gather(*(store.record([intake(key=key), intake()]) for _ in range(20)))
+    outcomes = [batch[0].event.outcome for batch in results]
+    assert outcomes.count(EventOutcome.run) == 1 and outcomes.count(EventOutcome.duplicate) == 19
+    assert len({batch[0].event.run_id for batch in results}) == 1
+    assert len(await all_runs(store)) == 21
+    assert len(await all_events(store)) == 40
+
+
+async def test_events_always_recorded(store: Store) -> None:
+    batch = [
+        Intake(event=event(None, outcome=EventOutcome.invalid).model_copy(update={"reason": "unknown job"})),
+        Intake(event=event("nightly", outcome=EventOutcome.filtered)),
+        Intake(event=event("nightly", outcome=EventOutcome.paused)),
+        intake(),
+    ]
+    recorded = await store.record(batch)
+    assert [r.run is None for r in recorded] == [True, True, True, False]
+    assert recorded[0].event.reason == "unknown job"
+    events = await all_events(store)
+    assert len(events) == 4
+    assert {e.outcome for e in events} == {
+        EventOutcome.invalid, EventOutcome.filtered, EventOutcome.paused, EventOutcome.run,
+    }  # fmt: skip
+    assert [e.id for e in await all_events(store, outcomes=[EventOutcome.invalid])] == [batch[0].event.id]
+
+
+async def test_batch_is_atomic(store: Store) -> None:
+    ok = intake()
+    clash = intake()
+    clash.event = clash.event.model_copy(update={"id": ok.event.id})
+    with pytest.raises(StoreError):
+        await store.record([intake(), ok, clash])
+    assert await all_runs(store) == []
+    assert await all_events(store) == []
+    # the store is usable afterwards
+    assert len(await store.record([intake()])) == 1
+
+
+async def test_run_must_name_a_recorded_event(store: Store) -> None:
+    i = intake()
+    assert i.run is not None
+    i.run = i.run.model_copy(update={"event_id": "e-nowhere"})
+    with pytest.raises(StoreError):
+        await store.record([i])
+    assert await all_runs(store) == []
+
+
+# --------------------------------------------------------------------------- update, get
+
+
+def full_run(run: Run) -> Run:
+    plus2 = timezone(timedelta(hours=2))
+    return run.model_copy(
+        update={
+            "state": RunState.failed,
+            "attempt": 3,
+            "params": {"file": "s3://b/x.csv", "n": 3, "nested": {"a": [1, "two", None]}, "ok": False},
+            "concurrency_key": "customer-7",
+            "scheduled_at": datetime(2026, 3, 1, 14, 0, 0, 1, tzinfo=plus2),
+            "not_before": T0 + timedelta(seconds=90, microseconds=999_999),
+            "started_at": T0 + timedelta(seconds=1, microseconds=123_456),
+            "finished_at": T0 + timedelta(minutes=5),
+            "exit_code": 2,
+            "http_status": 503,
+            "error": RunError(message="boom", reason="BackoffLimitExceeded", code=137),
+            "target_ref": "job-r123",
+            "target_status": {"active": 0, "failed": 1, "conditions": [{"type": "Failed"}]},
+            "history": [
+                Transition(state=RunState.pending, at=T0),
+                Transition(state=RunState.running, at=T0 + timedelta(seconds=1), attempt=1),
+                Transition(
+                    state=RunState.failed,
+                    at=datetime(2026, 3, 1, 14, 5, tzinfo=plus2),
+                    reason="exit 2",
+                    attempt=3,
+                ),
+            ],
+            "input_location": "s3://bucket/dev/nightly/input.csv",
+            "environment": "dev",
+        }
+    )
+
+
+async def test_update_runs_round_trip(store: Store) -> None:
+    a, b = intake(), intake()
+    await store.record([a, b])
+    assert a.run is not None and b.run is not None
+    fa = full_run(a.run)
+    fb = b.run.model_copy(update={"state": RunState.running, "error": RunError(message="x", code="E1")})
+    await store.update_runs([fa, fb])
+    got = await store.get_run(fa.id)
+    assert got == fa
+    assert got is not None
+    for name in ("created_at", "scheduled_at", "not_before", "started_at", "finished_at"):
+        value = getattr(got, name)
+        assert value.utcoffset() == timedelta(0), name  # aware, UTC
+        assert value == getattr(fa, name), name
+    assert got.history == fa.history and got.error == fa.error
+    assert await store.get_run(fb.id) == fb
+    assert await store.get_run_by_key(fa.key) == fa
+    assert await store.get_run_by_key("no/such/key") is None
+    # the returned run is a copy: mutating it does not change the store
+    got.params["file"] = "mutated"
+    assert (await store.get_run(fa.id)) == fa
+    # back to a plain state clears fields again
+    await store.update_runs([a.run])
+    assert await store.get_run(a.run.id) == a.run
+    await store.update_runs([])
+
+
+async def test_update_of_unknown_run_is_ignored(store: Store) -> None:
+    ghost = run_for(event())
+    await store.update_runs([ghost])
+    assert await store.get_run(ghost.id) is None
+
+
+# --------------------------------------------------------------------------- listing
+
+
+async def seed_runs(store: Store) -> list[Run]:
+    """23 runs over two jobs and several states, with ties on created_at (id breaks them)."""
+    batch: list[Intake] = []
+    states = list(RunState)
+    for n in range(23):
+        at = T0 + timedelta(seconds=n // 3)  # three runs per second: ties
+        ev = event("a" if n % 2 else "b", at=at, trigger="api")
+        batch.append(Intake(event=ev, run=run_for(ev, state=states[n % len(states)])))
+    recorded = await store.record(batch)
+    return [r.run for r in recorded if r.run is not None]
+
+
+def newest_first(runs: list[Run]) -> list[Run]:
+    return sorted(runs, key=lambda r: (r.created_at, r.id), reverse=True)
+
+
+async def walk_runs(store: Store, limit: int, **filters: Any) -> list[Run]:
+    seen: list[Run] = []
+    cursor = None
+    for _ in range(1000):
+        page = await store.list_runs(RunQuery(limit=limit, cursor=cursor, **filters))
+        assert len(page.items) <= limit
+        seen += page.items
+        if page.next_cursor is None:
+            return seen
+        assert len(page.items) == limit
+        cursor = page.next_cursor
+    raise AssertionError("paging did not end")
+
+
+async def test_list_runs_paging_walks_every_row_once(store: Store) -> None:
+    runs = await seed_runs(store)
+    expected = [r.id for r in newest_first(runs)]
+    for limit in range(1, len(runs) + 2):
+        assert [r.id for r in await walk_runs(store, limit)] == expected, limit
+    page = await store.list_runs(RunQuery(limit=len(runs)))
+    assert page.next_cursor is None and len(page.items) == len(runs)
+
+
+async def test_list_runs_filters(store: Store) -> None:
+    runs = await seed_runs(store)
+    terminal = sorted(TERMINAL_STATES)
+    since, until = T0 + timedelta(seconds=2), T0 + timedelta(seconds=5)
+    cases: list[tuple[dict[str, Any], list[Run]]] = [
+        ({"job": "a"}, [r for r in runs if r.job == "a"]),
+        ({"job": "zzz"}, []),
+        ({"states": terminal}, [r for r in runs if r.state in TERMINAL_STATES]),
+        ({"states": []}, []),
+        ({"since": since}, [r for r in runs if r.created_at >= since]),
+        ({"until": until}, [r for r in runs if r.created_at < until]),
+        (
+            {"job": "b", "states": [RunState.queued, RunState.pending], "since": since, "until": until},
+            [
+                r
+                for r in runs
+                if r.job == "b" and r.state in ("queued", "pending") and since <= r.created_at < until
+            ],
+        ),
+        ({"event_id": runs[4].event_id}, [runs[4]]),
+    ]
+    for filters, want in cases:
+        for limit in (1, 2, 5, 50):
+            got = await walk_runs(store, limit, **filters)
+            assert [r.id for r in got] == [r.id for r in newest_first(want)], (filters, limit)
+
+
+async def test_list_events_paging_and_filters(store: Store) -> None:
+    batch = [
+        Intake(event=event("a" if n % 3 else "b", at=T0 + timedelta(seconds=n // 4), outcome=o))
+        for n, o in zip(range(30), itertools.cycle(list(EventOutcome)), strict=False)
+    ]
+    await store.record(batch)
+    events = [i.event for i in batch]
+
+    def newest(evs: list[Event]) -> list[str]:
+        return [e.id for e in sorted(evs, key=lambda e: (e.received_at, e.id), reverse=True)]
+
+    cases: list[tuple[dict[str, Any], list[Event]]] = [
+        ({}, events),
+        ({"job": "b"}, [e for e in events if e.job == "b"]),
+        ({"outcomes": [EventOutcome.duplicate, EventOutcome.invalid]},
+         [e for e in events if e.outcome in ("duplicate", "invalid")]),
+        ({"since": T0 + timedelta(seconds=3), "until": T0 + timedelta(seconds=6)},
+         [e for e in events if T0 + timedelta(seconds=3) <= e.received_at < T0 + timedelta(seconds=6)]),
+    ]  # fmt: skip
+    for filters, want in cases:
+        for limit in (1, 3, 7, 100):
+            seen: list[Event] = []
+            cursor = None
+            while True:
+                page = await store.list_events(EventQuery(limit=limit, cursor=cursor, **filters))
+                seen += page.items
+                if page.next_cursor is None:
+                    break
+                cursor = page.next_cursor
+            assert [e.id for e in seen] == newest(want), (filters, limit)
+
+
+async def test_bad_cursor_and_limit(store: Store) -> None:
+    await seed_runs(store)
+    for bad in ("not-a-cursor", "!!!", ""):
+        if bad:
+            with pytest.raises(ValueError, match="cursor"):
+                await store.list_runs(RunQuery(cursor=bad))
+            with pytest.raises(ValueError, match="cursor"):
+                await store.list_events(EventQuery(cursor=bad))
+    with pytest.raises(ValueError, match="limit"):
+        await store.list_runs(RunQuery(limit=0))
+    with pytest.raises(ValueError, match="limit"):
+        await store.list_events(EventQuery(limit=0))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    offsets=st.lists(st.integers(0, 5), min_size=0, max_size=25),
+    limit=st.integers(1, 8),
+    job_filter=st.sampled_from([None, "a", "b"]),
+)
+async def test_paging_property(
+    make_store: MakeStore, offsets: list[int], limit: int, job_filter: str | None
+) -> None:
+    async with make_store() as store:
+        batch = []
+        for n, off in enumerate(offsets):
+            ev = event("a" if n % 2 else "b", at=T0 + timedelta(microseconds=off))
+            batch.append(Intake(event=ev, run=run_for(ev)))
+        await store.record(batch)
+        want = newest_first(
+            [i.run for i in batch if i.run and (job_filter is None or i.run.job == job_filter)]
+        )
+        got = await walk_runs(store, limit, job=job_filter)
+        assert [r.id for r in got] == [r.id for r in want]
+
+
+async def test_active_runs(store: Store) -> None:
+    runs = await seed_runs(store)
+    active = await store.active_runs()
+    want = sorted(
+        (r for r in runs if r.state in ACTIVE_STATES or r.state == RunState.queued),
+        key=lambda r: (r.created_at, r.id),
+    )
+    assert [r.id for r in active] == [r.id for r in want]
+    assert {r.state for r in active} == {RunState.queued, RunState.pending, RunState.running}
+    assert active == want
+
+
+async def test_last_fire(store: Store) -> None:
+    assert await store.last_fire("nightly", "cron") is None
+    fires = [T0 + timedelta(minutes=n) for n in (3, 1, 2)]
+    batch = [
+        intake(
+            key=time_run_key("nightly", "cron", f),
+            trigger="cron",
+            scheduled_at=f,
+            at=T0 + timedelta(minutes=5),
+        )
+        for f in fires
+    ]
+    batch.append(intake("nightly", trigger="cron-2", scheduled_at=T0 + timedelta(hours=9)))
+    batch.append(intake("other", trigger="cron", scheduled_at=T0 + timedelta(hours=9)))
+    batch.append(intake("nightly", trigger="cron"))  # no scheduled_at
+    await store.record(batch)
+    assert await store.last_fire("nightly", "cron") == T0 + timedelta(minutes=3)
+    # a duplicate fire (e.g. a skipped or overlapping one) still counts as fired
+    late = T0 + timedelta(minutes=4)
+    await store.record(
+        [Intake(event=event("nightly", trigger="cron", scheduled_at=late, outcome=EventOutcome.overlap))]
+    )
+    got = await store.last_fire("nightly", "cron")
+    assert got == late and got.utcoffset() == timedelta(0)
+
+
+# --------------------------------------------------------------------------- retention
+
+
+async def test_prune_keep_n_and_ttl(store: Store) -> None:
+    """10 runs one hour apart; ttl cut-off after run 6; keep 3 newest. Active runs survive."""
+    batch = []
+    for n in range(10):
+        state = RunState.running if n in (1, 8) else RunState.succeeded if n % 2 else RunState.failed
+        batch.append(intake("nightly", at=T0 + timedelta(hours=n), state=state))
+    batch.append(intake("other", at=T0, state=RunState.succeeded))  # another job: untouched
+    await store.record(batch)
+    runs = [i.run for i in batch if i.run is not None]
+    cutoff = T0 + timedelta(hours=6, minutes=30)  # runs 0..6 are past the ttl
+
+    result = await store.prune("nightly", keep=3, older_than=cutoff)
+    # kept: 7,8,9 (newest 3 — also younger than the ttl), 1 (running). Deleted: 0,2,3,4,5,6.
+    deleted = {runs[n].id for n in (0, 2, 3, 4, 5, 6)}
+    assert set(result.runs) == deleted and len(result.runs) == 6
+    assert result.events == 6
+    left = {r.id for r in await all_runs(store)}
+    assert left == {runs[n].id for n in (1, 7, 8, 9)} | {runs[10].id}
+    assert len(await all_events(store, job="nightly")) == 4
+    assert len(await all_events(store, job="other")) == 1
+    # idempotent
+    again = await store.prune("nightly", keep=3, older_than=cutoff)
+    assert again.runs == [] and again.events == 0
+
+
+async def test_prune_keep_holds_even_past_ttl(store: Store) -> None:
+    batch = [intake(at=T0 + timedelta(minutes=n), state=RunState.succeeded) for n in range(5)]
+    await store.record(batch)
+    result = await store.prune("nightly", keep=2, older_than=T0 + timedelta(days=365))
+    assert len(result.runs) == 3 and result.events == 3
+    assert [r.id for r in await all_runs(store)] == [i.run.id for i in batch[3:][::-1] if i.run]
+    # keep counts runs in any state: a newer active run is one of the kept
+    newer = intake(at=T0 + timedelta(hours=1), state=RunState.running)
+    await store.record([newer])
+    result = await store.prune("nightly", keep=2, older_than=T0 + timedelta(days=365))
+    assert batch[3].run is not None and result.runs == [batch[3].run.id]
+    result = await store.prune("nightly", keep=0, older_than=T0 + timedelta(days=365))
+    assert batch[4].run is not None and result.runs == [batch[4].run.id]
+    assert [r.id for r in await all_runs(store)] == [newer.run.id if newer.run else ""]
+
+
+async def test_prune_ttl_holds_even_beyond_keep(store: Store) -> None:
+    batch = [intake(at=T0 + timedelta(minutes=n), state=RunState.cancelled) for n in range(5)]
+    await store.record(batch)
+    result = await store.prune("nightly", keep=0, older_than=T0 + timedelta(minutes=2))
+    assert sorted(result.runs) == sorted(i.run.id for i in batch[:2] if i.run)
+    assert len(await all_runs(store)) == 3
+
+
+async def test_prune_never_deletes_active_runs(store: Store) -> None:
+    batch = [intake(at=T0 + timedelta(minutes=n), state=s) for n, s in enumerate(RunState)]
+    await store.record(batch)
+    result = await store.prune("nightly", keep=0, older_than=T0 + timedelta(days=1))
+    by_id = {i.run.id: i.run.state for i in batch if i.run}
+    assert {by_id[r] for r in result.runs} == set(TERMINAL_STATES)
+    assert {r.state for r in await all_runs(store)} == {RunState.queued, RunState.pending, RunState.running}
+
+
+async def test_prune_events_keep_lineage_of_kept_runs(store: Store) -> None:
+    """A duplicate event pointing at a kept run stays; one pointing at a deleted run goes; events
+    without a run go once past the ttl; the newest fire of a time trigger stays (last_fire)."""
+    old_key, kept_key = "nightly/amqp/m1", "nightly/amqp/m2"
+    await store.record([intake(key=old_key, at=T0, state=RunState.succeeded)])
+    await store.record([intake(key=kept_key, at=T0 + timedelta(minutes=1), state=RunState.succeeded)])
+    dup_old = intake(key=old_key, at=T0 + timedelta(minutes=2))
+    dup_kept = intake(key=kept_key, at=T0 + timedelta(minutes=3))
+    filtered = Intake(event=event(outcome=EventOutcome.filtered, at=T0 + timedelta(minutes=4)))
+    fire = Intake(event=event(trigger="cron", scheduled_at=T0, outcome=EventOutcome.paused, at=T0))
+    older_fire = Intake(
+        event=event(trigger="cron", scheduled_at=T0 - timedelta(minutes=1), outcome=EventOutcome.paused)
+    )
+    await store.record([dup_old, dup_kept, filtered, fire, older_fire])
+
+    result = await store.prune("nightly", keep=1, older_than=T0 + timedelta(hours=1))
+    assert (
+        len(result.runs) == 1 and result.events == 4
+    )  # old run's event, its duplicate, filtered, older fire
+    left = {e.id for e in await all_events(store)}
+    kept_run = await store.get_run_by_key(kept_key)
+    assert kept_run is not None
+    assert left == {kept_run.event_id, dup_kept.event.id, fire.event.id}
+    assert await store.last_fire("nightly", "cron") == T0
+
+
+# --------------------------------------------------------------------------- SQLite only
+
+
+def sqlite_url(tmp_path: Path, name: str = "data/jobwire.db") -> str:
+    return f"sqlite:///{tmp_path / name}"
+
+
+async def test_sqlite_single_scheduler_lock(tmp_path: Path) -> None:
+    first = SQLiteStore(sqlite_url(tmp_path))
+    await first.open()  # creates the missing folder
+    try:
+        second = SQLiteStore(sqlite_url(tmp_path))
+        with pytest.raises(StoreLocked) as info:
+            await second.open()
+        message = str(info.value)
+        assert f"pid {os.getpid()}" in message
+        assert str(tmp_path / "data" / "jobwire.db") in message
+        assert "JOBWIRE_DATA_DIR" in message
+        assert (tmp_path / "data" / "jobwire.db.lock").read_text().strip() == str(os.getpid())
+        # the failed attempt did not disturb the holder
+        await first.save_job(job(), "api")
+    finally:
+        await first.close()
+    # after close, the next scheduler gets in
+    await second.open()
+    try:
+        assert await second.get_job("nightly") is not None
+    finally:
+        await second.close()
+
+
+async def test_sqlite_data_survives_reopen(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path)
+    store = SQLiteStore(url)
+    await store.open()
+    i = intake(payload={"k": "v"})
+    assert i.run is not None
+    await store.save_job(job(), "file:jobs.yaml")
+    await store.set_paused("nightly", True)
+    await store.record([i])
+    full = full_run(i.run)
+    await store.update_runs([full])
+    await store.close()
+    await store.close()  # idempotent
+
+    again = SQLiteStore(url)
+    await again.open()
+    try:
+        got = await again.get_job("nightly")
+        assert got is not None and got.paused and got.origin == "file:jobs.yaml"
+        assert await again.get_run(full.id) == full
+        stored = await again.get_event(i.event.id)
+        assert stored is not None and stored.payload == {"k": "v"} and stored.run_id == full.id
+        [dup] = await again.record([intake(key=i.run.key)])
+        assert dup.event.outcome == EventOutcome.duplicate and dup.run == full
+    finally:
+        await again.close()
+
+
+async def test_sqlite_pragmas_and_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = open_store("sqlite:///rel/dir/jobwire.db")  # relative to the working directory
+    assert isinstance(store, SQLiteStore) and store.synchronous == "FULL"
+    await store.open()
+    try:
+        assert (tmp_path / "rel" / "dir" / "jobwire.db").exists()
+        assert (await store.execute("PRAGMA journal_mode")) == [("wal",)]
+        assert (await store.execute("PRAGMA foreign_keys")) == [(1,)]
+        assert (await store.execute("PRAGMA synchronous")) == [(2,)]  # FULL
+        assert (await store.execute("PRAGMA busy_timeout"))[0][0] > 0
+    finally:
+        await store.close()
+    normal = SQLiteStore("sqlite:///rel/n.db", synchronous="normal")
+    await normal.open()
+    try:
+        assert (await normal.execute("PRAGMA synchronous")) == [(1,)]
+    finally:
+        await normal.close()
+    for bad in ("sqlite://x.db", "sqlite:///", "sqlite:///:memory:"):
+        with pytest.raises(StoreError):
+            SQLiteStore(bad)
+    with pytest.raises(StoreError, match="synchronous"):
+        SQLiteStore("sqlite:///x.db", synchronous="SOMETIMES")
+    with pytest.raises(StoreError, match="not open"):
+        await SQLiteStore("sqlite:///y.db").get_run("r1")

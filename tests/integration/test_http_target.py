@@ -1,0 +1,253 @@
+"""The http target against a real HTTP server on a free local port."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobwire.config import Settings
+from jobwire.model import HttpTarget as HttpSpec
+from jobwire.model import Job, Parameter, ParamType, RunState
+from jobwire.targets.http import BODY_LOG_CAP, USER_AGENT, HttpTarget
+from tests.support.fake_context import FakeContext, RecordingServer
+
+PARAMS = [
+    Parameter(name="count", type=ParamType.integer),
+    Parameter(name="ratio", type=ParamType.number, default=0.5),
+    Parameter(name="flag", type=ParamType.boolean, default=False),
+    Parameter(name="name", default="x"),
+    Parameter(name="extra", type=ParamType.json, default={}),
+]
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[RecordingServer]:
+    s = await RecordingServer().start()
+    yield s
+    await s.stop()
+
+
+@pytest.fixture
+async def target(tmp_path: Path) -> AsyncIterator[HttpTarget]:
+    t = HttpTarget(Settings(data_dir=tmp_path))
+    await t.start()
+    yield t
+    await t.close()
+
+
+def job(url: str, **kw: Any) -> Job:
+    kw.setdefault("allow_private", True)
+    return Job(name="call", target=HttpSpec(url=url, **kw), parameters=PARAMS)
+
+
+async def run(target: HttpTarget, j: Job, params: dict[str, Any] | None = None) -> tuple[Any, FakeContext]:
+    ctx = FakeContext(j, params if params is not None else {"count": 1})
+    outcome = await target.execute(ctx)
+    return outcome, ctx
+
+
+async def test_success_logs_body_and_sends_the_standard_headers(
+    target: HttpTarget, server: RecordingServer
+) -> None:
+    outcome, ctx = await run(target, job(server.url("/ok")))
+    assert outcome.state == RunState.succeeded
+    assert outcome.http_status == 200
+    assert ctx.text == "ok"
+    (req,) = server.requests
+    assert req.method == "POST"
+    assert req.headers["idempotency-key"] == ctx.target_name == ctx.run.id
+    assert req.headers["user-agent"] == USER_AGENT
+    assert ctx.started_calls == [(None, None)]
+
+
+async def test_json_body_is_typed_from_params(target: HttpTarget, server: RecordingServer) -> None:
+    payload = {
+        "count": "{{count}}",
+        "ratio": "{{ratio}}",
+        "flag": "{{flag}}",
+        "extra": "{{extra}}",
+        "greeting": "hello {{name}} #{{count}}",
+        "fixed": [1, "two", {"three": 3}],
+    }
+    j = job(server.url("/echo"), payload=payload, headers={"X-Name": "n-{{name}}"})
+    outcome, _ = await run(
+        target, j, {"count": 7, "ratio": 1.5, "flag": True, "name": "ann", "extra": {"a": [1]}}
+    )
+    assert outcome.state == RunState.succeeded
+    (req,) = server.requests
+    assert req.headers["content-type"] == "application/json"
+    assert req.headers["x-name"] == "n-ann"
+    assert req.json() == {
+        "count": 7,
+        "ratio": 1.5,
+        "flag": True,
+        "extra": {"a": [1]},
+        "greeting": "hello ann #7",
+        "fixed": [1, "two", {"three": 3}],
+    }
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "DELETE"])
+async def test_no_body_for_get_head_delete(target: HttpTarget, server: RecordingServer, method: str) -> None:
+    outcome, _ = await run(target, job(server.url("/ok"), method=method, payload={"count": "{{count}}"}))
+    assert outcome.state == RunState.succeeded
+    (req,) = server.requests
+    assert req.method == method
+    assert req.body == b""
+    assert "content-type" not in req.headers
+
+
+async def test_url_params_are_percent_encoded(target: HttpTarget, server: RecordingServer) -> None:
+    outcome, _ = await run(target, job(server.url("/echo") + "?q={{name}}"), {"count": 1, "name": "a&b=/c?#"})
+    assert outcome.state == RunState.succeeded
+    (req,) = server.requests
+    assert req.path == "/echo"
+    assert req.query == {"q": ["a&b=/c?#"]}
+
+
+async def test_bad_status_fails_with_the_body_as_message(target: HttpTarget, server: RecordingServer) -> None:
+    long = "e" * 500
+    outcome, ctx = await run(target, job(server.url(f"/status/500?body={long}")))
+    assert outcome.state == RunState.failed
+    assert outcome.http_status == 500
+    assert outcome.retryable is True
+    assert outcome.error is not None
+    assert outcome.error.reason == "HTTPStatus"
+    assert outcome.error.code == 500
+    assert outcome.error.message == "e" * 200
+    assert ctx.text == long
+
+
+@pytest.mark.parametrize(
+    ("status", "retryable"), [(429, True), (408, True), (503, True), (404, False), (400, False), (302, False)]
+)
+async def test_retryable_statuses(
+    target: HttpTarget, server: RecordingServer, status: int, retryable: bool
+) -> None:
+    outcome, _ = await run(target, job(server.url(f"/status/{status}")))
+    assert outcome.state == RunState.failed
+    assert outcome.http_status == status
+    assert outcome.retryable is retryable
+
+
+async def test_accept_status_codes_and_classes(target: HttpTarget, server: RecordingServer) -> None:
+    outcome, _ = await run(target, job(server.url("/status/404"), accept_status=["2xx", 404]))
+    assert outcome.state == RunState.succeeded
+    outcome, _ = await run(target, job(server.url("/status/302"), accept_status=["3xx"]))
+    assert outcome.state == RunState.succeeded
+    outcome, _ = await run(target, job(server.url("/status/201"), accept_status=[200]))
+    assert outcome.state == RunState.failed
+
+
+async def test_timeout_is_total_and_gives_timed_out(target: HttpTarget, server: RecordingServer) -> None:
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    outcome, ctx = await run(target, job(server.url("/hang"), timeout=timedelta(milliseconds=300)))
+    assert loop.time() - t0 < 5
+    assert outcome.state == RunState.timed_out
+    assert outcome.error is not None and outcome.error.reason == "Timeout"
+    assert len(ctx.started_calls) == 1
+
+
+async def test_response_body_log_is_capped(target: HttpTarget, server: RecordingServer) -> None:
+    outcome, ctx = await run(target, job(server.url(f"/big?size={BODY_LOG_CAP * 3}")))
+    assert outcome.state == RunState.succeeded
+    assert len(ctx.log_data) == BODY_LOG_CAP
+
+
+async def test_connection_refused_is_retryable(target: HttpTarget, server: RecordingServer) -> None:
+    url = server.url("/ok")
+    await server.stop()
+    outcome, _ = await run(target, job(url))
+    assert outcome.state == RunState.failed
+    assert outcome.retryable is True
+    assert outcome.error is not None and outcome.error.reason == "ConnectError"
+
+
+async def test_missing_placeholder_value_is_not_retryable(
+    target: HttpTarget, server: RecordingServer
+) -> None:
+    j = Job(
+        name="call", target=HttpSpec(url=server.url("/ok"), allow_private=True, payload={"x": "{{nope}}"})
+    )
+    outcome, ctx = await run(target, j, {})
+    assert outcome.state == RunState.failed
+    assert outcome.retryable is False
+    assert server.requests == []
+    assert ctx.started_calls == []
+
+
+# ---------------------------------------------------------------------------- SSRF
+
+
+async def test_loopback_refused_by_default(target: HttpTarget, server: RecordingServer) -> None:
+    outcome, ctx = await run(target, job(server.url("/ok"), allow_private=False))
+    assert outcome.state == RunState.failed
+    assert outcome.retryable is False
+    assert outcome.error is not None
+    assert outcome.error.reason == "DestinationRefused"
+    assert "127.0.0.1" in outcome.error.message
+    assert "allow_private" in outcome.error.message
+    assert "JOBWIRE_HTTP_ALLOW_PRIVATE" in outcome.error.message
+    assert server.requests == []
+    assert ctx.started_calls == []
+
+
+async def test_localhost_name_refused(target: HttpTarget, server: RecordingServer) -> None:
+    url = f"http://localhost:{server.port}/ok"
+    outcome, _ = await run(target, job(url, allow_private=False))
+    assert outcome.error is not None and outcome.error.reason == "DestinationRefused"
+    assert server.requests == []
+
+
+async def test_loopback_allowed_by_setting(tmp_path: Path, server: RecordingServer) -> None:
+    t = HttpTarget(Settings(data_dir=tmp_path, http_allow_private=True))
+    await t.start()
+    try:
+        outcome, _ = await run(t, job(server.url("/ok"), allow_private=False))
+    finally:
+        await t.close()
+    assert outcome.state == RunState.succeeded
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]:9/",
+        "http://[::ffff:127.0.0.1]:9/",
+        "http://10.0.0.1/",
+        "http://0.0.0.0:9/",
+        "http://[fe80::1]/",
+    ],
+)
+async def test_private_destinations_refused(target: HttpTarget, url: str) -> None:
+    outcome, _ = await run(target, job(url, allow_private=False, timeout=timedelta(seconds=5)))
+    assert outcome.state == RunState.failed
+    assert outcome.retryable is False
+    assert outcome.error is not None and outcome.error.reason == "DestinationRefused", outcome.error
+
+
+async def test_redirects_are_not_followed(target: HttpTarget, server: RecordingServer) -> None:
+    outcome, _ = await run(target, job(server.url("/status/307")))
+    assert outcome.state == RunState.failed
+    assert outcome.http_status == 307
+    assert len(server.requests) == 1
+
+
+async def test_params_and_headers_never_logged(
+    target: HttpTarget, server: RecordingServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    j = job(server.url("/ok"), headers={"Authorization": "Bearer {{name}}"})
+    outcome, _ = await run(target, j, {"count": 1, "name": "sekrit-value"})
+    assert outcome.state == RunState.succeeded
+    assert server.requests[0].headers["authorization"] == "Bearer sekrit-value"
+    out = capsys.readouterr()
+    assert "sekrit-value" not in out.out + out.err
+    assert json.dumps("sekrit-value") not in out.out + out.err
