@@ -17,12 +17,13 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 from jobwire.model import Duration
 
 Scope = Literal["read", "write"]
+MASK = "****"
 
 
 class ApiToken(BaseModel):
     model_config = ConfigDict(extra="forbid")
     token: SecretStr
-    scopes: list[Scope] = Field(default_factory=lambda: ["read", "write"])
+    scopes: list[Scope] = Field(default_factory=lambda: list[Scope](["read", "write"]))
     name: str = "token"
 
 
@@ -149,11 +150,11 @@ class Settings(BaseSettings):
         """The effective settings with secrets masked (for `jobwire config`)."""
         data = self.model_dump(mode="json")
         if self.api_token is not None:
-            data["api_token"] = "****"
-        data["api_tokens"] = [{"name": t.name, "token": "****", "scopes": t.scopes} for t in self.api_tokens]
+            data["api_token"] = MASK
+        data["api_tokens"] = [{"name": t.name, "token": MASK, "scopes": t.scopes} for t in self.api_tokens]
         for s in data.get("sinks", []):
             if s.get("secret"):
-                s["secret"] = "****"
+                s["secret"] = MASK
         data["database_url"] = _mask_url(self.effective_database_url)
         return data
 

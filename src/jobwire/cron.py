@@ -456,12 +456,18 @@ def _compile(source: str) -> tuple[bool, _Program]:
     sec, minute, hour, dom, month, dow = fields
     program = _Program(sec, minute, hour, dom, month, dow, day_and=day_and, wall_clock=wall_clock)
     if not program.can_fire():
-        raise CronError(
-            f"cron {source!r}: day-of-month field {parts[3]!r} and day-of-week field {parts[5]!r} never "
-            f"match a day of month field {parts[4]!r}; expected a day that exists (e.g. not '30' in 'FEB')",
-            field="day-of-month",
-            expression=source,
-        )
+        if program.simple_days:
+            detail = (
+                f"day-of-month field {parts[3]!r} never matches a day that exists in month field "
+                f"{parts[4]!r}; expected a day those months have (e.g. not 30 in FEB)"
+            )
+        else:
+            detail = (
+                f"day-of-month field {parts[3]!r} and day-of-week field {parts[5]!r} never match the same "
+                f"day in month field {parts[4]!r} (both must match because one starts with '*'); "
+                "expected a combination that occurs"
+            )
+        raise CronError(f"cron {source!r}: {detail}", field="day-of-month", expression=source)
     return has_seconds, program
 
 

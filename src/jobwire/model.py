@@ -48,9 +48,7 @@ def parse_duration(value: Any) -> timedelta:
         except ValueError:
             pass
         if _DURATION_RE.match(text):
-            return timedelta(
-                seconds=sum(float(n) * _UNIT[u] for n, u in _DURATION_PART.findall(text))
-            )
+            return timedelta(seconds=sum(float(n) * _UNIT[u] for n, u in _DURATION_PART.findall(text)))
     raise ValueError(f"expected a duration such as 30s, 5m, 1h30m or a number of seconds, got {value!r}")
 
 
@@ -79,7 +77,9 @@ def _check_zone(name: str) -> str:
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"unknown time zone {name!r} (expected an IANA name such as Europe/Amsterdam)") from exc
+        raise ValueError(
+            f"unknown time zone {name!r} (expected an IANA name such as Europe/Amsterdam)"
+        ) from exc
     return name
 
 
@@ -266,7 +266,7 @@ class HttpTarget(_Def):
     headers: dict[str, str] = Field(default_factory=dict)
     payload: Any = None
     timeout: Duration = timedelta(seconds=30)
-    accept_status: list[int | str] = Field(default_factory=lambda: ["2xx"])
+    accept_status: list[int | str] = Field(default_factory=lambda: list[int | str](["2xx"]))
     """Status codes that count as success: numbers or classes such as `2xx`."""
     allow_private: bool = False
     """Allow loopback/private/link-local destinations (refused by default: SSRF)."""
@@ -309,7 +309,7 @@ class ConcurrencyPolicy(StrEnum):
     allow = "allow"
     forbid = "forbid"
     queue = "queue"
-    replace = "replace"
+    replace_ = "replace"  # trailing _: `replace` would shadow str.replace
 
 
 class Concurrency(_Def):

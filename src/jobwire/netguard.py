@@ -36,7 +36,7 @@ ALLOW_HINT = "set `allow_private: true` on the target or JOBWIRE_HTTP_ALLOW_PRIV
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
-class DestinationRefused(Exception):  # noqa: N818 - the name says what happened
+class DestinationRefused(Exception):
     """The destination resolves to an address HTTP targets may not call."""
 
     def __init__(self, message: str, address: str | None = None) -> None:

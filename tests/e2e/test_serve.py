@@ -19,8 +19,8 @@ JOBS = """
 jobs:
   - name: greet
     parameters:
-      - {name: name, required: true}
-      - {name: times, type: integer, default: 1}
+      - {{name: name, required: true}}
+      - {{name: times, type: integer, default: 1}}
     target:
       type: local
       command: ["{py}", "-c", "import sys; print(('hello, ' + sys.argv[1] + chr(10)) * int(sys.argv[2]), end='')", "{{{{name}}}}", "{{{{times}}}}"]
@@ -45,7 +45,9 @@ def server(tmp_path: Path) -> Server:
     srv.stop()
 
 
-def cli(server: Server, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def cli(
+    server: Server, *args: str, check: bool = True, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBWIRE_")}
     env["JOBWIRE_URL"] = server.url
     proc = subprocess.run(
@@ -189,8 +191,12 @@ def test_auth_required_off_loopback(tmp_path: Path) -> None:
     srv = Server(tmp_path / "data", write_jobs(tmp_path), JOBWIRE_HOST="0.0.0.0")
     with pytest.raises(RuntimeError, match="JOBWIRE_API_TOKEN"):
         srv.start(timeout=20)
-    srv = Server(tmp_path / "data2", write_jobs(tmp_path), JOBWIRE_HOST="0.0.0.0",
-                 JOBWIRE_API_TOKENS="readtok:read;writetok:read,write").start()
+    srv = Server(
+        tmp_path / "data2",
+        write_jobs(tmp_path),
+        JOBWIRE_HOST="0.0.0.0",
+        JOBWIRE_API_TOKENS="readtok:read;writetok:read,write",
+    ).start()
     try:
         assert httpx.get(f"{srv.url}/api/v1/jobs").status_code == 401
         with srv.client("readtok") as c:

@@ -124,7 +124,9 @@ async def test_idempotency_key_makes_one_run(engine: Engine) -> None:
 
 
 async def test_unknown_job_and_bad_params_are_recorded_and_named(engine: Engine) -> None:
-    await engine.put_job(job("typed", ["true"], parameters=[{"name": "n", "type": "integer", "required": True}]))
+    await engine.put_job(
+        job("typed", ["true"], parameters=[{"name": "n", "type": "integer", "required": True}])
+    )
     with pytest.raises(JobNotFound):
         await engine.trigger("nope", {})
     with pytest.raises(InvalidParams, match="'n'"):
@@ -156,8 +158,14 @@ async def test_queue_runs_one_after_another(engine: Engine, tmp_path: Path) -> N
     await engine.put_job(
         job(
             "serial",
-            [PY, "-c", "import sys,time; open(sys.argv[1],'a').write(sys.argv[2]+'+'); time.sleep(0.2);"
-             "open(sys.argv[1],'a').write(sys.argv[2]+'-')", str(out), "{{i}}"],
+            [
+                PY,
+                "-c",
+                "import sys,time; open(sys.argv[1],'a').write(sys.argv[2]+'+'); time.sleep(0.2);"
+                "open(sys.argv[1],'a').write(sys.argv[2]+'-')",
+                str(out),
+                "{{i}}",
+            ],
             parameters=[{"name": "i"}],
             concurrency={"policy": "queue"},
         )
@@ -221,7 +229,11 @@ async def test_retries_with_backoff_then_success(engine: Engine, tmp_path: Path)
         "open(p,'w').write(str(n+1)); sys.exit(0 if n>=2 else 3)"
     )
     await engine.put_job(
-        job("flaky", [PY, "-c", script, str(counter)], retry={"max_attempts": 3, "backoff": "50ms", "jitter": 0})
+        job(
+            "flaky",
+            [PY, "-c", script, str(counter)],
+            retry={"max_attempts": 3, "backoff": "50ms", "jitter": 0},
+        )
     )
     adm = await engine.trigger("flaky", {})
     assert adm.run
@@ -244,8 +256,16 @@ async def test_retries_exhausted_keeps_the_error(engine: Engine) -> None:
 async def test_timeout_stops_the_process(engine: Engine, tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
     await engine.put_job(
-        job("slow", [PY, "-c", "import os,sys,time; open(sys.argv[1],'w').write(str(os.getpid())); time.sleep(60)",
-                     str(pidfile)], timeout="300ms")
+        job(
+            "slow",
+            [
+                PY,
+                "-c",
+                "import os,sys,time; open(sys.argv[1],'w').write(str(os.getpid())); time.sleep(60)",
+                str(pidfile),
+            ],
+            timeout="300ms",
+        )
     )
     adm = await engine.trigger("slow", {})
     assert adm.run
@@ -299,8 +319,12 @@ async def test_time_trigger_run_key_dedupes_a_second_fire(engine: Engine) -> Non
 async def test_webhook_signatures(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOOK_SECRET", "s3cret")
     await engine.put_job(
-        job("hook", ["true"], triggers=[{"webhook": {"secret_env": "HOOK_SECRET"}}],
-            parameters=[{"name": "ref", "default": "main"}])
+        job(
+            "hook",
+            ["true"],
+            triggers=[{"webhook": {"secret_env": "HOOK_SECRET"}}],
+            parameters=[{"name": "ref", "default": "main"}],
+        )
     )
     body = json.dumps({"ref": "dev", "other": 1}).encode()
     now = int(time.time())
@@ -334,9 +358,7 @@ async def test_callback_token_is_per_run(engine: Engine) -> None:
 
 
 async def test_log_is_capped(engine: Engine) -> None:
-    await engine.put_job(
-        job("chatty", [PY, "-c", "print('x'*10000)"], target={"log_max_bytes": 1000})
-    )
+    await engine.put_job(job("chatty", [PY, "-c", "print('x'*10000)"], target={"log_max_bytes": 1000}))
     adm = await engine.trigger("chatty", {})
     assert adm.run
     await finished(engine, adm.run.id)
@@ -388,8 +410,16 @@ async def test_restart_resumes_pending_and_marks_lost_running(tmp_path: Path) ->
     def mk(key: str, state: RunState) -> Intake:
         rid = run_id_for(key)
         ev = Event(id="e" + key, job="crashy", trigger="api", source="api", received_at=now, run_id=rid)
-        run = Run(id=rid, key=key, job="crashy", trigger="api", event_id=ev.id, state=state, created_at=now,
-                  history=[Transition(state=state, at=now)])
+        run = Run(
+            id=rid,
+            key=key,
+            job="crashy",
+            trigger="api",
+            event_id=ev.id,
+            state=state,
+            created_at=now,
+            history=[Transition(state=state, at=now)],
+        )
         return Intake(ev, run)
 
     recs = await eng.store.record([mk("p", RunState.pending), mk("r", RunState.running)])
@@ -412,8 +442,12 @@ async def test_catch_up_latest_and_all(tmp_path: Path) -> None:
     s = settings(tmp_path)
     eng = Engine(s)
     await eng.store.open()
-    hourly_all = job("all", ["true"], triggers=[{"interval": "1h"}], catchup={"policy": "all", "window": "5h"})
-    hourly_latest = job("latest", ["true"], triggers=[{"interval": "1h"}], catchup={"policy": "latest", "window": "5h"})
+    hourly_all = job(
+        "all", ["true"], triggers=[{"interval": "1h"}], catchup={"policy": "all", "window": "5h"}
+    )
+    hourly_latest = job(
+        "latest", ["true"], triggers=[{"interval": "1h"}], catchup={"policy": "latest", "window": "5h"}
+    )
     skipped = job("skip", ["true"], triggers=[{"interval": "1h"}], catchup={"policy": "skip"})
     from jobwire.model import Event
 
@@ -421,14 +455,28 @@ async def test_catch_up_latest_and_all(tmp_path: Path) -> None:
     last = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
     for j in (hourly_all, hourly_latest, skipped):
         await eng.store.save_job(j, "api")
-        await eng.store.record([Intake(Event(id=f"e-{j.name}", job=j.name, trigger="interval", source="interval",
-                                             received_at=last, scheduled_at=last))])
+        await eng.store.record(
+            [
+                Intake(
+                    Event(
+                        id=f"e-{j.name}",
+                        job=j.name,
+                        trigger="interval",
+                        source="interval",
+                        received_at=last,
+                        scheduled_at=last,
+                    )
+                )
+            ]
+        )
     await eng.store.close()
     eng = Engine(s)
     await eng.start()
     try:
         await eng.committer.flush()
-        counts = {n: len((await eng.store.list_runs(RunQuery(job=n))).items) for n in ("all", "latest", "skip")}
+        counts = {
+            n: len((await eng.store.list_runs(RunQuery(job=n))).items) for n in ("all", "latest", "skip")
+        }
         assert counts == {"all": 3, "latest": 1, "skip": 0}
     finally:
         await eng.stop()
@@ -444,7 +492,9 @@ async def test_second_engine_on_same_file_refuses(engine: Engine, tmp_path: Path
 
 async def test_burst_of_api_triggers_is_group_committed(engine: Engine) -> None:
     await engine.put_job(job("burst", ["true"]))
-    adms = await asyncio.gather(*(engine.trigger("burst", {}, idempotency_key=f"k{i % 200}") for i in range(400)))
+    adms = await asyncio.gather(
+        *(engine.trigger("burst", {}, idempotency_key=f"k{i % 200}") for i in range(400))
+    )
     ids = {a.run.id for a in adms if a.run}
     assert len(ids) == 200
     dup = [a for a in adms if a.event.outcome == EventOutcome.duplicate]

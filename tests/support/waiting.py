@@ -10,7 +10,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-async def eventually(check: Callable[[], Awaitable[T | None] | T | None], timeout: float = 10.0, what: str = "") -> T:
+async def eventually(
+    check: Callable[[], Awaitable[T | None] | T | None], timeout: float = 10.0, what: str = ""
+) -> T:
     """Re-check `check` whenever the loop gets a chance until it returns a truthy value."""
     deadline = time.monotonic() + timeout
     delay = 0.005

@@ -12,5 +12,12 @@ from jobwire.engine.engine import (
 )
 
 __all__ = [
-    "Conflict", "Engine", "EngineError", "Forbidden", "InvalidParams", "JobNotFound", "RunNotFound", "Unavailable",
+    "Conflict",
+    "Engine",
+    "EngineError",
+    "Forbidden",
+    "InvalidParams",
+    "JobNotFound",
+    "RunNotFound",
+    "Unavailable",
 ]

@@ -29,7 +29,9 @@ log = structlog.get_logger(__name__)
 
 
 class EngineContext(RunContext):
-    def __init__(self, engine: Engine, run: Run, job: Job, resumed: bool, received_at: datetime | None) -> None:
+    def __init__(
+        self, engine: Engine, run: Run, job: Job, resumed: bool, received_at: datetime | None
+    ) -> None:
         self._engine = engine
         self.run = run
         self.job = job
@@ -50,7 +52,12 @@ class EngineContext(RunContext):
         if self._received_at is not None:
             self._engine.metrics.dispatch_seconds.observe((now - self._received_at).total_seconds())
             self._received_at = None
-        self._engine.transition(run, RunState.running, f"started on {self.job.target.type}" + (f" as {ref}" if ref else ""), status)
+        self._engine.transition(
+            run,
+            RunState.running,
+            f"started on {self.job.target.type}" + (f" as {ref}" if ref else ""),
+            status,
+        )
 
     async def report(self, status: StatusBlock, target_status: dict[str, Any] | None = None) -> None:
         if target_status is not None:
@@ -93,9 +100,7 @@ class Attempts:
             p.unlink(missing_ok=True)
 
     # ---- launching
-    def launch(
-        self, run: Run, job: Job, resumed: bool = False, received_at: datetime | None = None
-    ) -> None:
+    def launch(self, run: Run, job: Job, resumed: bool = False, received_at: datetime | None = None) -> None:
         """Start an attempt now, or at `run.not_before` for a retry."""
         delay = (run.not_before - utcnow()).total_seconds() if run.not_before else 0.0
         if delay > 0 and not resumed:
@@ -122,7 +127,9 @@ class Attempts:
             if target is None:
                 outcome = Outcome(
                     RunState.failed,
-                    error=RunError(message=f"no target of type {job.target.type!r} is configured", reason="NoTarget"),
+                    error=RunError(
+                        message=f"no target of type {job.target.type!r} is configured", reason="NoTarget"
+                    ),
                     retryable=False,
                 )
             else:
@@ -148,21 +155,27 @@ class Attempts:
         except asyncio.CancelledError:
             reason = self._cancel_reasons.pop(run.id, None)
             if reason is not None:
-                outcome = Outcome(RunState.cancelled, error=RunError(message=reason, reason="Cancelled"), retryable=False)
+                outcome = Outcome(
+                    RunState.cancelled, error=RunError(message=reason, reason="Cancelled"), retryable=False
+                )
             elif self._shutting_down:
                 if target is not None and target.survives_restart:
                     log.info("left running for adoption after restart", run_id=run.id)
                     return
                 outcome = Outcome(
                     RunState.interrupted,
-                    error=RunError(message="jobwire stopped while the run was in progress", reason="Interrupted"),
+                    error=RunError(
+                        message="jobwire stopped while the run was in progress", reason="Interrupted"
+                    ),
                     retryable=False,
                 )
             else:
                 raise
         except Exception as exc:
             log.exception("target raised", run_id=run.id, job=job.name)
-            outcome = Outcome(RunState.failed, error=RunError(message=str(exc) or type(exc).__name__, reason="TargetError"))
+            outcome = Outcome(
+                RunState.failed, error=RunError(message=str(exc) or type(exc).__name__, reason="TargetError")
+            )
         finally:
             self._tasks.pop(run.id, None)
             self._contexts.pop(run.id, None)
@@ -201,8 +214,8 @@ class Attempts:
             return
         run.finished_at = utcnow()
         run.not_before = None
-        reason = run.error.message if run.error and outcome.state != RunState.succeeded else None
-        engine.transition(run, outcome.state, reason, outcome.status)
+        why = run.error.message if run.error and outcome.state != RunState.succeeded else None
+        engine.transition(run, outcome.state, why, outcome.status)
         for p in self.markers.glob(f"{run.id}*"):
             p.unlink(missing_ok=True)
         engine.finished(run)
@@ -232,7 +245,13 @@ class Attempts:
         if self._cancel_reasons.pop(run.id, None) is not None and stored is not None:
             # cancelled before the attempt's coroutine ever ran: nothing started on the target
             self._tasks.pop(run.id, None)
-            self._finish(run, stored.job, Outcome(RunState.cancelled, error=RunError(message=reason, reason="Cancelled"), retryable=False))
+            self._finish(
+                run,
+                stored.job,
+                Outcome(
+                    RunState.cancelled, error=RunError(message=reason, reason="Cancelled"), retryable=False
+                ),
+            )
         return True
 
     def deliver_callback(self, run: Run, ok: bool, message: str | None, data: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import suppress
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -264,7 +264,7 @@ class Engine:
         cur = self.jobs.get(job.name)
         if cur is not None and cur.origin.startswith("file:") and origin == "api":
             raise Conflict(
-                f"job {job.name!r} is defined in {cur.origin[5:]}; edit that file instead of the API definition"
+                f"job {job.name!r} is defined in {cur.origin[5:]}; edit that file, not the API definition"
             )
         stored = await self.store.save_job(job, origin)
         await self._install(stored)
@@ -330,7 +330,9 @@ class Engine:
             event.payload = _json_safe(inc.payload)
             return await self._record_no_run(event, EventOutcome.invalid, f"no job named {inc.job!r}")
         job = stored.job
-        supplied = inc.params if inc.params is not None else inc.payload if isinstance(inc.payload, dict) else None
+        supplied = (
+            inc.params if inc.params is not None else inc.payload if isinstance(inc.payload, dict) else None
+        )
         event.payload = _mask_payload(job, inc.params if inc.params is not None else inc.payload)
         if stored.paused and inc.source not in MANUAL_SOURCES:
             return await self._record_no_run(event, EventOutcome.paused, "job is paused")
@@ -433,7 +435,9 @@ class Engine:
             adm.run = await self.store.get_run(adm.event.run_id)
         return adm
 
-    async def webhook(self, job: str, trigger_id: str | None, body: bytes, headers: dict[str, str]) -> Admission:
+    async def webhook(
+        self, job: str, trigger_id: str | None, body: bytes, headers: dict[str, str]
+    ) -> Admission:
         """Verify the HMAC signature, timestamp and delivery id, then submit."""
         stored = self.get_job(job)
         hooks = [
@@ -442,7 +446,9 @@ class Engine:
             if isinstance(t, WebhookTrigger) and (trigger_id is None or tid == trigger_id)
         ]
         if not hooks:
-            raise JobNotFound(f"job {job!r} has no webhook trigger" + (f" {trigger_id!r}" if trigger_id else ""))
+            raise JobNotFound(
+                f"job {job!r} has no webhook trigger" + (f" {trigger_id!r}" if trigger_id else "")
+            )
         if len(hooks) > 1:
             raise EngineError(f"job {job!r} has several webhook triggers; POST to /webhook/<trigger id>")
         tid, trig = hooks[0]
@@ -452,7 +458,11 @@ class Engine:
             raise Forbidden(f"webhook secret not configured: set the environment variable {trig.secret_env}")
         try:
             verify(
-                secret.encode(), body, h.get(SIGNATURE_HEADER.lower()), time.time(), trig.tolerance.total_seconds()
+                secret.encode(),
+                body,
+                h.get(SIGNATURE_HEADER.lower()),
+                time.time(),
+                trig.tolerance.total_seconds(),
             )
         except SignatureError as exc:
             raise Forbidden(f"webhook signature rejected: {exc.reason}") from None
@@ -468,7 +478,9 @@ class Engine:
             Incoming(job=job, trigger=tid, source="webhook", payload=payload, event_key=delivery)
         )
         if replayed or adm.event.outcome == EventOutcome.duplicate:
-            raise Conflict(f"delivery {delivery!r} was already received (event {adm.event.id} recorded as duplicate)")
+            raise Conflict(
+                f"delivery {delivery!r} was already received (event {adm.event.id} recorded as duplicate)"
+            )
         return adm
 
     # ------------------------------------------------------------------ runs
@@ -495,7 +507,9 @@ class Engine:
         self.logs.finish(run.id)
         self.metrics.runs_finished.labels(run.job, run.state.value).inc()
         if run.started_at and run.finished_at:
-            self.metrics.run_seconds.labels(run.job).observe((run.finished_at - run.started_at).total_seconds())
+            self.metrics.run_seconds.labels(run.job).observe(
+                (run.finished_at - run.started_at).total_seconds()
+            )
         self.slots.release(run.job, run.concurrency_key, run.id)
         self._promote(run.job, run.concurrency_key)
 
@@ -552,7 +566,9 @@ class Engine:
             adm.run = await self.store.get_run(adm.event.run_id)
         return adm
 
-    async def callback(self, run_id: str, token: str, ok: bool, message: str | None, data: dict[str, Any]) -> Run:
+    async def callback(
+        self, run_id: str, token: str, ok: bool, message: str | None, data: dict[str, Any]
+    ) -> Run:
         if not hmac.compare_digest(token.encode(), self.callback_token(run_id).encode()):
             raise Forbidden("wrong callback token for this run")
         run = self.runs.get(run_id)

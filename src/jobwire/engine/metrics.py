@@ -12,10 +12,17 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.events = Counter("jobwire_events_total", "Events recorded", ["source", "outcome"], registry=r)
-        self.runs_finished = Counter("jobwire_runs_finished_total", "Runs ended", ["job", "state"], registry=r)
-        self.runs_active = Gauge("jobwire_runs_active", "Runs queued, pending or running", ["state"], registry=r)
+        self.runs_finished = Counter(
+            "jobwire_runs_finished_total", "Runs ended", ["job", "state"], registry=r
+        )
+        self.runs_active = Gauge(
+            "jobwire_runs_active", "Runs queued, pending or running", ["state"], registry=r
+        )
         self.run_seconds = Histogram(
-            "jobwire_run_duration_seconds", "Run wall time", ["job"], registry=r,
+            "jobwire_run_duration_seconds",
+            "Run wall time",
+            ["job"],
+            registry=r,
             buckets=(0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600),
         )
         self.dispatch_seconds = Histogram(
@@ -28,11 +35,15 @@ class Metrics:
             "jobwire_store_commit_seconds", "One group commit", registry=r, buckets=_FAST
         )
         self.batch_size = Histogram(
-            "jobwire_store_batch_size", "Writes per group commit", registry=r,
+            "jobwire_store_batch_size",
+            "Writes per group commit",
+            registry=r,
             buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 2000, 5000),
         )
         self.sink_failures = Counter("jobwire_sink_failures_total", "Failed publishes", ["sink"], registry=r)
-        self.sink_dropped = Counter("jobwire_sink_dropped_total", "Documents given up on", ["sink"], registry=r)
+        self.sink_dropped = Counter(
+            "jobwire_sink_dropped_total", "Documents given up on", ["sink"], registry=r
+        )
         self.retention_deleted = Counter(
             "jobwire_retention_deleted_total", "Deleted by retention", ["kind"], registry=r
         )

@@ -23,7 +23,7 @@ class Decision(StrEnum):
     start = "start"
     queue = "queue"
     skip = "skip"
-    replace = "replace"
+    replace_ = "replace"
 
 
 @dataclass
@@ -50,9 +50,9 @@ class Slots:
         policy = job.concurrency.policy
         if policy == ConcurrencyPolicy.forbid:
             return Decision.skip, sorted(slot.active, key=slot.active.__getitem__)
-        if policy == ConcurrencyPolicy.replace:
+        if policy == ConcurrencyPolicy.replace_:
             oldest = sorted(slot.active, key=slot.active.__getitem__)
-            return Decision.replace, oldest[: max(len(oldest) - limit + 1, 0)]
+            return Decision.replace_, oldest[: max(len(oldest) - limit + 1, 0)]
         return Decision.queue, []
 
     def occupy(self, job: str, key: str | None, run_id: str, created_at: datetime) -> None:

@@ -175,4 +175,3 @@ class TimeScheduler:
                     self._fire(batch)
                 except Exception as exc:  # never let one bad batch stop the clock
                     log.error("firing time triggers failed", error=str(exc), count=len(batch))
-

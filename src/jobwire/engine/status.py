@@ -31,7 +31,9 @@ def status_block(run: Run, override: StatusBlock | None = None) -> StatusBlock:
         startTime=run.started_at,
         completionTime=run.finished_at if run.state == RunState.succeeded else None,
         succeeded=1 if run.state == RunState.succeeded else 0,
-        failed=run.attempt - 1 if not (run.state.terminal and run.state != RunState.succeeded) else run.attempt,
+        failed=run.attempt - 1
+        if not (run.state.terminal and run.state != RunState.succeeded)
+        else run.attempt,
     )
 
 

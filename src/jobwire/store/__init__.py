@@ -16,8 +16,17 @@ from jobwire.store.base import (
 )
 
 __all__ = [
-    "EventQuery", "Intake", "Page", "PruneResult", "Recorded", "RunQuery", "Store", "StoredJob",
-    "StoreError", "StoreLocked", "open_store",
+    "EventQuery",
+    "Intake",
+    "Page",
+    "PruneResult",
+    "Recorded",
+    "RunQuery",
+    "Store",
+    "StoredJob",
+    "StoreError",
+    "StoreLocked",
+    "open_store",
 ]
 
 
