@@ -6,6 +6,7 @@ Each default says why it is what it is.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -102,6 +103,20 @@ class Settings(BaseSettings):
     sinks: list[SinkSpec] = Field(default_factory=list)
     reload: bool = False
     """Reload job files when they change (development)."""
+    kube_namespace: str = Field(default_factory=lambda: os.environ.get("NAMESPACE") or "default")
+    """Namespace of `kubernetes` jobs that name none. `JOBWIRE_KUBE_NAMESPACE` or the config file;
+    otherwise seed 000's plain `NAMESPACE` variable; otherwise `default`."""
+    kube_cleanup_min: int = Field(default_factory=lambda: os.environ.get("CLEANUP_MIN") or 3, ge=0)
+    """Finished Jobs per job the cleanup always keeps: `JOBWIRE_KUBE_CLEANUP_MIN`, the config file,
+    or seed 000's plain `CLEANUP_MIN` (default 3)."""
+    kube_cleanup_ttl: Duration = timedelta(hours=8)
+    """Finished Jobs (and their pods and config maps) older than this are deleted (seed 001: 8 hours)."""
+    kube_cleanup_interval: Duration = timedelta(minutes=1)
+    """How often the Kubernetes cleanup sweeps (one list of Jobs per namespace per sweep)."""
+    kubeconfig: Path | None = None
+    """Kubeconfig file; default `KUBECONFIG`, then the in-cluster service account, then ~/.kube/config."""
+    kube_context: str | None = None
+    """Context of the kubeconfig to use (default: its current context)."""
 
     @field_validator("jobs", mode="before")
     @classmethod

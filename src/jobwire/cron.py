@@ -234,6 +234,8 @@ _FIELD_COUNT_HINT: Final = (
 _MONTH_LENGTHS: Final = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # most days a month can have
 _VALID_DAYS: Final = tuple((1 << (n + 1)) - 2 for n in range(32))  # bits 1..n
 _WEEK_REPEAT: Final = 1 | 1 << 7 | 1 << 14 | 1 << 21 | 1 << 28  # a 7-bit week pattern, five times
+_EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
+_date_fromordinal = date.fromordinal
 
 
 def _low(x: int) -> int:
@@ -412,11 +414,9 @@ class _Program:
         return found
 
 
-_date_fromordinal = date.fromordinal
-_EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
-
-
 def _compile(source: str) -> tuple[bool, _Program]:
+    if not isinstance(source, str):
+        raise TypeError(f"a cron expression must be a str, got {type(source).__name__}")
     text = source.strip()
     if not text:
         raise CronError(f"cron {source!r}: the expression is empty; {_FIELD_COUNT_HINT}", expression=source)
@@ -474,14 +474,15 @@ def _compile(source: str) -> tuple[bool, _Program]:
 # --------------------------------------------------------------------------------------------------
 # Time zones: spans of constant UTC offset
 
-_UTC: Final = UTC
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=_UTC)
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _SEC: Final = timedelta(seconds=1)
-_MIN_TS: Final = (datetime(1, 1, 2, tzinfo=_UTC) - _EPOCH) // _SEC
-_MAX_TS: Final = (datetime(9999, 12, 30, tzinfo=_UTC) - _EPOCH) // _SEC
+_MIN_TS: Final = (datetime(1, 1, 2, tzinfo=UTC) - _EPOCH) // _SEC
+_MAX_TS: Final = (datetime(9999, 12, 30, tzinfo=UTC) - _EPOCH) // _SEC
 _CHUNK: Final = 1 << 25  # seconds (~388 days) of offsets sampled at a time
 _SAMPLE: Final = 12 * 3600  # sampling step: a change and its reversal closer than this are not seen
 _INF: Final = 1 << 62
+_NEAR: Final = 30 * 3600  # more than any difference between two UTC offsets of one zone
+_fromtimestamp = datetime.fromtimestamp
 
 
 class _Span(NamedTuple):
@@ -577,10 +578,7 @@ def _to_ts(dt: datetime, name: str) -> int:
 
 
 def _from_ts(u: int) -> datetime:
-    return _fromtimestamp(u, _UTC)
-
-
-_fromtimestamp = datetime.fromtimestamp
+    return _fromtimestamp(u, UTC)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -694,9 +692,6 @@ def _map_wall_clock(c: int, zone: _Zone) -> int:
             n = c - (c - gap_end) // 60 * 60  # c rounded up to gap_end in whole minutes
             return n - s.offset
     raise AssertionError("unreachable: a skipped wall time with no span after it")  # pragma: no cover
-
-
-_NEAR: Final = 30 * 3600  # more than any difference between two UTC offsets of one zone
 
 
 @functools.lru_cache(maxsize=65536)

@@ -299,7 +299,109 @@ class HttpTarget(_Def):
         return v
 
 
-TargetSpec = Annotated[Union[LocalTarget, HttpTarget], Field(discriminator="type")]
+def _quantity(value: Any) -> Any:
+    if value is None:
+        return None
+    from jobwire.quantity import format_quantity  # local: a pure leaf module
+
+    return format_quantity(value)
+
+
+Quantity = Annotated[str, BeforeValidator(_quantity)]
+"""A Kubernetes resource quantity (`500m`, `2`, `1.5Gi`), checked when the job is defined."""
+
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+_TOLERATION_KEYS = frozenset({"key", "operator", "value", "effect", "tolerationSeconds"})
+KUBE_RESERVED_PREFIX = "jobwire.io/"
+
+
+class KubernetesTarget(_Def):
+    """A Kubernetes Job per run attempt, in one of two forms:
+
+    * `template: NAME` — copied from a CronJob's `jobTemplate` (a suspended CronJob is the usual
+      way to keep one) or a suspended Job labelled `jobwire.io/template: "true"`, named NAME in
+      the namespace; the run's parameters are added to its containers' environment;
+    * the short spec — `image` plus `command`/`args`/`env` and requests/limits (seed 004's
+      columns: `gpu` becomes `nvidia.com/gpu`, `disk_*` `ephemeral-storage`).
+    """
+
+    type: Literal["kubernetes"] = "kubernetes"
+    namespace: Annotated[str, Field(pattern=_DNS_LABEL)] | None = None
+    """Default: the `kube_namespace` setting (`NAMESPACE`)."""
+    template: Annotated[str, Field(pattern=_DNS_SUBDOMAIN)] | None = None
+    image: str | None = None
+    command: list[str] | None = None
+    args: list[str] | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    """Environment of the container(s); values may use `{{param}}`."""
+    cpu_request: Quantity | None = None
+    memory_request: Quantity | None = None
+    gpu: Annotated[int, Field(ge=0)] | None = None
+    disk_request: Quantity | None = None
+    cpu_limit: Quantity | None = None
+    memory_limit: Quantity | None = None
+    disk_limit: Quantity | None = None
+    service_account: Annotated[str, Field(pattern=_DNS_SUBDOMAIN)] | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, str | int | None]] = Field(default_factory=list)
+    """As in a pod spec: `key`, `operator`, `value`, `effect`, `tolerationSeconds`."""
+    backoff_limit: Annotated[int, Field(ge=0)] | None = None
+    """Pod retries inside one attempt. Default 0 for the short spec (jobwire's `retry` policy makes
+    new attempts instead, each visible as its own Job); a template keeps its own unless set."""
+    active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    cleanup_min: Annotated[int, Field(ge=0)] | None = None
+    """Finished Jobs of this job always kept by the cleanup (default: `kube_cleanup_min`, `CLEANUP_MIN`)."""
+    cleanup_ttl: Duration | None = None
+    """Finished Jobs older than this are deleted with their pods (default: `kube_cleanup_ttl`, 8h)."""
+    image_pull_grace: Duration = timedelta(minutes=5)
+    """How long a pod may wait on its image (ImagePullBackOff/ErrImagePull) before the attempt fails.
+    5 minutes: the kubelet's pull back-off reaches its 5 minute cap by then, so a registry hiccup
+    has had several tries while a misspelt image does not hold a run for hours."""
+
+    @model_validator(mode="after")
+    def _shape(self) -> KubernetesTarget:
+        if (self.template is None) == (self.image is None):
+            raise ValueError("set exactly one of `template` (a Job template in the namespace) or `image`")
+        if self.template is not None:
+            short = [
+                f
+                for f in (
+                    "command", "args", "cpu_request", "memory_request", "gpu", "disk_request",
+                    "cpu_limit", "memory_limit", "disk_limit", "service_account",
+                )
+                if getattr(self, f) is not None
+            ] + [f for f in ("node_selector", "tolerations") if getattr(self, f)]
+            if short:
+                raise ValueError(
+                    f"with `template`, the pod spec comes from the template; remove {', '.join(short)}"
+                )
+        elif not self.image or not self.image.strip():
+            raise ValueError("`image` must not be empty")
+        from jobwire.quantity import parse_quantity
+
+        for res in ("cpu", "memory", "disk"):
+            req, lim = getattr(self, f"{res}_request"), getattr(self, f"{res}_limit")
+            if req is not None and lim is not None and parse_quantity(req) > parse_quantity(lim):
+                raise ValueError(f"{res}_request ({req}) must not be more than {res}_limit ({lim})")
+        for i, tol in enumerate(self.tolerations):
+            unknown = set(tol) - _TOLERATION_KEYS
+            if unknown:
+                raise ValueError(
+                    f"tolerations[{i}]: unknown field(s) {sorted(unknown)} "
+                    f"(expected {', '.join(sorted(_TOLERATION_KEYS))})"
+                )
+        for where in ("labels", "annotations"):
+            for key in getattr(self, where):
+                if key.startswith(KUBE_RESERVED_PREFIX):
+                    raise ValueError(f"{where}: keys starting with {KUBE_RESERVED_PREFIX} are set by jobwire")
+        return self
+
+
+TargetSpec = Annotated[Union[LocalTarget, HttpTarget, KubernetesTarget], Field(discriminator="type")]
 
 
 # --------------------------------------------------------------------------- policies

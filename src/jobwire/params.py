@@ -405,6 +405,7 @@ def _render(value: Any, params: Mapping[str, Any], missing: list[str], conv: Cal
 TEMPLATED_FIELDS: dict[str, tuple[str, ...]] = {
     "local": ("command", "env"),
     "http": ("url", "headers", "payload"),
+    "kubernetes": ("env", "args"),
 }
 """Per target type, the fields whose strings may hold placeholders. A placeholder anywhere else
 in a target of a listed type is a definition error (it would never be substituted). Targets not

@@ -420,7 +420,11 @@ def test_rare_expressions_are_found_far_ahead() -> None:
         ("* * * * MON#6", "day-of-week", ["bad occurrence after '#'", "k 1-5"]),
         ("* * * * MON#0", "day-of-week", ["bad occurrence"]),
         ("* * * * 8#1", "day-of-week", ["'8' is out of range 0-7"]),
-        ("0 0 30 2 *", "day-of-month", ["day-of-month field '30' never matches a day that exists in month field '2'"]),
+        (
+            "0 0 30 2 *",
+            "day-of-month",
+            ["day-of-month field '30' never matches a day that exists in month field '2'"],
+        ),
         ("0 0 31 4,6,9,11 *", "day-of-month", ["never match"]),
         ("* * */20 * 1L", "day-of-month", ["'*/20' and day-of-week field '1L' never match the same day"]),
         ("@every 5m", None, ["'@every' is not a cron expression", "interval trigger"]),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from contextlib import suppress
 
 import structlog
@@ -32,6 +33,7 @@ class Committer:
         self._intakes: list[tuple[Intake, asyncio.Future[Recorded]]] = []
         self._updates: dict[str, Run] = {}
         self._flushes: list[asyncio.Future[None]] = []
+        self._after: list[Callable[[], None]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -57,6 +59,12 @@ class Committer:
         self._updates[run.id] = run.model_copy(deep=True)
         self._wake.set()
 
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once everything handed in so far is committed (e.g. drop a launch marker
+        only when the run's end is durable — dropping it earlier could relaunch the run after a crash)."""
+        self._after.append(callback)
+        self._wake.set()
+
     async def flush(self) -> None:
         """Wait until everything handed in so far is committed."""
         if not self._intakes and not self._updates:
@@ -70,9 +78,10 @@ class Committer:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._intakes or self._updates:
+            while self._intakes or self._updates or self._after:
                 batch, self._intakes = self._intakes[:MAX_BATCH], self._intakes[MAX_BATCH:]
                 updates, self._updates = self._updates, {}
+                after, self._after = self._after, []
                 flushes = self._flushes if not self._intakes else []
                 if flushes:
                     self._flushes = []
@@ -90,6 +99,7 @@ class Committer:
                     # state updates are retried with the next batch unless newer copies replaced them
                     for rid, run in updates.items():
                         self._updates.setdefault(rid, run)
+                    self._after[:0] = after
                     for f in flushes:
                         if not f.done():
                             f.set_exception(exc)
@@ -104,6 +114,11 @@ class Committer:
                 for f in flushes:
                     if not f.done():
                         f.set_result(None)
+                for cb in after:
+                    try:
+                        cb()
+                    except Exception as exc:
+                        log.warning("after-commit callback failed", error=str(exc))
             for f in self._flushes:
                 if not f.done():
                     f.set_result(None)

@@ -216,8 +216,7 @@ class Attempts:
         run.not_before = None
         why = run.error.message if run.error and outcome.state != RunState.succeeded else None
         engine.transition(run, outcome.state, why, outcome.status)
-        for p in self.markers.glob(f"{run.id}*"):
-            p.unlink(missing_ok=True)
+        engine.committer.after_commit(lambda: self.forget(run.id))
         engine.finished(run)
 
     # ---- cancel / callback / shutdown
