@@ -203,19 +203,16 @@ def http_target(url: str) -> dict[str, Any]:
 def make_settings(data_dir: Path, **kw: Any) -> Any:
     from jobwire.config import Settings
 
-    return Settings(
-        data_dir=data_dir,
-        jobs=[],
-        shutdown_grace=timedelta(seconds=1),
-        http_allow_private=True,
-        **kw,
-    )
+    args: dict[str, Any] = {"jobs": [], "shutdown_grace": timedelta(seconds=1), "http_allow_private": True}
+    args.update(kw)
+    return Settings(data_dir=data_dir, **args)
 
 
 def quiet_logging(path: Path) -> None:
     """Log at the default level (info), as `jobwire serve` does, but into a file, not the terminal."""
     from jobwire.logging import configure_logging
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     configure_logging("info", "console", stream=path.open("a"))
 
 
@@ -285,7 +282,7 @@ def trigger_to_start(ctx: Ctx) -> list[Row]:
                     if rest > 0:
                         time.sleep(rest)
             with srv.client() as c:
-                resp, started, own, failed = [], [], [], 0
+                resp, started, own, created, failed = [], [], [], [], 0
                 for rid, (t0, t1) in sends.items():
                     run = c.get(f"/runs/{rid}").json()
                     for _ in range(200):
@@ -297,6 +294,7 @@ def trigger_to_start(ctx: Ctx) -> list[Row]:
                         failed += 1
                         continue
                     resp.append(t1 - t0)
+                    created.append(datetime.fromisoformat(run["created_at"]).timestamp() - t0)
                     started.append(datetime.fromisoformat(run["started_at"]).timestamp() - t0)
                     text = c.get(f"/runs/{rid}/log").text.strip()
                     try:
@@ -307,6 +305,7 @@ def trigger_to_start(ctx: Ctx) -> list[Row]:
                 "send_to_201": summary(resp),
                 "send_to_started_at": summary(started),
                 "send_to_process_clock": summary(own),
+                "send_to_created_at": summary(created),
                 "failed_runs": failed,
             }
             extra = f"  ({failed} runs failed)" if failed else ""

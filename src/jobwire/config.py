@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     kube_namespace: str = Field(default_factory=lambda: os.environ.get("NAMESPACE") or "default")
     """Namespace of `kubernetes` jobs that name none. `JOBWIRE_KUBE_NAMESPACE` or the config file;
     otherwise seed 000's plain `NAMESPACE` variable; otherwise `default`."""
-    kube_cleanup_min: int = Field(default_factory=lambda: os.environ.get("CLEANUP_MIN") or 3, ge=0)
+    kube_cleanup_min: int = Field(default_factory=lambda: int(os.environ.get("CLEANUP_MIN") or 3), ge=0)
     """Finished Jobs per job the cleanup always keeps: `JOBWIRE_KUBE_CLEANUP_MIN`, the config file,
     or seed 000's plain `CLEANUP_MIN` (default 3)."""
     kube_cleanup_ttl: Duration = timedelta(hours=8)

@@ -102,7 +102,9 @@ async def _http_case(tmp_path: Path) -> AsyncIterator[Case]:
         await wait_until(lambda: server.disconnects == 1, 10, "the server to see the client go")
 
     def named(ctx: FakeContext) -> None:
-        assert [r.headers["idempotency-key"] for r in server.requests] == [ctx.target_name]
+        # the Idempotency-Key is the run id for every attempt; the attempt rides beside it
+        assert [r.headers["idempotency-key"] for r in server.requests] == [ctx.run.id]
+        assert [r.headers["jobwire-attempt"] for r in server.requests] == [str(ctx.run.attempt)]
 
     def spec(path: str) -> HttpSpec:
         return HttpSpec(url=server.url(path), allow_private=True, timeout=timedelta(seconds=60))
@@ -171,7 +173,7 @@ async def test_target_name_reaches_the_work(case: Case, target: Target) -> None:
     case.assert_named(ctx)
 
 
-async def test_target_name_carries_the_attempt(case: Case, target: Target) -> None:
+async def test_each_attempt_reaches_the_work_under_its_name(case: Case, target: Target) -> None:
     ctx = FakeContext(case.ok, attempt=3)
     assert ctx.target_name.endswith("-3")
     assert (await target.execute(ctx)).state == RunState.succeeded

@@ -10,13 +10,16 @@ repeated times happen twice.
 from __future__ import annotations
 
 import functools
+import random
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 from cronsim import CronSim
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from jobwire.cron import parse
+from jobwire.cron import CronError, parse
 
 ZONES = [
     "Europe/London",
@@ -177,6 +180,38 @@ def test_next_after_from_any_instant_near_transitions_matches_cronsim(zone: str)
                 got = parse(expr).next_after(start, tz)
                 assert got > start
                 assert got == cronsim_next(expr, start, tz), (zone, start.isoformat(), expr)
+
+
+def biased_expression(rnd: random.Random) -> str:
+    """A random expression whose times cluster where the clocks change (late evening to early morning)."""
+    minute = rnd.choice(["0", "30", "45", "59", "*/15", "*/20", "*", "0,30", "15-45/15", "5/25"])
+    hour = rnd.choice(["*", "0", "1", "2", "3", "23", "0-3", "*/2", "1,2", "2-3", "22-23", "1-4/3"])
+    dom = rnd.choice(["*", "*", "*", "1-15", "L", "*/2", "LW", "20-31"])
+    month = rnd.choice(["*", "*", "3,4,9,10,11", "MAR-APR", "OCT-NOV"])
+    dow = rnd.choice(["*", "*", "*", "SUN", "SAT,SUN", "0L", "SUN#1", "MON-FRI", "6-7"])
+    parts = [minute, hour, dom, month, dow]
+    if rnd.random() < 0.3:
+        parts.insert(0, rnd.choice(["0", "30", "*/20", "59"]))
+    return " ".join(parts)
+
+
+@settings(derandomize=True, database=None, deadline=None, max_examples=250)
+@given(st.randoms(use_true_random=False))
+def test_random_expressions_across_transitions_match_cronsim(rnd: random.Random) -> None:
+    zone = rnd.choice(["Europe/London", "America/New_York", "Australia/Sydney", "Europe/Dublin"])
+    tz = ZoneInfo(zone)
+    center = rnd.choice(transitions(zone))
+    expr = biased_expression(rnd)
+    hours = 2 if len(expr.split()) == 6 else 8
+    start = center - timedelta(seconds=rnd.randint(0, hours * 3600), microseconds=rnd.randint(0, 999999))
+    until = center + timedelta(hours=hours)
+    try:
+        e = parse(expr)
+    except CronError:
+        return
+    assert list(e.fire_times(start, until, tz)) == cronsim_between(expr, start, until, tz), (expr, zone)
+    probe = center + timedelta(seconds=rnd.randint(-3 * 3600, 3 * 3600))
+    assert e.next_after(probe, tz) == cronsim_next(expr, probe, tz), (expr, zone, probe)
 
 
 # ---------------------------------------------------------------------------------------------------

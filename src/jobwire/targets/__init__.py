@@ -5,9 +5,14 @@ from __future__ import annotations
 from jobwire.config import Settings
 from jobwire.targets.base import CallbackResult, Outcome, RunContext, Target
 from jobwire.targets.http import HttpTarget
+from jobwire.targets.kubernetes import KubernetesJobTarget
 from jobwire.targets.local import LocalTarget
 
-TARGETS: dict[str, type[Target]] = {"local": LocalTarget, "http": HttpTarget}
+TARGETS: dict[str, type[Target]] = {
+    "local": LocalTarget,
+    "http": HttpTarget,
+    "kubernetes": KubernetesJobTarget,
+}
 
 
 def build_targets(settings: Settings) -> dict[str, Target]:

@@ -1,7 +1,8 @@
 """The `http` target: one HTTP call per run attempt (seed 003's `callback_url` / `http_method` / `payload`).
 
-* `Idempotency-Key: <run id>` on every request (with `-<attempt>` after the first attempt), so a
-  receiver that honours it sees one call per attempt even if jobwire crashes and repeats it.
+* `Idempotency-Key: <run id>` on every request, the same for every attempt of the run (the run is
+  the unit of exactly-once: a retry after a timeout whose request did land must not do the work
+  twice), with `Jobwire-Attempt: <n>` beside it so a receiver can tell attempts apart.
 * A strict total timeout (`target.timeout`) over resolution, connect, send and reading the
   response, on top of httpx's per-phase timeouts.
 * SSRF guard (`jobwire.netguard`): unless `allow_private` (target) or `http_allow_private`
@@ -127,7 +128,8 @@ class HttpTarget(Target):
                 body = render(spec.payload, ctx.params)
         except (ValueError, TypeError, KeyError, httpx.InvalidURL) as exc:
             return _failed("InvalidRequest", f"cannot build the request: {exc}", retryable=False)
-        headers["Idempotency-Key"] = ctx.target_name
+        headers["Idempotency-Key"] = ctx.run.id
+        headers["Jobwire-Attempt"] = str(ctx.run.attempt)
         headers["User-Agent"] = USER_AGENT
         port = url.port or (443 if url.scheme == "https" else 80)
 

@@ -167,7 +167,9 @@ def resources(spec: KubeSpec) -> dict[str, dict[str, str]]:
     return out
 
 
-def _manifest(run: RunInfo, spec: KubeSpec, job_spec: dict[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
+def _manifest(
+    run: RunInfo, spec: KubeSpec, job_spec: dict[str, Any], meta: Mapping[str, Any]
+) -> dict[str, Any]:
     labels = labels_for(run, {**(meta.get("labels") or {}), **spec.labels})
     labels.pop(LABEL_TEMPLATE, None)
     for k in _CONTROLLER_LABELS:

@@ -1,0 +1,189 @@
+"""The connection to the API server, and the only place that calls it.
+
+Every API call the target makes goes through `Kube`, and each method names the (API group,
+resource, verb) it needs in `API_CALLS`. `deploy/kubernetes/role.yaml` grants exactly that set;
+`tests/kube/test_rbac.py` checks the Role against `API_CALLS` and the requests the emulator
+actually served against both, so the Role cannot drift from the code.
+
+Configuration, first found wins: the `kubeconfig` setting, the `KUBECONFIG` environment
+variable (its first file), the in-cluster service account, `~/.kube/config`; `kube_context`
+picks a context (default: the file's current context).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx2
+from lightkube import AsyncClient, KubeConfig
+from lightkube.config.kubeconfig import SingleConfig
+from lightkube.core.exceptions import ConfigError
+from lightkube.resources.batch_v1 import CronJob, Job
+from lightkube.resources.core_v1 import ConfigMap, Event, Pod
+from lightkube.types import CascadeType
+
+from jobwire.config import Settings
+
+__all__ = ["API_CALLS", "Kube", "KubeUnavailable", "exists", "resolve_config"]
+
+API_CALLS: frozenset[tuple[str, str, str]] = frozenset(
+    {
+        ("batch", "jobs", "create"),
+        ("batch", "jobs", "get"),
+        ("batch", "jobs", "list"),
+        ("batch", "jobs", "watch"),
+        ("batch", "jobs", "delete"),
+        ("batch", "cronjobs", "get"),
+        ("", "pods", "list"),
+        ("", "pods", "watch"),
+        ("", "pods/log", "get"),
+        ("", "configmaps", "list"),
+        ("", "configmaps", "delete"),
+        ("", "events", "create"),
+    }
+)
+"""(API group, resource, verb) of every call `Kube` makes: what the Role must grant, no more."""
+
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+TIMEOUT = 10.0
+
+
+class KubeUnavailable(RuntimeError):
+    """No usable cluster configuration."""
+
+
+def resolve_config(settings: Settings) -> tuple[SingleConfig, str]:
+    """The cluster configuration and where it came from (for the log)."""
+    path: Path | None = settings.kubeconfig
+    origin = "kubeconfig setting"
+    if path is None and os.environ.get("KUBECONFIG"):
+        first = next((p for p in os.environ["KUBECONFIG"].split(os.pathsep) if p), None)
+        path, origin = (Path(first) if first else None), "KUBECONFIG"
+    try:
+        if path is not None:
+            if not path.is_file():
+                raise KubeUnavailable(f"kubeconfig {path} ({origin}) does not exist")
+            kc = KubeConfig.from_file(path)
+        elif os.environ.get("KUBERNETES_SERVICE_HOST") and (SERVICE_ACCOUNT / "token").is_file():
+            kc, origin = KubeConfig.from_service_account(SERVICE_ACCOUNT), "in-cluster service account"
+        elif (Path.home() / ".kube" / "config").is_file():
+            kc, origin = KubeConfig.from_file(Path.home() / ".kube" / "config"), "~/.kube/config"
+        else:
+            raise KubeUnavailable(
+                "no Kubernetes configuration: set JOBWIRE_KUBECONFIG or KUBECONFIG, "
+                "or run jobwire in a cluster with a service account"
+            )
+        single = kc.get(settings.kube_context) if settings.kube_context else kc.get()
+    except ConfigError as exc:
+        raise KubeUnavailable(f"Kubernetes configuration ({origin}): {exc}") from exc
+    if single is None:
+        raise KubeUnavailable(f"Kubernetes configuration ({origin}) has no current context")
+    return single, origin
+
+
+def _dict(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = obj.to_dict()
+    return out
+
+
+class Kube:
+    """Thin typed wrapper over lightkube's AsyncClient: plain dicts in and out."""
+
+    def __init__(self, config: SingleConfig) -> None:
+        self.client = AsyncClient(
+            config, timeout=httpx2.Timeout(TIMEOUT), field_manager="jobwire", trust_env=False
+        )
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    # ---- jobs
+    async def create_job(self, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
+        return _dict(await self.client.create(Job.from_dict(manifest), namespace=namespace))
+
+    async def get_job(self, namespace: str, name: str) -> dict[str, Any]:
+        return _dict(await self.client.get(Job, name, namespace=namespace))
+
+    async def list_jobs(self, namespace: str, selector: str) -> tuple[list[dict[str, Any]], str]:
+        """The Jobs matching an existence selector (a label key), and the list's resourceVersion."""
+        it = self.client.list(Job, namespace=namespace, labels={selector: exists()})
+        items = [_dict(j) async for j in it]
+        return items, it.resourceVersion
+
+    def watch_jobs(
+        self, namespace: str, selector: str, resource_version: str | None
+    ) -> AsyncIterator[tuple[str, Any]]:
+        return self.client.watch(  # type: ignore[return-value]
+            Job, namespace=namespace, labels={selector: exists()}, resource_version=resource_version
+        )
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        """Background propagation: the Job goes at once, the garbage collector removes its pods."""
+        await self.client.delete(Job, name, namespace=namespace, cascade=CascadeType.BACKGROUND)
+
+    async def get_cronjob(self, namespace: str, name: str) -> dict[str, Any]:
+        return _dict(await self.client.get(CronJob, name, namespace=namespace))
+
+    # ---- pods
+    async def list_pods(self, namespace: str, labels: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+        it = self.client.list(Pod, namespace=namespace, labels=labels)
+        items = [_dict(p) async for p in it]
+        return items, it.resourceVersion
+
+    def watch_pods(
+        self, namespace: str, selector: str, resource_version: str | None
+    ) -> AsyncIterator[tuple[str, Any]]:
+        return self.client.watch(  # type: ignore[return-value]
+            Pod, namespace=namespace, labels={selector: exists()}, resource_version=resource_version
+        )
+
+    def pod_log(self, namespace: str, pod: str, follow: bool) -> AsyncIterator[str]:
+        return self.client.log(pod, namespace=namespace, follow=follow)  # type: ignore[return-value]
+
+    # ---- other resources labelled with a run
+    async def list_configmaps(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        return [
+            _dict(c)
+            async for c in self.client.list(ConfigMap, namespace=namespace, labels={selector: exists()})
+        ]
+
+    async def delete_configmap(self, namespace: str, name: str) -> None:
+        await self.client.delete(ConfigMap, name, namespace=namespace)
+
+    async def create_event(
+        self, namespace: str, job: dict[str, Any], reason: str, message: str, type_: str = "Normal"
+    ) -> None:
+        """A Kubernetes Event on a Job, so `kubectl describe job` tells why jobwire acted on it."""
+        md = job.get("metadata") or {}
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{md.get('name', 'job')}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "name": md.get("name"),
+                "namespace": namespace,
+                "uid": md.get("uid"),
+            },
+            "reason": reason,
+            "message": message,
+            "type": type_,
+            "source": {"component": "jobwire"},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        await self.client.create(Event.from_dict(body), namespace=namespace)
+
+
+def exists() -> Any:
+    """lightkube's label selector value for "the key exists"."""
+    from lightkube import operators
+
+    return operators.exists()

@@ -1,0 +1,206 @@
+"""One watch per (namespace, resource), shared by every run in that namespace.
+
+`NamespaceWatch` lists the objects carrying the `jobwire.io/run` label once, then watches from
+the list's resourceVersion, keeping a cache of the latest object of each name and handing every
+change to the subscribers of its key (a Job's name; for pods, the `job-name` label). Not a poll
+per Job: 1,000 runs in a namespace share one connection.
+
+Recovery:
+* connection dropped (reset, EOF mid-chunk, proxy timeout): re-watch from the last
+  resourceVersion seen, with a short back-off — nothing is replayed twice, nothing is lost;
+* 410 Gone (`Expired`: the history was compacted past our resourceVersion), as a watch event or
+  an HTTP status: re-list, compare with the cache and hand subscribers a synthetic MODIFIED for
+  every changed object and DELETED for every vanished one, then watch from the new list;
+* 401/403/404 on the watch or list: permanent until someone fixes RBAC — subscribers get an
+  ERROR event (their runs fail with the API's Status), and the watch keeps retrying slowly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx2
+import structlog
+
+from jobwire.targets.kubernetes.errors import api_code, run_error
+
+log = structlog.get_logger(__name__)
+
+Event = tuple[str, str, dict[str, Any]]
+"""(what, type, object): what is the watch's resource ("jobs", "pods"); type ADDED, MODIFIED,
+DELETED — or ERROR with {"error": RunError}."""
+
+ListFn = Callable[[], Awaitable[tuple[list[dict[str, Any]], str]]]
+WatchFn = Callable[[str | None], AsyncIterator[tuple[str, Any]]]
+KeyFn = Callable[[dict[str, Any]], str | None]
+
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 5.0
+FATAL_CODES = frozenset({401, 403, 404})
+
+
+class Subscription:
+    """The changes of one key, in order. `close()` when done (or use it as a context manager)."""
+
+    def __init__(self, watch: NamespaceWatch, key: str, queue: asyncio.Queue[Event] | None = None) -> None:
+        self._watch = watch
+        self.key = key
+        self.queue: asyncio.Queue[Event] = queue if queue is not None else asyncio.Queue()
+
+    async def get(self) -> Event:
+        return await self.queue.get()
+
+    def close(self) -> None:
+        self._watch._unsubscribe(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class NamespaceWatch:
+    def __init__(self, what: str, namespace: str, list_fn: ListFn, watch_fn: WatchFn, key_fn: KeyFn) -> None:
+        self.what = what
+        self.namespace = namespace
+        self._list = list_fn
+        self._watch = watch_fn
+        self._key = key_fn
+        self.cache: dict[str, dict[str, Any]] = {}
+        self._subs: dict[str, set[Subscription]] = {}
+        self.resource_version: str | None = None
+        self.synced = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        # counters, for tests and metrics
+        self.lists = 0
+        self.reconnects = 0
+        self.expired = 0
+        self.events = 0
+
+    # ---- subscribers
+    def subscribe(self, key: str, queue: asyncio.Queue[Event] | None = None) -> Subscription:
+        """Start receiving changes for `key` (into `queue`, which several subscriptions may share);
+        what the cache holds for it is delivered first."""
+        sub = Subscription(self, key, queue)
+        self._subs.setdefault(key, set()).add(sub)
+        for obj in self.cache.values():
+            if self._key(obj) == key:
+                sub.queue.put_nowait((self.what, "ADDED", obj))
+        self.start()
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.key)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.key]
+
+    def objects(self, key: str) -> list[dict[str, Any]]:
+        return [o for o in self.cache.values() if self._key(o) == key]
+
+    @property
+    def subscribers(self) -> int:
+        return sum(len(s) for s in self._subs.values())
+
+    # ---- lifecycle
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(
+                self._run(), name=f"jobwire-kube-watch-{self.what}-{self.namespace}"
+            )
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # ---- the loop
+    async def _run(self) -> None:
+        backoff = BACKOFF_MIN
+        while True:
+            try:
+                if self.resource_version is None:
+                    await self._relist()
+                async for ev_type, obj in self._watch(self.resource_version):
+                    backoff = BACKOFF_MIN
+                    data: dict[str, Any] = obj.to_dict()
+                    self.resource_version = (data.get("metadata") or {}).get("resourceVersion")
+                    self._apply(ev_type, data)
+                # the iterator only ends if the client gave up: start again from where we are
+            except asyncio.CancelledError:
+                raise
+            except httpx2.HTTPError as exc:
+                code = api_code(exc)
+                if code == 410:
+                    self.expired += 1
+                    log.info("kubernetes watch expired, re-listing", what=self.what, namespace=self.namespace)
+                    self.resource_version = None
+                    continue
+                self.reconnects += 1
+                if code in FATAL_CODES:
+                    log.error(
+                        "kubernetes watch refused",
+                        what=self.what,
+                        namespace=self.namespace,
+                        code=code,
+                        error=str(exc)[:300],
+                    )
+                    self._broadcast_error(exc)
+                    backoff = BACKOFF_MAX
+                else:
+                    log.info(
+                        "kubernetes watch interrupted, resuming",
+                        what=self.what,
+                        namespace=self.namespace,
+                        error=f"{type(exc).__name__}: {str(exc)[:200]}",
+                        resource_version=self.resource_version,
+                    )
+            except Exception:
+                self.reconnects += 1
+                log.exception("kubernetes watch failed", what=self.what, namespace=self.namespace)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _relist(self) -> None:
+        items, rv = await self._list()
+        self.lists += 1
+        fresh = {o["metadata"]["name"]: o for o in items}
+        for name, old in list(self.cache.items()):
+            if name not in fresh:
+                self._apply("DELETED", old)
+        for name, obj in fresh.items():
+            old = self.cache.get(name)
+            if old is None:
+                self._apply("ADDED", obj)
+            elif old["metadata"].get("resourceVersion") != obj["metadata"].get("resourceVersion"):
+                self._apply("MODIFIED", obj)
+        self.resource_version = rv
+        self.synced.set()
+
+    def _apply(self, ev_type: str, obj: dict[str, Any]) -> None:
+        self.events += 1
+        name = obj["metadata"]["name"]
+        if ev_type == "DELETED":
+            self.cache.pop(name, None)
+        elif ev_type in ("ADDED", "MODIFIED"):
+            self.cache[name] = obj
+        else:
+            return
+        key = self._key(obj)
+        if key is None:
+            return
+        for sub in self._subs.get(key, ()):
+            sub.queue.put_nowait((self.what, ev_type, obj))
+
+    def _broadcast_error(self, exc: BaseException) -> None:
+        err = run_error(exc, f"watch {self.what} in namespace {self.namespace}")
+        for subs in self._subs.values():
+            for sub in subs:
+                sub.queue.put_nowait((self.what, "ERROR", {"error": err}))

@@ -1,0 +1,98 @@
+"""The engine with the HTTP target and the webhook sink, against real local HTTP servers."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from jobwire.config import Settings, WebhookSinkSpec
+from jobwire.engine import Engine
+from jobwire.model import Job, RunState
+from jobwire.signing import DELIVERY_HEADER, SIGNATURE_HEADER, verify
+from tests.support.fake_context import RecordingServer, SeenRequest
+from tests.support.waiting import eventually
+
+
+@dataclass
+class FlakyServer(RecordingServer):
+    """`/flaky` answers 503 to the first two requests, then 200."""
+
+    def _route(self, req: SeenRequest) -> tuple[int, bytes]:  # type: ignore[override]
+        if req.path == "/flaky":
+            n = sum(1 for r in self.requests if r.path == "/flaky")
+            return (503, b"busy") if n <= 2 else (200, b"done")
+        return RecordingServer._route(req)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FlakyServer]:
+    srv = await FlakyServer().start()
+    yield srv
+    await srv.stop()
+
+
+async def test_http_target_retries_with_one_idempotency_key(tmp_path: Path, server: FlakyServer) -> None:
+    eng = Engine(Settings(data_dir=tmp_path / "d", http_allow_private=True))
+    await eng.start()
+    try:
+        await eng.put_job(
+            Job.model_validate(
+                {
+                    "name": "call",
+                    "parameters": [{"name": "n", "type": "integer"}],
+                    "target": {"type": "http", "url": server.url("/flaky"), "payload": {"count": "{{n}}"}},
+                    "retry": {"max_attempts": 3, "backoff": "20ms", "jitter": 0},
+                }
+            )
+        )
+        adm = await eng.trigger("call", {"n": "7"})
+        assert adm.run
+        run = await eventually(
+            lambda: _terminal(eng, adm.run.id if adm.run else ""), 15, "the HTTP run to end"
+        )
+        assert run.state == RunState.succeeded and run.attempt == 3 and run.http_status == 200
+        reqs = [r for r in server.requests if r.path == "/flaky"]
+        assert len(reqs) == 3
+        assert {r.headers["idempotency-key"] for r in reqs} == {adm.run.id}
+        assert [r.headers["jobwire-attempt"] for r in reqs] == ["1", "2", "3"]
+        assert all(r.json() == {"count": 7} for r in reqs)
+        assert [t.http_status for t in [run]] == [200]
+    finally:
+        await eng.stop()
+
+
+async def _terminal(eng: Engine, run_id: str):  # type: ignore[no-untyped-def]
+    run = await eng.get_run(run_id)
+    return run if run.state.terminal else None
+
+
+async def test_webhook_sink_gets_every_state_signed(tmp_path: Path, server: FlakyServer) -> None:
+    sink = WebhookSinkSpec(url=server.url("/hook"), secret="sink-secret")
+    eng = Engine(Settings(data_dir=tmp_path / "d", sinks=[sink], shutdown_grace=timedelta(seconds=1)))
+    await eng.start()
+    try:
+        await eng.put_job(
+            Job.model_validate({"name": "j", "environment": "test", "target": {"type": "local", "command": ["true"]}})
+        )
+        adm = await eng.trigger("j", {})
+        assert adm.run
+        hooks = await eventually(
+            lambda: (h := [r for r in server.requests if r.path == "/hook"]) and len(h) >= 3 and h, 10, "3 hooks"
+        )
+        docs = [json.loads(r.body) for r in hooks]
+        assert [d["action"] for d in docs] == ["pending", "running", "succeeded"]
+        assert all(d["run_id"] == adm.run.id and d["event_id"] == adm.event.id for d in docs)
+        assert docs[-1]["name"] == "j" and docs[-1]["environment"] == "test"
+        assert set(docs[-1]["status"]) == {"active", "completionTime", "startTime", "failed", "succeeded"}
+        for r in hooks:
+            verify(b"sink-secret", r.body, r.headers[SIGNATURE_HEADER.lower()], time.time(), 300)
+            assert r.headers[DELIVERY_HEADER.lower()].startswith(adm.run.id)
+        assert "sink-secret" not in json.dumps(eng.settings.masked())
+    finally:
+        await eng.stop()
