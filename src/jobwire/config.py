@@ -50,6 +50,11 @@ class LogSinkSpec(BaseModel):
 SinkSpec = WebhookSinkSpec | LogSinkSpec
 
 
+def _plain_env(name: str, default: Any) -> Any:
+    """A seed's un-prefixed variable (`NAMESPACE`, `CLEANUP_MIN`) as the default of a setting."""
+    return os.environ.get(name) or default
+
+
 def parse_tokens(value: Any) -> Any:
     """`JOBWIRE_API_TOKENS="s3cret:read,write;other:read"` → [ApiToken, ...]; lists pass through."""
     if isinstance(value, str):
@@ -103,10 +108,10 @@ class Settings(BaseSettings):
     sinks: list[SinkSpec] = Field(default_factory=list)
     reload: bool = False
     """Reload job files when they change (development)."""
-    kube_namespace: str = Field(default_factory=lambda: os.environ.get("NAMESPACE") or "default")
+    kube_namespace: str = Field(default_factory=lambda: _plain_env("NAMESPACE", "default"))
     """Namespace of `kubernetes` jobs that name none. `JOBWIRE_KUBE_NAMESPACE` or the config file;
     otherwise seed 000's plain `NAMESPACE` variable; otherwise `default`."""
-    kube_cleanup_min: int = Field(default_factory=lambda: int(os.environ.get("CLEANUP_MIN") or 3), ge=0)
+    kube_cleanup_min: int = Field(default_factory=lambda: _plain_env("CLEANUP_MIN", 3), ge=0)
     """Finished Jobs per job the cleanup always keeps: `JOBWIRE_KUBE_CLEANUP_MIN`, the config file,
     or seed 000's plain `CLEANUP_MIN` (default 3)."""
     kube_cleanup_ttl: Duration = timedelta(hours=8)

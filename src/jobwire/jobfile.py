@@ -63,10 +63,13 @@ class DefinitionError:
     path: str
     """Where in the document: `jobs[1].target.url` (empty for the document itself)."""
     message: str
+    job: str | None = None
+    """The name of the job the problem is in, when the definition has one."""
 
     def __str__(self) -> str:
         where = self.source if self.line is None else f"{self.source}:{self.line}"
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        text = f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        return f"{text} (job {self.job!r})" if self.job else text
 
 
 class JobFileError(Exception):
@@ -493,9 +496,17 @@ def _validate(
 ) -> tuple[Job | None, list[DefinitionError]]:
     """One job mapping (either form) → Job, or its errors."""
 
+    name = data.get("name") if isinstance(data, Mapping) else None
+
     def err(loc: Loc, message: str) -> DefinitionError:
         full = (*base, *loc)
-        return DefinitionError(source, _nearest_line(lines, full, default_line), format_loc(full), message)
+        return DefinitionError(
+            source,
+            _nearest_line(lines, full, default_line),
+            format_loc(full),
+            message,
+            name if isinstance(name, str) and loc != ("name",) else None,
+        )
 
     if not isinstance(data, Mapping):
         return None, [err((), f"a job must be a mapping, got {type(data).__name__}")]

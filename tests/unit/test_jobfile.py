@@ -182,7 +182,7 @@ def test_many_mistakes_all_reported_with_lines() -> None:
         "jobs.yaml:22: jobs[3].target: required field is missing",
         "jobs.yaml:23: jobs[4].name: String should match pattern '^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$', "
         "got 'bad name!'",
-        "jobs.yaml:24: jobs[4].target: unknown target type 'ftp' (expected one of: local, http)",
+        "jobs.yaml:24: jobs[4].target: unknown target type 'ftp' (expected one of: local, http, kubernetes)",
     ]
 
 

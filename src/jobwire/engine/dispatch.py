@@ -219,6 +219,11 @@ class Attempts:
         engine.committer.after_commit(lambda: self.forget(run.id))
         engine.finished(run)
 
+    def _survives(self, run_id: str) -> bool:
+        ctx = self._contexts.get(run_id)
+        target = self._engine.targets.get(ctx.job.target.type) if ctx else None
+        return bool(target and target.survives_restart)
+
     # ---- cancel / callback / shutdown
     async def cancel(self, run: Run, reason: str) -> bool:
         """Cancel a run's attempt in progress; False if nothing is in progress (queued / waiting)."""
@@ -270,7 +275,8 @@ class Attempts:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        tasks = list(self._tasks.values())
+        # work that goes on without jobwire (Kubernetes) is not waited for: it is adopted at restart
+        tasks = [t for rid, t in self._tasks.items() if not self._survives(rid)]
         if tasks:
             log.info("waiting for running runs", count=len(tasks), grace_seconds=grace)
             await asyncio.wait(tasks, timeout=grace)

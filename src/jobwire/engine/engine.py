@@ -112,6 +112,8 @@ class Engine:
         self.registry: CollectorRegistry = self.metrics.registry
         self.logs = RunLogs(settings.data_dir / "logs", settings.run_log_max_bytes)
         self.targets: dict[str, Target] = build_targets(settings)
+        for target in self.targets.values():
+            target.bind(run_exists=self._run_exists, jobs=self._job_defs, registry=self.registry)
         self.hub = StatusHub(build_sinks(settings), self.metrics)
         self.committer = Committer(self.store, self.metrics)
         self.scheduler = TimeScheduler(self._fire_batch, self.metrics.lateness_seconds.observe)
@@ -182,6 +184,12 @@ class Engine:
         task = asyncio.create_task(coro, name=name)
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
+
+    async def _run_exists(self, run_id: str) -> bool:
+        return run_id in self.runs or await self.store.get_run(run_id) is not None
+
+    def _job_defs(self) -> list[Job]:
+        return [s.job for s in self.jobs.values()]
 
     def _load_secret(self) -> bytes:
         """Per-installation key for callback tokens: survives restarts, never leaves the data dir."""

@@ -9,9 +9,11 @@ is started, and return how it ended. The engine owns everything around it: recor
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+from prometheus_client import CollectorRegistry
 
 from jobwire.config import Settings
 from jobwire.model import Job, Run, RunError, RunState, StatusBlock
@@ -83,6 +85,15 @@ class Target(ABC):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+
+    def bind(
+        self,
+        run_exists: Callable[[str], Awaitable[bool]] | None = None,
+        jobs: Callable[[], Iterable[Job]] | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        """What the engine offers every target before `start`: whether a run id is recorded
+        (to tell orphans on the target side), the current job definitions, the metrics registry."""
 
     async def start(self) -> None:
         """Open connections; called once before the first run."""

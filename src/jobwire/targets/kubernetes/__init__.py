@@ -176,6 +176,7 @@ class KubernetesJobTarget(Target):
             input_location=ctx.run.input_location,
             callback_url=ctx.callback_url,
             callback_token=ctx.callback_token,
+            created_at=ctx.run.created_at,
         )
         name = info.name
         self._run_ns[ctx.run.id] = ns
@@ -326,7 +327,7 @@ class KubernetesJobTarget(Target):
             end = build.finished(status)
             if end is None:
                 continue
-            pods = await self._pods(kube, ns, name)
+            pods = await self._pods(kube, ns, name, need_final=end == "failed")
             await self._capture_log(kube, ctx, ns, pods)
             if end == "succeeded":
                 return Outcome(state=RunState.succeeded, exit_code=0, status=block, target_status=status)
@@ -361,16 +362,16 @@ class KubernetesJobTarget(Target):
             ), code
         return RunError(message=message, reason=reason, code=None), None
 
-    async def _pods(self, kube: Kube, ns: str, name: str) -> list[dict[str, Any]]:
-        """The Job's pods, oldest first: from the watch cache, or one list if it has none with a
-        final state yet (pod and Job events travel on different connections)."""
+    async def _pods(self, kube: Kube, ns: str, name: str, need_final: bool) -> list[dict[str, Any]]:
+        """The Job's pods, oldest first, from the watch cache — or from one list when the cache has
+        none, or (`need_final`: to tell why it failed) none in a final phase yet: pod and Job events
+        travel on different connections."""
         pods = self.pod_watch(ns).objects(name)
-        if not any((p.get("status") or {}).get("phase") in ("Succeeded", "Failed") for p in pods):
+        final = any((p.get("status") or {}).get("phase") in ("Succeeded", "Failed") for p in pods)
+        if not pods or (need_final and not final):
             with contextlib.suppress(httpx2.HTTPError):
                 pods, _ = await kube.list_pods(ns, {"job-name": name})
-        return sorted(
-            pods, key=lambda p: (str(p["metadata"].get("creationTimestamp") or ""), p["metadata"]["name"])
-        )
+        return sorted(pods, key=build.age_key)
 
     async def _capture_log(self, kube: Kube, ctx: RunContext, ns: str, pods: list[dict[str, Any]]) -> None:
         pod = build.newest(pods)
@@ -378,17 +379,19 @@ class KubernetesJobTarget(Target):
             return
         n = 0
         try:
-            async for line in kube.pod_log(ns, pod["metadata"]["name"], follow=False):
-                ctx.log(line.encode())
-                n += 1
-                if n >= LOG_CAPTURE_LINES:
-                    break
+            async with contextlib.aclosing(kube.pod_log(ns, pod["metadata"]["name"], follow=False)) as lines:
+                async for line in lines:
+                    ctx.log(line.encode())
+                    n += 1
+                    if n >= LOG_CAPTURE_LINES:
+                        break
         except httpx2.HTTPError as exc:
             log.debug("pod log not available", pod=pod["metadata"]["name"], error=str(exc)[:200])
 
     async def _delete(self, kube: Kube, ns: str, name: str, reason: str, message: str) -> None:
         """Delete the Job (Background: pods too) and leave a Kubernetes Event saying why."""
         self._deleting.add((ns, name))
+        obj = self.job_watch(ns).cache.get(name)  # before the watch sees it go
         try:
             await kube.delete_job(ns, name)
             log.info("kubernetes job deleted", job=name, namespace=ns, reason=reason)
@@ -397,7 +400,6 @@ class KubernetesJobTarget(Target):
                 log.warning("kubernetes job delete failed", job=name, namespace=ns, error=str(exc)[:300])
                 raise
         finally:
-            obj = self.job_watch(ns).cache.get(name)
             if obj is not None:
                 with contextlib.suppress(httpx2.HTTPError):
                     await kube.create_event(ns, obj, f"Jobwire{reason}", message, "Warning")
@@ -438,15 +440,17 @@ class KubernetesJobTarget(Target):
     async def _stream(self, kube: Kube, ns: str, job: str, pod: str, follow: bool) -> AsyncIterator[bytes]:
         for _ in range(600):  # a container that has not started yet: wait for it (follow only)
             try:
-                async for line in kube.pod_log(ns, pod, follow=follow):
-                    yield line.encode()
+                async with contextlib.aclosing(kube.pod_log(ns, pod, follow=follow)) as lines:
+                    async for line in lines:
+                        yield line.encode()
                 return
             except httpx2.HTTPStatusError as exc:
                 if not follow or exc.response.status_code != 400:
                     return
-            with self.pod_watch(ns).subscribe(job) as sub:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(sub.get(), 1.0)
+            with self.pod_watch(ns).subscribe(job) as sub, contextlib.suppress(TimeoutError):
+                while not sub.queue.empty():  # what the cache already held: wait for a change
+                    sub.queue.get_nowait()
+                await asyncio.wait_for(sub.get(), 1.0)
 
     # ------------------------------------------------------------------ cleanup
     def _policies(self) -> tuple[dict[str, Policy], Policy, set[str]]:
@@ -483,4 +487,4 @@ class KubernetesJobTarget(Target):
 
 
 KubernetesTarget = KubernetesJobTarget
-"""The name the registry uses; the job-definition model of the same name is `jobwire.model.KubernetesTarget`."""
+"""Exported under the target's name; its job-definition model is `jobwire.model.KubernetesTarget`."""

@@ -33,6 +33,8 @@ ANN_ENVIRONMENT = "jobwire.io/environment"
 ANN_INPUT = "jobwire.io/input-location"
 ANN_TARGET_NAME = "jobwire.io/target-name"
 ANN_TEMPLATE = "jobwire.io/template"
+ANN_CREATED = "jobwire.io/run-created"
+"""When the run was recorded (microseconds): orders Jobs made within one second of each other."""
 SELECTOR = LABEL_RUN
 """Label selector of every watch and list jobwire makes: Jobs and pods that belong to a run."""
 
@@ -91,6 +93,7 @@ class RunInfo:
     input_location: str | None = None
     callback_url: str | None = None
     callback_token: str = ""
+    created_at: datetime | None = None
 
     @property
     def name(self) -> str:
@@ -117,6 +120,8 @@ def annotations_for(run: RunInfo, extra: Mapping[str, str] | None = None) -> dic
         out[ANN_ENVIRONMENT] = run.environment
     if run.input_location is not None:
         out[ANN_INPUT] = run.input_location
+    if run.created_at is not None:
+        out[ANN_CREATED] = run.created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return out
 
 
@@ -334,8 +339,18 @@ def terminated(pod: Mapping[str, Any]) -> tuple[str, str, int] | None:
     return None
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def age_key(obj: Mapping[str, Any]) -> tuple[datetime, str]:
+    """Sort key, oldest first: jobwire's run-created annotation (microseconds), else the
+    creationTimestamp (whole seconds only), then the name."""
+    md = obj.get("metadata") or {}
+    annotations = md.get("annotations") or {}
+    when = _time(annotations.get(ANN_CREATED)) or _time(md.get("creationTimestamp")) or _EPOCH
+    return when, str(md.get("name", ""))
+
+
 def newest(objs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The most recently created object (ties: by name)."""
-    if not objs:
-        return None
-    return max(objs, key=lambda o: (o["metadata"].get("creationTimestamp") or "", o["metadata"]["name"]))
+    """The most recently created object."""
+    return max(objs, key=age_key) if objs else None

@@ -164,10 +164,7 @@ class Cleanup:
 
         for label, members in groups.items():
             policy = policies.get(label, default)
-            members.sort(
-                key=lambda j: (str(j["metadata"].get("creationTimestamp") or ""), j["metadata"]["name"])
-            )
-            members.reverse()
+            members.sort(key=build.age_key, reverse=True)
             for job in members[policy.keep :]:
                 done = build.finish_time(job)
                 if done is not None and done < now - policy.ttl:

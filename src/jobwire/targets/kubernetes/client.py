@@ -12,11 +12,12 @@ picks a context (default: the file's current context).
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx2
 from lightkube import AsyncClient, KubeConfig
@@ -50,6 +51,8 @@ API_CALLS: frozenset[tuple[str, str, str]] = frozenset(
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 TIMEOUT = 10.0
+MAX_REQUESTS = 64
+"""Requests in flight at once (lightkube's pool holds 100 connections)."""
 
 
 class KubeUnavailable(RuntimeError):
@@ -85,74 +88,104 @@ def resolve_config(settings: Settings) -> tuple[SingleConfig, str]:
     return single, origin
 
 
+def _in_namespace(manifest: dict[str, Any], namespace: str) -> dict[str, Any]:
+    return {**manifest, "metadata": {**manifest.get("metadata", {}), "namespace": namespace}}
+
+
 def _dict(obj: Any) -> dict[str, Any]:
     out: dict[str, Any] = obj.to_dict()
     return out
 
 
 class Kube:
-    """Thin typed wrapper over lightkube's AsyncClient: plain dicts in and out."""
+    """Thin typed wrapper over lightkube's AsyncClient: plain dicts in and out.
+
+    Two connection pools: `client` for requests — at most MAX_REQUESTS in flight, the rest wait
+    here rather than time out waiting for a pooled connection (1,000 runs starting at once) — and
+    `stream_client` for the long-lived streams (watches, followed logs), so a burst of requests can
+    never starve the watches and a watch never holds a request's connection."""
 
     def __init__(self, config: SingleConfig) -> None:
         self.client = AsyncClient(
             config, timeout=httpx2.Timeout(TIMEOUT), field_manager="jobwire", trust_env=False
         )
+        self.stream_client = AsyncClient(
+            config, timeout=httpx2.Timeout(TIMEOUT), field_manager="jobwire", trust_env=False
+        )
+        self._slots = asyncio.Semaphore(MAX_REQUESTS)
 
     async def close(self) -> None:
         await self.client.close()
+        await self.stream_client.close()
 
     # ---- jobs
     async def create_job(self, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
-        return _dict(await self.client.create(Job.from_dict(manifest), namespace=namespace))
+        async with self._slots:
+            return _dict(
+                await self.client.create(cast(Job, Job.from_dict(_in_namespace(manifest, namespace))))
+            )
 
     async def get_job(self, namespace: str, name: str) -> dict[str, Any]:
-        return _dict(await self.client.get(Job, name, namespace=namespace))
+        async with self._slots:
+            return _dict(await self.client.get(Job, name, namespace=namespace))
 
     async def list_jobs(self, namespace: str, selector: str) -> tuple[list[dict[str, Any]], str]:
         """The Jobs matching an existence selector (a label key), and the list's resourceVersion."""
-        it = self.client.list(Job, namespace=namespace, labels={selector: exists()})
-        items = [_dict(j) async for j in it]
-        return items, it.resourceVersion
+        async with self._slots:
+            it = self.client.list(Job, namespace=namespace, labels={selector: exists()})
+            items = [_dict(j) async for j in it]
+            return items, it.resourceVersion
 
     def watch_jobs(
         self, namespace: str, selector: str, resource_version: str | None
     ) -> AsyncIterator[tuple[str, Any]]:
-        return self.client.watch(  # type: ignore[return-value]
+        return self.stream_client.watch(  # type: ignore[return-value]
             Job, namespace=namespace, labels={selector: exists()}, resource_version=resource_version
         )
 
     async def delete_job(self, namespace: str, name: str) -> None:
         """Background propagation: the Job goes at once, the garbage collector removes its pods."""
-        await self.client.delete(Job, name, namespace=namespace, cascade=CascadeType.BACKGROUND)
+        async with self._slots:
+            await self.client.delete(Job, name, namespace=namespace, cascade=CascadeType.BACKGROUND)
 
     async def get_cronjob(self, namespace: str, name: str) -> dict[str, Any]:
-        return _dict(await self.client.get(CronJob, name, namespace=namespace))
+        async with self._slots:
+            return _dict(await self.client.get(CronJob, name, namespace=namespace))
 
     # ---- pods
     async def list_pods(self, namespace: str, labels: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
-        it = self.client.list(Pod, namespace=namespace, labels=labels)
-        items = [_dict(p) async for p in it]
-        return items, it.resourceVersion
+        async with self._slots:
+            it = self.client.list(Pod, namespace=namespace, labels=labels)
+            items = [_dict(p) async for p in it]
+            return items, it.resourceVersion
 
     def watch_pods(
         self, namespace: str, selector: str, resource_version: str | None
     ) -> AsyncIterator[tuple[str, Any]]:
-        return self.client.watch(  # type: ignore[return-value]
+        return self.stream_client.watch(  # type: ignore[return-value]
             Pod, namespace=namespace, labels={selector: exists()}, resource_version=resource_version
         )
 
-    def pod_log(self, namespace: str, pod: str, follow: bool) -> AsyncIterator[str]:
-        return self.client.log(pod, namespace=namespace, follow=follow)  # type: ignore[return-value]
+    async def pod_log(self, namespace: str, pod: str, follow: bool) -> AsyncGenerator[str, None]:
+        if follow:
+            async for line in self.stream_client.log(pod, namespace=namespace, follow=True):
+                yield line
+            return
+        async with self._slots:
+            async for line in self.client.log(pod, namespace=namespace, follow=False):
+                yield line
 
     # ---- other resources labelled with a run
     async def list_configmaps(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        return [
-            _dict(c)
-            async for c in self.client.list(ConfigMap, namespace=namespace, labels={selector: exists()})
-        ]
+        async with self._slots:
+            return [
+                _dict(c)
+                async for c in self.client.list(ConfigMap, namespace=namespace, labels={selector: exists()})
+            ]
 
     async def delete_configmap(self, namespace: str, name: str) -> None:
-        await self.client.delete(ConfigMap, name, namespace=namespace)
+        async with self._slots:
+            await self.client.delete(ConfigMap, name, namespace=namespace)
 
     async def create_event(
         self, namespace: str, job: dict[str, Any], reason: str, message: str, type_: str = "Normal"
@@ -179,7 +212,8 @@ class Kube:
             "lastTimestamp": now,
             "count": 1,
         }
-        await self.client.create(Event.from_dict(body), namespace=namespace)
+        async with self._slots:
+            await self.client.create(cast(Event, Event.from_dict(body)))
 
 
 def exists() -> Any:

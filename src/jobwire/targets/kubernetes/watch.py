@@ -71,6 +71,8 @@ class NamespaceWatch:
         self._watch = watch_fn
         self._key = key_fn
         self.cache: dict[str, dict[str, Any]] = {}
+        self._by_key: dict[str, dict[str, dict[str, Any]]] = {}
+        """The cache indexed by key (Job name; for pods the job-name label): no scans per run."""
         self._subs: dict[str, set[Subscription]] = {}
         self.resource_version: str | None = None
         self.synced = asyncio.Event()
@@ -87,9 +89,8 @@ class NamespaceWatch:
         what the cache holds for it is delivered first."""
         sub = Subscription(self, key, queue)
         self._subs.setdefault(key, set()).add(sub)
-        for obj in self.cache.values():
-            if self._key(obj) == key:
-                sub.queue.put_nowait((self.what, "ADDED", obj))
+        for obj in list(self._by_key.get(key, {}).values()):
+            sub.queue.put_nowait((self.what, "ADDED", obj))
         self.start()
         return sub
 
@@ -101,7 +102,7 @@ class NamespaceWatch:
                 del self._subs[sub.key]
 
     def objects(self, key: str) -> list[dict[str, Any]]:
-        return [o for o in self.cache.values() if self._key(o) == key]
+        return list(self._by_key.get(key, {}).values())
 
     @property
     def subscribers(self) -> int:
@@ -172,9 +173,9 @@ class NamespaceWatch:
         items, rv = await self._list()
         self.lists += 1
         fresh = {o["metadata"]["name"]: o for o in items}
-        for name, old in list(self.cache.items()):
+        for name, gone in list(self.cache.items()):
             if name not in fresh:
-                self._apply("DELETED", old)
+                self._apply("DELETED", gone)
         for name, obj in fresh.items():
             old = self.cache.get(name)
             if old is None:
@@ -187,13 +188,22 @@ class NamespaceWatch:
     def _apply(self, ev_type: str, obj: dict[str, Any]) -> None:
         self.events += 1
         name = obj["metadata"]["name"]
-        if ev_type == "DELETED":
-            self.cache.pop(name, None)
-        elif ev_type in ("ADDED", "MODIFIED"):
-            self.cache[name] = obj
-        else:
+        if ev_type not in ("ADDED", "MODIFIED", "DELETED"):
             return
+        old = self.cache.pop(name, None)
+        if old is not None:
+            old_key = self._key(old)
+            if old_key is not None:
+                bucket = self._by_key.get(old_key)
+                if bucket is not None:
+                    bucket.pop(name, None)
+                    if not bucket:
+                        del self._by_key[old_key]
         key = self._key(obj)
+        if ev_type != "DELETED":
+            self.cache[name] = obj
+            if key is not None:
+                self._by_key.setdefault(key, {})[name] = obj
         if key is None:
             return
         for sub in self._subs.get(key, ()):

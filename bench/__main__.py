@@ -1,0 +1,168 @@
+"""`python -m bench [--quick] [--only SECTION ...]`: every benchmark row in ONE table, then one JSON line.
+
+Each section of bench/bench_core.py runs in its own subprocess (fresh event loop, fresh temporary
+data dir, SQLite with the default synchronous=FULL). bench/bench_kube.py's `run()` is called in a
+subprocess too when that file exists. The plain scripts bench/bench_store.py and bench/bench_cron.py
+are run as they are and their output is shown under the table. Never a pass/fail test: the exit
+status is 0 whether or not a floor is met (1 only if the harness itself broke).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.bench_core import REPO, SECTIONS, Row, clean_env, loadavg
+
+DEFINITIONS = """\
+Definitions: "started" = the run's recorded started_at (engine wall clock when subprocess_exec returned the
+pid, after fork+exec) − the client's wall clock just before sending POST /api/v1/jobs/{name}/runs; "process's
+own clock" = the first line printed by the job's command `date +%s.%N` − the same send time. Cron fire
+lateness = event received_at − scheduled_at as recorded in the store; "due → recorded" = when Engine.submit
+returned (event + run committed, fsync) − due time; missed = due times in the window with no recorded run.
+"stub target" = the real engine with its `local` target replaced by one that reports started and succeeded
+without spawning (see docs/performance.md). Throughput rows count acknowledged runs (committed before the
+answer) per wall-clock second and check them against the database. All SQLite rows use synchronous=FULL."""
+
+SCRIPT_TIMEOUT = 900
+
+
+def run_section(name: str, quick: bool) -> dict[str, Any]:
+    title, _ = SECTIONS[name]
+    print(f"▶ {title}", file=sys.stderr, flush=True)
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix="jobwire-bench-out-") as tmp:
+        out = Path(tmp) / "rows.json"
+        cmd = [sys.executable, "-m", "bench.bench_core", name, "--out", str(out)] + (
+            ["--quick"] if quick else []
+        )
+        try:
+            proc = subprocess.run(cmd, cwd=REPO, env=clean_env(), timeout=SCRIPT_TIMEOUT, stdout=sys.stderr)
+            if out.exists() and out.stat().st_size:
+                result: dict[str, Any] = json.loads(out.read_text())
+            else:
+                result = {"rows": [Row(title, f"error: exit status {proc.returncode}", "—", False)._asdict()]}
+        except subprocess.TimeoutExpired:
+            result = {"rows": [Row(title, f"error: no result in {SCRIPT_TIMEOUT}s", "—", False)._asdict()]}
+    print(f"  done in {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
+    result["section"] = name
+    return result
+
+
+def run_kube() -> dict[str, Any] | None:
+    """bench/bench_kube.py (a colleague's) exposes `run() -> list[tuple[str, str]]`: rows without floors."""
+    if not (REPO / "bench" / "bench_kube.py").exists():
+        return None
+    print("▶ Kubernetes target (bench/bench_kube.py)", file=sys.stderr, flush=True)
+    code = "import json; from bench.bench_kube import run; print('\\n' + json.dumps(run()))"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=REPO,
+            env=clean_env(),
+            timeout=SCRIPT_TIMEOUT,
+            capture_output=True,
+            text=True,
+        )
+        rows = json.loads(proc.stdout.strip().splitlines()[-1])
+        return {"section": "kube", "rows": [Row(str(n), str(v), "—", None)._asdict() for n, v in rows]}
+    except (subprocess.TimeoutExpired, ValueError, IndexError) as exc:
+        return {
+            "section": "kube",
+            "rows": [Row("bench_kube.run()", f"error: {exc!r}"[:120], "—", False)._asdict()],
+        }
+
+
+def run_script(args: list[str]) -> str:
+    print(f"▶ {' '.join(args)}", file=sys.stderr, flush=True)
+    try:
+        proc = subprocess.run(
+            [sys.executable, *args],
+            cwd=REPO,
+            env=clean_env(),
+            timeout=SCRIPT_TIMEOUT,
+            capture_output=True,
+            text=True,
+        )
+        return proc.stdout + (
+            f"\n(exit status {proc.returncode})\n{proc.stderr[-2000:]}" if proc.returncode else ""
+        )
+    except subprocess.TimeoutExpired:
+        return f"(no output within {SCRIPT_TIMEOUT}s)"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="shorter windows and fewer samples (~4 min)")
+    parser.add_argument(
+        "--only", action="append", choices=list(SECTIONS), help="run only this section (repeatable)"
+    )
+    parser.add_argument(
+        "--no-scripts", action="store_true", help="skip bench_store.py, bench_cron.py, bench_kube.py"
+    )
+    args = parser.parse_args()
+
+    started = time.time()
+    load_before = loadavg()
+    results = [run_section(name, args.quick) for name in (args.only or list(SECTIONS))]
+    scripts: dict[str, str] = {}
+    if not args.no_scripts:
+        kube = run_kube()
+        if kube is not None:
+            results.append(kube)
+        store_args = ["bench/bench_store.py", "--seconds", "0.5" if args.quick else "1.0"]
+        scripts["bench/bench_store.py"] = run_script(store_args)
+        scripts["bench/bench_cron.py"] = run_script(["bench/bench_cron.py"])
+
+    console = Console(width=max(140, Console().width))
+    table = Table(title=f"jobwire benchmarks{' (--quick)' if args.quick else ''}", show_lines=False)
+    table.add_column("row")
+    table.add_column("value", justify="right")
+    table.add_column("floor", justify="right")
+    table.add_column("ok", justify="center")
+    for res in results:
+        for r in res["rows"]:
+            mark = "—" if r["ok"] is None else ("[green]✓[/]" if r["ok"] else "[red]✗[/]")
+            table.add_row(r["name"], r["value"], r["floor"], mark)
+    console.print(table)
+    machine = f"{os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}"
+    console.print(
+        f"machine: {machine}; load average before {load_before}, after {loadavg()}", highlight=False
+    )
+    console.print(DEFINITIONS, highlight=False)
+    for name, out in scripts.items():
+        console.print(f"\n[bold]{name}[/]")
+        console.print(out.rstrip(), highlight=False, markup=False)
+
+    line = {
+        "bench": "jobwire",
+        "quick": args.quick,
+        "seconds": round(time.time() - started, 1),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_before": load_before,
+            "load_after": loadavg(),
+        },
+        "rows": [{**r, "section": res["section"]} for res in results for r in res["rows"]],
+        "data": {res["section"]: res.get("data", {}) for res in results},
+    }
+    print(json.dumps(line, default=str, ensure_ascii=False), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
