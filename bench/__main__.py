@@ -102,6 +102,17 @@ def run_script(args: list[str]) -> str:
         return f"(no output within {SCRIPT_TIMEOUT}s)"
 
 
+def _finite(value: Any) -> Any:
+    """NaN/inf → None, so the last line is strict JSON."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -160,7 +171,7 @@ def main() -> int:
         "rows": [{**r, "section": res["section"]} for res in results for r in res["rows"]],
         "data": {res["section"]: res.get("data", {}) for res in results},
     }
-    print(json.dumps(line, default=str, ensure_ascii=False), flush=True)
+    print(json.dumps(_finite(line), default=str, ensure_ascii=False, allow_nan=False), flush=True)
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import json
 from pathlib import Path
 from textwrap import dedent
@@ -27,12 +29,26 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
 
+def plain(text: str) -> str:
+    """An error line without its trailing `(job 'name')` (checked on its own below)."""
+    return "\n".join(re.sub(r" \(job '[^']*'\)$", "", line) for line in text.splitlines())
+
+
 def errors_of(text: str, source: str = "jobs.yaml") -> list[str]:
     with pytest.raises(JobFileError) as info:
         load_text(dedent(text), source)
     lines = str(info.value).splitlines()
     assert lines == [str(e) for e in info.value.errors]
-    return lines
+    return [plain(line) for line in lines]
+
+
+def test_errors_name_the_job() -> None:
+    with pytest.raises(JobFileError) as info:
+        load_text("jobs:\n  - name: nightly\n    target: {type: http, url: ftp://x}\n", "j.yaml")
+    assert str(info.value) == (
+        "j.yaml:3: jobs[0].target.url: url must be an absolute http:// or https:// URL, got 'ftp://x'"
+        " (job 'nightly')"
+    )
 
 
 # --------------------------------------------------------------------------- layouts
@@ -321,7 +337,7 @@ def test_folder_reports_all_errors_of_all_files(tmp_path: Path) -> None:
         load_path(tmp_path)
     sources = [Path(e.source).name for e in info.value.errors]
     assert sources == ["1.yaml", "2.yaml", "3.yaml"]
-    assert str(info.value.errors[1]).endswith(
+    assert plain(str(info.value.errors[1])).endswith(
         "2.yaml:4: jobs[0].retry: Input should be a valid dictionary or instance of Retry, got 3"
     )
 
@@ -340,7 +356,7 @@ def test_duplicates_across_files_name_both(tmp_path: Path) -> None:
     with pytest.raises(JobFileError) as info:
         load_path(tmp_path)
     (err,) = info.value.errors
-    assert str(err) == (
+    assert plain(str(err)) == (
         f"{tmp_path / 'b.yaml'}:4: jobs[1].name: "
         f"duplicate job name 'same': already defined at {tmp_path / 'a.yaml'}:3"
     )
@@ -420,7 +436,7 @@ def test_seed003_errors_in_its_own_terms() -> None:
     }
     with pytest.raises(JobFileError) as info:
         parse_job(bad)
-    assert str(info.value).splitlines() == [
+    assert plain(str(info.value)).splitlines() == [
         "api: schedule: cron '61 * * * *': minute field '61' is out of range 0-59",
         "api: job.callback_url: url must be an absolute http:// or https:// URL, got ''",
         "api: job.http_method: method must be one of GET, POST, PUT, PATCH, DELETE, HEAD, got 'FETCH'",
@@ -466,7 +482,7 @@ def test_parse_job_jobwire_form_and_errors() -> None:
         parse_job({"name": "a", "target": {"type": "http", "url": "https://x.example/{{who}}"}}, "api")
     (err,) = info.value.errors
     assert err.source == "api" and err.line is None and err.path == "target.url"
-    assert str(err) == "api: target.url: {{who}} is not a parameter of job 'a' (parameters: none)"
+    assert plain(str(err)) == "api: target.url: {{who}} is not a parameter of job 'a' (parameters: none)"
     with pytest.raises(JobFileError, match="a job must be a mapping"):
         parse_job([1, 2])
 

@@ -66,8 +66,9 @@ class Committer:
         self._wake.set()
 
     async def flush(self) -> None:
-        """Wait until everything handed in so far is committed."""
-        if not self._intakes and not self._updates:
+        """Wait until everything handed in so far is committed — including a transaction already
+        in progress (returning early while one is in flight lost the last state change at shutdown)."""
+        if self._task is None or self._task.done():
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._flushes.append(fut)
