@@ -255,6 +255,7 @@ async def serve_async(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         log_config=None,
+        access_log=settings.access_log,
         lifespan="on",
         server_header=False,
         timeout_graceful_shutdown=3,

@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     sinks: list[SinkSpec] = Field(default_factory=list)
     reload: bool = False
     """Reload job files when they change (development)."""
+    access_log: bool = False
+    """One log line per API request; off by default — runs and events are already recorded."""
     kube_namespace: str = Field(default_factory=lambda: _plain_env("NAMESPACE", "default"))
     """Namespace of `kubernetes` jobs that name none. `JOBWIRE_KUBE_NAMESPACE` or the config file;
     otherwise seed 000's plain `NAMESPACE` variable; otherwise `default`."""

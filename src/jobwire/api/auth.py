@@ -112,7 +112,7 @@ READ = [Depends(require_read)]
 WRITE = [Depends(require_write)]
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     engine = request.app.state.engine
     assert isinstance(engine, Engine)
     return engine

@@ -55,8 +55,9 @@ class Committer:
         return await fut
 
     def update(self, run: Run) -> None:
-        """Persist this run's current state soon (coalesced: the latest copy wins)."""
-        self._updates[run.id] = run.model_copy(deep=True)
+        """Persist this run's current state soon. Coalesced by reference: however many changes a
+        run goes through before the next transaction, it is copied (on the loop) once, then."""
+        self._updates[run.id] = run
         self._wake.set()
 
     def after_commit(self, callback: Callable[[], None]) -> None:
@@ -81,7 +82,8 @@ class Committer:
             self._wake.clear()
             while self._intakes or self._updates or self._after:
                 batch, self._intakes = self._intakes[:MAX_BATCH], self._intakes[MAX_BATCH:]
-                updates, self._updates = self._updates, {}
+                updates = {rid: r.model_copy(deep=True) for rid, r in self._updates.items()}
+                self._updates = {}
                 after, self._after = self._after, []
                 flushes = self._flushes if not self._intakes else []
                 if flushes:

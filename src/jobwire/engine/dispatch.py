@@ -95,9 +95,10 @@ class Attempts:
     def was_launched(self, run: Run) -> bool:
         return self._marker(run).exists()
 
-    def forget(self, run_id: str) -> None:
-        for p in self.markers.glob(f"{run_id}*"):
-            p.unlink(missing_ok=True)
+    def forget(self, run_id: str, attempts: int = 1) -> None:
+        """Drop the run's launch markers by name (a directory scan per run is quadratic in a burst)."""
+        for n in range(1, attempts + 1):
+            (self.markers / (run_id if n == 1 else f"{run_id}-{n}")).unlink(missing_ok=True)
 
     # ---- launching
     def launch(self, run: Run, job: Job, resumed: bool = False, received_at: datetime | None = None) -> None:
@@ -216,7 +217,8 @@ class Attempts:
         run.not_before = None
         why = run.error.message if run.error and outcome.state != RunState.succeeded else None
         engine.transition(run, outcome.state, why, outcome.status)
-        engine.committer.after_commit(lambda: self.forget(run.id))
+        attempts = run.attempt
+        engine.committer.after_commit(lambda: self.forget(run.id, attempts))
         engine.finished(run)
 
     def _survives(self, run_id: str) -> bool:

@@ -129,6 +129,7 @@ class Engine:
         self._ready = False
         self._bg: set[asyncio.Task[Any]] = set()
         self._file_mtimes: dict[Path, float] = {}
+        self._touched: set[str] = set()
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -512,6 +513,7 @@ class Engine:
         """Bookkeeping once a run is terminal: free its slot and start whoever waits for it."""
         self.runs.pop(run.id, None)
         self.active_keys.pop(run.key, None)
+        self._touched.add(run.job)
         self.logs.finish(run.id)
         self.metrics.runs_finished.labels(run.job, run.state.value).inc()
         if run.started_at and run.finished_at:
@@ -654,16 +656,20 @@ class Engine:
             await asyncio.gather(*(self.submit(i) for i in due))
 
     # ------------------------------------------------------------------ retention
-    async def sweep(self) -> int:
-        """Apply each job's retention once: keep the newest N and drop what is past the TTL."""
+    async def sweep(self, only_touched: bool = False) -> int:
+        """Apply each job's retention: keep the newest N and drop what is past the TTL.
+        `only_touched`: just the jobs whose runs ended since the last sweep (the hourly full sweep
+        catches TTL expiry of quiet jobs), so an idle jobwire with 10,000 jobs writes nothing."""
         deleted = 0
         now = utcnow()
+        touched, self._touched = self._touched, set()
         for stored in list(self.jobs.values()):
+            if only_touched and stored.job.name not in touched:
+                continue
             ret = stored.job.retention
             res = await self.store.prune(stored.job.name, ret.keep, now - ret.ttl)
             for rid in res.runs:
                 self.logs.delete(rid)
-                self.attempts.forget(rid)
             deleted += len(res.runs)
             self.metrics.retention_deleted.labels("run").inc(len(res.runs))
             self.metrics.retention_deleted.labels("event").inc(res.events)
@@ -672,9 +678,13 @@ class Engine:
         return deleted
 
     async def _retention_loop(self) -> None:
+        last_full = 0.0
         while True:
             try:
-                await self.sweep()
+                full = time.monotonic() - last_full >= 3600
+                await self.sweep(only_touched=not full)
+                if full:
+                    last_full = time.monotonic()
             except Exception as exc:
                 log.error("retention sweep failed", error=str(exc))
             await asyncio.sleep(self.settings.retention_interval.total_seconds())

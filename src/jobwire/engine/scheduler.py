@@ -155,7 +155,8 @@ class TimeScheduler:
                     continue  # the heap changed: look again
                 except TimeoutError:
                     pass
-            now_ts = utcnow().timestamp()
+            now = utcnow()
+            now_ts = now.timestamp()
             batch: list[Incoming] = []
             while self._heap and self._heap[0][0] <= now_ts + 0.0005:
                 ts, _, job, tid, gen, due = heapq.heappop(self._heap)
@@ -163,7 +164,17 @@ class TimeScheduler:
                     continue  # superseded by a redefinition, pause or delete
                 trig = self._triggers[(job, tid)]
                 batch.append(
-                    Incoming(job=job, trigger=tid, source=trig.type, scheduled_at=due, received_at=utcnow())
+                    Incoming.model_construct(
+                        job=job,
+                        trigger=tid,
+                        source=trig.type,
+                        payload=None,
+                        params=None,
+                        event_key=None,
+                        scheduled_at=due,
+                        input_location=None,
+                        received_at=now,
+                    )
                 )
                 if self._on_lateness:
                     self._on_lateness(now_ts - ts)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ApiError
 from .resources import BY_PLURAL
-from .store import Event, Obj, now_iso
+from .store import Event, Obj, ObjKey, now_iso, obj_key
 
 if TYPE_CHECKING:
     from .server import KubeEmulator
@@ -71,6 +71,10 @@ class JobController:
         self.queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self.pending: set[tuple[str, str]] = set()
         self.tracking: dict[str, Tracking] = {}
+        self.owned: dict[str, dict[ObjKey, Obj]] = {}
+        """Pods by their controlling Job's uid (kept from store events): `reconcile` must not scan
+        every pod in the namespace — with 1,000 Jobs that made the controller O(n²)."""
+        self._owner_of: dict[ObjKey, str] = {}
         self.running = asyncio.Event()
         self.running.set()
         self.task: asyncio.Task[None] | None = None
@@ -115,9 +119,32 @@ class JobController:
             else:
                 self.enqueue(md.get("namespace", ""), md["name"])
         elif ev.plural == "pods":
+            self._index(ev)
             owner = controller_uid(ev.obj) or (controller_uid(ev.old) if ev.old else None)
             if owner is not None:
                 self.enqueue(md.get("namespace", ""), owner[1])
+
+    def _index(self, ev: Event) -> None:
+        """Re-index one pod from the store's current state (not from `ev`: listeners can write,
+        so events may reach this one out of order)."""
+        key = obj_key(ev.obj)
+        prev = self._owner_of.pop(key, None)
+        if prev is not None:
+            bucket = self.owned.get(prev)
+            if bucket is not None:
+                bucket.pop(key, None)
+                if not bucket:
+                    del self.owned[prev]
+        current = self.emu.store.get("pods", *key)
+        owner = controller_uid(current) if current is not None else None
+        if current is not None and owner is not None:
+            self._owner_of[key] = owner[0]
+            self.owned.setdefault(owner[0], {})[key] = current
+
+    def _pods_of(self, namespace: str, uid: str) -> list[Obj]:
+        """The pods controlled by the Job `uid`, in the store's (namespace, name) order."""
+        bucket = self.owned.get(uid) or {}
+        return [bucket[k] for k in sorted(bucket) if k[0] == namespace]
 
     async def _worker(self) -> None:
         while True:
@@ -209,11 +236,7 @@ class JobController:
         md, spec = job["metadata"], job.get("spec") or {}
         status: Obj = copy.deepcopy(job.get("status") or {})
         track = self.tracking.setdefault(md["uid"], Tracking())
-        pods = [
-            p
-            for p in self.emu.store.iter("pods", namespace)
-            if (controller_uid(p) or ("", ""))[0] == md["uid"]
-        ]
+        pods = self._pods_of(namespace, md["uid"])
         restart_on_failure = (spec["template"].get("spec") or {}).get("restartPolicy") == "OnFailure"
         restarts = 0
         for p in pods:
@@ -315,11 +338,7 @@ class JobController:
                     want = min(parallelism, completions - len(track.succeeded))
                     for _ in range(max(0, want - len(active))):
                         self._new_pod(job)
-                    active = [
-                        p
-                        for p in self.emu.store.iter("pods", namespace)
-                        if (controller_uid(p) or ("", ""))[0] == md["uid"] and is_active(p)
-                    ]
+                    active = [p for p in self._pods_of(namespace, md["uid"]) if is_active(p)]
         if not conds:
             status.pop("conditions")
         self._write_status(job, status, active, terminating, track)
