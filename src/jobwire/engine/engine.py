@@ -678,8 +678,9 @@ class Engine:
         return deleted
 
     async def _retention_loop(self) -> None:
-        last_full = 0.0
+        last_full = time.monotonic() - 3600 + self.settings.retention_interval.total_seconds()
         while True:
+            await asyncio.sleep(self.settings.retention_interval.total_seconds())
             try:
                 full = time.monotonic() - last_full >= 3600
                 await self.sweep(only_touched=not full)
@@ -687,7 +688,6 @@ class Engine:
                     last_full = time.monotonic()
             except Exception as exc:
                 log.error("retention sweep failed", error=str(exc))
-            await asyncio.sleep(self.settings.retention_interval.total_seconds())
 
 
 def _error(message: str, reason: str, code: int | str | None = None) -> Any:
