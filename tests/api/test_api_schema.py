@@ -144,6 +144,11 @@ class FakeEngine(Engine):
         self.idem: dict[str, Run] = {}
 
     @property
+    def jobs(self) -> dict[str, StoredJob]:  # type: ignore[override]
+        """The engine's in-memory definitions, here the fake store's."""
+        return self.fake.jobs
+
+    @property
     def fake(self) -> FakeStore:
         assert isinstance(self.store, FakeStore)
         return self.store
