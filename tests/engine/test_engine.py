@@ -90,13 +90,13 @@ async def test_api_trigger_runs_a_local_process_with_params_as_argv(engine: Engi
 async def test_status_documents_follow_every_state_change(engine: Engine) -> None:
     await engine.put_job(job("ok", ["true"], environment="test"))
     docs: list[StatusDocument] = []
+    subscription = engine.subscribe()  # subscribed from here on
 
     async def collect() -> None:
-        async for d in engine.subscribe():
+        async for d in subscription:
             docs.append(d)
 
     task = asyncio.create_task(collect())
-    await asyncio.sleep(0)
     adm = await engine.trigger("ok", {})
     assert adm.run
     await finished(engine, adm.run.id)

@@ -133,7 +133,6 @@ async def test_short_spec_end_to_end_with_status_documents_in_order(
     engine: Engine, kube: KubeEmulator
 ) -> None:
     docs = Docs(engine)
-    await asyncio.sleep(0)
     await engine.put_job(
         kjob(
             "spikes",

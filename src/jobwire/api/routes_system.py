@@ -60,7 +60,6 @@ async def status_stream(engine: Engine, job: str | None, heartbeat: float) -> As
     seqs: dict[str, int] = {}
     nxt: asyncio.Future[StatusDocument] | None = asyncio.ensure_future(anext(docs))
     try:
-        await asyncio.sleep(0)  # let the subscription register before announcing it
         yield b": connected\nretry: 2000\n\n"
         while True:
             if nxt is None:

@@ -147,8 +147,10 @@ class Attempts:
                 except TimeoutError:
                     if not cm.expired():
                         raise
-                    with suppress(Exception):
+                    try:
                         await target.cancel(ctx)
+                    except Exception as exc:
+                        log.warning("target cancel after timeout failed", run_id=run.id, error=str(exc))
                     outcome = Outcome(
                         RunState.timed_out,
                         error=RunError(message=f"timed out after {job.timeout}", reason="Timeout"),

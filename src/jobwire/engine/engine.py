@@ -16,8 +16,6 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import suppress
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +38,7 @@ from jobwire.model import (
     Incoming,
     Job,
     Run,
+    RunError,
     RunState,
     StatusDocument,
     Transition,
@@ -136,10 +135,6 @@ class Engine:
     def ready(self) -> bool:
         return self._ready and not self._stopping
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         self._secret = self._load_secret()
@@ -174,8 +169,10 @@ class Engine:
         await self.committer.flush()
         await self.hub.stop()
         for target in self.targets.values():
-            with suppress(Exception):
+            try:
                 await target.close()
+            except Exception as exc:
+                log.warning("target did not close cleanly", target=target.kind, error=str(exc))
         await self.committer.stop()
         await self.store.close()
         self._ready = False
@@ -211,7 +208,8 @@ class Engine:
         file_jobs: list[tuple[Job, str]] = []
         for path in self.settings.jobs:
             file_jobs.extend(load_path(path))  # raises JobFileError listing every problem
-            self._file_mtimes.update(_mtimes(path))
+            if self.settings.reload:
+                self._file_mtimes.update(_mtimes(path))
         stored = {s.job.name: s for s in await self.store.list_jobs()}
         seen = set()
         for job, origin in file_jobs:
@@ -605,10 +603,8 @@ class Engine:
             yield chunk
 
     def subscribe(self) -> AsyncIterator[StatusDocument]:
+        """Every status document from now on; subscribed when this returns."""
         return self.hub.subscribe()
-
-    def next_fire(self, job: str) -> datetime | None:
-        return self.scheduler.next_due(job)
 
     # ------------------------------------------------------------------ restart
     async def _reconcile(self) -> None:
@@ -618,7 +614,7 @@ class Engine:
             stored = self.jobs.get(run.job)
             if stored is None:
                 run.finished_at = utcnow()
-                run.error = _error("its job is no longer defined", "JobDeleted")
+                run.error = RunError(message="its job is no longer defined", reason="JobDeleted")
                 self.transition(run, RunState.failed, "job deleted while jobwire was down")
                 continue
             self.runs[run.id] = run
@@ -688,12 +684,6 @@ class Engine:
                     last_full = time.monotonic()
             except Exception as exc:
                 log.error("retention sweep failed", error=str(exc))
-
-
-def _error(message: str, reason: str, code: int | str | None = None) -> Any:
-    from jobwire.model import RunError
-
-    return RunError(message=message, reason=reason, code=code)
 
 
 def _mtimes(path: Path) -> dict[Path, float]:

@@ -82,7 +82,3 @@ class Slots:
         if limit is not None and len(slot.active) >= limit:
             return None
         return slot.waiting.popleft()
-
-    def holds(self, job: str, key: str | None, run_id: str) -> bool:
-        slot = self._slots.get((job, key))
-        return slot is not None and (run_id in slot.active or run_id in slot.waiting)

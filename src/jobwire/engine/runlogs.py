@@ -65,9 +65,6 @@ class RunLogs:
         if ev is not None:
             ev.set()
 
-    def is_open(self, run_id: str) -> bool:
-        return run_id in self._open
-
     def delete(self, run_id: str) -> None:
         self.finish(run_id)
         self.path(run_id).unlink(missing_ok=True)

@@ -128,15 +128,6 @@ class TimeScheduler:
             del self._triggers[key]
         self._wake.set()
 
-    def next_due(self, job: str) -> datetime | None:
-        gen = self._generation.get(job)
-        due = [e[5] for e in self._heap if e[2] == job and e[4] == gen]
-        return min(due) if due else None
-
-    @property
-    def size(self) -> int:
-        return len(self._triggers)
-
     def _push(self, due: datetime, job: str, tid: str, gen: int) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (due.timestamp(), self._seq, job, tid, gen, due))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from contextlib import suppress
 
 import structlog
@@ -53,6 +52,29 @@ def document(run: Run, job: Job | None, block: StatusBlock | None = None) -> Sta
     )
 
 
+class Subscription:
+    """One live subscriber: an async iterator over its own bounded queue, registered at creation,
+    unregistered when the hub stops, the iteration ends or `aclose()` is called."""
+
+    def __init__(self, registry: set[asyncio.Queue[StatusDocument | None]]) -> None:
+        self._registry = registry
+        self._queue: asyncio.Queue[StatusDocument | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
+        registry.add(self._queue)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> StatusDocument:
+        doc = await self._queue.get()
+        if doc is None:
+            await self.aclose()
+            raise StopAsyncIteration
+        return doc
+
+    async def aclose(self) -> None:
+        self._registry.discard(self._queue)
+
+
 class StatusHub:
     def __init__(self, sinks: list[Sink], metrics: Metrics) -> None:
         self._sinks = sinks
@@ -97,17 +119,10 @@ class StatusHub:
                     sub.get_nowait()
             sub.put_nowait(doc)
 
-    async def subscribe(self) -> AsyncIterator[StatusDocument]:
-        q: asyncio.Queue[StatusDocument | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
-        self._subscribers.add(q)
-        try:
-            while True:
-                doc = await q.get()
-                if doc is None:
-                    return
-                yield doc
-        finally:
-            self._subscribers.discard(q)
+    def subscribe(self) -> Subscription:
+        """Every document published from this call on: the subscription is in place when this
+        returns, so a caller can announce it (SSE `: connected`) without yielding first."""
+        return Subscription(self._subscribers)
 
     async def _worker(self, sink: Sink, q: asyncio.Queue[StatusDocument]) -> None:
         while True:
