@@ -213,6 +213,83 @@ def http_target(url: str) -> dict[str, Any]:
     return {"type": "http", "url": url, "method": "POST", "allow_private": True, "timeout": "10s"}
 
 
+# ---- a raw HTTP/1.1 client: the request in ONE write with TCP_NODELAY, so rows measure the server
+#
+# httpx builds each request in Python (~1–3 ms here) and writes headers and body separately (Nagle
+# then holds the body back); that is the client's time, not jobwire's. The clock starts right
+# before the request's bytes leave (before `connect` for a new connection).
+
+
+def http_request(method: str, path: str, body: bytes = b"{}", headers: dict[str, str] | None = None) -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    return (head + f"content-length: {len(body)}\r\n\r\n").encode() + body
+
+
+def _parse_head(head: bytes) -> tuple[int, int]:
+    """(status, content-length) of a response head."""
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status, length
+
+
+class RawConn:
+    """One blocking keep-alive connection (or a new one per request with `fresh=True`)."""
+
+    def __init__(self, port: int, fresh: bool = False) -> None:
+        self.port, self.fresh = port, fresh
+        self.sock: Any = None
+        self.buf = b""
+
+    def _connect(self) -> None:
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", self.port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def send(self, raw: bytes) -> tuple[int, bytes, float, float]:
+        """(status, body, t_sent, t_answered): wall-clock times before sending and after the answer."""
+        t0 = time.time()
+        if self.sock is None or self.fresh:
+            self.close()
+            self._connect()
+        self.sock.sendall(raw)
+        while b"\r\n\r\n" not in self.buf:
+            self.buf += self.sock.recv(65536)
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        status, length = _parse_head(head)
+        while len(self.buf) < length:
+            self.buf += self.sock.recv(65536)
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return status, body, t0, time.time()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+async def raw_async_conn(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    import socket
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return reader, writer
+
+
+async def raw_async_send(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes) -> int:
+    writer.write(raw)
+    status, length = _parse_head((await reader.readuntil(b"\r\n\r\n"))[:-4])
+    await reader.readexactly(length)
+    return status
+
+
 # ---- an in-process engine on a fresh data dir
 
 
@@ -264,8 +341,6 @@ def us(t: float) -> int:
 
 def trigger_to_start(ctx: Ctx) -> list[Row]:
     """`jobwire serve` subprocess; sequential `POST /jobs/bench-date/runs`, paced 25 ms apart."""
-    import httpx
-
     from tests.support.server import Server
 
     n, warm, gap = (100, 10, 0.025) if ctx.quick else (500, 30, 0.025)
@@ -279,24 +354,24 @@ def trigger_to_start(ctx: Ctx) -> list[Row]:
                 "/jobs/bench-date",
                 json={"name": "bench-date", "target": {"type": "local", "command": ["date", "+%s.%N"]}},
             ).raise_for_status()
-        modes = [
-            ("new connection", "new_conn", httpx.Limits(max_keepalive_connections=0)),
-            ("keep-alive", "keepalive", httpx.Limits()),
-        ]
-        for label, key, limits in modes:
+        modes = [("new connection", "new_conn", True), ("keep-alive", "keepalive", False)]
+        request = http_request("POST", "/api/v1/jobs/bench-date/runs")
+        for label, key, fresh in modes:
             ctx.progress(f"{warm} warm-up + {n} sequential triggers, {label}")
             sends: dict[str, tuple[float, float]] = {}
-            with srv.client(limits=limits) as c:
+            conn = RawConn(srv.port, fresh=fresh)
+            try:
                 for i in range(warm + n):
-                    t0 = time.time()
-                    r = c.post("/jobs/bench-date/runs", json={})
-                    t1 = time.time()
-                    r.raise_for_status()
+                    status, body, t0, t1 = conn.send(request)
+                    if status != 201:
+                        raise RuntimeError(f"trigger answered {status}: {body[:300]!r}")
                     if i >= warm:
-                        sends[r.json()["id"]] = (t0, t1)
+                        sends[json.loads(body)["id"]] = (t0, t1)
                     rest = t0 + gap - time.time()
                     if rest > 0:
                         time.sleep(rest)
+            finally:
+                conn.close()
             with srv.client() as c:
                 resp, started, own, created, failed = [], [], [], [], 0
                 for rid, (t0, t1) in sends.items():
@@ -703,9 +778,7 @@ def throughput_inprocess(ctx: Ctx) -> list[Row]:
 
 
 def throughput_http(ctx: Ctx) -> list[Row]:
-    """One producer over HTTP: an httpx.AsyncClient with 32 requests in flight on keep-alive connections."""
-    import httpx
-
+    """One producer over HTTP: 32 keep-alive connections, one request in flight on each (raw client)."""
     from tests.support.server import Server
 
     seconds, conc = (3.0, 32) if ctx.quick else (10.0, 32)
@@ -721,24 +794,26 @@ def throughput_http(ctx: Ctx) -> list[Row]:
         async def main() -> dict[str, Any]:
             count = errors = 0
             stop_at = time.time() + 1 + seconds
-            limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
-            async with httpx.AsyncClient(base_url=srv.url + "/api/v1", limits=limits, timeout=30) as c:
+            request = http_request("POST", "/api/v1/jobs/sink/runs")
 
-                async def producer() -> None:
-                    nonlocal count, errors
+            async def producer() -> None:
+                nonlocal count, errors
+                reader, writer = await raw_async_conn(srv.port)
+                try:
                     while time.time() < stop_at:
-                        r = await c.post("/jobs/sink/runs", json={})
-                        if r.status_code == 201:
+                        if await raw_async_send(reader, writer, request) == 201:
                             count += 1
                         else:
                             errors += 1
+                finally:
+                    writer.close()
 
-                tasks = [asyncio.create_task(producer()) for _ in range(conc)]
-                await asyncio.sleep(1)
-                c0, t0 = count, time.time()
-                await asyncio.sleep(seconds)
-                c1, t1 = count, time.time()
-                await asyncio.gather(*tasks)
+            tasks = [asyncio.create_task(producer()) for _ in range(conc)]
+            await asyncio.sleep(1)
+            c0, t0 = count, time.time()
+            await asyncio.sleep(seconds)
+            c1, t1 = count, time.time()
+            await asyncio.gather(*tasks)
             return {"rate": (c1 - c0) / (t1 - t0), "total": count, "errors": errors}
 
         res = run_loop(main)

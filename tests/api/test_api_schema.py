@@ -111,7 +111,13 @@ class FakeStore(Store):
     async def last_fire(self, job: str, trigger: str) -> datetime | None:
         return None
 
+    async def last_fires(self) -> dict[tuple[str, str], datetime]:
+        return {}
+
     async def prune(self, job: str, keep: int, older_than: datetime) -> PruneResult:
+        return PruneResult()
+
+    async def prune_jobs(self, rules: Any) -> PruneResult:
         return PruneResult()
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,8 @@ from jobwire.model import (
 from jobwire.store import (
     EventQuery,
     Intake,
+    PruneResult,
+    PruneRule,
     RunQuery,
     Store,
     StoreError,
@@ -524,6 +528,39 @@ async def test_last_fire(store: Store) -> None:
     assert got == late and got.utcoffset() == timedelta(0)
 
 
+async def test_last_fires_is_last_fire_of_every_trigger(store: Store) -> None:
+    assert await store.last_fires() == {}
+    fires = [
+        (j, t, T0 + timedelta(minutes=m)) for j in ("a", "b") for t in ("cron", "every") for m in (2, 7, 1)
+    ]
+    batch = [
+        intake(j, key=time_run_key(j, t, f), trigger=t, scheduled_at=f, at=T0 + timedelta(hours=1))
+        for j, t, f in fires
+    ]
+    batch.append(intake("c", trigger="cron", scheduled_at=T0 - timedelta(days=3)))
+    batch.append(intake("c", trigger="api"))  # not a time trigger: no scheduled_at, not listed
+    await store.record(batch)
+    # a fire that made no run (paused, overlap) counts; an event without a job is not listed
+    late = T0 + timedelta(minutes=9)
+    await store.record(
+        [
+            Intake(event=event("b", trigger="every", scheduled_at=late, outcome=EventOutcome.paused)),
+            Intake(event=event(None, trigger="cron", scheduled_at=late, outcome=EventOutcome.invalid)),
+        ]
+    )
+    got = await store.last_fires()
+    assert got == {
+        ("a", "cron"): T0 + timedelta(minutes=7),
+        ("a", "every"): T0 + timedelta(minutes=7),
+        ("b", "cron"): T0 + timedelta(minutes=7),
+        ("b", "every"): late,
+        ("c", "cron"): T0 - timedelta(days=3),
+    }
+    assert all(t.utcoffset() == timedelta(0) for t in got.values())
+    for (j, t), when in got.items():
+        assert await store.last_fire(j, t) == when
+
+
 # --------------------------------------------------------------------------- retention
 
 
@@ -609,6 +646,143 @@ async def test_prune_events_keep_lineage_of_kept_runs(store: Store) -> None:
     assert kept_run is not None
     assert left == {kept_run.event_id, dup_kept.event.id, fire.event.id}
     assert await store.last_fire("nightly", "cron") == T0
+
+
+@asynccontextmanager
+async def sql_trace(store: Store) -> AsyncIterator[list[str] | None]:
+    """The statements a SQLite store executes meanwhile (its connection's trace); None for a store
+    without SQL, whose writes the tests see in its data alone."""
+    if not isinstance(store, SQLiteStore):
+        yield None
+        return
+    seen: list[str] = []
+    conn = store._conn
+    assert conn is not None
+    await store._call(conn.set_trace_callback, lambda sql: seen.append(" ".join(sql.split())))
+    try:
+        yield seen
+    finally:
+        await store._call(conn.set_trace_callback, None)
+
+
+def writes(statements: list[str]) -> list[str]:
+    return [s for s in statements if s.upper().startswith(("BEGIN IMMEDIATE", "DELETE", "INSERT", "UPDATE"))]
+
+
+async def snapshot(store: Store) -> tuple[list[Run], list[Event]]:
+    return await all_runs(store), await all_events(store)
+
+
+async def test_prune_jobs_applies_each_jobs_rule_in_one_transaction(store: Store) -> None:
+    """Three jobs, five finished runs each one minute apart; one call, each job its own keep/ttl."""
+    batch = [
+        intake(j, at=T0 + timedelta(minutes=n), state=RunState.succeeded) for j in "abcd" for n in range(5)
+    ]
+    await store.record(batch)
+    runs = {j: [i.run.id for i in batch if i.run and i.run.job == j] for j in "abcd"}
+    rules = [
+        PruneRule("a", 1, T0 + timedelta(days=1)),  # keep decides: 4 go
+        PruneRule("b", 10, T0 + timedelta(days=1)),  # keep holds all
+        PruneRule("c", 0, T0 + timedelta(minutes=2)),  # ttl decides: 2 go
+        PruneRule("nobody", 0, T0 + timedelta(days=1)),  # no runs at all
+    ]  # d: no rule, untouched
+    async with sql_trace(store) as trace:
+        result = await store.prune_jobs(rules)
+    assert result.runs == sorted(runs["a"][:4] + runs["c"][:2])
+    assert result.events == 6
+    left = {r.id for r in await all_runs(store)}
+    assert left == {runs["a"][4], *runs["b"], *runs["c"][2:], *runs["d"]}
+    assert len(await all_events(store)) == len(batch) - 6
+    if trace is not None:
+        assert sum(s.upper().startswith("BEGIN IMMEDIATE") for s in trace) == 1, trace
+    # idempotent, and the empty list is a no-op
+    assert await store.prune_jobs(rules) == PruneResult()
+    assert await store.prune_jobs([]) == PruneResult()
+
+
+async def test_prune_jobs_writes_nothing_when_nothing_is_due(store: Store) -> None:
+    old, young = T0 - timedelta(days=30), T0
+    batch = [intake("kept", at=old + timedelta(minutes=n), state=RunState.failed) for n in range(3)]
+    batch += [intake("young", at=young + timedelta(minutes=n), state=RunState.succeeded) for n in range(3)]
+    batch += [intake("busy", at=old, state=s) for s in (RunState.queued, RunState.running)]
+    fire = Intake(event=event("kept", trigger="cron", scheduled_at=old, at=old, outcome=EventOutcome.paused))
+    dup = intake("young", key=batch[3].run.key if batch[3].run else None, at=old)  # points at a young run
+    await store.record([*batch, fire, dup])
+    rules = [
+        PruneRule("kept", 3, T0),  # all three past the ttl, all among the newest 3
+        PruneRule("young", 0, T0),  # none past the ttl; its old duplicate event points at a kept run
+        PruneRule("busy", 0, T0 + timedelta(days=1)),  # past the ttl but active
+        PruneRule("nobody", 0, T0 + timedelta(days=1)),
+    ]
+    before = await snapshot(store)
+    async with sql_trace(store) as trace:
+        result = await store.prune_jobs(rules)
+    assert result == PruneResult()
+    assert await snapshot(store) == before
+    if trace is not None:
+        assert trace, "the trace saw the reads"
+        assert writes(trace) == [], trace  # no write transaction at all: no lock, no fsync
+
+
+async def test_prune_jobs_never_deletes_active_runs(store: Store) -> None:
+    batch = [intake(j, at=T0 + timedelta(minutes=n), state=s) for j in "ab" for n, s in enumerate(RunState)]
+    await store.record(batch)
+    result = await store.prune_jobs([PruneRule(j, 0, T0 + timedelta(days=1)) for j in "ab"])
+    by_id = {i.run.id: i.run.state for i in batch if i.run}
+    assert len(result.runs) == 2 * len(TERMINAL_STATES)
+    assert {by_id[r] for r in result.runs} == set(TERMINAL_STATES)
+    left = await all_runs(store)
+    assert len(left) == 2 * 3
+    assert {r.state for r in left} == {RunState.queued, RunState.pending, RunState.running}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from("abc"),  # job
+            st.integers(0, 8),  # minute
+            st.sampled_from(list(RunState)),
+            st.sampled_from(["run", "dup", "no-run", "fire"]),
+        ),
+        max_size=40,
+    ),
+    rules=st.dictionaries(st.sampled_from("abcx"), st.tuples(st.integers(0, 4), st.integers(0, 10))),
+)
+async def test_prune_jobs_equals_prune_per_job(
+    make_store: MakeStore,
+    rows: list[tuple[str, int, RunState, str]],
+    rules: dict[str, tuple[int, int]],
+) -> None:
+    """Whatever the data: one prune_jobs call leaves what `prune` job by job leaves, and says so."""
+    batch: list[Intake] = []
+    keys: dict[str, list[str]] = {}
+    for j, minute, state, kind in rows:
+        at = T0 + timedelta(minutes=minute)
+        if kind == "dup" and keys.get(j):
+            batch.append(intake(j, key=keys[j][minute % len(keys[j])], at=at))
+        elif kind == "no-run":
+            batch.append(Intake(event=event(j, at=at, outcome=EventOutcome.filtered)))
+        elif kind == "fire":
+            ev = event(j, at=at, trigger="cron", scheduled_at=at - timedelta(seconds=1))
+            batch.append(Intake(event=ev, run=run_for(ev, state=state)))
+        else:
+            batch.append(intake(j, at=at, state=state))
+        if batch[-1].run is not None:
+            keys.setdefault(j, []).append(batch[-1].run.key)
+    prune_rules = [PruneRule(j, keep, T0 + timedelta(minutes=m)) for j, (keep, m) in rules.items()]
+    async with make_store() as one_by_one, make_store() as batched:
+        for store in (one_by_one, batched):
+            for intk in batch:  # one by one: duplicates are duplicates of earlier batches' runs
+                await store.record([intk])
+        want = PruneResult()
+        for rule in prune_rules:
+            res = await one_by_one.prune(*rule)
+            want.runs += res.runs
+            want.events += res.events
+        want.runs.sort()
+        assert await batched.prune_jobs(prune_rules) == want
+        assert await snapshot(batched) == await snapshot(one_by_one)
 
 
 # --------------------------------------------------------------------------- SQLite only

@@ -6,12 +6,13 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+import uvloop
 
 from jobwire.config import Settings
 from jobwire.model import Job, Parameter, ParamType, RunState
@@ -22,6 +23,11 @@ from tests.support.fake_context import FakeContext, wait_until
 PY = sys.executable
 ECHO_ARGV = "import json, sys; print(json.dumps(sys.argv[1:]))"
 ECHO_ENV = "import json, os; print(json.dumps(dict(os.environ)))"
+T = TypeVar("T")
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,  # what `jobwire serve` runs on
+}
 HOSTILE = ["; rm -rf /", "$(id)", "`id`", "a b\nc", "{{other}}", "' \" \\", "--flag=x"]
 
 
@@ -215,3 +221,131 @@ def _gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except (FileNotFoundError, IndexError):
         return True
+
+
+def _reaped(pid: int) -> bool:
+    """True when our child `pid` has been waited for: no zombie left (and nothing reaped here)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return not Path(f"/proc/{pid}").exists()
+    return False
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+async def _fds_after_warm_up(target: LocalTarget) -> set[str]:
+    """The descriptors open once a first run is done (libuv keeps one /dev/null per loop from its
+    first stream on, for its EMFILE trick)."""
+    await run(target, job([PY, "-c", "pass"]))
+    return _open_fds()
+
+
+def on_loop(loop: str, main: Callable[[LocalTarget], Awaitable[T]], tmp_path: Path) -> T:
+    """Run `main(target)` on a fresh event loop of the given kind, as `jobwire serve` does."""
+
+    async def wrapper() -> T:
+        t = LocalTarget(Settings(data_dir=tmp_path))
+        await t.start()
+        try:
+            return await main(t)
+        finally:
+            await t.close()
+
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        return runner.run(wrapper())
+
+
+@pytest.fixture(params=list(LOOPS))
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_exit_code_and_output_and_no_zombie(loop_kind: str, tmp_path: Path) -> None:
+    code = (
+        "import sys; print('out', flush=True); print('err', file=sys.stderr, flush=True); raise SystemExit(3)"
+    )
+
+    async def main(target: LocalTarget) -> tuple[Any, FakeContext, set[str], set[str]]:
+        assert type(asyncio.get_running_loop()).__module__.startswith(loop_kind)
+        before = await _fds_after_warm_up(target)
+        outcome, ctx = await run(target, job([PY, "-c", code]))
+        return outcome, ctx, before, _open_fds()
+
+    outcome, ctx, fds_before, fds_after = on_loop(loop_kind, main, tmp_path)
+    assert outcome.state == RunState.failed and outcome.exit_code == 3
+    assert outcome.error is not None and outcome.error.reason == "NonZeroExit"
+    assert ctx.text == "out\nerr\n"  # one pipe for both, in write order
+    assert _reaped(int(ctx.ref or 0))
+    assert fds_after == fds_before  # pidfd and pipe closed
+
+
+def test_cancel_stops_the_group_and_reaps_the_leader(loop_kind: str, tmp_path: Path) -> None:
+    code = (
+        "import json, os, subprocess, sys, time; "
+        "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+        "print(json.dumps([os.getpid(), c.pid]), flush=True); time.sleep(600)"
+    )
+
+    async def main(target: LocalTarget) -> list[int]:
+        before = await _fds_after_warm_up(target)
+        ctx = FakeContext(job([PY, "-c", code], kill_grace=timedelta(seconds=2)), {"value": "v", "n": 1})
+        task = asyncio.create_task(target.execute(ctx))
+        await ctx.wait_log("]")
+        pids: list[int] = json.loads(ctx.text)
+        assert pids[0] == int(ctx.ref or 0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+        assert _reaped(pids[0])  # the leader is reaped before execute ends
+        await wait_until(lambda: _gone(pids[1]), 10, "the child to be gone")
+        await wait_until(lambda: _open_fds() == before, 10, "the pidfd and the pipe to be closed")
+        return pids
+
+    pids = on_loop(loop_kind, main, tmp_path)
+    assert all(_gone(pid) for pid in pids)
+
+
+def test_failing_engine_callback_stops_and_reaps_the_process(loop_kind: str, tmp_path: Path) -> None:
+    class Failing(FakeContext):
+        async def started(self, ref: str | None, status: Any = None) -> None:
+            await super().started(ref, status)
+            raise RuntimeError("store is down")
+
+    async def main(target: LocalTarget) -> int:
+        ctx = Failing(job([PY, "-c", "import time; time.sleep(600)"]), {"value": "v", "n": 1})
+        with pytest.raises(RuntimeError, match="store is down"):
+            await target.execute(ctx)
+        return int(ctx.ref or 0)
+
+    pid = on_loop(loop_kind, main, tmp_path)
+    assert _reaped(pid)
+
+
+def test_spawn_failure_leaves_no_descriptor(loop_kind: str, tmp_path: Path) -> None:
+    async def main(target: LocalTarget) -> tuple[list[Any], set[str], set[str]]:
+        before = await _fds_after_warm_up(target)
+        missing, _ = await run(target, job([str(tmp_path / "no-such-program")]))
+        nul, _ = await run(target, job([PY, "-c", "pass", "a\0b"]))
+        return [missing, nul], before, _open_fds()
+
+    (missing, nul), fds_before, fds_after = on_loop(loop_kind, main, tmp_path)
+    assert missing.error.reason == "CommandNotFound"
+    assert nul.error.reason == "InvalidArgument"
+    assert fds_after == fds_before
+
+
+def test_without_pidfd_a_thread_waits(
+    loop_kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(os, "pidfd_open", raising=False)
+
+    async def main(target: LocalTarget) -> tuple[Any, FakeContext]:
+        return await run(target, job([PY, "-c", "print('hi')"]))
+
+    outcome, ctx = on_loop(loop_kind, main, tmp_path)
+    assert outcome.state == RunState.succeeded
+    assert ctx.text == "hi\n"
+    assert _reaped(int(ctx.ref or 0))

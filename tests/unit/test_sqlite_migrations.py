@@ -21,7 +21,7 @@ import pytest
 
 from jobwire.model import EventOutcome, RunState
 from jobwire.store.queries import load_migrations, to_us
-from jobwire.store.sqlite import SQLiteStore, connect, latest_version, migrate, schema_version
+from jobwire.store.sqlite import Q, SQLiteStore, connect, latest_version, migrate, schema_version
 
 LATEST = latest_version()
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -159,6 +159,29 @@ def test_queries_use_the_indexes(tmp_path: Path) -> None:
     assert "events_job_received" in plan(
         "SELECT id FROM events WHERE job = ? ORDER BY received_at DESC, id DESC LIMIT 5", "j"
     )
+    conn.close()
+
+
+def test_batch_queries_use_the_indexes(tmp_path: Path) -> None:
+    """last_fires and prune_jobs: every table access an index search, never a sort or a table scan."""
+    conn = open_raw(tmp_path / "a.db")
+    migrate(conn)
+
+    def plan(sql: str, args: dict[str, object]) -> list[str]:
+        return [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args)]
+
+    rules = json.dumps([["a", 100], ["b", 50]])
+    [last_fires] = plan(Q.last_fires, {})  # one pass over the index, grouped in its order: no sort
+    assert "COVERING INDEX events_fire" in last_fires
+    for sql, args in [
+        (Q.prune_jobs_runs, {"rules": rules, "keep": 3}),
+        (Q.prune_jobs_events, {"rules": rules}),
+    ]:
+        steps = plan(sql, args)
+        assert not [s for s in steps if "TEMP B-TREE" in s or s.startswith(("SCAN runs", "SCAN events"))]
+        assert any("runs_job_created (job=? AND created_at<?)" in s for s in steps) or any(
+            "events_job_received (job=? AND received_at<?)" in s for s in steps
+        )
     conn.close()
 
 

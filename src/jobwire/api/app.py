@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobwire.api import routes_events, routes_jobs, routes_runs, routes_system
 from jobwire.api.auth import READ, Authenticator
+from jobwire.api.fastpath import TriggerFastPath, engine_error_json
 from jobwire.api.schemas import ApiError, ErrorDetail, error_body
 from jobwire.engine import Engine, EngineError
 from jobwire.jobfile import JobFileError
@@ -79,16 +80,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def engine_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, EngineError)
-        details: list[ErrorDetail] = []
-        for d in getattr(exc, "details", None) or []:
-            if isinstance(d, ErrorDetail):
-                details.append(d)
-            elif isinstance(d, dict) and "message" in d:
-                details.append(ErrorDetail(path=str(d.get("path", "")), message=str(d["message"])))
-        param = getattr(exc, "param", None)
-        if param and not details:
-            details.append(ErrorDetail(path=f"params.{param}", message=str(exc) or exc.reason))
-        return _json(exc.status, exc.reason, str(exc) or exc.reason, details)
+        code, body = engine_error_json(exc)
+        return JSONResponse(body, status_code=code)
 
     async def job_file_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, JobFileError)
@@ -160,6 +153,7 @@ def create_app(engine: Engine, *, heartbeat: float = 15.0) -> FastAPI:
     app.state.auth = auth
     app.state.heartbeat = heartbeat
     _install_error_handlers(app)
+    app.add_middleware(TriggerFastPath, engine=engine, auth=auth)
 
     for module in (routes_jobs, routes_runs, routes_events, routes_system):
         app.include_router(module.router, prefix=PREFIX)

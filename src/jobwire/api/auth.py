@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from jobwire.api.schemas import ApiError
 from jobwire.config import ApiToken, Settings
@@ -55,6 +56,18 @@ class Authenticator:
             if hmac.compare_digest(token, given) and found is None:
                 found = scopes
         return found
+
+    def check_header(self, authorization: bytes | None, scope: Scope) -> None:
+        """`check` from a raw `Authorization` header value (what HTTPBearer would parse)."""
+        if self.open_access:
+            return
+        credentials = None
+        scheme, token = get_authorization_scheme_param(
+            authorization.decode("latin-1") if authorization else None
+        )
+        if scheme.lower() == "bearer" and token:
+            credentials = HTTPAuthorizationCredentials(scheme=scheme, credentials=token)
+        self.check(credentials, scope)
 
     def check(self, credentials: HTTPAuthorizationCredentials | None, scope: Scope) -> None:
         if self.open_access:

@@ -31,7 +31,7 @@ def aware(value: datetime | None) -> datetime | None:
     return value
 
 
-async def masked_run(engine: Engine, run: Run) -> Run:
+def mask_run(engine: Engine, run: Run) -> Run:
     """The run with its secret parameters masked (every parameter, if its job is gone)."""
     if not run.params:
         return run
@@ -40,9 +40,14 @@ async def masked_run(engine: Engine, run: Run) -> Run:
     return run.model_copy(update={"params": params})
 
 
-async def admission_response(engine: Engine, admission: Admission, response: Response) -> Run:
-    """201 with the new run; 200 + `Idempotency-Replayed: true` with the run a repeat key made
-    before; 409 naming the outcome when the event made no run (paused, overlap, ...)."""
+async def masked_run(engine: Engine, run: Run) -> Run:
+    return mask_run(engine, run)
+
+
+def admission_parts(engine: Engine, admission: Admission) -> tuple[int, dict[str, str], Run]:
+    """(status, headers, masked run) of a trigger's answer: 201 with the new run; 200 +
+    `Idempotency-Replayed: true` with the run a repeat key made before; raises a 409 naming the
+    outcome when the event made no run (paused, overlap, ...), 422 when it was invalid."""
     run = admission.run
     if run is None:
         event = admission.event
@@ -54,11 +59,15 @@ async def admission_response(engine: Engine, admission: Admission, response: Res
             details=[ErrorDetail(path="event_id", message=event.id)],
         )
     if admission.created:
-        response.status_code = status.HTTP_201_CREATED
-    else:
-        response.status_code = status.HTTP_200_OK
-        response.headers["Idempotency-Replayed"] = "true"
-    return await masked_run(engine, run)
+        return status.HTTP_201_CREATED, {}, mask_run(engine, run)
+    return status.HTTP_200_OK, {"Idempotency-Replayed": "true"}, mask_run(engine, run)
+
+
+async def admission_response(engine: Engine, admission: Admission, response: Response) -> Run:
+    code, headers, run = admission_parts(engine, admission)
+    response.status_code = code
+    response.headers.update(headers)
+    return run
 
 
 def parse_states(values: list[str] | None) -> list[RunState] | None:

@@ -1,7 +1,8 @@
 """Group commit: every event, run and state change goes through here.
 
 Callers that need durability (`record`) await a future that resolves after the transaction that
-holds their write has committed; state changes (`update`) are coalesced per run. Under a burst,
+holds their write has committed; state changes (`update`) are coalesced per run and written in
+the same transaction as the intakes (one fsync per iteration, not one per kind of write). Under a burst,
 one transaction carries hundreds of writes, so throughput is bounded by fsyncs per second, not by
 writes per second — and an idle engine does nothing at all (the loop waits on an event).
 """
@@ -56,7 +57,8 @@ class Committer:
 
     def update(self, run: Run) -> None:
         """Persist this run's current state soon. Coalesced by reference: however many changes a
-        run goes through before the next transaction, it is copied (on the loop) once, then."""
+        run goes through before the next transaction, it is written once, with its state as of
+        that transaction (the store captures it before it yields — no copy here)."""
         self._updates[run.id] = run
         self._wake.set()
 
@@ -82,24 +84,24 @@ class Committer:
             self._wake.clear()
             while self._intakes or self._updates or self._after:
                 batch, self._intakes = self._intakes[:MAX_BATCH], self._intakes[MAX_BATCH:]
-                updates = {rid: r.model_copy(deep=True) for rid, r in self._updates.items()}
-                self._updates = {}
+                updates, self._updates = self._updates, {}
                 after, self._after = self._after, []
                 flushes = self._flushes if not self._intakes else []
                 if flushes:
                     self._flushes = []
                 t0 = time.perf_counter()
                 try:
-                    if batch:
-                        recorded = await self._store.record([i for i, _ in batch])
-                    if updates:
-                        await self._store.update_runs(list(updates.values()))
+                    recorded = (
+                        await self._store.commit([i for i, _ in batch], list(updates.values()))
+                        if batch or updates
+                        else []
+                    )
                 except Exception as exc:  # the store failed: callers get the error, nothing is acked
                     log.error("store write failed", error=str(exc), events=len(batch), updates=len(updates))
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_exception(exc)
-                    # state updates are retried with the next batch unless newer copies replaced them
+                    # state updates are retried with the next batch (same objects: their latest state)
                     for rid, run in updates.items():
                         self._updates.setdefault(rid, run)
                     self._after[:0] = after

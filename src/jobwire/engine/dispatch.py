@@ -1,23 +1,19 @@
 """Attempts: running one run on its target — timeout, retry with backoff, cancel, shutdown.
 
-Before an attempt is handed to its target, a launch marker file named after the attempt's
-target-side name is created. After a crash, a pending run with a marker *may* have started, so
-it is resumed (the target adopts it by name, or reports it lost); without a marker it certainly
-did not start and is simply launched. That keeps "never lost, never doubled" for local processes
-too, which have no server-side name to look up.
+Before an attempt is handed to its target, its target-side name goes into the launch journal
+(`launches.py`), so that after a crash jobwire knows whether a pending run may have started.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 from contextlib import suppress
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from jobwire.engine.launches import LaunchJournal
 from jobwire.engine.policies import backoff_delay
 from jobwire.model import Job, Run, RunError, RunState, StatusBlock, utcnow
 from jobwire.targets.base import CallbackResult, Outcome, RunContext
@@ -81,24 +77,23 @@ class Attempts:
         self._cancel_reasons: dict[str, str] = {}
         self._callbacks: dict[str, asyncio.Future[CallbackResult]] = {}
         self._shutting_down = False
-        self.markers = engine.settings.data_dir / "launched"
-        self.markers.mkdir(parents=True, exist_ok=True)
+        self.journal = LaunchJournal(engine.settings.data_dir / "launches.journal")
 
     @property
     def count(self) -> int:
         return len(self._tasks)
 
-    # ---- markers
-    def _marker(self, run: Run) -> Path:
-        return self.markers / (run.id if run.attempt == 1 else f"{run.id}-{run.attempt}")
+    # ---- the launch journal
+    @staticmethod
+    def _name(run_id: str, attempt: int) -> str:
+        return run_id if attempt == 1 else f"{run_id}-{attempt}"
 
     def was_launched(self, run: Run) -> bool:
-        return self._marker(run).exists()
+        return self._name(run.id, run.attempt) in self.journal
 
     def forget(self, run_id: str, attempts: int = 1) -> None:
-        """Drop the run's launch markers by name (a directory scan per run is quadratic in a burst)."""
-        for n in range(1, attempts + 1):
-            (self.markers / (run_id if n == 1 else f"{run_id}-{n}")).unlink(missing_ok=True)
+        """The run's end is committed: drop every attempt of it from the journal."""
+        self.journal.forget(self._name(run_id, n) for n in range(1, attempts + 1))
 
     # ---- launching
     def launch(self, run: Run, job: Job, resumed: bool = False, received_at: datetime | None = None) -> None:
@@ -134,10 +129,7 @@ class Attempts:
                     retryable=False,
                 )
             else:
-                marker = self._marker(run)
-                if not marker.exists():
-                    fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600)
-                    os.close(fd)
+                self.journal.mark(self._name(run.id, run.attempt))
                 timeout = job.timeout.total_seconds() if job.timeout else None
                 if timeout is not None and resumed and run.started_at:
                     timeout = max(0.0, timeout - (utcnow() - run.started_at).total_seconds())

@@ -9,9 +9,10 @@ pointing at the run that exists.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from jobwire.model import Event, EventOutcome, Job, Run, RunState
 
@@ -86,6 +87,14 @@ class PruneResult:
     events: int = 0
 
 
+class PruneRule(NamedTuple):
+    """One job's retention for `Store.prune_jobs`: the arguments of `Store.prune`."""
+
+    job: str
+    keep: int
+    older_than: datetime
+
+
 class Store(ABC):
     """Every method is a coroutine and safe to call concurrently from one event loop."""
 
@@ -127,6 +136,18 @@ class Store(ABC):
     async def update_runs(self, runs: list[Run]) -> None:
         """Persist the current state of these runs (all fields, history included), in one transaction."""
 
+    async def commit(self, batch: list[Intake], updates: list[Run]) -> list[Recorded]:
+        """`record(batch)` and `update_runs(updates)` in ONE transaction (one fsync per group commit).
+
+        The engine keeps mutating its runs while this is awaited, so an implementation must
+        capture the state of `updates` (and of the batch's runs) before it first yields; the engine
+        does not copy them. This default snapshots, then makes two calls: stores override it."""
+        snapshot = [r.model_copy(deep=True) for r in updates]
+        recorded = await self.record(batch) if batch else []
+        if snapshot:
+            await self.update_runs(snapshot)
+        return recorded
+
     @abstractmethod
     async def get_run(self, run_id: str) -> Run | None: ...
 
@@ -151,6 +172,17 @@ class Store(ABC):
         """The latest `scheduled_at` recorded for this time trigger: where catch-up starts."""
 
     @abstractmethod
+    async def last_fires(self) -> dict[tuple[str, str], datetime]:
+        """`last_fire` of every `(job, trigger)` that has one, in one read: what catch-up needs at startup."""
+
+    @abstractmethod
     async def prune(self, job: str, keep: int, older_than: datetime) -> PruneResult:
         """Delete finished runs of `job` created before `older_than`, except its `keep` newest
         runs; also delete events older than `older_than` that no longer point at a kept run."""
+
+    @abstractmethod
+    async def prune_jobs(self, rules: Sequence[PruneRule]) -> PruneResult:
+        """`prune` for several jobs, each with its own keep and cut-off, in ONE transaction; the
+        result is the union (run ids sorted, events summed). It first reads whether anything is to
+        go and writes nothing at all (no write transaction) when nothing is. One rule per job: of a
+        repeated job the last rule counts."""

@@ -9,6 +9,7 @@ being taken as UTC). Nothing it hands out aliases what it keeps.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,7 @@ from jobwire.store.base import (
     Intake,
     Page,
     PruneResult,
+    PruneRule,
     Recorded,
     RunQuery,
     Store,
@@ -184,6 +186,13 @@ class MemoryStore(Store):
         self._events.update(new_events)
         return out
 
+    async def commit(self, batch: list[Intake], updates: list[Run]) -> list[Recorded]:
+        # record() and update_runs() never yield: together they are one atomic step, state captured
+        recorded = await self.record(batch) if batch else []
+        if updates:
+            await self.update_runs(updates)
+        return recorded
+
     async def update_runs(self, runs: list[Run]) -> None:
         self._check_open()
         staged: dict[str, Run] = {}
@@ -267,6 +276,17 @@ class MemoryStore(Store):
         ]
         return max(times) if times else None
 
+    async def last_fires(self) -> dict[tuple[str, str], datetime]:
+        self._check_open()
+        out: dict[tuple[str, str], datetime] = {}
+        for e in self._events.values():
+            if e.job is None or e.scheduled_at is None:
+                continue
+            seen = out.get((e.job, e.trigger))
+            if seen is None or e.scheduled_at > seen:
+                out[(e.job, e.trigger)] = e.scheduled_at
+        return out
+
     async def prune(self, job: str, keep: int, older_than: datetime) -> PruneResult:
         self._check_open()
         cut = to_us(older_than)
@@ -294,6 +314,48 @@ class MemoryStore(Store):
         for event_id in gone:
             del self._events[event_id]
         return PruneResult(runs=sorted(r.id for r in doomed), events=len(gone))
+
+    async def prune_jobs(self, rules: Sequence[PruneRule]) -> PruneResult:
+        self._check_open()
+        cuts = {r.job: (max(0, r.keep), to_us(r.older_than)) for r in rules}
+        # read: what would go, as SQLite's prune_jobs_runs / prune_jobs_events
+        by_job: dict[str, list[Run]] = {}
+        for r in self._runs.values():
+            if r.job in cuts:
+                by_job.setdefault(r.job, []).append(r)
+        doomed: list[Run] = []
+        for job, runs in by_job.items():
+            keep, cut = cuts[job]
+            runs.sort(key=_run_sort_key, reverse=True)
+            doomed += [r for r in runs[keep:] if r.state.terminal and to_us(r.created_at) < cut]
+        doomed_ids = {r.id for r in doomed}
+        made_by = {r.event_id for r in self._runs.values() if r.id not in doomed_ids}
+        latest_fire: dict[tuple[str, str], int] = {}
+        for e in self._events.values():
+            if e.job is not None and e.job in cuts and e.scheduled_at is not None:
+                us, k = to_us(e.scheduled_at), (e.job, e.trigger)
+                latest_fire[k] = max(us, latest_fire.get(k, us))
+        gone = [
+            e.id
+            for e in self._events.values()
+            if e.job is not None
+            and e.job in cuts
+            and to_us(e.received_at) < cuts[e.job][1]
+            and (e.run_id is None or e.run_id not in self._runs or e.run_id in doomed_ids)
+            and e.id not in made_by
+            and not (
+                e.scheduled_at is not None and to_us(e.scheduled_at) == latest_fire.get((e.job, e.trigger))
+            )
+        ]
+        if not doomed and not gone:
+            return PruneResult()
+        # write
+        for r in doomed:
+            del self._runs[r.id]
+            del self._run_by_key[r.key]
+        for event_id in gone:
+            del self._events[event_id]
+        return PruneResult(runs=sorted(doomed_ids), events=len(gone))
 
 
 class _Window:

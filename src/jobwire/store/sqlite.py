@@ -31,6 +31,7 @@ from jobwire.store.base import (
     Intake,
     Page,
     PruneResult,
+    PruneRule,
     Recorded,
     RunQuery,
     Store,
@@ -533,6 +534,19 @@ class SQLiteStore(Store):
         values = [_run_update_values(r) for r in runs]
         await self._w(lambda c: c.executemany(Q.update_run, values))
 
+    async def commit(self, batch: list[Intake], updates: list[Run]) -> list[Recorded]:
+        # The rows are built here, on the caller's thread, before the hop: that is the snapshot.
+        runs = [(i.run, _run_values(i.run)) for i in batch if i.run is not None]
+        values = [_run_update_values(r) for r in updates]
+
+        def op(conn: sqlite3.Connection) -> list[Recorded]:
+            recorded = self._record_sync(conn, batch, runs) if batch else []
+            if values:
+                conn.executemany(Q.update_run, values)
+            return recorded
+
+        return await self._w(op)
+
     async def get_run(self, run_id: str) -> Run | None:
         row = await self._r(lambda c: c.execute(Q.select_runs + " WHERE id = ?", (run_id,)).fetchone())
         return None if row is None else _run_from_row(row)
@@ -596,6 +610,10 @@ class SQLiteStore(Store):
         row = await self._r(lambda c: c.execute(Q.last_fire, {"job": job, "trigger": trigger}).fetchone())
         return None if row is None else from_us(row[0])
 
+    async def last_fires(self) -> dict[tuple[str, str], datetime]:
+        rows = await self._r(lambda c: c.execute(Q.last_fires).fetchall())
+        return {(job, trigger): from_us(us) for job, trigger, us in rows}
+
     async def prune(self, job: str, keep: int, older_than: datetime) -> PruneResult:
         params = {"job": job, "keep": max(0, keep), "older_than": to_us(older_than)}
 
@@ -605,6 +623,26 @@ class SQLiteStore(Store):
             return PruneResult(runs=sorted(runs), events=events)
 
         return await self._w(op)
+
+    async def prune_jobs(self, rules: Sequence[PruneRule]) -> PruneResult:
+        by_job = {r.job: r for r in rules}  # the last rule of a job counts
+        if not by_job:
+            return PruneResult()
+        # prune_jobs_runs takes one keep (an OFFSET cannot vary per row): one run per distinct keep
+        by_keep: dict[int, list[tuple[str, int]]] = {}
+        for r in by_job.values():
+            by_keep.setdefault(max(0, r.keep), []).append((r.job, to_us(r.older_than)))
+        runs_params = [{"keep": keep, "rules": json.dumps(group)} for keep, group in sorted(by_keep.items())]
+        events_params = {"rules": json.dumps([(r.job, to_us(r.older_than)) for r in by_job.values()])}
+        return await self._call(self._prune_jobs_sync, runs_params, events_params)
+
+    def _prune_jobs_sync(
+        self, runs_params: list[dict[str, Any]], events_params: dict[str, Any]
+    ) -> PruneResult:
+        """On the store thread: a read first; the write transaction only if it found something."""
+        if not self._read(_prune_due, runs_params, events_params):
+            return PruneResult()
+        return self._write(_prune_jobs_write, runs_params, events_params)
 
     # ---- for tests and tools
 
@@ -621,6 +659,28 @@ def _existing_run(conn: sqlite3.Connection, run: Run) -> Run:
     if row is None:  # pragma: no cover - the insert conflicted on one of the two
         raise StoreError(f"run {run.id} was neither inserted nor found")
     return _run_from_row(row)
+
+
+def _prune_due(
+    conn: sqlite3.Connection, runs_params: list[dict[str, Any]], events_params: dict[str, Any]
+) -> bool:
+    """Whether `prune_jobs` would delete a run or an event (read only). With no run to delete, the
+    events query sees exactly the runs that will remain."""
+    if any(conn.execute(Q.prune_jobs_runs, p).fetchone() is not None for p in runs_params):
+        return True
+    return conn.execute(Q.prune_jobs_events, events_params).fetchone() is not None
+
+
+def _prune_jobs_write(
+    conn: sqlite3.Connection, runs_params: list[dict[str, Any]], events_params: dict[str, Any]
+) -> PruneResult:
+    """The same reads again, under the write lock, and delete what they find: runs first, so the
+    events of deleted runs go in the same transaction (as `prune` does per job)."""
+    runs = [r[0] for p in runs_params for r in conn.execute(Q.prune_jobs_runs, p).fetchall()]
+    conn.executemany(Q.delete_run, ((r,) for r in runs))
+    events = [(r[0],) for r in conn.execute(Q.prune_jobs_events, events_params).fetchall()]
+    conn.executemany(Q.delete_event, events)
+    return PruneResult(runs=sorted(runs), events=len(events))
 
 
 def _where(clauses: list[str]) -> str:

@@ -9,6 +9,16 @@ The process gets its own session (and so its own process group): cancelling the 
 the whole tree — SIGTERM to the group, `kill_grace`, then SIGKILL. Processes the command leaves
 behind after it exits are cleaned up the same way.
 
+Spawning does not go through the event loop (`loop.subprocess_exec`): under uvloop that is libuv's
+fork(), whose cost grows with the scheduler's memory (page tables are copied: ~15 ms from a
+160 MB process). `subprocess.Popen` uses vfork() on Linux (no preexec_fn, no user/group change),
+which costs the same ~0.3 ms however large the scheduler is, on any event loop. Nothing else reaps
+a Popen child (libuv reaps only the pids it spawned; asyncio's child watcher only those of
+`subprocess_exec`), so the exit is ours to collect, event-driven: a pidfd (`os.pidfd_open`) in the
+loop's readers becomes readable when the process exits, and its status is reaped right then. Where
+pidfds are unavailable a thread waits for the process instead. Output (stdout and stderr share one
+pipe) is read through `loop.connect_read_pipe`.
+
 A local run cannot survive a restart of jobwire (`survives_restart = False`): see `_lost`.
 """
 
@@ -20,6 +30,7 @@ import errno
 import os
 import signal
 import subprocess
+import threading
 from typing import Any
 
 import structlog
@@ -64,6 +75,18 @@ def _group_alive(pgid: int) -> bool:
         if len(fields) > 2 and fields[2] == str(pgid).encode() and fields[0] not in (b"Z", b"X"):
             return True
     return False
+
+
+def _group_exists(pgid: int) -> bool:
+    """Whether any process (zombies included) is in group `pgid`: one syscall, fine on the loop.
+    Usually false once the leader is reaped, which spares the /proc scan of `_group_alive`."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -117,19 +140,8 @@ class LocalTarget(Target):
                 retryable=False,
                 error=RunError(message=f"working directory {spec.cwd} does not exist", reason="InvalidCwd"),
             )
-        loop = asyncio.get_running_loop()
-        proto = _Protocol(ctx, loop)
         try:
-            transport, _ = await loop.subprocess_exec(
-                lambda: proto,
-                *argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=spec.cwd,
-                start_new_session=True,
-            )
+            proc, read_end = _spawn(argv, env, spec.cwd)
         except ValueError as exc:  # a NUL byte in an argument or environment value
             return Outcome(
                 state=RunState.failed,
@@ -155,33 +167,44 @@ class LocalTarget(Target):
                 error=RunError(message=f"cannot start {shown}: {why}", reason="SpawnError", code=exc.errno),
             )
 
-        pid = transport.get_pid()
+        pid = proc.pid
         pgid = pid  # start_new_session: the process leads its own session and process group
         grace = spec.kill_grace.total_seconds()
-        log.info("local process started", run_id=ctx.run.id, job=ctx.job.name, pid=pid)
+        loop = asyncio.get_running_loop()
+        exit_watch = _ExitWatch(proc, loop)  # from here on the process is reaped whatever happens
+        output = _Output(ctx, loop)
+        transport: asyncio.ReadTransport | None = None
         try:
+            # Started first: the process runs from here, and its output waits in the pipe until the
+            # transport is connected (connecting takes a loop iteration the start need not wait for).
             await ctx.started(str(pid))
-            # Not `Process.wait()`: it also waits for the output pipe to close, which a background
-            # process that inherited it can hold open forever.
-            await asyncio.shield(proto.exited)
-            returncode = transport.get_returncode()
+            log.info("local process started", run_id=ctx.run.id, job=ctx.job.name, pid=pid)
+            transport, _ = await loop.connect_read_pipe(lambda: output, read_end)
+            # Only the exit, not the end of the output: a background process that inherited the
+            # pipe can hold it open forever.
+            await asyncio.shield(exit_watch.exited)
+            returncode = proc.returncode
             assert returncode is not None
-            if await asyncio.to_thread(_group_alive, pgid):
+            if _group_exists(pgid) and await asyncio.to_thread(_group_alive, pgid):
                 log.info("stopping processes left behind", run_id=ctx.run.id, job=ctx.job.name, pid=pid)
-                await _terminate(proto, pgid, grace)
+                await _terminate(exit_watch, pgid, grace)
             with contextlib.suppress(TimeoutError):  # the rest of the output, if still in flight
-                await asyncio.wait_for(asyncio.shield(proto.closed), _DRAIN_AFTER_EXIT)
+                await asyncio.wait_for(asyncio.shield(output.closed), _DRAIN_AFTER_EXIT)
         except BaseException:
             # Cancellation (timeout, user cancel, shutdown) or an error in the engine's callbacks:
             # stop the whole process tree, then let the exception go on (the engine decides the state).
             try:
-                await _terminate(proto, pgid, grace)
+                await _terminate(exit_watch, pgid, grace)
             finally:
                 _signal_group(pgid, signal.SIGKILL)
                 log.info("local process stopped", run_id=ctx.run.id, job=ctx.job.name, pid=pid)
             raise
         finally:
-            transport.close()
+            exit_watch.close()
+            if transport is not None:
+                transport.close()  # the transport closes the pipe
+            else:
+                read_end.close()
 
         log.info("local process exited", run_id=ctx.run.id, job=ctx.job.name, returncode=returncode)
         if returncode == 0:
@@ -232,39 +255,159 @@ class LocalTarget(Target):
         return env
 
 
-class _Protocol(asyncio.SubprocessProtocol):
-    """Streams output to the run log; tells when the process exited and when all output is read."""
+def _spawn(argv: list[str], env: dict[str, str], cwd: str | None) -> tuple[subprocess.Popen[bytes], _ReadEnd]:
+    """Start the process, stdout and stderr on one new pipe; return it and the pipe's read end.
+
+    Blocking, but for no longer than a vfork and an exec (~0.3 ms): called on the loop. Whatever
+    would make CPython fork instead (preexec_fn, a user or group change) stays out. Raises
+    OSError (exec failures come back from the child with their errno; the child is reaped by
+    Popen) or ValueError (a NUL byte), with no descriptor left open.
+    """
+    read_fd, write_fd = os.pipe()  # both close-on-exec: the child gets the write end as 1 and 2 only
+    try:
+        read_end = _ReadEnd(read_fd)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=write_fd,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)  # the child has its copy; the pipe ends when the last writer closes it
+    return proc, read_end
+
+
+class _ReadEnd:
+    """The parent's end of the output pipe, handed to `loop.connect_read_pipe`: a file-like object
+    whose `close()` closes the descriptor only if it still is this pipe.
+
+    asyncio's pipe transport closes the descriptor through `close()`. uvloop's has libuv close it
+    and then calls `close()` too, when the number may already belong to a file another thread has
+    just opened. No other descriptor of this process refers to the pipe (the write end is closed
+    right after the spawn), so "same device and inode" means "still ours".
+    """
+
+    def __init__(self, fd: int) -> None:
+        st = os.fstat(fd)
+        self._fd = fd
+        self._ident = (st.st_dev, st.st_ino)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd < 0:
+            return
+        try:
+            st = os.fstat(fd)
+        except OSError:  # closed already
+            return
+        if (st.st_dev, st.st_ino) == self._ident:
+            os.close(fd)
+
+
+class _Output(asyncio.Protocol):
+    """Streams the output pipe to the run log; `closed` tells when every writer has closed it
+    (the process and whatever it started that inherited the pipe) and all of it is read."""
 
     def __init__(self, ctx: RunContext, loop: asyncio.AbstractEventLoop) -> None:
         self.ctx = ctx
-        self.exited: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
 
-    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
-        self.ctx.log(data if isinstance(data, bytes) else data.encode())
+    def data_received(self, data: bytes) -> None:
+        self.ctx.log(data)
 
-    def process_exited(self) -> None:
-        if not self.exited.done():
-            self.exited.set_result(None)
-
-    def connection_lost(self, exc: Exception | None) -> None:  # process exited and pipes closed
+    def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
             self.closed.set_result(None)
 
 
-async def _terminate(proto: _Protocol, pgid: int, grace: float) -> None:
+class _ExitWatch:
+    """Reaps the process the moment it exits, then resolves `exited` (`proc.returncode` is set).
+
+    Event-driven: a pidfd in the loop's readers turns readable when the process exits (Linux ≥ 5.3;
+    the process cannot be reaped by anyone else, so its pid cannot be reused before that). Where
+    there is no pidfd, a thread blocks in `proc.wait()` instead. Never raises: once constructed,
+    the process is reaped on every path, `close()` included.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
+        self.proc = proc
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self._loop = loop
+        self._pidfd = -1
+        try:
+            self._pidfd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):  # not Linux, an old kernel, or a seccomp filter
+            self._wait_in_thread()
+            return
+        try:
+            loop.add_reader(self._pidfd, self._on_exit)
+        except Exception:  # a loop without add_reader
+            os.close(self._pidfd)
+            self._pidfd = -1
+            self._wait_in_thread()
+
+    def _on_exit(self) -> None:
+        self._stop_reader()
+        if self.proc.poll() is None:  # readable, yet nothing to reap: do not spin on it
+            self._wait_in_thread()
+            return
+        self._resolve()
+
+    def _stop_reader(self) -> None:
+        if self._pidfd >= 0:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+    def _wait_in_thread(self) -> None:
+        # A future rather than a task (`asyncio.to_thread`): the loop's shutdown cancels pending
+        # tasks, and the wait must go on until the process is reaped.
+        waiting = self._loop.run_in_executor(None, self.proc.wait)
+        waiting.add_done_callback(self._waited)
+
+    def _waited(self, waiting: asyncio.Future[int]) -> None:
+        if not waiting.cancelled() and (exc := waiting.exception()) is not None:
+            log.warning("waiting for a local process failed", pid=self.proc.pid, error=repr(exc))
+        self._resolve()
+
+    def _resolve(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def close(self) -> None:
+        """Stop watching. A process still not reaped (it outlived the wait after SIGKILL, or the
+        run was torn down before that wait ended) is left to a thread that reaps it when it exits."""
+        if self._pidfd < 0:  # reaped already, or a thread is waiting for it
+            return
+        self._stop_reader()
+        if self.proc.poll() is None:
+            name = f"jobwire-reap-{self.proc.pid}"
+            threading.Thread(target=self.proc.wait, name=name, daemon=True).start()
+
+
+async def _terminate(exit_watch: _ExitWatch, pgid: int, grace: float) -> None:
     """SIGTERM the group; wait until it is empty (or `grace` passed); SIGKILL what is left."""
     _signal_group(pgid, signal.SIGTERM)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace
     try:
         # No event tells when a process group becomes empty: poll it. (The leader is reaped by
-        # asyncio's child watcher as soon as it exits, so it does not linger as a member.)
+        # the exit watch as soon as it exits, so it does not linger as a member.)
         while loop.time() < deadline and await asyncio.to_thread(_group_alive, pgid):  # noqa: ASYNC110
             await asyncio.sleep(_POLL)
     finally:
         _signal_group(pgid, signal.SIGKILL)
     try:
-        await asyncio.wait_for(asyncio.shield(proto.exited), timeout=max(grace, 5.0))
+        await asyncio.wait_for(asyncio.shield(exit_watch.exited), timeout=max(grace, 5.0))
     except TimeoutError:
         log.warning("process did not exit after SIGKILL", pgid=pgid)

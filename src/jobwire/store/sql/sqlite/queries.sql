@@ -73,6 +73,13 @@ WHERE job = :job AND trigger = :trigger AND scheduled_at IS NOT NULL
 ORDER BY scheduled_at DESC
 LIMIT 1;
 
+-- name: last_fires
+-- last_fire of every time trigger at once (catch-up at startup): one ordered scan of the partial
+-- covering index events_fire, grouped without a sort.
+SELECT job, trigger, max(scheduled_at) FROM events
+WHERE scheduled_at IS NOT NULL AND job IS NOT NULL
+GROUP BY job, trigger;
+
 -- name: prune_runs
 -- Finished runs of the job created before the cut-off, except its `keep` newest runs (any state).
 DELETE FROM runs
@@ -99,3 +106,58 @@ WHERE job = :job
           WHERE e2.job = events.job AND e2.trigger = events.trigger AND e2.scheduled_at IS NOT NULL
       )
   );
+
+-- name: prune_jobs_runs
+-- prune_runs for many jobs that keep the same number of runs, :keep. :rules is a JSON array of
+-- [job, older_than], one per job. Per job one index probe for a finished run past its cut-off; only
+-- for a job with one: the run it keeps last (its :keep-th newest: a walk of :keep index entries)
+-- and a range scan of the finished runs older than both (none when the job has fewer than :keep runs).
+WITH rules (job, older_than) AS (
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:rules)
+),
+due (job, older_than, kept_at, kept_id) AS MATERIALIZED (
+    SELECT rules.job, rules.older_than, kept.created_at, kept.id
+    FROM rules
+    LEFT JOIN runs AS kept ON kept.id = (
+        SELECT id FROM runs WHERE runs.job = rules.job
+        ORDER BY created_at DESC, id DESC
+        LIMIT 1 OFFSET :keep - 1
+    )
+    WHERE EXISTS (
+        SELECT 1 FROM runs
+        WHERE runs.job = rules.job
+          AND runs.created_at < rules.older_than
+          AND runs.state IN ('succeeded', 'failed', 'timed_out', 'cancelled', 'interrupted')
+    )
+)
+SELECT runs.id
+FROM due
+JOIN runs
+  ON runs.job = due.job
+ AND runs.created_at < CASE WHEN :keep = 0 THEN due.older_than ELSE min(due.older_than, due.kept_at + 1) END
+WHERE runs.state IN ('succeeded', 'failed', 'timed_out', 'cancelled', 'interrupted')
+  AND (:keep = 0 OR (runs.created_at, runs.id) < (due.kept_at, due.kept_id));
+
+-- name: prune_jobs_events
+-- prune_events for many jobs at once; :rules as for prune_jobs_runs (any keep). The same terms, the
+-- index-only one first: the event of a kept run is passed over without reading its row.
+WITH rules (job, older_than) AS (
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:rules)
+)
+SELECT events.id FROM rules
+JOIN events ON events.job = rules.job AND events.received_at < rules.older_than
+WHERE NOT EXISTS (SELECT 1 FROM runs WHERE runs.event_id = events.id)
+  AND (events.run_id IS NULL OR NOT EXISTS (SELECT 1 FROM runs WHERE runs.id = events.run_id))
+  AND NOT (
+      events.scheduled_at IS NOT NULL
+      AND events.scheduled_at = (
+          SELECT max(e2.scheduled_at) FROM events AS e2
+          WHERE e2.job = events.job AND e2.trigger = events.trigger AND e2.scheduled_at IS NOT NULL
+      )
+  );
+
+-- name: delete_run
+DELETE FROM runs WHERE id = ?;
+
+-- name: delete_event
+DELETE FROM events WHERE id = ?;

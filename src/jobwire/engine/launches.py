@@ -1,0 +1,114 @@
+"""The launch journal: which attempts were handed to their target, as known after a crash.
+
+Before an attempt is handed to its target, a line `+<target name>` is appended to
+`<data_dir>/launches.journal`; once the run's end is committed, a line `-<target name>`. After a
+crash, a pending run whose attempt is in the journal *may* have started, so it is resumed (the
+target adopts it by name, or reports it lost); one that is not certainly did not start and is
+simply launched. That keeps "never lost, never doubled" for local processes too, which have no
+server-side name to look up.
+
+Why a journal and not a file per attempt (the first design): creating and unlinking a file per run
+cost ~0.4 ms of the event loop each on ext4 — 40 % of the engine's time at 1,000 runs a second.
+An append to an open file is a few microseconds.
+
+Why no fsync: the line must survive a crash of jobwire (it is in the page cache as soon as
+`write` returns), not of the machine. A machine that loses power loses the local processes it was
+running too, so relaunching one whose line did not reach the disk repeats nothing that finished;
+Kubernetes Jobs and HTTP calls are deduplicated by name on the target side whatever the journal says.
+
+The file is compacted (rewritten with just the live lines, then renamed over) when it is opened and
+whenever dead lines outnumber live ones by `COMPACT_FACTOR` and `COMPACT_MIN`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+COMPACT_MIN = 10_000
+"""Dead lines before a compaction is considered: a rewrite costs O(live), so not on every end."""
+
+COMPACT_FACTOR = 4
+"""…and only when dead lines outnumber live ones this many times over."""
+
+
+class LaunchJournal:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._live: set[str] = set()
+        self._dead = 0
+        self._fd: int | None = None
+
+    def open(self) -> None:
+        """Load what the last process left, adopt old per-attempt marker files, and compact.
+        Call it only while holding the store's lock: it rewrites the file."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        live: set[str] = set()
+        if self.path.exists():
+            with self.path.open("rb") as fh:
+                for raw in fh:
+                    line = raw.rstrip(b"\n").decode("utf-8", "replace")
+                    if line.startswith("+"):
+                        live.add(line[1:])
+                    elif line.startswith("-"):
+                        live.discard(line[1:])
+                    # anything else is a torn last line from a crash mid-write: its attempt was
+                    # never handed over (the write comes first), so ignoring it is right
+        legacy = self.path.parent / "launched"  # one empty file per attempt (before the journal)
+        if legacy.is_dir():
+            live.update(p.name for p in legacy.iterdir())
+        self._live = live
+        self._rewrite()
+        if legacy.is_dir():
+            shutil.rmtree(legacy, ignore_errors=True)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._live
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def mark(self, name: str) -> None:
+        """Note that attempt `name` is about to be handed to its target."""
+        if name in self._live:
+            return
+        self._append(f"+{name}\n")
+        self._live.add(name)
+
+    def forget(self, names: Iterable[str]) -> None:
+        """The run's end is committed: its attempts need no resuming any more."""
+        lines = [f"-{n}\n" for n in names if n in self._live]
+        if not lines:
+            return
+        self._append("".join(lines))
+        for line in lines:
+            self._live.discard(line[1:-1])
+        self._dead += len(lines)
+        if self._dead >= COMPACT_MIN and self._dead >= COMPACT_FACTOR * len(self._live):
+            self._rewrite()
+
+    def _append(self, text: str) -> None:
+        if self._fd is None:
+            raise RuntimeError(f"launch journal {self.path} is not open")
+        os.write(self._fd, text.encode())
+
+    def _rewrite(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("wb") as fh:
+            fh.write("".join(f"+{n}\n" for n in sorted(self._live)).encode())
+        os.replace(tmp, self.path)
+        self.close()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self._dead = 0
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
