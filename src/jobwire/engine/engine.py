@@ -8,6 +8,7 @@ then dispatches. Every state change is persisted and published as one status doc
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import hmac
 import json
@@ -156,6 +157,11 @@ class Engine:
             self.attempts.journal.close()
             await self.store.close()
             raise
+        # What startup built (job definitions, compiled schedules, imported modules) lives as long
+        # as the process: move it out of the cyclic GC's reach, so a full collection scans only
+        # what runs allocate — with 10,000 jobs a gen-2 pass otherwise stalls the loop for tens of ms.
+        gc.collect()
+        gc.freeze()
         self._ready = True
         log.info("engine started", jobs=len(self.jobs), active_runs=len(self.runs))
 

@@ -23,6 +23,7 @@ whenever dead lines outnumber live ones by `COMPACT_FACTOR` and `COMPACT_MIN`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 from collections.abc import Iterable
@@ -55,8 +56,10 @@ class LaunchJournal:
                         live.add(line[1:])
                     elif line.startswith("-"):
                         live.discard(line[1:])
-                    # anything else is a torn last line from a crash mid-write: its attempt was
-                    # never handed over (the write comes first), so ignoring it is right
+                    # A last line cut short (a power loss: `_append` leaves none) is taken as it
+                    # reads: `+name` may have been handed over, so it stays live (resumed, never
+                    # doubled); a cut-off name is one no attempt has. Anything else (zeros) is
+                    # ignored. `_rewrite` below ends every line before anything is appended.
         legacy = self.path.parent / "launched"  # one empty file per attempt (before the journal)
         if legacy.is_dir():
             live.update(p.name for p in legacy.iterdir())
@@ -96,9 +99,25 @@ class LaunchJournal:
             self._rewrite()
 
     def _append(self, text: str) -> None:
-        if self._fd is None:
+        fd = self._fd
+        if fd is None:
             raise RuntimeError(f"launch journal {self.path} is not open")
-        os.write(self._fd, text.encode())
+        data = text.encode()
+        done = os.write(fd, data)
+        if done == len(data):
+            return
+        # A short write (disk full): write the rest, or take the torn part back out and fail. Left in
+        # place, it would swallow the next append (`+a` then `+b\n` reads back as the one name `a+b`):
+        # attempts handed over would be missing after a crash, and launched again.
+        try:
+            while done < len(data):
+                n = os.write(fd, data[done:])
+                if n == 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+                done += n
+        except BaseException:
+            os.ftruncate(fd, os.fstat(fd).st_size - done)
+            raise
 
     def _rewrite(self) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
