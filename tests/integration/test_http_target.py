@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -11,11 +12,12 @@ from typing import Any
 
 import pytest
 
+from jobwire import netguard
 from jobwire.config import Settings
 from jobwire.model import HttpTarget as HttpSpec
 from jobwire.model import Job, Parameter, ParamType, RunState
-from jobwire.targets.http import BODY_LOG_CAP, USER_AGENT, HttpTarget
-from tests.support.fake_context import FakeContext, RecordingServer
+from jobwire.targets.http import BODY_LOG_CAP, MAX_IN_FLIGHT, USER_AGENT, HttpTarget
+from tests.support.fake_context import FakeContext, RecordingServer, wait_until
 
 PARAMS = [
     Parameter(name="count", type=ParamType.integer),
@@ -251,3 +253,134 @@ async def test_params_and_headers_never_logged(
     out = capsys.readouterr()
     assert "sekrit-value" not in out.out + out.err
     assert json.dumps("sekrit-value") not in out.out + out.err
+
+
+# ---------------------------------------------------------------------------- requests without a client
+
+
+async def test_default_headers_and_a_job_header_replacing_one(
+    target: HttpTarget, server: RecordingServer
+) -> None:
+    outcome, _ = await run(target, job(server.url("/ok")))
+    assert outcome.state == RunState.succeeded
+    outcome, _ = await run(
+        target, job(server.url("/ok"), headers={"accept": "application/json", "Idempotency-Key": "mine"})
+    )
+    assert outcome.state == RunState.succeeded
+    first, second = server.requests
+    assert first.headers["accept"] == "*/*"
+    assert first.headers["accept-encoding"] == "gzip, deflate"
+    assert first.headers["host"] == f"127.0.0.1:{server.port}"
+    assert second.headers["accept"] == "application/json"
+    assert second.headers["idempotency-key"] != "mine"  # jobwire's own header wins
+
+
+async def test_url_credentials_become_basic_auth(target: HttpTarget, server: RecordingServer) -> None:
+    url = server.url("/ok").replace("http://", "http://ann:p%40ss@")
+    outcome, _ = await run(target, job(url))
+    assert outcome.state == RunState.succeeded
+    (req,) = server.requests
+    assert req.headers["authorization"] == "Basic " + base64.b64encode(b"ann:p@ss").decode()
+
+
+async def test_cookies_are_not_kept_between_calls(target: HttpTarget) -> None:
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head)
+        writer.write(b"HTTP/1.1 200 OK\r\nSet-Cookie: session=s3cr3t; Path=/\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        for _ in range(2):
+            outcome, _ = await run(target, job(f"http://127.0.0.1:{port}/"))
+            assert outcome.state == RunState.succeeded
+    finally:
+        srv.close()
+        await srv.wait_closed()
+    assert len(seen) == 2
+    assert b"cookie" not in seen[1].lower()
+
+
+class CountingServer(RecordingServer):
+    """A RecordingServer that counts the connections it accepted and has open."""
+
+    connections = 0
+    open = 0
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open += 1
+        try:
+            await super()._handle(reader, writer)
+        finally:
+            self.open -= 1
+
+
+async def test_calls_share_keep_alive_connections(target: HttpTarget) -> None:
+    s = await CountingServer().start()
+    try:
+        for _ in range(5):
+            outcome, _ = await run(target, job(s.url("/ok")))
+            assert outcome.state == RunState.succeeded
+        assert s.connections == 1
+        outcomes = await asyncio.gather(*(run(target, job(s.url("/ok"))) for _ in range(3 * MAX_IN_FLIGHT)))
+        assert {o.state for o, _ in outcomes} == {RunState.succeeded}
+        assert len(s.requests) == 5 + 3 * MAX_IN_FLIGHT
+        assert s.connections <= MAX_IN_FLIGHT
+    finally:
+        await s.stop()
+
+
+async def test_a_timed_out_call_does_not_leave_its_connection_behind(target: HttpTarget) -> None:
+    s = await CountingServer().start()
+    try:
+        outcome, _ = await run(target, job(s.url("/hang"), timeout=timedelta(milliseconds=200)))
+        assert outcome.state == RunState.timed_out
+        await wait_until(lambda: s.disconnects == 1, what="the hung connection to be closed")
+        outcome, _ = await run(target, job(s.url("/ok")))
+        assert outcome.state == RunState.succeeded
+        assert s.connections == 2
+        assert len(target._transport_for(True)._pool.connections) == 1  # only the idle /ok one
+    finally:
+        await s.stop()
+
+
+async def test_a_body_over_the_log_cap_does_not_leave_its_connection_behind(target: HttpTarget) -> None:
+    s = await CountingServer().start()
+    try:
+        outcome, _ = await run(target, job(s.url(f"/big?size={BODY_LOG_CAP * 3}")))
+        assert outcome.state == RunState.succeeded
+        outcome, _ = await run(target, job(s.url("/ok")))
+        assert outcome.state == RunState.succeeded
+        assert s.connections == 2  # the unread rest of the body made the first one unusable
+    finally:
+        await s.stop()
+
+
+async def test_name_rebound_to_loopback_after_the_precheck_is_refused(
+    target: HttpTarget, server: RecordingServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pre-check resolves a public address (and remembers it); at connect time the name
+    resolves to loopback: the connection is refused, nothing reaches the server."""
+    answers = [["93.184.215.14"]]
+
+    async def resolver(host: str, port: int) -> list[str]:
+        return answers.pop(0) if answers else ["127.0.0.1"]
+
+    netguard.forget_checked()
+    monkeypatch.setattr(netguard, "getaddrinfo", resolver)
+    try:
+        outcome, ctx = await run(target, job(f"http://rebind.test:{server.port}/ok", allow_private=False))
+    finally:
+        netguard.forget_checked()
+    assert outcome.state == RunState.failed
+    assert outcome.retryable is False
+    assert outcome.error is not None and outcome.error.reason == "DestinationRefused"
+    assert "127.0.0.1 (resolved from rebind.test)" in outcome.error.message
+    assert len(ctx.started_calls) == 1  # the pre-check passed
+    assert server.requests == []

@@ -506,6 +506,8 @@ class Engine:
 
     # ------------------------------------------------------------------ runs
     def publish(self, run: Run, block: Any = None) -> None:
+        if not self.hub.listening:
+            return
         stored = self.jobs.get(run.job)
         self.hub.publish(document(run, stored.job if stored else None, block))
 
@@ -517,7 +519,10 @@ class Engine:
             if state in (RunState.queued, RunState.pending, RunState.running):
                 self.metrics.runs_active.labels(state.value).inc()
         run.state = state
-        run.history.append(Transition(state=state, at=utcnow(), reason=reason, attempt=run.attempt))
+        # built from the engine's own typed values: no validation pass needed
+        run.history.append(
+            Transition.model_construct(state=state, at=utcnow(), reason=reason, attempt=run.attempt)
+        )
         self.committer.update(run)
         self.publish(run, block)
 
@@ -529,7 +534,9 @@ class Engine:
         self.logs.finish(run.id)
         self.metrics.runs_finished.labels(run.job, run.state.value).inc()
         if run.started_at and run.finished_at:
-            self.metrics.run_seconds.labels(run.job).observe(
+            stored = self.jobs.get(run.job)
+            kind = stored.job.target.type if stored else "unknown"
+            self.metrics.run_seconds.labels(kind).observe(
                 (run.finished_at - run.started_at).total_seconds()
             )
         self.slots.release(run.job, run.concurrency_key, run.id)

@@ -107,6 +107,11 @@ class StatusHub:
             with suppress(asyncio.QueueFull):
                 sub.put_nowait(None)
 
+    @property
+    def listening(self) -> bool:
+        """Whether any sink or subscriber would receive a document (if not, none need be built)."""
+        return bool(self._sinks or self._subscribers)
+
     def publish(self, doc: StatusDocument) -> None:
         for sink, q in zip(self._sinks, self._queues, strict=True):
             try:
