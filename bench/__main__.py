@@ -26,9 +26,10 @@ from rich.table import Table
 from bench.bench_core import REPO, SECTIONS, Row, clean_env, loadavg
 
 DEFINITIONS = """\
-Definitions: "started" = the run's recorded started_at (engine wall clock when subprocess_exec returned the
-pid, after fork+exec) − the client's wall clock just before sending POST /api/v1/jobs/{name}/runs; "process's
-own clock" = the first line printed by the job's command `date +%s.%N` − the same send time. Cron fire
+Definitions: "started" = the run's recorded started_at (engine wall clock when Popen (vfork + exec) returned the
+pid, i.e. after the exec succeeded) − the client's wall clock just before its request's bytes left (a raw
+HTTP/1.1 client, one write per request); "the program's own first clock reading" = the first line printed by the
+job's command `date +%s.%N` − the same send time (adds the program's own start-up). Cron fire
 lateness = event received_at − scheduled_at as recorded in the store; "due → recorded" = when Engine.submit
 returned (event + run committed, fsync) − due time; missed = due times in the window with no recorded run.
 "stub target" = the real engine with its `local` target replaced by one that reports started and succeeded
