@@ -412,18 +412,19 @@ def trigger_to_start(ctx: Ctx) -> list[Row]:
 
 
 class _Timed:
-    """Wraps `engine.submit` to note when each time-triggered submit returned (= committed)."""
+    """Wraps the engine's `_admit` (called once per event, right after the transaction that holds it
+    committed, by `submit` and `submit_many` alike) to note when each time-triggered fire was durable."""
 
     def __init__(self, engine: Any) -> None:
-        self.orig = engine.submit
-        self.done: list[tuple[float, float, str]] = []  # (due, returned, outcome)
-        engine.submit = self
+        self.orig = engine._admit
+        self.done: list[tuple[float, float, str]] = []  # (due, committed, outcome)
+        engine._admit = self
 
-    async def __call__(self, inc: Any) -> Any:
-        adm = await self.orig(inc)
-        if inc.scheduled_at is not None:
-            self.done.append((inc.scheduled_at.timestamp(), time.time(), adm.event.outcome.value))
-        return adm
+    def __call__(self, prepared: Any, rec: Any) -> Any:
+        result = self.orig(prepared, rec)
+        if rec.event.scheduled_at is not None:
+            self.done.append((rec.event.scheduled_at.timestamp(), time.time(), rec.event.outcome.value))
+        return result
 
 
 def _fire_stats(db: Path, w0: float, w1: float) -> tuple[list[float], set[tuple[str, int]], dict[str, int]]:

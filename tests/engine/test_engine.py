@@ -17,6 +17,7 @@ import pytest
 from jobwire.config import Settings
 from jobwire.engine import Conflict, Engine, Forbidden, InvalidParams, JobNotFound
 from jobwire.model import (
+    Admission,
     EventOutcome,
     Incoming,
     Job,
@@ -314,6 +315,62 @@ async def test_time_trigger_run_key_dedupes_a_second_fire(engine: Engine) -> Non
     b = await engine.submit(inc)
     assert a.run and a.run.id == run_id_for(time_run_key("daily", "cron", due))
     assert b.event.outcome == EventOutcome.duplicate and b.event.run_id == a.run.id
+
+
+async def test_submit_many_admits_each_event_as_submit_would(engine: Engine) -> None:
+    """A batch bigger than one chunk, with every outcome in it: runs, an unknown job, a paused job,
+    a repeat of a due time inside the batch, and an overlap that `forbid` skips. Each event gets
+    exactly the admission `submit` would give it, in order, and the store holds exactly those rows."""
+    from jobwire.engine.engine import SUBMIT_CHUNK
+
+    await engine.put_job(job("tick", ["true"], triggers=[{"cron": "0 0 1 1 *"}]))  # never fires here
+    await engine.put_job(
+        job(
+            "once",
+            [PY, "-c", "import time; time.sleep(5)"],
+            triggers=[{"cron": "0 0 1 1 *"}],
+            concurrency={"policy": "forbid"},
+        )
+    )
+    await engine.put_job(job("napping", ["true"], triggers=[{"cron": "0 0 1 1 *"}]))
+    await engine.pause("napping")
+    base = utcnow().replace(microsecond=0) - timedelta(days=1)
+    batch = [
+        Incoming(job="tick", trigger="cron", source="cron", scheduled_at=base + timedelta(seconds=i))
+        for i in range(SUBMIT_CHUNK + 10)
+    ]
+    batch.insert(3, Incoming(job="ghost", trigger="cron", source="cron", scheduled_at=base))
+    batch.insert(5, Incoming(job="napping", trigger="cron", source="cron", scheduled_at=base))
+    batch.insert(7, batch[0])  # the same due time again, inside the batch
+    batch.insert(9, Incoming(job="once", trigger="cron", source="cron", scheduled_at=base))
+    batch.insert(
+        SUBMIT_CHUNK + 5,
+        Incoming(job="once", trigger="cron", source="cron", scheduled_at=base + timedelta(hours=1)),
+    )
+    results = await engine.submit_many(batch)
+    assert len(results) == len(batch)
+    outcomes = [r.event.outcome if not isinstance(r, BaseException) else r for r in results]
+    expected = [EventOutcome.run] * len(batch)
+    expected[3], expected[5], expected[7] = EventOutcome.invalid, EventOutcome.paused, EventOutcome.duplicate
+    expected[SUBMIT_CHUNK + 5] = EventOutcome.overlap
+    assert outcomes == expected
+    first = results[0]
+    assert not isinstance(first, BaseException) and first.run is not None
+    dup = results[7]
+    assert not isinstance(dup, BaseException) and dup.event.run_id == first.run.id
+    for inc, adm in zip(batch, results, strict=True):
+        assert isinstance(adm, Admission)
+        assert adm.event.job == inc.job and adm.event.scheduled_at == inc.scheduled_at
+        if adm.event.outcome == EventOutcome.run:
+            assert adm.run is not None
+            assert adm.run.id == run_id_for(time_run_key(inc.job or "", "cron", inc.scheduled_at or base))
+    made = [r for r in results if not isinstance(r, BaseException) and r.event.outcome == EventOutcome.run]
+    page = await engine.store.list_runs(RunQuery(limit=500))
+    assert sorted(r.id for r in page.items) == sorted(r.run.id for r in made if r.run)
+    for adm in made:
+        assert adm.run is not None
+        await finished(engine, adm.run.id) if adm.run.job == "tick" else None
+    await engine.cancel(next(r.run.id for r in made if r.run and r.run.job == "once"))
 
 
 async def test_webhook_signatures(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:

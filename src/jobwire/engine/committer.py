@@ -50,10 +50,14 @@ class Committer:
             self._task = None
 
     async def record(self, intake: Intake) -> Recorded:
+        return await self.enqueue(intake)
+
+    def enqueue(self, intake: Intake) -> asyncio.Future[Recorded]:
+        """Hand in an intake; the future resolves once the transaction that holds it committed."""
         fut: asyncio.Future[Recorded] = asyncio.get_running_loop().create_future()
         self._intakes.append((intake, fut))
         self._wake.set()
-        return await fut
+        return fut
 
     def update(self, run: Run) -> None:
         """Persist this run's current state soon. Coalesced by reference: however many changes a

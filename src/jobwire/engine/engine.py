@@ -17,6 +17,8 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +54,7 @@ from jobwire.model import (
 from jobwire.params import ParamError, mask_params, resolve_params
 from jobwire.signing import DELIVERY_HEADER, SIGNATURE_HEADER, ReplayGuard, SignatureError, verify
 from jobwire.sinks import build_sinks
-from jobwire.store import Intake, PruneRule, Store, StoredJob, open_store
+from jobwire.store import Intake, PruneRule, Recorded, Store, StoredJob, open_store
 from jobwire.targets import build_targets
 from jobwire.targets.base import Target
 
@@ -102,6 +104,29 @@ MANUAL_SOURCES = ("api", "rerun")
 
 def new_id(prefix: str) -> str:
     return prefix + uuid.uuid4().hex[:23]
+
+
+SUBMIT_CHUNK = 256
+"""Events per chunk of `submit_many`: small enough that the first chunk is committed while later
+ones are built (1,000 fires due at once are not recorded all at the end), large enough that a
+chunk is one cheap transaction."""
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """An event ready to commit, with what its admission needs afterwards."""
+
+    intake: Intake
+    job: Job | None = None
+    victims: list[str] = field(default_factory=list)
+    received_at: datetime | None = None
+
+
+def _no_run(event: Event, outcome: EventOutcome, reason: str, run_id: str | None = None) -> _Prepared:
+    event.outcome = outcome
+    event.reason = reason
+    event.run_id = run_id
+    return _Prepared(Intake(event, None))
 
 
 class Engine:
@@ -318,20 +343,62 @@ class Engine:
 
     # ------------------------------------------------------------------ intake
     def _fire_batch(self, batch: list[Incoming]) -> None:
-        for inc in batch:
-            self._spawn(self._submit_quietly(inc), "jobwire-fire")
+        self._spawn(self._submit_quietly(batch), "jobwire-fire")
 
-    async def _submit_quietly(self, inc: Incoming) -> None:
-        try:
-            await self.submit(inc)
-        except Exception as exc:
-            log.error("time trigger could not be recorded", job=inc.job, trigger=inc.trigger, error=str(exc))
+    async def _submit_quietly(self, batch: list[Incoming]) -> None:
+        for inc, result in zip(batch, await self.submit_many(batch), strict=True):
+            if isinstance(result, BaseException):
+                log.error(
+                    "time trigger could not be recorded", job=inc.job, trigger=inc.trigger, error=str(result)
+                )
 
     async def submit(self, incoming: Incoming) -> Admission:
         """Record the event (and its run) durably, then dispatch. Returns after the commit."""
         if self._stopping:
             raise Unavailable("jobwire is shutting down; retry against another replica or after restart")
-        inc = incoming
+        prepared = self._prepare(incoming)
+        try:
+            rec = await self.committer.record(prepared.intake)
+        except BaseException:
+            self._unreserve(prepared)
+            raise
+        admission, launched = self._admit(prepared, rec)
+        if launched:
+            # Let the attempt start before the caller answers its producer (the HTTP response, the
+            # broker ack): the job starting is what the latency budget is for; the answer can wait
+            # the ~0.3 ms the target needs to hand it over.
+            await asyncio.sleep(0)
+        return admission
+
+    async def submit_many(self, incomings: list[Incoming]) -> list[Admission | BaseException]:
+        """`submit` for a batch (time triggers due together): no task or coroutine per event, and
+        chunks of `SUBMIT_CHUNK`, so the first chunk is being committed while the next is built."""
+        if self._stopping:
+            raise Unavailable("jobwire is shutting down; retry against another replica or after restart")
+        chunks: list[asyncio.Future[list[Admission | BaseException]]] = []
+        for i in range(0, len(incomings), SUBMIT_CHUNK):
+            prepared = [self._prepare(inc) for inc in incomings[i : i + SUBMIT_CHUNK]]
+            futures = [self.committer.enqueue(p.intake) for p in prepared]
+            chunks.append(asyncio.ensure_future(self._admit_chunk(prepared, futures)))
+            await asyncio.sleep(0)  # the committer takes this chunk while the next one is built
+        return [adm for chunk in await asyncio.gather(*chunks) for adm in chunk]
+
+    async def _admit_chunk(
+        self, prepared: list[_Prepared], futures: list[asyncio.Future[Recorded]]
+    ) -> list[Admission | BaseException]:
+        recorded = await asyncio.gather(*futures, return_exceptions=True)
+        out: list[Admission | BaseException] = []
+        for p, rec in zip(prepared, recorded, strict=True):
+            if isinstance(rec, BaseException):
+                self._unreserve(p)
+                out.append(rec)
+            else:
+                out.append(self._admit(p, rec)[0])
+        return out
+
+    def _prepare(self, inc: Incoming) -> _Prepared:
+        """Everything before the commit, without yielding: the event, the run key, the concurrency
+        decision, the run — reserved (its key and slot) so the next event sees it in its decision."""
         event = Event(
             id=new_id("e"),
             job=inc.job,
@@ -344,34 +411,34 @@ class Engine:
         stored = self.jobs.get(inc.job or "")
         if stored is None:
             event.payload = _json_safe(inc.payload)
-            return await self._record_no_run(event, EventOutcome.invalid, f"no job named {inc.job!r}")
+            return _no_run(event, EventOutcome.invalid, f"no job named {inc.job!r}")
         job = stored.job
         supplied = (
             inc.params if inc.params is not None else inc.payload if isinstance(inc.payload, dict) else None
         )
         event.payload = _mask_payload(job, inc.params if inc.params is not None else inc.payload)
         if stored.paused and inc.source not in MANUAL_SOURCES:
-            return await self._record_no_run(event, EventOutcome.paused, "job is paused")
+            return _no_run(event, EventOutcome.paused, "job is paused")
         trig = job.trigger(inc.trigger)
         try:
             params = resolve_params(
                 job, supplied, trig.params if trig is not None else None, strict=inc.params is not None
             )
         except ParamError as exc:
-            return await self._record_no_run(event, EventOutcome.invalid, str(exc))
+            return _no_run(event, EventOutcome.invalid, str(exc))
         if inc.scheduled_at is not None and inc.source in ("cron", "interval", "at"):
             key = time_run_key(job.name, inc.trigger, inc.scheduled_at)
         else:
             key = event_run_key(job.name, inc.trigger, inc.event_key or new_id("k"))
         existing = self.active_keys.get(key)
         if existing is not None:
-            return await self._record_no_run(
+            return _no_run(
                 event, EventOutcome.duplicate, f"run key already has run {existing}", run_id=existing
             )
         ckey = str(params.get(job.concurrency.key)) if job.concurrency.key else None
         decision, victims = self.slots.decide(job, ckey)
         if decision == Decision.skip:
-            return await self._record_no_run(
+            return _no_run(
                 event,
                 EventOutcome.overlap,
                 f"concurrency policy forbid: already running {', '.join(victims)}",
@@ -394,51 +461,42 @@ class Engine:
             history=[Transition(state=state, at=now, reason=f"event {event.id} from {inc.source}")],
         )
         event.run_id = run.id
-        # reserve before the await, so concurrent submits see this run in the policy decision
         self.active_keys[key] = run.id
         if state == RunState.queued:
             self.slots.enqueue(job.name, ckey, run.id)
         else:
             self.slots.occupy(job.name, ckey, run.id, now)
-        try:
-            rec = await self.committer.record(Intake(event, run))
-        except BaseException:
-            self.active_keys.pop(key, None)
-            self.slots.release(job.name, ckey, run.id)
-            raise
-        self.metrics.events.labels(inc.source, rec.event.outcome.value).inc()
-        if rec.event.outcome != EventOutcome.run:
-            self.active_keys.pop(key, None)
-            self.slots.release(job.name, ckey, run.id)
-            return Admission(event=rec.event, run=rec.run)
+        return _Prepared(Intake(event, run), job, victims, inc.received_at)
+
+    def _unreserve(self, p: _Prepared) -> None:
+        run = p.intake.run
+        if run is not None:
+            self.active_keys.pop(run.key, None)
+            self.slots.release(run.job, run.concurrency_key, run.id)
+
+    def _admit(self, p: _Prepared, rec: Recorded) -> tuple[Admission, bool]:
+        """After the commit: the run is durable, so it becomes active and is launched (unless
+        queued). Returns the admission and whether an attempt was launched."""
+        event, run = rec.event, p.intake.run
+        self.metrics.events.labels(event.source, event.outcome.value).inc()
+        if run is None or p.job is None:  # recorded without a run: invalid, paused, duplicate, overlap
+            if event.outcome == EventOutcome.invalid:
+                log.warning("invalid event", event_id=event.id, job=event.job, reason=event.reason)
+            existing = self.runs.get(event.run_id) if event.run_id else None
+            return Admission(event=event, run=existing.snapshot() if existing else None), False
+        if event.outcome != EventOutcome.run:  # the store found the key taken (another replica, a restart)
+            self._unreserve(p)
+            return Admission(event=event, run=rec.run), False
         self.runs[run.id] = run
-        self.metrics.runs_active.labels(state.value).inc()
+        self.metrics.runs_active.labels(run.state.value).inc()
         self.publish(run)
-        for victim in victims:
+        for victim in p.victims:
             self._spawn(self.cancel(victim, f"replaced by run {run.id}"), "jobwire-replace")
         answer = run.snapshot()  # the run as recorded, whatever its attempt does next
-        if state == RunState.pending:
-            self.attempts.launch(run, job, received_at=inc.received_at)
-            # Let the attempt start before the caller answers its producer (the HTTP response, the
-            # broker ack): the job starting is what the latency budget is for; the answer can wait
-            # the ~0.3 ms the target needs to hand it over.
-            await asyncio.sleep(0)
-        return Admission(event=rec.event, run=answer)
-
-    async def _record_no_run(
-        self, event: Event, outcome: EventOutcome, reason: str, run_id: str | None = None
-    ) -> Admission:
-        event.outcome = outcome
-        event.reason = reason
-        event.run_id = run_id
-        rec = await self.committer.record(Intake(event, None))
-        self.metrics.events.labels(event.source, outcome.value).inc()
-        run = self.runs.get(run_id) if run_id else None
-        if run is not None:
-            run = run.snapshot()
-        if outcome == EventOutcome.invalid:
-            log.warning("invalid event", event_id=event.id, job=event.job, reason=reason)
-        return Admission(event=rec.event, run=run)
+        if run.state != RunState.pending:
+            return Admission(event=event, run=answer), False
+        self.attempts.launch(run, p.job, received_at=p.received_at)
+        return Admission(event=event, run=answer), True
 
     async def trigger(
         self, job: str, params: dict[str, Any], idempotency_key: str | None = None, source: str = "api"
@@ -671,7 +729,9 @@ class Engine:
                     due.append(Incoming(job=job.name, trigger=tid, source=trig.type, scheduled_at=t))
         if due:
             log.info("catching up missed fire times", count=len(due))
-            await asyncio.gather(*(self.submit(i) for i in due))
+            for result in await self.submit_many(due):
+                if isinstance(result, BaseException):
+                    raise result
 
     # ------------------------------------------------------------------ retention
     async def sweep(self, only_touched: bool = False) -> int:
