@@ -346,7 +346,12 @@ class Engine:
         self._spawn(self._submit_quietly(batch), "jobwire-fire")
 
     async def _submit_quietly(self, batch: list[Incoming]) -> None:
-        for inc, result in zip(batch, await self.submit_many(batch), strict=True):
+        try:
+            results = await self.submit_many(batch)
+        except Exception as exc:  # shutting down, or a store that is gone: the clock goes on
+            log.error("time triggers could not be recorded", count=len(batch), error=str(exc))
+            return
+        for inc, result in zip(batch, results, strict=True):
             if isinstance(result, BaseException):
                 log.error(
                     "time trigger could not be recorded", job=inc.job, trigger=inc.trigger, error=str(result)
