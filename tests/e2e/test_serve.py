@@ -169,10 +169,15 @@ def test_metrics_health_and_docs(server: Server) -> None:
 
 def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
     srv = Server(tmp_path / "data", write_jobs(tmp_path), JOBWIRE_SHUTDOWN_GRACE="0.5").start()
-    with srv.client() as c:
-        run = c.post("/jobs/sleepy/runs", json={}).json()
-        eventually_sync(lambda: c.get(f"/runs/{run['id']}").json()["state"] == "running", 10, "running")
-    assert srv.stop() == 0
+    try:
+        with srv.client() as c:
+            run = c.post("/jobs/sleepy/runs", json={}).json()
+            eventually_sync(lambda: c.get(f"/runs/{run['id']}").json()["state"] == "running", 10, "running")
+        assert srv.stop() == 0
+    finally:
+        if srv.proc is not None and srv.proc.poll() is None:  # a failed assertion must not leave it running
+            srv.proc.kill()
+            srv.proc.wait(10)
     srv2 = Server(tmp_path / "data", write_jobs(tmp_path)).start()
     try:
         with srv2.client() as c:
