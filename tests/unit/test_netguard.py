@@ -340,7 +340,8 @@ async def test_pool_sweeps_expired_idle_connections(
         async with pool_client(keepalive_expiry=0.1) as client:
             monkeypatch.setattr(KeepAlivePool, "SWEEP_INTERVAL", 0.0)
             await client.get(other.url("/ok"))
-            await asyncio.sleep(0.3)
+            idle = pool_of(client).connections
+            await wait_until(lambda: all(c.has_expired() for c in idle), what="the idle connection to expire")
             await client.get(pool_server.url("/ok"))  # closing this response sweeps
             assert len(pool_of(client).connections) == 1
             await wait_until(lambda: other.open == 0, what="the expired connection to be closed")

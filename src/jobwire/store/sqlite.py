@@ -485,11 +485,7 @@ class SQLiteStore(Store):
     # ---- events and runs
 
     async def record(self, batch: list[Intake]) -> list[Recorded]:
-        if not batch:
-            return []
-        # Serialize on the caller's thread while the store thread works on the previous call.
-        runs = [(i.run, _run_values(i.run)) for i in batch if i.run is not None]
-        return await self._w(self._record_sync, batch, runs)
+        return await self.commit(batch, []) if batch else []
 
     @staticmethod
     def _record_sync(
@@ -529,13 +525,12 @@ class SQLiteStore(Store):
         return out
 
     async def update_runs(self, runs: list[Run]) -> None:
-        if not runs:
-            return
-        values = [_run_update_values(r) for r in runs]
-        await self._w(lambda c: c.executemany(Q.update_run, values))
+        if runs:
+            await self.commit([], runs)
 
     async def commit(self, batch: list[Intake], updates: list[Run]) -> list[Recorded]:
-        # The rows are built here, on the caller's thread, before the hop: that is the snapshot.
+        # The rows are built here, on the caller's thread, before the hop: that is the snapshot
+        # (and the serialization overlaps the store thread's work on the previous call).
         runs = [(i.run, _run_values(i.run)) for i in batch if i.run is not None]
         values = [_run_update_values(r) for r in updates]
 

@@ -103,31 +103,28 @@ class HttpTarget(Target):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self._guarded: PooledTransport | None = None
-        self._open: PooledTransport | None = None
-        """For targets allowed private destinations: a separate pool, so a connection opened for
-        them is never reused by a request that must be guarded."""
-        self._in_flight: dict[bool, asyncio.Semaphore] = {}
-        """Per pool (key: allow_private), so calls of one kind never wait for the other's slots."""
+        self._pools: dict[bool, tuple[PooledTransport, asyncio.Semaphore]] = {}
+        """A transport and its `MAX_IN_FLIGHT` slots by `allow_private`: targets allowed private
+        destinations get their own, so a connection opened for them is never reused by a request
+        that must be guarded, and calls of one kind never wait for the other's slots."""
 
     async def start(self) -> None:
-        if self._guarded is None:
-            self._guarded = _transport(guarded=True)
+        self._pool_for(allow_private=False)
 
     async def close(self) -> None:
-        for transport in (self._guarded, self._open):
-            if transport is not None:
-                await transport.aclose()
-        self._guarded = self._open = None
+        pools, self._pools = self._pools, {}
+        for transport, _ in pools.values():
+            await transport.aclose()
+
+    def _pool_for(self, allow_private: bool) -> tuple[PooledTransport, asyncio.Semaphore]:
+        pool = self._pools.get(allow_private)
+        if pool is None:
+            pool = (_transport(guarded=not allow_private), asyncio.Semaphore(MAX_IN_FLIGHT))
+            self._pools[allow_private] = pool
+        return pool
 
     def _transport_for(self, allow_private: bool) -> PooledTransport:
-        if allow_private:
-            if self._open is None:
-                self._open = _transport(guarded=False)
-            return self._open
-        if self._guarded is None:
-            self._guarded = _transport(guarded=True)
-        return self._guarded
+        return self._pool_for(allow_private)[0]
 
     def _allows_private(self, spec: HttpSpec) -> bool:
         return spec.allow_private or self.settings.http_allow_private
@@ -135,9 +132,7 @@ class HttpTarget(Target):
     async def execute(self, ctx: RunContext) -> Outcome:
         spec = ctx.job.target
         allow_private = isinstance(spec, HttpSpec) and self._allows_private(spec)
-        slots = self._in_flight.get(allow_private)
-        if slots is None:
-            slots = self._in_flight[allow_private] = asyncio.Semaphore(MAX_IN_FLIGHT)
+        _, slots = self._pool_for(allow_private)
         async with slots:
             return await self._execute(ctx)
 

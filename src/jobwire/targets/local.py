@@ -54,12 +54,8 @@ def _group_alive(pgid: int) -> bool:
     which some container inits do only now and then. On Linux /proc tells zombies apart;
     elsewhere any member counts. Blocking (reads /proc): call it in a thread.
     """
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
+    if not _group_exists(pgid):
         return False
-    except PermissionError:  # a member changed its uid: still there
-        pass
     try:
         entries = os.listdir("/proc")
     except OSError:
@@ -84,7 +80,7 @@ def _group_exists(pgid: int) -> bool:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # a member changed its uid: still there
         pass
     return True
 
