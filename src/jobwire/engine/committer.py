@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import suppress
+from typing import Any
 
 import structlog
 
 from jobwire.engine.metrics import Metrics
+from jobwire.engine.supervisor import Spawn
 from jobwire.model import Run
 from jobwire.store import Intake, Recorded, Store
 
@@ -37,9 +39,46 @@ class Committer:
         self._after: list[Callable[[], None]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # store-write health (`/readyz`, metrics): set by `_write_failed` / `_write_ok`
+        self.failing_since: float | None = None
+        """Wall-clock time of the first failed commit of the current run of failures; None when writing."""
+        self.last_error: str | None = None
+        self.consecutive_failures = 0
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="jobwire-committer")
+    @property
+    def health(self) -> dict[str, Any]:
+        """Whether store writes succeed: failing or not, since when, commits failed in a row, the error."""
+        return {
+            "failing": self.failing_since is not None,
+            "failing_since": self.failing_since,
+            "consecutive_failures": self.consecutive_failures,
+            "last_error": self.last_error,
+        }
+
+    def _write_failed(self, exc: BaseException) -> None:
+        if self.failing_since is None:
+            self.failing_since = time.time()
+        self.consecutive_failures += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        self._metrics.store_write_failures.inc()
+        self._metrics.store_write_failing.set(1)
+
+    def _write_ok(self) -> None:
+        if self.failing_since is not None:
+            log.info("store writes succeed again", failed_commits=self.consecutive_failures)
+            self.failing_since = None
+            self.consecutive_failures = 0
+            self._metrics.store_write_failing.set(0)
+
+    def start(self, spawn: Spawn | None = None) -> None:
+        """Start the writer loop; `spawn` runs it supervised (restarted if it ever raises)."""
+
+        def run() -> Coroutine[Any, Any, None]:
+            self._wake.set()  # a restarted loop first looks at what is already waiting
+            return self._loop()
+
+        name = "jobwire-committer"
+        self._task = spawn(name, run) if spawn else asyncio.create_task(run(), name=name)
 
     async def stop(self) -> None:
         await self.flush()
@@ -101,6 +140,7 @@ class Committer:
                         else []
                     )
                 except Exception as exc:  # the store failed: callers get the error, nothing is acked
+                    self._write_failed(exc)
                     log.error("store write failed", error=str(exc), events=len(batch), updates=len(updates))
                     for _, fut in batch:
                         if not fut.done():
@@ -114,6 +154,7 @@ class Committer:
                             f.set_exception(exc)
                     await asyncio.sleep(0.5)
                     continue
+                self._write_ok()
                 self._metrics.commit_seconds.observe(time.perf_counter() - t0)
                 self._metrics.batch_size.observe(len(batch) + len(updates))
                 if batch:

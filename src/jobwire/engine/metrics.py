@@ -50,3 +50,27 @@ class Metrics:
             "jobwire_retention_deleted_total", "Deleted by retention", ["kind"], registry=r
         )
         self.jobs = Gauge("jobwire_jobs", "Jobs defined", registry=r)
+        # supervision of background tasks (engine/supervisor.py) and store-write health: the task
+        # label is a fixed task name (jobwire-committer, jobwire-reload, ...), never user input
+        self.task_up = Gauge(
+            "jobwire_task_up", "1 while a supervised background task runs, 0 while it is down", ["task"],
+            registry=r,
+        )
+        self.task_restarts = Counter(
+            "jobwire_task_restarts_total", "Restarts of a background task after it failed", ["task"],
+            registry=r,
+        )
+        self.task_failures = Counter(
+            "jobwire_task_failures_total", "One-shot background tasks that raised", ["task"], registry=r
+        )
+        self.store_write_failures = Counter(
+            "jobwire_store_write_failures_total", "Group commits that failed (nothing in them acknowledged)",
+            registry=r,
+        )
+        self.store_write_failing = Gauge(
+            "jobwire_store_write_failing", "1 while store writes fail (e.g. a full disk), else 0", registry=r
+        )
+        self.fires_pending = Gauge(
+            "jobwire_fires_pending", "Time-trigger fires waiting to be recorded (retried with backoff)",
+            registry=r,
+        )
