@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import json
 import os
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -32,6 +31,7 @@ from jobwire.engine.metrics import Metrics
 from jobwire.engine.policies import Decision, Slots
 from jobwire.engine.runlogs import RunLogs
 from jobwire.engine.scheduler import TimeScheduler, missed_fires
+from jobwire.engine.secret import load_secret
 from jobwire.engine.status import StatusHub, document
 from jobwire.jobfile import JobFileError, load_path
 from jobwire.model import (
@@ -163,7 +163,7 @@ class Engine:
 
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self._secret = self._load_secret()
+        self._secret = load_secret(self.settings.data_dir)  # raises SecretKeyError
         await self.store.open()
         try:
             self.attempts.journal.open()  # after the store's lock: it rewrites the file
@@ -222,17 +222,6 @@ class Engine:
 
     def _job_defs(self) -> list[Job]:
         return [s.job for s in self.jobs.values()]
-
-    def _load_secret(self) -> bytes:
-        """Per-installation key for callback tokens: survives restarts, never leaves the data dir."""
-        path = self.settings.data_dir / "secret.key"
-        if path.exists():
-            return path.read_bytes()
-        key = secrets.token_bytes(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(key)
-        return key
 
     def callback_token(self, run_id: str) -> str:
         return hmac.new(self._secret, run_id.encode(), hashlib.sha256).hexdigest()

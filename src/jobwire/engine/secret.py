@@ -1,0 +1,136 @@
+"""The installation's key for callback tokens: `<data_dir>/secret.key`, 32 random bytes.
+
+A callback token is HMAC-SHA256(key, run id), so whoever knows the key (or can make jobwire use a
+known one, such as the empty key) can forge the token of any run whose id they know. Hence:
+
+* the key is written atomically: a temporary file in the same folder, written and fsynced, then
+  linked into place (`os.link`: another jobwire starting at the same moment keeps the first key)
+  and the folder fsynced. A full disk leaves no key at all — never a short one.
+* on load, a key of the wrong size is refused with a message naming the file; a 0-byte file can
+  only be the torn first write of an older jobwire (which wrote it in place), so it is replaced by
+  a new key with a warning in the log (tokens made with the empty key then stop working — the point);
+* a key file group or others may read is refused, like ssh refuses such a private key: the fix is
+  `chmod 600`, or deleting the file if someone else may have read it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import stat
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+KEY_FILE = "secret.key"
+KEY_BYTES = 32
+
+_ROTATE_HINT = "delete it to make a new key (the callback tokens of runs in flight then stop working)"
+
+
+class SecretKeyError(RuntimeError):
+    """`secret.key` cannot be used or written; the message names the file and what to do."""
+
+
+def load_secret(data_dir: Path) -> bytes:
+    """The key in `data_dir/secret.key`, made on first use. Raises `SecretKeyError`."""
+    path = data_dir / KEY_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return _create(path)
+    except OSError as exc:
+        raise SecretKeyError(f"cannot read {path}: {exc.strerror}: {_hint(exc, path)}") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SecretKeyError(f"{path} is not a regular file: move it away; jobwire then makes a new key")
+        if st.st_size == 0:
+            log.warning(
+                "secret.key was empty (a first start on a full disk?): a new key replaces it; "
+                "callback tokens made with the empty key no longer work",
+                file=str(path),
+            )
+            return _create(path, replace=True)
+        if st.st_mode & 0o077:
+            raise SecretKeyError(
+                f"{path} can be read by other users (mode {stat.S_IMODE(st.st_mode):04o}): run "
+                f"`chmod 600 {path}`, or, if someone else may have read it, {_ROTATE_HINT}"
+            )
+        key = _read_all(fd, KEY_BYTES + 1)
+    except OSError as exc:
+        raise SecretKeyError(f"cannot read {path}: {exc.strerror}: {_hint(exc, path)}") from exc
+    finally:
+        os.close(fd)
+    if len(key) != KEY_BYTES:
+        raise SecretKeyError(
+            f"{path} holds {st.st_size} bytes, not the {KEY_BYTES} of a key jobwire wrote: restore it "
+            f"from a backup, or {_ROTATE_HINT}"
+        )
+    return key
+
+
+def _create(path: Path, replace: bool = False) -> bytes:
+    """Write a new key atomically; if another process linked one first, use that one."""
+    key = secrets.token_bytes(KEY_BYTES)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(key)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if replace:
+                os.replace(tmp, path)
+            else:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    return load_secret(path.parent)  # another jobwire made it a moment ago
+            _fsync_dir(path.parent)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    except OSError as exc:
+        raise SecretKeyError(f"cannot write {path}: {exc.strerror}: {_hint(exc, path)}") from exc
+    log.info("made a new secret.key for callback tokens", file=str(path))
+    return key
+
+
+def _read_all(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = os.read(fd, limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some filesystems cannot fsync a folder; the rename is still atomic
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _hint(exc: OSError, path: Path) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"free space on the disk holding {path.parent} and start again"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"make {path.parent} writable by this user, or set JOBWIRE_DATA_DIR to a folder that is"
+    return "check the file and its folder (JOBWIRE_DATA_DIR)"
