@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from jobwire.cron import CronExpr
+from jobwire.engine.supervisor import Spawn
 from jobwire.model import (
     AtTrigger,
     Catchup,
@@ -94,8 +95,10 @@ class TimeScheduler:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="jobwire-scheduler")
+    def start(self, spawn: Spawn | None = None) -> None:
+        """Start the clock; `spawn` runs it supervised (restarted if it ever raises)."""
+        name = "jobwire-scheduler"
+        self._task = spawn(name, self._loop) if spawn else asyncio.create_task(self._loop(), name=name)
 
     async def stop(self) -> None:
         if self._task:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import random
 from contextlib import suppress
+from functools import partial
 
 import structlog
 
 from jobwire.engine.metrics import Metrics
+from jobwire.engine.supervisor import Spawn
 from jobwire.model import Job, Run, RunState, StatusBlock, StatusDocument, utcnow
 from jobwire.sinks.base import Sink
 
@@ -83,13 +85,17 @@ class StatusHub:
         self._subscribers: set[asyncio.Queue[StatusDocument | None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def start(self) -> None:
+    async def start(self, spawn: Spawn | None = None) -> None:
+        """Start the sinks and one worker each; `spawn` runs the workers supervised."""
         for sink in self._sinks:
             await sink.start()
-        self._tasks = [
-            asyncio.create_task(self._worker(s, q), name=f"jobwire-sink-{s.kind}")
-            for s, q in zip(self._sinks, self._queues, strict=True)
-        ]
+        self._tasks = []
+        for s, q in zip(self._sinks, self._queues, strict=True):
+            name = f"jobwire-sink-{s.kind}"
+            if spawn is None:
+                self._tasks.append(asyncio.create_task(self._worker(s, q), name=name))
+            else:
+                self._tasks.append(spawn(name, partial(self._worker, s, q)))
 
     async def stop(self, drain_timeout: float = 5.0) -> None:
         with suppress(TimeoutError):

@@ -94,6 +94,10 @@ class Supervisor:
     def loop(self, name: str, factory: LoopFactory, critical: bool = False) -> asyncio.Task[None]:
         """Run `factory()` until it returns, restarting it with backoff whenever it raises.
         Cancelling the returned task stops the loop (and marks it stopped)."""
+        base, n = name, 1
+        while name in self._health and self._health[name].state != "stopped":
+            n += 1
+            name = f"{base}#{n}"  # two sinks of one kind: two names
         health = self._health[name] = TaskHealth(name, critical)
         self._up(name, 1)
         task = asyncio.create_task(self._supervise(health, factory), name=name)
