@@ -261,6 +261,7 @@ async def serve_async(settings: Settings) -> int:
         timeout_graceful_shutdown=3,
     )
     server = _make_server(config)
+    server.check_bound = lambda addresses: _refusal(settings, addresses)
 
     loop = asyncio.get_running_loop()
     received: list[int] = []
@@ -298,11 +299,25 @@ async def serve_async(settings: Settings) -> int:
             return 1
         finally:
             await engine.stop()
+        if server.refused:
+            err.print(Text(f"error: {server.refused}", style="red"))
+            return 1
         return 0
     finally:
         for sig in handled:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
+
+
+def _refusal(settings: Settings, addresses: list[str]) -> str | None:
+    """Why the listening `addresses` must not stay open (no token off loopback), or None."""
+    from jobwire.api.auth import BindRefusedError, check_listening
+
+    try:
+        check_listening(settings, addresses)
+    except BindRefusedError as exc:
+        return str(exc)
+    return None
 
 
 def _make_server(config: Any) -> Any:
@@ -312,9 +327,24 @@ def _make_server(config: Any) -> Any:
     import uvicorn
 
     class Server(uvicorn.Server):
+        refused: str | None = None
+        """Set by `startup` when `check_bound` refused the listening sockets' addresses."""
+        check_bound: Callable[[list[str]], str | None] | None = None
+
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             yield
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.check_bound is None or not getattr(self, "servers", None):
+                return
+            bound = [str(s.getsockname()[0]) for srv in self.servers for s in srv.sockets or ()]
+            self.refused = self.check_bound(bound)
+            if self.refused:  # stop accepting at once, before a request can be served
+                for srv in self.servers:
+                    srv.close()
+                self.should_exit = True
 
     return Server(config)
 

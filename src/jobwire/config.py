@@ -6,7 +6,9 @@ Each default says why it is what it is.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -70,6 +72,28 @@ def parse_tokens(value: Any) -> Any:
             )
         return out
     return value
+
+
+def bind_addresses(host: str) -> list[str]:
+    """The addresses a server binding `host` listens on, as asyncio's `create_server` (uvicorn's)
+    finds them: `getaddrinfo` with AI_PASSIVE, every family; "" is every interface. Empty when the
+    name does not resolve."""
+    try:
+        infos = socket.getaddrinfo(host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        return []
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def is_loopback_address(address: str) -> bool:
+    """127.0.0.0/8, ::1 and IPv4-mapped loopback; anything else (0.0.0.0, ::, a name) is not."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
 
 
 class Settings(BaseSettings):
@@ -160,7 +184,10 @@ class Settings(BaseSettings):
 
     @property
     def is_loopback(self) -> bool:
-        return self.host in ("127.0.0.1", "localhost", "::1") or self.host.startswith("127.")
+        """Whether every address a server binding `host` listens on is loopback: decided on what the
+        name resolves to (every family), never on its text — `127.x.example` may well be 0.0.0.0."""
+        addresses = bind_addresses(self.host)
+        return bool(addresses) and all(is_loopback_address(a) for a in addresses)
 
     def all_tokens(self) -> list[ApiToken]:
         out = list(self.api_tokens)

@@ -17,7 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
 from jobwire.api.schemas import ApiError
-from jobwire.config import ApiToken, Settings
+from jobwire.config import ApiToken, Settings, bind_addresses, is_loopback_address
 from jobwire.engine import Engine
 
 Scope = Literal["read", "write"]
@@ -28,11 +28,35 @@ class BindRefusedError(RuntimeError):
 
 
 def check_bind(settings: Settings) -> None:
-    """Raise `BindRefusedError` when binding to a non-loopback address without a token."""
-    if not settings.is_loopback and not settings.all_tokens():
+    """Raise `BindRefusedError` when binding to a non-loopback address without a token. Decided on
+    the addresses `settings.host` resolves to (every family), which are what the server binds."""
+    if settings.all_tokens() or settings.is_loopback:
+        return
+    addresses = bind_addresses(settings.host)
+    if not settings.host:
+        shown = "all interfaces"
+    elif not addresses:
+        shown = f"{settings.host} (does not resolve)"
+    elif addresses == [settings.host]:
+        shown = settings.host
+    else:
+        shown = f"{settings.host} (resolves to {', '.join(addresses)})"
+    raise BindRefusedError(
+        f"JOBWIRE_API_TOKEN is required when binding to {shown} "
+        "(set JOBWIRE_API_TOKEN or JOBWIRE_API_TOKENS, or bind to 127.0.0.1)"
+    )
+
+
+def check_listening(settings: Settings, addresses: list[str]) -> None:
+    """After binding: raise `BindRefusedError` if a listening socket's address is not loopback and no
+    token is configured (belt and braces for `check_bind`, whatever the resolver said then)."""
+    if settings.all_tokens():
+        return
+    exposed = sorted({a for a in addresses if not is_loopback_address(a)})
+    if exposed:
         raise BindRefusedError(
-            f"JOBWIRE_API_TOKEN is required when binding to {settings.host} "
-            "(set JOBWIRE_API_TOKEN or JOBWIRE_API_TOKENS, or bind to 127.0.0.1)"
+            f"jobwire is listening on {', '.join(exposed)} with no API token; it stopped: set "
+            f"JOBWIRE_API_TOKEN or JOBWIRE_API_TOKENS, or bind to 127.0.0.1 (JOBWIRE_HOST={settings.host})"
         )
 
 
