@@ -46,7 +46,17 @@ __all__ = [
 ]
 
 MAX_NODES = 200_000
-"""Upper bound on YAML nodes built per document (alias bombs)."""
+"""Upper bound on values built from one file, aliases and merge keys expanded (alias bombs)."""
+
+MAX_TEXT = 16 * 1024 * 1024
+"""Upper bound on the characters of all strings built from one file, aliases expanded: 200,000
+aliases of one 1 MB string would otherwise make 200 GB of job definition from a small file."""
+
+MAX_DEPTH = 100
+"""Nesting deeper than this is refused (PyYAML composes recursively: 100,000 `[` exhausted the stack)."""
+
+MAX_FILE_BYTES = 4 * 1024 * 1024
+"""Job files larger than this are refused unread: split the jobs into several files in a folder."""
 
 SEED003_KEYS = ("name", "description", "schedule", "job")
 SEED003_JOB_KEYS = ("callback_url", "http_method", "payload")
@@ -121,20 +131,79 @@ class _Doc:
     line: int
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses nesting deeper than `MAX_DEPTH` before recursing into it."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+                raise _YamlProblemError(
+                    mark.line + 1,
+                    f"nested deeper than {MAX_DEPTH} levels (column {mark.column + 1}): flatten the data",
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+@dataclass
+class _Budget:
+    """What one file has built so far, aliases expanded: bounded by MAX_NODES and MAX_TEXT."""
+
+    nodes: int = 0
+    text: int = 0
+
+    def spend(self, node: yaml.Node, nodes: int = 1) -> None:
+        self.nodes += nodes
+        if isinstance(node, yaml.ScalarNode):
+            self.text += len(node.value)
+        if self.nodes > MAX_NODES or self.text > MAX_TEXT:
+            what = f"{MAX_NODES:,} values" if self.nodes > MAX_NODES else f"{MAX_TEXT:,} characters"
+            raise _YamlProblemError(
+                node.start_mark.line + 1,
+                f"too large once aliases and merge keys are expanded (more than {what}): "
+                "write the data out instead of repeating anchors",
+            )
+
+
+def _merged_size(node: yaml.MappingNode, memo: dict[int, int]) -> int:
+    """Entries of `node` once its `<<` merge keys are flattened, without flattening (which would
+    build every entry first: nested merges double at each level)."""
+    size = memo.get(id(node))
+    if size is not None:
+        return size
+    memo[id(node)] = 0  # a merge cycle adds nothing (PyYAML refuses it later)
+    size = 0
+    for key_node, value_node in node.value:
+        if key_node.tag != _MERGE_TAG:
+            size += 1
+            continue
+        merged = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+        size += sum(_merged_size(m, memo) for m in merged if isinstance(m, yaml.MappingNode))
+        if size > MAX_NODES:
+            break
+    memo[id(node)] = size
+    return size
+
+
 class _Builder:
     """Builds plain Python data from a composed node tree, remembering the line of every value."""
 
-    def __init__(self, loader: yaml.SafeLoader) -> None:
+    def __init__(self, loader: yaml.SafeLoader, budget: _Budget | None = None) -> None:
         self.loader = loader
         self.lines: dict[Loc, int] = {}
-        self.count = 0
+        self.budget = budget or _Budget()
         self.active: set[int] = set()
         self.problems: list[tuple[Loc, int, str]] = []
 
     def build(self, node: yaml.Node, loc: Loc) -> Any:
-        self.count += 1
-        if self.count > MAX_NODES:
-            raise _YamlProblemError(node.start_mark.line + 1, "document too large (alias expansion?)")
+        self.budget.spend(node)
         line = node.start_mark.line + 1
         self.lines.setdefault(loc, line)
         if isinstance(node, yaml.ScalarNode):
@@ -176,6 +245,8 @@ class _Builder:
                     )
                 else:
                     seen[key_node.value] = key_line
+        if any(k.tag == _MERGE_TAG for k, _ in node.value):
+            self.budget.spend(node, _merged_size(node, {}))  # before flattening builds the entries
         self.loader.flatten_mapping(node)  # `<<: *anchor` merge keys; explicit keys come last and win
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
@@ -186,6 +257,7 @@ class _Builder:
                 raise _YamlProblemError(
                     key_line, f"tag {key_node.tag!r} is not allowed: job files hold plain data only"
                 )
+            self.budget.spend(key_node, 0)
             key = self.loader.construct_object(key_node, deep=True)
             child: Loc = (*loc, key)
             self.lines[child] = key_line
@@ -210,25 +282,47 @@ def _yaml_error(exc: yaml.YAMLError) -> _YamlProblemError:
     return _YamlProblemError(None, f"YAML error: {exc}")
 
 
+def _reader_error(exc: yaml.reader.ReaderError, text: str) -> _YamlProblemError:
+    """A character YAML does not allow (NUL, other control characters): where it is."""
+    line = text.count("\n", 0, exc.position) + 1
+    column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+    char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1] or "\0")
+    return _YamlProblemError(
+        line,
+        f"character U+{char:04X} (column {column}) is not allowed in a YAML file: remove it "
+        "(a job file is text; write control characters as escapes in a double-quoted string)",
+    )
+
+
 def _compose(text: str, source: str) -> tuple[list[_Doc], list[DefinitionError]]:
     docs: list[_Doc] = []
     errors: list[DefinitionError] = []
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as exc:
+        problem = _reader_error(exc, text)
+        return docs, [DefinitionError(source, problem.line, "", problem.message)]
+    budget = _Budget()
     try:
         while loader.check_node():
             node = loader.get_node()
             if node is None:
                 continue
-            builder = _Builder(loader)
+            builder = _Builder(loader, budget)
             data = builder.build(node, ())
             for loc, line, message in builder.problems:
                 errors.append(DefinitionError(source, line, format_loc(loc), message))
             docs.append(_Doc(data, builder.lines, node.start_mark.line + 1))
+    except yaml.reader.ReaderError as exc:
+        problem = _reader_error(exc, text)
+        errors.append(DefinitionError(source, problem.line, "", problem.message))
     except yaml.YAMLError as exc:
         problem = _yaml_error(exc)
         errors.append(DefinitionError(source, problem.line, "", problem.message))
     except _YamlProblemError as problem:
         errors.append(DefinitionError(source, problem.line, "", problem.message))
+    except RecursionError:  # a deep stack already (MAX_DEPTH keeps the file's own nesting bounded)
+        errors.append(DefinitionError(source, None, "", "nested too deeply: flatten the data"))
     finally:
         loader.dispose()
     return docs, errors
@@ -630,17 +724,51 @@ def _load_files(paths: Iterable[Path]) -> tuple[list[_Loaded], list[DefinitionEr
         if not root.exists():
             errors.append(DefinitionError(str(root), None, "", "no such file or directory"))
             continue
-        for file in _files(root):
-            try:
-                text = file.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                errors.append(DefinitionError(str(file), None, "", f"cannot read: {exc}"))
+        try:
+            files = _files(root)
+        except OSError as exc:
+            errors.append(DefinitionError(str(root), None, "", f"cannot list the folder: {exc.strerror}"))
+            continue
+        for file in files:
+            text = _read(file)
+            if isinstance(text, DefinitionError):
+                errors.append(text)
                 continue
             jobs, errs = _jobs_of_text(text, str(file))
             loaded.extend(jobs)
             errors.extend(errs)
     kept, dup_errors = _dedupe(loaded)
     return kept, _sorted(errors + dup_errors)
+
+
+def _read(file: Path) -> str | DefinitionError:
+    """The text of a job file, or why it cannot be one (too large, not UTF-8, unreadable)."""
+    source = str(file)
+    try:
+        with file.open("rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        return DefinitionError(source, None, "", f"cannot read: {exc.strerror}")
+    if len(data) > MAX_FILE_BYTES:
+        return DefinitionError(
+            source,
+            None,
+            "",
+            f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB, the most a job file may be: "
+            "split the jobs into several files in a folder",
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        return DefinitionError(
+            source,
+            line,
+            "",
+            f"not UTF-8: byte 0x{data[exc.start]:02x} at column {column} (byte offset {exc.start}): "
+            "save the file as UTF-8",
+        )
 
 
 def _sorted(errors: list[DefinitionError]) -> list[DefinitionError]:
