@@ -244,11 +244,17 @@ async def serve_async(settings: Settings) -> int:
 
     from jobwire.api import create_app
     from jobwire.engine import Engine
+    from jobwire.engine.disk import data_dir_problem
+    from jobwire.engine.secret import SecretKeyError
     from jobwire.jobfile import JobFileError
     from jobwire.store import StoreError
 
     log = structlog.get_logger("jobwire.serve")
-    engine = Engine(settings)
+    try:
+        engine = Engine(settings)
+    except OSError as exc:  # the data folder cannot be made (read-only, a file in the way, full)
+        err.print(Text(f"error: {data_dir_problem(exc, settings.data_dir)}", style="red"))
+        return 1
     app = create_app(engine)
     config = uvicorn.Config(
         app,
@@ -287,8 +293,11 @@ async def serve_async(settings: Settings) -> int:
                 err.print(Text(format_definition_error(e), style="red"))
             err.print(Text("error: job files have errors; jobwire did not start", style="red"))
             return 1
-        except StoreError as exc:
+        except (StoreError, SecretKeyError) as exc:
             err.print(Text(f"error: {exc}", style="red"))
+            return 1
+        except OSError as exc:
+            err.print(Text(f"error: {data_dir_problem(exc, settings.data_dir)}", style="red"))
             return 1
         try:
             await server.serve()
@@ -298,15 +307,27 @@ async def serve_async(settings: Settings) -> int:
             )
             return 1
         finally:
-            await engine.stop()
+            saved = await _stop_engine(engine)
         if server.refused:
             err.print(Text(f"error: {server.refused}", style="red"))
             return 1
-        return 0
+        return 0 if saved else 1
     finally:
         for sig in handled:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
+
+
+async def _stop_engine(engine: Any) -> bool:
+    """`engine.stop()`; False, after one line saying what was not saved, when the disk is full."""
+    from jobwire.engine.disk import StopIncomplete
+
+    try:
+        await engine.stop()
+    except StopIncomplete as exc:
+        err.print(Text(f"error: {exc}", style="red"))
+        return False
+    return True
 
 
 def _refusal(settings: Settings, addresses: list[str]) -> str | None:

@@ -88,6 +88,18 @@ class Committer:
                 await self._task
             self._task = None
 
+    def abandon(self, exc: BaseException) -> tuple[int, int]:
+        """At a stop that cannot write (a full disk): drop what is waiting — intakes fail with `exc`,
+        state updates and after-commit callbacks are dropped — so `stop` can end. Returns (events,
+        run updates) dropped; the next start reconciles those runs from what was saved."""
+        events, updates = len(self._intakes), len(self._updates)
+        for _, fut in self._intakes:
+            if not fut.done():
+                fut.set_exception(exc)
+        self._intakes, self._updates, self._after = [], {}, []
+        self._wake.set()
+        return events, updates
+
     async def record(self, intake: Intake) -> Recorded:
         return await self.enqueue(intake)
 

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from jobwire.config import Settings
 from jobwire.engine.committer import Committer
+from jobwire.engine.disk import StopIncomplete, unsaved_at_stop
 from jobwire.engine.dispatch import Attempts
 from jobwire.engine.metrics import Metrics
 from jobwire.engine.policies import Decision, Slots
@@ -199,18 +200,32 @@ class Engine:
         for t in list(self._bg):
             t.cancel()
         await self.attempts.shutdown(self.settings.shutdown_grace.total_seconds())
-        await self.committer.flush()
+        unsaved = await self._flush_at_stop()
         await self.hub.stop()
         for target in self.targets.values():
             try:
                 await target.close()
             except Exception as exc:
                 log.warning("target did not close cleanly", target=target.kind, error=str(exc))
+        later = await self._flush_at_stop()
         await self.committer.stop()
         self.attempts.journal.close()
         await self.store.close()
         self._ready = False
         log.info("stopped")
+        if unsaved or later:
+            raise StopIncomplete(unsaved or later or "")
+
+    async def _flush_at_stop(self) -> str | None:
+        """Flush; when the store cannot write (a full disk), drop what waits so the stop ends, and
+        say what was not saved (the next start reconciles those runs, as after a crash)."""
+        try:
+            await self.committer.flush()
+        except Exception as exc:
+            events, runs = self.committer.abandon(exc)
+            log.error("state changes not saved at stop", error=str(exc), events=events, runs=runs)
+            return unsaved_at_stop(events, runs, str(exc), self.settings.data_dir)
+        return None
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=name)

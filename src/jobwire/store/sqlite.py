@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -86,6 +87,18 @@ def path_from_url(url: str) -> Path:
     if rest == ":memory:":
         raise StoreError("sqlite:///:memory: is not supported (one scheduler per file); use memory://")
     return Path(rest).expanduser()
+
+
+def _full_disk_hint(path: Path) -> str:
+    """What to do when the disk is full: SQLite says only "disk I/O error" when it cannot make its
+    WAL files at open."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return ""
+    if free >= 1024 * 1024:
+        return ""
+    return f" (the disk holding it is full: free space in {path.parent}, JOBWIRE_DATA_DIR, and start again)"
 
 
 def _take_lock(lock_path: Path, db_path: Path) -> int:
@@ -414,7 +427,7 @@ class SQLiteStore(Store):
                 raise
         except sqlite3.Error as exc:
             self._release(fd)
-            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+            raise StoreError(f"cannot open {self.path}: {exc}{_full_disk_hint(self.path)}") from exc
         except BaseException:
             self._release(fd)
             raise
