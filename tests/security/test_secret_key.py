@@ -75,7 +75,7 @@ async def test_key_of_the_wrong_size_is_refused_naming_the_file(data_dir: Path, 
     assert path.read_bytes() == b"k" * size  # left alone for the operator
 
 
-async def test_key_readable_by_others_is_refused(data_dir: Path) -> None:
+def test_key_readable_by_others_is_refused(data_dir: Path) -> None:
     path = data_dir / "secret.key"
     path.write_bytes(b"k" * KEY_BYTES)
     path.chmod(0o644)
@@ -83,6 +83,17 @@ async def test_key_readable_by_others_is_refused(data_dir: Path) -> None:
         load_secret(data_dir)
     path.chmod(0o600)
     assert load_secret(data_dir) == b"k" * KEY_BYTES
+
+
+def test_key_readable_by_its_group_is_used_with_a_warning(data_dir: Path) -> None:
+    """Kubernetes adds g+rw for the pod's fsGroup to every file on the volume: warn, do not refuse."""
+    path = data_dir / "secret.key"
+    path.write_bytes(b"k" * KEY_BYTES)
+    path.chmod(0o660)
+    with structlog.testing.capture_logs() as logs:
+        assert load_secret(data_dir) == b"k" * KEY_BYTES
+    (warning,) = [e for e in logs if e["log_level"] == "warning"]
+    assert warning["mode"] == "0660" and warning["file"] == str(path)
 
 
 def test_a_folder_where_the_key_should_be_is_refused(data_dir: Path) -> None:

@@ -9,8 +9,10 @@ known one, such as the empty key) can forge the token of any run whose id they k
 * on load, a key of the wrong size is refused with a message naming the file; a 0-byte file can
   only be the torn first write of an older jobwire (which wrote it in place), so it is replaced by
   a new key with a warning in the log (tokens made with the empty key then stop working — the point);
-* a key file group or others may read is refused, like ssh refuses such a private key: the fix is
-  `chmod 600`, or deleting the file if someone else may have read it.
+* a key file any user may read (mode o+r/w) is refused, like ssh refuses such a private key: the fix
+  is `chmod 600`, or deleting the file if someone else may have read it. Group access is only
+  warned about: Kubernetes makes every file on a volume group-readable for the pod's `fsGroup`
+  (deploy/kubernetes does), whose only member is jobwire's user.
 """
 
 from __future__ import annotations
@@ -56,10 +58,19 @@ def load_secret(data_dir: Path) -> bytes:
                 file=str(path),
             )
             return _create(path, replace=True)
-        if st.st_mode & 0o077:
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o007:
             raise SecretKeyError(
-                f"{path} can be read by other users (mode {stat.S_IMODE(st.st_mode):04o}): run "
+                f"{path} can be read by other users (mode {mode:04o}): run "
                 f"`chmod 600 {path}`, or, if someone else may have read it, {_ROTATE_HINT}"
+            )
+        if mode & 0o070:
+            log.warning(
+                "secret.key is accessible to its group (a Kubernetes fsGroup volume does this): "
+                "make sure only jobwire's user is in that group, or chmod 600 it",
+                file=str(path),
+                mode=f"{mode:04o}",
+                gid=st.st_gid,
             )
         key = _read_all(fd, KEY_BYTES + 1)
     except OSError as exc:
