@@ -44,10 +44,15 @@ def laughs() -> bytes:
 
 
 def string_bomb() -> bytes:
-    """Few values, but each an alias of one 400 kB string (200,000 of them made 80 GB from 1.2 MB)."""
+    """A valid job whose payload aliases one 400 kB string 50 times: 20 MB of definition from
+    400 kB (200,000 aliases of a 1 MB string made a 1.2 MB file that expanded to 200 GB)."""
     big = "x" * 400_000
     refs = ",".join(["*s"] * 50)
-    return f'payload: {{s: &s "{big}", l: [{refs}]}}\njobs: []\n'.encode()
+    return (
+        "jobs:\n  - name: bomb\n    triggers: [{type: api}]\n"
+        "    target:\n      type: http\n      url: http://example.com/\n"
+        f'      payload: {{s: &s "{big}", l: [{refs}]}}\n'
+    ).encode()
 
 
 def merge_bomb() -> bytes:
@@ -79,7 +84,7 @@ CASES: dict[str, tuple[Callable[[], bytes], str]] = {
         f"{{f}}:1: nested deeper than {MAX_DEPTH} levels (column {4 * MAX_DEPTH - 3}): flatten the data",
     ),
     "laughs": (laughs, "{f}:1: " + SIZE.format("200,000 values")),
-    "strings": (string_bomb, "{f}:1: " + SIZE.format("16,777,216 characters")),
+    "strings": (string_bomb, "{f}:7: " + SIZE.format("16,777,216 characters")),
     "merges": (merge_bomb, "{f}:2: " + SIZE.format("200,000 values")),
     "large": (
         too_large,
