@@ -727,7 +727,12 @@ def _load_files(paths: Iterable[Path]) -> tuple[list[_Loaded], list[DefinitionEr
         try:
             files = _files(root)
         except OSError as exc:
-            errors.append(DefinitionError(str(root), None, "", f"cannot list the folder: {exc.strerror}"))
+            where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(root) else ""
+            errors.append(
+                DefinitionError(
+                    str(root), None, "", f"cannot list the folder: {exc.strerror}{where}: make it readable"
+                )
+            )
             continue
         for file in files:
             text = _read(file)
