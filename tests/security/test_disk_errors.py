@@ -4,13 +4,14 @@ and what to do, exit code 1, and no traceback. Real failures on a small tmpfs (s
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import httpx
-
+from jobwire.config import Settings
+from jobwire.engine import Engine
 from tests.support.server import Server, free_port
 from tests.support.tmpfs import fill, remount, small_tmpfs
 from tests.support.waiting import eventually_sync
@@ -63,8 +64,15 @@ def test_read_only_data_folder_at_start(tmp_path: Path) -> None:
 
 
 def serve_once(data_dir: Path) -> bool:
-    with Server(data_dir) as server:
-        return httpx.get(server.url + "/readyz").status_code == 200
+    """Make `data_dir` as a first start does (in-process: a server start would only add seconds)."""
+
+    async def once() -> bool:
+        engine = Engine(Settings(data_dir=data_dir))
+        await engine.start()
+        await engine.stop()
+        return (data_dir / "jobwire.db").exists()
+
+    return asyncio.run(once())
 
 
 def test_full_disk_at_restart(tmp_path: Path) -> None:
