@@ -163,6 +163,9 @@ class FakeEngine(Engine):
     def ready(self) -> bool:
         return self._ready
 
+    def health(self) -> dict[str, Any]:
+        return {"ready": self._ready, "problems": [] if self._ready else ["starting"], "tasks": [], "store": {}}
+
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...

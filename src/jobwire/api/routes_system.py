@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from jobwire.api.auth import READ, EngineDep
-from jobwire.api.schemas import ERROR_RESPONSES, Health
+from jobwire.api.schemas import ERROR_RESPONSES, Health, Readiness
 from jobwire.engine import Engine
 from jobwire.model import StatusDocument
 
@@ -26,14 +26,26 @@ async def healthz() -> Health:
 
 @router.get(
     "/readyz",
-    response_model=Health,
-    summary="Readiness: 200 once the engine is started, else 503",
-    responses={503: {"model": Health, "description": "Starting or stopping"}},
+    response_model=Readiness,
+    summary="Readiness: 200 once the engine is started and can take work, else 503 with the reasons",
+    responses={
+        503: {
+            "model": Readiness,
+            "description": "Starting, stopping, a critical task failing, or store writes failing",
+        }
+    },
 )
 async def readyz(engine: EngineDep) -> Any:
-    if engine.ready:
-        return Health(status="ready")
-    return JSONResponse(Health(status="not ready").model_dump(), status_code=503)
+    report = engine.health()
+    body = Readiness(
+        status="ready" if report["ready"] else "not ready",
+        problems=report["problems"],
+        tasks=report["tasks"],
+        store=report["store"] or None,
+    )
+    if report["ready"]:
+        return body
+    return JSONResponse(body.model_dump(mode="json"), status_code=503)
 
 
 @router.get(

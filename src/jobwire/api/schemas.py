@@ -232,3 +232,35 @@ class CallbackIn(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+class TaskState(BaseModel):
+    """One supervised background task of the engine."""
+
+    task: str
+    critical: bool = Field(description="the engine cannot take work while this task is failing")
+    state: str = Field(description="running | failing | stopped")
+    restarts: int
+    consecutive_failures: int
+    last_error: str | None = None
+    failing_since: float | None = Field(None, description="Unix time of the first failure in a row")
+    retry_in: float | None = Field(None, description="seconds waited before the latest restart")
+
+
+class StoreWrites(BaseModel):
+    """Whether the store takes writes (a full disk does not), and time-trigger fires waiting for it."""
+
+    failing: bool
+    failing_since: float | None = None
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    fires_pending: int = Field(0, description="time-trigger fires kept to be recorded when writes succeed")
+    triggers_catching_up: int = Field(0, description="triggers with more missed fires than are kept")
+
+
+class Readiness(Health):
+    """`ready`, or `not ready` and why: starting, stopping, a critical task or store writes failing."""
+
+    problems: list[str] = Field(default_factory=list)
+    tasks: list[TaskState] = Field(default_factory=list)
+    store: StoreWrites | None = None

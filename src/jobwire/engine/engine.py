@@ -28,12 +28,14 @@ from jobwire.config import Settings
 from jobwire.engine.committer import Committer
 from jobwire.engine.disk import StopIncomplete, unsaved_at_stop
 from jobwire.engine.dispatch import Attempts
+from jobwire.engine.fires import PendingFires
 from jobwire.engine.metrics import Metrics
 from jobwire.engine.policies import Decision, Slots
 from jobwire.engine.runlogs import RunLogs
 from jobwire.engine.scheduler import TimeScheduler, missed_fires
 from jobwire.engine.secret import load_secret
 from jobwire.engine.status import StatusHub, document
+from jobwire.engine.supervisor import Supervisor
 from jobwire.jobfile import JobFileError, load_path
 from jobwire.model import (
     Admission,
@@ -141,7 +143,9 @@ class Engine:
         for target in self.targets.values():
             target.bind(run_exists=self._run_exists, jobs=self._job_defs, registry=self.registry)
         self.hub = StatusHub(build_sinks(settings), self.metrics)
+        self.supervisor = Supervisor(self.metrics)
         self.committer = Committer(self.store, self.metrics)
+        self.pending_fires = PendingFires(self.submit_many, self._time_job, self.metrics)
         self.scheduler = TimeScheduler(self._fire_batch, self.metrics.lateness_seconds.observe)
         self.slots = Slots()
         self.attempts = Attempts(self)
@@ -153,7 +157,6 @@ class Engine:
         self._secret = b""
         self._stopping = False
         self._ready = False
-        self._bg: set[asyncio.Task[Any]] = set()
         self._file_mtimes: dict[Path, float] = {}
         self._touched: set[str] = set()
 
@@ -168,17 +171,18 @@ class Engine:
         await self.store.open()
         try:
             self.attempts.journal.open()  # after the store's lock: it rewrites the file
-            self.committer.start()
+            self.committer.start(self.supervisor.spawn)
             for target in self.targets.values():
                 await target.start()
-            await self.hub.start()
+            await self.hub.start(self.supervisor.spawn_optional)
             await self._load_jobs()
             await self._reconcile()
             await self._catch_up()
-            self.scheduler.start()
-            self._spawn(self._retention_loop(), "jobwire-retention")
+            self.scheduler.start(self.supervisor.spawn)
+            self.supervisor.loop("jobwire-fire-retry", self.pending_fires.run, critical=False)
+            self.supervisor.loop("jobwire-retention", self._retention_loop)
             if self.settings.reload and self.settings.jobs:
-                self._spawn(self._reload_loop(), "jobwire-reload")
+                self.supervisor.loop("jobwire-reload", self._reload_loop)
         except BaseException:
             self.attempts.journal.close()
             await self.store.close()
@@ -197,8 +201,12 @@ class Engine:
         self._stopping = True
         log.info("stopping: no new runs", running=self.attempts.count)
         await self.scheduler.stop()
-        for t in list(self._bg):
-            t.cancel()
+        await self.supervisor.cancel_all()  # retention, reload, fire retries; committer and sinks: below
+        if self.pending_fires:
+            log.warning(
+                "time-trigger fires not recorded at shutdown; the next start catches up per job policy",
+                **self.pending_fires.summary(),
+            )
         await self.attempts.shutdown(self.settings.shutdown_grace.total_seconds())
         unsaved = await self._flush_at_stop()
         await self.hub.stop()
@@ -228,9 +236,30 @@ class Engine:
         return None
 
     def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        self._bg.add(task)
-        task.add_done_callback(self._bg.discard)
+        """A one-shot background task: its exception is retrieved and logged; `stop` cancels it."""
+        self.supervisor.once(coro, name)
+
+    def health(self) -> dict[str, Any]:
+        """What `/readyz` shows: ready or not, why not, every supervised task, store-write health."""
+        tasks = self.supervisor.health()
+        store = {**self.committer.health, **self.pending_fires.summary()}
+        problems = [
+            f"task {t.name} is failing: {t.last_error}" for t in tasks if t.critical and t.state == "failing"
+        ]
+        if store["failing"]:
+            problems.append(f"store writes are failing: {store['last_error']}")
+        if not self.ready:
+            problems.insert(0, "stopping" if self._stopping else "starting")
+        return {
+            "ready": not problems,
+            "problems": problems,
+            "tasks": [t.as_dict() for t in tasks],
+            "store": store,
+        }
+
+    def _time_job(self, name: str) -> tuple[Job, bool] | None:
+        stored = self.jobs.get(name)
+        return (stored.job, stored.paused) if stored is not None else None
 
     async def _run_exists(self, run_id: str) -> bool:
         return run_id in self.runs or await self.store.get_run(run_id) is not None
@@ -298,6 +327,8 @@ class Engine:
             for path in self.settings.jobs:
                 current.update(_mtimes(path))
             if current != self._file_mtimes:
+                # remembered first: a file that breaks the reload is not re-read until it changes
+                # again; the error goes to the supervisor (logged, shown in /readyz, loop restarted)
                 self._file_mtimes = current
                 await self.reload_files()
 
@@ -350,16 +381,27 @@ class Engine:
         self._spawn(self._submit_quietly(batch), "jobwire-fire")
 
     async def _submit_quietly(self, batch: list[Incoming]) -> None:
+        """Record a batch of due fires; those the store cannot take (a full disk) are kept and
+        retried with their scheduled times (`PendingFires`) — the clock goes on meanwhile."""
         try:
-            results = await self.submit_many(batch)
-        except Exception as exc:  # shutting down, or a store that is gone: the clock goes on
-            log.error("time triggers could not be recorded", count=len(batch), error=str(exc))
+            results: list[Admission | BaseException] = await self.submit_many(batch)
+        except Unavailable:  # shutting down: the next start catches up per each job's policy
+            log.warning("time triggers not recorded: shutting down", count=len(batch))
             return
-        for inc, result in zip(batch, results, strict=True):
-            if isinstance(result, BaseException):
-                log.error(
-                    "time trigger could not be recorded", job=inc.job, trigger=inc.trigger, error=str(result)
-                )
+        except Exception as exc:
+            results = [exc] * len(batch)
+        failed = [inc for inc, res in zip(batch, results, strict=True) if isinstance(res, BaseException)]
+        if failed:
+            error = next(r for r in results if isinstance(r, BaseException))
+            log.error(
+                "time triggers could not be recorded; kept and retried until the store takes them",
+                count=len(failed),
+                jobs=sorted({inc.job or "" for inc in failed})[:10],
+                error=str(error),
+            )
+            self.pending_fires.add(failed)
+        else:
+            self.pending_fires.wake()  # the store takes writes: retry what waits now
 
     async def submit(self, incoming: Incoming) -> Admission:
         """Record the event (and its run) durably, then dispatch. Returns after the commit."""

@@ -54,6 +54,8 @@ class TaskHealth:
     """Wall-clock time (epoch seconds) of the first failure of the current run of failures."""
     last_failure: float | None = None
     """Monotonic time of the latest restart after a failure (the healthy period counts from it), not shown."""
+    retry_in: float | None = None
+    """The backoff before the latest restart (seconds, with jitter)."""
     waiting: bool = False
     """Between a failure and its restart (the backoff), not shown."""
 
@@ -66,6 +68,7 @@ class TaskHealth:
             "consecutive_failures": self.consecutive_failures,
             "last_error": self.last_error,
             "failing_since": self.failing_since,
+            "retry_in": self.retry_in,
         }
 
 
@@ -93,25 +96,28 @@ class Supervisor:
     # ------------------------------------------------------------------ long-lived loops
     def loop(self, name: str, factory: LoopFactory, critical: bool = False) -> asyncio.Task[None]:
         """Run `factory()` until it returns, restarting it with backoff whenever it raises.
-        Cancelling the returned task stops the loop (and marks it stopped)."""
+        Cancelling the returned task stops the loop (and marks it stopped); `cancel_all` does."""
+        task = self._start(name, factory, critical)
+        self._track(task)
+        return task
+
+    def spawn(self, name: str, factory: LoopFactory) -> asyncio.Task[None]:
+        """A supervised loop critical to taking work (the committer, the scheduler), started for a
+        component that stops it itself (not by `cancel_all`): the `Spawn` handed to components."""
+        return self._start(name, factory, critical=True)
+
+    def spawn_optional(self, name: str, factory: LoopFactory) -> asyncio.Task[None]:
+        """`spawn` for a loop the engine takes work without (a sink worker): shown, not critical."""
+        return self._start(name, factory, critical=False)
+
+    def _start(self, name: str, factory: LoopFactory, critical: bool) -> asyncio.Task[None]:
         base, n = name, 1
         while name in self._health and self._health[name].state != "stopped":
             n += 1
             name = f"{base}#{n}"  # two sinks of one kind: two names
         health = self._health[name] = TaskHealth(name, critical)
         self._up(name, 1)
-        task = asyncio.create_task(self._supervise(health, factory), name=name)
-        self._track(task)
-        return task
-
-    def spawn(self, name: str, factory: LoopFactory) -> asyncio.Task[None]:
-        """`loop` for a task critical to taking work (the committer, the scheduler) — the `Spawn`
-        handed to components."""
-        return self.loop(name, factory, critical=True)
-
-    def spawn_optional(self, name: str, factory: LoopFactory) -> asyncio.Task[None]:
-        """`loop` for a task the engine takes work without (a sink worker): shown, not critical."""
-        return self.loop(name, factory, critical=False)
+        return asyncio.create_task(self._supervise(health, factory), name=name)
 
     async def _supervise(self, health: TaskHealth, factory: LoopFactory) -> None:
         backoff = self.backoff_min
@@ -136,7 +142,7 @@ class Supervisor:
                     health.last_error = describe(exc)
                     health.last_failure = now
                     health.state = "failing"
-                    delay = backoff * (0.8 + 0.4 * random.random())
+                    delay = health.retry_in = backoff * (0.8 + 0.4 * random.random())
                     log.error(
                         "background task failed; restarting",
                         task=health.name,
@@ -189,11 +195,12 @@ class Supervisor:
 
     @property
     def tasks(self) -> set[asyncio.Task[Any]]:
-        """Every task started here that has not ended yet."""
+        """Every task started by `loop` or `once` that has not ended yet."""
         return self._tasks
 
     async def cancel_all(self) -> None:
-        """Cancel every task started here and wait for them (an engine stop)."""
+        """Cancel every task started by `loop` or `once` and wait for them (an engine stop); loops
+        started with `spawn` are stopped by their components."""
         tasks = list(self._tasks)
         for t in tasks:
             t.cancel()

@@ -1,0 +1,191 @@
+"""Defect 7: background tasks are supervised. A reload that hits a bad file does not end job-file
+reloading; a loop that raises is logged, restarted with backoff and shown in /readyz and /metrics;
+a one-shot task's exception is retrieved (never asyncio's "Task exception was never retrieved")."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from jobwire.api.app import create_app
+from jobwire.config import Settings
+from jobwire.engine import Engine
+from jobwire.engine.supervisor import Supervisor
+from tests.support.waiting import eventually
+
+JOB = """
+jobs:
+  - name: {name}
+    target: {{type: local, command: ["true"]}}
+"""
+
+
+def write(path: Path, text: str | bytes) -> None:
+    """Write and move the mtime forward, so the reload loop sees a change even within one tick."""
+    data = text.encode() if isinstance(text, str) else text
+    before = path.stat().st_mtime_ns if path.exists() else 0
+    path.write_bytes(data)
+    os.utime(path, ns=(before + 2_000_000_000, before + 2_000_000_000))
+
+
+@pytest.fixture
+async def reloading(tmp_path: Path) -> AsyncIterator[tuple[Engine, Path]]:
+    jobs = tmp_path / "jobs.yaml"
+    write(jobs, JOB.format(name="first"))
+    eng = Engine(Settings(data_dir=tmp_path / "data", jobs=[jobs], reload=True))
+    eng.supervisor.backoff_min = 0.05
+    await eng.start()
+    yield eng, jobs
+    await eng.stop()
+
+
+def reload_task(engine: Engine) -> dict[str, Any]:
+    return next(t.as_dict() for t in engine.supervisor.health() if t.name == "jobwire-reload")
+
+
+async def test_reload_survives_a_nul_byte_file_and_reloads_the_next_good_change(
+    reloading: tuple[Engine, Path],
+) -> None:
+    engine, jobs = reloading
+    assert "first" in engine.jobs
+    write(jobs, JOB.format(name="second").encode() + b"\0")  # a NUL byte: the reported crash
+    # either the loader refuses it (JobFileError: definitions kept) or the reload raises and the
+    # supervisor restarts the loop; both must keep reloading
+    await eventually(
+        lambda: engine._file_mtimes.get(jobs) == jobs.stat().st_mtime, 10, "the bad file to be read"
+    )
+    write(jobs, JOB.format(name="third"))
+    await eventually(lambda: "third" in engine.jobs, 15, "the good change after the bad file to be loaded")
+    assert reload_task(engine)["state"] in ("running", "failing")
+    assert not [t for t in engine.supervisor.tasks if t.done() and not t.cancelled() and t.exception()]
+
+
+async def test_reload_loop_that_raises_is_restarted_and_reloads_the_next_change(
+    reloading: tuple[Engine, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, jobs = reloading
+    real = engine.reload_files
+    calls = 0
+
+    async def explode_once() -> list[str]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("embedded null byte")  # what a NUL byte raised before the loader caught it
+        return await real()
+
+    monkeypatch.setattr(engine, "reload_files", explode_once)
+    write(jobs, JOB.format(name="second"))
+    health = await eventually(
+        lambda: (h := reload_task(engine))["last_error"] and h, 10, "the reload failure to be recorded"
+    )
+    assert health["last_error"] == "ValueError: embedded null byte"
+    assert health["critical"] is False
+    assert "second" not in engine.jobs
+    write(jobs, JOB.format(name="third"))
+    await eventually(lambda: "third" in engine.jobs, 15, "the loop to be restarted and reload the change")
+    assert reload_task(engine)["restarts"] >= 1
+    # not critical: the engine still takes work
+    assert engine.health()["ready"] is True
+
+
+async def test_a_failing_critical_loop_is_restarted_with_backoff_and_shown_in_readyz_and_metrics(
+    tmp_path: Path,
+) -> None:
+    engine = Engine(Settings(data_dir=tmp_path / "data"))
+    engine.supervisor.backoff_min = 0.05
+    engine.supervisor.healthy_after = 0.5
+    await engine.start()
+    started: list[float] = []
+    fail_for = 3
+    try:
+
+        async def flaky() -> None:
+            health = [t for t in engine.supervisor.health() if t.name == "jobwire-test-flaky"]
+            started.append(health[0].retry_in or 0.0 if health else 0.0)
+            if len(started) <= fail_for:
+                raise RuntimeError(f"boom {len(started)}")
+            await asyncio.Event().wait()  # then healthy for good
+
+        engine.supervisor.loop("jobwire-test-flaky", flaky, critical=True)
+        app = create_app(engine)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            r = await c.get("/readyz")
+            while r.status_code == 200 and len(started) <= fail_for:
+                await asyncio.sleep(0.01)
+                r = await c.get("/readyz")
+            if len(started) <= fail_for:
+                assert r.status_code == 503, r.text
+                body = r.json()
+                assert body["status"] == "not ready"
+                assert any("jobwire-test-flaky" in p and "RuntimeError: boom" in p for p in body["problems"])
+                flaky_state = next(t for t in body["tasks"] if t["task"] == "jobwire-test-flaky")
+                assert flaky_state["state"] == "failing" and flaky_state["critical"] is True
+            # restarted until it runs, with growing delays (the backoff before each restart)
+            await eventually(lambda: len(started) > fail_for, 10, "the loop to be restarted")
+            delays = started[1:]
+            assert delays == sorted(delays) and delays[-1] > delays[0], f"backoff grows: {delays}"
+            metrics = (await c.get("/api/v1/metrics")).text
+            assert f'jobwire_task_restarts_total{{task="jobwire-test-flaky"}} {float(fail_for)}' in metrics
+            assert 'jobwire_task_up{task="jobwire-test-flaky"} 1.0' in metrics
+            assert 'jobwire_task_up{task="jobwire-committer"} 1.0' in metrics
+            # healthy for `healthy_after` seconds: ready again, the details still in the body
+            r = await eventually(
+                lambda: _ready(c), 10, "readyz to be ready once the loop has run healthy for a while"
+            )
+            flaky_state = next(t for t in r["tasks"] if t["task"] == "jobwire-test-flaky")
+            assert flaky_state == {**flaky_state, "state": "running", "restarts": fail_for}
+    finally:
+        await engine.stop()
+
+
+async def _ready(c: httpx.AsyncClient) -> dict[str, Any] | None:
+    r = await c.get("/readyz")
+    return r.json() if r.status_code == 200 else None
+
+
+async def test_one_shot_task_exceptions_are_retrieved_and_logged() -> None:
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, ctx: unretrieved.append(ctx))
+    sup = Supervisor()
+
+    async def boom() -> None:
+        raise RuntimeError("one-shot failure")
+
+    task = sup.once(boom(), "jobwire-test-once")
+    await asyncio.wait([task])
+    del task
+    gc.collect()
+    assert not unretrieved, unretrieved
+
+
+def test_restart_backoff_grows_and_is_capped() -> None:
+    async def main() -> list[float]:
+        sup = Supervisor(backoff_min=0.01, backoff_max=0.04, healthy_after=60)
+        delays: list[float] = []
+
+        async def fail() -> None:
+            retry_in = sup.health()[0].retry_in
+            if retry_in is not None:
+                delays.append(retry_in)
+            if len(delays) >= 5:
+                return  # a loop that returns is done
+            raise OSError("database or disk is full")
+
+        task = sup.loop("jobwire-test-cap", fail)
+        await asyncio.wait_for(task, 5)
+        (h,) = sup.health()
+        assert h.state == "stopped" and h.restarts == 5 and h.last_error == "OSError: database or disk is full"
+        return delays
+
+    delays = asyncio.run(main())
+    nominal = [0.01, 0.02, 0.04, 0.04, 0.04]  # doubled each time, capped at backoff_max
+    assert all(n * 0.8 <= d <= n * 1.2 for n, d in zip(nominal, delays, strict=True)), delays
