@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_WORKERS ?= 2
 
-.PHONY: install run test lint services bench soak clean lock
+.PHONY: install run test lint services bench soak chaos clean lock
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "jobwire needs Python >= 3.11 (set PY=python3.11)")'
@@ -34,6 +34,10 @@ test: install services lint
 
 bench: install
 	$(BIN)/python -m bench
+
+# kill -9 rounds under keyed trigger load and the full-disk case, figures in a table (~minutes; not in `make test`)
+chaos: install
+	$(BIN)/python -m bench.chaos
 
 lock:
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^jobwire' > requirements.lock
