@@ -189,3 +189,32 @@ def test_restart_backoff_grows_and_is_capped() -> None:
     delays = asyncio.run(main())
     nominal = [0.01, 0.02, 0.04, 0.04, 0.04]  # doubled each time, capped at backoff_max
     assert all(n * 0.8 <= d <= n * 1.2 for n, d in zip(nominal, delays, strict=True)), delays
+
+
+async def test_a_targets_own_failing_task_is_shown_but_not_critical(tmp_path: Path) -> None:
+    from jobwire.targets.base import Target
+
+    class Watching(Target):
+        kind = "watching"
+
+        async def execute(self, ctx: Any) -> Any:
+            raise NotImplementedError
+
+        def health(self) -> dict[str, str | None]:
+            return {"jobwire-watch-x": "ConnectError: connection refused", "jobwire-cleanup-x": None}
+
+    engine = Engine(Settings(data_dir=tmp_path / "data"))
+    engine.targets["watching"] = Watching(engine.settings)
+    await engine.start()
+    try:
+        app = create_app(engine)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            r = await c.get("/readyz")
+        assert r.status_code == 200, r.text
+        tasks = {t["task"]: t for t in r.json()["tasks"]}
+        assert tasks["jobwire-watch-x"]["state"] == "failing"
+        assert tasks["jobwire-watch-x"]["last_error"] == "ConnectError: connection refused"
+        assert tasks["jobwire-cleanup-x"]["state"] == "running"
+        assert tasks["jobwire-committer"]["critical"] is True
+    finally:
+        await engine.stop()

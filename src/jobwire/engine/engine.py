@@ -250,12 +250,14 @@ class Engine:
             problems.append(f"store writes are failing: {store['last_error']}")
         if not self.ready:
             problems.insert(0, "stopping" if self._stopping else "starting")
-        return {
-            "ready": not problems,
-            "problems": problems,
-            "tasks": [t.as_dict() for t in tasks],
-            "store": store,
-        }
+        states = [t.as_dict() for t in tasks]
+        for target in self.targets.values():  # its own watches and cleanup loops, retrying on their own
+            for name, error in target.health().items():
+                states.append(
+                    {"task": name, "critical": False, "state": "failing" if error else "running", "restarts": 0}
+                    | {"consecutive_failures": 0, "last_error": error, "failing_since": None, "retry_in": None}
+                )
+        return {"ready": not problems, "problems": problems, "tasks": states, "store": store}
 
     def _time_job(self, name: str) -> tuple[Job, bool] | None:
         stored = self.jobs.get(name)

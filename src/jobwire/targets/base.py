@@ -101,6 +101,12 @@ class Target(ABC):
     async def close(self) -> None:
         """Release connections; called once at shutdown."""
 
+    def health(self) -> dict[str, str | None]:
+        """This target's own background tasks (watches, cleanup loops), each retrying on its own:
+        task name → its latest error while it is failing, None while it is healthy. Shown in
+        `/readyz`, never critical (runs on other targets go on)."""
+        return {}
+
     @abstractmethod
     async def execute(self, ctx: RunContext) -> Outcome:
         """Run one attempt to its end. Cancellation of the task means: stop watching and, unless

@@ -76,6 +76,7 @@ class KubernetesJobTarget(Target):
         self._registry: CollectorRegistry | None = None
         self._cleanup: Cleanup | None = None
         self._cleanup_task: asyncio.Task[None] | None = None
+        self._cleanup_error: str | None = None
 
     # ------------------------------------------------------------------ wiring
     def bind(
@@ -121,6 +122,16 @@ class KubernetesJobTarget(Target):
         if self._kube is not None:
             await self._kube.close()
             self._kube = None
+
+    def health(self) -> dict[str, str | None]:
+        """The namespace watches and the cleanup loop (each retries on its own, with backoff)."""
+        out: dict[str, str | None] = {
+            f"jobwire-kube-watch-{w.what}-{w.namespace}": w.last_error
+            for w in [*self._job_watches.values(), *self._pod_watches.values()]
+        }
+        if self._cleanup_task is not None:
+            out["jobwire-kube-cleanup"] = self._cleanup_error
+        return out
 
     def _connect(self) -> Kube:
         if self._kube is None:
@@ -479,9 +490,11 @@ class KubernetesJobTarget(Target):
         while True:
             try:
                 await self.sweep()
+                self._cleanup_error = None
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
+                self._cleanup_error = f"{type(exc).__name__}: {str(exc)[:200]}"
                 log.exception("kubernetes cleanup sweep failed")
             await asyncio.sleep(interval)
 

@@ -80,6 +80,8 @@ class NamespaceWatch:
         # counters, for tests and metrics
         self.lists = 0
         self.reconnects = 0
+        self.last_error: str | None = None
+        """Why the watch is down (None while it lists and watches): shown in `/readyz`."""
         self.expired = 0
         self.events = 0
 
@@ -134,11 +136,14 @@ class NamespaceWatch:
                     data: dict[str, Any] = obj.to_dict()
                     self.resource_version = (data.get("metadata") or {}).get("resourceVersion")
                     self._apply(ev_type, data)
+                    self.last_error = None
                 # the iterator only ends if the client gave up: start again from where we are
             except asyncio.CancelledError:
                 raise
             except httpx2.HTTPError as exc:
                 code = api_code(exc)
+                if code != 410:
+                    self.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
                 if code == 410:
                     self.expired += 1
                     log.info("kubernetes watch expired, re-listing", what=self.what, namespace=self.namespace)
@@ -163,8 +168,9 @@ class NamespaceWatch:
                         error=f"{type(exc).__name__}: {str(exc)[:200]}",
                         resource_version=self.resource_version,
                     )
-            except Exception:
+            except Exception as exc:
                 self.reconnects += 1
+                self.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
                 log.exception("kubernetes watch failed", what=self.what, namespace=self.namespace)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
@@ -184,6 +190,7 @@ class NamespaceWatch:
                 self._apply("MODIFIED", obj)
         self.resource_version = rv
         self.synced.set()
+        self.last_error = None
 
     def _apply(self, ev_type: str, obj: dict[str, Any]) -> None:
         self.events += 1
