@@ -3,11 +3,16 @@
     Jobwire-Signature: t=1767225600,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd
     Jobwire-Delivery:  <unique id of this delivery>
 
-The signed message is `f"{t}."` followed by the raw body, so a signature covers the exact bytes
-sent and the time they were sent. A receiver rejects a timestamp further than `tolerance` from its
-own clock (replay of an old delivery) and may remember delivery ids for a while (`ReplayGuard`)
-to reject a replay inside the tolerance window. Several `v1=` entries may be present, so a sender
-can sign with the old and the new secret while a secret is rotated.
+The signed message is `f"{delivery}.{t}."` followed by the raw body (the Standard Webhooks
+order: id, timestamp, payload), so a signature covers the exact bytes sent, the time they were sent
+and the delivery id. The delivery id is what a receiver dedupes on (jobwire derives the run key from
+it), so it must be signed: were it not, a captured body and signature could be replayed with a fresh
+id as a new delivery. A receiver rejects a timestamp further than `tolerance` from its own clock
+(replay of an old delivery) and dedupes on the authenticated delivery id. Several `v1=` entries may
+be present, so a sender can sign with the old and the new secret while a secret is rotated.
+
+A delivery id is 1-255 characters of `A-Z a-z 0-9 _ - : + / =` (no `.`, which separates the parts
+of the signed message and would otherwise make two different (id, timestamp) pairs sign alike).
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ SIGNATURE_HEADER = "Jobwire-Signature"
 DELIVERY_HEADER = "Jobwire-Delivery"
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_DELIVERY = re.compile(r"^[A-Za-z0-9_\-:+/=]{1,255}$")
+SIGNED_CONTENT = "<delivery id>.<timestamp>.<raw body>"
+"""What a sender signs (HMAC-SHA256 with the shared secret, hex digest), for messages and docs."""
 
 
 class SignatureError(Exception):
@@ -33,14 +41,32 @@ class SignatureError(Exception):
         self.detail = detail
 
 
-def _digest(secret: bytes, body: bytes, timestamp: int) -> str:
+def _digest(secret: bytes, body: bytes, timestamp: int, delivery: str) -> str:
+    return hmac.new(secret, f"{delivery}.{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def _legacy_digest(secret: bytes, body: bytes, timestamp: int) -> str:
+    """The scheme before the delivery id was signed: only to say so when a sender still uses it."""
     return hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
 
 
-def sign(secret: bytes, body: bytes, timestamp: int, *more_secrets: bytes) -> str:
-    """`t=<timestamp>,v1=<hex>` (one `v1` per secret: pass the old one too while rotating)."""
+def check_delivery(delivery: str | None) -> str:
+    """The delivery id if it is well-formed; SignatureError("missing"/"malformed") otherwise."""
+    if delivery is None or not delivery.strip():
+        raise SignatureError("missing", f"no {DELIVERY_HEADER} header (a unique id per delivery, signed)")
+    if not _DELIVERY.match(delivery):
+        raise SignatureError(
+            "malformed", f"{DELIVERY_HEADER} must be 1-255 characters of A-Z a-z 0-9 _ - : + / ="
+        )
+    return delivery
+
+
+def sign(secret: bytes, body: bytes, timestamp: int, *more_secrets: bytes, delivery: str) -> str:
+    """`t=<timestamp>,v1=<hex>` over `<delivery>.<timestamp>.<body>` (one `v1` per secret: pass
+    the old one too while rotating)."""
+    check_delivery(delivery)
     parts = [f"t={int(timestamp)}"]
-    parts += [f"v1={_digest(s, body, int(timestamp))}" for s in (secret, *more_secrets)]
+    parts += [f"v1={_digest(s, body, int(timestamp), delivery)}" for s in (secret, *more_secrets)]
     return ",".join(parts)
 
 
@@ -48,14 +74,9 @@ def _seconds(value: float | timedelta) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
-def verify(
-    secret: bytes, body: bytes, header: str | None, now: float, tolerance: float | timedelta = 300
-) -> None:
-    """Check `header` (the Jobwire-Signature value) for `body`; raise SignatureError if it fails.
-
-    Signatures are compared in constant time; any one matching `v1` entry suffices. The
-    timestamp is checked after the signature, so "stale" means "authentic but too old/new".
-    """
+def parse_header(header: str | None) -> tuple[int, list[str]]:
+    """(timestamp, candidate signatures) of a Jobwire-Signature value; SignatureError if it is
+    missing or malformed. Cheap: callers check it before reading a body."""
     if header is None or not header.strip():
         raise SignatureError("missing", f"no {SIGNATURE_HEADER} header")
     timestamp: int | None = None
@@ -75,12 +96,41 @@ def verify(
         # other schemes (v0, v2, ...) are ignored, as Stripe does
     if timestamp is None or not candidates:
         raise SignatureError("malformed", "expected t=<timestamp> and at least one v1=<hex signature>")
-    expected = _digest(secret, body, timestamp).encode()
+    return timestamp, candidates
+
+
+def _matches(expected: str, candidates: list[str]) -> bool:
     matched = False
     for candidate in candidates:  # no early exit: time does not depend on which entry matches
-        matched |= hmac.compare_digest(expected, candidate.encode())
-    if not matched:
-        raise SignatureError("mismatch", "no v1 signature matches the body and secret")
+        matched |= hmac.compare_digest(expected.encode(), candidate.encode())
+    return matched
+
+
+def verify(
+    secret: bytes,
+    body: bytes,
+    header: str | None,
+    now: float,
+    tolerance: float | timedelta = 300,
+    *,
+    delivery: str | None,
+) -> None:
+    """Check `header` (the Jobwire-Signature value) for `body` and the `delivery` id (the
+    Jobwire-Delivery value); raise SignatureError if it fails.
+
+    Signatures are compared in constant time; any one matching `v1` entry suffices. The
+    timestamp is checked after the signature, so "stale" means "authentic but too old/new".
+    """
+    timestamp, candidates = parse_header(header)
+    delivery = check_delivery(delivery)
+    if not _matches(_digest(secret, body, timestamp, delivery), candidates):
+        if _matches(_legacy_digest(secret, body, timestamp), candidates):
+            raise SignatureError(
+                "mismatch",
+                "signed without the delivery id; jobwire verifies HMAC-SHA256 over "
+                f"{SIGNED_CONTENT} (see docs/api.md, webhooks)",
+            )
+        raise SignatureError("mismatch", f"no v1 signature matches HMAC-SHA256 over {SIGNED_CONTENT}")
     if abs(now - timestamp) > _seconds(tolerance):
         raise SignatureError("stale", f"timestamp {timestamp} is more than {_seconds(tolerance):g}s from now")
 

@@ -69,10 +69,10 @@ async def test_webhook_delivers_a_verifiable_signed_document(server: RecordingSe
     assert req.method == "POST"
     assert req.headers["content-type"] == "application/json"
     assert req.headers[DELIVERY_HEADER.lower()] == f"{d.run_id}:1:finished"
-    verify(SECRET.encode(), req.body, req.headers[SIGNATURE_HEADER.lower()], time.time(), 60)
+    verify(SECRET.encode(), req.body, req.headers[SIGNATURE_HEADER.lower()], time.time(), 60, delivery=req.headers[DELIVERY_HEADER.lower()])
     assert StatusDocument.model_validate_json(req.body) == d
     with pytest.raises(SignatureError):
-        verify(b"wrong", req.body, req.headers[SIGNATURE_HEADER.lower()], time.time(), 60)
+        verify(b"wrong", req.body, req.headers[SIGNATURE_HEADER.lower()], time.time(), 60, delivery=req.headers[DELIVERY_HEADER.lower()])
 
 
 async def test_webhook_secret_from_env(server: RecordingServer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,7 +83,7 @@ async def test_webhook_secret_from_env(server: RecordingServer, monkeypatch: pyt
     finally:
         await sink.close()
     (req,) = server.requests
-    verify(SECRET.encode(), req.body, req.headers[SIGNATURE_HEADER.lower()], time.time(), 60)
+    verify(SECRET.encode(), req.body, req.headers[SIGNATURE_HEADER.lower()], time.time(), 60, delivery=req.headers[DELIVERY_HEADER.lower()])
 
 
 async def test_webhook_missing_secret_env_fails_at_start(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -387,7 +387,7 @@ async def test_webhook_signatures(engine: Engine, monkeypatch: pytest.MonkeyPatc
     now = int(time.time())
 
     def headers(ts: int, delivery: str, secret: bytes = b"s3cret") -> dict[str, str]:
-        return {SIGNATURE_HEADER: sign(secret, body, ts), DELIVERY_HEADER: delivery}
+        return {SIGNATURE_HEADER: sign(secret, body, ts, delivery=delivery), DELIVERY_HEADER: delivery}
 
     adm = await engine.webhook("hook", None, body, headers(now, "d-1"))
     assert adm.run and adm.run.params == {"ref": "dev"}

@@ -91,7 +91,7 @@ async def test_webhook_sink_gets_every_state_signed(tmp_path: Path, server: Flak
         assert docs[-1]["name"] == "j" and docs[-1]["environment"] == "test"
         assert set(docs[-1]["status"]) == {"active", "completionTime", "startTime", "failed", "succeeded"}
         for r in hooks:
-            verify(b"sink-secret", r.body, r.headers[SIGNATURE_HEADER.lower()], time.time(), 300)
+            verify(b"sink-secret", r.body, r.headers[SIGNATURE_HEADER.lower()], time.time(), 300, delivery=r.headers[DELIVERY_HEADER.lower()])
             assert r.headers[DELIVERY_HEADER.lower()].startswith(adm.run.id)
         assert "sink-secret" not in json.dumps(eng.settings.masked())
     finally:

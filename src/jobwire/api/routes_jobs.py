@@ -188,17 +188,21 @@ async def trigger_run(
 
 
 _WEBHOOK_DOC = (
-    "Authenticated by its HMAC-SHA256 signature (the trigger's secret), not by a bearer token. "
-    "The raw body is the event payload."
+    "Authenticated by its HMAC-SHA256 signature (the trigger's secret), not by a bearer token: "
+    "`Jobwire-Signature: t=<unix seconds>,v1=<hex>` over `<Jobwire-Delivery>.<t>.<raw body>`; "
+    "`Jobwire-Delivery` is a unique id per delivery (1-255 of `A-Za-z0-9_-:+/=`), and a repeated "
+    "one is answered 409. The raw body is the event payload."
 )
 
 
 async def _webhook(
     engine: Engine, name: str, trigger_id: str | None, request: Request, response: Response
 ) -> Run:
-    body = await request.body()
     headers = {k.lower(): v for k, v in request.headers.items()}
-    admission = await engine.webhook(name, trigger_id, body, headers)
+    # Refuse an unsigned or unknown delivery before reading its body (a large body costs memory).
+    checked = engine.webhook_precheck(name, trigger_id, headers)
+    body = await request.body()
+    admission = await engine.webhook(name, trigger_id, body, headers, checked)
     return await admission_response(engine, admission, response)
 
 

@@ -12,7 +12,6 @@ import gc
 import hashlib
 import hmac
 import json
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -36,6 +35,7 @@ from jobwire.engine.scheduler import TimeScheduler, missed_fires
 from jobwire.engine.secret import load_secret
 from jobwire.engine.status import StatusHub, document
 from jobwire.engine.supervisor import Supervisor
+from jobwire.engine.webhooks import Delivery, WebhookRefused, precheck, verify_body
 from jobwire.jobfile import JobFileError, load_path
 from jobwire.model import (
     Admission,
@@ -48,14 +48,13 @@ from jobwire.model import (
     RunState,
     StatusDocument,
     Transition,
-    WebhookTrigger,
     event_run_key,
     run_id_for,
     time_run_key,
     utcnow,
 )
 from jobwire.params import ParamError, mask_params, resolve_params
-from jobwire.signing import DELIVERY_HEADER, SIGNATURE_HEADER, ReplayGuard, SignatureError, verify
+from jobwire.signing import ReplayGuard
 from jobwire.sinks import build_sinks
 from jobwire.store import Intake, PruneRule, Recorded, Store, StoredJob, open_store
 from jobwire.targets import build_targets
@@ -99,6 +98,9 @@ class Forbidden(EngineError):
 class Unavailable(EngineError):
     status = 503
     reason = "ShuttingDown"
+
+
+_WEBHOOK_ERRORS: dict[int, type[EngineError]] = {403: Forbidden, 404: JobNotFound}
 
 
 MANUAL_SOURCES = ("api", "rerun")
@@ -567,57 +569,49 @@ class Engine:
             adm.run = await self.store.get_run(adm.event.run_id)
         return adm
 
-    async def webhook(
-        self, job: str, trigger_id: str | None, body: bytes, headers: dict[str, str]
-    ) -> Admission:
-        """Verify the HMAC signature, timestamp and delivery id, then submit."""
-        stored = self.get_job(job)
-        hooks = [
-            (tid, t)
-            for tid, t in zip(stored.job.trigger_ids(), stored.job.triggers, strict=True)
-            if isinstance(t, WebhookTrigger) and (trigger_id is None or tid == trigger_id)
-        ]
-        if not hooks:
-            raise JobNotFound(
-                f"job {job!r} has no webhook trigger" + (f" {trigger_id!r}" if trigger_id else "")
-            )
-        if len(hooks) > 1:
-            raise EngineError(f"job {job!r} has several webhook triggers; POST to /webhook/<trigger id>")
-        tid, trig = hooks[0]
-        h = {k.lower(): v for k, v in headers.items()}
-        secret = trig.secret or os.environ.get(trig.secret_env or "", "")
-        if not secret:
-            raise Forbidden(f"webhook secret not configured: set the environment variable {trig.secret_env}")
+    def webhook_precheck(self, job: str, trigger_id: str | None, headers: dict[str, str]) -> Delivery:
+        """What can be refused before the body is read: an unknown job or trigger, an unset
+        secret, a missing or malformed signature header or delivery id."""
         try:
-            verify(
-                secret.encode(),
-                body,
-                h.get(SIGNATURE_HEADER.lower()),
-                time.time(),
-                trig.tolerance.total_seconds(),
-            )
-        except SignatureError as exc:
-            raise Forbidden(f"webhook signature rejected: {exc.reason}") from None
-        delivery = h.get(DELIVERY_HEADER.lower())
-        if not delivery:
-            raise EngineError(f"missing {DELIVERY_HEADER} header (a unique id per delivery)")
-        replayed = self.replay_guard.seen(f"{job}/{tid}/{delivery}", time.time())
+            return precheck(self.get_job(job).job, trigger_id, headers)
+        except WebhookRefused as exc:
+            raise _WEBHOOK_ERRORS.get(exc.status, EngineError)(str(exc)) from None
+
+    async def webhook(
+        self,
+        job: str,
+        trigger_id: str | None,
+        body: bytes,
+        headers: dict[str, str],
+        checked: Delivery | None = None,
+    ) -> Admission:
+        """Verify the HMAC signature over delivery id, timestamp and body, then submit. The run
+        key comes from the (signed) delivery id: a replayed delivery is a recorded duplicate (409)."""
+        d = checked or self.webhook_precheck(job, trigger_id, headers)
+        try:
+            verify_body(d, body)
+        except WebhookRefused as exc:
+            raise Forbidden(str(exc)) from None
+        replayed = self.replay_guard.seen(f"{job}/{d.trigger_id}/{d.delivery}", time.time())
         try:
             payload: Any = json.loads(body) if body else None
         except ValueError:
             payload = body.decode("utf-8", "replace")
+        except RecursionError:
+            raise EngineError("the webhook body is nested too deeply") from None
         adm = await self.submit(
-            Incoming(job=job, trigger=tid, source="webhook", payload=payload, event_key=delivery)
+            Incoming(job=job, trigger=d.trigger_id, source="webhook", payload=payload, event_key=d.delivery)
         )
         if replayed or adm.event.outcome == EventOutcome.duplicate:
             raise Conflict(
-                f"delivery {delivery!r} was already received (event {adm.event.id} recorded as duplicate)"
+                f"delivery {d.delivery!r} was already received (event {adm.event.id} recorded as duplicate)"
             )
         return adm
 
     # ------------------------------------------------------------------ runs
     def publish(self, run: Run, block: Any = None) -> None:
         if not self.hub.listening:
+            self.hub.skip()
             return
         stored = self.jobs.get(run.job)
         self.hub.publish(document(run, stored.job if stored else None, block))

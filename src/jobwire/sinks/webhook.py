@@ -2,8 +2,9 @@
 
 Headers: `Content-Type: application/json`, `Jobwire-Delivery: <run_id>:<attempt>:<action>` (the
 same for every retry of one document, so a receiver can dedupe), and `Jobwire-Signature:
-t=<unix time>,v1=<hex hmac>` when a secret is configured. Anything but a 2xx, or a network
-error, raises: the engine retries with backoff up to `max_attempts`.
+t=<unix time>,v1=<hex hmac>` when a secret is configured: HMAC-SHA256 over
+`<delivery>.<t>.<body>`, so the delivery id a receiver dedupes on is authenticated too. Anything
+but a 2xx, or a network error, raises: the engine retries with backoff up to `max_attempts`.
 """
 
 from __future__ import annotations
@@ -79,9 +80,11 @@ class WebhookSink(Sink):
             self._client = None
 
     def headers(self, body: bytes, doc: StatusDocument, now: int | None = None) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", DELIVERY_HEADER: delivery_id(doc)}
+        delivery = delivery_id(doc)
+        headers = {"Content-Type": "application/json", DELIVERY_HEADER: delivery}
         if self._secret is not None:
-            headers[SIGNATURE_HEADER] = sign(self._secret, body, int(time.time()) if now is None else now)
+            ts = int(time.time()) if now is None else now
+            headers[SIGNATURE_HEADER] = sign(self._secret, body, ts, delivery=delivery)
         return headers
 
     async def publish(self, doc: StatusDocument) -> None:
