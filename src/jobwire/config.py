@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     """Reload job files when they change (development)."""
     access_log: bool = False
     """One log line per API request; off by default — runs and events are already recorded."""
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=1 << 30)
+    """Largest request body the API reads (1 MiB): trigger parameters, webhook payloads and job
+    definitions are small; a larger body is answered 413 before it is read, not buffered."""
     kube_namespace: str = Field(default_factory=lambda: _plain_env("NAMESPACE", "default"))
     """Namespace of `kubernetes` jobs that name none. `JOBWIRE_KUBE_NAMESPACE` or the config file;
     otherwise seed 000's plain `NAMESPACE` variable; otherwise `default`."""

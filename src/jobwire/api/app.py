@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from jobwire.api import routes_events, routes_jobs, routes_runs, routes_system
 from jobwire.api.auth import READ, Authenticator
 from jobwire.api.fastpath import TriggerFastPath, engine_error_json
+from jobwire.api.limits import BodyLimit
 from jobwire.api.schemas import ApiError, ErrorDetail, error_body
 from jobwire.engine import Engine, EngineError
 from jobwire.jobfile import JobFileError
@@ -154,6 +155,7 @@ def create_app(engine: Engine, *, heartbeat: float = 15.0) -> FastAPI:
     app.state.heartbeat = heartbeat
     _install_error_handlers(app)
     app.add_middleware(TriggerFastPath, engine=engine, auth=auth)
+    app.add_middleware(BodyLimit, max_bytes=engine.settings.max_body_bytes)  # outermost: added last
 
     for module in (routes_jobs, routes_runs, routes_events, routes_system):
         app.include_router(module.router, prefix=PREFIX)

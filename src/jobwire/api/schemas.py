@@ -90,6 +90,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (403, "The token lacks the scope this endpoint needs"),
         (404, "Not found"),
         (409, "Conflict with the current state"),
+        (413, "The request body is larger than JOBWIRE_MAX_BODY_BYTES"),
         (422, "Invalid request: `details` names each field and what was expected"),
     )
 }
