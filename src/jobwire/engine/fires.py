@@ -57,7 +57,10 @@ class PendingFires:
         self._since: dict[Key, datetime] = {}
         """Triggers beyond the bound: the earliest fire time not recorded."""
         self._count = 0
-        self._wake = asyncio.Event()
+        self._work = asyncio.Event()
+        """Set by `add`: there is something to retry (wakes an idle loop, never shortens a backoff)."""
+        self._now = asyncio.Event()
+        """Set by `wake`: the store took a write elsewhere, retry without waiting out the backoff."""
         self.recorded = 0
         """Fires recorded by a retry (for tests and the chaos run)."""
         self.given_up = 0
@@ -108,12 +111,12 @@ class PendingFires:
                 times.add(inc.scheduled_at)
                 self._count += 1
         self._set_gauge()
-        self._wake.set()
+        self._work.set()
 
     def wake(self) -> None:
         """The store took a write: retry now instead of at the end of the backoff."""
         if self:
-            self._wake.set()
+            self._now.set()
 
     # ------------------------------------------------------------------ policy
     def _due(self, now: datetime) -> list[Incoming]:
@@ -156,14 +159,14 @@ class PendingFires:
         backoff = self.backoff_min
         while True:
             if not self:
-                self._wake.clear()
-                await self._wake.wait()
+                self._work.clear()
+                await self._work.wait()
                 backoff = self.backoff_min
-            self._wake.clear()
+            self._now.clear()
             delay = backoff * (0.8 + 0.4 * random.random())
             try:
                 async with asyncio.timeout(delay):
-                    await self._wake.wait()  # a successful write elsewhere: try now
+                    await self._now.wait()  # a successful write elsewhere: try now
             except TimeoutError:
                 pass
             due = self._due(utcnow())
@@ -177,17 +180,11 @@ class PendingFires:
             failed = [inc for inc, res in zip(due, results, strict=True) if isinstance(res, BaseException)]
             self.recorded += len(due) - len(failed)
             if failed:
-                self._keep_failed(failed)
+                self.add(failed)
                 backoff = min(backoff * 2, self.backoff_max)
             else:
                 log.info("unrecorded time-trigger fires recorded", count=len(due))
                 backoff = self.backoff_min
-
-    def _keep_failed(self, failed: list[Incoming]) -> None:
-        before = self._wake.is_set()
-        self.add(failed)
-        if not before:
-            self._wake.clear()  # our own re-adding is no reason to retry before the backoff
 
 
 def _apply_policy(times: list[datetime], job: Job, now: datetime) -> list[datetime]:
