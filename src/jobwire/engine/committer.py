@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from jobwire.engine.metrics import Metrics
-from jobwire.engine.supervisor import Spawn
+from jobwire.engine.supervisor import Spawn, describe
 from jobwire.model import Run
 from jobwire.store import Intake, Recorded, Store
 
@@ -59,7 +59,7 @@ class Committer:
         if self.failing_since is None:
             self.failing_since = time.time()
         self.consecutive_failures += 1
-        self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        self.last_error = describe(exc)
         self._metrics.store_write_failures.inc()
         self._metrics.store_write_failing.set(1)
 

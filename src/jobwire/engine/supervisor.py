@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -72,9 +73,14 @@ class TaskHealth:
         }
 
 
+_URL_CREDENTIALS = re.compile(r"(\w+://)[^/@\s]+@")
+
+
 def describe(exc: BaseException) -> str:
-    """One line for logs and `/readyz`: the exception type and its message, cut at 300 chars."""
+    """One line for logs and `/readyz` (which is open): the exception type and its message, cut at
+    300 chars, with any `user:password@` of a URL masked."""
     text = str(exc).splitlines()[0] if str(exc) else ""
+    text = _URL_CREDENTIALS.sub(r"\1***@", text)
     return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
 
 
