@@ -220,8 +220,16 @@ class FakeEngine(Engine):
         event = Event(id=run.event_id, job=job, trigger="api", source="api", received_at=NOW, run_id=run.id)
         return Admission(event=event, run=run)
 
+    def webhook_precheck(self, job: str, trigger_id: str | None, headers: dict[str, str]) -> Any:
+        return None  # the fake checks the whole delivery in `webhook`
+
     async def webhook(
-        self, job: str, trigger_id: str | None, body: bytes, headers: dict[str, str]
+        self,
+        job: str,
+        trigger_id: str | None,
+        body: bytes,
+        headers: dict[str, str],
+        checked: Any = None,
     ) -> Admission:
         self.calls.append(("webhook", (job, trigger_id, body, headers)))
         if headers.get("x-jobwire-signature") != "good":

@@ -86,6 +86,7 @@ def error_body(
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in (
+        (400, "Malformed request: the body is not valid JSON, or a header is malformed"),
         (401, "No or unknown bearer token"),
         (403, "The token lacks the scope this endpoint needs"),
         (404, "Not found"),
