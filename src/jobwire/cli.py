@@ -378,6 +378,7 @@ def check(
     as_json: JsonOpt = False,
 ) -> None:
     """Validate job files offline: every error as `file:line: path: message`; exit 1 if any."""
+    from jobwire.api.schemas import mask_job
     from jobwire.jobfile import check_paths
 
     jobs, errors = check_paths(paths)
@@ -386,7 +387,7 @@ def check(
         emit_json(
             {
                 "ok": not errors,
-                "jobs": [j.model_dump(mode="json") for j in job_list],
+                "jobs": [mask_job(j) for j in job_list],
                 "errors": [
                     {"source": str(e.source), "line": e.line, "path": e.path, "message": e.message}
                     for e in errors
@@ -405,7 +406,7 @@ def check(
     table.add_column("triggers", no_wrap=True)
     table.add_column("target", overflow="fold")
     for job in job_list:
-        data = job.model_dump(mode="json")
+        data = mask_job(job)  # a password in a URL, a webhook secret: shown as ****
         triggers = [trigger_summary(t) for t in data["triggers"]]
         table.add_row(job.name, "\n".join(triggers) or "-", target_summary(data["target"]))
     out.print(table)

@@ -2,7 +2,14 @@
 
 Standard-library loggers (uvicorn, asyncio, libraries) go through the same processors, so the
 whole process has one format and one masking rule: the value of any key whose name contains
-token, secret, password or authorization becomes `****`, however deep in the event it sits.
+token, secret, password or authorization becomes `****`, however deep in the event it sits, and
+the password of any `scheme://user:password@host` URL and credential-like query values
+(`?token=`) in any text (messages, errors, tracebacks) become `****` too (`jobwire.redact`).
+
+Tracebacks never show local variables, in any format: they are rendered as plain text (file,
+line, code, exception) before masking. A local variable is exactly where a token or a webhook secret
+sits while a request is handled, and structlog's console renderer with rich installed would print
+every frame's locals.
 """
 
 from __future__ import annotations
@@ -16,9 +23,12 @@ from typing import Any
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from jobwire.redact import mask_url
+
 MASK = "****"
 SECRET_KEY_PARTS = ("token", "secret", "password", "authorization")
 _MAX_DEPTH = 8
+mask_url_passwords = mask_url
 
 
 def is_secret_key(key: object) -> bool:
@@ -34,6 +44,8 @@ def _mask(value: Any, depth: int = 0) -> Any:
         }
     if isinstance(value, list | tuple):
         return type(value)(_mask(v, depth + 1) for v in value)
+    if isinstance(value, str):
+        return mask_url_passwords(value)
     return value
 
 
@@ -42,8 +54,10 @@ def mask_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     for key, value in list(event_dict.items()):
         if is_secret_key(key) and value is not None:
             event_dict[key] = MASK
-        elif isinstance(value, Mapping | list | tuple):
+        elif isinstance(value, Mapping | list | tuple | str):
             event_dict[key] = _mask(value)
+        elif isinstance(value, BaseException):
+            event_dict[key] = mask_url_passwords(str(value))
     return event_dict
 
 
@@ -67,14 +81,18 @@ def configure_logging(level: str | int = "info", fmt: str = "console", *, stream
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # plain-text tracebacks, never locals, in every format; then masked like any other text
+        structlog.processors.format_exc_info,
         mask_secrets,
     ]
     renderer: Processor
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
-        shared.append(structlog.processors.format_exc_info)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=hasattr(out, "isatty") and out.isatty())
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=hasattr(out, "isatty") and out.isatty(),
+            exception_formatter=structlog.dev.plain_traceback,
+        )
 
     structlog.configure(
         processors=[

@@ -227,6 +227,9 @@ def _infer_trigger_type(value: Any) -> Any:
 # --------------------------------------------------------------------------- targets
 
 
+_ENV_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\*?")
+
+
 class LocalTarget(_Def):
     """A process on this machine. argv is executed directly; a shell only with `shell: true`,
     and then parameters reach it only as environment variables."""
@@ -235,9 +238,23 @@ class LocalTarget(_Def):
     command: list[str] | str
     shell: bool = False
     env: dict[str, str] = Field(default_factory=dict)
+    inherit_env: list[str] = Field(default_factory=list)
+    """Variables of jobwire's own environment passed through by name (`NAME`, or `PREFIX_*`).
+    Without them a process gets only PATH, HOME, USER, LOGNAME, LANG, LANGUAGE, LC_*, TZ and
+    TMPDIR from it: the operator's other variables (a sink's secret, cloud credentials) stay out."""
     cwd: str | None = None
     log_max_bytes: int = 1_048_576
     kill_grace: Duration = timedelta(seconds=10)
+
+    @field_validator("inherit_env")
+    @classmethod
+    def _inherit_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not _ENV_PATTERN.fullmatch(name):
+                raise ValueError(f"{name!r} is not a variable name (NAME or PREFIX_*)")
+            if name.upper().startswith("JOBWIRE_"):
+                raise ValueError(f"{name!r}: jobwire's own JOBWIRE_* settings are never passed to jobs")
+        return v
 
     @model_validator(mode="after")
     def _shape(self) -> LocalTarget:

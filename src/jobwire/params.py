@@ -97,8 +97,9 @@ def _describe(value: Any, secret: bool = False) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def coerce(ptype: ParamType, value: Any) -> Any:
-    """Coerce one non-null value to a parameter type; raises ValueError('expected ...').
+def coerce(ptype: ParamType, value: Any, secret: bool = False) -> Any:
+    """Coerce one non-null value to a parameter type; raises ValueError('expected ...'), which
+    shows the value unless `secret`.
 
     Text is accepted for integer/number/boolean because CLI `--param k=v` and query strings are
     text. Booleans are never numbers (True is not 1) and numbers are never booleans.
@@ -106,7 +107,7 @@ def coerce(ptype: ParamType, value: Any) -> Any:
     try:
         return _coerce(ptype, value)
     except _BadValueError as exc:
-        raise ValueError(f"expected {exc.expected}, got {_describe(value)}") from None
+        raise ValueError(f"expected {exc.expected}, got {_describe(value, secret)}") from None
 
 
 def _coerce(ptype: ParamType, value: Any) -> Any:
@@ -182,8 +183,11 @@ def _check_one(p: Parameter, value: Any) -> Any:
             except _BadValueError:
                 continue
         if not any(_same(out, a) for a in allowed):
+            if p.secret:
+                n = len(p.choices)
+                raise ValueError(f"must be one of its {n} choices (not shown: a secret parameter)")
             shown = ", ".join(_describe(c) for c in p.choices)
-            raise ValueError(f"must be one of {shown}, got {_describe(value, p.secret)}")
+            raise ValueError(f"must be one of {shown}, got {_describe(value)}")
     return out
 
 
@@ -424,7 +428,7 @@ def check_definition(job: Job) -> list[tuple[Loc, str]]:
         base: Loc = ("parameters", i)
         for j, c in enumerate(p.choices or []):
             try:
-                coerce(p.type, c)
+                coerce(p.type, c, p.secret)
             except ValueError as exc:
                 problems.append(((*base, "choices", j), str(exc)))
         if p.default is not None:
@@ -433,7 +437,7 @@ def check_definition(job: Job) -> list[tuple[Loc, str]]:
                     ((*base, "required"), "a required parameter cannot have a default (drop one)")
                 )
             try:
-                _check_one(p.model_copy(update={"secret": False}), p.default)
+                _check_one(p, p.default)  # a secret's default is never shown in the error
             except ValueError as exc:
                 problems.append(((*base, "default"), str(exc)))
 

@@ -160,7 +160,8 @@ async def test_env_has_run_vars_and_does_not_leak_scheduler_secrets(
     assert "JOBWIRE_API_TOKEN" not in env
     assert "JOBWIRE_DATABASE_URL" not in env
     assert "scheduler-token-must-not-leak" not in ctx.text
-    assert env["UNRELATED_VAR"] == "kept"
+    assert "UNRELATED_VAR" not in env  # the operator's environment is not inherited (inherit_env opts in)
+    assert env["PATH"] == os.environ["PATH"]
     assert env["JOBWIRE_RUN_ID"] == ctx.target_name == f"{ctx.run.id}-2"
     assert env["JOBWIRE_EVENT_ID"] == ctx.run.event_id
     assert env["JOBWIRE_JOB"] == "proc"

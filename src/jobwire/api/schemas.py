@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobwire.model import Event, Job, Run
+from jobwire.redact import mask_url
 
 MASK = "****"
 """What a secret looks like in every API response."""
@@ -142,6 +143,9 @@ def mask_job(job: Job) -> dict[str, Any]:
             for k in list(values):
                 if looks_secret(k):
                     values[k] = MASK
+    for k, v in list(target.items()):  # URLs: `user:****@host`, `?token=****`
+        if isinstance(v, str) and v != (masked := mask_url(v)):
+            target[k] = masked
     return data
 
 
@@ -173,6 +177,10 @@ def unmask_job(data: dict[str, Any], current: Job | None) -> dict[str, Any]:
                     fixed[k] = prev["params"][k]
     target, old_target = data.get("target"), old.get("target") or {}
     if isinstance(target, dict):
+        for k, v in list(target.items()):  # a URL sent back masked as shown: keep the real one
+            prev_v = old_target.get(k)
+            if isinstance(v, str) and isinstance(prev_v, str) and v != prev_v and v == mask_url(prev_v):
+                target[k] = prev_v
         for block in ("headers", "env"):
             values, prev_values = target.get(block), old_target.get(block) or {}
             if isinstance(values, dict):

@@ -31,6 +31,7 @@ import os
 import signal
 import subprocess
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -234,8 +235,10 @@ class LocalTarget(Target):
 
     @staticmethod
     def _env(spec: LocalSpec, ctx: RunContext) -> dict[str, str]:
-        # The scheduler's own settings (API tokens, database URL) are JOBWIRE_* variables: never inherited.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JOBWIRE_")}
+        # A minimal environment: the basics a process expects, plus what the job names. The
+        # operator's other variables (a sink's secret, cloud credentials) and jobwire's own
+        # JOBWIRE_* settings are not inherited: run logs are readable with a read-only token.
+        env = inherited_env(os.environ, spec.inherit_env)
         env.update({k: render_text(v, ctx.params) for k, v in spec.env.items()})
         env.update(param_env(ctx.params))
         env.update(
@@ -249,6 +252,22 @@ class LocalTarget(Target):
             }
         )
         return env
+
+
+BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+"""Variables every local process gets from jobwire's environment (with `LC_*`)."""
+
+
+def inherited_env(environ: Mapping[str, str], names: list[str]) -> dict[str, str]:
+    """The part of `environ` a local process inherits: BASE_ENV, `LC_*`, and `names` (`NAME` or
+    `PREFIX_*`) — never `JOBWIRE_*`."""
+    exact = set(BASE_ENV) | {n for n in names if not n.endswith("*")}
+    prefixes = ("LC_", *(n[:-1] for n in names if n.endswith("*")))
+    return {
+        k: v
+        for k, v in environ.items()
+        if not k.startswith("JOBWIRE_") and (k in exact or k.startswith(prefixes))
+    }
 
 
 def _spawn(argv: list[str], env: dict[str, str], cwd: str | None) -> tuple[subprocess.Popen[bytes], _ReadEnd]:
