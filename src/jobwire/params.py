@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from jobwire.model import TIME_TRIGGERS, Job, Parameter, ParamType
+from jobwire.redact import mask_fields, secret_field
 
 __all__ = [
     "MASK",
@@ -273,11 +274,16 @@ def _kind(value: Any) -> str:
 
 
 def mask_params(job: Job, params: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy fit for logs, events and API answers: values of secret parameters become "****"."""
+    """A copy fit for logs, events and API answers: values of secret parameters become "****",
+    and so do the values of undeclared fields whose names look secret (`password`, `api_token`:
+    a payload may carry more than the job declares, and lineage keeps the payload)."""
     out: dict[str, Any] = {}
     for key, value in params.items():
         p = job.param(key)
-        out[key] = MASK if p is not None and p.secret and value is not None else value
+        if p is not None:
+            out[key] = MASK if p.secret and value is not None else value
+        else:
+            out[key] = MASK if secret_field(key) and value is not None else mask_fields(value)
     return out
 
 

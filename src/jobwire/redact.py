@@ -16,6 +16,32 @@ _USERINFO = re.compile(r"(?P<pre>[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*:)(?P<pw>[^
 _QUERY = re.compile(r"(?P<pre>[?&;](?P<name>[^=&;#\s]+)=)(?P<value>[^&;#\s]*)")
 
 
+FIELD_PARTS = ("token", "secret", "password", "passwd", "pwd", "authorization", "api_key", "apikey",
+               "credential", "private_key")
+"""Names of payload fields whose values are masked for display when no declaration says otherwise
+(narrower than `SECRET_NAME_PARTS`: a field called `key` or `author` is ordinary data)."""
+
+
+def secret_field(name: str) -> bool:
+    low = name.lower().replace("-", "_")
+    return any(part in low for part in FIELD_PARTS)
+
+
+def mask_fields(value: object, depth: int = 0) -> object:
+    """A copy of a JSON-like value with the values of secret-looking fields masked, at any depth
+    (bounded: past 32 levels the rest is kept as it is)."""
+    if depth > 32:
+        return value
+    if isinstance(value, dict):
+        return {
+            k: MASK if isinstance(k, str) and secret_field(k) and v is not None else mask_fields(v, depth + 1)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [mask_fields(v, depth + 1) for v in value]
+    return value
+
+
 def secret_name(name: str) -> bool:
     low = name.lower()
     return any(part in low for part in SECRET_NAME_PARTS)
@@ -48,4 +74,4 @@ def mask_strings(value: object) -> object:
     return value
 
 
-__all__ = ["MASK", "mask_strings", "mask_url", "secret_name"]
+__all__ = ["MASK", "mask_fields", "mask_strings", "mask_url", "secret_field", "secret_name"]
