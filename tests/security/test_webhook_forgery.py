@@ -124,3 +124,89 @@ def test_unsigned_body_is_refused_before_it_is_read(server: Server) -> None:
         )
         answer = s.recv(65536)
     assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
+
+
+# ---------------------------------------------------------------- in process: engine and sink
+
+
+async def test_engine_refuses_a_replay_under_a_fresh_id_also_after_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobwire.config import Settings
+    from jobwire.engine import Conflict, Engine, Forbidden
+    from jobwire.model import Job
+    from jobwire.store import RunQuery
+
+    monkeypatch.setenv("FORGERY_HOOK_SECRET", SECRET.decode())
+    definition = Job.model_validate(
+        {
+            "name": "hook",
+            "triggers": [{"webhook": {"secret_env": "FORGERY_HOOK_SECRET"}}],
+            "target": {"type": "local", "command": ["true"]},
+        }
+    )
+    body = b'{"ref": "main"}'
+    captured = signed(body, "delivery-1")
+    fresh = {**captured, DELIVERY_HEADER: "delivery-2"}
+
+    async def runs(engine: Engine) -> int:
+        await engine.committer.flush()
+        return len((await engine.store.list_runs(RunQuery(job="hook"))).items)
+
+    engine = Engine(Settings(data_dir=tmp_path / "data"))
+    await engine.start()
+    try:
+        await engine.put_job(definition)
+        assert (await engine.webhook("hook", None, body, captured)).run is not None
+        with pytest.raises(Forbidden, match="mismatch"):
+            await engine.webhook("hook", None, body, fresh)
+        with pytest.raises(Conflict, match="already received"):
+            await engine.webhook("hook", None, body, captured)
+        assert await runs(engine) == 1
+    finally:
+        await engine.stop()
+
+    engine = Engine(Settings(data_dir=tmp_path / "data"))  # same data dir, empty in-memory guard
+    await engine.start()
+    try:
+        with pytest.raises(Conflict, match="already received"):
+            await engine.webhook("hook", None, body, captured)
+        with pytest.raises(Forbidden, match="mismatch"):
+            await engine.webhook("hook", None, body, fresh)
+        assert await runs(engine) == 1
+    finally:
+        await engine.stop()
+
+
+async def test_the_outgoing_sink_signs_the_way_jobwire_verifies() -> None:
+    from pydantic import SecretStr
+
+    from jobwire.config import WebhookSinkSpec
+    from jobwire.model import StatusBlock, StatusDocument, utcnow
+    from jobwire.signing import SignatureError, verify
+    from jobwire.sinks import WebhookSink
+
+    doc = StatusDocument(
+        name="nightly",
+        action="finished",
+        status=StatusBlock(succeeded=1, startTime=utcnow(), completionTime=utcnow()),
+        environment="prod",
+        error=None,
+        run_id="r0123456789abcdef",
+        event_id="ev-1",
+        job="nightly",
+        attempt=1,
+        time=utcnow(),
+    )
+    sink = WebhookSink(WebhookSinkSpec(url="http://127.0.0.1:1/hook", secret=SecretStr(SECRET.decode())))
+    await sink.start()
+    try:
+        body = doc.model_dump_json().encode()
+        headers = sink.headers(body, doc)
+    finally:
+        await sink.close()
+    delivery = headers[DELIVERY_HEADER]
+    assert delivery == "r0123456789abcdef:1:finished"
+    verify(SECRET, body, headers[SIGNATURE_HEADER], time.time(), 300, delivery=delivery)
+    with pytest.raises(SignatureError, match="mismatch"):  # the delivery id is part of what is signed
+        verify(SECRET, body, headers[SIGNATURE_HEADER], time.time(), 300, delivery="r0123456789abcdef:2:finished")
