@@ -9,6 +9,7 @@ the store keeps and the API returns.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -33,23 +34,47 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
 _UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+MAX_DURATION = timedelta(days=3650)
+"""Every duration (intervals, timeouts, backoffs, TTLs, windows) is at most ten years: far beyond
+any schedule, and far below where `datetime + timedelta` overflows or a timer loops on it."""
+_EXPECTED = "expected a duration such as 30s, 5m, 1h30m or a number of seconds"
+
+
+def _bounded(seconds: float, shown: Any) -> timedelta:
+    if math.isnan(seconds) or math.isinf(seconds):
+        raise ValueError(f"{_EXPECTED}, got {shown!r}")
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"at most {MAX_DURATION.days} days (10 years), got {shown!r}")
+    if seconds < 0:
+        raise ValueError(f"must not be negative, got {shown!r}")
+    return timedelta(seconds=seconds)
+
+
 def parse_duration(value: Any) -> timedelta:
-    """Accept `90`, `1.5`, `"30s"`, `"1h30m"`, `"500ms"`, `"2d"` or a timedelta."""
+    """Accept `90`, `1.5`, `"30s"`, `"1h30m"`, `"500ms"`, `"2d"` or a timedelta; at most
+    `MAX_DURATION`, never NaN or infinite (a clear error, not an OverflowError later)."""
     if isinstance(value, timedelta):
-        return value
+        return _bounded(value.total_seconds(), str(value))
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 5m, 1h30m or a number of seconds")
+        raise ValueError(_EXPECTED)
     if isinstance(value, int | float):
-        return timedelta(seconds=value)
+        try:
+            return _bounded(float(value), value)
+        except OverflowError:  # an int too large for a float
+            raise ValueError(f"at most {MAX_DURATION.days} days (10 years), got a larger number") from None
     if isinstance(value, str):
         text = value.strip().lower()
+        if len(text) > 64:
+            raise ValueError(f"{_EXPECTED}, got {len(text)} characters")
         try:
-            return timedelta(seconds=float(text))
-        except ValueError:
-            pass
+            return _bounded(float(text), value)
+        except ValueError as exc:
+            if "at most" in str(exc) or "negative" in str(exc):
+                raise
         if _DURATION_RE.match(text):
-            return timedelta(seconds=sum(float(n) * _UNIT[u] for n, u in _DURATION_PART.findall(text)))
-    raise ValueError(f"expected a duration such as 30s, 5m, 1h30m or a number of seconds, got {value!r}")
+            seconds = sum(float(n) * _UNIT[u] for n, u in _DURATION_PART.findall(text))
+            return _bounded(seconds, value)
+    raise ValueError(f"{_EXPECTED}, got {value!r}")
 
 
 def format_duration(td: timedelta) -> str:

@@ -255,9 +255,10 @@ class Engine:
         states = [t.as_dict() for t in tasks]
         for target in self.targets.values():  # its own watches and cleanup loops, retrying on their own
             for name, error in target.health().items():
+                state = "failing" if error else "running"
                 states.append(
-                    {"task": name, "critical": False, "state": "failing" if error else "running", "restarts": 0}
-                    | {"consecutive_failures": 0, "last_error": error, "failing_since": None, "retry_in": None}
+                    {"task": name, "critical": False, "state": state, "restarts": 0, "last_error": error}
+                    | {"consecutive_failures": 0, "failing_since": None, "retry_in": None}
                 )
         return {"ready": not problems, "problems": problems, "tasks": states, "store": store}
 
