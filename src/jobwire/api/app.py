@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobwire.api import routes_events, routes_jobs, routes_runs, routes_system
 from jobwire.api.auth import READ, Authenticator
-from jobwire.api.fastpath import TriggerFastPath, engine_error_json
+from jobwire.api.fastpath import TriggerFastPath, engine_error_json, too_deep
 from jobwire.api.limits import BodyLimit
 from jobwire.api.schemas import ApiError, ErrorDetail, error_body
 from jobwire.engine import Engine, EngineError
@@ -115,6 +115,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.error("store error", error=str(exc))
         return _json(503, "StoreUnavailable", str(exc) or "the store is unavailable")
 
+    async def recursion_error(_: Request, exc: Exception) -> JSONResponse:
+        code, body = too_deep()  # a JSON body nested past what the parser follows
+        return JSONResponse(body, status_code=code)
+
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error in request", error_type=type(exc).__name__)
         return _json(500, "InternalError", "internal error (see the jobwire log)")
@@ -125,6 +129,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(StoreError, store_error)
+    app.add_exception_handler(RecursionError, recursion_error)
     app.add_exception_handler(Exception, unexpected)
 
 

@@ -48,6 +48,16 @@ def engine_error_json(exc: EngineError) -> tuple[int, dict[str, Any]]:
     return exc.status, error_body(exc.status, exc.reason, str(exc) or exc.reason, details)
 
 
+def too_deep() -> tuple[int, dict[str, Any]]:
+    """The answer to a JSON body nested deeper than the parser can follow."""
+    return 422, error_body(
+        422,
+        "ValidationError",
+        "the JSON body is nested too deeply (jobwire accepts 64 levels)",
+        [ErrorDetail(path="body", message="nested too deeply")],
+    )
+
+
 def _is_json(content_type: bytes) -> bool:
     mime = content_type.split(b";", 1)[0].strip().lower()
     return mime == b"application/json" or (mime.startswith(b"application/") and mime.endswith(b"+json"))
@@ -79,6 +89,8 @@ class TriggerFastPath:
             params: Any = json.loads(body) if body.strip() else None
         except ValueError:
             return await self.app(scope, _replay(body, receive), send)
+        except RecursionError:  # json.loads on 100,000 nested brackets
+            return await _send_json(send, *too_deep())
         if params is not None and not isinstance(params, dict):
             return await self.app(scope, _replay(body, receive), send)
 

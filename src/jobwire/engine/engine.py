@@ -37,6 +37,7 @@ from jobwire.engine.status import StatusHub, document
 from jobwire.engine.supervisor import Supervisor
 from jobwire.engine.webhooks import Delivery, WebhookRefused, precheck, verify_body
 from jobwire.jobfile import JobFileError, load_path
+from jobwire.jsonsafe import unstorable
 from jobwire.model import (
     Admission,
     Event,
@@ -464,6 +465,12 @@ class Engine:
             scheduled_at=inc.scheduled_at,
             input_location=inc.input_location,
         )
+        given, where = (inc.params, "params") if inc.params is not None else (inc.payload, "payload")
+        bad = unstorable(given, where)
+        if bad is None and inc.event_key is not None:
+            bad = unstorable(inc.event_key, "event key")
+        if bad is not None:  # refused alone: it must never reach (and fail) the group commit
+            return _no_run(event, EventOutcome.invalid, f"{bad[0]}: {bad[1]}")
         stored = self.jobs.get(inc.job or "")
         if stored is None:
             event.payload = _json_safe(inc.payload)
@@ -612,7 +619,6 @@ class Engine:
     # ------------------------------------------------------------------ runs
     def publish(self, run: Run, block: Any = None) -> None:
         if not self.hub.listening:
-            self.hub.skip()
             return
         stored = self.jobs.get(run.job)
         self.hub.publish(document(run, stored.job if stored else None, block))
