@@ -37,6 +37,7 @@ _UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_DURATION = timedelta(days=3650)
 """Every duration (intervals, timeouts, backoffs, TTLs, windows) is at most ten years: far beyond
 any schedule, and far below where `datetime + timedelta` overflows or a timer loops on it."""
+MAX_SECONDS = int(MAX_DURATION.total_seconds())
 _EXPECTED = "expected a duration such as 30s, 5m, 1h30m or a number of seconds"
 
 
@@ -268,7 +269,7 @@ class LocalTarget(_Def):
     Without them a process gets only PATH, HOME, USER, LOGNAME, LANG, LANGUAGE, LC_*, TZ and
     TMPDIR from it: the operator's other variables (a sink's secret, cloud credentials) stay out."""
     cwd: str | None = None
-    log_max_bytes: int = 1_048_576
+    log_max_bytes: Annotated[int, Field(ge=1, le=1 << 30)] = 1_048_576
     kill_grace: Duration = timedelta(seconds=10)
 
     @field_validator("inherit_env")
@@ -379,7 +380,7 @@ class KubernetesTarget(_Def):
     """Environment of the container(s); values may use `{{param}}`."""
     cpu_request: Quantity | None = None
     memory_request: Quantity | None = None
-    gpu: Annotated[int, Field(ge=0)] | None = None
+    gpu: Annotated[int, Field(ge=0, le=1024)] | None = None
     disk_request: Quantity | None = None
     cpu_limit: Quantity | None = None
     memory_limit: Quantity | None = None
@@ -388,14 +389,14 @@ class KubernetesTarget(_Def):
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[dict[str, str | int | None]] = Field(default_factory=list)
     """As in a pod spec: `key`, `operator`, `value`, `effect`, `tolerationSeconds`."""
-    backoff_limit: Annotated[int, Field(ge=0)] | None = None
+    backoff_limit: Annotated[int, Field(ge=0, le=1000)] | None = None
     """Pod retries inside one attempt. Default 0 for the short spec (jobwire's `retry` policy makes
     new attempts instead, each visible as its own Job); a template keeps its own unless set."""
-    active_deadline_seconds: Annotated[int, Field(ge=1)] | None = None
-    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = None
+    active_deadline_seconds: Annotated[int, Field(ge=1, le=MAX_SECONDS)] | None = None
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0, le=MAX_SECONDS)] | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
-    cleanup_min: Annotated[int, Field(ge=0)] | None = None
+    cleanup_min: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
     """Finished Jobs of this job always kept by the cleanup (default: `kube_cleanup_min`, `CLEANUP_MIN`)."""
     cleanup_ttl: Duration | None = None
     """Finished Jobs older than this are deleted with their pods (default: `kube_cleanup_ttl`, 8h)."""
@@ -460,7 +461,7 @@ class Concurrency(_Def):
     """What happens when a run is due while others of the same job (and key) are running."""
 
     policy: ConcurrencyPolicy = ConcurrencyPolicy.allow
-    max_running: Annotated[int, Field(ge=1)] | None = None
+    max_running: Annotated[int, Field(ge=1, le=100_000)] | None = None
     """Limit for forbid/queue/replace (default 1); with `allow` a set limit queues the excess."""
     key: str | None = None
     """A parameter name: the limit then applies per value of that parameter."""
@@ -476,7 +477,7 @@ class Retry(_Def):
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 1
     backoff: Duration = timedelta(seconds=1)
     max_backoff: Duration = timedelta(minutes=5)
-    multiplier: Annotated[float, Field(ge=1)] = 2.0
+    multiplier: Annotated[float, Field(ge=1, le=100)] = 2.0
     jitter: Annotated[float, Field(ge=0, le=1)] = 0.2
     """Fraction of the delay added or removed at random, so retries of many runs spread out."""
 
@@ -493,13 +494,13 @@ class Catchup(_Def):
 
     policy: CatchupPolicy = CatchupPolicy.latest
     window: Duration = timedelta(hours=1)
-    max: Annotated[int, Field(ge=1)] = 100
+    max: Annotated[int, Field(ge=1, le=100_000)] = 100
 
 
 class Retention(_Def):
     """Both hold: the newest `keep` runs are always kept; older runs are deleted once past `ttl`."""
 
-    keep: Annotated[int, Field(ge=0)] = 20
+    keep: Annotated[int, Field(ge=0, le=10_000_000)] = 20
     ttl: Duration = timedelta(days=7)
 
 

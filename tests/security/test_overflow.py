@@ -6,6 +6,7 @@ so a new field is covered the day it is added."""
 from __future__ import annotations
 
 import time
+import types
 import typing
 from collections.abc import Iterator
 from datetime import timedelta
@@ -142,3 +143,46 @@ def test_job_file_error_names_the_line(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "timeout" in proc.stdout and "at most 3650 days" in proc.stdout, proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def _is_number(annotation: Any) -> bool:
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _is_number(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_is_number(a) for a in typing.get_args(annotation))
+    return False
+
+
+def _numeric_fields(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if _is_number(ann):
+            yield (*prefix, name)
+        elif isinstance(ann, type) and issubclass(ann, BaseModel) and name != "target":
+            yield from _numeric_fields(ann, (*prefix, name))
+
+
+NUMERIC = sorted(
+    {
+        ((*prefix, *f), model.__name__): (base or None)
+        for model, prefix, base in OWNERS
+        for f in _numeric_fields(model)
+        if f[0] != "triggers"
+    }.items()
+)
+
+
+def test_the_walk_finds_the_numeric_fields() -> None:
+    paths = {p for (p, _), _ in NUMERIC}
+    assert {("retention", "keep"), ("retry", "max_attempts"), ("target", "log_max_bytes")} <= paths, paths
+
+
+@pytest.mark.parametrize("case", NUMERIC, ids=lambda c: f"{c[0][1]}.{'.'.join(c[0][0])}")
+def test_every_number_in_a_job_is_bounded(case: Any) -> None:
+    """A number that would feed arithmetic, a loop or an allocation has an upper bound."""
+    (path, _), owner = case
+    with pytest.raises(ValueError) as info:
+        Job.model_validate(with_value(path, 10**30, owner))
+    assert path[-1] in str(info.value)
