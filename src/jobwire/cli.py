@@ -243,6 +243,7 @@ async def serve_async(settings: Settings) -> int:
     import uvicorn
 
     from jobwire.api import create_app
+    from jobwire.api.connections import uvicorn_options
     from jobwire.engine import Engine
     from jobwire.engine.disk import data_dir_problem
     from jobwire.engine.secret import SecretKeyError
@@ -265,6 +266,11 @@ async def serve_async(settings: Settings) -> int:
         lifespan="on",
         server_header=False,
         timeout_graceful_shutdown=3,
+        **uvicorn_options(
+            settings.max_connections,
+            settings.header_timeout.total_seconds(),
+            settings.keepalive_timeout.total_seconds(),
+        ),
     )
     server = _make_server(config)
     server.check_bound = lambda addresses: _refusal(settings, addresses)

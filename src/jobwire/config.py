@@ -137,6 +137,18 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=1 << 30)
     """Largest request body the API reads (1 MiB): trigger parameters, webhook payloads and job
     definitions are small; a larger body is answered 413 before it is read, not buffered."""
+    header_timeout: Duration = timedelta(seconds=10)
+    """A connection must send a complete request head within this long of opening (or of its
+    previous response), and a request body may not pause longer; otherwise it is closed."""
+    keepalive_timeout: Duration = timedelta(seconds=5)
+    """An idle keep-alive connection is closed after this long without a new request."""
+    max_connections: int | None = Field(default=None, ge=1)
+    """Open HTTP connections at most; default half the open-file limit (raised to the hard limit
+    at start), at most 8192. Over it, the oldest connection still waiting for its request head is
+    closed to make room, or the new one is answered 503 when all are busy."""
+    stream_buffer: int = Field(default=10_000, ge=1)
+    """Recent status documents kept in the hub's ring for subscribers that fall behind; one
+    further behind is told how many it missed (numbered by sequence number)."""
     kube_namespace: str = Field(default_factory=lambda: _plain_env("NAMESPACE", "default"))
     """Namespace of `kubernetes` jobs that name none. `JOBWIRE_KUBE_NAMESPACE` or the config file;
     otherwise seed 000's plain `NAMESPACE` variable; otherwise `default`."""

@@ -33,7 +33,7 @@ from jobwire.engine.policies import Decision, Slots
 from jobwire.engine.runlogs import RunLogs
 from jobwire.engine.scheduler import TimeScheduler, missed_fires
 from jobwire.engine.secret import load_secret
-from jobwire.engine.status import StatusHub, document
+from jobwire.engine.status import StatusHub, Subscription, document
 from jobwire.engine.supervisor import Supervisor
 from jobwire.engine.webhooks import Delivery, WebhookRefused, precheck, verify_body
 from jobwire.jobfile import JobFileError, load_path
@@ -47,7 +47,6 @@ from jobwire.model import (
     Run,
     RunError,
     RunState,
-    StatusDocument,
     Transition,
     event_run_key,
     run_id_for,
@@ -145,7 +144,7 @@ class Engine:
         self.targets: dict[str, Target] = build_targets(settings)
         for target in self.targets.values():
             target.bind(run_exists=self._run_exists, jobs=self._job_defs, registry=self.registry)
-        self.hub = StatusHub(build_sinks(settings), self.metrics)
+        self.hub = StatusHub(build_sinks(settings), self.metrics, buffer=settings.stream_buffer)
         self.supervisor = Supervisor(self.metrics)
         self.committer = Committer(self.store, self.metrics)
         self.pending_fires = PendingFires(self.submit_many, self._time_job, self.metrics)
@@ -619,6 +618,7 @@ class Engine:
     # ------------------------------------------------------------------ runs
     def publish(self, run: Run, block: Any = None) -> None:
         if not self.hub.listening:
+            self.hub.skip()
             return
         stored = self.jobs.get(run.job)
         self.hub.publish(document(run, stored.job if stored else None, block))
@@ -735,9 +735,10 @@ class Engine:
         async for chunk in self.logs.read(run_id, follow, lambda: run_id in self.runs):
             yield chunk
 
-    def subscribe(self) -> AsyncIterator[StatusDocument]:
-        """Every status document from now on; subscribed when this returns."""
-        return self.hub.subscribe()
+    def subscribe(self, after: int | None = None) -> Subscription:
+        """Every status document from now on (or after sequence number `after`, as far as the
+        hub still keeps them); subscribed when this returns."""
+        return self.hub.subscribe(after)
 
     # ------------------------------------------------------------------ restart
     async def _reconcile(self) -> None:

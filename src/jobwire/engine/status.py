@@ -1,17 +1,22 @@
 """Status fan-out: every state change becomes one StatusDocument, published to every sink and
 every live subscriber (`GET /stream`). Each sink has its own queue and worker, so a slow sink
-delays nobody; subscribers drop their oldest documents rather than block the engine."""
+delays nobody. Subscribers read one shared ring of recent documents (`engine/ring.py`), each at
+its own cursor: publishing costs the same for one subscriber or a thousand, and a subscriber that
+falls behind the ring is told how many documents it missed instead of losing them silently."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from contextlib import suppress
+from dataclasses import dataclass
 from functools import partial
 
 import structlog
 
 from jobwire.engine.metrics import Metrics
+from jobwire.engine.ring import Gap, Ring
 from jobwire.engine.supervisor import Spawn
 from jobwire.model import Job, Run, RunState, StatusBlock, StatusDocument, utcnow
 from jobwire.sinks.base import Sink
@@ -19,7 +24,14 @@ from jobwire.sinks.base import Sink
 log = structlog.get_logger(__name__)
 
 SINK_QUEUE = 10_000
-SUBSCRIBER_QUEUE = 1_000
+STREAM_BUFFER = 10_000
+"""Default number of recent documents kept for stream readers (`JOBWIRE_STREAM_BUFFER`)."""
+BATCH = 256
+"""At most this many documents per read: a reader far behind catches up in bounded steps."""
+WAKE_INTERVAL = 0.02
+"""Readers are woken at most this often (seconds): under load each wake-up reads a batch."""
+RESUME_WINDOW = 300.0
+"""Documents are still kept this long after the last stream client left, for it to resume."""
 
 
 def status_block(run: Run, override: StatusBlock | None = None) -> StatusBlock:
@@ -54,35 +66,96 @@ def document(run: Run, job: Job | None, block: StatusBlock | None = None) -> Sta
     )
 
 
-class Subscription:
-    """One live subscriber: an async iterator over its own bounded queue, registered at creation,
-    unregistered when the hub stops, the iteration ends or `aclose()` is called."""
+class Entry:
+    """One published document in the ring, with its SSE frame built once, by the first reader
+    that needs it (never by the publisher)."""
 
-    def __init__(self, registry: set[asyncio.Queue[StatusDocument | None]]) -> None:
-        self._registry = registry
-        self._queue: asyncio.Queue[StatusDocument | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
-        registry.add(self._queue)
+    __slots__ = ("_frame", "doc", "seq")
+
+    def __init__(self, seq: int, doc: StatusDocument) -> None:
+        self.seq = seq
+        self.doc = doc
+        self._frame: bytes | None = None
+
+    @property
+    def job(self) -> str:
+        return self.doc.job
+
+    def frame(self) -> bytes:
+        if self._frame is None:
+            self._frame = f"event: status\nid: {self.seq}\ndata: {self.doc.model_dump_json()}\n\n".encode()
+        return self._frame
+
+
+@dataclass(slots=True)
+class Batch:
+    """What a subscriber reads in one go: documents it missed (if any) and the next entries."""
+
+    gap: Gap | None
+    entries: list[Entry]
+
+
+class Subscription:
+    """One live reader of the hub's ring at its own cursor. As an async iterator it yields the
+    documents (counting, in `missed`, those it fell too far behind to get); `next_batch` is the
+    lower-level read the SSE stream uses. Ends when the hub stops or on `aclose()`."""
+
+    def __init__(self, hub: StatusHub, after: int) -> None:
+        self._hub = hub
+        self.cursor = after
+        self.missed = 0
+        self._pending: list[Entry] = []
+        self._open = True
+        hub._reader_opened()
+
+    async def next_batch(self, timeout: float | None = None) -> Batch | None:  # noqa: ASYNC109
+        """The next entries (at most BATCH), waiting up to `timeout` for some; None on timeout.
+        Raises StopAsyncIteration once the hub has stopped and everything is read."""
+        ring = self._hub.ring
+        while True:
+            gap, entries, self.cursor = ring.read(self.cursor, BATCH)
+            if gap is not None or entries:
+                if gap is not None:
+                    self.missed += gap.missed
+                return Batch(gap, entries)
+            if ring.closed or not self._open:
+                await self.aclose()
+                raise StopAsyncIteration
+            if not await ring.wait(self.cursor, timeout):
+                return None
 
     def __aiter__(self) -> Subscription:
         return self
 
     async def __anext__(self) -> StatusDocument:
-        doc = await self._queue.get()
-        if doc is None:
-            await self.aclose()
-            raise StopAsyncIteration
-        return doc
+        while not self._pending:
+            batch = await self.next_batch()
+            if batch is not None:
+                self._pending = batch.entries[::-1]
+        return self._pending.pop().doc
 
     async def aclose(self) -> None:
-        self._registry.discard(self._queue)
+        if self._open:
+            self._open = False
+            self._hub._reader_closed()
 
 
 class StatusHub:
-    def __init__(self, sinks: list[Sink], metrics: Metrics) -> None:
+    def __init__(
+        self,
+        sinks: list[Sink],
+        metrics: Metrics,
+        buffer: int = STREAM_BUFFER,
+        wake_interval: float = WAKE_INTERVAL,
+    ) -> None:
         self._sinks = sinks
         self._metrics = metrics
         self._queues: list[asyncio.Queue[StatusDocument]] = [asyncio.Queue(SINK_QUEUE) for _ in sinks]
-        self._subscribers: set[asyncio.Queue[StatusDocument | None]] = set()
+        # sequence numbers start at the current time in microseconds: ids of a later process are
+        # larger than any id of an earlier one, so a client's Last-Event-ID can be told apart
+        self.ring: Ring[Entry] = Ring(buffer, base=time.time_ns() // 1000, wake_interval=wake_interval)
+        self._readers = 0
+        self._idle_since: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self, spawn: Spawn | None = None) -> None:
@@ -109,31 +182,44 @@ class StatusHub:
                 await t
         for sink in self._sinks:
             await sink.close()
-        for sub in list(self._subscribers):
-            with suppress(asyncio.QueueFull):
-                sub.put_nowait(None)
+        self.ring.close()
 
     @property
     def listening(self) -> bool:
-        """Whether any sink or subscriber would receive a document (if not, none need be built)."""
-        return bool(self._sinks or self._subscribers)
+        """Whether a document would reach anyone: a sink, a subscriber, or a stream client that
+        left less than RESUME_WINDOW ago and may come back with `Last-Event-ID`."""
+        if self._sinks or self._readers:
+            return True
+        return self._idle_since is not None and time.monotonic() - self._idle_since < RESUME_WINDOW
 
     def publish(self, doc: StatusDocument) -> None:
+        """O(1) in the number of subscribers: one append to the ring, one wake-up for all."""
         for sink, q in zip(self._sinks, self._queues, strict=True):
             try:
                 q.put_nowait(doc)
             except asyncio.QueueFull:
                 self._metrics.sink_dropped.labels(sink.kind).inc()
-        for sub in self._subscribers:
-            if sub.full():
-                with suppress(asyncio.QueueEmpty):
-                    sub.get_nowait()
-            sub.put_nowait(doc)
+        self.ring.append(Entry(self.ring.last + 1, doc))
 
-    def subscribe(self) -> Subscription:
-        """Every document published from this call on: the subscription is in place when this
-        returns, so a caller can announce it (SSE `: connected`) without yielding first."""
-        return Subscription(self._subscribers)
+    def skip(self) -> None:
+        """A state change nobody listened to: it takes a sequence number, so a stream client that
+        resumes across it is told it missed something."""
+        self.ring.skip()
+
+    def subscribe(self, after: int | None = None) -> Subscription:
+        """Documents after sequence number `after` still in the ring (default: every document
+        published from this call on). The subscription is in place when this returns, so a caller
+        can announce it (SSE `: connected`) without yielding first."""
+        return Subscription(self, self.ring.last if after is None else after)
+
+    def _reader_opened(self) -> None:
+        self._readers += 1
+        self._idle_since = None
+
+    def _reader_closed(self) -> None:
+        self._readers -= 1
+        if self._readers == 0:
+            self._idle_since = time.monotonic()
 
     async def _worker(self, sink: Sink, q: asyncio.Queue[StatusDocument]) -> None:
         while True:
