@@ -528,6 +528,13 @@ def exit_code_for(state: str) -> int:
     return 0 if state == "succeeded" else 1
 
 
+def _about(data: str, run_id: str) -> bool:
+    try:
+        return bool(json.loads(data).get("run_id") == run_id)
+    except (ValueError, AttributeError):
+        return False
+
+
 def wait_for_run(c: Client, run: dict[str, Any], quiet: bool) -> dict[str, Any]:
     """Follow a run to its end: over /stream (SSE) when the server offers it, else by polling
     GET /runs/{id} every 200 ms. Returns the final run."""
@@ -544,8 +551,9 @@ def wait_for_run(c: Client, run: dict[str, Any], quiet: bool) -> dict[str, Any]:
 
         try:
             for ev in c.events(job=run["job"], read_timeout=60.0):
-                # on `: connected` (subscribed), on heartbeats and on this run's documents: look
-                if ev is None or (ev.event == "status" and (ev.id or "").startswith(run_id + ":")):
+                # on `: connected` (subscribed), on heartbeats, after a gap (`lagged`) and on
+                # this run's documents: look
+                if ev is None or ev.event == "lagged" or (ev.event == "status" and _about(ev.data, run_id)):
                     current = c.get(f"/runs/{run_id}")
                     if done(current):
                         return dict(current)

@@ -146,9 +146,12 @@ class Settings(BaseSettings):
     """Open HTTP connections at most; default half the open-file limit (raised to the hard limit
     at start), at most 8192. Over it, the oldest connection still waiting for its request head is
     closed to make room, or the new one is answered 503 when all are busy."""
-    stream_buffer: int = Field(default=10_000, ge=1)
+    stream_buffer: int = Field(default=10_000, ge=1, le=10_000_000)
     """Recent status documents kept in the hub's ring for subscribers that fall behind; one
     further behind is told how many it missed (numbered by sequence number)."""
+    stream_stall_timeout: Duration = timedelta(seconds=30)
+    """A stream client whose connection accepts no data for this long is disconnected; it can
+    resume with `Last-Event-ID`."""
     kube_namespace: str = Field(default_factory=lambda: _plain_env("NAMESPACE", "default"))
     """Namespace of `kubernetes` jobs that name none. `JOBWIRE_KUBE_NAMESPACE` or the config file;
     otherwise seed 000's plain `NAMESPACE` variable; otherwise `default`."""

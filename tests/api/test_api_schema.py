@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -16,10 +15,12 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, Counter
 
 from jobwire.api import BindRefusedError, create_app
-from jobwire.api.routes_system import status_stream
+from jobwire.api.sse import HEARTBEAT, status_frames
 from jobwire.config import Settings
 from jobwire.engine import Engine, JobNotFound, RunNotFound
 from jobwire.engine.engine import Conflict, Forbidden, InvalidParams
+from jobwire.engine.metrics import Metrics
+from jobwire.engine.status import StatusHub
 from jobwire.model import (
     Admission,
     Event,
@@ -148,6 +149,8 @@ class FakeEngine(Engine):
         self.docs: list[StatusDocument] = []
         self.log_chunks: list[bytes] = [b"hello\n", b"world\n"]
         self.idem: dict[str, Run] = {}
+        self.metrics = Metrics()
+        self.hub = StatusHub([], self.metrics, buffer=4, wake_interval=0)
 
     @property
     def jobs(self) -> dict[str, StoredJob]:  # type: ignore[override]
@@ -270,9 +273,6 @@ class FakeEngine(Engine):
         for chunk in self.log_chunks:
             yield chunk
 
-    async def subscribe(self) -> AsyncIterator[StatusDocument]:
-        for doc in self.docs:
-            yield doc
 
 
 def doc(run_id: str, job: str = "hello", action: str = "running") -> StatusDocument:
@@ -712,36 +712,71 @@ def test_metrics(client: TestClient) -> None:
     assert client.get("/metrics").text == r.text
 
 
+def sse_blocks(text: str) -> list[dict[str, str]]:
+    out = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.split("\n") if line and not line.startswith(":"))
+        if "event" in fields:
+            out.append(fields)
+    return out
+
+
 def test_stream_sse_format_and_job_filter(client: TestClient, engine: FakeEngine) -> None:
-    engine.docs = [doc("ra"), doc("rb", job="other"), doc("ra", action="succeeded")]
-    r = client.get(V1 + "/stream", params={"job": "hello"})
+    for d in (doc("ra"), doc("rb", job="other"), doc("ra", action="succeeded")):
+        engine.hub.publish(d)
+    first = engine.hub.ring.first
+    engine.hub.ring.close()  # the stream ends once everything kept is sent
+    r = client.get(V1 + "/stream", params={"job": "hello"}, headers={"Last-Event-ID": str(first - 1)})
     assert r.headers["content-type"].startswith("text/event-stream")
     assert r.text.startswith(": connected\n")
-    blocks = [b for b in r.text.split("\n\n") if b.startswith("event:")]
-    assert len(blocks) == 2
-    lines = blocks[0].split("\n")
-    assert lines[0] == "event: status" and lines[1] == "id: ra:1"
-    assert json.loads(lines[2].removeprefix("data: "))["run_id"] == "ra"
-    assert blocks[1].split("\n")[1] == "id: ra:2"
+    blocks = sse_blocks(r.text)
+    assert [b["event"] for b in blocks] == ["status", "status"]
+    assert [int(b["id"]) for b in blocks] == [first, first + 2]  # sequence numbers; `other` filtered out
+    assert [json.loads(b["data"])["action"] for b in blocks] == ["running", "succeeded"]
+
+
+def test_stream_resumes_after_last_event_id(client: TestClient, engine: FakeEngine) -> None:
+    for i in range(3):
+        engine.hub.publish(doc(f"r{i}"))
+    engine.hub.ring.close()
+    second = engine.hub.ring.first + 1
+    r = client.get(V1 + "/stream", headers={"Last-Event-ID": str(second)})
+    assert [json.loads(b["data"])["run_id"] for b in sse_blocks(r.text)] == ["r2"]
+
+
+def test_stream_tells_a_client_what_it_missed(client: TestClient, engine: FakeEngine) -> None:
+    start = engine.hub.ring.last
+    for i in range(7):  # the fake hub keeps 4
+        engine.hub.publish(doc(f"r{i}"))
+    engine.hub.ring.close()
+    blocks = sse_blocks(client.get(V1 + "/stream", headers={"Last-Event-ID": str(start)}).text)
+    assert blocks[0]["event"] == "lagged"
+    lag = json.loads(blocks[0]["data"])
+    assert (lag["missed"], lag["first"], lag["last"]) == (3, start + 1, start + 3)
+    assert int(blocks[0]["id"]) == start + 3  # resuming from the notice does not repeat it
+    assert [json.loads(b["data"])["run_id"] for b in blocks[1:]] == ["r3", "r4", "r5", "r6"]
+    assert engine.metrics.stream_missed._value.get() == 3
+
+
+@pytest.mark.parametrize("last_id", ["12", "not-a-number", "99999999999999999999"])
+def test_stream_says_when_a_last_event_id_cannot_be_resumed(
+    client: TestClient, engine: FakeEngine, last_id: str
+) -> None:
+    engine.hub.ring.close()
+    blocks = sse_blocks(client.get(V1 + "/stream", headers={"Last-Event-ID": last_id}).text)
+    assert blocks[0]["event"] == "lagged" and "id" not in blocks[0]
+    lag = json.loads(blocks[0]["data"])
+    assert lag["missed"] is None and "GET /runs" in lag["reason"]
 
 
 async def test_stream_heartbeat_and_cleanup() -> None:
-    closed = asyncio.Event()
-
-    class Quiet(FakeEngine):
-        async def subscribe(self) -> AsyncIterator[StatusDocument]:
-            try:
-                await asyncio.sleep(0.12)
-                yield doc("rq")
-                await asyncio.sleep(3600)
-                yield doc("never")
-            finally:
-                closed.set()
-
-    gen = status_stream(Quiet(settings()), None, heartbeat=0.05)
-    chunks = [await anext(gen) for _ in range(4)]
-    assert chunks[0].startswith(b": connected")
-    assert chunks[1] == b": heartbeat\n\n" and chunks[2] == b": heartbeat\n\n"
-    assert chunks[3].startswith(b"event: status\nid: rq:1\n")
+    hub = StatusHub([], Metrics(), wake_interval=0)
+    gen = status_frames(hub.subscribe(), None, heartbeat=0.05)
+    assert (await anext(gen)).startswith(b": connected")
+    assert hub._readers == 1
+    assert await anext(gen) == HEARTBEAT
+    assert await anext(gen) == HEARTBEAT
+    hub.publish(doc("rq"))
+    assert (await anext(gen)).startswith(b"event: status\nid: %d\n" % hub.ring.last)
     await gen.aclose()
-    await asyncio.wait_for(closed.wait(), 1)
+    assert hub._readers == 0

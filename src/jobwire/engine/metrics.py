@@ -46,6 +46,17 @@ class Metrics:
         self.sink_dropped = Counter(
             "jobwire_sink_dropped_total", "Documents given up on", ["sink"], registry=r
         )
+        # the live stream (`GET /stream`)
+        self.stream_clients = Gauge("jobwire_stream_clients", "Connected status-stream clients", registry=r)
+        self.stream_missed = Counter(
+            "jobwire_stream_missed_total",
+            "Status documents stream clients fell too far behind to get (each told in `event: lagged`)",
+            registry=r,
+        )
+        self.stream_stalled = Counter(
+            "jobwire_stream_stalled_total", "Stream clients disconnected because they stopped reading",
+            registry=r,
+        )
         self.retention_deleted = Counter(
             "jobwire_retention_deleted_total", "Deleted by retention", ["kind"], registry=r
         )

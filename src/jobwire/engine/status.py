@@ -117,6 +117,7 @@ class Subscription:
             if gap is not None or entries:
                 if gap is not None:
                     self.missed += gap.missed
+                    self._hub._metrics.stream_missed.inc(gap.missed)
                 return Batch(gap, entries)
             if ring.closed or not self._open:
                 await self.aclose()
@@ -215,9 +216,11 @@ class StatusHub:
     def _reader_opened(self) -> None:
         self._readers += 1
         self._idle_since = None
+        self._metrics.stream_clients.set(self._readers)
 
     def _reader_closed(self) -> None:
         self._readers -= 1
+        self._metrics.stream_clients.set(self._readers)
         if self._readers == 0:
             self._idle_since = time.monotonic()
 
