@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable, Coroutine
 from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -133,6 +134,24 @@ class Committer:
         self._wake.set()
         await fut
 
+    async def _commit(self, items: list[Intake | Run]) -> list[Recorded | Failed | None]:
+        """Commit `items` (intakes and run updates) in one transaction; if that fails because of
+        an item (not because the store is unavailable), commit each half on its own, down to the
+        single item at fault — so one value the store refuses fails alone and never takes the
+        callers of its batch with it. Per item: its Recorded (intakes), None (updates), or Failed."""
+        intakes = [x for x in items if isinstance(x, Intake)]
+        updates = [x for x in items if isinstance(x, Run)]
+        try:
+            recorded = await self._store.commit(intakes, updates)
+        except Exception as exc:
+            unavailable = self._store.unavailable(exc)
+            if unavailable or len(items) == 1:
+                return [Failed(exc, unavailable)] * len(items)
+            mid = len(items) // 2
+            return await self._commit(items[:mid]) + await self._commit(items[mid:])
+        it = iter(recorded)
+        return [next(it) if isinstance(x, Intake) else None for x in items]
+
     async def _loop(self) -> None:
         while True:
             await self._wake.wait()
@@ -145,34 +164,45 @@ class Committer:
                 if flushes:
                     self._flushes = []
                 t0 = time.perf_counter()
-                try:
-                    recorded = (
-                        await self._store.commit([i for i, _ in batch], list(updates.values()))
-                        if batch or updates
-                        else []
+                items: list[Intake | Run] = [i for i, _ in batch]
+                items += updates.values()
+                results = await self._commit(items) if items else []
+                unavailable = next((r.exc for r in results if isinstance(r, Failed) and r.unavailable), None)
+                for (_, fut), res in zip(batch, results, strict=False):
+                    if fut.done():
+                        continue
+                    if isinstance(res, Failed):
+                        fut.set_exception(res.exc)
+                    else:
+                        assert res is not None
+                        fut.set_result(res)
+                for run, res in zip(updates.values(), results[len(batch) :], strict=True):
+                    if not isinstance(res, Failed):
+                        continue
+                    if res.unavailable:  # retried with the next batch (same object: its latest state)
+                        self._updates.setdefault(run.id, run)
+                    else:
+                        log.error(
+                            "a run's state could not be stored; it stays as last saved",
+                            run_id=run.id, state=run.state.value, error=describe(res.exc),
+                        )
+                refused = sum(1 for r in results if isinstance(r, Failed) and not r.unavailable)
+                if refused:
+                    self._metrics.store_items_refused.inc(refused)
+                if unavailable is not None:  # the store failed: callers get the error, nothing is acked
+                    self._write_failed(unavailable)
+                    log.error(
+                        "store write failed", error=str(unavailable), events=len(batch), updates=len(updates)
                     )
-                except Exception as exc:  # the store failed: callers get the error, nothing is acked
-                    self._write_failed(exc)
-                    log.error("store write failed", error=str(exc), events=len(batch), updates=len(updates))
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    # state updates are retried with the next batch (same objects: their latest state)
-                    for rid, run in updates.items():
-                        self._updates.setdefault(rid, run)
                     self._after[:0] = after
                     for f in flushes:
                         if not f.done():
-                            f.set_exception(exc)
+                            f.set_exception(unavailable)
                     await asyncio.sleep(0.5)
                     continue
                 self._write_ok()
                 self._metrics.commit_seconds.observe(time.perf_counter() - t0)
-                self._metrics.batch_size.observe(len(batch) + len(updates))
-                if batch:
-                    for (_, fut), rec in zip(batch, recorded, strict=True):
-                        if not fut.done():
-                            fut.set_result(rec)
+                self._metrics.batch_size.observe(len(items))
                 for f in flushes:
                     if not f.done():
                         f.set_result(None)
@@ -185,3 +215,12 @@ class Committer:
                 if not f.done():
                     f.set_result(None)
             self._flushes = []
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """An item whose commit failed: because the store is unavailable (retry later), or because
+    the store refuses this item (it fails alone)."""
+
+    exc: Exception
+    unavailable: bool

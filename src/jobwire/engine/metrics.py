@@ -42,6 +42,11 @@ class Metrics:
             registry=r,
             buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 2000, 5000),
         )
+        self.store_items_refused = Counter(
+            "jobwire_store_items_refused_total",
+            "Events or run updates the store refused on their own (their batch was committed without them)",
+            registry=r,
+        )
         self.sink_failures = Counter("jobwire_sink_failures_total", "Failed publishes", ["sink"], registry=r)
         self.sink_dropped = Counter(
             "jobwire_sink_dropped_total", "Documents given up on", ["sink"], registry=r

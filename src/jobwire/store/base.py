@@ -136,6 +136,13 @@ class Store(ABC):
     async def update_runs(self, runs: list[Run]) -> None:
         """Persist the current state of these runs (all fields, history included), in one transaction."""
 
+    def unavailable(self, exc: BaseException) -> bool:
+        """Whether a failed write failed because the store cannot take writes now (disk full, I/O
+        error, locked, connection lost) — retry later, no item is at fault — rather than because
+        an item in it cannot be stored (a value the database refuses). The committer commits the
+        items of a batch that failed for an item separately, so one bad item fails alone."""
+        return isinstance(exc, StoreError | OSError)
+
     async def commit(self, batch: list[Intake], updates: list[Run]) -> list[Recorded]:
         """`record(batch)` and `update_runs(updates)` in ONE transaction (one fsync per group commit).
 

@@ -541,6 +541,17 @@ class SQLiteStore(Store):
         if runs:
             await self.commit([], runs)
 
+    def unavailable(self, exc: BaseException) -> bool:
+        # sqlite3 errors arrive wrapped in StoreError (`_write`). OperationalError (full disk, I/O
+        # error, locked, read-only) or a bare DatabaseError (a damaged file): the store. Integrity,
+        # data and binding errors, and Python's own encoding/overflow errors: a value in the batch.
+        cause = exc.__cause__ if isinstance(exc, StoreError) and exc.__cause__ is not None else exc
+        if isinstance(cause, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.ProgrammingError):
+            return False
+        if isinstance(cause, sqlite3.InterfaceError | UnicodeError | ValueError | OverflowError | TypeError):
+            return False
+        return isinstance(cause, sqlite3.DatabaseError) or isinstance(exc, StoreError | OSError)
+
     async def commit(self, batch: list[Intake], updates: list[Run]) -> list[Recorded]:
         # The rows are built here, on the caller's thread, before the hop: that is the snapshot
         # (and the serialization overlaps the store thread's work on the previous call).
