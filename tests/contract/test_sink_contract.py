@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -11,12 +13,16 @@ import structlog
 from pydantic import SecretStr
 
 from jobwire.config import LogSinkSpec, Settings, WebhookSinkSpec
+from jobwire.engine.metrics import Metrics
+from jobwire.engine.status import StatusHub
 from jobwire.model import RunError, StatusBlock, StatusDocument, utcnow
-from jobwire.signing import DELIVERY_HEADER, SIGNATURE_HEADER, SignatureError, verify
+from jobwire.signing import DELIVERY_HEADER, SIGNATURE_HEADER, SignatureError, check_delivery, verify
 from jobwire.sinks import SINKS, DeliveryError, LogSink, SinkConfigError, WebhookSink, build_sinks
-from tests.support.fake_context import RecordingServer
+from jobwire.sinks.webhook import delivery_id
+from tests.support.fake_context import RecordingServer, wait_until
 
 SECRET = "sink-secret-value"
+DELIVERY = re.compile(r"^r0123456789abcdef:\d+:[a-z_]+:[0-9a-f]{16}$")
 
 
 def doc(action: str = "finished", attempt: int = 1) -> StatusDocument:
@@ -68,7 +74,8 @@ async def test_webhook_delivers_a_verifiable_signed_document(server: RecordingSe
     (req,) = server.requests
     assert req.method == "POST"
     assert req.headers["content-type"] == "application/json"
-    assert req.headers[DELIVERY_HEADER.lower()] == f"{d.run_id}:1:finished"
+    assert DELIVERY.match(req.headers[DELIVERY_HEADER.lower()])
+    assert req.headers[DELIVERY_HEADER.lower()].startswith(f"{d.run_id}:1:finished:")
     verify(SECRET.encode(), req.body, req.headers[SIGNATURE_HEADER.lower()], time.time(), 60, delivery=req.headers[DELIVERY_HEADER.lower()])
     assert StatusDocument.model_validate_json(req.body) == d
     with pytest.raises(SignatureError):
@@ -96,11 +103,12 @@ async def test_webhook_missing_secret_env_fails_at_start(monkeypatch: pytest.Mon
 async def test_webhook_raises_on_500(server: RecordingServer) -> None:
     sink = await started(WebhookSinkSpec(url=server.url("/status/500"), secret=SecretStr(SECRET)))
     try:
+        d = doc()
         with pytest.raises(DeliveryError, match="500"):
-            await sink.publish(doc())
+            await sink.publish(d)
         # a retry of the same document carries the same delivery id
         with pytest.raises(DeliveryError):
-            await sink.publish(doc())
+            await sink.publish(d)
     finally:
         await sink.close()
     ids = {r.headers[DELIVERY_HEADER.lower()] for r in server.requests}
@@ -150,3 +158,51 @@ async def test_log_sink_logs_status_fields_only() -> None:
     assert entry["log_level"] == "info"
     assert (entry["run_id"], entry["job"], entry["action"]) == (d.run_id, d.job, d.action)
     assert "sekrit" not in repr(entry)
+
+
+async def test_webhook_delivery_id_is_unique_per_document_and_kept_by_retries(server: RecordingServer) -> None:
+    """Issue 12: three status documents of one Kubernetes run (active, then succeeded, then
+    completionTime set) all said `action: running` and all carried `<run>:1:running`, so a receiver
+    deduping on Jobwire-Delivery dropped the completion. Through the hub's real retry loop: every
+    first delivery of a body fails (500), its retry must carry the same id."""
+    t0 = utcnow()
+    blocks = [
+        StatusBlock(active=1, startTime=t0),
+        StatusBlock(active=0, succeeded=1, startTime=t0),
+        StatusBlock(active=0, succeeded=1, startTime=t0, completionTime=t0 + timedelta(seconds=3)),
+    ]
+    docs = [doc("running").model_copy(update={"status": b}) for b in blocks]
+    sink = WebhookSink(WebhookSinkSpec(url=server.url("/fail-once"), secret=SecretStr(SECRET), max_attempts=3))
+    hub = StatusHub([sink], Metrics())
+    await hub.start()
+    try:
+        for d in docs:
+            hub.publish(d)
+        await wait_until(lambda: len(server.requests) == 6, 20, "three documents, each delivered twice")
+    finally:
+        await hub.stop()
+    ids = [r.headers[DELIVERY_HEADER.lower()] for r in server.requests]
+    assert ids[0] == ids[1] and ids[2] == ids[3] and ids[4] == ids[5], ids  # a retry keeps its id
+    assert len({ids[0], ids[2], ids[4]}) == 3, ids  # one id per document
+    for r, delivery in zip(server.requests, ids, strict=True):
+        assert DELIVERY.match(delivery) and check_delivery(delivery) == delivery
+        assert delivery.startswith(f"{docs[0].run_id}:1:running:")
+        verify(SECRET.encode(), r.body, r.headers[SIGNATURE_HEADER.lower()], time.time(), 60, delivery=delivery)
+    assert [StatusDocument.model_validate_json(r.body) for r in server.requests[::2]] == docs
+
+
+async def test_webhook_delivery_id_follows_the_document_not_the_wall_clock(server: RecordingServer) -> None:
+    """The id is derived from the bytes sent, `time` included: a document published again later
+    with an equal status (a Job going active 1 -> 0 -> 1) is a new delivery, not a duplicate; only
+    a retry of the very same document (same bytes) repeats an id."""
+    first = doc("running")
+    later = first.model_copy(update={"time": first.time + timedelta(seconds=5)})
+    sink = await started(WebhookSinkSpec(url=server.url("/hook")))
+    try:
+        for d in (first, later, first):
+            await sink.publish(d)
+    finally:
+        await sink.close()
+    ids = [r.headers[DELIVERY_HEADER.lower()] for r in server.requests]
+    assert ids[0] != ids[1] and ids[0] == ids[2]
+    assert ids[0] == delivery_id(first) == delivery_id(first, server.requests[0].body)

@@ -800,3 +800,53 @@ async def test_lightkube_clean_end_and_http_errors_on_watch(kube: KubeEmulator, 
         assert not isinstance(info.value, ApiError)  # a plain HTTPStatusError, not lightkube.ApiError
     finally:
         await client.close()
+
+
+def _pb(num: int, payload: bytes | int) -> bytes:
+    """One protobuf field: a varint for ints, length-delimited for bytes."""
+
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+
+    if isinstance(payload, int):
+        return varint(num << 3) + varint(payload)
+    return varint(num << 3 | 2) + varint(len(payload)) + payload
+
+
+def _pb_job(name: bytes, spec_extra: bytes, container_extra: bytes = b"") -> bytes:
+    container = _pb(1, b"main") + _pb(2, b"busybox") + _pb(5, b"") + _pb(16, 0) + container_extra
+    pod_spec = _pb(2, container) + _pb(3, b"Never") + _pb(10, b"") + _pb(11, 0)
+    spec = _pb(6, _pb(1, _pb(2, b"")) + _pb(2, pod_spec)) + spec_extra
+    meta = _pb(1, name) + _pb(2, b"") + _pb(7, 0) + _pb(8, b"")  # Go writes zero values too
+    raw = _pb(1, meta) + _pb(2, spec) + _pb(3, _pb(4, 0))
+    return b"k8s\x00" + _pb(1, _pb(1, b"batch/v1") + _pb(2, b"Job")) + _pb(2, raw) + _pb(3, b"") + _pb(4, b"")
+
+
+def test_protobuf_bodies_pointer_zeros_and_unknown_fields(api: httpx.Client) -> None:
+    headers = {
+        "Content-Type": "application/vnd.kubernetes.protobuf",
+        "Accept": "application/vnd.kubernetes.protobuf,application/json",
+    }
+    # backoffLimit (7) and suspend (10) are pointers in Go: a 0/false on the wire was set on purpose
+    r = api.post(JOBS, content=_pb_job(b"pb", _pb(7, 0) + _pb(10, 0)), headers=headers)
+    assert r.status_code == 201, r.text
+    assert r.headers["content-type"] == "application/json"
+    obj = r.json()
+    assert obj["spec"]["backoffLimit"] == 0 and obj["spec"]["suspend"] is False
+    assert obj["metadata"]["name"] == "pb" and "generateName" not in obj["metadata"]
+    [c] = obj["spec"]["template"]["spec"]["containers"]
+    assert "workingDir" not in c and "stdin" not in c and "nodeName" not in obj["spec"]["template"]["spec"]
+    # a field the emulator does not decode (container ports) is refused, never dropped
+    port = _pb(6, _pb(3, 8080))
+    r = api.post(JOBS, content=_pb_job(b"pb2", b"", port), headers=headers)
+    assert r.status_code == 415, r.text
+    assert r.json()["reason"] == "UnsupportedMediaType"
+    assert "ports (Container field 6)" in r.json()["message"]
+    assert api.get(JOBS + "/pb2").status_code == 404
+    r = api.post(JOBS, content=b"k8s\x00\xff", headers=headers)
+    assert r.status_code == 400 and r.json()["reason"] == "BadRequest"

@@ -162,3 +162,51 @@ def test_failed_job_shows_failed(kubectl: Kubectl, tmp_path: Path) -> None:
     assert job["status"]["failed"] == 2
     assert [c["type"] for c in job["status"]["conditions"]] == ["FailureTarget", "Failed"]
     assert "oops" in kubectl.run("logs", "job/boom").stdout
+
+
+def test_create_namespace_and_job_imperatively(kubectl: Kubectl, kube: KubeEmulator) -> None:
+    """``kubectl create namespace`` / ``create job`` go through client-go's typed clientset, which
+    sends protobuf bodies (``Content-Type: application/vnd.kubernetes.protobuf``), not JSON."""
+    assert "namespace/team-a created" in kubectl.run("create", "namespace", "team-a").stdout
+    ns = json.loads(kubectl.run("get", "namespace", "team-a", "-o", "json").stdout)
+    assert ns["metadata"]["name"] == "team-a" and ns["status"]["phase"] == "Active"
+    assert "namespace/team-a" in kubectl.run("get", "namespaces", "-o", "name").stdout.split()
+    created = kubectl.run("create", "job", "hi", "-n", "team-a", "--image=busybox", "--", "echo", "hi").stdout
+    assert "job.batch/hi created" in created
+    job = json.loads(kubectl.run("get", "job", "hi", "-n", "team-a", "-o", "json").stdout)
+    assert job["metadata"]["namespace"] == "team-a" and job["metadata"]["uid"]
+    pod_spec = job["spec"]["template"]["spec"]
+    assert pod_spec["restartPolicy"] == "Never"
+    # Go's protobuf encoding writes every non-pointer field, empty strings included: they must not
+    # come back as "" (kubectl create job puts the words after -- into command, not args).
+    [c] = pod_spec["containers"]
+    assert (c["name"], c["image"], c["command"]) == ("hi", "busybox", ["echo", "hi"])
+    assert "args" not in c and "workingDir" not in c and "stdin" not in c
+    assert (c["terminationMessagePath"], c["imagePullPolicy"]) == ("/dev/termination-log", "Always")
+    assert pod_spec["dnsPolicy"] == "ClusterFirst" and "nodeName" not in pod_spec
+    assert job["spec"]["backoffLimit"] == 6  # not on the wire, so defaulted like a real server
+    kube.control.wait_for(
+        lambda c: ((c.get("jobs", "team-a", "hi") or {}).get("status") or {}).get("succeeded") == 1
+    )
+    assert kubectl.run("logs", "job/hi", "-n", "team-a").stdout == "hi\n"
+    kubectl.run("delete", "namespace", "team-a")
+    kube.control.wait_for(lambda c: c.get("namespaces", "", "team-a") is None)
+
+
+def test_create_cronjob_configmap_and_job_from_cronjob(kubectl: Kubectl, kube: KubeEmulator) -> None:
+    """More typed-clientset (protobuf) writes: maps with empty values, pointer fields, ownerReferences."""
+    kubectl.run("create", "configmap", "settings", "--from-literal=a=b", "--from-literal=empty=")
+    cm = json.loads(kubectl.run("get", "configmap", "settings", "-o", "json").stdout)
+    assert cm["data"] == {"a": "b", "empty": ""}
+    kubectl.run("create", "cronjob", "nightly", "--image=busybox:1.36", "--schedule=0 3 * * *", "--", "true")
+    cj = json.loads(kubectl.run("get", "cronjob", "nightly", "-o", "json").stdout)
+    assert cj["spec"]["schedule"] == "0 3 * * *"
+    assert cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"] == ["true"]
+    kubectl.run("create", "job", "manual", "--from=cronjob/nightly")
+    job = json.loads(kubectl.run("get", "job", "manual", "-o", "json").stdout)
+    [owner] = job["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["controller"]) == ("CronJob", "nightly", True)
+    assert job["metadata"]["annotations"]["cronjob.kubernetes.io/instantiate"] == "manual"
+    kube.control.wait_for(
+        lambda c: ((c.get("jobs", "default", "manual") or {}).get("status") or {}).get("succeeded") == 1
+    )

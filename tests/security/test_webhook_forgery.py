@@ -206,7 +206,8 @@ async def test_the_outgoing_sink_signs_the_way_jobwire_verifies() -> None:
     finally:
         await sink.close()
     delivery = headers[DELIVERY_HEADER]
-    assert delivery == "r0123456789abcdef:1:finished"
+    digest = hashlib.sha256(body).hexdigest()[:16]  # one id per document (issue 12)
+    assert delivery == f"r0123456789abcdef:1:finished:{digest}"
     verify(SECRET, body, headers[SIGNATURE_HEADER], time.time(), 300, delivery=delivery)
     with pytest.raises(SignatureError, match="mismatch"):  # the delivery id is part of what is signed
-        verify(SECRET, body, headers[SIGNATURE_HEADER], time.time(), 300, delivery="r0123456789abcdef:2:finished")
+        verify(SECRET, body, headers[SIGNATURE_HEADER], time.time(), 300, delivery=f"r0123456789abcdef:2:finished:{digest}")

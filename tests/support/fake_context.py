@@ -130,6 +130,7 @@ class RecordingServer:
     * `/echo` — 200 with a JSON description of the request
     * `/big?size=N` — 200 with N bytes of `x`
     * `/hang` — never answers; `disconnects` counts clients that hung up while waiting
+    * `/fail-once` — 500 the first time a body arrives, 200 when the same body comes again (a retry)
     * anything else — 200 `ok`
     """
 
@@ -140,6 +141,7 @@ class RecordingServer:
     port: int = 0
     _server: asyncio.Server | None = None
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    _bodies_seen: set[bytes] = field(default_factory=set)
 
     async def start(self) -> RecordingServer:
         self._server = await asyncio.start_server(self._handle, self.host, 0)
@@ -179,7 +181,7 @@ class RecordingServer:
                     await reader.read()  # until the client closes the connection
                     self.disconnects += 1
                     return
-                status, payload = self._route(seen)
+                status, payload = self._fail_once(seen) if parts.path == "/fail-once" else self._route(seen)
                 reason = "OK" if status < 400 else "Error"
                 head = f"HTTP/1.1 {status} {reason}\r\nContent-Length: {len(payload)}\r\n"
                 head += "Content-Type: text/plain\r\n\r\n"
@@ -190,6 +192,12 @@ class RecordingServer:
         finally:
             self._writers.discard(writer)
             writer.close()
+
+    def _fail_once(self, req: SeenRequest) -> tuple[int, bytes]:
+        if req.body in self._bodies_seen:
+            return 200, b"ok"
+        self._bodies_seen.add(req.body)
+        return 500, b"first delivery of this body fails"
 
     @staticmethod
     def _route(req: SeenRequest) -> tuple[int, bytes]:

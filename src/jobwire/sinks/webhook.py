@@ -1,14 +1,16 @@
 """The `webhook` sink: POST every status document, signed (see `jobwire.signing`).
 
-Headers: `Content-Type: application/json`, `Jobwire-Delivery: <run_id>:<attempt>:<action>` (the
-same for every retry of one document, so a receiver can dedupe), and `Jobwire-Signature:
-t=<unix time>,v1=<hex hmac>` when a secret is configured: HMAC-SHA256 over
-`<delivery>.<t>.<body>`, so the delivery id a receiver dedupes on is authenticated too. Anything
-but a 2xx, or a network error, raises: the engine retries with backoff up to `max_attempts`.
+Headers: `Content-Type: application/json`, `Jobwire-Delivery: <run_id>:<attempt>:<action>:<hash>`
+(see `delivery_id`: one id per document, the same for every retry of that document, so a receiver
+can dedupe on it), and `Jobwire-Signature: t=<unix time>,v1=<hex hmac>` when a secret is
+configured: HMAC-SHA256 over `<delivery>.<t>.<body>`, so the delivery id a receiver dedupes on is
+authenticated too. Anything but a 2xx, or a network error, raises: the engine retries with backoff
+up to `max_attempts`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from urllib.parse import urlsplit
@@ -33,8 +35,24 @@ class DeliveryError(Exception):
     """A status document was not accepted by the receiver; publishing again may succeed."""
 
 
-def delivery_id(doc: StatusDocument) -> str:
-    return f"{doc.run_id}:{doc.attempt}:{doc.action}"
+DELIVERY_HASH_CHARS = 16
+"""Hex digits of SHA-256 in a delivery id (64 bits: no collision among one run's documents)."""
+
+
+def delivery_id(doc: StatusDocument, body: bytes | None = None) -> str:
+    """`<run_id>:<attempt>:<action>:<first 16 hex digits of SHA-256 of the body>`.
+
+    One run publishes many documents with the same run, attempt and action (a Kubernetes run
+    reports every JobStatus change as `running`), so those three alone do not identify a document:
+    a receiver deduping on them dropped the completion (issue 12). The hash is over the exact bytes
+    sent, `time` included. A retry sends the same document, so the same bytes and the same id. A
+    document published again later with an equal status (a Job going active 1 -> 0 -> 1) has
+    another `time`, so it is a new delivery, not a duplicate of the earlier one: a receiver that
+    wants to skip unchanged statuses compares `status` itself. `body` defaults to the document's
+    JSON as `publish` sends it."""
+    raw = doc.model_dump_json().encode() if body is None else body
+    digest = hashlib.sha256(raw).hexdigest()[:DELIVERY_HASH_CHARS]
+    return f"{doc.run_id}:{doc.attempt}:{doc.action}:{digest}"
 
 
 class WebhookSink(Sink):
@@ -80,7 +98,7 @@ class WebhookSink(Sink):
             self._client = None
 
     def headers(self, body: bytes, doc: StatusDocument, now: int | None = None) -> dict[str, str]:
-        delivery = delivery_id(doc)
+        delivery = delivery_id(doc, body)
         headers = {"Content-Type": "application/json", DELIVERY_HEADER: delivery}
         if self._secret is not None:
             ts = int(time.time()) if now is None else now

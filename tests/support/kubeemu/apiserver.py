@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import discovery, errors, openapi
+from . import discovery, errors, openapi, protobuf
 from .errors import ApiError
 from .http import Request, Response, StreamingResponse
 from .patch import apply_patch
@@ -261,17 +261,21 @@ class ApiServer:
 
     def _body(self, req: Request, rt: ResourceType) -> dict[str, Any]:
         ctype = req.headers.get("content-type", "application/json").split(";")[0].strip()
-        if ctype not in ("application/json", "*/*", ""):
+        if ctype == protobuf.CONTENT_TYPE:
+            # client-go's typed clientset (kubectl create namespace/job/...) writes protobuf
+            body = protobuf.decode_object(req.body)
+        elif ctype not in ("application/json", "*/*", ""):
             raise ApiError(
                 415,
                 "the body of the request was in an unknown format - accepted media types include: "
-                "application/json, application/yaml",
+                f"application/json, application/yaml, {protobuf.CONTENT_TYPE}",
                 "UnsupportedMediaType",
             )
-        try:
-            body = require_dict(json.loads(req.body or b"null"), "object")
-        except ValueError as e:
-            raise errors.bad_request(f"the body of the request could not be decoded: {e}") from None
+        else:
+            try:
+                body = require_dict(json.loads(req.body or b"null"), "object")
+            except ValueError as e:
+                raise errors.bad_request(f"the body of the request could not be decoded: {e}") from None
         if body.get("kind") not in (None, rt.kind) or body.get("apiVersion") not in (None, rt.api_version):
             raise errors.bad_request(
                 f"the API version in the data ({body.get('apiVersion')}) does not match the expected "
