@@ -412,13 +412,13 @@ def trigger_to_start(ctx: Ctx) -> list[Row]:
 
 
 class _Timed:
-    """Wraps the engine's `_admit` (called once per event, right after the transaction that holds it
+    """Wraps the intake's `_admit` (called once per event, right after the transaction that holds it
     committed, by `submit` and `submit_many` alike) to note when each time-triggered fire was durable."""
 
     def __init__(self, engine: Any) -> None:
-        self.orig = engine._admit
+        self.orig = engine.intake._admit
         self.done: list[tuple[float, float, str]] = []  # (due, committed, outcome)
-        engine._admit = self
+        engine.intake._admit = self
 
     def __call__(self, prepared: Any, rec: Any) -> Any:
         result = self.orig(prepared, rec)

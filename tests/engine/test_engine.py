@@ -321,7 +321,7 @@ async def test_submit_many_admits_each_event_as_submit_would(engine: Engine) -> 
     """A batch bigger than one chunk, with every outcome in it: runs, an unknown job, a paused job,
     a repeat of a due time inside the batch, and an overlap that `forbid` skips. Each event gets
     exactly the admission `submit` would give it, in order, and the store holds exactly those rows."""
-    from jobwire.engine.engine import SUBMIT_CHUNK
+    from jobwire.engine.intake import SUBMIT_CHUNK
 
     await engine.put_job(job("tick", ["true"], triggers=[{"cron": "0 0 1 1 *"}]))  # never fires here
     await engine.put_job(

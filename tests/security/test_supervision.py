@@ -59,7 +59,7 @@ async def test_reload_survives_a_nul_byte_file_and_reloads_the_next_good_change(
     # either the loader refuses it (JobFileError: definitions kept) or the reload raises and the
     # supervisor restarts the loop; both must keep reloading
     await eventually(
-        lambda: engine._file_mtimes.get(jobs) == jobs.stat().st_mtime, 10, "the bad file to be read"
+        lambda: engine.job_registry.file_mtimes.get(jobs) == jobs.stat().st_mtime, 10, "the bad file to be read"
     )
     write(jobs, JOB.format(name="third"))
     await eventually(lambda: "third" in engine.jobs, 15, "the good change after the bad file to be loaded")

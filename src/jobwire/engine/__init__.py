@@ -1,8 +1,8 @@
 """The engine: event → recorded run → dispatch → watch → status, with policies and reconcile."""
 
-from jobwire.engine.engine import (
+from jobwire.engine.engine import Engine
+from jobwire.engine.errors import (
     Conflict,
-    Engine,
     EngineError,
     Forbidden,
     InvalidParams,

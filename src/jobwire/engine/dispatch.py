@@ -7,34 +7,52 @@ Before an attempt is handed to its target, its target-side name goes into the la
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from contextlib import suppress
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import structlog
 
+from jobwire.config import Settings
+from jobwire.engine.committer import Committer
 from jobwire.engine.launches import LaunchJournal
+from jobwire.engine.metrics import Metrics
 from jobwire.engine.policies import backoff_delay
+from jobwire.engine.runlogs import RunLogs
+from jobwire.engine.secret import CallbackTokens
 from jobwire.model import Job, Run, RunError, RunState, StatusBlock, utcnow
-from jobwire.targets.base import CallbackResult, Outcome, RunContext
-
-if TYPE_CHECKING:
-    from jobwire.engine.engine import Engine
+from jobwire.store import StoredJob
+from jobwire.targets.base import CallbackResult, Outcome, RunContext, Target
 
 log = structlog.get_logger(__name__)
 
 
+class RunHost(Protocol):
+    """What attempts need from the run state machine (`runs.RunStates`, which owns them): a
+    protocol, not an import, so neither module imports the other."""
+
+    def transition(self, run: Run, state: RunState, reason: str | None = None, block: Any = None) -> None:
+        """Change a run's state: persisted and published."""
+
+    def publish(self, run: Run, block: Any = None) -> None:
+        """Publish a run's status document without a state change."""
+
+    def finished(self, run: Run) -> None:
+        """Bookkeeping once a run is terminal: free its slot, start whoever waits for it."""
+
+
 class EngineContext(RunContext):
     def __init__(
-        self, engine: Engine, run: Run, job: Job, resumed: bool, received_at: datetime | None
+        self, attempts: Attempts, run: Run, job: Job, resumed: bool, received_at: datetime | None
     ) -> None:
-        self._engine = engine
+        self._attempts = attempts
         self.run = run
         self.job = job
         self.params = dict(run.params)
         self.resumed = resumed
-        self.callback_url = f"{engine.settings.effective_public_url}/api/v1/runs/{run.id}/callback"
-        self.callback_token = engine.callback_token(run.id)
+        self.callback_url = f"{attempts.settings.effective_public_url}/api/v1/runs/{run.id}/callback"
+        self.callback_token = attempts.tokens.token(run.id)
         self._received_at = received_at
         self._cap = getattr(job.target, "log_max_bytes", None)
 
@@ -46,9 +64,9 @@ class EngineContext(RunContext):
         run.started_at = run.started_at if self.resumed and run.started_at else now
         run.target_ref = ref
         if self._received_at is not None:
-            self._engine.metrics.dispatch_seconds.observe((now - self._received_at).total_seconds())
+            self._attempts.metrics.dispatch_seconds.observe((now - self._received_at).total_seconds())
             self._received_at = None
-        self._engine.transition(
+        self._attempts.host.transition(
             run,
             RunState.running,
             f"started on {self.job.target.type}" + (f" as {ref}" if ref else ""),
@@ -58,26 +76,43 @@ class EngineContext(RunContext):
     async def report(self, status: StatusBlock, target_status: dict[str, Any] | None = None) -> None:
         if target_status is not None:
             self.run.target_status = target_status
-        self._engine.committer.update(self.run)
-        self._engine.publish(self.run, status)
+        self._attempts.committer.update(self.run)
+        self._attempts.host.publish(self.run, status)
 
     def log(self, data: bytes) -> None:
-        self._engine.logs.write(self.run.id, data, self._cap)
+        self._attempts.logs.write(self.run.id, data, self._cap)
 
     async def callback(self) -> CallbackResult:
-        return await self._engine.attempts.wait_callback(self.run.id)
+        return await self._attempts.wait_callback(self.run.id)
 
 
 class Attempts:
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(
+        self,
+        host: RunHost,
+        settings: Settings,
+        jobs: Mapping[str, StoredJob],
+        targets: Mapping[str, Target],
+        committer: Committer,
+        logs: RunLogs,
+        metrics: Metrics,
+        tokens: CallbackTokens,
+    ) -> None:
+        self.host = host
+        self.settings = settings
+        self.jobs = jobs
+        self.targets = targets
+        self.committer = committer
+        self.logs = logs
+        self.metrics = metrics
+        self.tokens = tokens
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._contexts: dict[str, EngineContext] = {}
         self._cancel_reasons: dict[str, str] = {}
         self._callbacks: dict[str, asyncio.Future[CallbackResult]] = {}
         self._shutting_down = False
-        self.journal = LaunchJournal(engine.settings.data_dir / "launches.journal")
+        self.journal = LaunchJournal(settings.data_dir / "launches.journal")
 
     @property
     def count(self) -> int:
@@ -114,9 +149,8 @@ class Attempts:
         )
 
     async def _attempt(self, run: Run, job: Job, resumed: bool, received_at: datetime | None) -> None:
-        engine = self._engine
-        target = engine.targets.get(job.target.type)
-        ctx = EngineContext(engine, run, job, resumed, received_at)
+        target = self.targets.get(job.target.type)
+        ctx = EngineContext(self, run, job, resumed, received_at)
         self._contexts[run.id] = ctx
         outcome: Outcome | None = None
         try:
@@ -181,7 +215,7 @@ class Attempts:
             self._finish(run, job, outcome)
 
     def _finish(self, run: Run, job: Job, outcome: Outcome) -> None:
-        engine = self._engine
+        host = self.host
         run.exit_code = outcome.exit_code if outcome.exit_code is not None else run.exit_code
         run.http_status = outcome.http_status if outcome.http_status is not None else run.http_status
         if outcome.target_status:
@@ -199,25 +233,25 @@ class Attempts:
         if retry:
             delay = backoff_delay(job.retry, run.attempt + 1)
             reason = f"attempt {run.attempt} {outcome.state.value}: {run.error.message if run.error else ''}"
-            self._engine.transition(run, outcome.state, reason, outcome.status)
+            host.transition(run, outcome.state, reason, outcome.status)
             run.attempt += 1
             run.not_before = utcnow() + timedelta(seconds=delay)
             run.started_at = None
             run.target_ref = None
-            engine.transition(run, RunState.pending, f"retry in {delay:.2f}s")
+            host.transition(run, RunState.pending, f"retry in {delay:.2f}s")
             self.launch(run, job)
             return
         run.finished_at = utcnow()
         run.not_before = None
         why = run.error.message if run.error and outcome.state != RunState.succeeded else None
-        engine.transition(run, outcome.state, why, outcome.status)
+        host.transition(run, outcome.state, why, outcome.status)
         attempts = run.attempt
-        engine.committer.after_commit(lambda: self.forget(run.id, attempts))
-        engine.finished(run)
+        self.committer.after_commit(lambda: self.forget(run.id, attempts))
+        host.finished(run)
 
     def _survives(self, run_id: str) -> bool:
         ctx = self._contexts.get(run_id)
-        target = self._engine.targets.get(ctx.job.target.type) if ctx else None
+        target = self.targets.get(ctx.job.target.type) if ctx else None
         return bool(target and target.survives_restart)
 
     # ---- cancel / callback / shutdown
@@ -232,8 +266,8 @@ class Attempts:
             return False
         self._cancel_reasons[run.id] = reason
         ctx = self._contexts.get(run.id)
-        stored = self._engine.jobs.get(run.job)
-        target = self._engine.targets.get(stored.job.target.type) if stored else None
+        stored = self.jobs.get(run.job)
+        target = self.targets.get(stored.job.target.type) if stored else None
         if ctx is not None and target is not None:
             try:
                 await target.cancel(ctx)

@@ -1,4 +1,5 @@
-"""Time-trigger fires the store could not take (a full disk), kept and retried until it does.
+"""Time-trigger fires handed in to the intake; those the store could not take (a full disk) are
+kept and retried until it does.
 
 A fire keeps its scheduled time, so its run key is the one it would have had: retried, it is
 recorded once (a key the store already holds is a duplicate, never a second run). While fires
@@ -20,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from jobwire.engine.errors import Unavailable
 from jobwire.engine.metrics import Metrics
 from jobwire.engine.scheduler import missed_fires
 from jobwire.model import Admission, CatchupPolicy, Incoming, Job, utcnow
@@ -86,6 +88,29 @@ class PendingFires:
             self._metrics.fires_pending.set(self._count)
 
     # ------------------------------------------------------------------ intake
+    async def hand_in(self, batch: list[Incoming]) -> None:
+        """Record a batch of due fires; those the store cannot take (a full disk) are kept and
+        retried with their scheduled times — the clock goes on meanwhile."""
+        try:
+            results: list[Admission | BaseException] = await self._submit(batch)
+        except Unavailable:  # shutting down: the next start catches up per each job's policy
+            log.warning("time triggers not recorded: shutting down", count=len(batch))
+            return
+        except Exception as exc:
+            results = [exc] * len(batch)
+        failed = [inc for inc, res in zip(batch, results, strict=True) if isinstance(res, BaseException)]
+        if failed:
+            error = next(r for r in results if isinstance(r, BaseException))
+            log.error(
+                "time triggers could not be recorded; kept and retried until the store takes them",
+                count=len(failed),
+                jobs=sorted({inc.job or "" for inc in failed})[:10],
+                error=str(error),
+            )
+            self.add(failed)
+        else:
+            self.wake()  # the store takes writes: retry what waits now
+
     def add(self, fires: Iterable[Incoming]) -> None:
         """Keep fires that could not be recorded; the retry loop takes them."""
         for inc in fires:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import hmac
 import os
 import secrets
 import stat
@@ -83,6 +85,24 @@ def load_secret(data_dir: Path) -> bytes:
             f"from a backup, or {_ROTATE_HINT}"
         )
     return key
+
+
+class CallbackTokens:
+    """The callback token of each run: HMAC-SHA256(key, run id) with the key of `secret.key`,
+    loaded by `load` when the engine starts (until then the key is empty)."""
+
+    def __init__(self) -> None:
+        self._key = b""
+
+    def load(self, data_dir: Path) -> None:
+        self._key = load_secret(data_dir)  # raises SecretKeyError
+
+    def token(self, run_id: str) -> str:
+        return hmac.new(self._key, run_id.encode(), hashlib.sha256).hexdigest()
+
+    def check(self, run_id: str, token: str) -> bool:
+        """Whether `token` is the run's callback token (compared in constant time)."""
+        return hmac.compare_digest(token.encode(), self.token(run_id).encode())
 
 
 def _create(path: Path, replace: bool = False) -> bytes:

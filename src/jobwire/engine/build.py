@@ -1,0 +1,45 @@
+"""The plugs an engine runs with, built from its settings: the store, one instance of every
+target kind, the sinks of `settings.sinks` (none of them started: the engine starts them)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from jobwire.config import Settings
+from jobwire.model import Job
+from jobwire.sinks import build_sinks
+from jobwire.sinks.base import Sink
+from jobwire.store import Store, open_store
+from jobwire.targets import build_targets
+from jobwire.targets.base import Target
+
+
+@dataclass(slots=True)
+class Plugs:
+    store: Store
+    targets: dict[str, Target]
+    sinks: list[Sink]
+
+
+def build_plugs(settings: Settings, store: Store | None = None) -> Plugs:
+    """The store (`store` if given, else the one `settings` names), the targets and the sinks."""
+    store = store or open_store(settings.effective_database_url)
+    targets = build_targets(settings)
+    return Plugs(store, targets, build_sinks(settings))
+
+
+def bind_targets(
+    targets: Iterable[Target],
+    run_exists: Callable[[str], Awaitable[bool]],
+    jobs: Callable[[], Iterable[Job]],
+    registry: CollectorRegistry,
+) -> None:
+    """What every target is offered before `start` (see `Target.bind`)."""
+    for target in targets:
+        target.bind(run_exists=run_exists, jobs=jobs, registry=registry)
+
+
+__all__ = ["Plugs", "bind_targets", "build_plugs"]

@@ -1,0 +1,331 @@
+"""Intake: from an `Incoming` event to a recorded `Admission` — what a source hands in.
+
+Every way in (time triggers, the API, webhooks, brokers) ends in `EventIntake.submit` (or
+`submit_many` for a batch). The contract a source relies on:
+
+* `submit` returns only after the event — and its run, if it makes one — is durably committed
+  (one group-committed transaction, fsynced), so a source may acknowledge its message as soon as
+  `submit` returns, and must not before. The run is launched right after the commit.
+* Every event is recorded, with its `EventOutcome` saying what became of it:
+  - `run`: a new run was recorded (`Admission.run`); it is pending (launched) or queued behind the
+    job's concurrency limit;
+  - `duplicate`: the run key (the job, the trigger and the event key — a message id, a delivery
+    id — or the scheduled time) already has a run: `event.run_id` names it. A redelivered message
+    is a `duplicate`, never a second run; acknowledge it;
+  - `overlap`: the job's concurrency policy is `forbid` and a run is in progress: no run;
+  - `paused`: the job is paused (manual sources — the API, a rerun — still run);
+  - `invalid`: no such job, invalid parameters, or a payload that cannot be stored;
+    `event.reason` says what was wrong. Retrying the same message gives the same answer, so dead-
+    letter it with that reason.
+* `Unavailable` (an `EngineError`, HTTP 503) means nothing could be recorded: jobwire is shutting
+  down. Do not acknowledge; retry later or against another replica. Any other exception from
+  `submit` (the store failing to write) also means not recorded. For `submit_many`, such an error
+  is returned in the failing event's place in the list.
+
+The decision (run key, concurrency slot, the run itself) is made before the commit without
+yielding, so concurrent events see each other's reservations; a failed commit gives them back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from jobwire.engine.committer import Committer
+from jobwire.engine.errors import InvalidParams, JobNotFound, Unavailable
+from jobwire.engine.metrics import Metrics
+from jobwire.engine.policies import Decision
+from jobwire.engine.runs import RunStates
+from jobwire.jsonsafe import unstorable
+from jobwire.model import (
+    Admission,
+    Event,
+    EventOutcome,
+    Incoming,
+    Job,
+    Run,
+    RunState,
+    Transition,
+    event_run_key,
+    run_id_for,
+    time_run_key,
+    utcnow,
+)
+from jobwire.params import ParamError, mask_params, resolve_params
+from jobwire.store import Intake, Recorded, Store, StoredJob
+
+log = structlog.get_logger(__name__)
+
+Spawn = Callable[[Coroutine[Any, Any, Any], str], object]
+"""Starts a one-shot background task whose exception is logged (`Supervisor.once`)."""
+
+MANUAL_SOURCES = ("api", "rerun")
+"""Sources a paused job still accepts: pausing stops schedules and events, not a person's explicit run."""
+
+SUBMIT_CHUNK = 256
+"""Events per chunk of `submit_many`: small enough that the first chunk is committed while later
+ones are built (1,000 fires due at once are not recorded all at the end), large enough that a
+chunk is one cheap transaction."""
+
+
+def new_id(prefix: str) -> str:
+    return prefix + uuid.uuid4().hex[:23]
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """An event ready to commit, with what its admission needs afterwards."""
+
+    intake: Intake
+    job: Job | None = None
+    victims: list[str] = field(default_factory=list)
+    received_at: datetime | None = None
+
+
+def _no_run(event: Event, outcome: EventOutcome, reason: str, run_id: str | None = None) -> _Prepared:
+    event.outcome = outcome
+    event.reason = reason
+    event.run_id = run_id
+    return _Prepared(Intake(event, None))
+
+
+class EventIntake:
+    def __init__(
+        self,
+        jobs: Mapping[str, StoredJob],
+        states: RunStates,
+        committer: Committer,
+        store: Store,
+        metrics: Metrics,
+        spawn: Spawn,
+    ) -> None:
+        self.jobs = jobs
+        self.states = states
+        self.runs = states.runs
+        self.active_keys = states.active_keys
+        self.slots = states.slots
+        self.attempts = states.attempts
+        self.committer = committer
+        self.store = store
+        self.metrics = metrics
+        self._spawn = spawn
+        self.stopping = False
+        """Set when the engine stops: every submit then raises `Unavailable`."""
+
+    async def submit(self, incoming: Incoming) -> Admission:
+        """Record the event (and its run) durably, then dispatch. Returns after the commit."""
+        if self.stopping:
+            raise Unavailable("jobwire is shutting down; retry against another replica or after restart")
+        prepared = self._prepare(incoming)
+        try:
+            rec = await self.committer.record(prepared.intake)
+        except BaseException:
+            self._unreserve(prepared)
+            raise
+        admission, launched = self._admit(prepared, rec)
+        if launched:
+            # Let the attempt start before the caller answers its producer (the HTTP response, the
+            # broker ack): the job starting is what the latency budget is for; the answer can wait
+            # the ~0.3 ms the target needs to hand it over.
+            await asyncio.sleep(0)
+        return admission
+
+    async def submit_many(self, incomings: list[Incoming]) -> list[Admission | BaseException]:
+        """`submit` for a batch (time triggers due together): no task or coroutine per event, and
+        chunks of `SUBMIT_CHUNK`, so the first chunk is being committed while the next is built.
+        One result per event, in order: its admission, or the error that kept it from the store."""
+        if self.stopping:
+            raise Unavailable("jobwire is shutting down; retry against another replica or after restart")
+        chunks: list[asyncio.Future[list[Admission | BaseException]]] = []
+        for i in range(0, len(incomings), SUBMIT_CHUNK):
+            prepared = [self._prepare(inc) for inc in incomings[i : i + SUBMIT_CHUNK]]
+            futures = [self.committer.enqueue(p.intake) for p in prepared]
+            chunks.append(asyncio.ensure_future(self._admit_chunk(prepared, futures)))
+            await asyncio.sleep(0)  # the committer takes this chunk while the next one is built
+        return [adm for chunk in await asyncio.gather(*chunks) for adm in chunk]
+
+    async def _admit_chunk(
+        self, prepared: list[_Prepared], futures: list[asyncio.Future[Recorded]]
+    ) -> list[Admission | BaseException]:
+        recorded = await asyncio.gather(*futures, return_exceptions=True)
+        out: list[Admission | BaseException] = []
+        for p, rec in zip(prepared, recorded, strict=True):
+            if isinstance(rec, BaseException):
+                self._unreserve(p)
+                out.append(rec)
+            else:
+                out.append(self._admit(p, rec)[0])
+        return out
+
+    def _prepare(self, inc: Incoming) -> _Prepared:
+        """Everything before the commit, without yielding: the event, the run key, the concurrency
+        decision, the run — reserved (its key and slot) so the next event sees it in its decision."""
+        event = Event(
+            id=new_id("e"),
+            job=inc.job,
+            trigger=inc.trigger,
+            source=inc.source,
+            received_at=inc.received_at,
+            scheduled_at=inc.scheduled_at,
+            input_location=inc.input_location,
+        )
+        given, where = (inc.params, "params") if inc.params is not None else (inc.payload, "payload")
+        bad = unstorable(given, where)
+        if bad is None and inc.event_key is not None:
+            bad = unstorable(inc.event_key, "event key")
+        if bad is not None:  # refused alone: it must never reach (and fail) the group commit
+            return _no_run(event, EventOutcome.invalid, f"{bad[0]}: {bad[1]}")
+        stored = self.jobs.get(inc.job or "")
+        if stored is None:
+            event.payload = _json_safe(inc.payload)
+            return _no_run(event, EventOutcome.invalid, f"no job named {inc.job!r}")
+        job = stored.job
+        supplied = (
+            inc.params if inc.params is not None else inc.payload if isinstance(inc.payload, dict) else None
+        )
+        event.payload = _mask_payload(job, inc.params if inc.params is not None else inc.payload)
+        if stored.paused and inc.source not in MANUAL_SOURCES:
+            return _no_run(event, EventOutcome.paused, "job is paused")
+        trig = job.trigger(inc.trigger)
+        try:
+            params = resolve_params(
+                job, supplied, trig.params if trig is not None else None, strict=inc.params is not None
+            )
+        except ParamError as exc:
+            return _no_run(event, EventOutcome.invalid, str(exc))
+        if inc.scheduled_at is not None and inc.source in ("cron", "interval", "at"):
+            key = time_run_key(job.name, inc.trigger, inc.scheduled_at)
+        else:
+            key = event_run_key(job.name, inc.trigger, inc.event_key or new_id("k"))
+        existing = self.active_keys.get(key)
+        if existing is not None:
+            return _no_run(
+                event, EventOutcome.duplicate, f"run key already has run {existing}", run_id=existing
+            )
+        ckey = str(params.get(job.concurrency.key)) if job.concurrency.key else None
+        decision, victims = self.slots.decide(job, ckey)
+        if decision == Decision.skip:
+            return _no_run(
+                event,
+                EventOutcome.overlap,
+                f"concurrency policy forbid: already running {', '.join(victims)}",
+            )
+        now = utcnow()
+        state = RunState.queued if decision == Decision.queue else RunState.pending
+        run = Run(
+            id=run_id_for(key),
+            key=key,
+            job=job.name,
+            trigger=inc.trigger,
+            event_id=event.id,
+            state=state,
+            params=params,
+            concurrency_key=ckey,
+            created_at=now,
+            scheduled_at=inc.scheduled_at,
+            input_location=inc.input_location,
+            environment=job.environment,
+            history=[Transition(state=state, at=now, reason=f"event {event.id} from {inc.source}")],
+        )
+        event.run_id = run.id
+        self.active_keys[key] = run.id
+        if state == RunState.queued:
+            self.slots.enqueue(job.name, ckey, run.id)
+        else:
+            self.slots.occupy(job.name, ckey, run.id, now)
+        return _Prepared(Intake(event, run), job, victims, inc.received_at)
+
+    def _unreserve(self, p: _Prepared) -> None:
+        run = p.intake.run
+        if run is not None:
+            self.active_keys.pop(run.key, None)
+            self.slots.release(run.job, run.concurrency_key, run.id)
+
+    def _admit(self, p: _Prepared, rec: Recorded) -> tuple[Admission, bool]:
+        """After the commit: the run is durable, so it becomes active and is launched (unless
+        queued). Returns the admission and whether an attempt was launched."""
+        event, run = rec.event, p.intake.run
+        self.metrics.events.labels(event.source, event.outcome.value).inc()
+        if run is None or p.job is None:  # recorded without a run: invalid, paused, duplicate, overlap
+            if event.outcome == EventOutcome.invalid:
+                log.warning("invalid event", event_id=event.id, job=event.job, reason=event.reason)
+            existing = self.runs.get(event.run_id) if event.run_id else None
+            return Admission(event=event, run=existing.snapshot() if existing else None), False
+        if event.outcome != EventOutcome.run:  # the store found the key taken (another replica, a restart)
+            self._unreserve(p)
+            return Admission(event=event, run=rec.run), False
+        self.runs[run.id] = run
+        self.metrics.runs_active.labels(run.state.value).inc()
+        self.states.publish(run)
+        for victim in p.victims:
+            self._spawn(self.states.cancel(victim, f"replaced by run {run.id}"), "jobwire-replace")
+        answer = run.snapshot()  # the run as recorded, whatever its attempt does next
+        if run.state != RunState.pending:
+            return Admission(event=event, run=answer), False
+        self.attempts.launch(run, p.job, received_at=p.received_at)
+        return Admission(event=event, run=answer), True
+
+    # ------------------------------------------------------------------ manual runs (API / CLI)
+    async def trigger(
+        self, job: str, params: dict[str, Any], idempotency_key: str | None = None, source: str = "api"
+    ) -> Admission:
+        """Manual run (API / CLI). Raises JobNotFound, InvalidParams (422 naming the parameter)."""
+        stored = self.jobs.get(job)
+        adm = await self.submit(
+            Incoming(job=job, trigger=source, source=source, params=params, event_key=idempotency_key)
+        )
+        if stored is None:
+            raise JobNotFound(f"no job named {job!r} (event {adm.event.id} recorded as invalid)")
+        if adm.event.outcome == EventOutcome.invalid:
+            raise InvalidParams(adm.event.reason or "invalid parameters")
+        if adm.event.outcome == EventOutcome.duplicate and adm.run is None and adm.event.run_id:
+            adm.run = await self.store.get_run(adm.event.run_id)
+        return adm
+
+    async def rerun(self, run_id: str, idempotency_key: str | None = None) -> Admission:
+        """A new run of a run's job with its parameters (an event of source `rerun`)."""
+        orig = await self.states.get_run(run_id)
+        if orig.job not in self.jobs:
+            raise JobNotFound(f"job {orig.job!r} of run {run_id} is no longer defined")
+        adm = await self.submit(
+            Incoming(
+                job=orig.job,
+                trigger="rerun",
+                source="rerun",
+                params=orig.params,
+                event_key=idempotency_key or f"{run_id}/{uuid.uuid4().hex[:12]}",
+                input_location=orig.input_location,
+            )
+        )
+        if adm.event.outcome == EventOutcome.invalid:
+            raise InvalidParams(adm.event.reason or "invalid parameters")
+        if adm.run is None and adm.event.run_id:
+            adm.run = await self.store.get_run(adm.event.run_id)
+        return adm
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _mask_payload(job: Job, payload: Any) -> Any:
+    """Events keep their payload for lineage, with secret parameters masked."""
+    if isinstance(payload, dict):
+        return _json_safe(mask_params(job, payload))
+    return _json_safe(payload)
+
+
+__all__ = ["MANUAL_SOURCES", "SUBMIT_CHUNK", "EventIntake", "Spawn"]

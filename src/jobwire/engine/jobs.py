@@ -1,0 +1,151 @@
+"""The job registry: the definitions in force (in memory, `jobs`; stored in the store), from job
+files (`settings.jobs`) and the API; pause and resume; re-reading the files when they change.
+
+A job defined in a file (origin `file:<path>`) is changed by editing that file, never by the API.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import structlog
+
+from jobwire.config import Settings
+from jobwire.engine.errors import Conflict, JobNotFound
+from jobwire.engine.metrics import Metrics
+from jobwire.engine.scheduler import TimeScheduler
+from jobwire.jobfile import JobFileError, load_path
+from jobwire.model import Job
+from jobwire.store import Store, StoredJob
+
+log = structlog.get_logger(__name__)
+
+
+class JobRegistry:
+    def __init__(self, settings: Settings, store: Store, scheduler: TimeScheduler, metrics: Metrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self.jobs: dict[str, StoredJob] = {}
+        """The definitions in force by name; the same dict for the whole engine's life."""
+        self.file_mtimes: dict[Path, float] = {}
+
+    # ------------------------------------------------------------------ job files
+    async def load(self) -> None:
+        """At start: the job files' definitions saved over the store's, file jobs no longer in a
+        file deleted, every job scheduled. Raises JobFileError listing every problem."""
+        file_jobs: list[tuple[Job, str]] = []
+        for path in self.settings.jobs:
+            file_jobs.extend(load_path(path))  # raises JobFileError listing every problem
+            if self.settings.reload:
+                self.file_mtimes.update(_mtimes(path))
+        stored = {s.job.name: s for s in await self.store.list_jobs()}
+        seen = set()
+        for job, origin in file_jobs:
+            seen.add(job.name)
+            prev = stored.get(job.name)
+            if prev is None or prev.job != job or prev.origin != origin:
+                stored[job.name] = await self.store.save_job(job, origin)
+        for name, s in list(stored.items()):
+            if s.origin.startswith("file:") and name not in seen:
+                await self.store.delete_job(name)
+                del stored[name]
+        self.jobs.clear()  # in place: the intake, the run states and the targets hold this dict
+        self.jobs.update(stored)
+        for s in stored.values():
+            self.scheduler.set_job(s.job, s.paused)
+        self.metrics.jobs.set(len(self.jobs))
+
+    async def reload_files(self) -> list[str]:
+        """Re-read job files; on errors keep the current definitions and return the messages."""
+        try:
+            file_jobs: list[tuple[Job, str]] = []
+            for path in self.settings.jobs:
+                file_jobs.extend(load_path(path))
+        except JobFileError as exc:
+            msgs = [str(e) for e in exc.errors]
+            log.error("job files have errors; keeping the current definitions", errors=msgs)
+            return msgs
+        names = set()
+        for job, origin in file_jobs:
+            names.add(job.name)
+            cur = self.jobs.get(job.name)
+            if cur is None or cur.job != job:
+                self._install(await self.store.save_job(job, origin))
+        for name, s in list(self.jobs.items()):
+            if s.origin.startswith("file:") and name not in names:
+                await self.store.delete_job(name)
+                self.jobs.pop(name, None)
+                self.scheduler.remove_job(name)
+        self.metrics.jobs.set(len(self.jobs))
+        log.info("job files reloaded", jobs=len(names))
+        return []
+
+    def files_changed(self) -> bool:
+        """Whether a job file changed (by mtime) since the last look. Development mode (`reload`)
+        checks this once a second — the only periodic check in jobwire. The new mtimes are
+        remembered at once: a file that breaks the reload is not re-read until it changes again."""
+        current: dict[Path, float] = {}
+        for path in self.settings.jobs:
+            current.update(_mtimes(path))
+        if current == self.file_mtimes:
+            return False
+        self.file_mtimes = current
+        return True
+
+    # ------------------------------------------------------------------ definitions
+    def _install(self, stored: StoredJob) -> None:
+        self.jobs[stored.job.name] = stored
+        self.scheduler.set_job(stored.job, stored.paused)
+
+    async def put_job(self, job: Job, origin: str = "api") -> StoredJob:
+        cur = self.jobs.get(job.name)
+        if cur is not None and cur.origin.startswith("file:") and origin == "api":
+            raise Conflict(
+                f"job {job.name!r} is defined in {cur.origin[5:]}; edit that file, not the API definition"
+            )
+        stored = await self.store.save_job(job, origin)
+        self._install(stored)
+        self.metrics.jobs.set(len(self.jobs))
+        return stored
+
+    def get_job(self, name: str) -> StoredJob:
+        stored = self.jobs.get(name)
+        if stored is None:
+            raise JobNotFound(f"no job named {name!r}")
+        return stored
+
+    async def delete_job(self, name: str) -> None:
+        cur = self.get_job(name)
+        if cur.origin.startswith("file:"):
+            raise Conflict(f"job {name!r} is defined in {cur.origin[5:]}; remove it from that file")
+        await self.store.delete_job(name)
+        self.jobs.pop(name, None)
+        self.scheduler.remove_job(name)
+        self.metrics.jobs.set(len(self.jobs))
+
+    async def set_paused(self, name: str, paused: bool) -> StoredJob:
+        self.get_job(name)
+        stored = await self.store.set_paused(name, paused)
+        if stored is None:
+            raise JobNotFound(f"no job named {name!r}")
+        self._install(stored)
+        return stored
+
+    def time_job(self, name: str) -> tuple[Job, bool] | None:
+        """A job's definition and whether it is paused (for fires kept while the store was failing)."""
+        stored = self.jobs.get(name)
+        return (stored.job, stored.paused) if stored is not None else None
+
+    def job_defs(self) -> list[Job]:
+        return [s.job for s in self.jobs.values()]
+
+
+def _mtimes(path: Path) -> dict[Path, float]:
+    if path.is_dir():
+        return {p: p.stat().st_mtime for p in sorted(path.rglob("*.y*ml"))}
+    return {path: path.stat().st_mtime} if path.exists() else {}
+
+
+__all__ = ["JobRegistry"]

@@ -1,0 +1,69 @@
+"""At start, after a stop or a crash: resume the runs that were in flight (reconcile), then run
+the fire times missed while jobwire was down (catch-up, per each job's policy)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+
+import structlog
+
+from jobwire.engine.runs import RunStates
+from jobwire.engine.scheduler import missed_fires
+from jobwire.model import Admission, Incoming, RunError, RunState, utcnow
+from jobwire.store import Store, StoredJob
+
+log = structlog.get_logger(__name__)
+
+SubmitMany = Callable[[list[Incoming]], Awaitable[list[Admission | BaseException]]]
+
+
+async def reconcile(store: Store, states: RunStates) -> None:
+    """Resume what was in flight when jobwire last stopped."""
+    active = await store.active_runs()
+    for run in active:
+        stored = states.jobs.get(run.job)
+        if stored is None:
+            run.finished_at = utcnow()
+            run.error = RunError(message="its job is no longer defined", reason="JobDeleted")
+            states.transition(run, RunState.failed, "job deleted while jobwire was down")
+            continue
+        states.runs[run.id] = run
+        states.active_keys[run.key] = run.id
+        states.metrics.runs_active.labels(run.state.value).inc()
+        if run.state == RunState.queued:
+            states.slots.enqueue(run.job, run.concurrency_key, run.id)
+            continue
+        states.slots.occupy(run.job, run.concurrency_key, run.id, run.created_at)
+        resumed = run.state == RunState.running or states.attempts.was_launched(run)
+        log.info("resuming run", run_id=run.id, job=run.job, state=run.state.value, resumed=resumed)
+        states.attempts.launch(run, stored.job, resumed=resumed)
+    for stored in states.jobs.values():
+        keys = {r.concurrency_key for r in states.runs.values() if r.job == stored.job.name}
+        for k in keys:
+            states.promote(stored.job.name, k)
+    await states.committer.flush()
+
+
+async def catch_up(store: Store, jobs: Mapping[str, StoredJob], submit_many: SubmitMany) -> None:
+    """Fire times missed while jobwire was down, per each job's catch-up policy."""
+    now = utcnow()
+    last_fires = await store.last_fires()  # one read, not one per trigger
+    due: list[Incoming] = []
+    for stored in jobs.values():
+        if stored.paused:
+            continue
+        job = stored.job
+        for tid, trig in zip(job.trigger_ids(), job.triggers, strict=True):
+            if trig.type not in ("cron", "interval", "at"):
+                continue
+            last = last_fires.get((job.name, tid))
+            for t in missed_fires(trig, last, now, job.catchup):
+                due.append(Incoming(job=job.name, trigger=tid, source=trig.type, scheduled_at=t))
+    if due:
+        log.info("catching up missed fire times", count=len(due))
+        for result in await submit_many(due):
+            if isinstance(result, BaseException):
+                raise result
+
+
+__all__ = ["catch_up", "reconcile"]

@@ -1,0 +1,166 @@
+"""The run state machine: every state change of a run, persisted and published; a run's end
+frees its concurrency slot and starts whoever waits for it; cancel and callbacks.
+
+A run is active (queued, pending, running) while it is in `runs`; finished runs are only in the
+store. `RunStates` owns the attempts (`dispatch.Attempts`) that run them on their targets, and
+serves them as their `RunHost`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from jobwire.config import Settings
+from jobwire.engine.committer import Committer
+from jobwire.engine.dispatch import Attempts
+from jobwire.engine.errors import Conflict, Forbidden, RunNotFound
+from jobwire.engine.metrics import Metrics
+from jobwire.engine.policies import Slots
+from jobwire.engine.runlogs import RunLogs
+from jobwire.engine.secret import CallbackTokens
+from jobwire.engine.status import StatusHub, document
+from jobwire.model import Run, RunState, Transition, utcnow
+from jobwire.store import Store, StoredJob
+from jobwire.targets.base import Target
+
+_ACTIVE = (RunState.queued, RunState.pending, RunState.running)
+
+
+class RunStates:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        jobs: Mapping[str, StoredJob],
+        targets: Mapping[str, Target],
+        committer: Committer,
+        hub: StatusHub,
+        logs: RunLogs,
+        metrics: Metrics,
+        tokens: CallbackTokens,
+        touched: set[str],
+    ) -> None:
+        self.store = store
+        self.jobs = jobs
+        self.targets = targets
+        self.committer = committer
+        self.hub = hub
+        self.logs = logs
+        self.metrics = metrics
+        self.tokens = tokens
+        self.runs: dict[str, Run] = {}
+        """Active runs (queued, pending, running) by id; finished runs are only in the store."""
+        self.active_keys: dict[str, str] = {}
+        """Run key → id of the active run that holds it."""
+        self.slots = Slots()
+        self.touched = touched
+        """Jobs whose runs ended since the last retention sweep (retention's set, shared)."""
+        self.stopping = False
+        """Set when the engine stops: a freed slot no longer starts a waiting run."""
+        self.attempts = Attempts(self, settings, jobs, targets, committer, logs, metrics, tokens)
+
+    # ------------------------------------------------------------------ state changes
+    def publish(self, run: Run, block: Any = None) -> None:
+        if not self.hub.listening:
+            self.hub.skip()
+            return
+        stored = self.jobs.get(run.job)
+        self.hub.publish(document(run, stored.job if stored else None, block))
+
+    def transition(self, run: Run, state: RunState, reason: str | None = None, block: Any = None) -> None:
+        """Change a run's state: persisted (group commit) and published on every sink."""
+        if run.state != state:
+            if run.state in _ACTIVE:
+                self.metrics.runs_active.labels(run.state.value).dec()
+            if state in _ACTIVE:
+                self.metrics.runs_active.labels(state.value).inc()
+        run.state = state
+        # built from the engine's own typed values: no validation pass needed
+        run.history.append(
+            Transition.model_construct(state=state, at=utcnow(), reason=reason, attempt=run.attempt)
+        )
+        self.committer.update(run)
+        self.publish(run, block)
+
+    def finished(self, run: Run) -> None:
+        """Bookkeeping once a run is terminal: free its slot and start whoever waits for it."""
+        self.runs.pop(run.id, None)
+        self.active_keys.pop(run.key, None)
+        self.touched.add(run.job)
+        self.logs.finish(run.id)
+        self.metrics.runs_finished.labels(run.job, run.state.value).inc()
+        if run.started_at and run.finished_at:
+            stored = self.jobs.get(run.job)
+            kind = stored.job.target.type if stored else "unknown"
+            self.metrics.run_seconds.labels(kind).observe(
+                (run.finished_at - run.started_at).total_seconds()
+            )
+        self.slots.release(run.job, run.concurrency_key, run.id)
+        self.promote(run.job, run.concurrency_key)
+
+    def promote(self, job_name: str, ckey: str | None) -> None:
+        """Start the runs waiting for a free slot of this job and concurrency key, as many as fit."""
+        stored = self.jobs.get(job_name)
+        if stored is None or self.stopping:
+            return
+        while (nxt := self.slots.next_waiting(stored.job, ckey)) is not None:
+            run = self.runs.get(nxt)
+            if run is None:
+                continue
+            self.slots.occupy(job_name, ckey, run.id, run.created_at)
+            self.transition(run, RunState.pending, "a concurrency slot is free")
+            self.attempts.launch(run, stored.job)
+
+    # ------------------------------------------------------------------ requests about a run
+    async def get_run(self, run_id: str) -> Run:
+        run = self.runs.get(run_id) or await self.store.get_run(run_id)
+        if run is None:
+            raise RunNotFound(f"no run with id {run_id!r}")
+        return run
+
+    async def _active(self, run_id: str) -> Run:
+        """The active run `run_id`; RunNotFound if there is none, Conflict if it already ended."""
+        run = self.runs.get(run_id)
+        if run is None:
+            stored = await self.store.get_run(run_id)
+            if stored is None:
+                raise RunNotFound(f"no run with id {run_id!r}")
+            raise Conflict(f"run {run_id} already ended ({stored.state.value})")
+        return run
+
+    async def cancel(self, run_id: str, reason: str = "cancelled by user") -> Run:
+        run = await self._active(run_id)
+        if not await self.attempts.cancel(run, reason):
+            # queued, or pending before its first/next attempt: nothing runs on the target
+            run.finished_at = utcnow()
+            self.transition(run, RunState.cancelled, reason)
+            self.finished(run)
+        await self.committer.flush()
+        return run
+
+    async def callback(
+        self, run_id: str, token: str, ok: bool, message: str | None, data: dict[str, Any]
+    ) -> Run:
+        if not self.tokens.check(run_id, token):
+            raise Forbidden("wrong callback token for this run")
+        run = await self._active(run_id)
+        self.attempts.deliver_callback(run, ok, message, data)
+        return run
+
+    async def run_log(self, run_id: str, follow: bool = False) -> AsyncIterator[bytes]:
+        run = await self.get_run(run_id)
+        stored = self.jobs.get(run.job)
+        if stored is not None:
+            target = self.targets.get(stored.job.target.type)
+            if target is not None:
+                stream = await target.logs(run, follow)
+                if stream is not None:
+                    async for chunk in stream:
+                        yield chunk
+                    return
+        async for chunk in self.logs.read(run_id, follow, lambda: run_id in self.runs):
+            yield chunk
+
+
+__all__ = ["RunStates"]
