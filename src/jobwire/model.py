@@ -13,7 +13,7 @@ import math
 import re
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -168,6 +168,8 @@ class Parameter(_Def):
 
 
 class _Trigger(_Def):
+    type: str
+    """The trigger's kind (each subclass narrows it to its literal)."""
     id: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = None
     """Stable identity of the trigger within its job; part of every run key it makes.
     Defaults to the trigger's type (with its index when a job has several of one type)."""
@@ -234,15 +236,21 @@ Trigger = Annotated[
 TIME_TRIGGERS = ("cron", "interval", "at")
 
 
+def _plug_kinds() -> tuple[str, ...]:
+    from jobwire.registry import SOURCES
+
+    return tuple(p.kind for p in SOURCES if p.trigger is not None)
+
+
 def _infer_trigger_type(value: Any) -> Any:
     """`- cron: "* * * * *"` is shorthand for `- {type: cron, cron: ...}`; `- api` for `{type: api}`."""
     if isinstance(value, str):
         return {"type": value}
     if isinstance(value, dict) and "type" not in value:
-        for kind in ("cron", "interval", "at", "webhook", "api"):
+        for kind in ("cron", "interval", "at", "webhook", "api", *_plug_kinds()):
             if kind in value:
                 v = dict(value)
-                if kind in ("webhook", "api") and isinstance(v[kind], dict | type(None)):
+                if kind not in ("cron", "interval", "at") and isinstance(v[kind], dict | type(None)):
                     extra = v.pop(kind) or {}
                     v.update(extra)
                 v["type"] = kind
@@ -507,7 +515,7 @@ class Retention(_Def):
 class Job(_Def):
     name: JobName
     description: str = ""
-    triggers: list[Annotated[Trigger, BeforeValidator(_infer_trigger_type)]] = Field(default_factory=list)
+    triggers: list[Annotated[AnyTrigger, BeforeValidator(_infer_trigger_type)]] = Field(default_factory=list)
     target: TargetSpec
     parameters: list[Parameter] = Field(default_factory=list)
     concurrency: Concurrency = Concurrency()
@@ -736,3 +744,16 @@ class Admission(BaseModel):
     @property
     def created(self) -> bool:
         return self.event.outcome == EventOutcome.run
+
+
+# --------------------------------------------------------------------------- plug triggers
+# Source kinds add their trigger models (`jobwire/registry.py`); their spec modules import the
+# bases above, so the registry is imported here, at the end, and the job model completed after.
+from jobwire.registry import plug_triggers  # noqa: E402
+
+if TYPE_CHECKING:
+    AnyTrigger = _Trigger
+else:
+    _BUILTIN_TRIGGERS = (CronTrigger, IntervalTrigger, AtTrigger, ApiTrigger, WebhookTrigger)
+    AnyTrigger = Annotated[Union[(*_BUILTIN_TRIGGERS, *plug_triggers())], Field(discriminator="type")]
+Job.model_rebuild()

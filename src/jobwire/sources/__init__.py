@@ -1,6 +1,6 @@
-"""Event sources: one module per kind (time triggers live in the engine's scheduler; api and webhook
-come through the REST API). Broker sources (amqp, sqs, s3, mqtt, postgres) plug in here."""
+"""Event sources: one package per kind (time triggers live in the engine's scheduler; api and
+webhook come through the REST API). The contract is `jobwire.sources.base`; the kinds are listed
+in `jobwire/registry.py`.
 
-from jobwire.sources.base import Source, Submit
-
-__all__ = ["Source", "Submit"]
+This module imports nothing: the registry imports each kind's `spec` while `jobwire.model` is
+still being built, so importing a `spec` must not pull in the rest of jobwire."""

@@ -1,0 +1,47 @@
+"""How a plug kind describes itself to the registry (`jobwire/registry.py`). A leaf module: a
+plug's `spec` module imports it while `jobwire.model` is still being built."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+class PlugMissing(RuntimeError):
+    """A plug's client library is not installed; the message names the pip extra."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePlug:
+    """A source kind: the trigger type it adds to job definitions, its settings section, and where
+    its client code is (imported only when a source of this kind is configured)."""
+
+    kind: str
+    trigger: type[Any] | None
+    """The trigger model (`type: <kind>` in a job's `triggers`), or None."""
+    settings: type[Any] | None
+    """Its settings section: a pydantic-settings class that reads its own variables, or None."""
+    load: str
+    """`module:function` of `build(bindings, settings) -> list[Source]`."""
+    extra: str
+    """The pip extra that brings its client library: `pip install 'jobwire[<extra>]'`."""
+    global_bindings: Callable[[Any], list[Any]] | None = None
+    """Bindings that come from settings alone (e.g. seed 000's shared queue when `BROKER_URL` is set)."""
+
+    def builder(self) -> Callable[..., Any]:
+        """The kind's `build` function; PlugMissing (naming the extra) when its library is absent."""
+        import importlib
+
+        module, _, func = self.load.partition(":")
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and not exc.name.startswith("jobwire"):
+                raise PlugMissing(
+                    f"the {self.kind} source needs the Python package {exc.name!r}: "
+                    f"pip install 'jobwire[{self.extra}]'"
+                ) from None
+            raise
+        fn: Callable[..., Any] = getattr(mod, func)
+        return fn

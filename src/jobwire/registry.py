@@ -1,0 +1,31 @@
+"""Every plug kind jobwire knows, one line each. Adding a source kind: its package under
+`jobwire/sources/<kind>/` and one line here.
+
+Imported at the end of `jobwire.model` (a job's `triggers` accept every kind listed here), so the
+`spec` modules imported below must import only `jobwire.model` and `jobwire.plug`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobwire.plug import SourcePlug
+from jobwire.sources.amqp.spec import PLUG as AMQP
+
+SOURCES: tuple[SourcePlug, ...] = (
+    AMQP,
+)
+
+
+def source_plug(kind: str) -> SourcePlug | None:
+    return next((p for p in SOURCES if p.kind == kind), None)
+
+
+def plug_triggers() -> tuple[type[Any], ...]:
+    """The trigger models the source kinds add to job definitions."""
+    return tuple(p.trigger for p in SOURCES if p.trigger is not None)
+
+
+def plug_settings() -> dict[str, Any]:
+    """Each source kind's settings section, read from the environment now."""
+    return {p.kind: p.settings() for p in SOURCES if p.settings is not None}
