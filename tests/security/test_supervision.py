@@ -7,17 +7,21 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import sqlite3
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import structlog
 
 from jobwire.api.app import create_app
 from jobwire.config import Settings
 from jobwire.engine import Engine
 from jobwire.engine.supervisor import Supervisor
+from jobwire.model import Job
 from tests.support.waiting import eventually
 
 JOB = """
@@ -94,6 +98,87 @@ async def test_reload_loop_that_raises_is_restarted_and_reloads_the_next_change(
     assert reload_task(engine)["restarts"] >= 1
     # not critical: the engine still takes work
     assert engine.health()["ready"] is True
+
+
+async def readyz_task(engine: Engine, name: str) -> tuple[int, dict[str, Any]]:
+    """`/readyz`'s status code and what it shows of one task."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(engine)), base_url="http://t") as c:
+        r = await c.get("/readyz")
+    return r.status_code, next(t for t in r.json()["tasks"] if t["task"] == name)
+
+
+def full_disk() -> sqlite3.OperationalError:
+    return sqlite3.OperationalError("database or disk is full")
+
+
+async def test_a_store_error_in_the_reload_loop_is_logged_shown_in_readyz_and_the_loop_restarted(
+    reloading: tuple[Engine, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not the loader this time: the store refuses to save a changed definition (a full disk). The
+    error reaches the supervisor — logged, shown in /readyz — and the restarted loop loads the next
+    change once the store takes writes again."""
+    engine, jobs = reloading
+    real = engine.store.save_job
+
+    async def refuse(job: Job, origin: str) -> Any:
+        raise full_disk()
+
+    monkeypatch.setattr(engine.store, "save_job", refuse)
+    with structlog.testing.capture_logs() as logs:
+        write(jobs, JOB.format(name="second"))
+        health = await eventually(
+            lambda: (h := reload_task(engine))["last_error"] and h, 10, "the store error to be recorded"
+        )
+    assert health["last_error"] == "OperationalError: database or disk is full"
+    assert health["state"] == "failing" and health["critical"] is False
+    logged = [e for e in logs if e.get("task") == "jobwire-reload"]
+    assert logged and logged[0]["log_level"] == "error", logs
+    assert logged[0]["event"] == "background task failed; restarting"
+    assert logged[0]["error"] == "OperationalError: database or disk is full"
+    status, shown = await readyz_task(engine, "jobwire-reload")
+    assert status == 200, "not critical: the engine still takes work"
+    assert shown["state"] == "failing" and shown["last_error"] == "OperationalError: database or disk is full"
+    assert "second" not in engine.jobs
+    monkeypatch.setattr(engine.store, "save_job", real)
+    write(jobs, JOB.format(name="third"))
+    await eventually(lambda: "third" in engine.jobs, 15, "the restarted loop to reload the next change")
+    assert reload_task(engine)["restarts"] >= 1
+
+
+async def test_a_store_error_in_a_retention_sweep_is_shown_in_readyz_and_the_loop_restarted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep the store refuses is not swallowed by the retention loop: the supervisor shows it
+    and restarts the loop, whose next sweep goes through."""
+    engine = Engine(Settings(data_dir=tmp_path / "data", retention_interval=timedelta(milliseconds=50)))
+    engine.supervisor.backoff_min = 0.05
+    await engine.start()
+    try:
+        await engine.put_job(Job.model_validate({"name": "kept", "target": {"type": "local", "command": ["true"]}}))
+        real = engine.store.prune_jobs
+        calls = 0
+
+        async def refuse_once(rules: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise full_disk()
+            return await real(rules)
+
+        monkeypatch.setattr(engine.store, "prune_jobs", refuse_once)
+        health = await eventually(
+            lambda: next(t.as_dict() for t in engine.supervisor.health() if t.name == "jobwire-retention")
+            if calls >= 2
+            else None,
+            10,
+            "the sweep after the failed one",
+        )
+        assert health["last_error"] == "OperationalError: database or disk is full"
+        assert health["restarts"] >= 1 and health["critical"] is False
+        status, shown = await readyz_task(engine, "jobwire-retention")
+        assert status == 200 and shown["last_error"] == health["last_error"]
+    finally:
+        await engine.stop()
 
 
 async def test_a_failing_critical_loop_is_restarted_with_backoff_and_shown_in_readyz_and_metrics(

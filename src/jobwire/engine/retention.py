@@ -31,6 +31,8 @@ class Retention:
         self.interval = interval
         self.touched: set[str] = set()
         """Jobs whose runs ended since the last sweep (added to by the run state machine)."""
+        self._last_full: float | None = None
+        """Monotonic time of the last full sweep; kept when the supervisor restarts the loop."""
 
     async def sweep(self, only_touched: bool = False) -> int:
         """Apply each job's retention: keep the newest N and drop what is past the TTL.
@@ -58,17 +60,18 @@ class Retention:
         return deleted
 
     async def loop(self) -> None:
-        """A sweep every `interval`, of every job once an hour."""
-        last_full = time.monotonic() - FULL_SWEEP_EVERY + self.interval
+        """A sweep every `interval`, of every job once an hour. Runs supervised: a sweep that
+        raises (the store failing) is not swallowed here but goes to the supervisor — logged,
+        shown in `/readyz`, the loop restarted with backoff — and the hour still counts from the
+        last full sweep that succeeded."""
+        if self._last_full is None:
+            self._last_full = time.monotonic() - FULL_SWEEP_EVERY + self.interval
         while True:
             await asyncio.sleep(self.interval)
-            try:
-                full = time.monotonic() - last_full >= FULL_SWEEP_EVERY
-                await self.sweep(only_touched=not full)
-                if full:
-                    last_full = time.monotonic()
-            except Exception as exc:
-                log.error("retention sweep failed", error=str(exc))
+            full = time.monotonic() - self._last_full >= FULL_SWEEP_EVERY
+            await self.sweep(only_touched=not full)
+            if full:
+                self._last_full = time.monotonic()
 
 
 __all__ = ["Retention"]
