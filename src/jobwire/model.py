@@ -731,6 +731,12 @@ class Incoming(BaseModel):
     event_key: str | None = None
     scheduled_at: datetime | None = None
     input_location: str | None = None
+    """Seed 000's field of the status document; default the `input_location` parameter."""
+    environment: str | None = None
+    """Seed 000's field of the status document; default the `environment` parameter, then the job's."""
+    problem: str | None = None
+    """Set by a source for a message it could not read (not JSON, no job named): the event is
+    recorded `invalid` with this reason, so the source dead-letters the message."""
     received_at: datetime = Field(default_factory=utcnow)
 
 

@@ -111,6 +111,31 @@ async def test_status_documents_follow_every_state_change(engine: Engine) -> Non
     assert mine[1].status.active == 1
 
 
+async def test_input_location_and_environment_reach_the_status_document(engine: Engine) -> None:
+    """Seed 000's fields come from the parameters of the same name, for every trigger kind."""
+    params = [{"name": "input_location", "required": False}, {"name": "environment", "default": "dev"}]
+    await engine.put_job(job("s3ish", ["true"], environment="prod", parameters=params))
+    subscription = engine.subscribe()
+    adm = await engine.trigger("s3ish", {"input_location": "test/s3ish/in.csv", "environment": "test"})
+    assert adm.run is not None and adm.run.input_location == "test/s3ish/in.csv"
+    assert adm.event.input_location == "test/s3ish/in.csv"
+    first = await asyncio.wait_for(anext(subscription), 5)
+    assert (first.input_location, first.environment) == ("test/s3ish/in.csv", "test")
+    await subscription.aclose()
+    # a source that knows them passes them on the Incoming; the job's environment is the fallback
+    other = await engine.submit(Incoming(job="s3ish", trigger="api", source="api", params={}, environment=None))
+    assert other.run is not None and other.run.environment == "dev"  # the parameter's default
+
+
+async def test_a_message_a_source_could_not_read_is_recorded_invalid_with_its_reason(engine: Engine) -> None:
+    await engine.put_job(job("ok", ["true"]))
+    adm = await engine.submit(
+        Incoming(job="ok", trigger="amqp", source="amqp", payload="{not json", problem="body is not JSON")
+    )
+    assert adm.event.outcome == EventOutcome.invalid and adm.event.reason == "body is not JSON"
+    assert adm.run is None and adm.event.payload == "{not json"
+
+
 async def test_idempotency_key_makes_one_run(engine: Engine) -> None:
     await engine.put_job(job("once", ["true"]))
     a = await engine.trigger("once", {}, idempotency_key="k-1")

@@ -177,6 +177,10 @@ class EventIntake:
             input_location=inc.input_location,
         )
         given, where = (inc.params, "params") if inc.params is not None else (inc.payload, "payload")
+        if inc.problem is not None:  # a message the source could not read: recorded, not run
+            bad = unstorable(given, where)
+            event.payload = None if bad is not None else _json_safe(given)
+            return _no_run(event, EventOutcome.invalid, inc.problem)
         bad = unstorable(given, where)
         if bad is None and inc.event_key is not None:
             bad = unstorable(inc.event_key, "event key")
@@ -230,11 +234,12 @@ class EventIntake:
             concurrency_key=ckey,
             created_at=now,
             scheduled_at=inc.scheduled_at,
-            input_location=inc.input_location,
-            environment=job.environment,
+            input_location=inc.input_location or _text(params.get("input_location")),
+            environment=inc.environment or _text(params.get("environment")) or job.environment,
             history=[Transition(state=state, at=now, reason=f"event {event.id} from {inc.source}")],
         )
         event.run_id = run.id
+        event.input_location = run.input_location
         self.active_keys[key] = run.id
         if state == RunState.queued:
             self.slots.enqueue(job.name, ckey, run.id)
@@ -309,6 +314,10 @@ class EventIntake:
         if adm.run is None and adm.event.run_id:
             adm.run = await self.store.get_run(adm.event.run_id)
         return adm
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _json_safe(value: Any) -> Any:
