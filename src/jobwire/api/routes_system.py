@@ -38,6 +38,7 @@ async def readyz(engine: EngineDep) -> Any:
         problems=report["problems"],
         tasks=report["tasks"],
         store=report["store"] or None,
+        sources=report.get("sources") or [],
     )
     if report["ready"]:
         return body

@@ -268,9 +268,27 @@ class StoreWrites(BaseModel):
     triggers_catching_up: int = Field(0, description="triggers with more missed fires than are kept")
 
 
+class SourceState(BaseModel):
+    """One event source (a broker connection): connected or not, and what it has received."""
+
+    source: str
+    kind: str
+    connected: bool
+    since: float | None = Field(None, description="Unix time of the last connect or disconnect")
+    target: str = Field("", description="where it consumes from (secrets masked)")
+    messages: int = 0
+    dead_lettered: int = 0
+    last_message_at: float | None = None
+    lag: int | None = Field(None, description="messages waiting at the broker, when it says")
+    last_error: str | None = None
+
+
 class Readiness(Health):
     """`ready`, or `not ready` and why: starting, stopping, a critical task or store writes failing."""
 
     problems: list[str] = Field(default_factory=list)
     tasks: list[TaskState] = Field(default_factory=list)
     store: StoreWrites | None = None
+    sources: list[SourceState] = Field(
+        default_factory=list, description="event sources; a disconnected one reconnects with backoff"
+    )

@@ -51,6 +51,7 @@ from jobwire.engine.runlogs import RunLogs
 from jobwire.engine.runs import RunStates
 from jobwire.engine.scheduler import TimeScheduler
 from jobwire.engine.secret import CallbackTokens
+from jobwire.engine.sources import SourceCollector, SourceManager
 from jobwire.engine.status import StatusHub, Subscription
 from jobwire.engine.supervisor import Supervisor
 from jobwire.engine.webhooks import Delivery, Webhooks
@@ -102,6 +103,8 @@ class Engine:
         )
         self.webhooks = Webhooks(self.job_registry.get_job, self.intake.submit)
         self.pending_fires = PendingFires(self.intake.submit_many, self.job_registry.time_job, self.metrics)
+        self.sources = SourceManager(self.jobs, self.supervisor, self.intake.submit_many)
+        self.registry.register(SourceCollector(self.sources))
         bind_targets(self.targets.values(), self._run_exists, self.job_registry.job_defs, self.registry)
         self._stopping = False
         self._ready = False
@@ -127,6 +130,7 @@ class Engine:
             self.scheduler.start(self.supervisor.spawn)
             self.supervisor.loop("jobwire-fire-retry", self.pending_fires.run, critical=False)
             self.supervisor.loop("jobwire-retention", self.retention.loop)
+            await self.sources.start()
             if self.settings.reload and self.settings.jobs:
                 self.supervisor.loop("jobwire-reload", self._reload_loop)
         except BaseException:
@@ -147,6 +151,7 @@ class Engine:
         self._stopping = self.intake.stopping = self.run_states.stopping = True
         log.info("stopping: no new runs", running=self.attempts.count)
         await self.scheduler.stop()
+        await self.sources.stop()  # unacknowledged messages go back to their brokers
         await self.supervisor.cancel_all()  # retention, reload, fire retries; committer and sinks: below
         if self.pending_fires:
             log.warning(
@@ -200,7 +205,13 @@ class Engine:
                     {"task": name, "critical": False, "state": state, "restarts": 0, "last_error": error}
                     | {"consecutive_failures": 0, "failing_since": None, "retry_in": None}
                 )
-        return {"ready": not problems, "problems": problems, "tasks": states, "store": store}
+        return {
+            "ready": not problems,
+            "problems": problems,
+            "tasks": states,
+            "store": store,
+            "sources": self.sources.health(),
+        }
 
     # ------------------------------------------------------------------ wiring
     def _fire_batch(self, batch: list[Incoming]) -> None:
@@ -224,16 +235,21 @@ class Engine:
     # ------------------------------------------------------------------ jobs
     async def reload_files(self) -> list[str]:
         """Re-read job files; on errors keep the current definitions and return the messages."""
-        return await self.job_registry.reload_files()
+        errors = await self.job_registry.reload_files()
+        self.sources.changed()
+        return errors
 
     async def put_job(self, job: Job, origin: str = "api") -> StoredJob:
-        return await self.job_registry.put_job(job, origin)
+        stored = await self.job_registry.put_job(job, origin)
+        self.sources.changed()
+        return stored
 
     def get_job(self, name: str) -> StoredJob:
         return self.job_registry.get_job(name)
 
     async def delete_job(self, name: str) -> None:
         await self.job_registry.delete_job(name)
+        self.sources.changed()
 
     async def pause(self, name: str) -> StoredJob:
         return await self.job_registry.set_paused(name, True)
