@@ -11,9 +11,11 @@ from typing import Any
 
 from jobwire.plug import SourcePlug
 from jobwire.sources.amqp.spec import PLUG as AMQP
+from jobwire.sources.mqtt.spec import PLUG as MQTT
 
 SOURCES: tuple[SourcePlug, ...] = (
     AMQP,
+    MQTT,
 )
 
 
