@@ -1,0 +1,248 @@
+"""The source contract suite: every source kind passes it unchanged, against its real broker and
+a real engine (SQLite store, local processes that append to a file — every run one execution).
+
+  * a message becomes exactly one run (and one execution);
+  * a redelivered message (same message id) becomes a recorded `duplicate`, not a second run;
+  * a poison message is dead-lettered with its reason, recorded `invalid`, and the next good one runs;
+  * a broker restart (every connection dropped) mid-burst loses nothing and doubles nothing.
+
+To add a kind: write a harness (below) and add ONE line to `HARNESSES`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+
+from jobwire.config import Settings
+from jobwire.engine import Engine
+from jobwire.model import EventOutcome, Job, RunState
+from jobwire.store import EventQuery, RunQuery
+from tests.support.brokers import RABBIT, RabbitVhost, need
+from tests.support.waiting import eventually
+
+
+class Harness(Protocol):
+    kind: str
+    env: dict[str, str]
+    """Settings for the kind's section (set in the environment before the engine starts)."""
+
+    def trigger(self) -> dict[str, Any]: ...
+    async def publish(self, body: bytes, key: str) -> None: ...
+    async def dead_letters(self) -> list[tuple[bytes, str]]:
+        """(body, reason) of every message dead-lettered so far."""
+        ...
+    async def drop_connections(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- amqp
+
+
+class AmqpHarness:
+    kind = "amqp"
+
+    def __init__(self, vhost: RabbitVhost) -> None:
+        import aio_pika
+
+        self._aio_pika = aio_pika
+        self.vhost = vhost
+        self.queue = f"contract.{uuid.uuid4().hex[:8]}"
+        self.dead = f"{self.queue}.dead"
+        self.env = {
+            "JOBWIRE_AMQP_URL": vhost.url,
+            "JOBWIRE_AMQP_INTAKE": "false",
+            "JOBWIRE_AMQP_DEAD_LETTER_EXCHANGE": self.dead,
+        }
+        self._conn: Any = None
+        self._dead: list[tuple[bytes, str]] = []
+
+    async def open(self) -> None:
+        self._conn = await self._aio_pika.connect(self.vhost.url)
+        self._channel = await self._conn.channel(publisher_confirms=True)
+        await self._channel.declare_queue(self.queue, durable=True)  # before anything is published
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    def trigger(self) -> dict[str, Any]:
+        return {"type": "amqp", "queue": self.queue, "prefetch": 64}
+
+    async def publish(self, body: bytes, key: str) -> None:
+        message = self._aio_pika.Message(body, message_id=key, delivery_mode=self._aio_pika.DeliveryMode.PERSISTENT)
+        await self._channel.default_exchange.publish(message, routing_key=self.queue)
+
+    async def dead_letters(self) -> list[tuple[bytes, str]]:
+        try:
+            queue = await self._channel.get_queue(self.dead, ensure=True)
+        except Exception:
+            return self._dead
+        while (message := await queue.get(fail=False)) is not None:
+            self._dead.append((message.body, str((message.headers or {}).get("x-jobwire-reason"))))
+            await message.ack()
+        return self._dead
+
+    async def drop_connections(self) -> None:
+        await asyncio.to_thread(self.vhost.close_connections)
+        # the harness's own connection went too
+        await self.open()
+
+
+@pytest.fixture(scope="module")
+def rabbit_vhost() -> Any:
+    need(RABBIT, "RabbitMQ")
+    vhost = RabbitVhost()
+    yield vhost
+    vhost.delete()
+
+
+@asynccontextmanager
+async def amqp_harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    harness = AmqpHarness(request.getfixturevalue("rabbit_vhost"))
+    await harness.open()
+    try:
+        yield harness
+    finally:
+        await harness.close()
+
+
+HARNESSES: dict[str, Callable[[pytest.FixtureRequest], AbstractAsyncContextManager[Harness]]] = {
+    "amqp": amqp_harness,
+}
+
+
+# --------------------------------------------------------------------------- the suite
+
+
+@pytest.fixture(params=list(HARNESSES))
+async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    async with HARNESSES[request.param](request) as h:
+        yield h
+
+
+class World:
+    def __init__(self, engine: Engine, executions: Path) -> None:
+        self.engine = engine
+        self.executions = executions
+
+    def executed(self) -> list[str]:
+        return self.executions.read_text().split() if self.executions.exists() else []
+
+    async def runs(self) -> list[Any]:
+        return (await self.engine.store.list_runs(RunQuery(job="contract", limit=1000))).items
+
+    async def events(self) -> list[Any]:
+        return (await self.engine.store.list_events(EventQuery(limit=1000))).items
+
+    async def settled(self, n: int, timeout: float = 30) -> None:
+        """`n` runs recorded, all finished, and `n` executions."""
+
+        async def check() -> bool:
+            runs = await self.runs()
+            return len(runs) >= n and all(r.state.terminal for r in runs) and len(self.executed()) >= n
+
+        await eventually(check, timeout, f"{n} runs to finish")
+
+
+@pytest.fixture
+async def world(harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[World]:
+    for k, v in harness.env.items():
+        monkeypatch.setenv(k, v)
+    executions = tmp_path / "executions"
+    engine = Engine(Settings(_env_file=None, data_dir=tmp_path / "data", shutdown_grace=timedelta(seconds=2)))
+    await engine.start()
+    append = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
+    job = Job.model_validate(
+        {
+            "name": "contract",
+            "triggers": [harness.trigger()],
+            "parameters": [{"name": "n", "type": "string"}],
+            "target": {"type": "local", "command": [sys.executable, "-c", append, str(executions), "{{n}}"]},
+        }
+    )
+    await engine.put_job(job)
+    await eventually(
+        lambda: any(s["connected"] for s in engine.health()["sources"]), 20, "the source to connect"
+    )
+    try:
+        yield World(engine, executions)
+    finally:
+        await engine.stop()
+
+
+def body(n: int | str) -> bytes:
+    return json.dumps({"n": str(n)}).encode()
+
+
+async def test_a_message_becomes_exactly_one_run(harness: Harness, world: World) -> None:
+    await harness.publish(body(1), "m-1")
+    await world.settled(1)
+    runs = await world.runs()
+    assert len(runs) == 1 and runs[0].state == RunState.succeeded and runs[0].params == {"n": "1"}
+    assert world.executed() == ["1"]
+    events = await world.events()
+    assert [(e.source, e.outcome) for e in events] == [(harness.kind, EventOutcome.run)]
+
+
+async def test_a_redelivered_message_is_a_recorded_duplicate(harness: Harness, world: World) -> None:
+    await harness.publish(body(7), "same-id")
+    await world.settled(1)
+    await harness.publish(body(7), "same-id")
+
+    async def two_events() -> bool:
+        return len(await world.events()) == 2
+
+    await eventually(two_events, 20, "the redelivery to be recorded")
+    outcomes = sorted(e.outcome.value for e in await world.events())
+    assert outcomes == ["duplicate", "run"]
+    assert len(await world.runs()) == 1 and world.executed() == ["7"]
+
+
+async def test_a_poison_message_is_dead_lettered_with_its_reason_and_the_next_runs(
+    harness: Harness, world: World
+) -> None:
+    await harness.publish(b"{this is not json", "poison-1")
+    await harness.publish(json.dumps({"n": {"not": "a string"}}).encode(), "poison-2")
+    await harness.publish(body(2), "good-2")
+    await world.settled(1)
+
+    async def two_dead() -> list[tuple[bytes, str]]:
+        dead = await harness.dead_letters()
+        return dead if len(dead) >= 2 else []
+
+    dead = await eventually(two_dead, 20, "both poison messages in the dead-letter place")
+    reasons = {b: r for b, r in dead}
+    assert "not valid JSON" in reasons[b"{this is not json"]
+    assert "'n'" in reasons[json.dumps({"n": {"not": "a string"}}).encode()]
+    invalid = [e for e in await world.events() if e.outcome == EventOutcome.invalid]
+    assert len(invalid) == 2 and all(e.reason for e in invalid)
+    assert world.executed() == ["2"]
+
+
+async def test_dropped_connections_mid_burst_lose_and_double_nothing(harness: Harness, world: World) -> None:
+    total = 300
+    for n in range(total // 2):
+        await harness.publish(body(n), f"burst-{n}")
+    await harness.drop_connections()
+    for n in range(total // 2, total):
+        await harness.publish(body(n), f"burst-{n}")
+    await world.settled(total, timeout=90)
+    runs = await world.runs()
+    assert sorted(int(r.params["n"]) for r in runs) == list(range(total)), "every message exactly one run"
+    assert sorted(map(int, world.executed())) == list(range(total)), "every run exactly one execution"
+    health = world.engine.health()
+    task = next(t for t in health["tasks"] if t["task"].startswith("jobwire-source-"))
+    assert task["restarts"] >= 1, "the source lost its connection and was restarted"
+    await eventually(
+        lambda: next(s for s in world.engine.health()["sources"] if s["kind"] == harness.kind)["connected"],
+        20,
+        "the source to be connected again",
+    )
