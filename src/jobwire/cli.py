@@ -131,12 +131,14 @@ def state_text(state: str) -> Text:
 def load_settings(**overrides: Any) -> Settings:
     from pydantic import ValidationError
 
-    from jobwire.config import Settings
+    from jobwire.config import Settings, settings_error_lines
 
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        lines = settings_error_lines(exc)
+        if len(lines) == 1:
+            fail(f"invalid setting {lines[0]}", "check the JOBWIRE_* environment and JOBWIRE_CONFIG")
         fail(
             "invalid settings:\n  " + "\n  ".join(lines), "check the JOBWIRE_* environment and JOBWIRE_CONFIG"
         )

@@ -98,15 +98,13 @@ def test_check_missing_path() -> None:
 def test_config_masks_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOBWIRE_API_TOKEN", "super-secret-token-value")
     monkeypatch.setenv("JOBWIRE_API_TOKENS", "reader-secret:read")
-    monkeypatch.setenv("JOBWIRE_DATABASE_URL", "postgresql://jw:db-password@db:5432/jw")
     monkeypatch.setenv("JOBWIRE_PORT", "9999")
     result = runner.invoke(app, ["config"])
     assert result.exit_code == 0, result.output
-    for secret in ("super-secret-token-value", "reader-secret", "db-password"):
+    for secret in ("super-secret-token-value", "reader-secret"):
         assert secret not in result.output
     assert "api_token: '****'" in result.output
     assert "port: 9999" in result.output
-    assert "postgresql://jw:****@db:5432/jw" in result.output
     data = json.loads(runner.invoke(app, ["config", "--json"]).stdout)
     assert data["api_tokens"] == [{"name": "token1", "token": "****", "scopes": ["read"]}]
 
@@ -116,6 +114,31 @@ def test_config_reports_bad_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     result = runner.invoke(app, ["config"])
     assert result.exit_code == 2
     assert "port" in result.output
+
+
+@pytest.mark.parametrize("command", [["config"], ["serve"]])
+def test_postgresql_url_is_one_clear_line_not_a_traceback(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("JOBWIRE_DATABASE_URL", "postgresql://jw:db-password@db:5432/jw")
+    monkeypatch.setenv("JOBWIRE_DATA_DIR", str(tmp_path / "d"))
+    result = runner.invoke(app, command)
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    first = result.output.splitlines()[0]
+    assert first.startswith("error: invalid setting database_url (JOBWIRE_DATABASE_URL): "), first
+    assert "PostgreSQL store is not available yet" in first and "SQLite only" in first
+    assert "sqlite:///" in first and "unset JOBWIRE_DATABASE_URL" in first
+    assert "Traceback" not in result.output and "StoreError" not in result.output
+    assert "db-password" not in result.output
+    assert not (tmp_path / "d").exists()  # refused before anything was started
+
+
+def test_unknown_database_url_scheme_is_refused_by_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOBWIRE_DATABASE_URL", "mysql://db/jw")
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 2
+    assert "unsupported database URL scheme 'mysql'" in result.output
 
 
 def test_serve_refuses_public_bind_without_token(tmp_path: Path) -> None:
