@@ -42,6 +42,7 @@ __all__ = [
     "load_path",
     "load_text",
     "parse_job",
+    "seed003_obstacles",
     "to_seed003",
 ]
 
@@ -563,6 +564,48 @@ def to_seed003(job: Job) -> dict[str, Any] | None:
     except (JobFileError, ValidationError):
         return None
     return seed if same else None
+
+
+_NO_PLACE = "seed 003's form has no place for this setting (only its default)"
+
+
+def seed003_obstacles(job: Job) -> list[tuple[str, str]]:
+    """Why `to_seed003(job)` is None: `(path, why)` for each setting of `job` that seed 003's form
+    has no place for (empty when the job can be shown in that form)."""
+    from jobwire.model import CronTrigger, HttpTarget
+
+    kinds = [t.type for t in job.triggers]
+    problems: list[tuple[str, str]] = []
+    if len(kinds) != 1 or not isinstance(job.triggers[0], CronTrigger):
+        problems.append(
+            ("triggers", f"seed 003's form has exactly one cron trigger, not: {', '.join(kinds) or 'none'}")
+        )
+    if not isinstance(job.target, HttpTarget):
+        problems.append(("target", f"seed 003's form calls an http target, not {job.target.type}"))
+    if problems:
+        return problems
+    trig, target = job.triggers[0], job.target
+    assert isinstance(trig, CronTrigger) and isinstance(target, HttpTarget)
+    seed = {
+        "name": job.name,
+        "description": job.description,
+        "schedule": trig.cron,
+        "job": {"callback_url": target.url, "http_method": target.method.lower(), "payload": target.payload},
+    }
+    try:
+        plain = Job.model_validate(from_seed003(seed)).model_dump(mode="json")
+    except (JobFileError, ValidationError) as exc:
+        return [("", str(exc))]
+    mine = job.model_dump(mode="json")
+    for key in mine:
+        if key in ("triggers", "target"):
+            sub_mine, sub_plain = mine[key], plain[key]
+            if key == "triggers":
+                sub_mine, sub_plain, key = sub_mine[0], sub_plain[0], "triggers[0]"
+            problems += [(f"{key}.{k}", _NO_PLACE) for k in sub_mine if sub_mine[k] != sub_plain.get(k)]
+        elif mine[key] != plain.get(key):
+            problems.append((key, _NO_PLACE))
+    return problems
 
 
 def _to_seed_loc(loc: Loc) -> Loc:

@@ -540,6 +540,37 @@ def test_seed003_job_is_accepted(client: TestClient, engine: FakeEngine) -> None
     assert [j["name"] for j in client.get(V1 + "/jobs").json()["items"]] == ["CLI"]
 
 
+def test_seed003_form_is_shown_back_and_round_trips(client: TestClient, engine: FakeEngine) -> None:
+    assert client.post(V1 + "/jobs", json=SEED003).status_code == 201
+    r = client.get(V1 + "/jobs/CLI", params={"format": "seed003"})
+    assert r.status_code == 200, r.text
+    assert r.json() == SEED003
+    before = engine.fake.jobs["CLI"].job
+    # what was shown is accepted back as it is, and is the same job
+    assert client.put(V1 + "/jobs/CLI", json=r.json()).status_code == 200
+    assert engine.fake.jobs["CLI"].job == before
+    # jobwire's form stays the default
+    assert client.get(V1 + "/jobs/CLI").json()["triggers"][0]["id"] == "schedule"
+    assert client.get(V1 + "/jobs/CLI", params={"format": "jobwire"}).json()["origin"] == "api"
+    assert_error(client.get(V1 + "/jobs/CLI", params={"format": "yaml"}), 422)
+    assert_error(client.get(V1 + "/jobs/nope", params={"format": "seed003"}), 404)
+
+
+def test_seed003_form_refused_naming_what_it_cannot_hold(client: TestClient, engine: FakeEngine) -> None:
+    body = {**SEED003, "job": {**SEED003["job"], "callback_url": "https://u:pw-REAL@example.com/cb"}}
+    assert client.post(V1 + "/jobs", json=body).status_code == 201
+    shown = client.get(V1 + "/jobs/CLI", params={"format": "seed003"})
+    assert shown.status_code == 200 and "pw-REAL" not in shown.text  # URL password masked
+    r = client.patch(V1 + "/jobs/CLI", json={"target": {"timeout": "5s"}, "retry": {"max_attempts": 3}})
+    assert r.status_code == 200, r.text
+    err = assert_error(client.get(V1 + "/jobs/CLI", params={"format": "seed003"}), 422, "NotSeed003")
+    assert "seed 003's form" in err["message"]
+    assert {d["path"] for d in err["details"]} == {"target.timeout", "retry"}
+    add_job(engine, HELLO)
+    err = assert_error(client.get(V1 + "/jobs/hello", params={"format": "seed003"}), 422, "NotSeed003")
+    assert [d["path"] for d in err["details"]][:1] == ["triggers"]
+
+
 def test_secrets_are_masked_and_survive_a_round_trip(client: TestClient, engine: FakeEngine) -> None:
     r = client.post(V1 + "/jobs", json=HELLO)
     assert r.status_code == 201
