@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobwire.api import routes_events, routes_jobs, routes_runs, routes_system
 from jobwire.api.auth import READ, Authenticator
-from jobwire.api.fastpath import TriggerFastPath, engine_error_json, too_deep
+from jobwire.api.fastpath import TriggerFastPath, engine_error_json, invalid_json, too_deep
 from jobwire.api.limits import BodyLimit
 from jobwire.api.schemas import ApiError, ErrorDetail, error_body
 from jobwire.engine import Engine, EngineError
@@ -96,6 +96,15 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        errors = exc.errors()
+        if errors and errors[0].get("type") == "json_invalid":  # FastAPI's "JSON decode error"
+            e = errors[0]
+            loc = tuple(e.get("loc", ()))
+            pos = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else 0
+            msg = str((e.get("ctx") or {}).get("error") or "JSON decode error")
+            doc = exc.body if isinstance(exc.body, str | bytes) else ""
+            code, body = invalid_json(doc, pos, msg)
+            return JSONResponse(body, status_code=code)
         details = [
             ErrorDetail(path=loc_path(tuple(e.get("loc", ()))), message=str(e.get("msg", "invalid")))
             for e in exc.errors()
