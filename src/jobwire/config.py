@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from jobwire.model import Duration
@@ -49,8 +58,23 @@ class LogSinkSpec(BaseModel):
     type: Literal["log"] = "log"
 
 
-SinkSpec = WebhookSinkSpec | LogSinkSpec
 _SINK_TAGS = ("webhook", "log")
+
+
+def _sink_type(value: Any) -> str | None:
+    """The sink's `type` (`webhook` when left out, as before); None for what is no known type."""
+    kind = value.get("type", "webhook") if isinstance(value, dict) else getattr(value, "type", None)
+    return kind if kind in _SINK_TAGS else None
+
+
+SinkSpec = Annotated[
+    Annotated[WebhookSinkSpec, Tag("webhook")] | Annotated[LogSinkSpec, Tag("log")],
+    Discriminator(
+        _sink_type,
+        custom_error_type="sink_type",
+        custom_error_message="unknown sink type: `type` must be 'webhook' (with a `url`) or 'log'",
+    ),
+]
 
 
 def _plain_env(name: str, default: Any) -> Any:
@@ -261,6 +285,17 @@ def settings_error_lines(exc: ValidationError) -> list[str]:
     for e in exc.errors():
         loc = [str(p) for p in e["loc"] if str(p) not in _SINK_TAGS]
         msg = str(e["msg"]).removeprefix("Value error, ")
+        tags = [str(p) for p in e["loc"][1:] if str(p) in _SINK_TAGS]
+        if e["type"] == "sink_type":
+            kinds = "`type` must be 'webhook' (with a `url`) or 'log'"
+            if isinstance(e["input"], dict):
+                msg = f"unknown sink type {e['input'].get('type')!r}: {kinds}"
+            else:
+                msg = f"a sink is a mapping, got {e['input']!r}: {kinds}"
+        elif e["type"] == "extra_forbidden" and loc[:1] == ["sinks"] and tags:
+            spec = WebhookSinkSpec if tags[0] == "webhook" else LogSinkSpec
+            keys = ", ".join(spec.model_fields)
+            msg = f"a {tags[0]} sink has no setting {loc[-1]!r} (it has: {keys})"
         if not loc:
             lines.append(msg)
             continue

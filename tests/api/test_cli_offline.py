@@ -141,6 +141,32 @@ def test_unknown_database_url_scheme_is_refused_by_config(monkeypatch: pytest.Mo
     assert "unsupported database URL scheme 'mysql'" in result.output
 
 
+@pytest.mark.parametrize(
+    ("sinks", "expected"),
+    [
+        ('[{"type": "nope"}]', "sinks.0 (JOBWIRE_SINKS): unknown sink type 'nope': `type` must be 'webhook'"),
+        ('[{"type": "log", "url": "x"}]', "sinks.0.url (JOBWIRE_SINKS): a log sink has no setting 'url'"),
+        ('["x"]', "sinks.0 (JOBWIRE_SINKS): a sink is a mapping, got 'x'"),
+    ],
+)
+def test_sink_settings_errors_name_the_allowed_types(
+    sinks: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOBWIRE_SINKS", sinks)
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: invalid setting {expected}"), result.output
+    assert expected in result.output, result.output
+    for noise in ("WebhookSinkSpec", "LogSinkSpec", "Input should be", "Extra inputs"):
+        assert noise not in result.output, result.output
+
+
+def test_sink_without_type_is_still_a_webhook(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOBWIRE_SINKS", '[{"url": "https://example.com/hook"}, {"type": "log"}]')
+    data = json.loads(runner.invoke(app, ["config", "--json"]).stdout)
+    assert [s["type"] for s in data["sinks"]] == ["webhook", "log"]
+
+
 def test_serve_refuses_public_bind_without_token(tmp_path: Path) -> None:
     result = runner.invoke(app, ["serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path / "d")])
     assert result.exit_code == 2
