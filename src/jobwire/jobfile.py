@@ -27,7 +27,7 @@ from typing import Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from jobwire.model import Job
+from jobwire.model import NAME_RE, PARAM_RE, Job
 from jobwire.params import Loc, check_definition
 
 __all__ = [
@@ -266,6 +266,15 @@ class _Builder:
         return out
 
 
+_INDENT_PROBLEMS = (
+    "expected <block end>",
+    "did not find expected key",
+    "did not find expected '-' indicator",
+    "mapping values are not allowed here",
+)
+"""What PyYAML says when a line is indented more or less than its siblings."""
+
+
 def _yaml_error(exc: yaml.YAMLError) -> _YamlProblemError:
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
@@ -278,6 +287,15 @@ def _yaml_error(exc: yaml.YAMLError) -> _YamlProblemError:
             bad = lines[mark.line] if mark.line < len(lines) else ""
             if ":" in bad and bad.split(":", 1)[1].strip().startswith(("*", "@", "`", "%")):
                 message += "; quote values that start with '*', '@', '`' or '%', e.g. cron: \"*/5 * * * *\""
+            elif "\t" in (exc.problem or "") or "'\\t'" in (exc.problem or ""):
+                message += f"; line {mark.line + 1} is indented with a tab: YAML indents with spaces only"
+            elif any(p in (exc.problem or "") + (exc.context or "") for p in _INDENT_PROBLEMS):
+                message += (
+                    f"; check the indentation of line {mark.line + 1}: the keys of one mapping, and the "
+                    "items of one list, must start in the same column as the ones above"
+                )
+                if "mapping values" in (exc.problem or ""):
+                    message += " (or quote a value that contains ': ')"
             return _YamlProblemError(mark.line + 1, message)
         return _YamlProblemError(None, message)
     return _YamlProblemError(None, f"YAML error: {exc}")
@@ -447,6 +465,12 @@ def _message(err: Mapping[str, Any], raw_loc: Loc) -> str:
                 '(e.g. `- cron: "0 * * * *"` or `- type: api`)'
             )
         return "a target needs `type:` (e.g. local or http)"
+    if kind == "string_pattern_mismatch":
+        words = _PATTERN_WORDS.get(str(ctx.get("pattern", "")))
+        if words is not None:
+            return f"{words}, got {value!r}" if isinstance(value, str) and len(value) <= 80 else words
+    if kind in ("enum", "literal_error") and isinstance(value, str) and len(value) <= 80:
+        return _choice_message(value, str(ctx.get("expected", "")), raw_loc)
     msg = str(err["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
@@ -460,6 +484,29 @@ def _message(err: Mapping[str, Any], raw_loc: Loc) -> str:
         elif shown not in msg and len(shown) <= 80:
             msg = f"{msg}, got {shown}"
     return msg
+
+
+_PATTERN_WORDS = {
+    NAME_RE: "a job name is 1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit",
+    PARAM_RE: "a parameter name is a letter or '_' followed by up to 63 letters, digits or '_' "
+    "(it becomes the variable JOBWIRE_PARAM_<NAME>)",
+    r"^[A-Za-z0-9_.-]{1,64}$": "an id is 1 to 64 letters, digits, '_', '.' or '-'",
+    r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$": "a Kubernetes name of up to 63 lower-case letters, digits "
+    "or '-', starting and ending with a letter or digit",
+    r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$": "a Kubernetes name of up to 253 lower-case letters, digits, "
+    "'-' or '.', starting and ending with a letter or digit",
+}
+"""Plain words for the name patterns of the model (pydantic would print the regular expression)."""
+
+
+def _choice_message(value: str, expected: str, raw_loc: Loc) -> str:
+    """`'integr' is not a parameter type: use one of string, integer, ... (did you mean 'integer'?)`"""
+    choices = [c.strip().strip("'") for c in expected.replace(" or ", ", ").split(",") if c.strip()]
+    close = difflib.get_close_matches(value, choices, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    field = str(raw_loc[-1]) if raw_loc else "value"
+    what = "a parameter type" if raw_loc[:1] == ("parameters",) and field == "type" else f"a valid {field}"
+    return f"{value!r} is not {what}: use one of {', '.join(choices)}{hint}"
 
 
 def _nearest_line(lines: Mapping[Loc, int], loc: Loc, default: int | None) -> int | None:
@@ -661,6 +708,8 @@ def _validate(
             raw = tuple(e["loc"])
             loc = _clean_loc(raw)
             message = _message(e, raw)
+            if e["type"] == "program_from_parameter":
+                loc = (*loc, 0)
             if seed:
                 loc = _to_seed_loc(loc)
             errors.append(err(loc, message))
