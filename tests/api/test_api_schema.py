@@ -395,6 +395,36 @@ def test_docs_and_root_redirect(client: TestClient) -> None:
     assert r.status_code in (302, 307) and r.headers["location"] == "/docs"
 
 
+def test_docs_work_offline_from_the_packages_own_assets(secured: tuple[TestClient, FakeEngine]) -> None:
+    """/docs names only URLs of this server, and each answers without a token (tokens are set)."""
+    import re
+
+    client, _ = secured
+    r = client.get("/docs")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", r.text) + re.findall(r"url: '([^']+)'", r.text)
+    assert len(urls) >= 4, r.text
+    for url in urls:
+        assert url.startswith("/") and not url.startswith("//"), url
+    assert "cdn" not in r.text and "https://" not in r.text and "http://" not in r.text
+    expected = {
+        "swagger-ui-bundle.js": ("text/javascript", "SwaggerUIBundle"),
+        "swagger-ui.css": ("text/css", ".swagger-ui"),
+        "favicon-32x32.png": ("image/png", "PNG"),
+    }
+    assets = [u for u in urls if u.startswith("/static/swagger/")]
+    assert {u.split("?")[0].rsplit("/", 1)[1] for u in assets} == set(expected)
+    for url in assets:
+        a = client.get(url)
+        ctype, marker = expected[url.split("?")[0].rsplit("/", 1)[1]]
+        assert a.status_code == 200, url
+        assert a.headers["content-type"].split(";")[0] in (ctype, ctype.replace("text/", "application/")), url
+        assert marker.encode() in a.content[:200_000] or marker in a.text, url
+    assert client.get("/openapi.json").status_code == 200  # what the page loads, also open
+    lic = client.get("/static/swagger/LICENSE")
+    assert lic.status_code == 200 and "Apache License" in lic.text
+
+
 # --------------------------------------------------------------------------- auth
 
 
