@@ -33,12 +33,45 @@ app = typer.Typer(
     name="jobwire",
     help="Event-driven job scheduler: events in, exactly one run out, watched to the end.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
 )
 jobs_app = typer.Typer(help="Jobs on a running server.", no_args_is_help=True)
 runs_app = typer.Typer(help="Runs on a running server.", no_args_is_help=True)
 events_app = typer.Typer(help="Events (and what they made) on a running server.", no_args_is_help=True)
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jobwire")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree that was never installed
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"jobwire {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            help="Print jobwire's version and exit.",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """Event-driven job scheduler: events in, exactly one run out, watched to the end."""
+
+
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(runs_app, name="runs")
 app.add_typer(events_app, name="events")

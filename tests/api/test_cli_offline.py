@@ -229,3 +229,49 @@ def test_logging_masks_secrets_in_json_lines() -> None:
     assert second["event"] == "plain record" and second["client_secret"] == "****"
     for secret in ("tok-123", "abc", '"pw"', '"cs"'):
         assert secret not in buf.getvalue()
+
+
+def test_version_prints_the_package_version() -> None:
+    from importlib.metadata import version
+
+    for flag in ("--version", "-V"):
+        result = runner.invoke(app, [flag])
+        assert result.exit_code == 0, result.output
+        assert result.output.strip() == f"jobwire {version('jobwire')}"
+
+
+def test_shell_completion_is_enabled() -> None:
+    import subprocess
+    import sys
+
+    help_text = runner.invoke(app, ["--help"]).output
+    assert "--install-completion" in help_text and "--show-completion" in help_text
+    exe = Path(sys.executable).with_name("jobwire")
+    env = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    shown = subprocess.run(
+        [exe, "--show-completion", "bash"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert shown.returncode == 0 and "_JOBWIRE_COMPLETE=complete_bash" in shown.stdout, shown
+    env = {**os.environ, "_JOBWIRE_COMPLETE": "complete_bash", "COMP_WORDS": "jobwire runs ", "COMP_CWORD": "2"}
+    done = subprocess.run([exe], env=env, capture_output=True, text=True, timeout=30)
+    assert done.stdout.split() == ["list", "show", "logs", "cancel", "rerun"], done
+
+
+def test_license_file_matches_pyproject() -> None:
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    assert tomllib.loads((root / "pyproject.toml").read_text())["project"]["license"] == "Apache-2.0"
+    text = (root / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text and len(text) > 10_000
+
+
+def test_deployment_says_nothing_here_builds_its_image() -> None:
+    root = Path(__file__).resolve().parents[2]
+    deployment = (root / "deploy" / "kubernetes" / "deployment.yaml").read_text()
+    image_line = next(i for i, line in enumerate(deployment.splitlines()) if "image:" in line)
+    comment = "\n".join(deployment.splitlines()[image_line - 3 : image_line])
+    assert "Nothing in this repository builds this image" in comment
+    assert not (root / "Dockerfile").exists()  # when one comes, this comment and the README change
+    assert "not built by anything in this repository" in (root / "README.md").read_text()
