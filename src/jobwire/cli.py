@@ -154,6 +154,30 @@ def when(value: Any) -> str:
     return dt.strftime("%Y-%m-%d %H:%M:%S%z").replace("+0000", "Z")
 
 
+def error_text(error: dict[str, Any]) -> str:
+    """`message (reason, code 137)`: only the parts a run's error has (no `None`)."""
+    extra = [str(error["reason"])] if error.get("reason") not in (None, "") else []
+    if error.get("code") not in (None, ""):
+        extra.append(f"code {error['code']}")
+    message = str(error.get("message") or "")
+    return message + (f" ({', '.join(extra)})" if extra else "")
+
+
+def without_nulls(value: Any) -> Any:
+    """A definition for reading: fields left unset (`null`) are left out, as in a job file."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
+
+
+def origin_text(origin: str) -> str:
+    """Where a job is defined, the same in `jobs list` and `jobs show`: `api`, or `file:<path>`
+    with the path as the server was given it."""
+    return origin
+
+
 def state_text(state: str) -> Text:
     return Text(state, style=STATE_STYLE.get(state, ""))
 
@@ -477,7 +501,7 @@ def jobs_table(items: list[dict[str, Any]]) -> Table:
         origin = str(j.get("origin", ""))
         table.add_row(
             Text(j["name"], style="bold"),
-            "file:" + Path(origin[5:]).name if origin.startswith("file:") else origin,
+            origin_text(origin),
             Text("paused", style="yellow") if j.get("paused") else Text("active", style="green"),
             "\n".join(trigger_summary(t) for t in j.get("triggers", [])) or "-",
             target_summary(j.get("target") or {}),
@@ -488,9 +512,12 @@ def jobs_table(items: list[dict[str, Any]]) -> Table:
 
 def show_job(job: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        emit_json(job)
+        emit_json(job)  # the API's document as it is
     else:
-        typer.echo(yaml.safe_dump(job, sort_keys=False).rstrip())
+        shown = without_nulls(job)
+        if "origin" in shown:
+            shown["origin"] = origin_text(str(shown["origin"]))
+        typer.echo(yaml.safe_dump(shown, sort_keys=False, allow_unicode=True).rstrip())
 
 
 @jobs_app.command("list")
@@ -735,9 +762,7 @@ def runs_show(
         out.print(f"  {'params':8} {json.dumps(r['params'])}")
     error = r.get("error") or {}
     if error:
-        out.print(
-            Text(f"  {'error':8} {error.get('message')} ({error.get('reason')}, {error.get('code')})", "red")
-        )
+        out.print(Text(f"  {'error':8} {error_text(error)}", "red"))
     history = Table(title="history", title_justify="left")
     for col in ("at", "state", "attempt", "reason"):
         history.add_column(col)
