@@ -444,9 +444,9 @@ def check(
 ) -> None:
     """Validate job files offline: every error as `file:line: path: message`; exit 1 if any."""
     from jobwire.api.schemas import mask_job
-    from jobwire.jobfile import check_paths
+    from jobwire.jobfile import check_files
 
-    jobs, errors = check_paths(paths)
+    jobs, errors, warnings = check_files(paths)
     job_list = [j[0] if isinstance(j, tuple) else j for j in jobs]
     if as_json:
         emit_json(
@@ -457,9 +457,16 @@ def check(
                     {"source": str(e.source), "line": e.line, "path": e.path, "message": e.message}
                     for e in errors
                 ],
+                "warnings": [
+                    {"source": str(w.source), "line": w.line, "path": w.path, "message": w.message}
+                    for w in warnings
+                ],
             }
         )
         raise typer.Exit(1 if errors else 0)
+    for w in warnings:  # the job loads; it will not work as it stands
+        where = w.source if w.line is None else f"{w.source}:{w.line}"
+        out.print(Text(f"{where}: warning: {w.path}: {w.message}", style="yellow"))
     if errors:
         for e in errors:
             out.print(Text(format_definition_error(e), style="red"))

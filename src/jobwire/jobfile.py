@@ -35,6 +35,7 @@ __all__ = [
     "SEED003_KEYS",
     "DefinitionError",
     "JobFileError",
+    "check_files",
     "check_paths",
     "format_loc",
     "from_seed003",
@@ -44,6 +45,8 @@ __all__ = [
     "parse_job",
     "seed003_obstacles",
     "to_seed003",
+    "unset_secret_text",
+    "unset_webhook_secrets",
 ]
 
 MAX_NODES = 200_000
@@ -895,8 +898,58 @@ def load_path(path: Path) -> list[tuple[Job, str]]:
 def check_paths(paths: list[Path]) -> tuple[list[Job], list[DefinitionError]]:
     """For `jobwire check`: the valid jobs and every error, without raising for definition errors.
     Job names must be unique across all the paths."""
+    jobs, errors, _ = check_files(paths)
+    return jobs, errors
+
+
+def check_files(
+    paths: list[Path], environ: Mapping[str, str] | None = None
+) -> tuple[list[Job], list[DefinitionError], list[DefinitionError]]:
+    """`check_paths` plus warnings: what loads but will not work as it stands — a webhook trigger
+    whose `secret_env` names a variable unset in `environ` (this process's environment). The file
+    still loads (the variable may be set where and when jobwire serves)."""
     kept, errors = _load_files(paths)
-    return [item.job for item in kept if item.job is not None], errors
+    warnings: list[DefinitionError] = []
+    for item in kept:
+        if item.job is None:
+            continue
+        base = item.path.removesuffix("name").rstrip(".")  # `jobs[1].name` → `jobs[1]`
+        for index, trigger_id, variable in unset_webhook_secrets(item.job, environ):
+            warnings.append(
+                DefinitionError(
+                    item.source,
+                    item.line,
+                    ".".join(p for p in (base, f"triggers[{index}].secret_env") if p),
+                    f"webhook trigger {trigger_id!r} of job {item.job.name!r}: "
+                    + unset_secret_text(variable, "this environment"),
+                )
+            )
+    return [item.job for item in kept if item.job is not None], errors, warnings
+
+
+def unset_webhook_secrets(job: Job, environ: Mapping[str, str] | None = None) -> list[tuple[int, str, str]]:
+    """(index, trigger id, variable) of each webhook trigger of `job` with no inline `secret` whose
+    `secret_env` is unset or empty in `environ` (default: this process's environment) — a trigger
+    whose every delivery would be refused."""
+    import os
+
+    from jobwire.model import WebhookTrigger
+
+    env = os.environ if environ is None else environ
+    out = []
+    for index, (trigger, trigger_id) in enumerate(zip(job.triggers, job.trigger_ids(), strict=True)):
+        if not isinstance(trigger, WebhookTrigger) or trigger.secret or not trigger.secret_env:
+            continue
+        if not env.get(trigger.secret_env):
+            out.append((index, trigger_id, trigger.secret_env))
+    return out
+
+
+def unset_secret_text(variable: str, here: str = "jobwire's environment") -> str:
+    return (
+        f"its secret_env {variable} is not set in {here}; set {variable} in the environment of "
+        "`jobwire serve` (and restart it), or every delivery is refused (403)"
+    )
 
 
 def parse_job(data: Any, source: str = "api") -> Job:

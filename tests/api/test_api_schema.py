@@ -601,6 +601,39 @@ def test_seed003_form_refused_naming_what_it_cannot_hold(client: TestClient, eng
     assert [d["path"] for d in err["details"]][:1] == ["triggers"]
 
 
+def test_webhook_trigger_with_unset_secret_env_is_refused_at_definition(
+    client: TestClient, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("API_TEST_HOOK_SECRET", raising=False)
+    monkeypatch.setenv("API_TEST_EMPTY", "")
+    body = {
+        "name": "deploy",
+        "triggers": ["api", {"webhook": {"secret_env": "API_TEST_HOOK_SECRET", "id": "gh"}}],
+        "target": {"type": "local", "command": ["true"]},
+    }
+    for send in (
+        lambda b: client.post(V1 + "/jobs", json=b),
+        lambda b: client.put(V1 + "/jobs/deploy", json=b),
+    ):
+        err = assert_error(send(body), 422, "WebhookSecretUnset")
+        assert "'gh'" in err["message"] and "API_TEST_HOOK_SECRET" in err["message"]
+        assert "jobwire's environment" in err["message"] and "set API_TEST_HOOK_SECRET" in err["message"]
+        assert err["details"][0]["path"] == "triggers[1].secret_env"
+    assert "deploy" not in engine.fake.jobs
+    empty = {**body, "triggers": [{"webhook": {"secret_env": "API_TEST_EMPTY"}}]}
+    err = assert_error(client.post(V1 + "/jobs", json=empty), 422, "WebhookSecretUnset")
+    assert "'webhook'" in err["message"] and "API_TEST_EMPTY" in err["message"]
+
+    monkeypatch.setenv("API_TEST_HOOK_SECRET", "s3cret")
+    assert client.post(V1 + "/jobs", json=body).status_code == 201
+    # a patch is a definition too: the variable gone, the job cannot be changed until it is back
+    monkeypatch.delenv("API_TEST_HOOK_SECRET")
+    assert_error(client.patch(V1 + "/jobs/deploy", json={"description": "x"}), 422, "WebhookSecretUnset")
+    # an inline secret needs no variable
+    inline = {**body, "triggers": [{"webhook": {"secret": "inline-s3cret"}}]}
+    assert client.put(V1 + "/jobs/deploy", json=inline).status_code == 200
+
+
 def test_secrets_are_masked_and_survive_a_round_trip(client: TestClient, engine: FakeEngine) -> None:
     r = client.post(V1 + "/jobs", json=HELLO)
     assert r.status_code == 201

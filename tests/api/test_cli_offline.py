@@ -252,7 +252,12 @@ def test_shell_completion_is_enabled() -> None:
         [exe, "--show-completion", "bash"], env=env, capture_output=True, text=True, timeout=30
     )
     assert shown.returncode == 0 and "_JOBWIRE_COMPLETE=complete_bash" in shown.stdout, shown
-    env = {**os.environ, "_JOBWIRE_COMPLETE": "complete_bash", "COMP_WORDS": "jobwire runs ", "COMP_CWORD": "2"}
+    env = {
+        **os.environ,
+        "_JOBWIRE_COMPLETE": "complete_bash",
+        "COMP_WORDS": "jobwire runs ",
+        "COMP_CWORD": "2",
+    }
     done = subprocess.run([exe], env=env, capture_output=True, text=True, timeout=30)
     assert done.stdout.split() == ["list", "show", "logs", "cancel", "rerun"], done
 
@@ -275,3 +280,23 @@ def test_deployment_says_nothing_here_builds_its_image() -> None:
     assert "Nothing in this repository builds this image" in comment
     assert not (root / "Dockerfile").exists()  # when one comes, this comment and the README change
     assert "not built by anything in this repository" in (root / "README.md").read_text()
+
+
+def test_check_warns_about_webhook_secret_env_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CHECK_UNSET_HOOK", raising=False)
+    monkeypatch.setenv("CHECK_SET_HOOK", "s")
+    (tmp_path / "hooks.yaml").write_text(
+        "jobs:\n"
+        "  - name: deploy\n"
+        "    triggers: [{webhook: {secret_env: CHECK_UNSET_HOOK, id: gh}}, {webhook: {secret_env: CHECK_SET_HOOK}}]\n"
+        '    target: {type: local, command: ["true"]}\n'
+    )
+    result = runner.invoke(app, ["check", "hooks.yaml"])
+    assert result.exit_code == 0, result.output  # the file loads: the variable may be set later
+    warnings = [line for line in result.output.splitlines() if "warning" in line]
+    assert len(warnings) == 1, result.output
+    assert warnings[0].startswith("hooks.yaml:2: warning: jobs[0].triggers[0].secret_env: ")
+    assert "webhook trigger 'gh' of job 'deploy'" in warnings[0] and "CHECK_UNSET_HOOK" in warnings[0]
+    assert "1 job OK" in result.output
+    data = json.loads(runner.invoke(app, ["check", "--json", "hooks.yaml"]).stdout)
+    assert data["ok"] is True and [w["path"] for w in data["warnings"]] == ["jobs[0].triggers[0].secret_env"]

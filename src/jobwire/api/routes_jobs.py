@@ -22,7 +22,13 @@ from jobwire.api.schemas import (
     unmask_job,
 )
 from jobwire.engine import Engine, JobNotFound
-from jobwire.jobfile import parse_job, seed003_obstacles, to_seed003
+from jobwire.jobfile import (
+    parse_job,
+    seed003_obstacles,
+    to_seed003,
+    unset_secret_text,
+    unset_webhook_secrets,
+)
 from jobwire.model import Job, Run
 from jobwire.redact import mask_url
 from jobwire.store import StoredJob
@@ -79,7 +85,34 @@ def _refuse_file_job(stored: StoredJob, verb: str) -> None:
 
 
 def _parse(data: dict[str, Any], source: str) -> Job:
-    return parse_job(data, source)
+    job = parse_job(data, source)
+    _refuse_unset_webhook_secrets(job)
+    return job
+
+
+def _refuse_unset_webhook_secrets(job: Job) -> None:
+    """A webhook trigger whose `secret_env` is unset in jobwire's environment would refuse every
+    delivery: refuse the definition instead (422), naming the trigger and the variable. (Job files
+    still load with one — the variable may be set before a delivery comes — and `jobwire check`
+    warns.)"""
+    unset = unset_webhook_secrets(job)
+    if not unset:
+        return
+    details = [
+        ErrorDetail(
+            path=f"triggers[{index}].secret_env",
+            message=f"webhook trigger {trigger_id!r}: {unset_secret_text(variable)}",
+        )
+        for index, trigger_id, variable in unset
+    ]
+    _, first_id, first_var = unset[0]
+    raise ApiError(
+        422,
+        "WebhookSecretUnset",
+        f"job {job.name!r}: webhook trigger {first_id!r}: {unset_secret_text(first_var)}; "
+        "or give the trigger its `secret` inline",
+        details=details,
+    )
 
 
 @router.get("/jobs", response_model=JobList, dependencies=READ, summary="List jobs")
