@@ -84,8 +84,8 @@ def _width(stream: Any) -> int | None:
     return int(os.environ.get("COLUMNS") or 160)
 
 
-out = Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
-err = Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
+out = Console(highlight=False, markup=False, soft_wrap=True, width=_width(sys.stdout))
+err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True, width=_width(sys.stderr))
 
 TERMINAL = {"succeeded", "failed", "timed_out", "cancelled", "interrupted"}
 STATE_STYLE = {

@@ -76,3 +76,14 @@ def test_origin_reads_the_same_in_list_and_show(engine: FakeEngine) -> None:
     shown = runner.invoke(jobwire.cli.app, ["jobs", "show", "hello"]).output
     assert "file:examples/quickstart.yaml" in listed, listed
     assert "origin: file:examples/quickstart.yaml" in shown, shown
+
+
+def test_square_brackets_in_names_are_printed_not_taken_as_markup(engine: FakeEngine, tmp_path: Any) -> None:
+    add_job(engine, HELLO)  # its webhook trigger has the id `gh`: shown as `[gh] webhook`
+    listed = runner.invoke(jobwire.cli.app, ["jobs", "list"]).output
+    assert "[gh] webhook" in listed, listed
+    engine.fake.runs["r1"] = make_run(
+        "r1", state=RunState.failed, error=RunError(message="exit [code] 3 [red]", reason="Failed")
+    )
+    shown = runner.invoke(jobwire.cli.app, ["runs", "show", "r1"]).output
+    assert "exit [code] 3 [red] (Failed)" in shown, shown
