@@ -33,12 +33,45 @@ app = typer.Typer(
     name="jobwire",
     help="Event-driven job scheduler: events in, exactly one run out, watched to the end.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
 )
 jobs_app = typer.Typer(help="Jobs on a running server.", no_args_is_help=True)
 runs_app = typer.Typer(help="Runs on a running server.", no_args_is_help=True)
 events_app = typer.Typer(help="Events (and what they made) on a running server.", no_args_is_help=True)
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jobwire")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree that was never installed
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"jobwire {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            help="Print jobwire's version and exit.",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """Event-driven job scheduler: events in, exactly one run out, watched to the end."""
+
+
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(runs_app, name="runs")
 app.add_typer(events_app, name="events")
@@ -51,8 +84,8 @@ def _width(stream: Any) -> int | None:
     return int(os.environ.get("COLUMNS") or 160)
 
 
-out = Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
-err = Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
+out = Console(highlight=False, markup=False, soft_wrap=True, width=_width(sys.stdout))
+err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True, width=_width(sys.stderr))
 
 TERMINAL = {"succeeded", "failed", "timed_out", "cancelled", "interrupted"}
 STATE_STYLE = {
@@ -121,6 +154,30 @@ def when(value: Any) -> str:
     return dt.strftime("%Y-%m-%d %H:%M:%S%z").replace("+0000", "Z")
 
 
+def error_text(error: dict[str, Any]) -> str:
+    """`message (reason, code 137)`: only the parts a run's error has (no `None`)."""
+    extra = [str(error["reason"])] if error.get("reason") not in (None, "") else []
+    if error.get("code") not in (None, ""):
+        extra.append(f"code {error['code']}")
+    message = str(error.get("message") or "")
+    return message + (f" ({', '.join(extra)})" if extra else "")
+
+
+def without_nulls(value: Any) -> Any:
+    """A definition for reading: fields left unset (`null`) are left out, as in a job file."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
+
+
+def origin_text(origin: str) -> str:
+    """Where a job is defined, the same in `jobs list` and `jobs show`: `api`, or `file:<path>`
+    with the path as the server was given it."""
+    return origin
+
+
 def state_text(state: str) -> Text:
     return Text(state, style=STATE_STYLE.get(state, ""))
 
@@ -131,12 +188,14 @@ def state_text(state: str) -> Text:
 def load_settings(**overrides: Any) -> Settings:
     from pydantic import ValidationError
 
-    from jobwire.config import Settings
+    from jobwire.config import Settings, settings_error_lines
 
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        lines = settings_error_lines(exc)
+        if len(lines) == 1:
+            fail(f"invalid setting {lines[0]}", "check the JOBWIRE_* environment and JOBWIRE_CONFIG")
         fail(
             "invalid settings:\n  " + "\n  ".join(lines), "check the JOBWIRE_* environment and JOBWIRE_CONFIG"
         )
@@ -385,9 +444,9 @@ def check(
 ) -> None:
     """Validate job files offline: every error as `file:line: path: message`; exit 1 if any."""
     from jobwire.api.schemas import mask_job
-    from jobwire.jobfile import check_paths
+    from jobwire.jobfile import check_files
 
-    jobs, errors = check_paths(paths)
+    jobs, errors, warnings = check_files(paths)
     job_list = [j[0] if isinstance(j, tuple) else j for j in jobs]
     if as_json:
         emit_json(
@@ -398,9 +457,16 @@ def check(
                     {"source": str(e.source), "line": e.line, "path": e.path, "message": e.message}
                     for e in errors
                 ],
+                "warnings": [
+                    {"source": str(w.source), "line": w.line, "path": w.path, "message": w.message}
+                    for w in warnings
+                ],
             }
         )
         raise typer.Exit(1 if errors else 0)
+    for w in warnings:  # the job loads; it will not work as it stands
+        where = w.source if w.line is None else f"{w.source}:{w.line}"
+        out.print(Text(f"{where}: warning: {w.path}: {w.message}", style="yellow"))
     if errors:
         for e in errors:
             out.print(Text(format_definition_error(e), style="red"))
@@ -442,7 +508,7 @@ def jobs_table(items: list[dict[str, Any]]) -> Table:
         origin = str(j.get("origin", ""))
         table.add_row(
             Text(j["name"], style="bold"),
-            "file:" + Path(origin[5:]).name if origin.startswith("file:") else origin,
+            origin_text(origin),
             Text("paused", style="yellow") if j.get("paused") else Text("active", style="green"),
             "\n".join(trigger_summary(t) for t in j.get("triggers", [])) or "-",
             target_summary(j.get("target") or {}),
@@ -453,9 +519,12 @@ def jobs_table(items: list[dict[str, Any]]) -> Table:
 
 def show_job(job: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        emit_json(job)
+        emit_json(job)  # the API's document as it is
     else:
-        typer.echo(yaml.safe_dump(job, sort_keys=False).rstrip())
+        shown = without_nulls(job)
+        if "origin" in shown:
+            shown["origin"] = origin_text(str(shown["origin"]))
+        typer.echo(yaml.safe_dump(shown, sort_keys=False, allow_unicode=True).rstrip())
 
 
 @jobs_app.command("list")
@@ -708,9 +777,7 @@ def runs_show(
         out.print(f"  {'params':8} {json.dumps(r['params'])}")
     error = r.get("error") or {}
     if error:
-        out.print(
-            Text(f"  {'error':8} {error.get('message')} ({error.get('reason')}, {error.get('code')})", "red")
-        )
+        out.print(Text(f"  {'error':8} {error_text(error)}", "red"))
     history = Table(title="history", title_justify="left")
     for col in ("at", "state", "attempt", "reason"):
         history.add_column(col)

@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from jobwire.model import Duration
@@ -49,7 +58,23 @@ class LogSinkSpec(BaseModel):
     type: Literal["log"] = "log"
 
 
-SinkSpec = WebhookSinkSpec | LogSinkSpec
+_SINK_TAGS = ("webhook", "log")
+
+
+def _sink_type(value: Any) -> str | None:
+    """The sink's `type` (`webhook` when left out, as before); None for what is no known type."""
+    kind = value.get("type", "webhook") if isinstance(value, dict) else getattr(value, "type", None)
+    return kind if kind in _SINK_TAGS else None
+
+
+SinkSpec = Annotated[
+    Annotated[WebhookSinkSpec, Tag("webhook")] | Annotated[LogSinkSpec, Tag("log")],
+    Discriminator(
+        _sink_type,
+        custom_error_type="sink_type",
+        custom_error_message="unknown sink type: `type` must be 'webhook' (with a `url`) or 'log'",
+    ),
+]
 
 
 def _plain_env(name: str, default: Any) -> Any:
@@ -109,7 +134,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".jobwire")
     """Holds the SQLite file, its lock and the run logs."""
     database_url: str | None = None
-    """Default `sqlite:///<data_dir>/jobwire.db`; `memory://` for throwaway runs."""
+    """Default `sqlite:///<data_dir>/jobwire.db`; `memory://` for throwaway runs. SQLite only: the
+    PostgreSQL store is not available yet, so a `postgresql://` URL is refused (see below)."""
     jobs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     """Job definition files or folders (YAML). Comma-separated in the environment."""
     api_token: SecretStr | None = None
@@ -179,6 +205,11 @@ class Settings(BaseSettings):
     def _tokens(cls, v: Any) -> Any:
         return parse_tokens(v)
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, v: str | None) -> str | None:
+        return check_database_url(v)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -224,6 +255,56 @@ class Settings(BaseSettings):
                 s["secret"] = MASK
         data["database_url"] = _mask_url(self.effective_database_url)
         return data
+
+
+DATABASE_SCHEMES = ("sqlite", "memory")
+
+
+def check_database_url(url: str | None) -> str | None:
+    """Only the stores that exist: SQLite (`sqlite:///PATH`) and `memory://`. A PostgreSQL URL is
+    refused here, with what to set instead, so `config` and `serve` say it in one line before
+    anything starts. The message never repeats the URL (it may hold a password)."""
+    if url is None:
+        return None
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme in ("postgres", "postgresql") or scheme.startswith("postgresql+"):
+        raise ValueError(
+            "the PostgreSQL store is not available yet (SQLite only): "
+            "unset JOBWIRE_DATABASE_URL (default sqlite:///<data_dir>/jobwire.db) "
+            "or set it to sqlite:///PATH, and run one replica"
+        )
+    if scheme not in DATABASE_SCHEMES:
+        raise ValueError(
+            f"unsupported database URL scheme {scheme!r}: "
+            "set JOBWIRE_DATABASE_URL to sqlite:///PATH or memory:// (or unset it)"
+        )
+    return url
+
+
+def settings_error_lines(exc: ValidationError) -> list[str]:
+    """One plain line per problem: `name (JOBWIRE_NAME): message` — pydantic's "Value error, "
+    prefix and the tags of union members left out."""
+    lines = []
+    for e in exc.errors():
+        loc = [str(p) for p in e["loc"] if str(p) not in _SINK_TAGS]
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        tags = [str(p) for p in e["loc"][1:] if str(p) in _SINK_TAGS]
+        if e["type"] == "sink_type":
+            kinds = "`type` must be 'webhook' (with a `url`) or 'log'"
+            if isinstance(e["input"], dict):
+                msg = f"unknown sink type {e['input'].get('type')!r}: {kinds}"
+            else:
+                msg = f"a sink is a mapping, got {e['input']!r}: {kinds}"
+        elif e["type"] == "extra_forbidden" and loc[:1] == ["sinks"] and tags:
+            spec = WebhookSinkSpec if tags[0] == "webhook" else LogSinkSpec
+            keys = ", ".join(spec.model_fields)
+            msg = f"a {tags[0]} sink has no setting {loc[-1]!r} (it has: {keys})"
+        if not loc:
+            lines.append(msg)
+            continue
+        env = f"JOBWIRE_{loc[0].upper()}"
+        lines.append(f"{'.'.join(loc)} ({env}): {msg}")
+    return lines
 
 
 def _mask_url(url: str) -> str:

@@ -27,7 +27,7 @@ from typing import Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from jobwire.model import Job
+from jobwire.model import NAME_RE, PARAM_RE, Job
 from jobwire.params import Loc, check_definition
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "SEED003_KEYS",
     "DefinitionError",
     "JobFileError",
+    "check_files",
     "check_paths",
     "format_loc",
     "from_seed003",
@@ -42,7 +43,10 @@ __all__ = [
     "load_path",
     "load_text",
     "parse_job",
+    "seed003_obstacles",
     "to_seed003",
+    "unset_secret_text",
+    "unset_webhook_secrets",
 ]
 
 MAX_NODES = 200_000
@@ -265,6 +269,15 @@ class _Builder:
         return out
 
 
+_INDENT_PROBLEMS = (
+    "expected <block end>",
+    "did not find expected key",
+    "did not find expected '-' indicator",
+    "mapping values are not allowed here",
+)
+"""What PyYAML says when a line is indented more or less than its siblings."""
+
+
 def _yaml_error(exc: yaml.YAMLError) -> _YamlProblemError:
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
@@ -277,6 +290,15 @@ def _yaml_error(exc: yaml.YAMLError) -> _YamlProblemError:
             bad = lines[mark.line] if mark.line < len(lines) else ""
             if ":" in bad and bad.split(":", 1)[1].strip().startswith(("*", "@", "`", "%")):
                 message += "; quote values that start with '*', '@', '`' or '%', e.g. cron: \"*/5 * * * *\""
+            elif "\t" in (exc.problem or "") or "'\\t'" in (exc.problem or ""):
+                message += f"; line {mark.line + 1} is indented with a tab: YAML indents with spaces only"
+            elif any(p in (exc.problem or "") + (exc.context or "") for p in _INDENT_PROBLEMS):
+                message += (
+                    f"; check the indentation of line {mark.line + 1}: the keys of one mapping, and the "
+                    "items of one list, must start in the same column as the ones above"
+                )
+                if "mapping values" in (exc.problem or ""):
+                    message += " (or quote a value that contains ': ')"
             return _YamlProblemError(mark.line + 1, message)
         return _YamlProblemError(None, message)
     return _YamlProblemError(None, f"YAML error: {exc}")
@@ -446,6 +468,12 @@ def _message(err: Mapping[str, Any], raw_loc: Loc) -> str:
                 '(e.g. `- cron: "0 * * * *"` or `- type: api`)'
             )
         return "a target needs `type:` (e.g. local or http)"
+    if kind == "string_pattern_mismatch":
+        words = _PATTERN_WORDS.get(str(ctx.get("pattern", "")))
+        if words is not None:
+            return f"{words}, got {value!r}" if isinstance(value, str) and len(value) <= 80 else words
+    if kind in ("enum", "literal_error") and isinstance(value, str) and len(value) <= 80:
+        return _choice_message(value, str(ctx.get("expected", "")), raw_loc)
     msg = str(err["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
@@ -459,6 +487,29 @@ def _message(err: Mapping[str, Any], raw_loc: Loc) -> str:
         elif shown not in msg and len(shown) <= 80:
             msg = f"{msg}, got {shown}"
     return msg
+
+
+_PATTERN_WORDS = {
+    NAME_RE: "a job name is 1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit",
+    PARAM_RE: "a parameter name is a letter or '_' followed by up to 63 letters, digits or '_' "
+    "(it becomes the variable JOBWIRE_PARAM_<NAME>)",
+    r"^[A-Za-z0-9_.-]{1,64}$": "an id is 1 to 64 letters, digits, '_', '.' or '-'",
+    r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$": "a Kubernetes name of up to 63 lower-case letters, digits "
+    "or '-', starting and ending with a letter or digit",
+    r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$": "a Kubernetes name of up to 253 lower-case letters, digits, "
+    "'-' or '.', starting and ending with a letter or digit",
+}
+"""Plain words for the name patterns of the model (pydantic would print the regular expression)."""
+
+
+def _choice_message(value: str, expected: str, raw_loc: Loc) -> str:
+    """`'integr' is not a parameter type: use one of string, integer, ... (did you mean 'integer'?)`"""
+    choices = [c.strip().strip("'") for c in expected.replace(" or ", ", ").split(",") if c.strip()]
+    close = difflib.get_close_matches(value, choices, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    field = str(raw_loc[-1]) if raw_loc else "value"
+    what = "a parameter type" if raw_loc[:1] == ("parameters",) and field == "type" else f"a valid {field}"
+    return f"{value!r} is not {what}: use one of {', '.join(choices)}{hint}"
 
 
 def _nearest_line(lines: Mapping[Loc, int], loc: Loc, default: int | None) -> int | None:
@@ -565,6 +616,48 @@ def to_seed003(job: Job) -> dict[str, Any] | None:
     return seed if same else None
 
 
+_NO_PLACE = "seed 003's form has no place for this setting (only its default)"
+
+
+def seed003_obstacles(job: Job) -> list[tuple[str, str]]:
+    """Why `to_seed003(job)` is None: `(path, why)` for each setting of `job` that seed 003's form
+    has no place for (empty when the job can be shown in that form)."""
+    from jobwire.model import CronTrigger, HttpTarget
+
+    kinds = [t.type for t in job.triggers]
+    problems: list[tuple[str, str]] = []
+    if len(kinds) != 1 or not isinstance(job.triggers[0], CronTrigger):
+        problems.append(
+            ("triggers", f"seed 003's form has exactly one cron trigger, not: {', '.join(kinds) or 'none'}")
+        )
+    if not isinstance(job.target, HttpTarget):
+        problems.append(("target", f"seed 003's form calls an http target, not {job.target.type}"))
+    if problems:
+        return problems
+    trig, target = job.triggers[0], job.target
+    assert isinstance(trig, CronTrigger) and isinstance(target, HttpTarget)
+    seed = {
+        "name": job.name,
+        "description": job.description,
+        "schedule": trig.cron,
+        "job": {"callback_url": target.url, "http_method": target.method.lower(), "payload": target.payload},
+    }
+    try:
+        plain = Job.model_validate(from_seed003(seed)).model_dump(mode="json")
+    except (JobFileError, ValidationError) as exc:
+        return [("", str(exc))]
+    mine = job.model_dump(mode="json")
+    for key in mine:
+        if key in ("triggers", "target"):
+            sub_mine, sub_plain = mine[key], plain[key]
+            if key == "triggers":
+                sub_mine, sub_plain, key = sub_mine[0], sub_plain[0], "triggers[0]"
+            problems += [(f"{key}.{k}", _NO_PLACE) for k in sub_mine if sub_mine[k] != sub_plain.get(k)]
+        elif mine[key] != plain.get(key):
+            problems.append((key, _NO_PLACE))
+    return problems
+
+
 def _to_seed_loc(loc: Loc) -> Loc:
     """A jobwire loc of a converted seed 003 job → where it came from in seed 003's form."""
     if loc[:1] in (("name",), ("description",)):
@@ -618,6 +711,8 @@ def _validate(
             raw = tuple(e["loc"])
             loc = _clean_loc(raw)
             message = _message(e, raw)
+            if e["type"] == "program_from_parameter":
+                loc = (*loc, 0)
             if seed:
                 loc = _to_seed_loc(loc)
             errors.append(err(loc, message))
@@ -803,8 +898,58 @@ def load_path(path: Path) -> list[tuple[Job, str]]:
 def check_paths(paths: list[Path]) -> tuple[list[Job], list[DefinitionError]]:
     """For `jobwire check`: the valid jobs and every error, without raising for definition errors.
     Job names must be unique across all the paths."""
+    jobs, errors, _ = check_files(paths)
+    return jobs, errors
+
+
+def check_files(
+    paths: list[Path], environ: Mapping[str, str] | None = None
+) -> tuple[list[Job], list[DefinitionError], list[DefinitionError]]:
+    """`check_paths` plus warnings: what loads but will not work as it stands — a webhook trigger
+    whose `secret_env` names a variable unset in `environ` (this process's environment). The file
+    still loads (the variable may be set where and when jobwire serves)."""
     kept, errors = _load_files(paths)
-    return [item.job for item in kept if item.job is not None], errors
+    warnings: list[DefinitionError] = []
+    for item in kept:
+        if item.job is None:
+            continue
+        base = item.path.removesuffix("name").rstrip(".")  # `jobs[1].name` → `jobs[1]`
+        for index, trigger_id, variable in unset_webhook_secrets(item.job, environ):
+            warnings.append(
+                DefinitionError(
+                    item.source,
+                    item.line,
+                    ".".join(p for p in (base, f"triggers[{index}].secret_env") if p),
+                    f"webhook trigger {trigger_id!r} of job {item.job.name!r}: "
+                    + unset_secret_text(variable, "this environment"),
+                )
+            )
+    return [item.job for item in kept if item.job is not None], errors, warnings
+
+
+def unset_webhook_secrets(job: Job, environ: Mapping[str, str] | None = None) -> list[tuple[int, str, str]]:
+    """(index, trigger id, variable) of each webhook trigger of `job` with no inline `secret` whose
+    `secret_env` is unset or empty in `environ` (default: this process's environment) — a trigger
+    whose every delivery would be refused."""
+    import os
+
+    from jobwire.model import WebhookTrigger
+
+    env = os.environ if environ is None else environ
+    out = []
+    for index, (trigger, trigger_id) in enumerate(zip(job.triggers, job.trigger_ids(), strict=True)):
+        if not isinstance(trigger, WebhookTrigger) or trigger.secret or not trigger.secret_env:
+            continue
+        if not env.get(trigger.secret_env):
+            out.append((index, trigger_id, trigger.secret_env))
+    return out
+
+
+def unset_secret_text(variable: str, here: str = "jobwire's environment") -> str:
+    return (
+        f"its secret_env {variable} is not set in {here}; set {variable} in the environment of "
+        "`jobwire serve` (and restart it), or every delivery is refused (403)"
+    )
 
 
 def parse_job(data: Any, source: str = "api") -> Job:

@@ -26,6 +26,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 # --------------------------------------------------------------------------- helpers
 
@@ -262,6 +263,8 @@ def _infer_trigger_type(value: Any) -> Any:
 
 
 _ENV_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\*?")
+_PLACEHOLDER = re.compile(r"\{\{\s*[A-Za-z_][A-Za-z0-9_]*\s*\}\}")
+"""A `{{name}}` placeholder, as `jobwire.params.PLACEHOLDER_RE` finds them."""
 
 
 class LocalTarget(_Def):
@@ -279,6 +282,19 @@ class LocalTarget(_Def):
     cwd: str | None = None
     log_max_bytes: Annotated[int, Field(ge=1, le=1 << 30)] = 1_048_576
     kill_grace: Duration = timedelta(seconds=10)
+
+    @field_validator("command")
+    @classmethod
+    def _program_is_fixed(cls, v: list[str] | str) -> list[str] | str:
+        """Checked on the field, not with the job's other parameter rules, so that it is reported
+        together with every other problem of the job (a model-level rule runs only once the
+        rest of the model is valid)."""
+        if isinstance(v, list) and v and _PLACEHOLDER.search(v[0]):
+            raise PydanticCustomError(
+                "program_from_parameter",
+                "the program (command[0]) cannot come from a parameter; pass parameters as arguments",
+            )
+        return v
 
     @field_validator("inherit_env")
     @classmethod

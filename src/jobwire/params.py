@@ -498,15 +498,7 @@ def _check_target(job: Job, declared: Mapping[str, Parameter], names: str) -> li
                 problems.append(
                     (loc, f"{{{{{name}}}}} is not a parameter of job {job.name!r} (parameters: {names})")
                 )
-    if kind == "local":
-        command = getattr(target, "command", None)
-        if isinstance(command, list) and command and PLACEHOLDER_RE.search(command[0]):
-            problems.append(
-                (
-                    ("target", "command", 0),
-                    "the program (command[0]) cannot come from a parameter; pass parameters as arguments",
-                )
-            )
+    # `{{p}}` as command[0] is refused by LocalTarget itself, with the job's other problems
     if kind == "http":
         url = str(getattr(target, "url", ""))
         parts = urlsplit(url)

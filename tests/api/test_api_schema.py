@@ -395,6 +395,36 @@ def test_docs_and_root_redirect(client: TestClient) -> None:
     assert r.status_code in (302, 307) and r.headers["location"] == "/docs"
 
 
+def test_docs_work_offline_from_the_packages_own_assets(secured: tuple[TestClient, FakeEngine]) -> None:
+    """/docs names only URLs of this server, and each answers without a token (tokens are set)."""
+    import re
+
+    client, _ = secured
+    r = client.get("/docs")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", r.text) + re.findall(r"url: '([^']+)'", r.text)
+    assert len(urls) >= 4, r.text
+    for url in urls:
+        assert url.startswith("/") and not url.startswith("//"), url
+    assert "cdn" not in r.text and "https://" not in r.text and "http://" not in r.text
+    expected = {
+        "swagger-ui-bundle.js": ("text/javascript", "SwaggerUIBundle"),
+        "swagger-ui.css": ("text/css", ".swagger-ui"),
+        "favicon-32x32.png": ("image/png", "PNG"),
+    }
+    assets = [u for u in urls if u.startswith("/static/swagger/")]
+    assert {u.split("?")[0].rsplit("/", 1)[1] for u in assets} == set(expected)
+    for url in assets:
+        a = client.get(url)
+        ctype, marker = expected[url.split("?")[0].rsplit("/", 1)[1]]
+        assert a.status_code == 200, url
+        assert a.headers["content-type"].split(";")[0] in (ctype, ctype.replace("text/", "application/")), url
+        assert marker.encode() in a.content[:200_000] or marker in a.text, url
+    assert client.get("/openapi.json").status_code == 200  # what the page loads, also open
+    lic = client.get("/static/swagger/LICENSE")
+    assert lic.status_code == 200 and "Apache License" in lic.text
+
+
 # --------------------------------------------------------------------------- auth
 
 
@@ -538,6 +568,70 @@ def test_seed003_job_is_accepted(client: TestClient, engine: FakeEngine) -> None
     assert "CLI" in engine.fake.jobs
     assert_error(client.post(V1 + "/jobs", json=SEED003), 409, "Conflict")
     assert [j["name"] for j in client.get(V1 + "/jobs").json()["items"]] == ["CLI"]
+
+
+def test_seed003_form_is_shown_back_and_round_trips(client: TestClient, engine: FakeEngine) -> None:
+    assert client.post(V1 + "/jobs", json=SEED003).status_code == 201
+    r = client.get(V1 + "/jobs/CLI", params={"format": "seed003"})
+    assert r.status_code == 200, r.text
+    assert r.json() == SEED003
+    before = engine.fake.jobs["CLI"].job
+    # what was shown is accepted back as it is, and is the same job
+    assert client.put(V1 + "/jobs/CLI", json=r.json()).status_code == 200
+    assert engine.fake.jobs["CLI"].job == before
+    # jobwire's form stays the default
+    assert client.get(V1 + "/jobs/CLI").json()["triggers"][0]["id"] == "schedule"
+    assert client.get(V1 + "/jobs/CLI", params={"format": "jobwire"}).json()["origin"] == "api"
+    assert_error(client.get(V1 + "/jobs/CLI", params={"format": "yaml"}), 422)
+    assert_error(client.get(V1 + "/jobs/nope", params={"format": "seed003"}), 404)
+
+
+def test_seed003_form_refused_naming_what_it_cannot_hold(client: TestClient, engine: FakeEngine) -> None:
+    body = {**SEED003, "job": {**SEED003["job"], "callback_url": "https://u:pw-REAL@example.com/cb"}}
+    assert client.post(V1 + "/jobs", json=body).status_code == 201
+    shown = client.get(V1 + "/jobs/CLI", params={"format": "seed003"})
+    assert shown.status_code == 200 and "pw-REAL" not in shown.text  # URL password masked
+    r = client.patch(V1 + "/jobs/CLI", json={"target": {"timeout": "5s"}, "retry": {"max_attempts": 3}})
+    assert r.status_code == 200, r.text
+    err = assert_error(client.get(V1 + "/jobs/CLI", params={"format": "seed003"}), 422, "NotSeed003")
+    assert "seed 003's form" in err["message"]
+    assert {d["path"] for d in err["details"]} == {"target.timeout", "retry"}
+    add_job(engine, HELLO)
+    err = assert_error(client.get(V1 + "/jobs/hello", params={"format": "seed003"}), 422, "NotSeed003")
+    assert [d["path"] for d in err["details"]][:1] == ["triggers"]
+
+
+def test_webhook_trigger_with_unset_secret_env_is_refused_at_definition(
+    client: TestClient, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("API_TEST_HOOK_SECRET", raising=False)
+    monkeypatch.setenv("API_TEST_EMPTY", "")
+    body = {
+        "name": "deploy",
+        "triggers": ["api", {"webhook": {"secret_env": "API_TEST_HOOK_SECRET", "id": "gh"}}],
+        "target": {"type": "local", "command": ["true"]},
+    }
+    for send in (
+        lambda b: client.post(V1 + "/jobs", json=b),
+        lambda b: client.put(V1 + "/jobs/deploy", json=b),
+    ):
+        err = assert_error(send(body), 422, "WebhookSecretUnset")
+        assert "'gh'" in err["message"] and "API_TEST_HOOK_SECRET" in err["message"]
+        assert "jobwire's environment" in err["message"] and "set API_TEST_HOOK_SECRET" in err["message"]
+        assert err["details"][0]["path"] == "triggers[1].secret_env"
+    assert "deploy" not in engine.fake.jobs
+    empty = {**body, "triggers": [{"webhook": {"secret_env": "API_TEST_EMPTY"}}]}
+    err = assert_error(client.post(V1 + "/jobs", json=empty), 422, "WebhookSecretUnset")
+    assert "'webhook'" in err["message"] and "API_TEST_EMPTY" in err["message"]
+
+    monkeypatch.setenv("API_TEST_HOOK_SECRET", "s3cret")
+    assert client.post(V1 + "/jobs", json=body).status_code == 201
+    # a patch is a definition too: the variable gone, the job cannot be changed until it is back
+    monkeypatch.delenv("API_TEST_HOOK_SECRET")
+    assert_error(client.patch(V1 + "/jobs/deploy", json={"description": "x"}), 422, "WebhookSecretUnset")
+    # an inline secret needs no variable
+    inline = {**body, "triggers": [{"webhook": {"secret": "inline-s3cret"}}]}
+    assert client.put(V1 + "/jobs/deploy", json=inline).status_code == 200
 
 
 def test_secrets_are_masked_and_survive_a_round_trip(client: TestClient, engine: FakeEngine) -> None:

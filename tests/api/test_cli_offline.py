@@ -98,15 +98,13 @@ def test_check_missing_path() -> None:
 def test_config_masks_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOBWIRE_API_TOKEN", "super-secret-token-value")
     monkeypatch.setenv("JOBWIRE_API_TOKENS", "reader-secret:read")
-    monkeypatch.setenv("JOBWIRE_DATABASE_URL", "postgresql://jw:db-password@db:5432/jw")
     monkeypatch.setenv("JOBWIRE_PORT", "9999")
     result = runner.invoke(app, ["config"])
     assert result.exit_code == 0, result.output
-    for secret in ("super-secret-token-value", "reader-secret", "db-password"):
+    for secret in ("super-secret-token-value", "reader-secret"):
         assert secret not in result.output
     assert "api_token: '****'" in result.output
     assert "port: 9999" in result.output
-    assert "postgresql://jw:****@db:5432/jw" in result.output
     data = json.loads(runner.invoke(app, ["config", "--json"]).stdout)
     assert data["api_tokens"] == [{"name": "token1", "token": "****", "scopes": ["read"]}]
 
@@ -116,6 +114,57 @@ def test_config_reports_bad_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     result = runner.invoke(app, ["config"])
     assert result.exit_code == 2
     assert "port" in result.output
+
+
+@pytest.mark.parametrize("command", [["config"], ["serve"]])
+def test_postgresql_url_is_one_clear_line_not_a_traceback(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("JOBWIRE_DATABASE_URL", "postgresql://jw:db-password@db:5432/jw")
+    monkeypatch.setenv("JOBWIRE_DATA_DIR", str(tmp_path / "d"))
+    result = runner.invoke(app, command)
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    first = result.output.splitlines()[0]
+    assert first.startswith("error: invalid setting database_url (JOBWIRE_DATABASE_URL): "), first
+    assert "PostgreSQL store is not available yet" in first and "SQLite only" in first
+    assert "sqlite:///" in first and "unset JOBWIRE_DATABASE_URL" in first
+    assert "Traceback" not in result.output and "StoreError" not in result.output
+    assert "db-password" not in result.output
+    assert not (tmp_path / "d").exists()  # refused before anything was started
+
+
+def test_unknown_database_url_scheme_is_refused_by_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOBWIRE_DATABASE_URL", "mysql://db/jw")
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 2
+    assert "unsupported database URL scheme 'mysql'" in result.output
+
+
+@pytest.mark.parametrize(
+    ("sinks", "expected"),
+    [
+        ('[{"type": "nope"}]', "sinks.0 (JOBWIRE_SINKS): unknown sink type 'nope': `type` must be 'webhook'"),
+        ('[{"type": "log", "url": "x"}]', "sinks.0.url (JOBWIRE_SINKS): a log sink has no setting 'url'"),
+        ('["x"]', "sinks.0 (JOBWIRE_SINKS): a sink is a mapping, got 'x'"),
+    ],
+)
+def test_sink_settings_errors_name_the_allowed_types(
+    sinks: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOBWIRE_SINKS", sinks)
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: invalid setting {expected}"), result.output
+    assert expected in result.output, result.output
+    for noise in ("WebhookSinkSpec", "LogSinkSpec", "Input should be", "Extra inputs"):
+        assert noise not in result.output, result.output
+
+
+def test_sink_without_type_is_still_a_webhook(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOBWIRE_SINKS", '[{"url": "https://example.com/hook"}, {"type": "log"}]')
+    data = json.loads(runner.invoke(app, ["config", "--json"]).stdout)
+    assert [s["type"] for s in data["sinks"]] == ["webhook", "log"]
 
 
 def test_serve_refuses_public_bind_without_token(tmp_path: Path) -> None:
@@ -180,3 +229,74 @@ def test_logging_masks_secrets_in_json_lines() -> None:
     assert second["event"] == "plain record" and second["client_secret"] == "****"
     for secret in ("tok-123", "abc", '"pw"', '"cs"'):
         assert secret not in buf.getvalue()
+
+
+def test_version_prints_the_package_version() -> None:
+    from importlib.metadata import version
+
+    for flag in ("--version", "-V"):
+        result = runner.invoke(app, [flag])
+        assert result.exit_code == 0, result.output
+        assert result.output.strip() == f"jobwire {version('jobwire')}"
+
+
+def test_shell_completion_is_enabled() -> None:
+    import subprocess
+    import sys
+
+    help_text = runner.invoke(app, ["--help"]).output
+    assert "--install-completion" in help_text and "--show-completion" in help_text
+    exe = Path(sys.executable).with_name("jobwire")
+    env = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    shown = subprocess.run(
+        [exe, "--show-completion", "bash"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert shown.returncode == 0 and "_JOBWIRE_COMPLETE=complete_bash" in shown.stdout, shown
+    env = {
+        **os.environ,
+        "_JOBWIRE_COMPLETE": "complete_bash",
+        "COMP_WORDS": "jobwire runs ",
+        "COMP_CWORD": "2",
+    }
+    done = subprocess.run([exe], env=env, capture_output=True, text=True, timeout=30)
+    assert done.stdout.split() == ["list", "show", "logs", "cancel", "rerun"], done
+
+
+def test_license_file_matches_pyproject() -> None:
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    assert tomllib.loads((root / "pyproject.toml").read_text())["project"]["license"] == "Apache-2.0"
+    text = (root / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text and len(text) > 10_000
+
+
+def test_deployment_says_nothing_here_builds_its_image() -> None:
+    root = Path(__file__).resolve().parents[2]
+    deployment = (root / "deploy" / "kubernetes" / "deployment.yaml").read_text()
+    image_line = next(i for i, line in enumerate(deployment.splitlines()) if "image:" in line)
+    comment = "\n".join(deployment.splitlines()[image_line - 3 : image_line])
+    assert "Nothing in this repository builds this image" in comment
+    assert not (root / "Dockerfile").exists()  # when one comes, this comment and the README change
+    assert "not built by anything in this repository" in (root / "README.md").read_text()
+
+
+def test_check_warns_about_webhook_secret_env_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CHECK_UNSET_HOOK", raising=False)
+    monkeypatch.setenv("CHECK_SET_HOOK", "s")
+    (tmp_path / "hooks.yaml").write_text(
+        "jobs:\n"
+        "  - name: deploy\n"
+        "    triggers: [{webhook: {secret_env: CHECK_UNSET_HOOK, id: gh}}, {webhook: {secret_env: CHECK_SET_HOOK}}]\n"
+        '    target: {type: local, command: ["true"]}\n'
+    )
+    result = runner.invoke(app, ["check", "hooks.yaml"])
+    assert result.exit_code == 0, result.output  # the file loads: the variable may be set later
+    warnings = [line for line in result.output.splitlines() if "warning" in line]
+    assert len(warnings) == 1, result.output
+    assert warnings[0].startswith("hooks.yaml:2: warning: jobs[0].triggers[0].secret_env: ")
+    assert "webhook trigger 'gh' of job 'deploy'" in warnings[0] and "CHECK_UNSET_HOOK" in warnings[0]
+    assert "1 job OK" in result.output
+    data = json.loads(runner.invoke(app, ["check", "--json", "hooks.yaml"]).stdout)
+    assert data["ok"] is True and [w["path"] for w in data["warnings"]] == ["jobs[0].triggers[0].secret_env"]

@@ -76,6 +76,28 @@ def test_fast_path_answers_as_the_route_does(pair: tuple[TestClient, TestClient,
     assert len(fast_engine.fake.runs) == len(route_engine.fake.runs) >= 3
 
 
+def test_bad_json_names_line_and_column_on_both_paths(
+    pair: tuple[TestClient, TestClient, FakeEngine, FakeEngine],
+) -> None:
+    fast, plain, _, _ = pair
+    ctype = {**W, "content-type": "application/json"}
+    body = b'{"who": "bob", ]'  # what is wrong is at offset 15: line 1, column 16
+    for client in (fast, plain):
+        for path in ("/jobs/hello/runs", "/jobs", "/jobs/hello"):
+            r = (client.put if path == "/jobs/hello" else client.post)(V1 + path, content=body, headers=ctype)
+            assert r.status_code == 422, r.text
+            err = r.json()["error"]
+            assert err["message"] == (
+                "request body is not valid JSON at line 1, column 16: "
+                "Expecting property name enclosed in double quotes"
+            ), (path, err)
+            assert err["reason"] == "InvalidJSON"
+            assert err["details"] == [{"path": "body", "message": err["message"].removeprefix("request body is ")}]
+        r = client.post(V1 + "/jobs/hello/runs", content=b'{\n  "who": "bob"\n  "times": 2}', headers=ctype)
+        assert "at line 3, column 3: Expecting ',' delimiter" in r.json()["error"]["message"], r.text
+        assert "JSON decode error" not in r.text
+
+
 def test_the_run_it_returns_is_the_run_the_api_shows() -> None:
     _, _, fast, _ = _apps({})
     with TestClient(fast) as c:
@@ -139,14 +161,15 @@ async def test_middleware_answers_json_and_hands_on_the_rest() -> None:
         ("POST", "/api/v1/jobs/hello/runs/x", b"{}", ctype),
         ("POST", "/api/v1/jobs/hello/webhook", b"{}", ctype),
         ("POST", "/api/v1/jobs/hello/runs", b"[1]", ctype),
-        ("POST", "/api/v1/jobs/hello/runs", b"{bad", ctype),
         ("POST", "/api/v1/jobs/hello/runs", b"who=x", [(b"content-type", b"text/plain")]),
     ]
     for method, path, body, headers in handed:
         assert await _call(app, method, path, body, headers) == 418
     # what it read, it hands on whole
-    assert [b for _, b in down.seen] == [b"", b"{}", b"{}", b"[1]", b"{bad", b"who=x"]
-    assert len(eng.fake.runs) == 2
+    assert [b for _, b in down.seen] == [b"", b"{}", b"{}", b"[1]", b"who=x"]
+    # a body that is not JSON is answered here, in the route's words (see the parity test)
+    assert await _call(app, "POST", "/api/v1/jobs/hello/runs", b"{bad", ctype) == 422
+    assert len(down.seen) == 5 and len(eng.fake.runs) == 2
 
 
 def test_concurrent_triggers_through_the_fast_path() -> None:

@@ -41,6 +41,10 @@ UNPREFIXED = {
     # the API's own description: public by design, holds no secret (test_canaries searches it)
     ("GET", "/openapi.json"): None,
     ("GET", "/docs"): None,
+    # Swagger UI's assets, served from the package so /docs works offline: public code, no secret
+    ("GET", "/static/swagger/swagger-ui-bundle.js"): None,
+    ("GET", "/static/swagger/swagger-ui.css"): None,
+    ("GET", "/static/swagger/favicon-32x32.png"): None,
 }
 
 

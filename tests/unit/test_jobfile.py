@@ -23,6 +23,7 @@ from jobwire.jobfile import (
     to_seed003,
 )
 from jobwire.model import CronTrigger, HttpTarget, LocalTarget
+from jobwire.registry import SOURCES
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -186,7 +187,7 @@ def test_many_mistakes_all_reported_with_lines() -> None:
     assert lines == [
         "jobs.yaml:4: jobs[0].triggers[0].interval: interval must be at least 100ms, got '0s'",
         "jobs.yaml:5: jobs[0].triggers[1]: unknown trigger type 'hourly' "
-        "(expected one of: cron, interval, at, api, webhook, amqp, mqtt)",
+        f"(expected one of: cron, interval, at, api, webhook, {', '.join(p.kind for p in SOURCES)})",
         "jobs.yaml:6: jobs[0].triggers[2]: a trigger needs a type: cron, interval, at, api or webhook "
         '(e.g. `- cron: "0 * * * *"` or `- type: api`)',
         "jobs.yaml:9: jobs[0].target.url: url must be an absolute http:// or https:// URL, got 'ftp://example.com/x'",
@@ -195,8 +196,8 @@ def test_many_mistakes_all_reported_with_lines() -> None:
         "jobs.yaml:18: jobs[1].parameters[0].default: expected integer, got 'abc'",
         "jobs.yaml:20: jobs[2].trigers: unknown field 'trigers' (did you mean 'triggers'?)",
         "jobs.yaml:22: jobs[3].target: required field is missing",
-        "jobs.yaml:23: jobs[4].name: String should match pattern '^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$', "
-        "got 'bad name!'",
+        "jobs.yaml:23: jobs[4].name: a job name is 1 to 128 letters, digits, '_', '.' or '-', "
+        "starting with a letter or digit, got 'bad name!'",
         "jobs.yaml:24: jobs[4].target: unknown target type 'ftp' (expected one of: local, http, kubernetes)",
     ]
 
@@ -246,6 +247,72 @@ def test_yaml_syntax_error_has_line_and_column() -> None:
     (line,) = errors_of("name: a\ntriggers:\n  - cron: */5 * * * *\n")
     assert line.startswith("jobs.yaml:3: YAML syntax error:")
     assert "quote values that start with" in line
+
+
+def test_yaml_indentation_errors_say_to_check_the_indentation() -> None:
+    (line,) = errors_of("jobs:\n  - name: a\n    target:\n      type: local\n     command: [echo]\n")
+    assert line.startswith("jobs.yaml:5: YAML syntax error:"), line
+    assert "check the indentation of line 5" in line
+    (line,) = errors_of("jobs:\n  - name: a\n    target: {type: local, command: [echo]}\n   - name: b\n")
+    assert "check the indentation of line 4" in line
+    (line,) = errors_of("jobs:\n  - name: a\n    target:\n      type: local\n        command: [echo]\n")
+    assert "check the indentation of line 5" in line and "quote a value that contains ': '" in line
+    (line,) = errors_of("jobs:\n  - name: a\n\ttarget: {type: local, command: [echo]}\n")
+    assert "line 3 is indented with a tab: YAML indents with spaces only" in line
+
+
+def test_check_messages_are_plain_words_not_pydantic_text() -> None:
+    lines = errors_of(
+        """\
+        jobs:
+          - name: "Bad Name!"
+            target: {type: local, command: [echo]}
+          - name: ptype
+            parameters: [{name: n, type: integr}, {name: "bad name"}]
+            concurrency: {policy: forbidd}
+            triggers: [{id: "a b", type: api}]
+            target: {type: kubernetes, image: x, namespace: Bad_NS}
+        """
+    )
+    assert sorted(lines) == sorted(
+        [
+            "jobs.yaml:2: jobs[0].name: a job name is 1 to 128 letters, digits, '_', '.' or '-', starting with "
+            "a letter or digit, got 'Bad Name!'",
+            "jobs.yaml:5: jobs[1].parameters[0].type: 'integr' is not a parameter type: use one of string, "
+            "integer, number, boolean, json (did you mean 'integer'?)",
+            "jobs.yaml:5: jobs[1].parameters[1].name: a parameter name is a letter or '_' followed by up to 63 "
+            "letters, digits or '_' (it becomes the variable JOBWIRE_PARAM_<NAME>), got 'bad name'",
+            "jobs.yaml:7: jobs[1].triggers[0].id: an id is 1 to 64 letters, digits, '_', '.' or '-', got 'a b'",
+            "jobs.yaml:8: jobs[1].target.namespace: a Kubernetes name of up to 63 lower-case letters, digits or "
+            "'-', starting and ending with a letter or digit, got 'Bad_NS'",
+            "jobs.yaml:6: jobs[1].concurrency.policy: 'forbidd' is not a valid policy: use one of allow, forbid, "
+            "queue, replace (did you mean 'forbid'?)",
+        ]
+    )
+    for line in lines:
+        for noise in ("should match pattern", "Input should be", "^"):
+            assert noise not in line, line
+
+
+def test_program_from_a_parameter_is_reported_with_the_jobs_other_problems() -> None:
+    lines = errors_of(
+        """\
+        jobs:
+          - name: both
+            parameters: [{name: n, type: integer}]
+            triggers: [{cron: "61 * * * *"}]
+            target: {type: local, command: ["{{n}}", "x"], timeout: 1m}
+        """
+    )
+    assert sorted(lines) == sorted(
+        [
+            "jobs.yaml:4: jobs[0].triggers[0].cron: cron '61 * * * *': minute field '61' is out of range 0-59",
+            "jobs.yaml:5: jobs[0].target.command[0]: the program (command[0]) cannot come from a parameter; "
+            "pass parameters as arguments",
+            "jobs.yaml:5: jobs[0].target.timeout: unknown field 'timeout' (known fields: type, command, shell, "
+            "env, inherit_env, cwd, log_max_bytes, kill_grace)",
+        ]
+    )
 
 
 def test_python_tags_are_refused() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from jobwire.model import Job
 from jobwire.params import (
@@ -385,12 +386,14 @@ def test_check_forbidden_places() -> None:
         problems(
             {
                 "parameters": [{"name": "p"}],
-                "target": {"type": "local", "command": ["{{p}}", "x"], "cwd": "/tmp/{{p}}"},
+                "target": {"type": "local", "command": ["x", "{{p}}"], "cwd": "/tmp/{{p}}"},
             }
         )
     )
-    assert "cannot come from a parameter" in found[("target", "command", 0)]
     assert "cannot be used in `cwd`" in found[("target", "cwd")]
+    # the program is refused by the target itself, so with the job's other problems (test_jobfile)
+    with pytest.raises(ValidationError, match=r"the program \(command\[0\]\) cannot come from a parameter"):
+        problems({"parameters": [{"name": "p"}], "target": {"type": "local", "command": ["{{p}}", "x"]}})
 
     found_list = problems(
         {

@@ -9,16 +9,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobwire.api import routes_events, routes_jobs, routes_runs, routes_system
 from jobwire.api.auth import READ, Authenticator
-from jobwire.api.fastpath import TriggerFastPath, engine_error_json, too_deep
+from jobwire.api.fastpath import TriggerFastPath, engine_error_json, invalid_json, too_deep
 from jobwire.api.limits import BodyLimit
 from jobwire.api.schemas import ApiError, ErrorDetail, error_body
 from jobwire.engine import Engine, EngineError
@@ -26,6 +29,10 @@ from jobwire.jobfile import JobFileError
 from jobwire.store import StoreError
 
 PREFIX = "/api/v1"
+STATIC = Path(__file__).resolve().parent / "static"
+SWAGGER_PATH = "/static/swagger"
+SWAGGER_UI_VERSION = "5.35.0"
+"""The vendored swagger-ui-dist (static/swagger/README.md)."""
 log = structlog.get_logger("jobwire.api")
 
 _REASONS = {
@@ -96,6 +103,15 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        errors = exc.errors()
+        if errors and errors[0].get("type") == "json_invalid":  # FastAPI's "JSON decode error"
+            e = errors[0]
+            loc = tuple(e.get("loc", ()))
+            pos = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else 0
+            msg = str((e.get("ctx") or {}).get("error") or "JSON decode error")
+            doc = exc.body if isinstance(exc.body, str | bytes) else ""
+            code, body = invalid_json(doc, pos, msg)
+            return JSONResponse(body, status_code=code)
         details = [
             ErrorDetail(path=loc_path(tuple(e.get("loc", ()))), message=str(e.get("msg", "invalid")))
             for e in exc.errors()
@@ -150,7 +166,7 @@ def create_app(engine: Engine, *, heartbeat: float = 15.0) -> FastAPI:
             "(scope `read` for GET, `write` for the rest). Every error is "
             '`{"error": {"message", "reason", "code", "details": [{"path", "message"}]}}`.'
         ),
-        docs_url="/docs",
+        docs_url=None,  # served below from the package's own copy of Swagger UI, not a CDN
         redoc_url=None,
         openapi_url="/openapi.json",
         lifespan=lifespan,
@@ -179,6 +195,21 @@ def create_app(engine: Engine, *, heartbeat: float = 15.0) -> FastAPI:
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
         return RedirectResponse("/docs")
+
+    # Swagger UI from the package (static/swagger/, swagger-ui-dist SWAGGER_UI_VERSION): /docs works
+    # offline and loads nothing from elsewhere. Open like /openapi.json: it holds no secret.
+    app.mount(SWAGGER_PATH, StaticFiles(directory=STATIC / "swagger"), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url=f"{SWAGGER_PATH}/swagger-ui-bundle.js?v={SWAGGER_UI_VERSION}",
+            swagger_css_url=f"{SWAGGER_PATH}/swagger-ui.css?v={SWAGGER_UI_VERSION}",
+            swagger_favicon_url=f"{SWAGGER_PATH}/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io
+        )
 
     return app
 

@@ -48,6 +48,17 @@ def engine_error_json(exc: EngineError) -> tuple[int, dict[str, Any]]:
     return exc.status, error_body(exc.status, exc.reason, str(exc) or exc.reason, details)
 
 
+def invalid_json(doc: str | bytes, pos: int, msg: str) -> tuple[int, dict[str, Any]]:
+    """The answer to a body that is not JSON: where it stops parsing (line and column, 1-based, as
+    an editor shows them) and why. One text for this path and the app's handler."""
+    text = doc.decode("utf-8", "replace") if isinstance(doc, bytes) else doc
+    where = json.JSONDecodeError(msg, text, pos)
+    problem = f"not valid JSON at line {where.lineno}, column {where.colno}: {msg}"
+    return 422, error_body(
+        422, "InvalidJSON", f"request body is {problem}", [ErrorDetail(path="body", message=problem)]
+    )
+
+
 def too_deep() -> tuple[int, dict[str, Any]]:
     """The answer to a JSON body nested deeper than the parser can follow."""
     return 422, error_body(
@@ -87,7 +98,9 @@ class TriggerFastPath:
         body = await _read_body(receive)
         try:
             params: Any = json.loads(body) if body.strip() else None
-        except ValueError:
+        except json.JSONDecodeError as exc:
+            return await _send_json(send, *invalid_json(exc.doc, exc.pos, exc.msg))
+        except ValueError:  # not UTF-8: the route answers it
             return await self.app(scope, _replay(body, receive), send)
         except RecursionError:  # json.loads on 100,000 nested brackets
             return await _send_json(send, *too_deep())

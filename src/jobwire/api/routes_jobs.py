@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Header, Request, Response, status
+from fastapi import APIRouter, Body, Header, Query, Request, Response, status
 from fastapi.openapi.models import Example
 
 from jobwire.api.auth import READ, WRITE, EngineDep
@@ -12,16 +12,25 @@ from jobwire.api.routes_runs import admission_response
 from jobwire.api.schemas import (
     ERROR_RESPONSES,
     ApiError,
+    ErrorBody,
     ErrorDetail,
     JobList,
     JobOut,
+    Seed003Job,
     mask_job,
     merge_patch,
     unmask_job,
 )
 from jobwire.engine import Engine, JobNotFound
-from jobwire.jobfile import parse_job
+from jobwire.jobfile import (
+    parse_job,
+    seed003_obstacles,
+    to_seed003,
+    unset_secret_text,
+    unset_webhook_secrets,
+)
 from jobwire.model import Job, Run
+from jobwire.redact import mask_url
 from jobwire.store import StoredJob
 
 router = APIRouter(tags=["jobs"], responses=ERROR_RESPONSES)
@@ -76,7 +85,34 @@ def _refuse_file_job(stored: StoredJob, verb: str) -> None:
 
 
 def _parse(data: dict[str, Any], source: str) -> Job:
-    return parse_job(data, source)
+    job = parse_job(data, source)
+    _refuse_unset_webhook_secrets(job)
+    return job
+
+
+def _refuse_unset_webhook_secrets(job: Job) -> None:
+    """A webhook trigger whose `secret_env` is unset in jobwire's environment would refuse every
+    delivery: refuse the definition instead (422), naming the trigger and the variable. (Job files
+    still load with one — the variable may be set before a delivery comes — and `jobwire check`
+    warns.)"""
+    unset = unset_webhook_secrets(job)
+    if not unset:
+        return
+    details = [
+        ErrorDetail(
+            path=f"triggers[{index}].secret_env",
+            message=f"webhook trigger {trigger_id!r}: {unset_secret_text(variable)}",
+        )
+        for index, trigger_id, variable in unset
+    ]
+    _, first_id, first_var = unset[0]
+    raise ApiError(
+        422,
+        "WebhookSecretUnset",
+        f"job {job.name!r}: webhook trigger {first_id!r}: {unset_secret_text(first_var)}; "
+        "or give the trigger its `secret` inline",
+        details=details,
+    )
 
 
 @router.get("/jobs", response_model=JobList, dependencies=READ, summary="List jobs")
@@ -100,9 +136,46 @@ async def create_job(engine: EngineDep, body: JobBody) -> JobOut:
     return job_out(await engine.put_job(job, origin="api"))
 
 
-@router.get("/jobs/{name}", response_model=JobOut, dependencies=READ, summary="Get a job")
-async def get_job(engine: EngineDep, name: str) -> JobOut:
-    return job_out(await _get(engine, name))
+@router.get(
+    "/jobs/{name}",
+    response_model=JobOut | Seed003Job,
+    dependencies=READ,
+    summary="Get a job",
+    responses={
+        422: {
+            "model": ErrorBody,
+            "description": "`format=seed003` for a job seed 003's form cannot express: `details` "
+            "names each setting it has no place for",
+        }
+    },
+)
+async def get_job(
+    engine: EngineDep,
+    name: str,
+    format: Annotated[
+        Literal["jobwire", "seed003"],
+        Query(
+            description="`seed003`: the job in seed 003's form (`name`, `description`, `schedule`, "
+            "`job{callback_url, http_method, payload}`), which `POST`/`PUT /jobs` accept back as it is"
+        ),
+    ] = "jobwire",
+) -> JobOut | Seed003Job:
+    stored = await _get(engine, name)
+    if format == "jobwire":
+        return job_out(stored)
+    seed = to_seed003(stored.job)
+    if seed is None:
+        obstacles = seed003_obstacles(stored.job)
+        raise ApiError(
+            422,
+            "NotSeed003",
+            f"job {name!r} cannot be shown in seed 003's form: it has settings that form has no place "
+            "for (seed 003's form is one cron trigger `schedule` in UTC calling an http target with "
+            "default settings and default policies); GET it without `format` for jobwire's form",
+            details=[ErrorDetail(path=path, message=why) for path, why in obstacles],
+        )
+    seed["job"]["callback_url"] = mask_url(seed["job"]["callback_url"])
+    return Seed003Job.model_validate(seed)
 
 
 @router.put("/jobs/{name}", response_model=JobOut, dependencies=WRITE, summary="Create or replace a job")

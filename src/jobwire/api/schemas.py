@@ -101,6 +101,24 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 # --------------------------------------------------------------------------- jobs
 
 
+class Seed003Call(BaseModel):
+    callback_url: str
+    http_method: str
+    payload: Any = None
+
+
+class Seed003Job(BaseModel):
+    """A job in seed 003's form (`GET /jobs/{name}?format=seed003`): accepted back as it is by
+    `POST`/`PUT /jobs`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str
+    schedule: str
+    job: Seed003Call
+
+
 class JobOut(BaseModel):
     """A job as the API shows it: its full definition (secrets masked) plus where it came from."""
 
