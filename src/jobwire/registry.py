@@ -12,10 +12,12 @@ from typing import Any
 from jobwire.plug import SourcePlug
 from jobwire.sources.amqp.spec import PLUG as AMQP
 from jobwire.sources.mqtt.spec import PLUG as MQTT
+from jobwire.sources.postgres.spec import PLUG as POSTGRES
 
 SOURCES: tuple[SourcePlug, ...] = (
     AMQP,
     MQTT,
+    POSTGRES,
 )
 
 
