@@ -980,6 +980,8 @@ def idle(ctx: Ctx) -> list[Row]:
 
 # --------------------------------------------------------------------------- registry
 
+from bench.bench_amqp import amqp_throughput, amqp_to_start  # noqa: E402 - uses the helpers above
+
 SECTIONS: dict[str, tuple[str, Callable[[Ctx], list[Row]]]] = {
     "trigger": ("API trigger → local process started", trigger_to_start),
     "cron-every-second": ("cron lateness: 1,000 every-second schedules, stub target", cron_every_second),
@@ -995,6 +997,8 @@ SECTIONS: dict[str, tuple[str, Callable[[Ctx], list[Row]]]] = {
         throughput_http_stream,
     ),
     "idle": ("idle with 10,000 jobs", idle),
+    "amqp-latency": ("AMQP publish → local process started", amqp_to_start),
+    "amqp-intake": ("AMQP messages recorded per second", amqp_throughput),
 }
 
 
