@@ -903,6 +903,50 @@ def events_show(
         out.print(Text("  run       ").append_text(run_summary(r)))
 
 
+# --------------------------------------------------------------------------- db (seed 001)
+
+db_app = typer.Typer(help="Database helpers for the postgres source.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+DsnOpt = Annotated[
+    str | None, typer.Option(help="postgresql://…", envvar="JOBWIRE_POSTGRES_DSN", show_default=False)
+]
+
+
+@db_app.command("install-trigger")
+def db_install_trigger(
+    dsn: DsnOpt = None,
+    table: Annotated[str, typer.Option(help="The table whose inserts and updates notify.")] = "jobs",
+    channel: Annotated[str, typer.Option(help="The channel to NOTIFY.")] = "job_scheduler",
+    print_only: Annotated[bool, typer.Option("--print", help="Show the SQL; change nothing.")] = False,
+) -> None:
+    """Install seed 001's notifier function and an AFTER INSERT OR UPDATE trigger on TABLE
+    (idempotent: run it again after a change, or on every deploy)."""
+    import re
+
+    from jobwire.redact import mask_url
+    from jobwire.sources.postgres.spec import IDENT_RE, TABLE_RE
+    from jobwire.sources.postgres.sql import install_sql, notifier_names
+
+    if not re.match(TABLE_RE, table):
+        fail(f"--table {table!r}: letters, digits and '_' (or schema.table), at most 54 characters")
+    if not re.match(IDENT_RE, channel):
+        fail(f"--channel {channel!r}: letters, digits and '_', at most 63 characters")
+    if print_only:
+        typer.echo(install_sql(table, channel).rstrip())
+        return
+    if not dsn:
+        fail("no database: give --dsn or set JOBWIRE_POSTGRES_DSN", hint="--print shows the SQL")
+    try:
+        from jobwire.sources.postgres.install import install_trigger
+    except ModuleNotFoundError as exc:
+        fail(f"install-trigger needs the Python package {exc.name!r}: pip install 'jobwire[postgres]'")
+    try:
+        asyncio.run(install_trigger(dsn, table, channel))
+    except Exception as exc:
+        fail(f"install-trigger on {mask_url(dsn)}: {type(exc).__name__}: {exc}")
+    function, trigger = notifier_names(table)
+    typer.echo(f"installed {function}() and trigger {trigger} on {table}: NOTIFY {channel}")
+
 def main() -> None:
     app()
 
