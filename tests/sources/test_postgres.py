@@ -5,12 +5,14 @@ fail when CI=true."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -36,7 +38,8 @@ from jobwire.sources.postgres.sink import CLAIMS, PostgresStatusSink, build_sink
 from jobwire.sources.postgres.source import APPLICATION_NAME, PostgresSource, build
 from jobwire.sources.postgres.spec import PostgresSettings, PostgresTrigger, check_condition, global_bindings
 from jobwire.sources.postgres.sql import install_sql
-from tests.support.waiting import eventually
+from tests.support.server import Server
+from tests.support.waiting import eventually, eventually_sync
 
 ADMIN_DSN = os.environ.get("JOBWIRE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 TABLE = """
@@ -451,3 +454,68 @@ async def test_status_sink_writes_run_progress(database: str) -> None:
             assert (await statuses(conn))[3] == ("running", "r3", None)
     finally:
         await sink.close()
+
+
+# --------------------------------------------------------------------------- two jobwire processes
+
+
+def test_two_jobwire_processes_on_one_table_launch_each_row_once(database: str, tmp_path: Path) -> None:
+    """Two `jobwire serve` (each its own SQLite store: nothing shared but the table) on one table:
+    every row makes exactly one run in exactly one of them; a row whose parameters are invalid is
+    marked `failed` with the reason."""
+    n = 300
+    ledger = tmp_path / "ledger.txt"
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(
+        f"""
+jobs:
+  - name: build
+    triggers:
+      - postgres: {{dsn: "{database}", run_id_column: run_id, error_column: error, batch: 20}}
+    parameters: [{{name: amount, type: number}}]
+    target: {{type: local, shell: true, command: 'echo "$JOBWIRE_RUN_ID" >> {ledger}'}}
+"""
+    )
+    servers = [Server(tmp_path / f"data{i}", jobs).start() for i in range(2)]
+    try:
+
+        async def insert() -> None:
+            async with db(database) as conn:
+                await conn.execute("INSERT INTO jobs (type, amount) VALUES ('build', NULL)")  # invalid
+                for start in range(0, n, 10):
+                    await conn.execute(
+                        "INSERT INTO jobs (type, amount) SELECT 'build', g FROM generate_series($1::int, $2::int) g",
+                        start,
+                        start + 9,
+                    )
+
+        async def rows() -> dict[int, tuple[str, str | None, str | None]]:
+            async with db(database) as conn:
+                return await statuses(conn)
+
+        asyncio.run(insert())
+        lines = lambda: ledger.read_text().split() if ledger.exists() else []  # noqa: E731
+        eventually_sync(lambda: len(lines()) >= n, 60, "every valid row's run to start")
+        final = eventually_sync(
+            lambda: (r := asyncio.run(rows())) and all(s != "pending" for s, _, _ in r.values()) and r,
+            30,
+            "every row claimed",
+        )
+        made = []
+        for srv in servers:
+            with srv.client() as c:
+                made.append(len(c.get("/runs", params={"job": "build", "limit": 500}).json()["items"]))
+        print(f"two jobwire processes: {made} runs")
+        assert sum(made) == n, made
+    finally:
+        for s in servers:
+            s.stop()
+    assert final[1][0] == "failed" and "amount" in (final[1][2] or ""), final[1]
+    expected = {i: expected_run_id("build", i) for i in range(2, n + 2)}
+    assert {i: (s, rid) for i, (s, rid, _) in final.items() if i != 1} == {
+        i: ("scheduled", rid) for i, rid in expected.items()
+    }
+    counts = collections.Counter(lines())
+    assert set(counts) == set(expected.values()) and max(counts.values()) == 1, "each row one run, once"
+    per_server = [s.output().count("postgres source listening") for s in servers]
+    assert per_server == [1, 1], per_server
