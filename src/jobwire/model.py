@@ -497,6 +497,17 @@ class Concurrency(_Def):
         return self.max_running or 1
 
 
+class CallbackPolicy(_Def):
+    """What `POST /runs/{id}/callback` does for this job's runs (every target alike): `ok: false`
+    fails the run at once with the job's message (the target's work is stopped); `ok: true` is
+    recorded, and the run ends when the target's work ends — unless `wait` is set: then a run whose
+    work ended well stays `running` until the job calls back (or `timeout` passes: failed,
+    `CallbackTimeout`)."""
+
+    wait: bool = False
+    timeout: Duration = timedelta(hours=1)
+
+
 class Retry(_Def):
     max_attempts: Annotated[int, Field(ge=1, le=100)] = 1
     backoff: Duration = timedelta(seconds=1)
@@ -536,6 +547,7 @@ class Job(_Def):
     parameters: list[Parameter] = Field(default_factory=list)
     concurrency: Concurrency = Concurrency()
     retry: Retry = Retry()
+    callback: CallbackPolicy = CallbackPolicy()
     timeout: Duration | None = None
     catchup: Catchup = Catchup()
     retention: Retention = Retention()

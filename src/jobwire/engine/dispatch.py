@@ -111,6 +111,8 @@ class Attempts:
         self._contexts: dict[str, EngineContext] = {}
         self._cancel_reasons: dict[str, str] = {}
         self._callbacks: dict[str, asyncio.Future[CallbackResult]] = {}
+        self._failed_by_callback: dict[str, CallbackResult] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
         self._shutting_down = False
         self.journal = LaunchJournal(settings.data_dir / "launches.journal")
 
@@ -170,6 +172,8 @@ class Attempts:
                 try:
                     async with asyncio.timeout(timeout) as cm:
                         outcome = await target.execute(ctx)
+                        if outcome.state == RunState.succeeded and job.callback.wait:
+                            outcome = await self._await_callback(run, job, outcome)
                 except TimeoutError:
                     if not cm.expired():
                         raise
@@ -183,7 +187,11 @@ class Attempts:
                     )
         except asyncio.CancelledError:
             reason = self._cancel_reasons.pop(run.id, None)
-            if reason is not None:
+            failed = self._failed_by_callback.pop(run.id, None)
+            if failed is not None:
+                message = failed.message or "the job reported failure"
+                outcome = Outcome(RunState.failed, error=RunError(message=message, reason="CallbackFailed"))
+            elif reason is not None:
                 outcome = Outcome(
                     RunState.cancelled, error=RunError(message=reason, reason="Cancelled"), retryable=False
                 )
@@ -219,7 +227,10 @@ class Attempts:
         run.exit_code = outcome.exit_code if outcome.exit_code is not None else run.exit_code
         run.http_status = outcome.http_status if outcome.http_status is not None else run.http_status
         if outcome.target_status:
+            called_back = run.target_status.get("callback")
             run.target_status = outcome.target_status
+            if called_back is not None:  # what the job reported stays on the run
+                run.target_status = {**run.target_status, "callback": called_back}
         if outcome.state == RunState.succeeded:
             run.error = None
         else:
@@ -288,12 +299,59 @@ class Attempts:
             )
         return True
 
-    def deliver_callback(self, run: Run, ok: bool, message: str | None, data: dict[str, Any]) -> None:
+    async def deliver_callback(self, run: Run, ok: bool, message: str | None, data: dict[str, Any]) -> None:
+        """A job called back: recorded on the run (`target_status.callback`); `ok: false` fails the
+        run now (its attempt is stopped like a cancel, then ends `failed`, retried per policy)."""
+        result = CallbackResult(ok=ok, message=message, data=data)
+        run.target_status = {
+            **run.target_status,
+            "callback": {"ok": ok, "message": message, "data": data, "at": utcnow().isoformat()},
+        }
+        self.committer.update(run)
         fut = self._callbacks.get(run.id)
         if fut is None:
             fut = self._callbacks[run.id] = asyncio.get_running_loop().create_future()
         if not fut.done():
-            fut.set_result(CallbackResult(ok=ok, message=message, data=data))
+            fut.set_result(result)
+        task = self._tasks.get(run.id)
+        if ok or task is None:
+            return
+        self._failed_by_callback[run.id] = result
+        # stopped after the caller has its answer: the job that called back may be waiting for it
+        stop = asyncio.create_task(self._stop_after_callback(run, task), name=f"jobwire-stop-{run.id}")
+        self._stopping.add(stop)
+        stop.add_done_callback(self._stopping.discard)
+
+    async def _stop_after_callback(self, run: Run, task: asyncio.Task[None]) -> None:
+        await asyncio.sleep(0)
+        ctx = self._contexts.get(run.id)
+        stored = self.jobs.get(run.job)
+        target = self.targets.get(stored.job.target.type) if stored else None
+        if ctx is not None and target is not None:
+            try:
+                await target.cancel(ctx)
+            except Exception as exc:
+                log.warning("target cancel after a failing callback failed", run_id=run.id, error=str(exc))
+        task.cancel()
+
+    async def _await_callback(self, run: Run, job: Job, done: Outcome) -> Outcome:
+        """`callback.wait`: the target's work ended well; the run ends when the job calls back."""
+        try:
+            result = await asyncio.wait_for(self.wait_callback(run.id), job.callback.timeout.total_seconds())
+        except TimeoutError:
+            return Outcome(
+                RunState.failed,
+                error=RunError(
+                    message=f"the job did not call back within {job.callback.timeout} of its end",
+                    reason="CallbackTimeout",
+                ),
+                exit_code=done.exit_code,
+                http_status=done.http_status,
+            )
+        if result.ok:
+            return done
+        message = result.message or "the job reported failure"
+        return Outcome(RunState.failed, error=RunError(message=message, reason="CallbackFailed"))
 
     async def wait_callback(self, run_id: str) -> CallbackResult:
         fut = self._callbacks.get(run_id)

@@ -145,7 +145,7 @@ class RunStates:
         if not self.tokens.check(run_id, token):
             raise Forbidden("wrong callback token for this run")
         run = await self._active(run_id)
-        self.attempts.deliver_callback(run, ok, message, data)
+        await self.attempts.deliver_callback(run, ok, message, data)
         return run
 
     async def run_log(self, run_id: str, follow: bool = False) -> AsyncIterator[bytes]:
