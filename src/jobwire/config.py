@@ -58,7 +58,25 @@ class LogSinkSpec(BaseModel):
     type: Literal["log"] = "log"
 
 
-_SINK_TAGS = ("webhook", "log")
+class MqttSinkSpec(BaseModel):
+    """Publish every status document on an MQTT broker: a run's end (succeeded, failed, timed
+    out, cancelled, interrupted) on `<prefix>/job_complete/<job>` (seed 004's topic), every other
+    state on `<prefix>/status/<job>`. Also on without a `sinks` entry when `JOBWIRE_MQTT_URL` is
+    set (see `JOBWIRE_MQTT_SINK`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["mqtt"] = "mqtt"
+    url: str | None = Field(default=None, repr=False)
+    """`mqtt://[user:password@]host[:port]` or `mqtts://…`; default `JOBWIRE_MQTT_URL`, else
+    `mqtt://127.0.0.1:1883`."""
+    prefix: str = "services/mqtt_job_listener"
+    qos: Literal[0, 1, 2] = 1
+    retain: bool = False
+    protocol: Literal["5", "3.1.1"] = "5"
+    max_attempts: int = Field(default=5, ge=1, le=1000)
+
+
+_SINK_TAGS = ("webhook", "log", "mqtt")
 
 
 def _sink_type(value: Any) -> str | None:
@@ -68,11 +86,12 @@ def _sink_type(value: Any) -> str | None:
 
 
 SinkSpec = Annotated[
-    Annotated[WebhookSinkSpec, Tag("webhook")] | Annotated[LogSinkSpec, Tag("log")],
+    Annotated[WebhookSinkSpec, Tag("webhook")] | Annotated[LogSinkSpec, Tag("log")]
+    | Annotated[MqttSinkSpec, Tag("mqtt")],
     Discriminator(
         _sink_type,
         custom_error_type="sink_type",
-        custom_error_message="unknown sink type: `type` must be 'webhook' (with a `url`) or 'log'",
+        custom_error_message="unknown sink type: `type` must be 'webhook' (with a `url`), 'log' or 'mqtt'",
     ),
 ]
 
@@ -290,14 +309,16 @@ def settings_error_lines(exc: ValidationError) -> list[str]:
         msg = str(e["msg"]).removeprefix("Value error, ")
         tags = [str(p) for p in e["loc"][1:] if str(p) in _SINK_TAGS]
         if e["type"] == "sink_type":
-            kinds = "`type` must be 'webhook' (with a `url`) or 'log'"
+            kinds = "`type` must be 'webhook' (with a `url`), 'log' or 'mqtt'"
             if isinstance(e["input"], dict):
                 msg = f"unknown sink type {e['input'].get('type')!r}: {kinds}"
             else:
                 msg = f"a sink is a mapping, got {e['input']!r}: {kinds}"
         elif e["type"] == "extra_forbidden" and loc[:1] == ["sinks"] and tags:
-            spec = WebhookSinkSpec if tags[0] == "webhook" else LogSinkSpec
-            keys = ", ".join(spec.model_fields)
+            specs: dict[str, type[BaseModel]] = {
+                "webhook": WebhookSinkSpec, "log": LogSinkSpec, "mqtt": MqttSinkSpec
+            }
+            keys = ", ".join(specs[tags[0]].model_fields)
             msg = f"a {tags[0]} sink has no setting {loc[-1]!r} (it has: {keys})"
         if not loc:
             lines.append(msg)

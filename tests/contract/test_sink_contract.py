@@ -1,4 +1,4 @@
-"""The Sink contract: `publish` delivers or raises (the engine retries). Webhook and log sinks."""
+"""The Sink contract: `publish` delivers or raises (the engine retries). Webhook, log and mqtt sinks."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from jobwire.engine.metrics import Metrics
 from jobwire.engine.status import StatusHub
 from jobwire.model import RunError, StatusBlock, StatusDocument, utcnow
 from jobwire.signing import DELIVERY_HEADER, SIGNATURE_HEADER, SignatureError, check_delivery, verify
-from jobwire.sinks import SINKS, DeliveryError, LogSink, SinkConfigError, WebhookSink, build_sinks
+from jobwire.sinks import SINKS, DeliveryError, LogSink, MqttSink, SinkConfigError, WebhookSink, build_sinks
 from jobwire.sinks.webhook import delivery_id
 from tests.support.fake_context import RecordingServer, wait_until
 
@@ -54,7 +54,7 @@ async def started(spec: WebhookSinkSpec) -> WebhookSink:
 
 
 def test_registry(tmp_path: Path) -> None:
-    assert dict(SINKS) == {"webhook": WebhookSink, "log": LogSink}
+    assert dict(SINKS) == {"webhook": WebhookSink, "log": LogSink, "mqtt": MqttSink}
     settings = Settings(
         data_dir=tmp_path,
         sinks=[WebhookSinkSpec(url="http://127.0.0.1:1/hook", max_attempts=7), LogSinkSpec()],
@@ -206,3 +206,83 @@ async def test_webhook_delivery_id_follows_the_document_not_the_wall_clock(serve
     ids = [r.headers[DELIVERY_HEADER.lower()] for r in server.requests]
     assert ids[0] != ids[1] and ids[0] == ids[2]
     assert ids[0] == delivery_id(first) == delivery_id(first, server.requests[0].body)
+
+
+# --------------------------------------------------------------------------- mqtt (real Mosquitto)
+
+
+async def test_mqtt_sink_publishes_completions_on_job_complete_and_the_rest_on_status() -> None:
+    import asyncio
+    import json
+    import uuid
+
+    from jobwire.config import MqttSinkSpec
+    from tests.support.mqtt import need_mosquitto, publisher
+
+    need_mosquitto()
+    prefix = f"jwtest/{uuid.uuid4().hex[:12]}/services/mqtt_job_listener"
+    got: list[tuple[str, bytes, bool]] = []
+    ready = asyncio.Event()
+
+    async def watch() -> None:
+        async with publisher() as sub:
+            await sub.subscribe(f"{prefix}/#", qos=1)
+            ready.set()
+            async for m in sub.messages:
+                assert isinstance(m.payload, bytes)
+                got.append((m.topic.value, m.payload, m.retain))
+
+    watcher = asyncio.create_task(watch())
+    sink = MqttSink(MqttSinkSpec(url="mqtt://127.0.0.1:1883", prefix=prefix))
+    await sink.start()
+    try:
+        await wait_until(ready.is_set, 10, "the subscriber")
+        running, done, failed = doc("running"), doc("succeeded"), doc("failed", attempt=2)
+        for d in (running, done, failed):
+            await sink.publish(d)
+        await wait_until(lambda: len(got) == 3, 10, "three status documents")
+    finally:
+        await sink.close()
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+    assert [t for t, _, _ in got] == [
+        f"{prefix}/status/nightly",
+        f"{prefix}/job_complete/nightly",
+        f"{prefix}/job_complete/nightly",
+    ]
+    assert [StatusDocument.model_validate_json(b) for _, b, _ in got] == [running, done, failed]
+    assert not any(retained for _, _, retained in got)
+    assert json.loads(got[1][1])["action"] == "succeeded"
+
+
+async def test_mqtt_sink_raises_when_the_broker_is_away() -> None:
+    from jobwire.config import MqttSinkSpec
+    from tests.support.mqtt import free_port
+
+    sink = MqttSink(MqttSinkSpec(url=f"mqtt://user:pw-secret@127.0.0.1:{free_port()}"))
+    await sink.start()
+    try:
+        with pytest.raises(DeliveryError, match="cannot connect") as info:
+            await sink.publish(doc())
+    finally:
+        await sink.close()
+    assert "pw-secret" not in str(info.value)
+
+
+def test_mqtt_sink_from_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from jobwire.config import MqttSinkSpec
+
+    monkeypatch.delenv("JOBWIRE_MQTT_SINK", raising=False)
+    monkeypatch.delenv("JOBWIRE_MQTT_URL", raising=False)
+    assert build_sinks(Settings(data_dir=tmp_path)) == []
+    monkeypatch.setenv("JOBWIRE_MQTT_URL", "mqtt://broker.example:1883")
+    monkeypatch.setenv("JOBWIRE_MQTT_STATUS_PREFIX", "lab/listener")
+    (sink,) = build_sinks(Settings(data_dir=tmp_path))
+    assert isinstance(sink, MqttSink) and sink.prefix == "lab/listener" and sink.host == "broker.example"
+    monkeypatch.setenv("JOBWIRE_MQTT_SINK", "false")
+    assert build_sinks(Settings(data_dir=tmp_path)) == []
+    # an explicit entry takes its broker from JOBWIRE_MQTT_URL when it names none
+    (sink,) = build_sinks(Settings(data_dir=tmp_path, sinks=[MqttSinkSpec(prefix="x")]))
+    assert isinstance(sink, MqttSink) and sink.host == "broker.example" and sink.prefix == "x"
+    with pytest.raises(SinkConfigError, match="prefix"):
+        MqttSink(MqttSinkSpec(prefix="a/#"))

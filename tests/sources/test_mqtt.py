@@ -409,3 +409,95 @@ def test_settings_sink_on_when_the_url_is_set(monkeypatch: pytest.MonkeyPatch) -
     assert not MqttSettings().sink_enabled
     assert MqttSettings().status_prefix == "services/mqtt_job_listener"
     assert MqttSettings().client_id == MqttSettings().client_id  # stable
+
+
+# --------------------------------------------------------------------------- end to end (engine)
+
+
+async def test_seed_004_completion_topic_chains_the_next_job_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seed 004's chaining through a real engine: job A ends, the mqtt sink publishes its status
+    document on `<prefix>/job_complete/A`, a subscriber gets it, and job B — whose mqtt trigger is
+    that topic — runs once; the completion delivered three times still launches B once."""
+    import sys
+    from datetime import timedelta
+
+    from jobwire.config import Settings
+    from jobwire.engine import Engine
+    from jobwire.model import RunState, StatusDocument
+    from jobwire.store import EventQuery, RunQuery
+
+    need_mosquitto()
+    prefix = f"jwtest/{uuid.uuid4().hex[:12]}/services/mqtt_job_listener"
+    client_id = unique("jwtest-eng")
+    monkeypatch.setenv("JOBWIRE_MQTT_URL", "mqtt://127.0.0.1:1883")
+    monkeypatch.setenv("JOBWIRE_MQTT_CLIENT_ID", client_id)
+    monkeypatch.setenv("JOBWIRE_MQTT_STATUS_PREFIX", prefix)
+    completions: list[tuple[str, bytes]] = []
+    ready = asyncio.Event()
+
+    async def watch() -> None:
+        async with publisher() as sub:
+            await sub.subscribe(f"{prefix}/job_complete/A", qos=1)
+            ready.set()
+            async for m in sub.messages:
+                assert isinstance(m.payload, bytes)
+                completions.append((m.topic.value, m.payload))
+
+    watcher = asyncio.create_task(watch())
+    engine = Engine(Settings(_env_file=None, data_dir=tmp_path / "data", shutdown_grace=timedelta(seconds=2)))
+    await engine.start()
+    try:
+        await eventually(ready.is_set, 10, "the completion subscriber")
+        marks = tmp_path / "b-ran"
+        append = "import sys; open(sys.argv[1], 'a').write(sys.argv[2] + '\\n')"
+        await engine.put_job(
+            Job.model_validate(
+                {"name": "A", "triggers": ["api"], "target": {"type": "local", "command": [sys.executable, "-c", "pass"]}}
+            )
+        )
+        await engine.put_job(
+            Job.model_validate(
+                {
+                    "name": "B",
+                    # the document's run_id identifies the completion, however late it comes again
+                    "triggers": [{"mqtt": {"topic": f"{prefix}/job_complete/A", "event_key": "run_id"}}],
+                    "parameters": [{"name": "run_id", "type": "string"}],
+                    "target": {"type": "local", "command": [sys.executable, "-c", append, str(marks), "{{run_id}}"]},
+                }
+            )
+        )
+        await eventually(
+            lambda: any(s.get("kind") == "mqtt" and s["connected"] for s in engine.health()["sources"]),
+            20,
+            "the mqtt source to connect",
+        )
+        adm = await engine.trigger("A", {})
+        assert adm.run is not None
+        await eventually(lambda: completions, 20, "A's completion on job_complete/A")
+        topic, payload = completions[0]
+        doc = StatusDocument.model_validate_json(payload)
+        assert topic == f"{prefix}/job_complete/A"
+        assert (doc.job, doc.action, doc.run_id, doc.status.succeeded) == ("A", "succeeded", adm.run.id, 1)
+        await eventually(lambda: marks.exists() and marks.read_text().split(), 20, "B to run")
+        assert marks.read_text().split() == [adm.run.id]  # B got A's run id from the document
+
+        # the same completion delivered twice more: still one run of B
+        for _ in range(2):
+            async with publisher() as pub:
+                await pub.publish(f"{prefix}/job_complete/A", payload, qos=1)
+
+        async def b_events() -> list[Any]:
+            events = (await engine.store.list_events(EventQuery(job="B", limit=100))).items
+            return events if len(events) == 3 else []
+
+        events = await eventually(b_events, 20, "the two redeliveries to be recorded")
+        assert sorted(e.outcome.value for e in events) == ["duplicate", "duplicate", "run"]
+        runs = (await engine.store.list_runs(RunQuery(job="B", limit=10))).items
+        assert len(runs) == 1 and runs[0].state == RunState.succeeded
+    finally:
+        await engine.stop()
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        await forget_session(client_id)

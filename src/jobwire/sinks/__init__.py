@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from jobwire.config import LogSinkSpec, Settings, SinkSpec, WebhookSinkSpec
+from typing import Any
+
+from jobwire.config import LogSinkSpec, MqttSinkSpec, Settings, SinkSpec, WebhookSinkSpec
 from jobwire.sinks.base import Sink
 from jobwire.sinks.log import LogSink
+from jobwire.sinks.mqtt import MqttSink
 from jobwire.sinks.webhook import DeliveryError, SinkConfigError, WebhookSink
 
-SINKS: dict[str, type[Sink]] = {"webhook": WebhookSink, "log": LogSink}
+SINKS: dict[str, type[Sink]] = {"webhook": WebhookSink, "log": LogSink, "mqtt": MqttSink}
 
 
 def build_sink(spec: SinkSpec) -> Sink:
@@ -15,18 +18,37 @@ def build_sink(spec: SinkSpec) -> Sink:
         return WebhookSink(spec)
     if isinstance(spec, LogSinkSpec):
         return LogSink(spec)
+    if isinstance(spec, MqttSinkSpec):
+        return MqttSink(spec, url=getattr(_mqtt_settings(), "url", None))
     raise SinkConfigError(f"unknown sink type {getattr(spec, 'type', spec)!r}")  # pragma: no cover
 
 
 def build_sinks(settings: Settings) -> list[Sink]:
     """One sink per `settings.sinks` entry, in order (not started: the engine calls `start`)."""
-    return [build_sink(spec) for spec in settings.sinks]
+    sinks = [build_sink(spec) for spec in settings.sinks]
+    mqtt = _mqtt_settings()
+    if mqtt is not None and mqtt.sink_enabled and not any(isinstance(s, MqttSink) for s in sinks):
+        spec = MqttSinkSpec(
+            url=mqtt.url, prefix=mqtt.status_prefix, retain=mqtt.retain, protocol=mqtt.protocol
+        )
+        sinks.append(MqttSink(spec))
+    return sinks
+
+
+def _mqtt_settings() -> Any:
+    """The mqtt source kind's settings section (`JOBWIRE_MQTT_*`): its `sink` setting turns the
+    mqtt sink on without a `sinks` entry (see `jobwire.sources.mqtt.spec.MqttSettings`)."""
+    from jobwire.registry import source_plug
+
+    plug = source_plug("mqtt")
+    return plug.settings() if plug is not None and plug.settings is not None else None
 
 
 __all__ = [
     "SINKS",
     "DeliveryError",
     "LogSink",
+    "MqttSink",
     "Sink",
     "SinkConfigError",
     "WebhookSink",
