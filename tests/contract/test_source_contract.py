@@ -114,8 +114,93 @@ async def amqp_harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]
         await harness.close()
 
 
+# --------------------------------------------------------------------------- mqtt
+
+
+class MqttHarness:
+    """A private mosquitto per test (so `drop_connections` can restart the broker itself), the
+    message id as an MQTT 5 user property the trigger names as its event key."""
+
+    kind = "mqtt"
+
+    def __init__(self, broker: Any) -> None:
+        from tests.support.mqtt import unique
+
+        self.broker = broker
+        self.prefix = f"jwtest/{uuid.uuid4().hex[:12]}"
+        self.client_id = unique("jwtest-contract")
+        self.env = {
+            "JOBWIRE_MQTT_URL": broker.url,
+            "JOBWIRE_MQTT_CLIENT_ID": self.client_id,
+            "JOBWIRE_MQTT_STATUS_PREFIX": f"{self.prefix}/svc",
+            "JOBWIRE_MQTT_SINK": "false",
+        }
+        self._pub: Any = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._dead: list[tuple[bytes, str]] = []
+
+    async def open(self) -> None:
+        from tests.support.mqtt import publisher
+
+        self._pub = publisher(port=self.broker.port, timeout=5)
+        await self._pub.__aenter__()
+        ready = asyncio.Event()
+        self._watcher = asyncio.create_task(self._watch(ready))
+        await asyncio.wait_for(ready.wait(), 10)
+
+    async def _watch(self, ready: asyncio.Event) -> None:
+        from tests.support.mqtt import publisher
+
+        async with publisher(port=self.broker.port) as sub:
+            await sub.subscribe(f"{self.prefix}/svc/dead/#", qos=1)
+            ready.set()
+            async for m in sub.messages:
+                doc = json.loads(m.payload)  # type: ignore[arg-type]
+                self._dead.append((doc["payload"].encode(), doc["reason"]))
+
+    async def close(self) -> None:
+        import contextlib
+
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._pub.__aexit__(None, None, None)
+
+    def trigger(self) -> dict[str, Any]:
+        return {"type": "mqtt", "topic": f"{self.prefix}/events/+", "event_key": "message_id"}
+
+    async def publish(self, body: bytes, key: str) -> None:
+        from tests.support.mqtt import user_props
+
+        await self._pub.publish(f"{self.prefix}/events/x", body, qos=1, properties=user_props(message_id=key))
+
+    async def dead_letters(self) -> list[tuple[bytes, str]]:
+        return self._dead
+
+    async def drop_connections(self) -> None:
+        await self.close()
+        await self.broker.restart()  # every connection dropped; sessions and queued messages kept
+        await self.open()
+
+
+@asynccontextmanager
+async def mqtt_harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    from tests.support.mqtt import PrivateMosquitto
+
+    broker = await PrivateMosquitto(request.getfixturevalue("tmp_path") / "mosquitto").start()
+    harness = MqttHarness(broker)
+    try:
+        await harness.open()
+        yield harness
+    finally:
+        await harness.close()
+        await broker.stop()
+
+
 HARNESSES: dict[str, Callable[[pytest.FixtureRequest], AbstractAsyncContextManager[Harness]]] = {
     "amqp": amqp_harness,
+    "mqtt": mqtt_harness,
 }
 
 
