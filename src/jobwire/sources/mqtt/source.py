@@ -307,7 +307,6 @@ class MqttSource(Source):
         now = time.time()
         parsed = [self._incomings(m, now) for m in batch]
         self.health.received(len(batch))
-        self.health.lag = len(client.messages)
         incomings = [inc for p in parsed for inc in p.incomings]
         admissions: list[Admission] = list(await intake.submit(incomings)) if incomings else []
         if len(admissions) != len(incomings):  # a broken intake: acknowledge nothing
