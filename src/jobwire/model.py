@@ -230,8 +230,19 @@ class WebhookTrigger(_Trigger):
         return self
 
 
+class AfterTrigger(_Trigger):
+    """Run this job when a run of `job` ends (chaining inside one jobwire): its event is committed
+    in the same transaction as that run's end, so a crash can neither lose nor double it."""
+
+    type: Literal["after"] = "after"
+    job: JobName
+    """The parent job."""
+    on: Literal["succeeded", "failed", "finished"] = "succeeded"
+    """`succeeded`, `failed` (any end but success), or `finished` (any end)."""
+
+
 Trigger = Annotated[
-    Union[CronTrigger, IntervalTrigger, AtTrigger, ApiTrigger, WebhookTrigger],
+    Union[CronTrigger, IntervalTrigger, AtTrigger, ApiTrigger, WebhookTrigger, AfterTrigger],
     Field(discriminator="type"),
 ]
 TIME_TRIGGERS = ("cron", "interval", "at")
@@ -244,16 +255,19 @@ def _plug_kinds() -> tuple[str, ...]:
 
 
 def _infer_trigger_type(value: Any) -> Any:
-    """`- cron: "* * * * *"` is shorthand for `- {type: cron, cron: ...}`; `- api` for `{type: api}`."""
+    """`- cron: "* * * * *"` is shorthand for `- {type: cron, cron: ...}`; `- api` for `{type: api}`;
+    `- after: build` for `{type: after, job: build}`."""
     if isinstance(value, str):
         return {"type": value}
     if isinstance(value, dict) and "type" not in value:
-        for kind in ("cron", "interval", "at", "webhook", "api", *_plug_kinds()):
+        for kind in ("cron", "interval", "at", "webhook", "api", "after", *_plug_kinds()):
             if kind in value:
                 v = dict(value)
                 if kind not in ("cron", "interval", "at") and isinstance(v[kind], dict | type(None)):
                     extra = v.pop(kind) or {}
                     v.update(extra)
+                elif kind == "after" and isinstance(v[kind], str):  # `- after: parent-job`
+                    v["job"] = v.pop(kind)
                 v["type"] = kind
                 return v
     return value
@@ -788,6 +802,6 @@ from jobwire.registry import plug_triggers  # noqa: E402
 if TYPE_CHECKING:
     AnyTrigger = _Trigger
 else:
-    _BUILTIN_TRIGGERS = (CronTrigger, IntervalTrigger, AtTrigger, ApiTrigger, WebhookTrigger)
+    _BUILTIN_TRIGGERS = (CronTrigger, IntervalTrigger, AtTrigger, ApiTrigger, WebhookTrigger, AfterTrigger)
     AnyTrigger = Annotated[Union[(*_BUILTIN_TRIGGERS, *plug_triggers())], Field(discriminator="type")]
 Job.model_rebuild()

@@ -187,7 +187,7 @@ def test_many_mistakes_all_reported_with_lines() -> None:
     assert lines == [
         "jobs.yaml:4: jobs[0].triggers[0].interval: interval must be at least 100ms, got '0s'",
         "jobs.yaml:5: jobs[0].triggers[1]: unknown trigger type 'hourly' "
-        f"(expected one of: cron, interval, at, api, webhook, {', '.join(p.kind for p in SOURCES)})",
+        f"(expected one of: cron, interval, at, api, webhook, after, {', '.join(p.kind for p in SOURCES)})",
         "jobs.yaml:6: jobs[0].triggers[2]: a trigger needs a type: cron, interval, at, api or webhook "
         '(e.g. `- cron: "0 * * * *"` or `- type: api`)',
         "jobs.yaml:9: jobs[0].target.url: url must be an absolute http:// or https:// URL, got 'ftp://example.com/x'",

@@ -36,6 +36,8 @@ class Committer:
         self._metrics = metrics
         self._intakes: list[tuple[Intake, asyncio.Future[Recorded]]] = []
         self._updates: dict[str, Run] = {}
+        self._linked: dict[str, list[tuple[Intake, asyncio.Future[Recorded]]]] = {}
+        """Intakes that must commit with a run's update (by run id), see `link`."""
         self._flushes: list[asyncio.Future[None]] = []
         self._after: list[Callable[[], None]] = []
         self._wake = asyncio.Event()
@@ -93,11 +95,12 @@ class Committer:
         """At a stop that cannot write (a full disk): drop what is waiting — intakes fail with `exc`,
         state updates and after-commit callbacks are dropped — so `stop` can end. Returns (events,
         run updates) dropped; the next start reconciles those runs from what was saved."""
-        events, updates = len(self._intakes), len(self._updates)
-        for _, fut in self._intakes:
+        linked = [pair for pairs in self._linked.values() for pair in pairs]
+        events, updates = len(self._intakes) + len(linked), len(self._updates)
+        for _, fut in self._intakes + linked:
             if not fut.done():
                 fut.set_exception(exc)
-        self._intakes, self._updates, self._after = [], {}, []
+        self._intakes, self._updates, self._after, self._linked = [], {}, [], {}
         self._wake.set()
         return events, updates
 
@@ -117,6 +120,15 @@ class Committer:
         that transaction (the store captures it before it yields — no copy here)."""
         self._updates[run.id] = run
         self._wake.set()
+
+    def link(self, run: Run, intakes: list[Intake]) -> list[asyncio.Future[Recorded]]:
+        """Persist `run`'s current state and these intakes in the SAME transaction (a chained
+        child's event with its parent's end): the futures resolve once it committed."""
+        loop = asyncio.get_running_loop()
+        pairs = [(i, loop.create_future()) for i in intakes]
+        self._linked.setdefault(run.id, []).extend(pairs)
+        self.update(run)
+        return [f for _, f in pairs]
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` once everything handed in so far is committed (e.g. drop a launch marker
@@ -159,6 +171,10 @@ class Committer:
             while self._intakes or self._updates or self._after:
                 batch, self._intakes = self._intakes[:MAX_BATCH], self._intakes[MAX_BATCH:]
                 updates, self._updates = self._updates, {}
+                linked = {rid: self._linked.pop(rid) for rid in updates.keys() & self._linked.keys()}
+                retry_with = {id(f): rid for rid, pairs in linked.items() for _, f in pairs}
+                for pairs in linked.values():
+                    batch += pairs
                 after, self._after = self._after, []
                 flushes = self._flushes if not self._intakes else []
                 if flushes:
@@ -168,10 +184,13 @@ class Committer:
                 items += updates.values()
                 results = await self._commit(items) if items else []
                 unavailable = next((r.exc for r in results if isinstance(r, Failed) and r.unavailable), None)
-                for (_, fut), res in zip(batch, results, strict=False):
+                for (intake, fut), res in zip(batch, results, strict=False):
                     if fut.done():
                         continue
-                    if isinstance(res, Failed):
+                    if isinstance(res, Failed) and res.unavailable and id(fut) in retry_with:
+                        # a linked intake waits for its run's update, which is retried: so is it
+                        self._linked.setdefault(retry_with[id(fut)], []).append((intake, fut))
+                    elif isinstance(res, Failed):
                         fut.set_exception(res.exc)
                     else:
                         assert res is not None

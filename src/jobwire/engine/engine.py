@@ -104,6 +104,7 @@ class Engine:
         self.webhooks = Webhooks(self.job_registry.get_job, self.intake.submit)
         self.pending_fires = PendingFires(self.intake.submit_many, self.job_registry.time_job, self.metrics)
         self.sources = SourceManager(self.jobs, self.supervisor, self.intake.submit_many)
+        self.run_states.chain = self.intake.chain
         self.registry.register(SourceCollector(self.sources))
         bind_targets(self.targets.values(), self._run_exists, self.job_registry.job_defs, self.registry)
         self._stopping = False
@@ -125,6 +126,7 @@ class Engine:
                 await target.start()
             await self.hub.start(self.supervisor.spawn_optional)
             await self.job_registry.load()
+            self.intake.chains.rebuild(self.jobs)
             await reconcile(self.store, self.run_states)
             await catch_up(self.store, self.jobs, self.intake.submit_many)
             self.scheduler.start(self.supervisor.spawn)
@@ -233,15 +235,19 @@ class Engine:
         return self.tokens.token(run_id)
 
     # ------------------------------------------------------------------ jobs
+    def _definitions_changed(self) -> None:
+        self.intake.chains.rebuild(self.jobs)
+        self.sources.changed()
+
     async def reload_files(self) -> list[str]:
         """Re-read job files; on errors keep the current definitions and return the messages."""
         errors = await self.job_registry.reload_files()
-        self.sources.changed()
+        self._definitions_changed()
         return errors
 
     async def put_job(self, job: Job, origin: str = "api") -> StoredJob:
         stored = await self.job_registry.put_job(job, origin)
-        self.sources.changed()
+        self._definitions_changed()
         return stored
 
     def get_job(self, name: str) -> StoredJob:
@@ -249,7 +255,7 @@ class Engine:
 
     async def delete_job(self, name: str) -> None:
         await self.job_registry.delete_job(name)
-        self.sources.changed()
+        self._definitions_changed()
 
     async def pause(self, name: str) -> StoredJob:
         return await self.job_registry.set_paused(name, True)

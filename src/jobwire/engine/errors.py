@@ -36,6 +36,13 @@ class InvalidParams(EngineError):
     reason = "InvalidParameters"
 
 
+class ChainLoop(EngineError):
+    """A job's `after` triggers would make a chain that comes back to where it started."""
+
+    status = 422
+    reason = "ChainLoop"
+
+
 class Forbidden(EngineError):
     status = 403
     reason = "Forbidden"

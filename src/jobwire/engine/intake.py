@@ -38,6 +38,7 @@ from typing import Any
 
 import structlog
 
+from jobwire.engine.chains import ChainIndex
 from jobwire.engine.committer import Committer
 from jobwire.engine.errors import InvalidParams, JobNotFound, Unavailable
 from jobwire.engine.metrics import Metrics
@@ -118,6 +119,8 @@ class EventIntake:
         self._spawn = spawn
         self.stopping = False
         """Set when the engine stops: every submit then raises `Unavailable`."""
+        self.chains = ChainIndex()
+        """The `after` triggers by parent job; the engine rebuilds it when definitions change."""
 
     async def submit(self, incoming: Incoming) -> Admission:
         """Record the event (and its run) durably, then dispatch. Returns after the commit."""
@@ -276,6 +279,17 @@ class EventIntake:
             return Admission(event=event, run=answer), False
         self.attempts.launch(run, p.job, received_at=p.received_at)
         return Admission(event=event, run=answer), True
+
+    # ------------------------------------------------------------------ chaining
+    def chain(self, parent: Run) -> None:
+        """`parent` ended: hand in the events of the `after` triggers waiting for its job, linked
+        to its final state so they commit in the same transaction (`engine/chains.py`)."""
+        incomings = self.chains.events_after(parent)
+        if not incomings:
+            return
+        prepared = [self._prepare(inc) for inc in incomings]
+        futures = self.committer.link(parent, [p.intake for p in prepared])
+        self._spawn(self._admit_chunk(prepared, futures), "jobwire-chain")
 
     # ------------------------------------------------------------------ manual runs (API / CLI)
     async def trigger(

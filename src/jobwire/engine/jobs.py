@@ -11,11 +11,12 @@ from pathlib import Path
 import structlog
 
 from jobwire.config import Settings
-from jobwire.engine.errors import Conflict, JobNotFound
+from jobwire.engine.chains import find_cycle
+from jobwire.engine.errors import ChainLoop, Conflict, JobNotFound
 from jobwire.engine.metrics import Metrics
 from jobwire.engine.scheduler import TimeScheduler
-from jobwire.jobfile import JobFileError, load_path
-from jobwire.model import Job
+from jobwire.jobfile import DefinitionError, JobFileError, load_path
+from jobwire.model import AfterTrigger, Job
 from jobwire.store import Store, StoredJob
 
 log = structlog.get_logger(__name__)
@@ -40,6 +41,7 @@ class JobRegistry:
             file_jobs.extend(load_path(path))  # raises JobFileError listing every problem
             if self.settings.reload:
                 self.file_mtimes.update(_mtimes(path))
+        _refuse_loops([job for job, _ in file_jobs])
         stored = {s.job.name: s for s in await self.store.list_jobs()}
         seen = set()
         for job, origin in file_jobs:
@@ -63,6 +65,7 @@ class JobRegistry:
             file_jobs: list[tuple[Job, str]] = []
             for path in self.settings.jobs:
                 file_jobs.extend(load_path(path))
+            _refuse_loops([job for job, _ in file_jobs])
         except JobFileError as exc:
             msgs = [str(e) for e in exc.errors]
             log.error("job files have errors; keeping the current definitions", errors=msgs)
@@ -105,6 +108,15 @@ class JobRegistry:
             raise Conflict(
                 f"job {job.name!r} is defined in {cur.origin[5:]}; edit that file, not the API definition"
             )
+        # only a job that runs after another can close a loop (the others cannot hold one)
+        chained = any(isinstance(t, AfterTrigger) for t in job.triggers)
+        defs = {name: s.job for name, s in self.jobs.items()} | {job.name: job} if chained else {}
+        loop = find_cycle(defs.values())
+        if loop is not None:
+            raise ChainLoop(
+                f"job {job.name!r}: its after triggers make a loop ({' → '.join(loop)}): "
+                "a chain must end; remove one of these after triggers"
+            )
         stored = await self.store.save_job(job, origin)
         self._install(stored)
         self.metrics.jobs.set(len(self.jobs))
@@ -140,6 +152,13 @@ class JobRegistry:
 
     def job_defs(self) -> list[Job]:
         return [s.job for s in self.jobs.values()]
+
+
+def _refuse_loops(jobs: list[Job]) -> None:
+    loop = find_cycle(jobs)
+    if loop is not None:
+        message = f"after triggers make a loop ({' → '.join(loop)}): a chain must end"
+        raise JobFileError([DefinitionError("job files", None, "triggers", message, loop[0])])
 
 
 def _mtimes(path: Path) -> dict[Path, float]:

@@ -8,7 +8,7 @@ serves them as their `RunHost`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from jobwire.config import Settings
@@ -57,6 +57,8 @@ class RunStates:
         self.touched = touched
         """Jobs whose runs ended since the last retention sweep (retention's set, shared)."""
         self.stopping = False
+        self.chain: Callable[[Run], None] | None = None
+        """Called with each run that ended, before its bookkeeping (`EventIntake.chain`)."""
         """Set when the engine stops: a freed slot no longer starts a waiting run."""
         self.attempts = Attempts(self, settings, jobs, targets, committer, logs, metrics, tokens)
 
@@ -84,7 +86,10 @@ class RunStates:
         self.publish(run, block)
 
     def finished(self, run: Run) -> None:
-        """Bookkeeping once a run is terminal: free its slot and start whoever waits for it."""
+        """Bookkeeping once a run is terminal: make its chained children (in the transaction of its
+        end), free its slot and start whoever waits for it."""
+        if self.chain is not None:
+            self.chain(run)
         self.runs.pop(run.id, None)
         self.active_keys.pop(run.key, None)
         self.touched.add(run.job)
