@@ -238,6 +238,8 @@ class PostgresSource(Source):
                     delay = min(delay * 2, RETRY_MAX, self.interval)
                     full = True
                     continue
+                if self.health.last_error is not None and self.health.connected:
+                    self.health.last_error = None  # the intake is back
                 full = full or n >= binding.trigger.batch
             if not full:
                 return
