@@ -286,3 +286,43 @@ def test_mqtt_sink_from_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert isinstance(sink, MqttSink) and sink.host == "broker.example" and sink.prefix == "x"
     with pytest.raises(SinkConfigError, match="prefix"):
         MqttSink(MqttSinkSpec(prefix="a/#"))
+
+
+async def test_mqtt_sink_reconnects_after_the_broker_restarts(tmp_path: Path) -> None:
+    """A publish while the broker is away raises (the hub retries it); once the broker is back,
+    the next publish connects again and is delivered."""
+    import asyncio
+
+    from jobwire.config import MqttSinkSpec
+    from tests.support.mqtt import PrivateMosquitto, publisher
+
+    broker = await PrivateMosquitto(tmp_path / "mosquitto").start()
+    sink = MqttSink(MqttSinkSpec(url=broker.url, prefix="jwtest/sink"))
+    await sink.start()
+    got: list[StatusDocument] = []
+    ready = asyncio.Event()
+
+    async def watch() -> None:
+        async with publisher(port=broker.port) as sub:
+            await sub.subscribe("jwtest/sink/#", qos=1)
+            ready.set()
+            async for m in sub.messages:
+                got.append(StatusDocument.model_validate_json(m.payload))  # type: ignore[arg-type]
+
+    try:
+        await sink.publish(doc("running"))  # connected
+        await broker.stop()
+        with pytest.raises(DeliveryError):
+            await sink.publish(doc("succeeded"))
+        await broker.start()
+        watcher = asyncio.create_task(watch())
+        await wait_until(ready.is_set, 10, "the subscriber")
+        d = doc("succeeded")
+        await sink.publish(d)
+        await wait_until(lambda: got, 10, "the document after the restart")
+        assert got == [d]
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+    finally:
+        await sink.close()
+        await broker.stop()
