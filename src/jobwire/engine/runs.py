@@ -57,9 +57,9 @@ class RunStates:
         self.touched = touched
         """Jobs whose runs ended since the last retention sweep (retention's set, shared)."""
         self.stopping = False
+        """Set when the engine stops: a freed slot no longer starts a waiting run."""
         self.chain: Callable[[Run], None] | None = None
         """Called with each run that ended, before its bookkeeping (`EventIntake.chain`)."""
-        """Set when the engine stops: a freed slot no longer starts a waiting run."""
         self.attempts = Attempts(self, settings, jobs, targets, committer, logs, metrics, tokens)
 
     # ------------------------------------------------------------------ state changes
