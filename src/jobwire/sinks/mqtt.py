@@ -103,6 +103,11 @@ class MqttSink(Sink):
     async def _drop(self) -> None:
         client, self._client = self._client, None
         if client is not None:
+            # aiomqtt keeps the reason of an unexpected disconnection in a future nobody awaits
+            # once the connection is gone; read it, or asyncio logs "exception never retrieved".
+            gone = getattr(client, "_disconnected", None)
+            if gone is not None and gone.done() and not gone.cancelled():
+                gone.exception()
             try:
                 await client.__aexit__(None, None, None)
             except Exception as exc:  # already gone: nothing to close

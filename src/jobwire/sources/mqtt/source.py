@@ -217,8 +217,9 @@ class MqttSource(Source):
         return client
 
     async def run(self, intake: Intake) -> None:
+        client = self.client()
         try:
-            async with self.client() as client:
+            async with client:
                 await self._subscribe(client)
                 self.health.up()
                 log.info("mqtt source connected", source=self.name, target=self.health.target)
@@ -232,6 +233,13 @@ class MqttSource(Source):
         except BaseException:
             self.health.down("stopped")
             raise
+        finally:
+            # aiomqtt keeps the reason of an unexpected disconnection in a future that nobody
+            # awaits when the loss surfaced elsewhere (a publish); read it, or asyncio logs
+            # "Future exception was never retrieved" at every broker restart.
+            gone = getattr(client, "_disconnected", None)
+            if gone is not None and gone.done() and not gone.cancelled():
+                gone.exception()
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         v5 = self.settings.protocol == "5"
