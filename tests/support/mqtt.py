@@ -82,7 +82,7 @@ class PrivateMosquitto:
     """`mosquitto` on a free loopback port with persistence in its own folder; `restart` stops
     it (SIGTERM: it saves sessions and queued messages) and starts it again on the same port."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, extra_conf: str = "") -> None:
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(exe).exists():
             if os.environ.get("CI") == "true":
@@ -98,6 +98,7 @@ class PrivateMosquitto:
             f"persistence_location {folder}/\nautosave_interval 1\nlog_dest file {folder}/mosquitto.log\n"
             # as root, mosquitto would switch to its own user, who cannot write in the test's folder
             + ("user root\n" if os.geteuid() == 0 else "")
+            + extra_conf
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
