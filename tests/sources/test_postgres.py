@@ -37,7 +37,7 @@ from jobwire.sources.postgres.install import install_trigger
 from jobwire.sources.postgres.sink import CLAIMS, PostgresStatusSink, build_sinks
 from jobwire.sources.postgres.source import APPLICATION_NAME, PostgresSource, build
 from jobwire.sources.postgres.spec import PostgresSettings, PostgresTrigger, check_condition, global_bindings
-from jobwire.sources.postgres.sql import install_sql
+from jobwire.sources.postgres.sql import SINK_APPLICATION, SOURCE_APPLICATION, install_sql
 from tests.support.server import Server
 from tests.support.waiting import eventually, eventually_sync
 
@@ -261,10 +261,18 @@ def test_install_trigger_idempotent(database: str) -> None:
             assert n == 1
             heard: asyncio.Queue[str] = asyncio.Queue()
             await conn.add_listener("job_scheduler", lambda *a: heard.put_nowait(a[2]))
+            # jobwire's own writes notify nobody; anyone else's insert or update does (in commit order)
+            for app_name in (SOURCE_APPLICATION, SINK_APPLICATION):
+                ours = await asyncpg.connect(database, server_settings={"application_name": app_name})
+                await ours.execute("INSERT INTO jobs (type) VALUES ('build')")
+                await ours.execute("UPDATE jobs SET status = 'x'")
+                await ours.close()
             async with db(database) as other:
                 await other.execute("INSERT INTO jobs (type) VALUES ('build')")
                 await other.execute("UPDATE jobs SET status = 'x'")
             assert await asyncio.wait_for(heard.get(), 10) == "job_scheduler"
+            assert await asyncio.wait_for(heard.get(), 10) == "job_scheduler"
+            assert heard.empty()
 
     asyncio.run(check())
 

@@ -33,7 +33,7 @@ from jobwire.redact import mask_url
 from jobwire.sources.base import Binding
 from jobwire.sources.postgres.source import CLAIMS, ROW_STATUS
 from jobwire.sources.postgres.spec import PostgresSettings
-from jobwire.sources.postgres.sql import status_sql
+from jobwire.sources.postgres.sql import SINK_APPLICATION, status_sql
 
 log = structlog.get_logger(__name__)
 
@@ -110,7 +110,7 @@ class PostgresStatusSink:
             try:
                 if self._conn is None or self._conn.is_closed():
                     self._conn = await asyncpg.connect(
-                        self.dsn, timeout=10, server_settings={"application_name": "jobwire-sink"}
+                        self.dsn, timeout=10, server_settings={"application_name": SINK_APPLICATION}
                     )
                 result: str = await self._conn.execute(self.sql, *args)
                 self.statements += 1

@@ -44,7 +44,7 @@ from jobwire.model import Admission, EventOutcome, Incoming, RunState, event_run
 from jobwire.redact import mask_url
 from jobwire.sources.base import Binding, Intake, IntakeUnavailable, Source
 from jobwire.sources.postgres.spec import PostgresSettings, PostgresTrigger
-from jobwire.sources.postgres.sql import Columns, claim_sql, columns, mark_args, mark_sql
+from jobwire.sources.postgres.sql import SOURCE_APPLICATION, Columns, claim_sql, columns, mark_args, mark_sql
 
 log = structlog.get_logger(__name__)
 
@@ -61,7 +61,7 @@ ROW_STATUS: dict[RunState, str] = {
 }
 """A run's state as the row's status (the status sink writes the same words)."""
 
-APPLICATION_NAME = "jobwire-source"
+APPLICATION_NAME = SOURCE_APPLICATION
 """The listener's `application_name` (`pg_stat_activity`)."""
 
 RETRY_FIRST, RETRY_MAX = 0.2, 10.0
@@ -180,9 +180,13 @@ class PostgresSource(Source):
     async def run(self, intake: Intake) -> None:
         wake = asyncio.Event()
         lost: list[str] = []
-        conn: asyncpg.Connection = await asyncpg.connect(
-            self.dsn, timeout=10, server_settings={"application_name": APPLICATION_NAME}
-        )
+        try:
+            conn: asyncpg.Connection = await asyncpg.connect(
+                self.dsn, timeout=10, server_settings={"application_name": APPLICATION_NAME}
+            )
+        except Exception as exc:
+            self.health.down(f"cannot connect: {type(exc).__name__}: {exc}")
+            raise
         try:
             own_pid = conn.get_server_pid()
 

@@ -12,6 +12,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+SOURCE_APPLICATION = "jobwire-source"
+SINK_APPLICATION = "jobwire-sink"
+"""The `application_name`s of jobwire's connections (`pg_stat_activity`); the notifier ignores
+their writes."""
+
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -125,7 +130,9 @@ def install_sql(table: str, channel: str) -> str:
 
     One statement-level notification with an empty payload: PostgreSQL folds equal notifications
     of one transaction into one, and the listener selects the waiting rows itself, so a row's id
-    is not needed in the payload (and a NOTIFY payload cannot lose a row that the select finds)."""
+    is not needed in the payload (and a NOTIFY payload cannot lose a row that the select finds).
+    jobwire's own writes (the listener marking rows, the status sink) notify nobody: they never
+    make a row wait, and waking every listener for each of them would double the selects."""
     fn, trig = notifier_names(table)
     fn_q = table_ident(fn)
     return (
@@ -133,7 +140,10 @@ def install_sql(table: str, channel: str) -> str:
         f"CREATE OR REPLACE FUNCTION {fn_q}() RETURNS trigger\n"
         "LANGUAGE plpgsql AS $jobwire$\n"
         "BEGIN\n"
-        "    PERFORM pg_notify(TG_ARGV[0], '');\n"
+        "    IF current_setting('application_name') NOT IN "
+        f"({literal(SOURCE_APPLICATION)}, {literal(SINK_APPLICATION)}) THEN\n"
+        "        PERFORM pg_notify(TG_ARGV[0], '');\n"
+        "    END IF;\n"
         "    RETURN NULL;\n"
         "END\n"
         "$jobwire$;\n"
