@@ -37,6 +37,7 @@ from jobwire.model import (
 from jobwire.store import (
     EventQuery,
     Intake,
+    OutboxRow,
     PruneResult,
     PruneRule,
     RunQuery,
@@ -870,3 +871,25 @@ async def test_sqlite_pragmas_and_url(tmp_path: Path, monkeypatch: pytest.Monkey
         SQLiteStore("sqlite:///x.db", synchronous="SOMETIMES")
     with pytest.raises(StoreError, match="not open"):
         await SQLiteStore("sqlite:///y.db").get_run("r1")
+
+
+# --------------------------------------------------------------------------- the outbox
+
+
+async def test_outbox_rows_commit_with_their_state_change_and_come_out_in_order(store: Store) -> None:
+    first = intake()
+    assert first.run is not None
+    rows = [OutboxRow("amqp", f'{{"n": {n}}}') for n in range(5)] + [OutboxRow("other", '{"x": 1}')]
+    await store.commit([first], [], rows[:2])
+    first.run.state = RunState.running
+    await store.commit([], [first.run], rows[2:])
+    assert await store.outbox_size("amqp") == 5 and await store.outbox_size("other") == 1
+    taken = await store.outbox_take("amqp", 3)
+    assert [doc for _, doc in taken] == ['{"n": 0}', '{"n": 1}', '{"n": 2}']
+    assert [s for s, _ in taken] == sorted(s for s, _ in taken)
+    await store.outbox_done("amqp", taken[-1][0])
+    rest = await store.outbox_take("amqp", 100)
+    assert [doc for _, doc in rest] == ['{"n": 3}', '{"n": 4}']
+    assert all(seq > taken[-1][0] for seq, _ in rest), "sequence numbers only grow"
+    assert await store.outbox_take("other", 100) == [(s, d) for s, d in await store.outbox_take("other", 1)]
+    assert (await store.get_run(first.run.id)).state == RunState.running  # type: ignore[union-attr]

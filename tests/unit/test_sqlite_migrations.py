@@ -38,6 +38,7 @@ EXPECTED_TABLES = {
         "created_at", "scheduled_at", "not_before", "started_at", "finished_at", "exit_code", "http_status",
         "error", "target_ref", "target_status", "history", "input_location", "environment",
     ],
+    "outbox": ["seq", "sink", "doc"],
 }  # fmt: skip
 EXPECTED_INDEXES = {
     "events_job_received", "events_received", "events_fire",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from jobwire.store.base import (
     EventQuery,
     Intake,
+    OutboxRow,
     Page,
     PruneResult,
     PruneRule,
@@ -19,6 +20,7 @@ from jobwire.store.base import (
 __all__ = [
     "EventQuery",
     "Intake",
+    "OutboxRow",
     "Page",
     "PruneResult",
     "PruneRule",

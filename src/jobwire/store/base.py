@@ -35,6 +35,14 @@ class Intake:
     run: Run | None = None
 
 
+class OutboxRow(NamedTuple):
+    """A status document for a durable sink, written with the state change it describes."""
+
+    sink: str
+    doc: str
+    """The document's JSON."""
+
+
 @dataclass(slots=True)
 class Recorded:
     event: Event
@@ -143,8 +151,11 @@ class Store(ABC):
         items of a batch that failed for an item separately, so one bad item fails alone."""
         return isinstance(exc, StoreError | OSError)
 
-    async def commit(self, batch: list[Intake], updates: list[Run]) -> list[Recorded]:
-        """`record(batch)` and `update_runs(updates)` in ONE transaction (one fsync per group commit).
+    async def commit(
+        self, batch: list[Intake], updates: list[Run], outbox: Sequence[OutboxRow] = ()
+    ) -> list[Recorded]:
+        """`record(batch)`, `update_runs(updates)` and `outbox_add(outbox)` in ONE transaction (one
+        fsync per group commit).
 
         The engine keeps mutating its runs while this is awaited, so an implementation must
         capture the state of `updates` (and of the batch's runs) before it first yields; the engine
@@ -153,7 +164,21 @@ class Store(ABC):
         recorded = await self.record(batch) if batch else []
         if snapshot:
             await self.update_runs(snapshot)
+        if outbox:
+            raise StoreError(f"{type(self).__name__} has no outbox")
         return recorded
+
+    # ---- the outbox: status documents for durable sinks, in order, until the sink confirms them
+    async def outbox_take(self, sink: str, limit: int) -> list[tuple[int, str]]:
+        """The oldest `limit` rows of `sink`'s outbox as (seq, document), in order."""
+        raise StoreError(f"{type(self).__name__} has no outbox")
+
+    async def outbox_done(self, sink: str, upto: int) -> None:
+        """Delete `sink`'s rows up to sequence number `upto` (the sink confirmed them)."""
+        raise StoreError(f"{type(self).__name__} has no outbox")
+
+    async def outbox_size(self, sink: str) -> int:
+        raise StoreError(f"{type(self).__name__} has no outbox")
 
     @abstractmethod
     async def get_run(self, run_id: str) -> Run | None: ...

@@ -18,6 +18,7 @@ from jobwire.model import ACTIVE_STATES, Event, EventOutcome, Job, Run, RunState
 from jobwire.store.base import (
     EventQuery,
     Intake,
+    OutboxRow,
     Page,
     PruneResult,
     PruneRule,
@@ -84,6 +85,8 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self._jobs: dict[str, _JobRow] = {}
         self._runs: dict[str, Run] = {}  # by id
+        self._outbox: dict[str, list[tuple[int, str]]] = {}
+        self._outbox_seq = 0
         self._run_by_key: dict[str, str] = {}  # key -> id
         self._events: dict[str, Event] = {}  # by id
         self._open = False
@@ -186,12 +189,29 @@ class MemoryStore(Store):
         self._events.update(new_events)
         return out
 
-    async def commit(self, batch: list[Intake], updates: list[Run]) -> list[Recorded]:
+    async def commit(
+        self, batch: list[Intake], updates: list[Run], outbox: Sequence[OutboxRow] = ()
+    ) -> list[Recorded]:
         # record() and update_runs() never yield: together they are one atomic step, state captured
         recorded = await self.record(batch) if batch else []
         if updates:
             await self.update_runs(updates)
+        for row in outbox:
+            self._outbox_seq += 1
+            self._outbox.setdefault(row.sink, []).append((self._outbox_seq, row.doc))
         return recorded
+
+    async def outbox_take(self, sink: str, limit: int) -> list[tuple[int, str]]:
+        self._check_open()
+        return list(self._outbox.get(sink, [])[:limit])
+
+    async def outbox_done(self, sink: str, upto: int) -> None:
+        self._check_open()
+        self._outbox[sink] = [r for r in self._outbox.get(sink, []) if r[0] > upto]
+
+    async def outbox_size(self, sink: str) -> int:
+        self._check_open()
+        return len(self._outbox.get(sink, []))
 
     async def update_runs(self, runs: list[Run]) -> None:
         self._check_open()

@@ -30,6 +30,7 @@ from jobwire.model import ACTIVE_STATES, Event, EventOutcome, Job, Run, RunState
 from jobwire.store.base import (
     EventQuery,
     Intake,
+    OutboxRow,
     Page,
     PruneResult,
     PruneRule,
@@ -552,19 +553,36 @@ class SQLiteStore(Store):
             return False
         return isinstance(cause, sqlite3.DatabaseError) or isinstance(exc, StoreError | OSError)
 
-    async def commit(self, batch: list[Intake], updates: list[Run]) -> list[Recorded]:
+    async def commit(
+        self, batch: list[Intake], updates: list[Run], outbox: Sequence[OutboxRow] = ()
+    ) -> list[Recorded]:
         # The rows are built here, on the caller's thread, before the hop: that is the snapshot
         # (and the serialization overlaps the store thread's work on the previous call).
         runs = [(i.run, _run_values(i.run)) for i in batch if i.run is not None]
         values = [_run_update_values(r) for r in updates]
+        rows = [{"sink": r.sink, "doc": r.doc} for r in outbox]
 
         def op(conn: sqlite3.Connection) -> list[Recorded]:
             recorded = self._record_sync(conn, batch, runs) if batch else []
             if values:
                 conn.executemany(Q.update_run, values)
+            if rows:
+                conn.executemany(Q.insert_outbox, rows)
             return recorded
 
         return await self._w(op)
+
+    async def outbox_take(self, sink: str, limit: int) -> list[tuple[int, str]]:
+        params = {"sink": sink, "limit": limit}
+        rows = await self._r(lambda c: c.execute(Q.take_outbox, params).fetchall())
+        return [(int(seq), str(doc)) for seq, doc in rows]
+
+    async def outbox_done(self, sink: str, upto: int) -> None:
+        await self._w(lambda c: c.execute(Q.delete_outbox, {"sink": sink, "upto": upto}))
+
+    async def outbox_size(self, sink: str) -> int:
+        row = await self._r(lambda c: c.execute(Q.count_outbox, {"sink": sink}).fetchone())
+        return int(row[0])
 
     async def get_run(self, run_id: str) -> Run | None:
         row = await self._r(lambda c: c.execute(Q.select_runs + " WHERE id = ?", (run_id,)).fetchone())

@@ -161,3 +161,15 @@ DELETE FROM runs WHERE id = ?;
 
 -- name: delete_event
 DELETE FROM events WHERE id = ?;
+
+-- name: insert_outbox
+INSERT INTO outbox (sink, doc) VALUES (:sink, :doc);
+
+-- name: take_outbox
+SELECT seq, doc FROM outbox WHERE sink = :sink ORDER BY seq LIMIT :limit;
+
+-- name: delete_outbox
+DELETE FROM outbox WHERE sink = :sink AND seq <= :upto;
+
+-- name: count_outbox
+SELECT count(*) FROM outbox WHERE sink = :sink;
