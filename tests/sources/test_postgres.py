@@ -38,6 +38,7 @@ from jobwire.sources.postgres.sink import CLAIMS, PostgresStatusSink, build_sink
 from jobwire.sources.postgres.source import APPLICATION_NAME, PostgresSource, build
 from jobwire.sources.postgres.spec import PostgresSettings, PostgresTrigger, check_condition, global_bindings
 from jobwire.sources.postgres.sql import SINK_APPLICATION, SOURCE_APPLICATION, install_sql
+from tests.contract import test_source_contract as contract
 from tests.support.server import Server
 from tests.support.waiting import eventually, eventually_sync
 
@@ -626,3 +627,73 @@ jobs:
     assert set(counts) == set(expected.values()) and max(counts.values()) == 1, "each row one run, run once"
     print(f"jobwire serve, {kills} listener kills during {n} inserts: {len(counts)} runs; rows {dict(states)}; "
           f"latest events {collections.Counter(e['outcome'] for e in events['items'])}")
+
+
+# --------------------------------------------------------------------------- the source contract suite
+# tests/contract/test_source_contract.py's four tests, unchanged, against the postgres kind: each
+# message a row of a table with a JSON body column and its message id as the event key column.
+
+world = contract.world  # the suite's engine fixture, with this module's `harness`
+test_contract_a_message_becomes_exactly_one_run = contract.test_a_message_becomes_exactly_one_run
+test_contract_redelivered_duplicate = contract.test_a_redelivered_message_is_a_recorded_duplicate
+test_contract_poison = contract.test_a_poison_message_is_dead_lettered_with_its_reason_and_the_next_runs
+test_contract_dropped_connections = contract.test_dropped_connections_mid_burst_lose_and_double_nothing
+
+CONTRACT_TABLE = """
+CREATE TABLE messages (
+    id bigserial PRIMARY KEY,
+    message_id text NOT NULL,
+    body text NOT NULL,
+    status text NOT NULL DEFAULT 'pending',
+    run_id text,
+    error text
+)
+"""
+
+
+class PostgresHarness:
+    kind = "postgres"
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.env = {"JOBWIRE_POSTGRES_INTAKE": "false"}
+        self._conn: Any = None
+
+    async def open(self) -> None:
+        self._conn = await asyncpg.connect(self.dsn)
+        await self._conn.execute(CONTRACT_TABLE)
+        await install_trigger(self.dsn, "messages", "contract")
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    def trigger(self) -> dict[str, Any]:
+        return {
+            "type": "postgres", "dsn": self.dsn, "table": "messages", "channel": "contract",
+            "type_column": None, "key_column": "message_id", "payload_column": "body",
+            "run_id_column": "run_id", "error_column": "error", "batch": 64,
+        }
+
+    async def publish(self, body: bytes, key: str) -> None:
+        await self._conn.execute("INSERT INTO messages (message_id, body) VALUES ($1, $2)", key, body.decode())
+
+    async def dead_letters(self) -> list[tuple[bytes, str]]:
+        rows = await self._conn.fetch("SELECT body, error FROM messages WHERE status = 'failed' ORDER BY id")
+        return [(r["body"].encode(), r["error"]) for r in rows]
+
+    async def drop_connections(self) -> None:
+        await self._conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
+@pytest.fixture
+async def harness(database: str) -> AsyncIterator[PostgresHarness]:
+    h = PostgresHarness(database)
+    await h.open()
+    try:
+        yield h
+    finally:
+        await h.close()
+

@@ -127,7 +127,8 @@ def json_safe(value: Any, depth: int = 0) -> Any:
 
 
 def event_key(c: Columns, row: Any) -> str:
-    key = f"{c.table}:{row[c.id]}"
+    """`<table>:<primary key>` (or `<table>:<key column>`), `@<version>` with a version column."""
+    key = f"{c.table}:{row[c.key or c.id]}"
     if c.version is not None:
         key += f"@{row[c.version]}"
     return key
@@ -283,7 +284,11 @@ class PostgresSource(Source):
         return len(rows)
 
     def _incoming(self, binding: Binding, c: Columns, row: Any) -> Incoming:
-        data = {k: json_safe(v) for k, v in row.items()}
+        problem = None
+        if c.payload is None:
+            data: Any = {k: json_safe(v) for k, v in row.items()}
+        else:
+            data, problem = payload_of(row[c.payload], c.payload)
         job = binding.job
         if job is None and c.type is not None:
             named = row[c.type]
@@ -294,7 +299,24 @@ class PostgresSource(Source):
             source="postgres",
             payload=data,
             event_key=event_key(c, row),
+            problem=problem,
         )
+
+
+def payload_of(value: Any, column: str) -> tuple[Any, str | None]:
+    """The parameters a payload column holds, and why they cannot be read (None when they can):
+    json/jsonb arrive decoded; text (or bytea) must hold JSON."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        try:
+            value = bytes(value).decode()
+        except UnicodeDecodeError:
+            return bytes(value).hex(), f"column {column!r} is not UTF-8 text"
+    if isinstance(value, str):
+        try:
+            return json.loads(value), None
+        except ValueError as exc:
+            return value, f"column {column!r} is not valid JSON: {exc}"
+    return json_safe(value), None
 
 
 def _row_outcome(adm: Admission) -> tuple[str, str | None, str | None]:

@@ -100,6 +100,12 @@ class PostgresTrigger(_Trigger):
     """The primary key: the order rows are taken in and part of the event key."""
     version_column: Ident | None = None
     """A column that changes when a row is to run again (the event key is id + version)."""
+    key_column: Ident | None = None
+    """The event key from this column (an idempotency key the producer sets) instead of the
+    primary key: rows with the same key make one run."""
+    payload_column: Ident | None = None
+    """The run's parameters from this one column (json, jsonb, or text holding JSON) instead of
+    from every column of the row; text that is not JSON makes the row `failed` with the reason."""
     status_column: Ident = "status"
     run_id_column: Ident | None = None
     """Written with the run's id when the row is claimed; the status write-back needs it."""
@@ -150,6 +156,8 @@ class PostgresSettings(BaseSettings):
     type_column: Ident = "type"
     id_column: Ident = "id"
     version_column: Ident | None = None
+    key_column: Ident | None = None
+    payload_column: Ident | None = None
     status_column: Ident = "status"
     run_id_column: Ident | None = None
     error_column: Ident | None = None

@@ -56,6 +56,8 @@ class Columns:
     version: str | None
     run_id: str | None
     error: str | None
+    key: str | None = None
+    payload: str | None = None
 
 
 def columns(trigger: Any) -> Columns:
@@ -68,6 +70,8 @@ def columns(trigger: Any) -> Columns:
         version=trigger.version_column,
         run_id=trigger.run_id_column,
         error=trigger.error_column,
+        key=trigger.key_column,
+        payload=trigger.payload_column,
     )
 
 
