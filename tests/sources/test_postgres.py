@@ -119,6 +119,7 @@ class FakeIntake:
     calls: int = 0
     gate: asyncio.Event | None = None
     """When set: submit waits for it (an engine whose commit is slow)."""
+    paused: frozenset[str] = frozenset()
 
     async def submit(self, events: Sequence[Incoming]) -> list[Admission]:
         self.calls += 1
@@ -136,6 +137,8 @@ class FakeIntake:
             )
             if inc.job not in self.jobs:
                 ev.outcome, ev.reason = EventOutcome.invalid, f"no job named {inc.job!r}"
+            elif inc.job in self.paused:
+                ev.outcome, ev.reason = EventOutcome.paused, "job is paused"
             else:
                 assert inc.event_key is not None
                 key = event_run_key(inc.job, inc.trigger, inc.event_key)
@@ -373,6 +376,16 @@ async def test_global_intake_rows_name_their_job_and_invalid_records_reason(data
     assert rows[2] == ("failed", None, "no job named 'nosuchjob'")
     assert rows[3] == ("scheduled", expected_run_id("report", 3), None)
     assert source.health.dead_lettered == 1
+
+
+async def test_paused_job_row_is_skipped_with_the_reason_and_type_value(database: str) -> None:
+    intake = FakeIntake(paused=frozenset({"build"}))
+    async with running(source_for(database, job="build", type_value="compile"), intake), db(database) as conn:
+        await conn.execute("INSERT INTO jobs (type) VALUES ('build'), ('compile')")
+        await eventually(lambda: all_claimed(conn, 1), what="the 'compile' row claimed")
+        rows = await statuses(conn)
+    assert rows == {1: ("pending", None, None), 2: ("skipped", None, "job is paused")}
+    assert [(i.job, i.event_key) for i in intake.incomings] == [("build", "jobs:2")]
 
 
 async def test_intake_unavailable_leaves_row_pending_and_retries(database: str) -> None:
