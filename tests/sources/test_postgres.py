@@ -234,6 +234,23 @@ def test_identifiers_refused() -> None:
     assert t.table == "queue.Jobs"
 
 
+def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DSN", "postgresql://not-ours@elsewhere/x")
+    assert PostgresSettings().dsn is None and global_bindings(PostgresSettings()) == []
+    monkeypatch.setenv("JOBWIRE_POSTGRES_DSN", "postgresql://jw:secret@db:5432/app")
+    monkeypatch.setenv("JOBWIRE_POSTGRES_RUN_ID_COLUMN", "run_id")
+    monkeypatch.setenv("JOBWIRE_POSTGRES_SAFETY_INTERVAL", "5s")
+    (binding,) = global_bindings(PostgresSettings())
+    assert binding.job is None and binding.trigger_id == "postgres"
+    t = binding.trigger
+    assert (t.dsn, t.table, t.channel, t.run_id_column) == ("postgresql://jw:secret@db:5432/app", "jobs", "job_scheduler", "run_id")
+    assert t.safety_interval.total_seconds() == 5 and "secret" not in repr(t)
+    (source,) = build([binding], PostgresSettings())
+    assert "secret" not in source.health.target
+    monkeypatch.setenv("JOBWIRE_POSTGRES_INTAKE", "false")
+    assert global_bindings(PostgresSettings()) == []
+
+
 def test_install_trigger_print() -> None:
     result = CliRunner().invoke(app, ["db", "install-trigger", "--table", "work_items", "--channel", "wake", "--print"])
     assert result.exit_code == 0, result.output

@@ -20,7 +20,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobwire.model import Duration, _Trigger
@@ -146,9 +146,9 @@ class PostgresSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="JOBWIRE_POSTGRES_", extra="ignore")
 
-    dsn: str | None = Field(
-        default=None, repr=False, validation_alias=AliasChoices("JOBWIRE_POSTGRES_DSN", "dsn")
-    )
+    dsn: str | None = Field(default=None, repr=False)
+    """`JOBWIRE_POSTGRES_DSN`: the database of every trigger without its own `dsn`, and of the
+    table-wide intake. Seed 001 names no variable of its own."""
     intake: bool = True
     table: TableName = "jobs"
     channel: Ident = "job_scheduler"
