@@ -28,12 +28,21 @@ class SourcePlug:
     """The pip extra that brings its client library: `pip install 'jobwire[<extra>]'`."""
     global_bindings: Callable[[Any], list[Any]] | None = None
     """Bindings that come from settings alone (e.g. seed 000's shared queue when `BROKER_URL` is set)."""
+    sink: str | None = None
+    """`module:function` of `build_sink(settings) -> Sink | None`: the status sink this kind
+    brings when its settings turn it on (RabbitMQ's status publisher), imported only then."""
 
     def builder(self) -> Callable[..., Any]:
         """The kind's `build` function; PlugMissing (naming the extra) when its library is absent."""
+        return self._import(self.load)
+
+    def sink_builder(self) -> Callable[..., Any] | None:
+        return self._import(self.sink) if self.sink else None
+
+    def _import(self, where: str) -> Callable[..., Any]:
         import importlib
 
-        module, _, func = self.load.partition(":")
+        module, _, func = where.partition(":")
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -6,15 +6,20 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
+import structlog
 from prometheus_client import CollectorRegistry
 
 from jobwire.config import Settings
 from jobwire.model import Job
+from jobwire.plug import PlugMissing
+from jobwire.registry import SOURCES
 from jobwire.sinks import build_sinks
 from jobwire.sinks.base import Sink
 from jobwire.store import Store, open_store
 from jobwire.targets import build_targets
 from jobwire.targets.base import Target
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(slots=True)
@@ -28,7 +33,25 @@ def build_plugs(settings: Settings, store: Store | None = None) -> Plugs:
     """The store (`store` if given, else the one `settings` names), the targets and the sinks."""
     store = store or open_store(settings.effective_database_url)
     targets = build_targets(settings)
-    return Plugs(store, targets, build_sinks(settings))
+    return Plugs(store, targets, build_sinks(settings) + plug_sinks())
+
+
+def plug_sinks() -> list[Sink]:
+    """The status sinks that source kinds bring when their settings turn them on (RabbitMQ's)."""
+    out: list[Sink] = []
+    for plug in SOURCES:
+        if plug.sink is None or plug.settings is None:
+            continue
+        settings = plug.settings()
+        try:
+            builder = plug.sink_builder()
+        except PlugMissing as exc:
+            log.error("status sink cannot run", kind=plug.kind, error=str(exc))
+            continue
+        sink = builder(settings) if builder is not None else None
+        if sink is not None:
+            out.append(sink)
+    return out
 
 
 def bind_targets(

@@ -21,7 +21,7 @@ import structlog
 from jobwire.engine.metrics import Metrics
 from jobwire.engine.supervisor import Spawn, describe
 from jobwire.model import Run
-from jobwire.store import Intake, Recorded, Store
+from jobwire.store import Intake, OutboxRow, Recorded, Store
 
 log = structlog.get_logger(__name__)
 
@@ -37,6 +37,12 @@ class Committer:
         self._intakes: list[tuple[Intake, asyncio.Future[Recorded]]] = []
         self._updates: dict[str, Run] = {}
         self._linked: dict[str, list[tuple[Intake, asyncio.Future[Recorded]]]] = {}
+        self._rows: dict[str, list[OutboxRow]] = {}
+        self._down: Exception | None = None
+        """Set by `_commit` when the store was unavailable during the current transaction."""
+        """Outbox rows by run id, written with that run's update (see `outbox`)."""
+        self.outbox_committed: Callable[[set[str]], None] | None = None
+        """Told which durable sinks got rows after each commit that wrote some (wakes their relays)."""
         """Intakes that must commit with a run's update (by run id), see `link`."""
         self._flushes: list[asyncio.Future[None]] = []
         self._after: list[Callable[[], None]] = []
@@ -146,31 +152,59 @@ class Committer:
         self._wake.set()
         await fut
 
-    async def _commit(self, items: list[Intake | Run]) -> list[Recorded | Failed | None]:
-        """Commit `items` (intakes and run updates) in one transaction; if that fails because of
-        an item (not because the store is unavailable), commit each half on its own, down to the
-        single item at fault — so one value the store refuses fails alone and never takes the
-        callers of its batch with it. Per item: its Recorded (intakes), None (updates), or Failed."""
+    async def _commit(
+        self, items: list[Intake | Run], rows: dict[str, list[OutboxRow]] | None = None
+    ) -> list[Recorded | Failed | None]:
+        """Commit `items` (intakes and run updates) and the outbox `rows` (by run id) in one
+        transaction; if that fails because of an item (not because the store is unavailable),
+        commit each half on its own, down to the single item at fault — so one value the store
+        refuses fails alone and never takes the callers of its batch with it. A run's outbox rows
+        go with its update (rows of a run without one, with the first half). Per item: its Recorded
+        (intakes), None (updates), or Failed. Rows that were not written are put back (store
+        unavailable) or dropped with their refused update."""
+        rows = rows or {}
         intakes = [x for x in items if isinstance(x, Intake)]
         updates = [x for x in items if isinstance(x, Run)]
+        outbox = [r for batch in rows.values() for r in batch]
         try:
-            recorded = await self._store.commit(intakes, updates)
+            recorded = await self._store.commit(intakes, updates, outbox) if outbox else (
+                await self._store.commit(intakes, updates)
+            )
         except Exception as exc:
             unavailable = self._store.unavailable(exc)
-            if unavailable or len(items) == 1:
+            if unavailable or len(items) <= 1:
+                if unavailable:
+                    self._down = exc
+                    for rid, batch in rows.items():
+                        self._rows[rid] = batch + self._rows.get(rid, [])
+                elif outbox:
+                    log.error("outbox documents not stored", documents=len(outbox), error=str(exc))
                 return [Failed(exc, unavailable)] * len(items)
             mid = len(items) // 2
-            return await self._commit(items[:mid]) + await self._commit(items[mid:])
+            left_runs = {x.id for x in items[:mid] if isinstance(x, Run)}
+            right_runs = {x.id for x in items[mid:] if isinstance(x, Run)}
+            left = {rid: b for rid, b in rows.items() if rid not in right_runs}
+            right = {rid: b for rid, b in rows.items() if rid in right_runs and rid not in left_runs}
+            return await self._commit(items[:mid], left) + await self._commit(items[mid:], right)
+        if outbox and self.outbox_committed is not None:
+            self.outbox_committed({r.sink for r in outbox})
         it = iter(recorded)
         return [next(it) if isinstance(x, Intake) else None for x in items]
+
+    def outbox(self, run_id: str, row: OutboxRow) -> None:
+        """Write `row` (a status document for a durable sink) in the same transaction as the run's
+        pending state change (or the next transaction, when it has none)."""
+        self._rows.setdefault(run_id, []).append(row)
+        self._wake.set()
 
     async def _loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._intakes or self._updates or self._after:
+            while self._intakes or self._updates or self._after or self._rows:
                 batch, self._intakes = self._intakes[:MAX_BATCH], self._intakes[MAX_BATCH:]
                 updates, self._updates = self._updates, {}
+                rows, self._rows = self._rows, {}
                 linked = {rid: self._linked.pop(rid) for rid in updates.keys() & self._linked.keys()}
                 retry_with = {id(f): rid for rid, pairs in linked.items() for _, f in pairs}
                 for pairs in linked.values():
@@ -182,8 +216,9 @@ class Committer:
                 t0 = time.perf_counter()
                 items: list[Intake | Run] = [i for i, _ in batch]
                 items += updates.values()
-                results = await self._commit(items) if items else []
-                unavailable = next((r.exc for r in results if isinstance(r, Failed) and r.unavailable), None)
+                self._down = None
+                results = await self._commit(items, rows) if items or rows else []
+                unavailable = self._down
                 for (intake, fut), res in zip(batch, results, strict=False):
                     if fut.done():
                         continue

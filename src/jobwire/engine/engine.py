@@ -45,6 +45,7 @@ from jobwire.engine.fires import PendingFires
 from jobwire.engine.intake import EventIntake
 from jobwire.engine.jobs import JobRegistry
 from jobwire.engine.metrics import Metrics
+from jobwire.engine.outbox import OutboxRelay
 from jobwire.engine.recovery import catch_up, reconcile
 from jobwire.engine.retention import Retention
 from jobwire.engine.runlogs import RunLogs
@@ -105,6 +106,10 @@ class Engine:
         self.pending_fires = PendingFires(self.intake.submit_many, self.job_registry.time_job, self.metrics)
         self.sources = SourceManager(self.jobs, self.supervisor, self.intake.submit_many)
         self.run_states.chain = self.intake.chain
+        self.relays = {s.outbox_name: OutboxRelay(self.store, s, self.metrics) for s in self.hub.durable}
+        self.hub.outbox = self.committer.outbox
+        self.hub.outbox_room = lambda sink: self.relays[sink.outbox_name].room()
+        self.committer.outbox_committed = self._outbox_committed
         self.registry.register(SourceCollector(self.sources))
         bind_targets(self.targets.values(), self._run_exists, self.job_registry.job_defs, self.registry)
         self._stopping = False
@@ -132,6 +137,8 @@ class Engine:
             self.scheduler.start(self.supervisor.spawn)
             self.supervisor.loop("jobwire-fire-retry", self.pending_fires.run, critical=False)
             self.supervisor.loop("jobwire-retention", self.retention.loop)
+            for name, relay in self.relays.items():
+                self.supervisor.loop(f"jobwire-outbox-{name}", relay.run)
             await self.sources.start()
             if self.settings.reload and self.settings.jobs:
                 self.supervisor.loop("jobwire-reload", self._reload_loop)
@@ -235,6 +242,12 @@ class Engine:
         return self.tokens.token(run_id)
 
     # ------------------------------------------------------------------ jobs
+    def _outbox_committed(self, sinks: set[str]) -> None:
+        for name in sinks:
+            relay = self.relays.get(name)
+            if relay is not None:
+                relay.wake()
+
     def _definitions_changed(self) -> None:
         self.intake.chains.rebuild(self.jobs)
         self.sources.changed()

@@ -47,6 +47,13 @@ class Metrics:
             "Events or run updates the store refused on their own (their batch was committed without them)",
             registry=r,
         )
+        self.outbox_pending = Gauge(
+            "jobwire_outbox_pending", "Status documents waiting in the outbox for a durable sink", ["sink"],
+            registry=r,
+        )
+        self.outbox_published = Counter(
+            "jobwire_outbox_published_total", "Outbox documents the sink confirmed", ["sink"], registry=r
+        )
         self.sink_failures = Counter("jobwire_sink_failures_total", "Failed publishes", ["sink"], registry=r)
         self.sink_dropped = Counter(
             "jobwire_sink_dropped_total", "Documents given up on", ["sink"], registry=r

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
@@ -20,6 +21,7 @@ from jobwire.engine.ring import Gap, Ring
 from jobwire.engine.supervisor import Spawn
 from jobwire.model import Job, Run, RunState, StatusBlock, StatusDocument, utcnow
 from jobwire.sinks.base import Sink
+from jobwire.store import OutboxRow
 
 log = structlog.get_logger(__name__)
 
@@ -149,9 +151,16 @@ class StatusHub:
         buffer: int = STREAM_BUFFER,
         wake_interval: float = WAKE_INTERVAL,
     ) -> None:
-        self._sinks = sinks
+        self.durable = [s for s in sinks if s.durable]
+        """Sinks fed from the store's outbox (`engine/outbox.py`), not from a queue here."""
+        self._all_sinks = sinks
+        self._sinks = [s for s in sinks if not s.durable]
         self._metrics = metrics
-        self._queues: list[asyncio.Queue[StatusDocument]] = [asyncio.Queue(SINK_QUEUE) for _ in sinks]
+        self._queues: list[asyncio.Queue[StatusDocument]] = [asyncio.Queue(SINK_QUEUE) for _ in self._sinks]
+        self.outbox: Callable[[str, OutboxRow], None] | None = None
+        """Where documents for durable sinks go (`Committer.outbox`), set by the engine."""
+        self.outbox_room: Callable[[Sink], bool] = lambda _: True
+        """Whether a durable sink's outbox has room (it is bounded); set by the engine."""
         # sequence numbers start at the current time in microseconds: ids of a later process are
         # larger than any id of an earlier one, so a client's Last-Event-ID can be told apart
         self.ring: Ring[Entry] = Ring(buffer, base=time.time_ns() // 1000, wake_interval=wake_interval)
@@ -161,7 +170,7 @@ class StatusHub:
 
     async def start(self, spawn: Spawn | None = None) -> None:
         """Start the sinks and one worker each; `spawn` runs the workers supervised."""
-        for sink in self._sinks:
+        for sink in self._all_sinks:
             await sink.start()
         self._tasks = []
         for s, q in zip(self._sinks, self._queues, strict=True):
@@ -181,7 +190,7 @@ class StatusHub:
         for t in self._tasks:
             with suppress(asyncio.CancelledError):
                 await t
-        for sink in self._sinks:
+        for sink in self._all_sinks:
             await sink.close()
         self.ring.close()
 
@@ -189,12 +198,19 @@ class StatusHub:
     def listening(self) -> bool:
         """Whether a document would reach anyone: a sink, a subscriber, or a stream client that
         left less than RESUME_WINDOW ago and may come back with `Last-Event-ID`."""
-        if self._sinks or self._readers:
+        if self._all_sinks or self._readers:
             return True
         return self._idle_since is not None and time.monotonic() - self._idle_since < RESUME_WINDOW
 
     def publish(self, doc: StatusDocument) -> None:
         """O(1) in the number of subscribers: one append to the ring, one wake-up for all."""
+        if self.durable and self.outbox is not None:
+            body = doc.model_dump_json()
+            for sink in self.durable:
+                if self.outbox_room(sink):
+                    self.outbox(doc.run_id, OutboxRow(sink.outbox_name, body))
+                else:
+                    self._metrics.sink_dropped.labels(sink.kind).inc()
         for sink, q in zip(self._sinks, self._queues, strict=True):
             try:
                 q.put_nowait(doc)

@@ -66,11 +66,25 @@ class AmqpSettings(BaseSettings):
     """Messages that cannot become a run go here (and to the durable queue of the same name),
     with `x-jobwire-reason` saying why."""
     prefetch: int = Field(default=256, ge=1, le=65_535)
+    status: bool = True
+    """Publish every status document to `status_exchange` when a broker URL is set (seed 000)."""
+    status_exchange: str = Field(default="jobwire.status", pattern=QUEUE_RE)
+    status_routing_key: str = "{job}.{action}"
+    """Routing key of a status document; `{job}` and `{action}` are filled in."""
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         return None if not v else _amqp_url(v)
+
+    @field_validator("status_routing_key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        try:
+            v.format(job="j", action="a")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"only {{job}} and {{action}} can be filled in, got {v!r}") from exc
+        return v
 
 
 def global_bindings(settings: Any) -> list[Any]:
@@ -90,4 +104,5 @@ PLUG: SourcePlug = SourcePlug(
     load="jobwire.sources.amqp.source:build",
     extra="amqp",
     global_bindings=global_bindings,
+    sink="jobwire.sinks.amqp:build_sink",
 )
