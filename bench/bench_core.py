@@ -980,7 +980,7 @@ def idle(ctx: Ctx) -> list[Row]:
 
 # --------------------------------------------------------------------------- registry
 
-from bench.bench_amqp import amqp_throughput, amqp_to_start  # noqa: E402 - uses the helpers above
+from bench.bench_amqp import amqp_status, amqp_throughput, amqp_to_start  # noqa: E402 - uses the helpers above
 
 SECTIONS: dict[str, tuple[str, Callable[[Ctx], list[Row]]]] = {
     "trigger": ("API trigger → local process started", trigger_to_start),
@@ -999,6 +999,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Ctx], list[Row]]]] = {
     "idle": ("idle with 10,000 jobs", idle),
     "amqp-latency": ("AMQP publish → local process started", amqp_to_start),
     "amqp-intake": ("AMQP messages recorded per second", amqp_throughput),
+    "amqp-status": ("status documents published to RabbitMQ per second", amqp_status),
 }
 
 
