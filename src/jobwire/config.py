@@ -197,6 +197,10 @@ class Settings(BaseSettings):
     stream_stall_timeout: Duration = timedelta(seconds=30)
     """A stream client whose connection accepts no data for this long is disconnected; it can
     resume with `Last-Event-ID`."""
+    template_jobs: bool = False
+    """Seed 000 without per-job definitions: a broker event naming a job that is not defined
+    launches the Kubernetes Job template of that name in `NAMESPACE` (a job `origin: template` is
+    defined for it); no such template records the event `invalid` (TemplateNotFound)."""
     kube_namespace: str = Field(default_factory=lambda: _plain_env("NAMESPACE", "default"))
     """Namespace of `kubernetes` jobs that name none. `JOBWIRE_KUBE_NAMESPACE` or the config file;
     otherwise seed 000's plain `NAMESPACE` variable; otherwise `default`."""

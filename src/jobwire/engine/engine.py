@@ -55,6 +55,7 @@ from jobwire.engine.secret import CallbackTokens
 from jobwire.engine.sources import SourceCollector, SourceManager
 from jobwire.engine.status import StatusHub, Subscription
 from jobwire.engine.supervisor import Supervisor
+from jobwire.engine.templates import TemplateJobs, TemplateLookup
 from jobwire.engine.webhooks import Delivery, Webhooks
 from jobwire.model import Admission, Incoming, Job, Run
 from jobwire.store import Store, StoredJob
@@ -104,7 +105,10 @@ class Engine:
         )
         self.webhooks = Webhooks(self.job_registry.get_job, self.intake.submit)
         self.pending_fires = PendingFires(self.intake.submit_many, self.job_registry.time_job, self.metrics)
-        self.sources = SourceManager(self.jobs, self.supervisor, self.intake.submit_many)
+        self.templates = TemplateJobs(settings.template_jobs, self.jobs, self._template_lookup, self.put_job)
+        self.sources = SourceManager(
+            self.jobs, self.supervisor, self.intake.submit_many, prepare=self.templates.resolve
+        )
         self.run_states.chain = self.intake.chain
         self.relays = {s.outbox_name: OutboxRelay(self.store, s, self.metrics) for s in self.hub.durable}
         self.hub.outbox = self.committer.outbox
@@ -242,6 +246,10 @@ class Engine:
         return self.tokens.token(run_id)
 
     # ------------------------------------------------------------------ jobs
+    def _template_lookup(self) -> TemplateLookup | None:
+        target = self.targets.get("kubernetes")
+        return target if target is not None and hasattr(target, "template_exists") else None
+
     def _outbox_committed(self, sinks: set[str]) -> None:
         for name in sinks:
             relay = self.relays.get(name)

@@ -32,15 +32,25 @@ log = structlog.get_logger(__name__)
 SubmitMany = Callable[[list[Incoming]], Coroutine[Any, Any, list[Admission | BaseException]]]
 
 
-class EngineIntake:
-    """The `Intake` a source gets: `submit` returns after everything it was given is committed."""
+Prepare = Callable[[Sequence[Incoming]], Coroutine[Any, Any, list[Incoming]]]
 
-    def __init__(self, submit_many: SubmitMany) -> None:
+
+class EngineIntake:
+    """The `Intake` a source gets: `submit` returns after everything it was given is committed.
+    `prepare` may rewrite the events first (template jobs: `engine/templates.py`)."""
+
+    def __init__(self, submit_many: SubmitMany, prepare: Prepare | None = None) -> None:
         self._submit_many = submit_many
+        self._prepare = prepare
 
     async def submit(self, events: Sequence[Incoming]) -> list[Admission]:
         if not events:
             return []
+        try:
+            if self._prepare is not None:
+                events = await self._prepare(events)
+        except ConnectionError as exc:
+            raise IntakeUnavailable(str(exc)) from exc
         try:
             results = await self._submit_many(list(events))
         except Unavailable as exc:
@@ -72,10 +82,11 @@ class SourceManager:
         supervisor: Supervisor,
         submit_many: SubmitMany,
         plugs: Sequence[SourcePlug] = SOURCES,
+        prepare: Prepare | None = None,
     ) -> None:
         self._jobs = jobs
         self._supervisor = supervisor
-        self.intake = EngineIntake(submit_many)
+        self.intake = EngineIntake(submit_many, prepare)
         self._plugs = plugs
         self._settings: dict[str, Any] = {}
         self.sources: dict[str, Source] = {}

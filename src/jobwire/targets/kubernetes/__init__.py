@@ -246,17 +246,29 @@ class KubernetesJobTarget(Target):
             )
         return None
 
+    async def template_exists(self, namespace: str | None, name: str) -> bool:
+        """Whether `name` is a Job template in `namespace` (default: the `NAMESPACE` setting): a
+        CronJob of that name or a Job labelled `jobwire.io/template: "true"`. Raises on API errors."""
+        try:
+            await self._template(self._connect(), namespace or self.settings.kube_namespace, name)
+        except TemplateMissing:
+            return False
+        return True
+
     async def _manifest(self, kube: Kube, spec: KubeSpec, ns: str, info: build.RunInfo) -> dict[str, Any]:
         if spec.template is None:
             return build.from_short_spec(spec, info)
+        return build.from_template(await self._template(kube, ns, spec.template), spec, info)
+
+    async def _template(self, kube: Kube, ns: str, name: str) -> dict[str, Any]:
         try:
-            tmpl = await kube.get_cronjob(ns, spec.template)
+            tmpl = await kube.get_cronjob(ns, name)
             tmpl.setdefault("kind", "CronJob")
         except httpx2.HTTPError as exc:
             if not is_not_found(exc):
                 raise
             try:
-                tmpl = await kube.get_job(ns, spec.template)
+                tmpl = await kube.get_job(ns, name)
                 tmpl.setdefault("kind", "Job")
             except httpx2.HTTPError as exc2:
                 if not is_not_found(exc2):
@@ -270,10 +282,10 @@ class KubernetesJobTarget(Target):
                     else ""
                 )
                 raise TemplateMissing(
-                    f"no job template {spec.template!r} in namespace {ns!r}: expected a CronJob of that name "
+                    f"no job template {name!r} in namespace {ns!r}: expected a CronJob of that name "
                     f'or a suspended Job labelled jobwire.io/template: "true"{hint}'
                 ) from None
-        return build.from_template(tmpl, spec, info)
+        return tmpl
 
     async def _follow(
         self, kube: Kube, ctx: RunContext, spec: KubeSpec, ns: str, name: str, queue: asyncio.Queue[Event]
