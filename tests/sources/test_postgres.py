@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -727,3 +728,67 @@ async def harness(database: str) -> AsyncIterator[PostgresHarness]:
     finally:
         await h.close()
 
+
+
+async def test_engine_writes_each_runs_progress_back_to_its_row(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real engine with the plug's status sink on: a row's run that succeeds ends `succeeded`,
+    one that fails ends `failed` with the error; a row naming no job is `failed` with the reason."""
+    from jobwire.config import Settings
+    from jobwire.engine import Engine
+    from jobwire.model import Job
+
+    monkeypatch.setenv("JOBWIRE_POSTGRES_STATUS", "true")
+    monkeypatch.delenv("JOBWIRE_POSTGRES_DSN", raising=False)
+    engine = Engine(Settings(_env_file=None, data_dir=tmp_path / "data", shutdown_grace=timedelta(seconds=2)))
+    await engine.start()
+    try:
+        trigger = {"type": "postgres", "dsn": database, "run_id_column": "run_id", "error_column": "error"}
+        for name, command in (("build", ["true"]), ("report", ["false"])):
+            await engine.put_job(
+                Job.model_validate(
+                    {"name": name, "triggers": [trigger], "target": {"type": "local", "command": command}}
+                )
+            )
+        await eventually(
+            lambda: sum(s["connected"] for s in engine.health()["sources"]) >= 1, 20, "the source to connect"
+        )
+        async with db(database) as conn:
+            await conn.execute("INSERT INTO jobs (type) VALUES ('build'), ('report')")
+
+            async def ended() -> dict[int, tuple[str, str | None, str | None]] | None:
+                rows = await statuses(conn)
+                return rows if all(s in ("succeeded", "failed") for s, _, _ in rows.values()) else None
+
+            rows = await eventually(ended, 30, "both rows to show their run's end")
+    finally:
+        await engine.stop()
+    assert rows[1] == ("succeeded", expected_run_id("build", 1), None)
+    status, run_id, error = rows[2]
+    assert (status, run_id) == ("failed", expected_run_id("report", 2)) and error, rows[2]
+
+
+async def test_status_routes_follow_running_sources_and_one_bad_database_blocks_no_other(database: str) -> None:
+    from jobwire.sources.postgres.sink import StatusWriteError
+    from jobwire.sources.postgres.source import ROUTES, Routes, StatusTarget
+
+    source = source_for(database, job="build")
+    assert not [t for t in ROUTES.for_job("build") if t.dsn == database]
+    async with running(source, FakeIntake()):
+        assert [t.table for t in ROUTES.for_job("build") if t.dsn == database] == ["jobs"]
+        assert not [t for t in ROUTES.for_job("report") if t.dsn == database]
+    assert not [t for t in ROUTES.for_job("build") if t.dsn == database], "a stopped source writes nothing"
+
+    routes = Routes()
+    routes.register("away", {StatusTarget("postgresql://postgres@127.0.0.1:1/x", "jobs", "status", "run_id", None): None})
+    routes.register("here", {StatusTarget(database, "jobs", "status", "run_id", "error"): None})
+    sink = PostgresStatusSink(routes)
+    try:
+        async with db(database) as conn:
+            await conn.execute("INSERT INTO jobs (type, status, run_id) VALUES ('build', 'scheduled', 'r1')")
+            with pytest.raises(StatusWriteError):
+                await sink.publish(_doc("r1", "running"))
+            assert (await statuses(conn))[1] == ("running", "r1", None)
+    finally:
+        await sink.close()

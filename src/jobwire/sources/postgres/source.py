@@ -35,6 +35,7 @@ import ipaddress
 import json
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -98,6 +99,60 @@ class ClaimBook:
 
 
 CLAIMS = ClaimBook()
+
+
+@dataclass(frozen=True, slots=True)
+class StatusTarget:
+    """Where the status sink writes a run's progress: `UPDATE <table> SET <status> … WHERE <run_id> = …`."""
+
+    dsn: str
+    table: str
+    status: str
+    run_id: str
+    error: str | None
+
+
+class Routes:
+    """Which tables a run's status goes to, per job: each postgres source registers its bindings
+    that have a run id column while it runs (from its first start until it is stopped: a lost
+    connection keeps them), and the status sink reads them for every document. Jobs None: any
+    job (the table-wide intake)."""
+
+    def __init__(self) -> None:
+        self._by_source: dict[object, dict[StatusTarget, frozenset[str] | None]] = {}
+
+    def register(self, source: object, routes: dict[StatusTarget, frozenset[str] | None]) -> None:
+        self._by_source[source] = routes
+
+    def unregister(self, source: object) -> None:
+        self._by_source.pop(source, None)
+
+    def for_job(self, job: str) -> list[StatusTarget]:
+        out: dict[StatusTarget, None] = {}
+        for routes in self._by_source.values():
+            for target, jobs in routes.items():
+                if jobs is None or job in jobs:
+                    out[target] = None
+        return list(out)
+
+
+ROUTES = Routes()
+
+
+def routes_for(
+    bindings: Sequence[Binding], settings: PostgresSettings
+) -> dict[StatusTarget, frozenset[str] | None]:
+    """The status targets of `bindings` (those with a run id column) and the jobs each serves."""
+    out: dict[StatusTarget, frozenset[str] | None] = {}
+    for b in bindings:
+        t: PostgresTrigger = b.trigger
+        dsn = t.dsn or settings.dsn
+        if not dsn or t.run_id_column is None:
+            continue
+        target = StatusTarget(dsn, t.table, t.status_column, t.run_id_column, t.error_column)
+        jobs = out.get(target, frozenset())
+        out[target] = None if jobs is None or b.job is None else jobs | {b.job}
+    return out
 
 
 def json_safe(value: Any, depth: int = 0) -> Any:
@@ -177,14 +232,19 @@ class PostgresSource(Source):
             (b, columns(b.trigger), b.job is not None and b.trigger.type_column is not None)
             for b in self.bindings
         ]
+        self._routes = routes_for(self.bindings, settings)
 
     async def run(self, intake: Intake) -> None:
         wake = asyncio.Event()
         lost: list[str] = []
+        ROUTES.register(self, self._routes)
         try:
             conn: asyncpg.Connection = await asyncpg.connect(
                 self.dsn, timeout=10, server_settings={"application_name": APPLICATION_NAME}
             )
+        except asyncio.CancelledError:
+            ROUTES.unregister(self)
+            raise
         except Exception as exc:
             self.health.down(f"cannot connect: {type(exc).__name__}: {exc}")
             raise
@@ -217,6 +277,7 @@ class PostgresSource(Source):
                 await self._drain(conn, intake, lost)
         except asyncio.CancelledError:
             self.health.down("stopped")
+            ROUTES.unregister(self)  # stopped (removed, changed, jobwire stopping): no more writes
             raise
         except Exception as exc:
             self.health.down(f"{type(exc).__name__}: {exc}")

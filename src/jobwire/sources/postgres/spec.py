@@ -150,6 +150,9 @@ class PostgresSettings(BaseSettings):
     """`JOBWIRE_POSTGRES_DSN`: the database of every trigger without its own `dsn`, and of the
     table-wide intake. Seed 001 names no variable of its own."""
     intake: bool = True
+    status: bool | None = None
+    """Write each run's progress back to its row (tables with a run id column); default: on when
+    a DSN is set."""
     table: TableName = "jobs"
     channel: Ident = "job_scheduler"
     condition: str = DEFAULT_CONDITION
@@ -184,7 +187,7 @@ def global_bindings(settings: Any) -> list[Any]:
 
     if not isinstance(settings, PostgresSettings) or not settings.dsn or not settings.intake:
         return []
-    fields = settings.model_dump(exclude={"intake"})
+    fields = settings.model_dump(exclude={"intake", "status"})
     trigger = PostgresTrigger(id=GLOBAL_TRIGGER_ID, **fields)
     return [Binding(job=None, trigger_id=GLOBAL_TRIGGER_ID, trigger=trigger)]
 
@@ -196,4 +199,5 @@ PLUG: SourcePlug = SourcePlug(
     load="jobwire.sources.postgres.source:build",
     extra="postgres",
     global_bindings=global_bindings,
+    sink="jobwire.sources.postgres.status:build_sink",
 )
