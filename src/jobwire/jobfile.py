@@ -12,6 +12,14 @@ secrets are passed by name (`secret_env`), never written into a file.
 
 Seed 003's job form (`{"name", "description", "schedule", "job": {"callback_url", "http_method",
 "payload"}}`) is accepted wherever a job is, and converted to a cron trigger + http target.
+
+Seed 004's registry, a `.csv` file (one job per row, see `jobwire.jobcsv`), is accepted wherever a
+job file is, and folders hold `*.csv` files beside `*.yaml`. Unlike a YAML file, a CSV file with a
+bad row still loads: the row is *skipped* — reported as `jobs.csv:7: column cpu_request: ...` by
+`jobwire check` (an error there) and in the log of `jobwire serve`, and left out of the jobs in
+force — while the other rows work. A row whose job name is already taken (by an earlier row or a
+job of a YAML file, which always wins) is skipped the same way, naming both places. A problem of the
+file itself (its header, unreadable, not UTF-8) is an error as for a YAML file.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ __all__ = [
     "from_seed003",
     "is_seed003",
     "load_path",
+    "load_paths",
     "load_text",
     "parse_job",
     "seed003_obstacles",
@@ -722,7 +731,7 @@ def _validate(
     return (None, errors) if errors else (job, [])
 
 
-@dataclass
+@dataclass(eq=False)
 class _Loaded:
     name: str
     job: Job | None
@@ -730,6 +739,27 @@ class _Loaded:
     source: str
     line: int | None
     path: str
+    row: bool = False
+    """A row of a CSV registry: when it is bad or its name is taken, it is skipped, not an error
+    that stops the files from loading."""
+
+
+def _jobs_of_csv(
+    text: str, source: str
+) -> tuple[list[_Loaded], list[DefinitionError], list[DefinitionError]]:
+    """The rows of a CSV registry; errors of the file itself; problems of rows (skipped rows)."""
+    from jobwire.jobcsv import CsvProblem, parse_csv
+
+    def error(p: CsvProblem) -> DefinitionError:
+        return DefinitionError(source, p.line, f"column {p.column}" if p.column else "", p.message, p.job)
+
+    rows, file_problems = parse_csv(text)
+    loaded = [
+        _Loaded(row.name, row.job, source, row.line, "column job_name", row=True)
+        for row in rows
+        if row.name is not None
+    ]
+    return loaded, [error(p) for p in file_problems], [error(p) for row in rows for p in row.problems]
 
 
 def _jobs_of_text(text: str, source: str) -> tuple[list[_Loaded], list[DefinitionError]]:
@@ -783,10 +813,17 @@ def _jobs_of_text(text: str, source: str) -> tuple[list[_Loaded], list[Definitio
     return loaded, errors
 
 
-def _dedupe(loaded: list[_Loaded]) -> tuple[list[_Loaded], list[DefinitionError]]:
+def _where(item: _Loaded) -> str:
+    return item.source if item.line is None else f"{item.source}:{item.line}"
+
+
+def _dedupe(loaded: list[_Loaded]) -> tuple[list[_Loaded], list[DefinitionError], list[DefinitionError]]:
+    """(kept, errors, skipped rows): the first definition of a name wins, except that a CSV row
+    gives way to a job file's job wherever it comes; a CSV row that loses is skipped."""
     first: dict[str, _Loaded] = {}
     kept: list[_Loaded] = []
     errors: list[DefinitionError] = []
+    skipped: list[DefinitionError] = []
     for item in loaded:
         prev = first.get(item.name)
         if prev is None:
@@ -794,27 +831,44 @@ def _dedupe(loaded: list[_Loaded]) -> tuple[list[_Loaded], list[DefinitionError]
             if item.job is not None:
                 kept.append(item)
             continue
-        where = prev.source if prev.line is None else f"{prev.source}:{prev.line}"
-        errors.append(
-            DefinitionError(
-                item.source,
-                item.line,
-                item.path,
-                f"duplicate job name {item.name!r}: already defined at {where}",
+        if prev.row and not item.row:
+            if prev in kept:
+                kept.remove(prev)
+            skipped.append(
+                DefinitionError(
+                    prev.source,
+                    prev.line,
+                    prev.path,
+                    f"duplicate job name {prev.name!r}: also defined at {_where(item)}, which is used; "
+                    "this row is skipped",
+                )
             )
-        )
-    return kept, errors
+            first[item.name] = item
+            if item.job is not None:
+                kept.append(item)
+            continue
+        message = f"duplicate job name {item.name!r}: already defined at {_where(prev)}"
+        if item.row:
+            message += "; this row is skipped"
+            skipped.append(DefinitionError(item.source, item.line, item.path, message))
+        else:
+            errors.append(DefinitionError(item.source, item.line, item.path, message))
+    return kept, errors, skipped
 
 
 def _files(path: Path) -> list[Path]:
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+        return sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml", ".csv") and p.is_file())
     return [path]
 
 
-def _load_files(paths: Iterable[Path]) -> tuple[list[_Loaded], list[DefinitionError]]:
+def _load_files(
+    paths: Iterable[Path],
+) -> tuple[list[_Loaded], list[DefinitionError], list[DefinitionError]]:
+    """(kept, errors, skipped CSV rows) of every file under `paths`, names unique across them."""
     loaded: list[_Loaded] = []
     errors: list[DefinitionError] = []
+    skipped: list[DefinitionError] = []
     for root in paths:
         if not root.exists():
             errors.append(DefinitionError(str(root), None, "", "no such file or directory"))
@@ -834,11 +888,15 @@ def _load_files(paths: Iterable[Path]) -> tuple[list[_Loaded], list[DefinitionEr
             if isinstance(text, DefinitionError):
                 errors.append(text)
                 continue
-            jobs, errs = _jobs_of_text(text, str(file))
+            if file.suffix == ".csv":
+                jobs, errs, bad_rows = _jobs_of_csv(text, str(file))
+                skipped.extend(bad_rows)
+            else:
+                jobs, errs = _jobs_of_text(text, str(file))
             loaded.extend(jobs)
             errors.extend(errs)
-    kept, dup_errors = _dedupe(loaded)
-    return kept, _sorted(errors + dup_errors)
+    kept, dup_errors, dup_rows = _dedupe(loaded)
+    return kept, _sorted(errors + dup_errors), _sorted(skipped + dup_rows)
 
 
 def _read(file: Path) -> str | DefinitionError:
@@ -880,19 +938,30 @@ def _sorted(errors: list[DefinitionError]) -> list[DefinitionError]:
 def load_text(text: str, source: str) -> list[Job]:
     """The jobs in one YAML text. Raises JobFileError with every error found."""
     loaded, errors = _jobs_of_text(text, source)
-    kept, dup_errors = _dedupe(loaded)
+    kept, dup_errors, _ = _dedupe(loaded)  # no CSV rows here
     if errors or dup_errors:
         raise JobFileError(_sorted(errors + dup_errors))
     return [item.job for item in kept if item.job is not None]
 
 
 def load_path(path: Path) -> list[tuple[Job, str]]:
-    """The jobs in a file, or in every *.yaml / *.yml under a folder (recursively, sorted), each with
-    its origin `file:<path>`. Raises JobFileError with every error of every file."""
-    kept, errors = _load_files([path])
+    """The jobs in a file, or in every *.yaml / *.yml / *.csv under a folder (recursively, sorted),
+    each with its origin `file:<path>`. Raises JobFileError with every error of every file, bad CSV
+    rows included (`load_paths` skips those instead)."""
+    kept, errors, skipped = _load_files([path])
+    if errors or skipped:
+        raise JobFileError(_sorted(errors + skipped))
+    return [(item.job, f"file:{item.source}") for item in kept if item.job is not None]
+
+
+def load_paths(paths: Iterable[Path]) -> tuple[list[tuple[Job, str]], list[DefinitionError]]:
+    """What `jobwire serve` loads: the jobs of every path (names unique across all of them), each
+    with its origin `file:<path>`, and the problems of the CSV rows that were skipped. Raises
+    JobFileError with every error when anything but a CSV row is wrong."""
+    kept, errors, skipped = _load_files(paths)
     if errors:
         raise JobFileError(errors)
-    return [(item.job, f"file:{item.source}") for item in kept if item.job is not None]
+    return [(item.job, f"file:{item.source}") for item in kept if item.job is not None], skipped
 
 
 def check_paths(paths: list[Path]) -> tuple[list[Job], list[DefinitionError]]:
@@ -908,7 +977,8 @@ def check_files(
     """`check_paths` plus warnings: what loads but will not work as it stands — a webhook trigger
     whose `secret_env` names a variable unset in `environ` (this process's environment). The file
     still loads (the variable may be set where and when jobwire serves)."""
-    kept, errors = _load_files(paths)
+    kept, errors, skipped = _load_files(paths)
+    errors = _sorted(errors + skipped)  # for `check`, a row that would be skipped is an error
     warnings: list[DefinitionError] = []
     for item in kept:
         if item.job is None:

@@ -2,6 +2,12 @@
 files (`settings.jobs`) and the API; pause and resume; re-reading the files when they change.
 
 A job defined in a file (origin `file:<path>`) is changed by editing that file, never by the API.
+
+Seed 004's `jobs.csv` (a `.csv` path, or one in a folder): its bad rows are skipped and logged, the
+other rows load; and its files are re-read when they change unless `reload` was set to false
+(seed 004 edits its CSV while the listener runs). A job whose row is removed (or turns bad) is
+deleted: its trigger stops, while its runs in progress go on to their end (each holds its
+definition) and stay in the history.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from jobwire.engine.chains import find_cycle
 from jobwire.engine.errors import ChainLoop, Conflict, JobNotFound
 from jobwire.engine.metrics import Metrics
 from jobwire.engine.scheduler import TimeScheduler
-from jobwire.jobfile import DefinitionError, JobFileError, load_path
+from jobwire.jobfile import DefinitionError, JobFileError, load_paths
 from jobwire.model import AfterTrigger, Job
 from jobwire.store import Store, StoredJob
 
@@ -36,10 +42,16 @@ class JobRegistry:
     async def load(self) -> None:
         """At start: the job files' definitions saved over the store's, file jobs no longer in a
         file deleted, every job scheduled. Raises JobFileError listing every problem."""
-        file_jobs: list[tuple[Job, str]] = []
-        for path in self.settings.jobs:
-            file_jobs.extend(load_path(path))  # raises JobFileError listing every problem
-            if self.settings.reload:
+        file_jobs, skipped = load_paths(self.settings.jobs)  # raises JobFileError listing every problem
+        _log_skipped(skipped)
+        if not self.settings.reload and "reload" not in self.settings.model_fields_set:
+            csv_files = [str(p) for p in self.settings.jobs if _csv_files(p)]
+            if csv_files:
+                # read by the engine right after this load: it starts the reload loop
+                self.settings.reload = True
+                log.info("job files are re-read when they change (JOBWIRE_RELOAD=false: not)", csv=csv_files)
+        if self.settings.reload:
+            for path in self.settings.jobs:
                 self.file_mtimes.update(_mtimes(path))
         _refuse_loops([job for job, _ in file_jobs])
         stored = {s.job.name: s for s in await self.store.list_jobs()}
@@ -62,14 +74,13 @@ class JobRegistry:
     async def reload_files(self) -> list[str]:
         """Re-read job files; on errors keep the current definitions and return the messages."""
         try:
-            file_jobs: list[tuple[Job, str]] = []
-            for path in self.settings.jobs:
-                file_jobs.extend(load_path(path))
+            file_jobs, skipped = load_paths(self.settings.jobs)
             _refuse_loops([job for job, _ in file_jobs])
         except JobFileError as exc:
             msgs = [str(e) for e in exc.errors]
             log.error("job files have errors; keeping the current definitions", errors=msgs)
             return msgs
+        _log_skipped(skipped)
         names = set()
         for job, origin in file_jobs:
             names.add(job.name)
@@ -161,9 +172,24 @@ def _refuse_loops(jobs: list[Job]) -> None:
         raise JobFileError([DefinitionError("job files", None, "triggers", message, loop[0])])
 
 
+def _log_skipped(skipped: list[DefinitionError]) -> None:
+    if skipped:
+        log.error(
+            "job file rows skipped (the other rows are loaded)",
+            errors=[str(e) for e in skipped],
+            hint="jobwire check <file> lists them",
+        )
+
+
+def _csv_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(path.rglob("*.csv"))
+    return [path] if path.suffix == ".csv" else []
+
+
 def _mtimes(path: Path) -> dict[Path, float]:
     if path.is_dir():
-        return {p: p.stat().st_mtime for p in sorted(path.rglob("*.y*ml"))}
+        return {p: p.stat().st_mtime for p in sorted([*path.rglob("*.y*ml"), *path.rglob("*.csv")])}
     return {path: path.stat().st_mtime} if path.exists() else {}
 
 
