@@ -255,6 +255,13 @@ async def test_a_csv_registry_turns_reload_on_unless_it_was_set(tmp_path: Path, 
         await plain.stop()
 
 
+def test_jobwire_reload_false_in_the_environment_counts_as_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the registry looks at to leave an explicit `JOBWIRE_RELOAD=false` alone."""
+    assert "reload" not in Settings(_env_file=None).model_fields_set  # type: ignore[call-arg]
+    monkeypatch.setenv("JOBWIRE_RELOAD", "false")
+    assert "reload" in Settings(_env_file=None).model_fields_set  # type: ignore[call-arg]
+
+
 async def test_serve_starts_with_bad_rows_and_a_reload_removes_and_adds_rows(
     tmp_path: Path, no_broker: None
 ) -> None:
