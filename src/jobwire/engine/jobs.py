@@ -49,7 +49,11 @@ class JobRegistry:
             if csv_files:
                 # read by the engine right after this load: it starts the reload loop
                 self.settings.reload = True
-                log.info("job files are re-read when they change (JOBWIRE_RELOAD=false: not)", csv=csv_files)
+                log.info(
+                    "job files re-read when they change, as a CSV registry is among them",
+                    off="JOBWIRE_RELOAD=false",
+                    csv=csv_files,
+                )
         if self.settings.reload:
             for path in self.settings.jobs:
                 self.file_mtimes.update(_mtimes(path))
