@@ -8,7 +8,8 @@ Columns (header row, any order; names are matched after stripping spaces):
 
 `job_name`, `mqtt_topic` and `image` must be in the header; the others may be left out. Every cell
 is stripped of surrounding whitespace, and an empty cell means "not set". Blank rows and rows whose
-first cell starts with `#` are skipped (comments).
+first cell starts with `#` are skipped (comments); so are header cells left empty, while the cells
+under them are. A record that breaks CSV's quoting is a bad row; the reader goes on after it.
 
 Each row becomes this job (as in a job file):
 
@@ -113,12 +114,31 @@ class CsvRow:
     problems: list[CsvProblem] = field(default_factory=list)
 
 
-def _records(text: str) -> Iterator[tuple[int, list[str]]]:
-    """(first line, cells) of each record; blank records and `#` comments left out."""
+def _records(text: str) -> Iterator[tuple[int, list[str] | str]]:
+    """(first line, cells) of each record, or (first line, what is wrong with its CSV syntax);
+    blank records and `#` comments left out. The reader goes on after a bad record."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     prev = 0
-    for cells in reader:
-        start, prev = prev + 1, reader.line_num
+    while True:
+        start = prev + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            prev = reader.line_num
+            if "unexpected end of data" in str(exc):
+                yield (
+                    start,
+                    (
+                        f"CSV syntax error: a quoted cell is never closed, so lines {start}-{prev} "
+                        "(the rest of the file) were read as this one row; close the '\"'"
+                    ),
+                )
+            else:
+                yield start, f"CSV syntax error: {exc} (inside a quoted cell, write a '\"' as '\"\"')"
+            continue
+        prev = reader.line_num
         if not any(c.strip() for c in cells) or cells[0].strip().startswith("#"):
             continue
         yield start, [c.strip() for c in cells]
@@ -129,23 +149,21 @@ def parse_csv(text: str) -> tuple[list[CsvRow], list[CsvProblem]]:
     itself (its header, CSV syntax). A file problem means no row can be trusted: no rows then."""
     text = text.removeprefix("\ufeff")  # a byte order mark, as spreadsheets save UTF-8
     records = _records(text)
-    try:
-        first = next(records, None)
-    except csv.Error as exc:
-        return [], [CsvProblem(None, "", f"CSV syntax error: {exc}")]
+    first = next(records, None)
     if first is None:
         return [], [CsvProblem(None, "", f"no header row: expected the columns {', '.join(SEED_COLUMNS)}")]
     header_line, header = first
+    if isinstance(header, str):
+        return [], [CsvProblem(header_line, "", f"the header row: {header}")]
     problems = _header_problems(header_line, header)
     if problems:
         return [], problems
     rows: list[CsvRow] = []
-    try:
-        for line, cells in records:
+    for line, cells in records:
+        if isinstance(cells, str):
+            rows.append(CsvRow(line, None, None, [CsvProblem(line, "", cells)]))
+        else:
             rows.append(_row(line, header, cells))
-    except csv.Error as exc:
-        # a quote left open swallows the rest of the file: nothing after it can be read as rows
-        return [], [CsvProblem(None, "", f"CSV syntax error: {exc} (an unclosed '\"' in a cell?)")]
     return rows, []
 
 
@@ -153,13 +171,15 @@ def _header_problems(line: int, header: list[str]) -> list[CsvProblem]:
     problems: list[CsvProblem] = []
     seen: set[str] = set()
     for name in header:
+        if not name:
+            continue  # a spreadsheet's trailing empty column: fine while its cells are empty
         if name in seen:
             problems.append(CsvProblem(line, name, "this column appears twice in the header"))
         seen.add(name)
         if name not in COLUMNS:
             close = difflib.get_close_matches(name, COLUMNS, n=1)
             hint = f"did you mean {close[0]!r}?" if close else "known columns: " + ", ".join(COLUMNS)
-            problems.append(CsvProblem(line, name or "(empty)", f"unknown column {name!r} ({hint})"))
+            problems.append(CsvProblem(line, name, f"unknown column {name!r} ({hint})"))
     for name in REQUIRED_COLUMNS:
         if name not in seen:
             problems.append(CsvProblem(line, name, "the header has no such column; it is required"))
@@ -191,6 +211,9 @@ def _row(line: int, header: list[str], cells: list[str]) -> CsvRow:
     def bad(column: str, message: str) -> None:
         problems.append(CsvProblem(line, column, message, valid_name))
 
+    for i, column in enumerate(header):
+        if not column and i < len(cells) and cells[i]:
+            bad("", f"cell {i + 1} holds {cells[i][:40]!r} but its column has no name in the header")
     for column in REQUIRED_COLUMNS:
         if not row[column]:
             bad(column, "empty; every row needs a value here")

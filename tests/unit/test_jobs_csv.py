@@ -290,3 +290,23 @@ def test_a_placeholder_naming_no_parameter_is_a_bad_cell(tmp_path: Path) -> None
     assert [(p.line, p.column) for r in rows for p in r.problems] == [(2, "args"), (3, "env")]
     assert all(r.job is None for r in rows)
     assert "file" in rows[0].problems[0].message
+
+
+def test_a_csv_syntax_error_is_a_bad_row_and_the_reader_goes_on(tmp_path: Path) -> None:
+    path = write(tmp_path, 'job_name,mqtt_topic,image\na,t/a,"img"x\nb,t/b,img\nc,t/c,"img\nd,t/d,img\n')
+    jobs, skipped = load_paths([path])
+    assert [j.name for j, _ in jobs] == ["b"]
+    assert [str(e) for e in skipped] == [
+        f"{path}:2: CSV syntax error: ',' expected after '\"' (inside a quoted cell, write a '\"' as '\"\"')",
+        f"{path}:4: CSV syntax error: a quoted cell is never closed, so lines 4-5 (the rest of the file) were "
+        "read as this one row; close the '\"'",
+    ]
+
+
+def test_empty_header_cells_are_ignored_while_their_cells_are_empty(tmp_path: Path) -> None:
+    path = write(tmp_path, "job_name,mqtt_topic,image,,\na,t/a,img,,\nb,t/b,img,,oops\n")
+    jobs, skipped = load_paths([path])
+    assert [j.name for j, _ in jobs] == ["a"]
+    assert [str(e) for e in skipped] == [
+        f"{path}:3: cell 5 holds 'oops' but its column has no name in the header (job 'b')"
+    ]
