@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from jobwire.config import Settings
@@ -23,7 +24,8 @@ from jobwire.targets.kubernetes import KubernetesJobTarget, build
 from tests.support.kubeemu import KubeEmulator
 from tests.support.kubeemu.pytest_plugin import kube, kube_kubeconfig
 from tests.support.mqtt import forget_session, need_mosquitto, publisher, unique
-from tests.support.waiting import eventually
+from tests.support.server import Server
+from tests.support.waiting import eventually, eventually_sync
 
 __all__ = ["kube", "kube_kubeconfig"]  # the emulator's fixtures, used by name below
 
@@ -192,3 +194,38 @@ async def test_seed004_csv_edited_while_running(
     finally:
         await engine.stop()
         await forget_session(client_id)
+
+
+def test_jobwire_serve_starts_with_a_bad_row_and_follows_edits(tmp_path: Path) -> None:
+    """As a user runs it: `JOBWIRE_JOBS=jobs.csv jobwire serve`, nothing else set."""
+    registry = tmp_path / "jobs.csv"
+    good = [
+        "spike-sort",
+        "experiments/+/done",
+        "lab/sort:1",
+        "2",
+        "8Gi",
+        "1",
+        "20Gi",
+        "4",
+        "16Gi",
+        "40Gi",
+        "",
+    ]
+    bad = ["broken", "a/b", "img", "2 cores", "", "", "", "", "", "", ""]
+    registry.write_text(csv_text(good, bad))
+    # a broker that is not there: the mqtt source retries on its own; definitions are what is looked at
+    srv = Server(tmp_path / "data", registry, JOBWIRE_MQTT_URL="mqtt://127.0.0.1:9").start()
+    try:
+
+        def names() -> list[str]:
+            body = httpx.get(f"{srv.url}/api/v1/jobs", timeout=5).json()
+            return sorted(j["name"] for j in body["items"])
+
+        assert names() == ["spike-sort"]
+        assert f"{registry}:3: column cpu_request: '2 cores' is not a Kubernetes quantity" in srv.output()
+        added = ["summarize", "services/mqtt_job_listener/job_complete/spike-sort", "lab/sum:1", *[""] * 8]
+        rewrite(registry, csv_text(added))
+        eventually_sync(lambda: names() == ["summarize"], 20, "serve to follow the edit")
+    finally:
+        assert srv.stop() == 0
