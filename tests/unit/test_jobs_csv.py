@@ -310,3 +310,28 @@ def test_empty_header_cells_are_ignored_while_their_cells_are_empty(tmp_path: Pa
     assert [str(e) for e in skipped] == [
         f"{path}:3: cell 5 holds 'oops' but its column has no name in the header (job 'b')"
     ]
+
+
+async def test_a_job_moved_from_the_csv_to_a_yaml_file_gets_its_new_origin(
+    tmp_path: Path, no_broker: None
+) -> None:
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    csv_file = write(folder, HEADER + "mover,a/b,img:1,,,,,,,\n")
+    engine = Engine(settings(tmp_path, folder))
+    await engine.start()
+    try:
+        assert engine.jobs["mover"].origin == f"file:{csv_file}"
+        yaml_file = write(
+            folder,
+            "name: mover\ntriggers: [{type: mqtt, id: mqtt, topic: a/b, payload: raw}]\n"
+            "parameters: [{name: payload, default: ''}]\n"
+            "target: {type: kubernetes, image: 'img:1', cleanup_min: 0, cleanup_ttl: 1m}\n",
+            "mover.yaml",
+        )
+        csv_file.write_text(HEADER)
+        assert await engine.reload_files() == []
+        assert engine.jobs["mover"].origin == f"file:{yaml_file}"  # the same definition, now from YAML
+        assert (await engine.store.get_job("mover")).origin == f"file:{yaml_file}"
+    finally:
+        await engine.stop()

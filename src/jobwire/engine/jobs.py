@@ -89,7 +89,7 @@ class JobRegistry:
         for job, origin in file_jobs:
             names.add(job.name)
             cur = self.jobs.get(job.name)
-            if cur is None or cur.job != job:
+            if cur is None or cur.job != job or cur.origin != origin:  # moved to another file too
                 self._install(await self.store.save_job(job, origin))
         for name, s in list(self.jobs.items()):
             if s.origin.startswith("file:") and name not in names:
