@@ -222,3 +222,72 @@ def amqp_status(ctx: Ctx) -> list[Row]:
             rate >= 2500,
         )
     ]
+
+
+def mqtt_to_start(ctx: Ctx) -> list[Row]:
+    """MQTT publish (QoS 1, clock just before the publish) → the run's recorded `started_at`,
+    through `jobwire serve` and Mosquitto on this machine; sequential, 25 ms apart."""
+    import uuid
+
+    import aiomqtt
+
+    from bench.bench_core import p50_p99_row, settle, summary
+    from jobwire.model import run_id_for
+    from tests.support.server import Server
+
+    n, warm, gap = (100, 10, 0.025) if ctx.quick else (500, 30, 0.025)
+    base = ctx.tmp / "mqtt-latency"
+    base.mkdir()
+    topic = f"jwbench/{uuid.uuid4().hex[:8]}/go"
+    jobs = base / "jobs.yaml"
+    jobs.write_text(
+        "jobs:\n  - name: mqtt-date\n"
+        f"    triggers: [{{mqtt: {{topic: '{topic}', event_key: id}}}}]\n"
+        "    parameters: [{name: id}]\n"
+        "    target: {type: local, command: [date, '+%s.%N']}\n"
+    )
+    settle(ctx)
+    env = {"JOBWIRE_MQTT_URL": "mqtt://127.0.0.1:1883", "JOBWIRE_MQTT_SINK": "false"}
+    with Server(base / "data", jobs, **env) as srv:
+        with srv.client() as c:
+            for _ in range(200):  # the source subscribes after start
+                sources = c.get("/readyz").json().get("sources") or []
+                if any(s.get("connected") for s in sources):
+                    break
+                time.sleep(0.05)
+        ctx.progress(f"{warm} warm-up + {n} sequential MQTT publishes (QoS 1), 25 ms apart")
+
+        async def publish_all() -> dict[str, float]:
+            sent: dict[str, float] = {}
+            async with aiomqtt.Client("127.0.0.1", 1883, identifier=f"jwbench-{uuid.uuid4().hex[:8]}") as client:
+                for i in range(warm + n):
+                    key = f"lat-{i}"
+                    t0 = time.time()
+                    await client.publish(topic, f'{{"id": "{key}"}}', qos=1)
+                    if i >= warm:
+                        sent[run_id_for(f"mqtt-date/mqtt/k:{key}")] = t0
+                    rest = t0 + gap - time.time()
+                    if rest > 0:
+                        await asyncio.sleep(rest)
+            return sent
+
+        sent = asyncio.run(publish_all())
+        started, failed = [], 0
+        with srv.client() as c:
+            for rid, t0 in sent.items():
+                run = None
+                for _ in range(40 if failed < 3 else 1):
+                    r = c.get(f"/runs/{rid}")
+                    if r.status_code == 200 and r.json()["state"] in ("succeeded", "failed"):
+                        run = r.json()
+                        break
+                    time.sleep(0.05)
+                if run is None or run["state"] != "succeeded" or not run["started_at"]:
+                    failed += 1
+                    continue
+                started.append(datetime.fromisoformat(run["started_at"]).timestamp() - t0)
+    ctx.data["mqtt_latency"] = {"publish_to_started_at": summary(started), "failed_runs": failed}
+    extra = f"  ({failed} runs failed)" if failed else ""
+    row = p50_p99_row("MQTT publish → run started_at (p50 / p99), local target", started, 10, extra)
+    p50 = sorted(started)[len(started) // 2] if started else float("inf")
+    return [row._replace(floor="p50 ≤ 3 ms, p99 ≤ 10 ms", ok=bool(row.ok) and p50 <= 0.003)]

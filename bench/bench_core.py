@@ -980,7 +980,12 @@ def idle(ctx: Ctx) -> list[Row]:
 
 # --------------------------------------------------------------------------- registry
 
-from bench.bench_amqp import amqp_status, amqp_throughput, amqp_to_start  # noqa: E402 - uses the helpers above
+from bench.bench_amqp import (  # noqa: E402 - uses the helpers above
+    amqp_status,
+    amqp_throughput,
+    amqp_to_start,
+    mqtt_to_start,
+)
 
 SECTIONS: dict[str, tuple[str, Callable[[Ctx], list[Row]]]] = {
     "trigger": ("API trigger → local process started", trigger_to_start),
@@ -1000,6 +1005,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Ctx], list[Row]]]] = {
     "amqp-latency": ("AMQP publish → local process started", amqp_to_start),
     "amqp-intake": ("AMQP messages recorded per second", amqp_throughput),
     "amqp-status": ("status documents published to RabbitMQ per second", amqp_status),
+    "mqtt-latency": ("MQTT publish → local process started", mqtt_to_start),
 }
 
 
