@@ -291,3 +291,98 @@ def mqtt_to_start(ctx: Ctx) -> list[Row]:
     row = p50_p99_row("MQTT publish → run started_at (p50 / p99), local target", started, 10, extra)
     p50 = sorted(started)[len(started) // 2] if started else float("inf")
     return [row._replace(floor="p50 ≤ 3 ms, p99 ≤ 10 ms", ok=bool(row.ok) and p50 <= 0.003)]
+
+
+def postgres_to_start(ctx: Ctx) -> list[Row]:
+    """Seed 001: a row inserted into the `jobs` table (clock just before the INSERT) → the run's
+    recorded `started_at`, through `jobwire serve` LISTENing on PostgreSQL; sequential, 25 ms apart.
+    The run is found by the run id jobwire writes back into the row."""
+    import subprocess
+    import sys
+    import uuid
+
+    import asyncpg  # type: ignore[import-untyped]
+
+    from bench.bench_core import p50_p99_row, settle, summary
+    from tests.support.server import Server
+
+    n, warm, gap = (100, 10, 0.025) if ctx.quick else (500, 30, 0.025)
+    base = ctx.tmp / "pg-latency"
+    base.mkdir()
+    db = f"jwbench_{uuid.uuid4().hex[:8]}"
+    dsn = f"postgresql://postgres@127.0.0.1:5432/{db}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{db}"'))
+    try:
+
+        async def schema() -> None:
+            conn = await asyncpg.connect(dsn)
+            await conn.execute(
+                "CREATE TABLE jobs (id bigserial PRIMARY KEY, type text NOT NULL,"
+                " status text NOT NULL DEFAULT 'pending', run_id text)"
+            )
+            await conn.close()
+
+        asyncio.run(schema())
+        subprocess.run(
+            [sys.executable, "-m", "jobwire", "db", "install-trigger", "--dsn", dsn], check=True, capture_output=True
+        )
+        jobs = base / "jobs.yaml"
+        jobs.write_text("jobs:\n  - name: pg-date\n    target: {type: local, command: [date, '+%s.%N']}\n")
+        settle(ctx)
+        env = {"JOBWIRE_POSTGRES_DSN": dsn, "JOBWIRE_POSTGRES_RUN_ID_COLUMN": "run_id"}
+        with Server(base / "data", jobs, **env) as srv:
+            ctx.progress(f"{warm} warm-up + {n} sequential INSERTs, 25 ms apart")
+
+            async def insert_all() -> dict[int, float]:
+                conn = await asyncpg.connect(dsn)
+                sent: dict[int, float] = {}
+                try:
+                    for i in range(warm + n):
+                        t0 = time.time()
+                        row_id = await conn.fetchval("INSERT INTO jobs (type) VALUES ('pg-date') RETURNING id")
+                        if i >= warm:
+                            sent[int(row_id)] = t0
+                        rest = t0 + gap - time.time()
+                        if rest > 0:
+                            await asyncio.sleep(rest)
+                    for _ in range(200):
+                        pending = await conn.fetchval("SELECT count(*) FROM jobs WHERE run_id IS NULL")
+                        if not pending:
+                            break
+                        await asyncio.sleep(0.05)
+                    rows = await conn.fetch("SELECT id, run_id FROM jobs")
+                finally:
+                    await conn.close()
+                ids = {int(r["id"]): r["run_id"] for r in rows}
+                return {ids[k]: v for k, v in sent.items() if ids.get(k)}  # type: ignore[misc]
+
+            sent = asyncio.run(insert_all())
+            started, failed = [], n - len(sent)
+            with srv.client() as c:
+                for rid, t0 in sent.items():
+                    run = None
+                    for _ in range(40 if failed < 3 else 1):
+                        r = c.get(f"/runs/{rid}")
+                        if r.status_code == 200 and r.json()["state"] in ("succeeded", "failed"):
+                            run = r.json()
+                            break
+                        time.sleep(0.05)
+                    if run is None or run["state"] != "succeeded" or not run["started_at"]:
+                        failed += 1
+                        continue
+                    started.append(datetime.fromisoformat(run["started_at"]).timestamp() - t0)
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+    ctx.data["postgres_latency"] = {"insert_to_started_at": summary(started), "failed_runs": failed}
+    extra = f"  ({failed} runs failed)" if failed else ""
+    row = p50_p99_row("row INSERT (seed 001) → run started_at (p50 / p99), local target", started, 15, extra)
+    p50 = sorted(started)[len(started) // 2] if started else float("inf")
+    return [row._replace(floor="p50 ≤ 5 ms, p99 ≤ 15 ms", ok=bool(row.ok) and p50 <= 0.005)]

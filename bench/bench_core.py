@@ -985,6 +985,7 @@ from bench.bench_amqp import (  # noqa: E402 - uses the helpers above
     amqp_throughput,
     amqp_to_start,
     mqtt_to_start,
+    postgres_to_start,
 )
 
 SECTIONS: dict[str, tuple[str, Callable[[Ctx], list[Row]]]] = {
@@ -1006,6 +1007,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Ctx], list[Row]]]] = {
     "amqp-intake": ("AMQP messages recorded per second", amqp_throughput),
     "amqp-status": ("status documents published to RabbitMQ per second", amqp_status),
     "mqtt-latency": ("MQTT publish → local process started", mqtt_to_start),
+    "postgres-latency": ("row INSERT → local process started", postgres_to_start),
 }
 
 
