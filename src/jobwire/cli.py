@@ -486,12 +486,34 @@ def check(
 
 @app.command("config")
 def show_config(as_json: JsonOpt = False) -> None:
-    """The effective settings (environment, JOBWIRE_CONFIG file, defaults) with secrets masked."""
+    """The effective settings (environment, JOBWIRE_CONFIG file, defaults) with secrets masked,
+    then each event-source kind's own section (amqp, mqtt, postgres, ...)."""
     data = load_settings().masked()
+    data.update(plug_sections())
     if as_json:
         emit_json(data)
     else:
         typer.echo(yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip())
+
+
+def plug_sections() -> dict[str, Any]:
+    """Each source kind's settings section (read from the environment), secrets masked."""
+    from pydantic import ValidationError
+
+    from jobwire.redact import mask_fields, mask_strings
+    from jobwire.registry import SOURCES
+
+    out: dict[str, Any] = {}
+    for plug in SOURCES:
+        if plug.settings is None:
+            continue
+        try:
+            section = plug.settings().model_dump(mode="json")
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            fail(f"invalid {plug.kind} setting: {problems}")
+        out[plug.kind] = mask_strings(mask_fields(section))
+    return out
 
 
 # ---------------------------------------------------------------------------- jobs

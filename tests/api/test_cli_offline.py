@@ -109,6 +109,21 @@ def test_config_masks_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     assert data["api_tokens"] == [{"name": "token1", "token": "****", "scopes": ["read"]}]
 
 
+def test_config_shows_each_source_kinds_section_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BROKER_URL", "amqp://guest:broker-password@rabbit:5672//")  # seed 000's variable
+    monkeypatch.setenv("JOBWIRE_POSTGRES_DSN", "postgresql://app:pg-password@db/app")
+    result = runner.invoke(app, ["config", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["amqp"]["url"] == "amqp://guest:****@rabbit:5672//"
+    assert data["amqp"]["status_exchange"] == "jobwire.status"
+    assert data["postgres"]["dsn"] == "postgresql://app:****@db/app"
+    assert "broker-password" not in result.output and "pg-password" not in result.output
+    monkeypatch.setenv("JOBWIRE_AMQP_PREFETCH", "0")
+    bad = runner.invoke(app, ["config"])
+    assert bad.exit_code != 0 and "amqp" in bad.output and "prefetch" in bad.output
+
+
 def test_config_reports_bad_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOBWIRE_PORT", "not-a-port")
     result = runner.invoke(app, ["config"])
