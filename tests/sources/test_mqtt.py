@@ -20,7 +20,7 @@ import pytest
 from jobwire.model import Admission, Event, EventOutcome, Incoming, Job
 from jobwire.sources.base import Binding, IntakeUnavailable
 from jobwire.sources.mqtt.source import MqttSource, build, client_id_for, dead_letter, topic_matches
-from jobwire.sources.mqtt.spec import MqttSettings, MqttTrigger
+from jobwire.sources.mqtt.spec import PLUG, MqttSettings, MqttTrigger
 from tests.support.mqtt import PrivateMosquitto, forget_session, need_mosquitto, publisher, unique, user_props
 from tests.support.waiting import eventually
 
@@ -275,6 +275,24 @@ async def test_one_message_for_several_triggers_is_one_submit(world: World) -> N
     assert sorted((i.job, i.trigger) for i in intake.incomings) == [("a", "mqtt0"), ("b", "mqtt1"), ("c", "mqtt2")]
     shared = next(call for call in intake.calls if any(i.job == "a" for i in call))
     assert {i.job for i in shared} >= {"a", "b"}
+
+
+async def test_the_shared_intake_takes_the_job_from_a_topic_level(world: World) -> None:
+    """`JOBWIRE_MQTT_INTAKE_TOPIC=<prefix>/jobs/+/run` with `..._JOB_LEVEL`: the level names the job."""
+    level = len(world.prefix.split("/")) + 1
+    settings = MqttSettings(intake_topic=f"{world.prefix}/jobs/+/run", intake_job_level=level)
+    (binding,) = PLUG.global_bindings(settings)  # type: ignore[misc]
+    assert binding.job is None
+    (source,) = build([binding], world.settings)
+    assert isinstance(source, MqttSource)
+    world.client_ids.add(source.client_id)
+    intake = FakeIntake()
+    await world.running(source, intake)
+    await world.publish(f"{world.prefix}/jobs/convert/run", json.dumps({"input_location": "a.csv"}))
+    await eventually(lambda: intake.incomings, 20, "the message")
+    (inc,) = intake.incomings
+    assert (inc.job, inc.problem, inc.payload) == ("convert", None, {"input_location": "a.csv"})
+    assert MqttSettings().intake_topic is None and PLUG.global_bindings(MqttSettings()) == []  # type: ignore[misc]
 
 
 async def test_raw_payload_event_keys_and_retained_messages(world: World) -> None:

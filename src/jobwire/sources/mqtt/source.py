@@ -117,6 +117,14 @@ def user_properties(message: aiomqtt.Message) -> dict[str, str]:
     return {str(k): str(v) for k, v in pairs or []}
 
 
+def topic_level(topic: str, level: int | None) -> str | None:
+    """The topic's level `level` (0-based), or None."""
+    if level is None:
+        return None
+    parts = topic.split("/")
+    return parts[level] or None if level < len(parts) else None
+
+
 def event_key(
     trigger: MqttTrigger, topic: str, payload: bytes, body: Any, props: dict[str, str], now: float
 ) -> str:
@@ -296,9 +304,12 @@ class MqttSource(Source):
                     problem = f"payload is JSON but not an object: {type(body).__name__}"
             elif text is not None:
                 body = {"payload": text}
-            job = b.job or (body.get("job") if isinstance(body, dict) else None)
+            named = body.get("job") if isinstance(body, dict) else None
+            job = b.job or topic_level(topic, t.job_level) or named
             if problem is None and not job:
                 problem = "no job named: the message has no `job` field"
+                if t.job_level is not None:
+                    problem = f"no job named: topic {topic!r} has no level {t.job_level}"
             out.incomings.append(
                 Incoming(
                     job=str(job) if job else b.job,

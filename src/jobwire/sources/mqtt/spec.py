@@ -28,7 +28,7 @@ import re
 import socket
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -106,6 +106,9 @@ class MqttTrigger(_Trigger):
     retained: bool = False
     """Also run for a retained message the broker replays when jobwire subscribes (off: only
     messages published while subscribed, or queued in the session, make runs)."""
+    job_level: int | None = Field(default=None, ge=0, le=64)
+    """For the shared intake (`JOBWIRE_MQTT_INTAKE_TOPIC`): the topic level (0-based) that names
+    the job, e.g. 1 for `jobs/+/run`; without it, the JSON body's `job` field names it."""
 
     @field_validator("url")
     @classmethod
@@ -175,6 +178,11 @@ class MqttSettings(BaseSettings):
     always publishes its completions), forced with true/false."""
     retain: bool = False
     """Publish status documents retained."""
+    intake_topic: str | None = None
+    """A shared topic filter whose messages name their job (by `intake_job_level`, else the body's
+    `job` field), like RabbitMQ's shared queue: e.g. `jobwire/jobs/+/run`."""
+    intake_job_level: int | None = Field(default=None, ge=0, le=64)
+    """The topic level (0-based) of `intake_topic` that names the job (1 for `jobwire/+/run`)."""
 
     @field_validator("url")
     @classmethod
@@ -191,11 +199,22 @@ class MqttSettings(BaseSettings):
         return self.sink if self.sink is not None else "url" in self.model_fields_set
 
 
+def global_bindings(settings: Any) -> list[Any]:
+    """The shared intake topic, when `JOBWIRE_MQTT_INTAKE_TOPIC` is set."""
+    from jobwire.sources.base import Binding
+
+    if not isinstance(settings, MqttSettings) or not settings.intake_topic:
+        return []
+    trigger = MqttTrigger(topic=settings.intake_topic, job_level=settings.intake_job_level)
+    return [Binding(job=None, trigger_id="mqtt", trigger=trigger)]
+
+
 PLUG: SourcePlug = SourcePlug(
     kind="mqtt",
     trigger=MqttTrigger,
     settings=MqttSettings,
     load="jobwire.sources.mqtt.source:build",
     extra="mqtt",
+    global_bindings=global_bindings,
 )
 
