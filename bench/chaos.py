@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.support.server import Server  # noqa: E402
 from tests.support.tmpfs import fill, small_tmpfs  # noqa: E402
+from tests.support.waiting import eventually_sync  # noqa: E402
 
 TERMINAL = {"succeeded", "failed", "timed_out", "cancelled", "interrupted"}
 
@@ -65,16 +66,8 @@ def all_runs(c: httpx.Client, job: str) -> list[dict[str, Any]]:
 
 
 def wait_for(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 1.0)
+    """`eventually_sync` from the test support (a condition with a deadline, never a bare sleep)."""
+    return eventually_sync(check, timeout, what)
 
 
 def integrity(db: Path) -> str:

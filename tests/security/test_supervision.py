@@ -202,10 +202,11 @@ async def test_a_failing_critical_loop_is_restarted_with_backoff_and_shown_in_re
         engine.supervisor.loop("jobwire-test-flaky", flaky, critical=True)
         app = create_app(engine)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-            r = await c.get("/readyz")
-            while r.status_code == 200 and len(started) <= fail_for:
-                await asyncio.sleep(0.01)
+            async def unready_or_done() -> httpx.Response | None:
                 r = await c.get("/readyz")
+                return r if r.status_code != 200 or len(started) > fail_for else None
+
+            r = await eventually(unready_or_done, 10, "readyz to show the failing loop (or the loop to recover)")
             if len(started) <= fail_for:
                 assert r.status_code == 503, r.text
                 body = r.json()
