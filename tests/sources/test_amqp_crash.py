@@ -105,3 +105,52 @@ jobs:
     finally:
         srv.stop()
         print(srv.output()[-2000:], file=sys.stderr)
+
+
+@pytest.mark.slow
+def test_a_broker_restart_mid_burst_loses_and_doubles_nothing(tmp_path: Path, vhost: RabbitVhost) -> None:
+    """RabbitMQ itself stops and starts (`rabbitmqctl stop_app` / `start_app`) while jobwire
+    consumes: the source reconnects with backoff, every message is still exactly one run. Slow
+    tests run one at a time, so restarting the shared broker disturbs no other test."""
+    from tests.support.brokers import rabbitmqctl
+
+    total = 1000
+    ledger = tmp_path / "ledger.txt"
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(
+        f"""
+jobs:
+  - name: work
+    triggers: [{{amqp: {{queue: restart.q, prefetch: 64}}}}]
+    parameters: [{{name: n}}]
+    target: {{type: local, shell: true, command: 'echo "$JOBWIRE_RUN_ID" >> {ledger}'}}
+"""
+    )
+    env = {"JOBWIRE_AMQP_URL": vhost.url, "JOBWIRE_AMQP_INTAKE": "false"}
+    asyncio.run(publish(vhost.url, "restart.q", total))
+    lines = lambda: len(ledger.read_text().split()) if ledger.exists() else 0  # noqa: E731
+    with Server(tmp_path / "data", jobs, **env) as srv:
+        eventually_sync(lambda: lines() >= total // 5, 120, "a fifth of the burst to run")
+        rabbitmqctl("stop_app")
+        try:
+            assert lines() < total, "stopped mid-burst"
+        finally:
+            rabbitmqctl("start_app")
+            rabbitmqctl("await_startup")
+        with srv.client() as c:
+
+            def done() -> list[dict] | None:
+                items, cursor = [], None
+                while True:
+                    params = {"job": "work", "limit": 500, **({"cursor": cursor} if cursor else {})}
+                    page = c.get("/runs", params=params).json()
+                    items += page["items"]
+                    cursor = page.get("next_cursor")
+                    if not cursor:
+                        break
+                return items if len(items) >= total and all(r["state"] in TERMINAL for r in items) else None
+
+            runs = eventually_sync(done, 180, "every message's run after the broker came back")
+    assert {r["id"] for r in runs} == {run_id_for(f"work/amqp/m-{i}") for i in range(total)}
+    counts = collections.Counter(ledger.read_text().split())
+    assert len(counts) == total and all(n == 1 for n in counts.values()), "each run executed once"
