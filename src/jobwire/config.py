@@ -76,7 +76,22 @@ class MqttSinkSpec(BaseModel):
     max_attempts: int = Field(default=5, ge=1, le=1000)
 
 
-_SINK_TAGS = ("webhook", "log", "mqtt")
+class S3LogSinkSpec(BaseModel):
+    """Seed 004's "log to S3": when a run ends, its log (what `GET /runs/{id}/log` serves) is
+    written to `s3://<bucket>/<prefix>/<job>/<run_id>.log`. Endpoint, region and credentials come
+    from the standard AWS chain (`AWS_ENDPOINT_URL[_S3]`, `AWS_REGION`, profile, instance role)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["s3log"] = "s3log"
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    prefix: str = "jobwire/logs"
+    """Key prefix; empty for the bucket's top level."""
+    max_attempts: int = Field(default=5, ge=1, le=1000)
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """The most of one run's log uploaded; a longer log is cut there, with a note at its end."""
+
+
+_SINK_TAGS = ("webhook", "log", "mqtt", "s3log")
 
 
 def _sink_type(value: Any) -> str | None:
@@ -87,11 +102,13 @@ def _sink_type(value: Any) -> str | None:
 
 SinkSpec = Annotated[
     Annotated[WebhookSinkSpec, Tag("webhook")] | Annotated[LogSinkSpec, Tag("log")]
-    | Annotated[MqttSinkSpec, Tag("mqtt")],
+    | Annotated[MqttSinkSpec, Tag("mqtt")] | Annotated[S3LogSinkSpec, Tag("s3log")],
     Discriminator(
         _sink_type,
         custom_error_type="sink_type",
-        custom_error_message="unknown sink type: `type` must be 'webhook' (with a `url`), 'log' or 'mqtt'",
+        custom_error_message=(
+            "unknown sink type: `type` must be 'webhook' (with a `url`), 'log', 'mqtt' or 's3log'"
+        ),
     ),
 ]
 
@@ -313,14 +330,15 @@ def settings_error_lines(exc: ValidationError) -> list[str]:
         msg = str(e["msg"]).removeprefix("Value error, ")
         tags = [str(p) for p in e["loc"][1:] if str(p) in _SINK_TAGS]
         if e["type"] == "sink_type":
-            kinds = "`type` must be 'webhook' (with a `url`), 'log' or 'mqtt'"
+            kinds = "`type` must be 'webhook' (with a `url`), 'log', 'mqtt' or 's3log'"
             if isinstance(e["input"], dict):
                 msg = f"unknown sink type {e['input'].get('type')!r}: {kinds}"
             else:
                 msg = f"a sink is a mapping, got {e['input']!r}: {kinds}"
         elif e["type"] == "extra_forbidden" and loc[:1] == ["sinks"] and tags:
             specs: dict[str, type[BaseModel]] = {
-                "webhook": WebhookSinkSpec, "log": LogSinkSpec, "mqtt": MqttSinkSpec
+                "webhook": WebhookSinkSpec, "log": LogSinkSpec, "mqtt": MqttSinkSpec,
+                "s3log": S3LogSinkSpec,
             }
             keys = ", ".join(specs[tags[0]].model_fields)
             msg = f"a {tags[0]} sink has no setting {loc[-1]!r} (it has: {keys})"

@@ -1,4 +1,4 @@
-"""The Sink contract: `publish` delivers or raises (the engine retries). Webhook, log and mqtt sinks."""
+"""The Sink contract: `publish` delivers or raises (the engine retries). Webhook, log, mqtt and s3log sinks."""
 
 from __future__ import annotations
 
@@ -17,8 +17,18 @@ from jobwire.engine.metrics import Metrics
 from jobwire.engine.status import StatusHub
 from jobwire.model import RunError, StatusBlock, StatusDocument, utcnow
 from jobwire.signing import DELIVERY_HEADER, SIGNATURE_HEADER, SignatureError, check_delivery, verify
-from jobwire.sinks import SINKS, DeliveryError, LogSink, MqttSink, SinkConfigError, WebhookSink, build_sinks
+from jobwire.sinks import (
+    SINKS,
+    DeliveryError,
+    LogSink,
+    MqttSink,
+    S3LogSink,
+    SinkConfigError,
+    WebhookSink,
+    build_sinks,
+)
 from jobwire.sinks.webhook import delivery_id
+from tests.support.aws import aws_env, moto  # noqa: F401  (fixtures: moto over HTTP, AWS_* set)
 from tests.support.fake_context import RecordingServer, wait_until
 
 SECRET = "sink-secret-value"
@@ -54,7 +64,7 @@ async def started(spec: WebhookSinkSpec) -> WebhookSink:
 
 
 def test_registry(tmp_path: Path) -> None:
-    assert dict(SINKS) == {"webhook": WebhookSink, "log": LogSink, "mqtt": MqttSink}
+    assert dict(SINKS) == {"webhook": WebhookSink, "log": LogSink, "mqtt": MqttSink, "s3log": S3LogSink}
     settings = Settings(
         data_dir=tmp_path,
         sinks=[WebhookSinkSpec(url="http://127.0.0.1:1/hook", max_attempts=7), LogSinkSpec()],
@@ -326,3 +336,73 @@ async def test_mqtt_sink_reconnects_after_the_broker_restarts(tmp_path: Path) ->
     finally:
         await sink.close()
         await broker.stop()
+
+
+# --------------------------------------------------------------------------- s3log (moto over HTTP)
+
+
+def _log_reader(logs: dict[str, bytes]):  # type: ignore[no-untyped-def]
+    async def read(run_id: str) -> AsyncIterator[bytes]:
+        yield logs[run_id][:3]
+        yield logs[run_id][3:]
+
+    return read
+
+
+@pytest.mark.usefixtures("aws_env")
+async def test_s3log_sink_writes_the_log_at_a_runs_end_and_ignores_other_states() -> None:
+    import asyncio
+
+    import boto3
+
+    from jobwire.config import S3LogSinkSpec
+    from tests.support.aws import unique_name
+
+    bucket = unique_name("jw-contract")
+    client = boto3.client("s3")
+    await asyncio.to_thread(client.create_bucket, Bucket=bucket)
+    sink = S3LogSink(S3LogSinkSpec(bucket=bucket, prefix="logs"))
+    sink.bind(run_log=_log_reader({"r0123456789abcdef": b"hello\nworld\n"}))
+    await sink.start()
+    try:
+        await sink.publish(doc("running"))
+        listed = await asyncio.to_thread(client.list_objects_v2, Bucket=bucket)
+        assert listed.get("KeyCount") == 0  # not a run's end: nothing written
+        await sink.publish(doc("succeeded"))
+    finally:
+        await sink.close()
+    got = await asyncio.to_thread(client.get_object, Bucket=bucket, Key="logs/nightly/r0123456789abcdef.log")
+    assert got["Body"].read() == b"hello\nworld\n"
+
+
+@pytest.mark.usefixtures("aws_env")
+async def test_s3log_sink_raises_when_s3_refuses() -> None:
+    from jobwire.config import S3LogSinkSpec
+    from tests.support.aws import unique_name
+
+    sink = S3LogSink(S3LogSinkSpec(bucket=unique_name("jw-absent")))
+    sink.bind(run_log=_log_reader({"r0123456789abcdef": b"x"}))
+    await sink.start()
+    try:
+        with pytest.raises(DeliveryError, match="NoSuchBucket"):
+            await sink.publish(doc("failed"))
+    finally:
+        await sink.close()
+
+
+async def test_s3log_sink_from_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from jobwire.config import settings_error_lines
+
+    monkeypatch.setenv("JOBWIRE_SINKS", '[{"type": "s3log", "bucket": "braingeneers", "prefix": "services/logs"}]')
+    (sink,) = build_sinks(Settings(data_dir=tmp_path))
+    assert isinstance(sink, S3LogSink) and sink.bucket == "braingeneers" and sink.prefix == "services/logs"
+    with pytest.raises(SinkConfigError, match="run log reader"):
+        await sink.start()  # the engine binds it before starting it
+    monkeypatch.setenv("JOBWIRE_SINKS", '[{"type": "s3log", "bucket": "Not_A_Bucket", "path": "x"}]')
+    with pytest.raises(ValidationError) as info:
+        Settings(data_dir=tmp_path)
+    lines = settings_error_lines(info.value)
+    assert any(line.startswith("sinks.0.bucket (JOBWIRE_SINKS)") for line in lines), lines
+    assert any("a s3log sink has no setting 'path'" in line for line in lines), lines

@@ -14,7 +14,7 @@ from jobwire.model import Job
 from jobwire.plug import PlugMissing
 from jobwire.registry import SOURCES
 from jobwire.sinks import build_sinks
-from jobwire.sinks.base import Sink
+from jobwire.sinks.base import RunLogReader, Sink
 from jobwire.store import Store, open_store
 from jobwire.targets import build_targets
 from jobwire.targets.base import Target
@@ -65,4 +65,10 @@ def bind_targets(
         target.bind(run_exists=run_exists, jobs=jobs, registry=registry)
 
 
-__all__ = ["Plugs", "bind_targets", "build_plugs"]
+def bind_sinks(sinks: Iterable[Sink], run_log: RunLogReader) -> None:
+    """What every sink is offered before `start` (see `Sink.bind`): the runs' log reader."""
+    for sink in sinks:
+        sink.bind(run_log=run_log)
+
+
+__all__ = ["Plugs", "bind_sinks", "bind_targets", "build_plugs"]

@@ -29,7 +29,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from jobwire.config import Settings
-from jobwire.engine.build import bind_targets, build_plugs
+from jobwire.engine.build import bind_sinks, bind_targets, build_plugs
 from jobwire.engine.committer import Committer
 from jobwire.engine.disk import StopIncomplete, unsaved_at_stop
 from jobwire.engine.errors import (
@@ -116,6 +116,7 @@ class Engine:
         self.committer.outbox_committed = self._outbox_committed
         self.registry.register(SourceCollector(self.sources))
         bind_targets(self.targets.values(), self._run_exists, self.job_registry.job_defs, self.registry)
+        bind_sinks(plugs.sinks, self.run_log)
         self._stopping = False
         self._ready = False
 

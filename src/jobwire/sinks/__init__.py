@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobwire.config import LogSinkSpec, MqttSinkSpec, Settings, SinkSpec, WebhookSinkSpec
+from jobwire.config import LogSinkSpec, MqttSinkSpec, S3LogSinkSpec, Settings, SinkSpec, WebhookSinkSpec
 from jobwire.sinks.base import Sink
 from jobwire.sinks.log import LogSink
 from jobwire.sinks.mqtt import MqttSink
+from jobwire.sinks.s3log import S3LogSink
 from jobwire.sinks.webhook import DeliveryError, SinkConfigError, WebhookSink
 
-SINKS: dict[str, type[Sink]] = {"webhook": WebhookSink, "log": LogSink, "mqtt": MqttSink}
+SINKS: dict[str, type[Sink]] = {
+    "webhook": WebhookSink, "log": LogSink, "mqtt": MqttSink, "s3log": S3LogSink
+}
 
 
 def build_sink(spec: SinkSpec) -> Sink:
@@ -20,6 +23,8 @@ def build_sink(spec: SinkSpec) -> Sink:
         return LogSink(spec)
     if isinstance(spec, MqttSinkSpec):
         return MqttSink(spec, url=getattr(_mqtt_settings(), "url", None))
+    if isinstance(spec, S3LogSinkSpec):
+        return S3LogSink(spec)
     raise SinkConfigError(f"unknown sink type {getattr(spec, 'type', spec)!r}")  # pragma: no cover
 
 
@@ -49,6 +54,7 @@ __all__ = [
     "DeliveryError",
     "LogSink",
     "MqttSink",
+    "S3LogSink",
     "Sink",
     "SinkConfigError",
     "WebhookSink",

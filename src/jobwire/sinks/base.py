@@ -12,9 +12,13 @@ relay hands the outbox over in order with `publish_batch`, deleting rows only on
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
 from typing import ClassVar
 
 from jobwire.model import StatusDocument
+
+RunLogReader = Callable[[str], AsyncIterator[bytes]]
+"""`run_log(run_id)`: a run's log as `GET /runs/{id}/log` serves it (the target's, else jobwire's)."""
 
 
 class Sink(ABC):
@@ -31,6 +35,9 @@ class Sink(ABC):
         """Durable sinks: publish these documents (JSON, oldest first) and return once the receiver
         has confirmed every one; raise to have the same batch retried (with backoff)."""
         raise NotImplementedError(f"the {self.kind} sink is not durable")
+
+    def bind(self, *, run_log: RunLogReader) -> None:
+        """What the engine offers every sink before `start` (a sink keeps what it needs)."""
 
     async def start(self) -> None: ...
 
