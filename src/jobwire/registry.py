@@ -13,11 +13,15 @@ from jobwire.plug import SourcePlug
 from jobwire.sources.amqp.spec import PLUG as AMQP
 from jobwire.sources.mqtt.spec import PLUG as MQTT
 from jobwire.sources.postgres.spec import PLUG as POSTGRES
+from jobwire.sources.s3.spec import PLUG as S3
+from jobwire.sources.sqs.spec import PLUG as SQS
 
 SOURCES: tuple[SourcePlug, ...] = (
     AMQP,
     MQTT,
     POSTGRES,
+    SQS,
+    S3,
 )
 
 
