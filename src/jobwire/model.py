@@ -482,7 +482,45 @@ class KubernetesTarget(_Def):
         return self
 
 
-TargetSpec = Annotated[Union[LocalTarget, HttpTarget, KubernetesTarget], Field(discriminator="type")]
+class SpotTarget(_Def):
+    """A Docker container on an EC2 spot instance per run attempt (seed 002): requested at the run's
+    time, terminated when the container calls back (or the run ends any other way). Unset fields
+    take the `JOBWIRE_SPOT_*` settings (`jobwire.targets.spot.settings`)."""
+
+    type: Literal["spot"] = "spot"
+    image: Annotated[str, Field(min_length=1, max_length=1024)]
+    command: list[str] | None = None
+    """Arguments after the image in `docker run` (the image's own command by default)."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """The container's environment; values may use `{{param}}`."""
+    instance_types: list[str] = Field(default_factory=list)
+    """Tried in turn when one has no spot capacity; default `JOBWIRE_SPOT_INSTANCE_TYPES`."""
+    max_price: str | None = None
+    ami: str | None = None
+    ami_parameter: str | None = None
+    """An SSM parameter holding the AMI id (e.g. /aws/service/ecs/optimized-ami/...)."""
+    subnet_id: str | None = None
+    security_group_ids: list[str] = Field(default_factory=list)
+    key_name: str | None = None
+    instance_profile: str | None = None
+    region: str | None = None
+    endpoint_url: str | None = None
+    max_requests: Annotated[int, Field(ge=1, le=100)] | None = None
+    """Spot requests made per attempt at most (the first and the repeats after a cancelled,
+    closed, price-too-low or no-capacity request); default `JOBWIRE_SPOT_MAX_REQUESTS`."""
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return v
+
+
+TargetSpec = Annotated[
+    Union[LocalTarget, HttpTarget, KubernetesTarget, SpotTarget], Field(discriminator="type")
+]
 
 
 # --------------------------------------------------------------------------- policies

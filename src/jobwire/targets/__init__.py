@@ -7,11 +7,13 @@ from jobwire.targets.base import CallbackResult, Outcome, RunContext, Target
 from jobwire.targets.http import HttpTarget
 from jobwire.targets.kubernetes import KubernetesJobTarget
 from jobwire.targets.local import LocalTarget
+from jobwire.targets.spot import SpotTarget
 
 TARGETS: dict[str, type[Target]] = {
     "local": LocalTarget,
     "http": HttpTarget,
     "kubernetes": KubernetesJobTarget,
+    "spot": SpotTarget,
 }
 
 
@@ -27,6 +29,7 @@ __all__ = [
     "LocalTarget",
     "Outcome",
     "RunContext",
+    "SpotTarget",
     "Target",
     "build_targets",
 ]

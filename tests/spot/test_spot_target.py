@@ -1,0 +1,170 @@
+"""The spot target against moto's server: request → fulfilled → callback → terminated; callback
+NOK; no callback before the timeout; and, through the fault-injecting double, pending, cancelled,
+price-too-low and interrupted requests; the reconciler."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from datetime import timedelta
+
+from jobwire.engine import Engine
+from jobwire.model import AtTrigger, RunState, utcnow
+from jobwire.targets.spot.ec2 import Ec2
+from tests.spot.conftest import instance_state, seed_states, spot_job, spot_target, state_of
+from tests.support.ec2faults import FaultyEc2
+
+
+async def test_at_time_request_fulfilled_callback_ok_terminated(engine: Engine) -> None:
+    at = utcnow() + timedelta(milliseconds=300)
+    job = spot_job("spot-ok").model_copy(update={"triggers": [AtTrigger(at=at)]})
+    await engine.put_job(job)
+
+    async def the_run() -> object:
+        page = await engine.store.list_runs(
+            __import__("jobwire.store", fromlist=["RunQuery"]).RunQuery(job="spot-ok")
+        )
+        return page.items[0] if page.items else None
+
+    from tests.support.waiting import eventually
+
+    first = await eventually(the_run, 10, "the at trigger's run")
+    run = await state_of(engine, first.id, RunState.running)  # type: ignore[attr-defined]
+    iid = run.target_ref
+    assert iid and iid.startswith("i-")
+    assert run.target_status["state"] == "Running"
+    assert await instance_state(iid) in ("pending", "running")
+    # the instance carries the run's tags; its user data runs the image with the callback variables
+    ec2 = Ec2(None, None)
+    try:
+        inst = (await ec2.describe_instances(ids=[iid]))[0]
+        tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+        assert tags["jobwire:run"] == run.id and tags["jobwire:job"] == "spot-ok"
+        reqs = await ec2.describe_requests(tags={"jobwire:run": run.id})
+        assert len(reqs) == 1
+        user_data = (
+            base64.b64decode(reqs[0]["LaunchSpecification"].get("UserData", "")).decode()
+            if reqs[0]["LaunchSpecification"].get("UserData")
+            else None
+        )
+    finally:
+        await ec2.close()
+    if user_data is not None:  # moto keeps it on the request
+        assert "docker run --rm" in user_data and "busybox:1.36" in user_data
+        assert "JOBWIRE_CALLBACK_TOKEN" in user_data and "export GREETING=hello" in user_data
+
+    await engine.callback(run.id, engine.callback_token(run.id), True, "done", {})
+    done = await state_of(engine, run.id, RunState.succeeded)
+    assert seed_states(done) == ["Scheduled", "Requested", "Running", "FinishedOK", "TerminatedOK"]
+    assert done.target_status["instance_id"] == iid
+    assert await instance_state(iid) in ("shutting-down", "terminated")
+
+
+async def test_callback_not_ok_terminates_and_fails(engine: Engine) -> None:
+    await engine.put_job(spot_job("spot-nok"))
+    adm = await engine.trigger("spot-nok", {})
+    assert adm.run is not None
+    run = await state_of(engine, adm.run.id, RunState.running)
+    await engine.callback(run.id, engine.callback_token(run.id), False, "input was empty", {})
+    done = await state_of(engine, run.id, RunState.failed)
+    assert done.error.reason == "CallbackFailed" and done.error.message == "input was empty"
+    assert seed_states(done)[-2:] == ["FinishedNOK", "Terminated"]
+    assert await instance_state(run.target_ref) in ("shutting-down", "terminated")
+
+
+async def test_no_callback_before_the_timeout_terminates_the_instance(engine: Engine) -> None:
+    await engine.put_job(spot_job("spot-slow", timeout="1500ms"))
+    adm = await engine.trigger("spot-slow", {})
+    assert adm.run is not None
+    run = await state_of(engine, adm.run.id, RunState.running)
+    done = await state_of(engine, run.id, RunState.timed_out, RunState.failed)
+    assert done.state == RunState.timed_out and done.error.reason == "Timeout"
+    assert seed_states(done)[-1] == "Terminated"
+    assert await instance_state(run.target_ref) in ("shutting-down", "terminated")
+
+
+async def test_pending_request_waits_on_timers_then_runs(
+    engine: Engine, faults: Callable[..., FaultyEc2]
+) -> None:
+    double = faults(
+        [("open", "pending-evaluation"), ("open", "pending-fulfillment"), ("open", "pending-fulfillment")]
+    )
+    await engine.put_job(spot_job("spot-pending"))
+    adm = await engine.trigger("spot-pending", {})
+    assert adm.run is not None
+    run = await state_of(engine, adm.run.id, RunState.running)
+    assert double.calls.count("request_spot") == 1
+    assert double.calls[:4] == ["request_spot", "describe_requests", "describe_requests", "describe_requests"]
+    assert seed_states(run) == ["Scheduled", "Requested", "Running"]
+    await engine.callback(run.id, engine.callback_token(run.id), True, None, {})
+    await state_of(engine, run.id, RunState.succeeded)
+
+
+async def test_cancelled_and_price_too_low_are_requested_again_with_the_reason(
+    engine: Engine, faults: Callable[..., FaultyEc2]
+) -> None:
+    double = faults([("cancelled", "canceled-before-fulfillment"), ("open", "price-too-low")])
+    await engine.put_job(spot_job("spot-again"))
+    adm = await engine.trigger("spot-again", {})
+    assert adm.run is not None
+    run = await state_of(engine, adm.run.id, RunState.running)
+    assert double.calls.count("request_spot") == 3
+    assert double.tokens == [run.id, f"{run.id}-2", f"{run.id}-3"]
+    assert double.requested_types == ["t3.micro", "t3.small", "t3.micro"]
+    history = run.target_status["history"]
+    assert [h["state"] for h in history] == ["Scheduled", "Requested", "Requested", "Requested", "Running"]
+    assert "again after cancelled/canceled-before-fulfillment" in history[2]["reason"]
+    assert "again after open/price-too-low" in history[3]["reason"]
+    assert run.target_status["requests"] == 3
+    await engine.callback(run.id, engine.callback_token(run.id), True, None, {})
+    await state_of(engine, run.id, RunState.succeeded)
+
+
+async def test_requests_are_bounded(engine: Engine, faults: Callable[..., FaultyEc2]) -> None:
+    faults([("open", "capacity-not-available")] * 2)
+    await engine.put_job(spot_job("spot-bounded", target={"max_requests": 2}))
+    adm = await engine.trigger("spot-bounded", {})
+    assert adm.run is not None
+    done = await state_of(engine, adm.run.id, RunState.failed)
+    assert done.error.reason == "SpotNotFulfilled"
+    assert "capacity-not-available" in done.error.message
+    assert seed_states(done) == ["Scheduled", "Requested", "Requested", "Terminated"]
+
+
+async def test_interruption_notice_terminates_and_the_run_is_interrupted(
+    engine: Engine, faults: Callable[..., FaultyEc2]
+) -> None:
+    double = faults()
+    await engine.put_job(spot_job("spot-interrupted"))
+    adm = await engine.trigger("spot-interrupted", {})
+    assert adm.run is not None
+    run = await state_of(engine, adm.run.id, RunState.running)
+    double.interrupt = "marked-for-termination"
+    done = await state_of(engine, run.id, RunState.interrupted, RunState.failed)
+    assert done.state == RunState.interrupted and done.error.reason == "SpotInterruption"
+    assert seed_states(done)[-1] == "Terminated"
+    assert await instance_state(run.target_ref) in ("shutting-down", "terminated")
+
+
+async def test_reconciler_terminates_instances_of_runs_not_in_progress(engine: Engine) -> None:
+    target = spot_target(engine)
+    ec2 = Ec2(None, None)
+    try:
+        tags = {"jobwire:run": "r-gone", "jobwire:target": "r-gone", "jobwire:owner": target.owner}
+        req = await ec2.request_spot(
+            "r-gone", {"ImageId": "ami-12c6146b", "InstanceType": "t3.micro"}, tags, None
+        )
+        iid = str(req["InstanceId"])
+        await ec2.create_tags([iid], tags)
+        other = {**tags, "jobwire:owner": "someone-else"}
+        req2 = await ec2.request_spot(
+            "r-other", {"ImageId": "ami-12c6146b", "InstanceType": "t3.micro"}, other, None
+        )
+        await ec2.create_tags([str(req2["InstanceId"])], other)
+        assert await target.reconcile() == []  # first sight: a suspect, not yet ended
+        ended = await target.reconcile()
+        assert iid in ended
+        assert await instance_state(iid) in ("shutting-down", "terminated")
+        assert await instance_state(str(req2["InstanceId"])) == "running"  # another owner's
+    finally:
+        await ec2.close()
