@@ -59,7 +59,9 @@ def test_schemathesis_finds_nothing(server: Server, tmp_path: Path) -> None:
         [
             str(st), "run", f"{server.url}/openapi.json",
             "-H", f"Authorization: Bearer {TOKEN}",
-            "-n", str(EXAMPLES), "--seed", str(SEED), "-w", "2", "--no-shrink",
+            # one worker: two worker threads compiling at once hit CPython 3.11.7's "AST constructor
+            # recursion depth mismatch" inside schemathesis (a Runtime Error, not a finding; seen in CI)
+            "-n", str(EXAMPLES), "--seed", str(SEED), "-w", "1", "--no-shrink",
             "-c", "not_a_server_error,status_code_conformance,content_type_conformance,"
             "response_schema_conformance",
             "--phases", "examples,coverage,fuzzing",
