@@ -16,7 +16,7 @@ from jobwire.sources.base import Binding
 from jobwire.sources.sqs.source import REASON_ATTRIBUTE, SqsSource, build
 from jobwire.sources.sqs.spec import PLUG, SqsSettings, SqsTrigger, dead_letter_name
 from tests.support.aws import aws_env, moto, unique_name  # noqa: F401 - fixtures
-from tests.support.awsio import FakeIntake, client, drain, queue_url, visible_and_hidden
+from tests.support.awsio import FakeIntake, client, queue_url, visible_and_hidden
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("aws_env")
@@ -204,7 +204,7 @@ async def test_a_lost_endpoint_raises(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     source = source_for(unique_name("sqs"))
-    with pytest.raises(Exception, match="(?i)connect"):
+    with pytest.raises(Exception, match=r"(?i)connect"):
         await asyncio.wait_for(source.run(FakeIntake()), 60)
     assert not source.health.connected and source.health.last_error
 

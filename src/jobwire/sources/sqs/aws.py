@@ -67,7 +67,7 @@ async def attributes(sqs: Any, url: str, *names: str) -> dict[str, str]:
 async def ensure_dead_letter_queue(sqs: Any, url: str, *, create: bool, max_receive_count: int) -> str:
     """The queue's dead-letter queue URL: the one its redrive policy names, else `<queue>-dlq`
     (created if missing, and set as the queue's redrive policy when `create`)."""
-    attrs = await attributes(sqs, url, "QueueArn", "RedrivePolicy")
+    attrs = await attributes(sqs, url, "QueueArn", "RedrivePolicy", "Policy")
     policy = attrs.get("RedrivePolicy")
     if policy:
         target = str(json.loads(policy).get("deadLetterTargetArn", ""))
@@ -78,5 +78,8 @@ async def ensure_dead_letter_queue(sqs: Any, url: str, *, create: bool, max_rece
     if create:
         dlq_arn = (await attributes(sqs, dlq_url, "QueueArn"))["QueueArn"]
         redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive_count)}
-        await sqs.set_queue_attributes(QueueUrl=url, Attributes={"RedrivePolicy": json.dumps(redrive)})
+        new = {"RedrivePolicy": json.dumps(redrive)}
+        if attrs.get("Policy"):  # written back as it was: moto's server drops it otherwise
+            new["Policy"] = attrs["Policy"]
+        await sqs.set_queue_attributes(QueueUrl=url, Attributes=new)
     return dlq_url
