@@ -23,6 +23,8 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
+    model_serializer,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -113,6 +115,43 @@ SinkSpec = Annotated[
 ]
 
 
+class S3Url(BaseModel):
+    """A job file in S3 (`JOBWIRE_JOBS=s3://bucket/key`): seed 004's `jobs.csv` (a `.csv` key), or
+    YAML. Read at start and re-read when its ETag changes (`jobwire.engine.s3jobs`)."""
+
+    model_config = ConfigDict(frozen=True)
+    bucket: str
+    key: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, str | Path):
+            return parse_s3_url(str(value))
+        return value
+
+    @model_serializer
+    def _text(self) -> str:
+        return str(self)
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def is_s3_url(value: Any) -> bool:
+    """`s3://…`, also as a Path made of it (`Path("s3://b/k")` is `s3:/b/k`)."""
+    return isinstance(value, str | Path) and str(value).startswith("s3:/")
+
+
+def parse_s3_url(url: str) -> dict[str, str]:
+    """`s3://bucket/key` (or the `s3:/bucket/key` a Path makes of it) → bucket and key."""
+    rest = url.removeprefix("s3:").lstrip("/") if url.startswith("s3:/") else None
+    bucket, _, key = (rest or "").partition("/")
+    if rest is None or not bucket or not key or key.endswith("/"):
+        raise ValueError(f"{url!r} is not an S3 object URL: expected s3://bucket/key")
+    return {"bucket": bucket, "key": key}
+
+
 def _plain_env(name: str, default: Any) -> Any:
     """A seed's un-prefixed variable (`NAMESPACE`, `CLEANUP_MIN`) as the default of a setting."""
     return os.environ.get(name) or default
@@ -172,8 +211,9 @@ class Settings(BaseSettings):
     database_url: str | None = None
     """Default `sqlite:///<data_dir>/jobwire.db`; `memory://` for throwaway runs. SQLite only: the
     PostgreSQL store is not available yet, so a `postgresql://` URL is refused (see below)."""
-    jobs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
-    """Job definition files or folders (YAML). Comma-separated in the environment."""
+    jobs: Annotated[list[Path | S3Url], NoDecode] = Field(default_factory=list)
+    """Job definition files or folders (YAML, CSV), or `s3://bucket/key` of one file in S3.
+    Comma-separated in the environment."""
     api_token: SecretStr | None = None
     """One token with read and write scopes. Required when `host` is not loopback."""
     api_tokens: Annotated[list[ApiToken], NoDecode] = Field(default_factory=list)
@@ -237,7 +277,9 @@ class Settings(BaseSettings):
     @classmethod
     def _split_paths(cls, v: Any) -> Any:
         if isinstance(v, str):
-            return [p.strip() for p in v.split(",") if p.strip()]
+            v = [p.strip() for p in v.split(",") if p.strip()]
+        if isinstance(v, list):
+            return [S3Url.model_validate(p) if is_s3_url(p) else p for p in v]
         return v
 
     @field_validator("api_tokens", mode="before")

@@ -863,9 +863,10 @@ def _files(path: Path) -> list[Path]:
 
 
 def _load_files(
-    paths: Iterable[Path],
+    paths: Iterable[Path], texts: Iterable[tuple[str, str]] = ()
 ) -> tuple[list[_Loaded], list[DefinitionError], list[DefinitionError]]:
-    """(kept, errors, skipped CSV rows) of every file under `paths`, names unique across them."""
+    """(kept, errors, skipped CSV rows) of every file under `paths` and of the `(source, text)`
+    files read elsewhere (`s3://…`; CSV when the source ends with `.csv`), names unique across them."""
     loaded: list[_Loaded] = []
     errors: list[DefinitionError] = []
     skipped: list[DefinitionError] = []
@@ -895,6 +896,14 @@ def _load_files(
                 jobs, errs = _jobs_of_text(text, str(file))
             loaded.extend(jobs)
             errors.extend(errs)
+    for source, text in texts:
+        if source.endswith(".csv"):
+            jobs, errs, bad_rows = _jobs_of_csv(text, source)
+            skipped.extend(bad_rows)
+        else:
+            jobs, errs = _jobs_of_text(text, source)
+        loaded.extend(jobs)
+        errors.extend(errs)
     kept, dup_errors, dup_rows = _dedupe(loaded)
     return kept, _sorted(errors + dup_errors), _sorted(skipped + dup_rows)
 
@@ -954,11 +963,14 @@ def load_path(path: Path) -> list[tuple[Job, str]]:
     return [(item.job, f"file:{item.source}") for item in kept if item.job is not None]
 
 
-def load_paths(paths: Iterable[Path]) -> tuple[list[tuple[Job, str]], list[DefinitionError]]:
-    """What `jobwire serve` loads: the jobs of every path (names unique across all of them), each
-    with its origin `file:<path>`, and the problems of the CSV rows that were skipped. Raises
-    JobFileError with every error when anything but a CSV row is wrong."""
-    kept, errors, skipped = _load_files(paths)
+def load_paths(
+    paths: Iterable[Path], texts: Iterable[tuple[str, str]] = ()
+) -> tuple[list[tuple[Job, str]], list[DefinitionError]]:
+    """What `jobwire serve` loads: the jobs of every path and of every `(source, text)` read
+    elsewhere (an `s3://` URL and its text; names unique across all of them), each with its origin
+    `file:<path or URL>`, and the problems of the CSV rows that were skipped. Raises JobFileError
+    with every error when anything but a CSV row is wrong."""
+    kept, errors, skipped = _load_files(paths, texts)
     if errors:
         raise JobFileError(errors)
     return [(item.job, f"file:{item.source}") for item in kept if item.job is not None], skipped

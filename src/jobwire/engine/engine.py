@@ -236,12 +236,15 @@ class Engine:
         return run_id in self.runs or await self.store.get_run(run_id) is not None
 
     async def _reload_loop(self) -> None:
-        """Development mode: re-read job files when they change (mtimes, once a second). Runs
+        """Re-read job files when they change (mtimes, S3 ETags; once a second). Runs
         supervised: a reload that raises is logged, shown in /readyz and the loop restarted."""
-        while True:
-            await asyncio.sleep(1)
-            if self.job_registry.files_changed():
-                await self.reload_files()
+        try:
+            while True:
+                await asyncio.sleep(1)
+                if await self.job_registry.changed():  # files by mtime, files in S3 by ETag
+                    await self.reload_files()
+        finally:
+            await self.job_registry.close()
 
     def callback_token(self, run_id: str) -> str:
         return self.tokens.token(run_id)

@@ -7,7 +7,8 @@ Seed 004's `jobs.csv` (a `.csv` path, or one in a folder): its bad rows are skip
 other rows load; and its files are re-read when they change unless `reload` was set to false
 (seed 004 edits its CSV while the listener runs). A job whose row is removed (or turns bad) is
 deleted: its trigger stops, while its runs in progress go on to their end (each holds its
-definition) and stay in the history.
+definition) and stay in the history. A file in S3 (`s3://bucket/key`, `engine/s3jobs.py`) counts
+as such a file, CSV or YAML: re-read when its ETag changes (origin `file:s3://bucket/key`).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from pathlib import Path
 
 import structlog
 
-from jobwire.config import Settings
+from jobwire.config import S3Url, Settings
 from jobwire.engine.chains import find_cycle
 from jobwire.engine.errors import ChainLoop, Conflict, JobNotFound
 from jobwire.engine.metrics import Metrics
+from jobwire.engine.s3jobs import S3JobFiles
 from jobwire.engine.scheduler import TimeScheduler
 from jobwire.jobfile import DefinitionError, JobFileError, load_paths
 from jobwire.model import AfterTrigger, Job
@@ -37,15 +39,26 @@ class JobRegistry:
         self.jobs: dict[str, StoredJob] = {}
         """The definitions in force by name; the same dict for the whole engine's life."""
         self.file_mtimes: dict[Path, float] = {}
+        self.paths = [p for p in settings.jobs if isinstance(p, Path)]
+        """The local job files and folders of `settings.jobs`."""
+        urls = [p for p in settings.jobs if isinstance(p, S3Url)]
+        self.s3_files = S3JobFiles(urls) if urls else None
+        """The job files of `settings.jobs` in S3, with their texts and ETags."""
 
+    def _texts(self) -> list[tuple[str, str]]:
+        return self.s3_files.items() if self.s3_files is not None else []
     # ------------------------------------------------------------------ job files
     async def load(self) -> None:
         """At start: the job files' definitions saved over the store's, file jobs no longer in a
         file deleted, every job scheduled. Raises JobFileError listing every problem."""
-        file_jobs, skipped = load_paths(self.settings.jobs)  # raises JobFileError listing every problem
+        if self.s3_files is not None:
+            await self.s3_files.load()  # raises JobFileError naming each URL it cannot read
+        # raises JobFileError listing every problem
+        file_jobs, skipped = load_paths(self.paths, self._texts())
         _log_skipped(skipped)
         if not self.settings.reload and "reload" not in self.settings.model_fields_set:
-            csv_files = [str(p) for p in self.settings.jobs if _csv_files(p)]
+            csv_files = [str(p) for p in self.paths if _csv_files(p)]
+            csv_files += [str(u) for u in (self.s3_files.urls if self.s3_files else [])]
             if csv_files:
                 # read by the engine right after this load: it starts the reload loop
                 self.settings.reload = True
@@ -55,8 +68,10 @@ class JobRegistry:
                     csv=csv_files,
                 )
         if self.settings.reload:
-            for path in self.settings.jobs:
+            for path in self.paths:
                 self.file_mtimes.update(_mtimes(path))
+        elif self.s3_files is not None:
+            await self.s3_files.close()  # not asked again: no client kept open
         _refuse_loops([job for job, _ in file_jobs])
         stored = {s.job.name: s for s in await self.store.list_jobs()}
         seen = set()
@@ -78,7 +93,7 @@ class JobRegistry:
     async def reload_files(self) -> list[str]:
         """Re-read job files; on errors keep the current definitions and return the messages."""
         try:
-            file_jobs, skipped = load_paths(self.settings.jobs)
+            file_jobs, skipped = load_paths(self.paths, self._texts())
             _refuse_loops([job for job, _ in file_jobs])
         except JobFileError as exc:
             msgs = [str(e) for e in exc.errors]
@@ -105,12 +120,23 @@ class JobRegistry:
         checks this once a second — the only periodic check in jobwire. The new mtimes are
         remembered at once: a file that breaks the reload is not re-read until it changes again."""
         current: dict[Path, float] = {}
-        for path in self.settings.jobs:
+        for path in self.paths:
             current.update(_mtimes(path))
         if current == self.file_mtimes:
             return False
         self.file_mtimes = current
         return True
+
+    async def changed(self) -> bool:
+        """`files_changed`, and whether a job file in S3 changed (its ETag; HeadObject only). S3
+        is asked first: when it fails (S3Error raised), the local files are looked at next time."""
+        remote = await self.s3_files.changed() if self.s3_files is not None else False
+        return self.files_changed() or remote
+
+    async def close(self) -> None:
+        """Release the S3 client, if any (opened again when needed)."""
+        if self.s3_files is not None:
+            await self.s3_files.close()
 
     # ------------------------------------------------------------------ definitions
     def _install(self, stored: StoredJob) -> None:

@@ -66,15 +66,6 @@ def log_key(prefix: str, job: str, run_id: str) -> str:
     return f"{base}/{key}" if base else key
 
 
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """`s3://bucket/key` → (bucket, key); ValueError naming what is wrong."""
-    rest = url[len("s3://") :] if url.startswith("s3://") else None
-    bucket, _, key = (rest or "").partition("/")
-    if rest is None or not bucket or not key or key.endswith("/"):
-        raise ValueError(f"{url!r} is not an S3 object URL: expected s3://bucket/key")
-    return bucket, key
-
-
 class S3:
     """A lazily opened aiobotocore S3 client; `close` releases its connections."""
 
