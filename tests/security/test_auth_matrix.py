@@ -30,6 +30,7 @@ OPEN = {
     ("POST", "/api/v1/jobs/{name}/webhook"): "hmac",
     ("POST", "/api/v1/jobs/{name}/webhook/{trigger_id}"): "hmac",
     ("POST", "/api/v1/runs/{run_id}/callback"): "callback token",
+    ("POST", "/api/v1/seed002/callback/{name}"): "callback token",
     # probes: no secrets, needed by load balancers and orchestrators
     ("GET", "/api/v1/healthz"): "probe",
     ("GET", "/api/v1/readyz"): "probe",

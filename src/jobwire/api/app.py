@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jobwire.api import routes_events, routes_jobs, routes_runs, routes_system
+from jobwire.api import routes_events, routes_jobs, routes_runs, routes_seed002, routes_system
 from jobwire.api.auth import READ, Authenticator
 from jobwire.api.fastpath import TriggerFastPath, engine_error_json, invalid_json, too_deep
 from jobwire.api.limits import BodyLimit
@@ -178,7 +178,7 @@ def create_app(engine: Engine, *, heartbeat: float = 15.0) -> FastAPI:
     app.add_middleware(TriggerFastPath, engine=engine, auth=auth)
     app.add_middleware(BodyLimit, max_bytes=engine.settings.max_body_bytes)  # outermost: added last
 
-    for module in (routes_jobs, routes_runs, routes_events, routes_system):
+    for module in (routes_jobs, routes_runs, routes_events, routes_system, routes_seed002):
         app.include_router(module.router, prefix=PREFIX)
 
     # Conventional unprefixed paths for probes and scrapers (not repeated in the schema).

@@ -1,0 +1,150 @@
+"""Seed 002 end to end through its REST operations (schedule, list, status, callback), in process
+and through `jobwire serve` with a kill -9 between the spot request and recording the instance."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+import boto3
+import httpx
+
+from jobwire.api.app import create_app
+from jobwire.engine import Engine
+from jobwire.engine.secret import CallbackTokens
+from jobwire.model import utcnow
+from tests.spot.conftest import SPOT_ENV, instance_state
+from tests.support.aws import MotoServer
+from tests.support.server import Server
+from tests.support.waiting import eventually, eventually_sync
+
+
+def client(engine: Engine) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=create_app(engine))
+    return httpx.AsyncClient(transport=transport, base_url="http://jobwire/api/v1")
+
+
+async def test_schedule_list_status_callback(engine: Engine) -> None:
+    async with client(engine) as c:
+        r = await c.post(
+            "/seed002/schedule",
+            json={
+                "dockerImage": "busybox:1.36",
+                "dateTime": (utcnow() - timedelta(seconds=5)).isoformat(),
+                "envVars": ["INPUT=s3://in/file.csv", "MODE=fast"],
+            },
+        )
+        assert r.status_code == 201, r.text
+        doc = r.json()
+        name, run_id = doc["id"], doc["run_id"]
+        assert doc["env"] == ["INPUT=s3://in/file.csv", "MODE=fast"]
+
+        async def running() -> dict | None:
+            d = (await c.get(f"/seed002/status/{name}")).json()
+            return d if d["status"] == "Running" else None
+
+        doc = await eventually(running, 15, "seed 002 status Running")
+        assert doc["instance_id"].startswith("i-")
+        listed = (await c.get("/seed002/list")).json()["items"]
+        assert [d["id"] for d in listed if d["id"] == name] == [name]
+        runs = (await c.get("/runs", params={"job": name})).json()["items"]
+        assert [r["id"] for r in runs] == [run_id]
+
+        r = await c.post(
+            f"/seed002/callback/{name}",
+            json={"status": "FinishedOK"},
+            headers={"Authorization": "Bearer nope"},
+        )
+        assert r.status_code == 403
+        token = engine.callback_token(run_id)
+        r = await c.post(
+            f"/seed002/callback/{name}",
+            json={"status": "FinishedOK"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert r.status_code == 200, r.text
+
+        async def terminated() -> dict | None:
+            d = (await c.get(f"/seed002/status/{name}")).json()
+            return d if d["status"] == "TerminatedOK" else None
+
+        doc = await eventually(terminated, 15, "seed 002 status TerminatedOK")
+        assert [h["state"] for h in doc["history"]] == [
+            "Scheduled",
+            "Requested",
+            "Running",
+            "FinishedOK",
+            "TerminatedOK",
+        ]
+        assert await instance_state(doc["instance_id"]) in ("shutting-down", "terminated")
+        r = await c.post(
+            f"/seed002/callback/{name}",
+            json={"status": "FinishedNOK"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert r.status_code == 409
+
+
+def _instances_of(run_id: str) -> dict[str, str]:
+    """Instance id → state, of every spot request tagged with the run."""
+    ec2 = boto3.client("ec2")
+    reqs = ec2.describe_spot_instance_requests(Filters=[{"Name": "tag:jobwire:run", "Values": [run_id]}])
+    out: dict[str, str] = {}
+    for req in reqs["SpotInstanceRequests"]:
+        if req.get("InstanceId"):
+            inst = ec2.describe_instances(InstanceIds=[req["InstanceId"]])["Reservations"][0]["Instances"][0]
+            out[req["InstanceId"]] = inst["State"]["Name"]
+    return out
+
+
+def test_kill9_between_request_and_recording_the_instance_never_leaks(
+    moto: MotoServer, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**moto.env, **SPOT_ENV, "JOBWIRE_SPOT_RECONCILE_INTERVAL": "300ms"}
+    data = tmp_path / "data"
+    srv = Server(data, **env).start()
+    try:
+        with srv.client() as c:
+            at = utcnow() + timedelta(seconds=1)
+            r = c.post(
+                "/seed002/schedule", json={"image": "busybox", "datetime": at.isoformat(), "env": ["A=1"]}
+            )
+            assert r.status_code == 201, r.text
+            name, run_id = r.json()["id"], r.json()["run_id"]
+        # the moment the request exists in EC2, before (or just as) the run records its instance
+        eventually_sync(lambda: _instances_of(run_id) or None, 20, "the spot request")
+        srv.kill9()
+    finally:
+        if srv.proc and srv.proc.poll() is None:
+            srv.kill9()
+    srv2 = Server(data, **env).start()
+    try:
+        with srv2.client() as c:
+
+            def adopted() -> dict | None:
+                d = c.get(f"/seed002/status/{name}").json()
+                return d if d["status"] == "Running" and d["instance_id"] else None
+
+            doc = eventually_sync(adopted, 20, "the run running on its instance after restart")
+            live = {i: s for i, s in _instances_of(run_id).items() if s in ("pending", "running")}
+            assert list(live) == [doc["instance_id"]], live  # adopted, not requested twice
+            # a few reconcile sweeps later the adopted instance is still there
+            eventually_sync(lambda: c.get("/readyz").status_code == 200, 5)
+            tokens = CallbackTokens()
+            tokens.load(data)
+            r = c.post(
+                f"/seed002/callback/{name}",
+                json={"status": "FinishedOK"},
+                headers={"Authorization": f"Bearer {tokens.token(run_id)}"},
+            )
+            assert r.status_code == 200, r.text
+            eventually_sync(
+                lambda: c.get(f"/seed002/status/{name}").json()["status"] == "TerminatedOK",
+                20,
+                "TerminatedOK",
+            )
+            assert all(s in ("shutting-down", "terminated") for s in _instances_of(run_id).values())
+    finally:
+        srv2.stop()
+    asyncio.run(asyncio.sleep(0))
