@@ -987,6 +987,7 @@ from bench.bench_amqp import (  # noqa: E402 - uses the helpers above
     mqtt_to_start,
     postgres_to_start,
 )
+from bench.bench_spot import spot_latency  # noqa: E402
 
 SECTIONS: dict[str, tuple[str, Callable[[Ctx], list[Row]]]] = {
     "trigger": ("API trigger → local process started", trigger_to_start),
@@ -1008,6 +1009,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Ctx], list[Row]]]] = {
     "amqp-status": ("status documents published to RabbitMQ per second", amqp_status),
     "mqtt-latency": ("MQTT publish → local process started", mqtt_to_start),
     "postgres-latency": ("row INSERT → local process started", postgres_to_start),
+    "spot-latency": ("spot (moto): due time → request sent; callback → terminate sent", spot_latency),
 }
 
 
