@@ -27,6 +27,7 @@ from jobwire.config import Settings
 from jobwire.engine import Engine
 from jobwire.model import EventOutcome, Job, RunState
 from jobwire.store import EventQuery, RunQuery
+from tests.support.aws import aws_env, moto  # noqa: F401 - fixtures of the sqs and s3 harnesses
 from tests.support.brokers import RABBIT, RabbitVhost, need
 from tests.support.waiting import eventually
 
@@ -198,9 +199,134 @@ async def mqtt_harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]
         await broker.stop()
 
 
+# --------------------------------------------------------------------------- sqs and s3 (moto)
+
+
+class SqsHarness:
+    """moto's server over HTTP, jobwire reaching SQS through a proxy whose connections
+    `drop_connections` cuts (moto keeps its state: a real "restart" of moto would forget the
+    queue). The message id travels as a message attribute the trigger names as its event key."""
+
+    kind = "sqs"
+
+    def __init__(self, proxy: Any) -> None:
+        from tests.support.aws import unique_name
+
+        self.proxy = proxy
+        self.queue = unique_name("contract")
+        self.env = {"JOBWIRE_SQS_ENDPOINT_URL": proxy.url}
+        self._dead: list[tuple[bytes, str]] = []
+        self._stack: Any = None
+
+    async def open(self) -> None:
+        import contextlib
+
+        from tests.support.awsio import client
+
+        self._stack = contextlib.AsyncExitStack()
+        self.sqs = await self._stack.enter_async_context(client("sqs"))
+        self.url = str((await self.sqs.create_queue(QueueName=self.queue))["QueueUrl"])
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+    def trigger(self) -> dict[str, Any]:
+        return {"type": "sqs", "queue": self.queue, "event_key": "message_id", "visibility_timeout": 5}
+
+    async def publish(self, body: bytes, key: str) -> None:
+        attrs = {"message_id": {"DataType": "String", "StringValue": key}}
+        await self.sqs.send_message(QueueUrl=self.url, MessageBody=body.decode(), MessageAttributes=attrs)
+
+    async def dead_letters(self) -> list[tuple[bytes, str]]:
+        from jobwire.sources.sqs.spec import dead_letter_name
+
+        try:
+            dlq = str((await self.sqs.get_queue_url(QueueName=dead_letter_name(self.queue)))["QueueUrl"])
+        except Exception:
+            return self._dead
+        got = await self.sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, MessageAttributeNames=["All"])
+        for m in got.get("Messages") or []:
+            self._dead.append((m["Body"].encode(), m["MessageAttributes"]["jobwire-reason"]["StringValue"]))
+            await self.sqs.delete_message(QueueUrl=dlq, ReceiptHandle=m["ReceiptHandle"])
+        return self._dead
+
+    async def drop_connections(self) -> None:
+        self.proxy.cut()  # every connection closed; new ones refused until enough retries failed
+        # past every retry of the two pollers (3 attempts each) and of a restart's first call
+        await eventually(lambda: self.proxy.refused >= 10, 60, "jobwire to find SQS unreachable and restart")
+        self.proxy.mend()
+
+
+class S3Harness(SqsHarness):
+    """Uploads to a bucket S3 notifies the queue of; the trigger's key pattern makes `n` a
+    parameter and the object's content is the message id (same id, same ETag: a redelivery).
+    A body that is not a good message cannot be an upload: it is sent to the queue as it is (a
+    message that is not an S3 event notification)."""
+
+    kind = "s3"
+
+    def __init__(self, proxy: Any) -> None:
+        from tests.support.aws import unique_name
+
+        super().__init__(proxy)
+        self.bucket = unique_name("contract")
+        self.env = {"JOBWIRE_S3_SQS_ENDPOINT_URL": proxy.url, "JOBWIRE_S3_INTAKE": "false"}
+
+    async def open(self) -> None:
+        from tests.support.awsio import client
+
+        await super().open()
+        self.s3 = await self._stack.enter_async_context(client("s3"))
+
+    def trigger(self) -> dict[str, Any]:
+        return {
+            "type": "s3",
+            "bucket": self.bucket,
+            "queue": self.queue,
+            "key_pattern": "contract/(?P<n>[^/]+)",
+            "visibility_timeout": 5,
+        }
+
+    async def publish(self, body: bytes, key: str) -> None:
+        try:
+            n = json.loads(body).get("n")
+        except ValueError:
+            n = None
+        if isinstance(n, str):
+            await self.s3.put_object(Bucket=self.bucket, Key=f"contract/{n}", Body=key.encode())
+        else:
+            await self.sqs.send_message(QueueUrl=self.url, MessageBody=body.decode())
+
+
+def _aws_harness(cls: type[SqsHarness]) -> Callable[[pytest.FixtureRequest], AbstractAsyncContextManager[Harness]]:
+    @asynccontextmanager
+    async def make(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+        from urllib.parse import urlsplit
+
+        from tests.support.awsio import CuttableProxy
+
+        env = request.getfixturevalue("aws_env")
+        target = urlsplit(env["AWS_ENDPOINT_URL"])
+        proxy = await CuttableProxy(target.hostname or "127.0.0.1", target.port or 80).start()
+        harness = cls(proxy)
+        await harness.open()
+        try:
+            yield harness
+        finally:
+            await harness.close()
+            await proxy.close()
+
+    return make
+
+
+sqs_harness, s3_harness = _aws_harness(SqsHarness), _aws_harness(S3Harness)
+
+
 HARNESSES: dict[str, Callable[[pytest.FixtureRequest], AbstractAsyncContextManager[Harness]]] = {
     "amqp": amqp_harness,
     "mqtt": mqtt_harness,
+    "sqs": sqs_harness,
+    "s3": s3_harness,
 }
 
 
