@@ -20,6 +20,7 @@ identity on EKS. botocore's own retries (standard mode) cover throttling and 5xx
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -36,6 +37,8 @@ log = structlog.get_logger(__name__)
 
 TERMINAL = frozenset(s.value for s in RunState if s.terminal)
 TRUNCATED = "\n[jobwire: log cut at %d bytes for S3]\n"
+READ_TIMEOUT = 120.0
+"""Seconds reading one run's log may take (a target's log API that hangs fails the try)."""
 
 
 class S3Error(Exception):
@@ -190,9 +193,11 @@ class S3LogSink(Sink):
         if doc.action not in TERMINAL:
             return
         try:
-            body = await self.read_log(doc.run_id)
+            async with asyncio.timeout(READ_TIMEOUT):
+                body = await self.read_log(doc.run_id)
         except Exception as exc:
-            raise DeliveryError(f"s3log: reading the log of run {doc.run_id}: {exc}") from None
+            reason = f"{type(exc).__name__}: {exc}"
+            raise DeliveryError(f"s3log: reading the log of run {doc.run_id}: {reason}") from None
         key = self.key(doc)
         try:
             await self.s3.put(self.bucket, key, body, "text/plain; charset=utf-8")
