@@ -364,6 +364,8 @@ ROUTES = [
     ("post", "/runs/{run_id}/cancel"), ("post", "/runs/{run_id}/rerun"), ("post", "/runs/{run_id}/callback"),
     ("get", "/events"), ("get", "/events/{event_id}"),
     ("get", "/stream"), ("get", "/metrics"), ("get", "/healthz"), ("get", "/readyz"),
+    ("post", "/seed002/schedule"), ("get", "/seed002/list"), ("get", "/seed002/status/{name}"),
+    ("post", "/seed002/callback/{name}"),
 ]  # fmt: skip
 
 
@@ -381,6 +383,7 @@ def test_every_route_is_in_openapi(client: TestClient) -> None:
     assert "security" not in paths[V1 + "/jobs/{name}/webhook"]["post"]
     assert "security" not in paths[V1 + "/healthz"]["get"]
     assert paths[V1 + "/runs/{run_id}/callback"]["post"]["security"] == [{"RunCallbackToken": []}]
+    assert paths[V1 + "/seed002/callback/{name}"]["post"]["security"] == [{"RunCallbackToken": []}]
     # list endpoints document the page shape and the limit bound
     page = spec["components"]["schemas"]["RunPage"]["properties"]
     assert set(page) == {"items", "next_cursor"}

@@ -141,12 +141,12 @@ async def target(case: Case, tmp_path: Path) -> AsyncIterator[Target]:
 
 def test_registry_builds_every_target(tmp_path: Path) -> None:
     built = build_targets(Settings(data_dir=tmp_path))
-    assert set(built) == {"local", "http", "kubernetes"}
+    assert set(built) == {"local", "http", "kubernetes", "spot"}
     for kind, t in built.items():
         assert t.kind == kind
         assert isinstance(t, TARGETS[kind])
         # only work that goes on without jobwire is left running over a restart
-        assert t.survives_restart is (kind == "kubernetes")
+        assert t.survives_restart is (kind in ("kubernetes", "spot"))
 
 
 async def test_success(case: Case, target: Target) -> None:

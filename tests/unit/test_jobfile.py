@@ -198,7 +198,7 @@ def test_many_mistakes_all_reported_with_lines() -> None:
         "jobs.yaml:22: jobs[3].target: required field is missing",
         "jobs.yaml:23: jobs[4].name: a job name is 1 to 128 letters, digits, '_', '.' or '-', "
         "starting with a letter or digit, got 'bad name!'",
-        "jobs.yaml:24: jobs[4].target: unknown target type 'ftp' (expected one of: local, http, kubernetes)",
+        "jobs.yaml:24: jobs[4].target: unknown target type 'ftp' (expected one of: local, http, kubernetes, spot)",
     ]
 
 
