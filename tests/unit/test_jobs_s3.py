@@ -189,3 +189,21 @@ def test_jobwire_serve_reads_jobs_csv_from_s3(tmp_path: Path, moto: MotoServer) 
     errors = [line for line in done.stderr.splitlines() if line.startswith(missing)]
     assert len(errors) == 1, done.stderr
     assert "cannot read it from S3 (NoSuchBucket" in errors[0] and "JOBWIRE_JOBS" in errors[0]
+
+
+async def test_a_file_too_large_or_not_utf8_is_refused_at_start(
+    tmp_path: Path, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jobwire.engine.s3jobs
+
+    monkeypatch.setattr(jobwire.engine.s3jobs, "MAX_FILE_BYTES", 2 * 1024 * 1024)
+    bucket = unique_name("jw-jobs")
+    await asyncio.to_thread(s3.create_bucket, Bucket=bucket)
+    await asyncio.to_thread(put, s3, bucket, "big.csv", HEADER + "#" * (2 * 1024 * 1024))
+    await asyncio.to_thread(s3.put_object, Bucket=bucket, Key="latin1.csv", Body=b"job_name\n\xe9t\xe9\n")
+    engine = Engine(settings(tmp_path, f"s3://{bucket}/big.csv", f"s3://{bucket}/latin1.csv"))
+    with pytest.raises(JobFileError) as info:
+        await engine.start()
+    big, latin1 = str(info.value).splitlines()
+    assert big == f"s3://{bucket}/big.csv: larger than 2 MiB, the most a job file may be: split the jobs into several files"
+    assert latin1 == f"s3://{bucket}/latin1.csv: not UTF-8 (byte offset 9): save the file as UTF-8"

@@ -22,6 +22,10 @@ HINT = (
 )
 
 
+class UnusableFile(S3Error):
+    """The object was read but cannot be a job file (too large, not UTF-8)."""
+
+
 class S3JobFiles:
     def __init__(self, urls: list[S3Url]) -> None:
         self.urls = urls
@@ -45,6 +49,8 @@ class S3JobFiles:
         for url in self.urls:
             try:
                 await self._read(url)
+            except UnusableFile as exc:
+                errors.append(DefinitionError(str(url), None, "", _reason(exc)))
             except S3Error as exc:
                 message = f"cannot read it from S3 ({_reason(exc)}): {HINT}"
                 errors.append(DefinitionError(str(url), None, "", message))
@@ -65,11 +71,17 @@ class S3JobFiles:
 
     async def _read(self, url: S3Url) -> None:
         etag, body = await self.s3.get(url.bucket, url.key, MAX_FILE_BYTES)
-        self.etags[str(url)] = etag  # a file that cannot be decoded is not fetched again until it changes
+        self.etags[str(url)] = etag  # a file that cannot be used is not fetched again until it changes
+        if len(body) > MAX_FILE_BYTES:
+            raise UnusableFile(
+                f"{url}: larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB, the most a job file may be: "
+                "split the jobs into several files"
+            )
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise S3Error(f"{url}: not UTF-8 (byte offset {exc.start}): save the file as UTF-8") from None
+            where = f"byte offset {exc.start}"
+            raise UnusableFile(f"{url}: not UTF-8 ({where}): save the file as UTF-8") from None
         self.texts[str(url)] = text
         self._unapplied = True
 
@@ -83,4 +95,4 @@ def _reason(exc: S3Error) -> str:
     return text.split(": ", 1)[1] if text.startswith("s3://") and ": " in text else text
 
 
-__all__ = ["S3JobFiles"]
+__all__ = ["S3JobFiles", "UnusableFile"]

@@ -130,18 +130,20 @@ class S3:
         return str(head["ETag"])
 
     async def get(self, bucket: str, key: str, max_bytes: int) -> tuple[str, bytes]:
-        """(ETag, body) of the object; S3Error when it is larger than `max_bytes`."""
+        """(ETag, body) of the object, of which at most `max_bytes + 1` bytes are read (the
+        caller tells a body longer than `max_bytes` by its length)."""
         what = f"s3://{bucket}/{key}"
         got = await self._call(what, "get_object", Bucket=bucket, Key=key)
-        if int(got.get("ContentLength") or 0) > max_bytes:
-            got["Body"].close()
-            raise S3Error(f"{what}: larger than {max_bytes} bytes")
+        parts: list[bytes] = []
+        size = 0
         try:
             async with got["Body"] as stream:
-                body: bytes = await stream.read()
+                while size <= max_bytes and (chunk := await stream.read(max_bytes + 1 - size)):
+                    parts.append(chunk)
+                    size += len(chunk)
         except Exception as exc:
             raise S3Error(f"{what}: reading the object: {type(exc).__name__}: {exc}") from None
-        return str(got["ETag"]), body
+        return str(got["ETag"]), b"".join(parts)
 
 
 class S3LogSink(Sink):
