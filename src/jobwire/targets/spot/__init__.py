@@ -27,6 +27,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import importlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -541,9 +542,26 @@ class SpotTarget(Target):
         self._suspects = {s for s in seen if s not in self._active}
         return ended
 
+    async def _warm(self) -> None:
+        """Open the clients of the regions spot jobs use before their first run needs them."""
+        if not self._has_spot_jobs():
+            return
+        if self.ec2_factory is None:  # aiobotocore and aiohttp take a while to import: not in the loop
+            await asyncio.to_thread(importlib.import_module, "jobwire.targets.spot.ec2")
+        for region, endpoint in self._regions():
+            client = self._client(region, endpoint)
+            warm = getattr(client, "warm", None)
+            if warm is not None:
+                await warm()
+
     async def _reconcile_loop(self) -> None:
         interval = self.spot.reconcile_interval.total_seconds()
+        await asyncio.sleep(min(interval, 1.0))  # the engine loads its jobs after the targets start
         while True:
+            try:
+                await self._warm()
+            except Exception as exc:  # a client that cannot open now is opened by the first run
+                log.info("spot client not opened ahead of time", error=str(exc)[:200])
             await asyncio.sleep(interval)  # first after the engine has resumed its runs
             if not self._has_spot_jobs():
                 continue

@@ -8,6 +8,7 @@ role, web identity), including `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_EC2`; a jo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
@@ -33,14 +34,14 @@ class Ec2:
     def __init__(self, region: str | None, endpoint_url: str | None) -> None:
         self.region = region
         self.endpoint_url = endpoint_url
+        self._session = get_session()
         self._stack = contextlib.AsyncExitStack()
         self._ec2: Any = None
         self._ssm: Any = None
 
     async def _client(self, service: str) -> Any:
-        session = get_session()
         return await self._stack.enter_async_context(
-            session.create_client(
+            self._session.create_client(
                 service, region_name=self.region, endpoint_url=self.endpoint_url, config=_CONFIG
             )
         )
@@ -49,6 +50,14 @@ class Ec2:
         if self._ec2 is None:
             self._ec2 = await self._client("ec2")
         return self._ec2
+
+    async def warm(self) -> None:
+        """Open the EC2 client ahead of the first run: its service model (a few MB of JSON) is read
+        in a thread, so neither the first run nor the event loop waits for it."""
+        if self._ec2 is None:
+            loader = self._session.get_component("data_loader")
+            await asyncio.to_thread(loader.load_service_model, "ec2", "service-2")
+            await self.ec2()
 
     async def close(self) -> None:
         self._ec2 = self._ssm = None
