@@ -19,6 +19,8 @@ from jobwire.engine import Engine
 from jobwire.model import Job, RunState
 from jobwire.sinks.s3log import log_key, segment
 from tests.support.aws import unique_name
+from tests.support.kubeemu import KubeEmulator
+from tests.support.kubeemu.pytest_plugin import kube, kube_kubeconfig  # noqa: F401  (fixtures)
 from tests.support.waiting import eventually
 
 PY = sys.executable
@@ -39,10 +41,16 @@ def job(name: str) -> Job:
     )
 
 
-def engine(tmp_path: Path, **spec: Any) -> Engine:
+def engine(tmp_path: Path, settings: dict[str, Any] | None = None, **spec: Any) -> Engine:
     sink = S3LogSinkSpec(**spec)
     return Engine(
-        Settings(_env_file=None, data_dir=tmp_path / "d", sinks=[sink], shutdown_grace=timedelta(seconds=1))  # type: ignore[call-arg]
+        Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            data_dir=tmp_path / "d",
+            sinks=[sink],
+            shutdown_grace=timedelta(seconds=1),
+            **(settings or {}),
+        )
     )
 
 
@@ -129,6 +137,38 @@ async def test_an_unreachable_s3_is_given_up_after_max_attempts(
         await eventually(lambda: failures(eng, "jobwire_sink_dropped_total") == 1, 20, "the sink to give up")
         assert failures(eng) == 2
         assert (await eng.get_run(adm.run.id)).state == RunState.succeeded  # the run is not held up
+    finally:
+        await eng.stop()
+
+
+async def test_a_kubernetes_runs_pod_log_lands_in_s3(
+    tmp_path: Path, aws_env: dict[str, str], kube: KubeEmulator, kube_kubeconfig: Path  # noqa: F811
+) -> None:
+    """Seed 004's jobs run on Kubernetes: the log written is the pod's (what the API serves)."""
+    bucket = unique_name("jw-k8s")
+    await asyncio.to_thread(s3().create_bucket, Bucket=bucket)
+    k8s = {"kubeconfig": kube_kubeconfig, "kube_namespace": "default", "kube_cleanup_interval": timedelta(0)}
+    eng = engine(tmp_path, k8s, bucket=bucket, prefix="services/logs")
+    await eng.start()
+    try:
+        await eng.put_job(
+            Job.model_validate(
+                {
+                    "name": "spike-sort",
+                    "target": {
+                        "type": "kubernetes",
+                        "image": "braingeneers/spike-sort:latest",
+                        "command": ["sh", "-c", "echo sorted; echo done"],
+                    },
+                }
+            )
+        )
+        adm = await eng.trigger("spike-sort", {})
+        assert adm.run
+        key = f"services/logs/spike-sort/{adm.run.id}.log"
+        got = await eventually(lambda: _when(objects(bucket), lambda o: key in o), 30, "the pod log in S3")
+        assert (await eng.get_run(adm.run.id)).state == RunState.succeeded
+        assert got[key] == b"sorted\ndone\n" == await run_log(eng, adm.run.id)
     finally:
         await eng.stop()
 
