@@ -8,50 +8,44 @@ import base64
 from collections.abc import Callable
 from datetime import timedelta
 
+import boto3
+
 from jobwire.engine import Engine
-from jobwire.model import AtTrigger, RunState, utcnow
+from jobwire.model import AtTrigger, RunState, run_id_for, time_run_key, utcnow
 from jobwire.targets.spot.ec2 import Ec2
 from tests.spot.conftest import instance_state, seed_states, spot_job, spot_target, state_of
 from tests.support.ec2faults import FaultyEc2
+from tests.support.waiting import eventually
 
 
 async def test_at_time_request_fulfilled_callback_ok_terminated(engine: Engine) -> None:
     at = utcnow() + timedelta(milliseconds=300)
     job = spot_job("spot-ok").model_copy(update={"triggers": [AtTrigger(at=at)]})
     await engine.put_job(job)
-
-    async def the_run() -> object:
-        page = await engine.store.list_runs(
-            __import__("jobwire.store", fromlist=["RunQuery"]).RunQuery(job="spot-ok")
-        )
-        return page.items[0] if page.items else None
-
-    from tests.support.waiting import eventually
-
-    first = await eventually(the_run, 10, "the at trigger's run")
-    run = await state_of(engine, first.id, RunState.running)  # type: ignore[attr-defined]
+    run_id = run_id_for(time_run_key("spot-ok", "at", at))  # the at trigger's run, once it is due
+    run = await eventually(lambda: engine.runs.get(run_id), 10, "the at trigger's run")
+    run = await state_of(engine, run_id, RunState.running)
     iid = run.target_ref
     assert iid and iid.startswith("i-")
     assert run.target_status["state"] == "Running"
     assert await instance_state(iid) in ("pending", "running")
-    # the instance carries the run's tags; its user data runs the image with the callback variables
+    # the request and the instance carry the run's tags; the user data runs the image with Docker,
+    # passing the env and the callback variables
     ec2 = Ec2(None, None)
     try:
         inst = (await ec2.describe_instances(ids=[iid]))[0]
         tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
         assert tags["jobwire:run"] == run.id and tags["jobwire:job"] == "spot-ok"
         reqs = await ec2.describe_requests(tags={"jobwire:run": run.id})
-        assert len(reqs) == 1
-        user_data = (
-            base64.b64decode(reqs[0]["LaunchSpecification"].get("UserData", "")).decode()
-            if reqs[0]["LaunchSpecification"].get("UserData")
-            else None
-        )
+        assert len(reqs) == 1 and reqs[0]["InstanceId"] == iid
     finally:
         await ec2.close()
-    if user_data is not None:  # moto keeps it on the request
-        assert "docker run --rm" in user_data and "busybox:1.36" in user_data
-        assert "JOBWIRE_CALLBACK_TOKEN" in user_data and "export GREETING=hello" in user_data
+    attr = boto3.client("ec2").describe_instance_attribute(InstanceId=iid, Attribute="userData")
+    user_data = base64.b64decode(attr["UserData"]["Value"]).decode()
+    assert "docker run --rm -e GREETING" in user_data and "busybox:1.36" in user_data
+    assert "export GREETING=hello" in user_data
+    assert f"export JOBWIRE_CALLBACK_URL=http://127.0.0.1:8080/api/v1/runs/{run.id}/callback" in user_data
+    assert f"export JOBWIRE_CALLBACK_TOKEN={engine.callback_token(run.id)}" in user_data
 
     await engine.callback(run.id, engine.callback_token(run.id), True, "done", {})
     done = await state_of(engine, run.id, RunState.succeeded)
