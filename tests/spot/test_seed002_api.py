@@ -27,6 +27,14 @@ def client(engine: Engine) -> httpx.AsyncClient:
 
 async def test_schedule_list_status_callback(engine: Engine) -> None:
     async with client(engine) as c:
+        for bad in (
+            {"image": "busybox", "datetime": "2026-12-01T10:00:00Z", "env": ["1BAD=x"]},
+            {"image": "busybox", "datetime": "2026-12-01T10:00:00"},  # no zone
+            {"image": "busybox", "datetime": "0001-01-01T00:00:00+01:00"},
+            {"datetime": "2026-12-01T10:00:00Z"},
+        ):
+            r = await c.post("/seed002/schedule", json=bad)
+            assert r.status_code == 422, (bad, r.text)
         r = await c.post(
             "/seed002/schedule",
             json={

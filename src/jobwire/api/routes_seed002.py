@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, status
 from fastapi.security import HTTPAuthorizationCredentials
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jobwire.api.auth import READ, WRITE, EngineDep, callback_bearer
 from jobwire.api.schemas import ERROR_RESPONSES, ApiError
@@ -202,6 +202,19 @@ def _seed_job(engine: Engine, name: str) -> Job:
     return stored.job
 
 
+def _job(name: str, body: ScheduleIn) -> Job:
+    at = body.datetime.astimezone(dt.UTC)
+    return Job(
+        name=name,
+        description=f"seed 002: {body.image[:200]} at {at.isoformat()}",
+        triggers=[AtTrigger(id=TRIGGER, at=at)],
+        target=SpotTarget(image=body.image, env=body.env),
+        timeout=parse_duration(body.timeout) if body.timeout else DEFAULT_TIMEOUT,
+        catchup=Catchup(window=timedelta(days=1)),
+        labels=LABEL,
+    )
+
+
 @router.post(
     "/schedule",
     response_model=SeedJob,
@@ -213,15 +226,10 @@ async def schedule(engine: EngineDep, body: ScheduleIn) -> SeedJob:
     name = body.name or f"seed002-{uuid.uuid4().hex[:12]}"
     if name in engine.jobs:
         raise ApiError(409, "Conflict", f"a job named {name!r} exists")
-    job = Job(
-        name=name,
-        description=f"seed 002: {body.image} at {body.datetime.isoformat()}",
-        triggers=[AtTrigger(id=TRIGGER, at=body.datetime)],
-        target=SpotTarget(image=body.image, env=body.env),
-        timeout=parse_duration(body.timeout) if body.timeout else DEFAULT_TIMEOUT,
-        catchup=Catchup(window=timedelta(days=1)),
-        labels=LABEL,
-    )
+    try:
+        job = _job(name, body)
+    except (ValidationError, ValueError, OverflowError) as exc:
+        raise ApiError(422, "ValidationError", f"cannot schedule this: {str(exc)[:500]}") from None
     await engine.put_job(job)
     at = _at(job)
     if at <= utcnow():  # past: the clock will not fire it; run it now, under the run id it would have
