@@ -3,7 +3,6 @@ and through `jobwire serve` with a kill -9 between the spot request and recordin
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from pathlib import Path
 
@@ -155,4 +154,46 @@ def test_kill9_between_request_and_recording_the_instance_never_leaks(
             assert all(s in ("shutting-down", "terminated") for s in _instances_of(run_id).values())
     finally:
         srv2.stop()
-    asyncio.run(asyncio.sleep(0))
+
+
+def test_kill9_then_the_run_ends_while_down_its_instance_is_terminated(
+    moto: MotoServer, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The job is removed from its file while jobwire is down: at restart its run fails (JobDeleted)
+    and the reconciler, with no spot job left defined, still terminates the run's instance."""
+    env = {**moto.env, **SPOT_ENV, "JOBWIRE_SPOT_RECONCILE_INTERVAL": "300ms"}
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(
+        "jobs:\n  - name: crunch\n    triggers: [api]\n    target: {type: spot, image: busybox}\n"
+        "  - name: other\n    target: {type: local, command: ['true']}\n"
+    )
+    data = tmp_path / "data"
+    srv = Server(data, jobs, **env).start()
+    try:
+        with srv.client() as c:
+            r = c.post("/jobs/crunch/runs", json={})
+            assert r.status_code == 201, r.text
+            run_id = r.json()["id"]
+        eventually_sync(lambda: _instances_of(run_id) or None, 20, "the spot request")
+        srv.kill9()
+    finally:
+        if srv.proc and srv.proc.poll() is None:
+            srv.kill9()
+    jobs.write_text("jobs:\n  - name: other\n    target: {type: local, command: ['true']}\n")
+    srv2 = Server(data, jobs, **env).start()
+    try:
+        with srv2.client() as c:
+            run = eventually_sync(
+                lambda: (d := c.get(f"/runs/{run_id}").json())["state"] == "failed" and d,
+                20,
+                "the run to fail",
+            )
+            assert run["error"]["reason"] == "JobDeleted"
+        eventually_sync(
+            lambda: all(s in ("shutting-down", "terminated") for s in _instances_of(run_id).values()),
+            20,
+            "the orphaned instance to be terminated",
+        )
+        eventually_sync(lambda: not (data / "spot-instances").exists(), 20, "the marker gone: nothing left")
+    finally:
+        srv2.stop()

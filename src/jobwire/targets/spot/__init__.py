@@ -123,6 +123,10 @@ class SpotTarget(Target):
         self._jobs: Callable[[], Iterable[Job]] | None = None
         self._reconcile_task: asyncio.Task[None] | None = None
         self._reconcile_error: str | None = None
+        self.marker = settings.data_dir / "spot-instances"
+        """Exists while instances this jobwire requested may be live: the reconciler keeps looking
+        for them even when no spot job is defined any more (a job removed while jobwire was down)."""
+        self._marked = False
         self.calls_sent: dict[str, float] = {}
         """Loop time at which the latest request / terminate call of each target name was sent (bench)."""
 
@@ -344,6 +348,9 @@ class SpotTarget(Target):
                         retryable=True,
                         target_status=dict(att.status),
                     )
+                if not self._marked:
+                    self.marker.touch()
+                    self._marked = True
                 itype = types[n % len(types)]
                 token = ctx.target_name if n == 0 else f"{ctx.target_name}-{n + 1}"
                 self.calls_sent[ctx.target_name] = loop.time()
@@ -501,10 +508,11 @@ class SpotTarget(Target):
                 where.add(self._where(job.target))
         return where
 
+    def _spot_jobs(self) -> bool:
+        return any(isinstance(j.target, SpotSpec) for j in (self._jobs() if self._jobs is not None else ()))
+
     def _has_spot_jobs(self) -> bool:
-        return bool(self._active or self._clients) or any(
-            isinstance(j.target, SpotSpec) for j in (self._jobs() if self._jobs is not None else ())
-        )
+        return bool(self._active) or self._spot_jobs() or self.marker.exists()
 
     async def reconcile(self) -> list[str]:
         """One pass: instances and open/active requests of this owner whose attempt is not in
@@ -540,6 +548,9 @@ class SpotTarget(Target):
                 await ec2.cancel_requests(doomed_requests)
             ended += sorted(set(doomed_instances)) + doomed_requests
         self._suspects = {s for s in seen if s not in self._active}
+        if not seen and not self._active and not self._spot_jobs():
+            self.marker.unlink(missing_ok=True)  # nothing of ours is left in EC2
+            self._marked = False
         return ended
 
     async def _warm(self) -> None:
