@@ -28,6 +28,7 @@ import base64
 import contextlib
 import hashlib
 import importlib
+import sys
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -197,8 +198,9 @@ class SpotTarget(Target):
             return _failed("WrongTarget", f"job {ctx.job.name} has no spot target", retryable=False)
         name = ctx.target_name
         try:
-            import jobwire.targets.spot.ec2  # noqa: F401 - the AWS library, only when used
-
+            if self.ec2_factory is None and "jobwire.targets.spot.ec2" not in sys.modules:
+                # the AWS library, only when used; its import takes a while: not in the event loop
+                await asyncio.to_thread(importlib.import_module, "jobwire.targets.spot.ec2")
             ec2 = self._client(*self._where(spec))
         except ModuleNotFoundError as exc:
             return _failed(
@@ -226,6 +228,9 @@ class SpotTarget(Target):
 
         ctx = att.ctx
         try:
+            warm = getattr(att.ec2, "warm", None)
+            if warm is not None:  # the first run in this region: its service model read in a thread
+                await warm()
             launch, types = await self._launch_spec(att, spec)
         except ParamError as exc:
             return _failed("InvalidParameters", str(exc), retryable=False)
