@@ -162,3 +162,43 @@ async def test_reconciler_terminates_instances_of_runs_not_in_progress(engine: E
         assert await instance_state(str(req2["InstanceId"])) == "running"  # another owner's
     finally:
         await ec2.close()
+
+
+async def test_timeout_while_the_request_is_pending_cancels_it(
+    engine: Engine, faults: Callable[..., FaultyEc2]
+) -> None:
+    double = faults([("open", "pending-evaluation")] * 1000)
+    await double.real.describe_requests()  # moto's EC2 backend starts on its first call (~1 s)
+    await engine.put_job(spot_job("spot-never", timeout="2s"))
+    adm = await engine.trigger("spot-never", {})
+    assert adm.run is not None
+    done = await state_of(engine, adm.run.id, RunState.timed_out, RunState.failed)
+    assert done.state == RunState.timed_out
+    assert seed_states(done) == ["Scheduled", "Requested", "Terminated"], done.target_status
+    assert "cancel_requests" in double.calls and not double.hidden  # moto forgets cancelled requests
+    assert len(double.revoked) == 1
+    assert await instance_state(double.revoked[0]) in ("shutting-down", "terminated")
+
+
+async def test_cancel_while_the_request_answer_is_in_flight_terminates_its_instance(
+    engine: Engine, faults: Callable[..., FaultyEc2]
+) -> None:
+    double = faults()
+    double.answer_delay = 30
+    await engine.put_job(spot_job("spot-inflight"))
+    adm = await engine.trigger("spot-inflight", {})
+    assert adm.run is not None
+    ec2 = Ec2(None, None)
+    try:
+
+        async def made() -> list[dict] | None:
+            return await ec2.describe_requests(tags={"jobwire:run": adm.run.id}) or None  # type: ignore[union-attr]
+
+        reqs = await eventually(made, 10, "the request made in EC2")
+        iid = str(reqs[0]["InstanceId"])  # moto fulfils at once
+        await engine.cancel(adm.run.id)
+        done = await state_of(engine, adm.run.id, RunState.cancelled)
+        assert seed_states(done)[-1] == "Terminated"
+        assert await instance_state(iid) in ("shutting-down", "terminated")
+    finally:
+        await ec2.close()

@@ -7,13 +7,16 @@ moto and rewrites answers from a script:
 * `script`: (State, Status.Code) pairs, consumed in order by `request_spot` and by
   `describe_requests(ids=...)`; while one applies, the request is shown without its instance. A
   scripted state that will never be fulfilled (anything but open/pending-*) terminates the
-  instance moto made behind it, as EC2 would never have started one.
+  instance moto made behind it, as EC2 would never have started one; so does cancelling a request
+  last shown pending.
+* `answer_delay`: RequestSpotInstances is made at once but its answer comes back this much later.
 * `interrupt`: once set, every `describe_requests(ids=...)` of a fulfilled request answers with this
   status code (`marked-for-termination`, `instance-terminated-by-price`, ...).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from jobwire.targets.spot.ec2 import Ec2
@@ -28,7 +31,12 @@ class FaultyEc2:
         self.endpoint_url = real.endpoint_url
         self.script = list(script or [])
         self.interrupt: str | None = None
+        self.answer_delay = 0.0
         self.calls: list[str] = []
+        self.hidden: dict[str, str] = {}
+        """Request id → the instance moto made for a request shown pending."""
+        self.revoked: list[str] = []
+        """Instances moto made for requests cancelled while shown pending (terminated here)."""
         self.requested_types: list[str] = []
         self.tokens: list[str] = []
 
@@ -40,6 +48,8 @@ class FaultyEc2:
         state, code = self.script.pop(0)
         if not (state == "open" and code in PENDING) and req.get("InstanceId"):
             await self.real.terminate([str(req["InstanceId"])])
+        elif req.get("InstanceId"):  # pending: the instance moto made is not there yet
+            self.hidden[str(req["SpotInstanceRequestId"])] = str(req["InstanceId"])
         fake = {k: v for k, v in req.items() if k != "InstanceId"}
         return {**fake, "State": state, "Status": {"Code": code, "Message": f"scripted {code}"}}
 
@@ -49,7 +59,10 @@ class FaultyEc2:
         self.calls.append("request_spot")
         self.tokens.append(token)
         self.requested_types.append(str(launch.get("InstanceType")))
-        return await self._fake(await self.real.request_spot(token, launch, tags, max_price))
+        answer = await self.real.request_spot(token, launch, tags, max_price)
+        if self.answer_delay:  # the request is made; its answer is slow to come back
+            await asyncio.sleep(self.answer_delay)
+        return await self._fake(answer)
 
     async def describe_requests(
         self, ids: list[str] | None = None, tags: dict[str, str] | None = None
@@ -75,6 +88,11 @@ class FaultyEc2:
     async def cancel_requests(self, request_ids: list[str]) -> None:
         self.calls.append("cancel_requests")
         await self.real.cancel_requests(request_ids)
+        # a request cancelled while pending never gets its instance
+        hidden = [self.hidden.pop(r) for r in request_ids if r in self.hidden]
+        if hidden:
+            self.revoked += hidden
+            await self.real.terminate(hidden)
 
     async def ssm_parameter(self, name: str) -> str:
         return await self.real.ssm_parameter(name)

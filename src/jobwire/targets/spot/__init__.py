@@ -102,6 +102,8 @@ class _Attempt:
     request_id: str | None = None
     instance_id: str | None = None
     terminating: asyncio.Task[None] | None = None
+    requesting: bool = False
+    """A RequestSpotInstances was sent and its answer not read yet."""
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -359,12 +361,14 @@ class SpotTarget(Target):
                 itype = types[n % len(types)]
                 token = ctx.target_name if n == 0 else f"{ctx.target_name}-{n + 1}"
                 self.calls_sent[ctx.target_name] = loop.time()
+                att.requesting = True
                 req = await ec2.request_spot(
                     token,
                     {**launch, "InstanceType": itype},
                     self._tags(ctx),
                     spec.max_price or self.spot.max_price,
                 )
+                att.requesting = False
                 n += 1
                 att.request_id = str(req["SpotInstanceRequestId"])
                 self._update(att, spot_request_id=att.request_id, instance_type=itype, requests=n)
@@ -478,6 +482,21 @@ class SpotTarget(Target):
 
     async def _do_terminate(self, att: _Attempt, state: str, reason: str) -> None:
         name = att.ctx.target_name
+        if att.instance_id is None and (att.request_id or att.requesting):
+            # fulfilled since it was last looked at, or a request whose answer never came back
+            with contextlib.suppress(Exception):
+                if att.request_id:
+                    found = await att.ec2.describe_requests(ids=[att.request_id])
+                else:
+                    tags = {TAG_TARGET: name, TAG_OWNER: self.owner}
+                    found = [
+                        r
+                        for r in await att.ec2.describe_requests(tags=tags)
+                        if r.get("State") in ("open", "active")
+                    ]
+                    att.request_id = str(found[-1]["SpotInstanceRequestId"]) if found else None
+                if found and found[-1].get("InstanceId"):
+                    att.instance_id = str(found[-1]["InstanceId"])
         if att.instance_id:
             self.calls_sent[name] = asyncio.get_running_loop().time()
             await att.ec2.terminate([att.instance_id])
