@@ -11,7 +11,7 @@ from datetime import timedelta
 import boto3
 
 from jobwire.engine import Engine
-from jobwire.model import AtTrigger, RunState, run_id_for, time_run_key, utcnow
+from jobwire.model import AtTrigger, Run, RunState, run_id_for, time_run_key, utcnow
 from jobwire.targets.spot.ec2 import Ec2
 from tests.spot.conftest import instance_state, seed_states, spot_job, spot_target, state_of
 from tests.support.ec2faults import FaultyEc2
@@ -202,3 +202,26 @@ async def test_cancel_while_the_request_answer_is_in_flight_terminates_its_insta
         assert await instance_state(iid) in ("shutting-down", "terminated")
     finally:
         await ec2.close()
+
+
+async def test_an_interrupted_spot_run_is_retried_per_policy(
+    engine: Engine, faults: Callable[..., FaultyEc2]
+) -> None:
+    """An interruption is the cloud's doing, not the job's: with `retry`, a new attempt (a new spot
+    request) follows. (jobwire's own shutdown records runs interrupted without a retry.)"""
+    double = faults()
+    await engine.put_job(spot_job("spot-again", retry={"max_attempts": 2, "backoff": "100ms"}))
+    adm = await engine.trigger("spot-again", {})
+    assert adm.run is not None
+    await state_of(engine, adm.run.id, RunState.running)
+    double.interrupt = "marked-for-termination"
+
+    async def second_attempt() -> object:
+        run = await engine.get_run(adm.run.id)  # type: ignore[union-attr]
+        return run if run.attempt == 2 and run.state in (RunState.pending, RunState.running) else None
+
+    again = await eventually(second_attempt, 20, "a second attempt after the interruption")
+    assert isinstance(again, Run)
+    double.interrupt = None
+    states = [(t.state, t.attempt) for t in again.history]
+    assert (RunState.interrupted, 1) in states and (RunState.pending, 2) in states

@@ -236,7 +236,7 @@ class Attempts:
         else:
             run.error = outcome.error or RunError(message=outcome.state.value, reason=outcome.state.value)
         retry = (
-            outcome.state in (RunState.failed, RunState.timed_out)
+            outcome.state in (RunState.failed, RunState.timed_out, RunState.interrupted)
             and outcome.retryable
             and run.attempt < job.retry.max_attempts
             and not self._shutting_down
