@@ -307,6 +307,7 @@ async def serve_async(settings: Settings) -> int:
     from jobwire.engine.disk import data_dir_problem
     from jobwire.engine.secret import SecretKeyError
     from jobwire.jobfile import JobFileError
+    from jobwire.sinks import SinkConfigError
     from jobwire.store import StoreError
 
     log = structlog.get_logger("jobwire.serve")
@@ -358,7 +359,7 @@ async def serve_async(settings: Settings) -> int:
                 err.print(Text(format_definition_error(e), style="red"))
             err.print(Text("error: job files have errors; jobwire did not start", style="red"))
             return 1
-        except (StoreError, SecretKeyError) as exc:
+        except (StoreError, SecretKeyError, SinkConfigError) as exc:
             err.print(Text(f"error: {exc}", style="red"))
             return 1
         except OSError as exc:

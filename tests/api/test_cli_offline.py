@@ -124,6 +124,20 @@ def test_config_shows_each_source_kinds_section_masked(monkeypatch: pytest.Monke
     assert bad.exit_code != 0 and "amqp" in bad.output and "prefetch" in bad.output
 
 
+def test_serve_with_a_sink_that_cannot_start_is_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("JOBWIRE_DATA_DIR", str(tmp_path / "d"))
+    monkeypatch.setenv("JOBWIRE_PORT", "0")
+    monkeypatch.setenv(
+        "JOBWIRE_SINKS", '[{"type": "webhook", "url": "http://127.0.0.1:9/x", "secret_env": "JW_UNSET_SECRET"}]'
+    )
+    monkeypatch.delenv("JW_UNSET_SECRET", raising=False)
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 1, result.output
+    assert "JW_UNSET_SECRET" in result.output and "Traceback" not in result.output
+
+
 def test_config_reports_bad_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOBWIRE_PORT", "not-a-port")
     result = runner.invoke(app, ["config"])
