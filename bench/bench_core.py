@@ -987,6 +987,7 @@ from bench.bench_amqp import (  # noqa: E402 - uses the helpers above
     mqtt_to_start,
     postgres_to_start,
 )
+from bench.bench_aws import s3_to_start, sqs_throughput, sqs_to_start  # noqa: E402
 from bench.bench_spot import spot_latency  # noqa: E402
 
 SECTIONS: dict[str, tuple[str, Callable[[Ctx], list[Row]]]] = {
@@ -1009,6 +1010,9 @@ SECTIONS: dict[str, tuple[str, Callable[[Ctx], list[Row]]]] = {
     "amqp-status": ("status documents published to RabbitMQ per second", amqp_status),
     "mqtt-latency": ("MQTT publish → local process started", mqtt_to_start),
     "postgres-latency": ("row INSERT → local process started", postgres_to_start),
+    "s3-latency": ("S3 put → local process started (moto)", s3_to_start),
+    "sqs-latency": ("SQS send → local process started (moto)", sqs_to_start),
+    "sqs-intake": ("SQS messages recorded per second (moto)", sqs_throughput),
     "spot-latency": ("spot (moto): due time → request sent; callback → terminate sent", spot_latency),
 }
 
