@@ -217,3 +217,47 @@ def test_the_plug_names_the_aws_extra() -> None:
         SqsTrigger(queue="q", batch_size=11)
     assert SqsTrigger(queue="https://sqs.eu-west-1.amazonaws.com/123/jobs.fifo").fifo
     assert dead_letter_name("jobs") == "jobs-dlq" and dead_letter_name("jobs.fifo") == "jobs-dlq.fifo"
+
+
+async def test_through_an_engine_a_fifo_group_is_the_concurrency_key(
+    sqs: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real engine: each message one run; the group id fills `message_group_id`, the job's
+    concurrency key, so runs of one group queue behind each other while other groups run."""
+    from datetime import timedelta
+
+    from jobwire.config import Settings
+    from jobwire.engine import Engine
+    from jobwire.model import Job
+    from jobwire.store import RunQuery
+
+    queue = unique_name("sqs") + ".fifo"
+    eng = Engine(Settings(_env_file=None, data_dir=tmp_path / "data", shutdown_grace=timedelta(seconds=1)))
+    await eng.start()
+    try:
+        job = Job.model_validate(
+            {
+                "name": "per-tenant",
+                "triggers": [{"type": "sqs", "queue": queue}],
+                "parameters": [{"name": "n"}, {"name": "message_group_id"}],
+                "concurrency": {"policy": "queue", "max_running": 1, "key": "message_group_id"},
+                "target": {"type": "local", "command": ["sleep", "3600"]},
+            }
+        )
+        await eng.put_job(job)
+        await eventually(lambda: any(s["connected"] for s in eng.health()["sources"]), 20, "the sqs source")
+        url = await queue_url(sqs, queue)
+        for i, group in enumerate(["a", "b", "a"]):
+            await sqs.send_message(
+                QueueUrl=url, MessageBody=json.dumps({"n": str(i)}), MessageGroupId=group, MessageDeduplicationId=f"d{i}"
+            )
+
+        async def three() -> list[Any]:
+            runs = (await eng.store.list_runs(RunQuery(job="per-tenant", limit=10))).items
+            return runs if len(runs) == 3 and sum(r.state.value == "running" for r in runs) == 2 else []
+
+        runs = await eventually(three, 20, "three runs, two running")
+        states = {r.params["n"]: (r.concurrency_key, r.state.value) for r in runs}
+        assert states == {"0": ("a", "running"), "1": ("b", "running"), "2": ("a", "queued")}
+    finally:
+        await eng.stop()
