@@ -126,7 +126,7 @@ def test_stop_while_the_disk_is_full(tmp_path: Path) -> None:
             f"those runs from what was saved: free space in {data_dir} (JOBWIRE_DATA_DIR) first"
         )
         filler.unlink()
-        with server.start(), server.client() as c:  # space is back: the run is reconciled
+        with server, server.client() as c:  # space is back (entering starts it): the run is reconciled
             final = eventually_sync(
                 lambda: (
                     (r := c.get(f"/runs/{run['id']}").json())["state"] not in ("pending", "running") and r
