@@ -6,6 +6,8 @@ import json
 import os
 import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,18 +126,21 @@ def test_config_shows_each_source_kinds_section_masked(monkeypatch: pytest.Monke
     assert bad.exit_code != 0 and "amqp" in bad.output and "prefetch" in bad.output
 
 
-def test_serve_with_a_sink_that_cannot_start_is_one_clear_line(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv("JOBWIRE_DATA_DIR", str(tmp_path / "d"))
-    monkeypatch.setenv("JOBWIRE_PORT", "0")
-    monkeypatch.setenv(
-        "JOBWIRE_SINKS", '[{"type": "webhook", "url": "http://127.0.0.1:9/x", "secret_env": "JW_UNSET_SECRET"}]'
+def test_serve_with_a_sink_that_cannot_start_is_one_clear_line(tmp_path: Path) -> None:
+    # a subprocess: `serve` configures logging for the process, which in-process would leak into
+    # other tests' log capture
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBWIRE_") and k != "JW_UNSET_SECRET"}
+    env.update(
+        JOBWIRE_DATA_DIR=str(tmp_path / "d"),
+        JOBWIRE_PORT="0",
+        JOBWIRE_SINKS='[{"type": "webhook", "url": "http://127.0.0.1:9/x", "secret_env": "JW_UNSET_SECRET"}]',
     )
-    monkeypatch.delenv("JW_UNSET_SECRET", raising=False)
-    result = runner.invoke(app, ["serve"])
-    assert result.exit_code == 1, result.output
-    assert "JW_UNSET_SECRET" in result.output and "Traceback" not in result.output
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobwire", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    assert "JW_UNSET_SECRET" in out and "Traceback" not in out
 
 
 def test_config_reports_bad_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -32,6 +32,7 @@ import structlog
 
 from jobwire.model import RunState, StatusDocument
 from jobwire.redact import mask_url
+from jobwire.sinks.base import Sink
 from jobwire.sources.base import Binding
 from jobwire.sources.postgres.source import CLAIMS, ROW_STATUS, Routes, StatusTarget, routes_for
 from jobwire.sources.postgres.spec import PostgresSettings
@@ -47,9 +48,8 @@ class StatusWriteError(Exception):
     """The status could not be written (connection lost, the statement failed): retry."""
 
 
-class PostgresStatusSink:
+class PostgresStatusSink(Sink):
     kind: ClassVar[str] = "postgres"
-    durable: ClassVar[bool] = False
     max_attempts: int = 5
 
     def __init__(self, routes: Routes) -> None:
@@ -60,10 +60,6 @@ class PostgresStatusSink:
         """Rows updated."""
         self.statements = 0
         """UPDATE statements run."""
-
-    @property
-    def outbox_name(self) -> str:  # pragma: no cover - not durable
-        return self.kind
 
     async def start(self) -> None:
         """Connect lazily: a database that is down must not keep jobwire from starting."""
