@@ -233,3 +233,36 @@ async def test_unreachable_database_is_one_line(monkeypatch: pytest.MonkeyPatch)
     assert "cannot connect to PostgreSQL at postgresql://jw:****@127.0.0.1" in str(info.value)
     assert "secret-pw" not in str(info.value)
     assert store.unavailable(info.value) is True
+
+
+async def test_one_unstorable_item_fails_alone_in_a_group_commit(url: str) -> None:
+    """As tests/security/test_batch_isolation.py does for SQLite: a lone surrogate and a NUL in a
+    text column fail their own item; the 40 others in the same group commit are recorded."""
+    from jobwire.engine.committer import Committer
+    from jobwire.engine.metrics import Metrics
+    from jobwire.store import Recorded, RunQuery
+    from tests.contract.test_store_contract import intake
+
+    store = PostgresStore(url, auto_migrate=True)
+    await store.open()
+    metrics = Metrics()
+    committer = Committer(store, metrics)
+    try:
+        good = [intake(key=f"good-{n}") for n in range(40)]
+        surrogate, nul = intake(key="bad-1"), intake(key="bad-2")
+        assert surrogate.run is not None and nul.run is not None
+        surrogate.run.params = {"p": "\ud800"}
+        nul.run.target_ref = "pid\x00"
+        items = [*good[:17], surrogate, *good[17:], nul]
+        futures = [committer.enqueue(i) for i in items]
+        committer.start()
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        assert len(failed) == 2, failed
+        assert all(isinstance(r, Recorded) for r in results[:17] + results[18:-1])
+        stored = {r.key for r in (await store.list_runs(RunQuery(limit=100))).items}
+        assert stored == {i.run.key for i in good if i.run is not None}
+        assert committer.failing_since is None, "an item's fault is not the store failing"
+    finally:
+        await committer.stop()
+        await store.close()

@@ -300,6 +300,7 @@ def _describe(exc: BaseException) -> str:
 
 # --------------------------------------------------------------------------- errors
 
+_ClientDataError = asyncpg.exceptions._base.DataError  # client side: "invalid input for query argument"
 # The store cannot take writes now (retry later; no item is at fault).
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,  # 08xxx
@@ -321,7 +322,6 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 _ITEM: tuple[type[BaseException], ...] = (
     asyncpg.DataError,  # 22xxx incl. NUL in text (22021), untranslatable characters (22P05)
     asyncpg.IntegrityConstraintViolationError,  # 23xxx: repeated event id, unknown event of a run
-    asyncpg.exceptions.DataError,  # client-side: a value asyncpg cannot encode
     UnicodeError,
     ValueError,
     TypeError,
@@ -466,11 +466,11 @@ class PostgresStore(Store):
 
     def unavailable(self, exc: BaseException) -> bool:
         cause = exc.__cause__ if isinstance(exc, StoreError) and exc.__cause__ is not None else exc
-        if isinstance(cause, _ITEM) and not isinstance(cause, asyncpg.InterfaceError | OSError):
+        if isinstance(cause, _ClientDataError):  # a value asyncpg cannot encode (an InterfaceError)
             return False
         if isinstance(cause, _UNAVAILABLE):
             return True
-        if isinstance(cause, asyncpg.PostgresError):
+        if isinstance(cause, (*_ITEM, asyncpg.PostgresError)):
             return False  # any other server error names a statement or a value, not the store's state
         return isinstance(exc, StoreError | OSError)
 
