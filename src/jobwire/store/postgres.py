@@ -3,9 +3,10 @@
 Same semantics as the SQLite store (`store/sqlite.py`), the same contract suite. Its SQL is in
 `store/sql/postgres/queries.sql` (named queries) and `store/sql/postgres/migrations/NNNN_*.sql`.
 
-- Group commit: `commit(batch, updates, outbox)` is ONE transaction, and each kind of row is ONE
-  statement over arrays (`unnest`), whatever the batch size: a batch of new runs is BEGIN, the
-  runs, the events, COMMIT. Only a batch with a repeated run key reads the runs that exist.
+- Group commit: `commit(batch, updates, outbox)` is ONE transaction of statements over arrays
+  (`unnest`), whatever the batch size: a batch of new runs is BEGIN, one statement for the runs and
+  the events, COMMIT; state changes with their outbox rows are one statement and no BEGIN/COMMIT.
+  Only a batch with a repeated run key reads the runs that exist and marks its duplicates.
 - The run key is unique: `ON CONFLICT DO NOTHING` plus a read of the existing run makes a repeat a
   `duplicate` event pointing at it (also a repeat inside one batch, and across concurrent
   transactions: PostgreSQL makes the second insert wait for the first to commit).
@@ -153,6 +154,15 @@ def _event_row(event: Event) -> tuple[Any, ...]:
         event.reason,
         event.input_location,
     )
+
+
+def _columns(events: Sequence[Event]) -> list[list[Any]]:
+    """The events as 11 parallel arrays (insert_events' parameters)."""
+    cols: list[list[Any]] = [[] for _ in range(11)]
+    for event in events:
+        for col, value in zip(cols, _event_row(event), strict=True):
+            col.append(value)
+    return cols
 
 
 def _run_from_row(row: Sequence[Any]) -> Run:
@@ -478,14 +488,25 @@ class PostgresStore(Store):
         self, batch: list[Intake], updates: list[Run], outbox: Sequence[OutboxRow] = ()
     ) -> list[Recorded]:
         # Everything is serialized here, before the first await: that is the snapshot.
-        new_runs = [i.run for i in batch if i.run is not None]
-        run_cols = _run_columns(new_runs) if new_runs else None
+        events = [
+            i.event
+            if i.run is None or i.event.run_id == i.run.id
+            else i.event.model_copy(update={"run_id": i.run.id})
+            for i in batch
+        ]
+        record_args = [*_run_columns([i.run for i in batch if i.run is not None]), *_columns(events)]
         upd_cols = _update_columns(updates) if updates else None
         out_cols = [[r.sink for r in outbox], [r.doc for r in outbox]] if outbox else None
-        events = [i.event for i in batch]
         try:
+            if not batch:
+                # State changes (and their status documents): one statement, atomic on its own.
+                if upd_cols is None:
+                    await self._p().execute(Q.insert_outbox, *(out_cols or [[], []]))
+                else:
+                    await self._p().execute(Q.update_runs_with_outbox, *upd_cols, *(out_cols or [[], []]))
+                return []
             async with self._p().acquire() as conn, conn.transaction():
-                recorded = await self._record(conn, batch, events, run_cols) if batch else []
+                recorded = await self._record(conn, batch, events, record_args)
                 if upd_cols is not None:
                     await conn.execute(Q.update_runs, *upd_cols)
                 if out_cols is not None:
@@ -498,54 +519,46 @@ class PostgresStore(Store):
 
     @staticmethod
     async def _record(
-        conn: asyncpg.Connection,
-        batch: list[Intake],
-        events: list[Event],
-        run_cols: list[list[Any]] | None,
+        conn: asyncpg.Connection, batch: list[Intake], events: list[Event], record_args: list[list[Any]]
     ) -> list[Recorded]:
-        inserted: set[tuple[str, str, str]] = set()
-        if run_cols is not None:
-            rows = await conn.fetch(Q.insert_runs, *run_cols)
-            inserted = {(r[0], r[1], r[2]) for r in rows}
+        """The runs and the events in one statement; then, only if a run key was taken, the
+        duplicates' events marked and the runs that exist read (same transaction)."""
+        rows = await conn.fetch(Q.record_batch, *record_args)
+        inserted = {(r[0], r[1], r[2]) for r in rows}
         # A run is ours if the row at its key came from our event; otherwise read the run that exists.
         missing = [
             i.run
             for i in batch
             if i.run is not None and (i.run.id, i.run.key, i.run.event_id) not in inserted
         ]
+        if not missing:
+            return [Recorded(event=e, run=i.run) for i, e in zip(batch, events, strict=True)]
         existing: dict[str, Run] = {}
-        if missing:
-            keys = [r.key for r in missing]
-            ids = [r.id for r in missing]
-            for row in await conn.fetch(
-                Q.select_runs + " WHERE key = ANY($1::text[]) OR id = ANY($2::text[])", keys, ids
-            ):
-                there = _run_from_row(row)
-                existing[f"k:{there.key}"] = there
-                existing[f"i:{there.id}"] = there
+        for row in await conn.fetch(
+            Q.select_runs + " WHERE key = ANY($1::text[]) OR id = ANY($2::text[])",
+            [r.key for r in missing],
+            [r.id for r in missing],
+        ):
+            there = _run_from_row(row)
+            existing[f"k:{there.key}"] = there
+            existing[f"i:{there.id}"] = there
         out: list[Recorded] = []
-        event_rows: list[tuple[Any, ...]] = []
+        marks: list[list[str]] = [[], [], []]
         for intake, event in zip(batch, events, strict=True):
             run: Run | None = intake.run
-            if run is not None:
-                if (run.id, run.key, run.event_id) in inserted:
-                    if event.run_id != run.id:
-                        event = event.model_copy(update={"run_id": run.id})
-                else:
-                    found = existing.get(f"k:{run.key}") or existing.get(f"i:{run.id}")
-                    if found is None:  # pragma: no cover - the insert conflicted on one of the two
-                        raise StoreError(f"run {run.id} was neither inserted nor found")
-                    event = event.model_copy(
-                        update={
-                            "outcome": EventOutcome.duplicate,
-                            "run_id": found.id,
-                            "reason": duplicate_reason(found),
-                        }
-                    )
-                    run = found.model_copy(deep=True)
-            event_rows.append(_event_row(event))
+            if run is not None and (run.id, run.key, run.event_id) not in inserted:
+                found = existing.get(f"k:{run.key}") or existing.get(f"i:{run.id}")
+                if found is None:  # pragma: no cover - the insert conflicted on one of the two
+                    raise StoreError(f"run {run.id} was neither inserted nor found")
+                reason = duplicate_reason(found)
+                event = event.model_copy(
+                    update={"outcome": EventOutcome.duplicate, "run_id": found.id, "reason": reason}
+                )
+                for col, value in zip(marks, (event.id, found.id, reason), strict=True):
+                    col.append(value)
+                run = found.model_copy(deep=True)
             out.append(Recorded(event=event, run=run))
-        await conn.execute(Q.insert_events, *[list(c) for c in zip(*event_rows, strict=True)])
+        await conn.execute(Q.mark_duplicates, *marks)
         return out
 
     async def outbox_take(self, sink: str, limit: int) -> list[tuple[int, str]]:

@@ -207,3 +207,84 @@ DELETE FROM outbox WHERE sink = $1 AND seq <= $2;
 
 -- name: count_outbox
 SELECT count(*) FROM outbox WHERE sink = $1;
+
+-- name: record_batch
+-- A batch's runs ($1-$22, as insert_runs) and events ($23-$33, as insert_events) in ONE statement
+-- (one round trip). The events go in as the caller made them; an event whose run was not inserted
+-- (a repeated run key) is then marked by mark_duplicates in the same transaction. Returns the runs
+-- inserted, as insert_runs does.
+WITH inserted AS (
+    INSERT INTO runs (
+        id, key, job, trigger, event_id, state, attempt, params, concurrency_key, created_at,
+        scheduled_at, not_before, started_at, finished_at, exit_code, http_status, error,
+        target_ref, target_status, history, input_location, environment
+    )
+    SELECT
+        u.id, u.key, u.job, u.trigger, u.event_id, u.state, u.attempt, u.params::json,
+        u.concurrency_key, u.created_at, u.scheduled_at, u.not_before, u.started_at, u.finished_at,
+        u.exit_code, u.http_status, u.error::json, u.target_ref, u.target_status::json,
+        u.history::json, u.input_location, u.environment
+    FROM unnest(
+        $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::text[],
+        $9::text[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[], $13::timestamptz[],
+        $14::timestamptz[], $15::int[], $16::int[], $17::text[], $18::text[], $19::text[], $20::text[],
+        $21::text[], $22::text[]
+    ) WITH ORDINALITY AS u (
+        id, key, job, trigger, event_id, state, attempt, params, concurrency_key, created_at,
+        scheduled_at, not_before, started_at, finished_at, exit_code, http_status, error,
+        target_ref, target_status, history, input_location, environment, n
+    )
+    ORDER BY u.n
+    ON CONFLICT DO NOTHING
+    RETURNING id, key, event_id
+),
+events_in AS (
+    INSERT INTO events (
+        id, job, trigger, source, received_at, scheduled_at, payload, outcome, run_id, reason,
+        input_location
+    )
+    SELECT v.id, v.job, v.trigger, v.source, v.received_at, v.scheduled_at, v.payload::json,
+           v.outcome, v.run_id, v.reason, v.input_location
+    FROM unnest(
+        $23::text[], $24::text[], $25::text[], $26::text[], $27::timestamptz[], $28::timestamptz[],
+        $29::text[], $30::text[], $31::text[], $32::text[], $33::text[]
+    ) WITH ORDINALITY AS v (
+        id, job, trigger, source, received_at, scheduled_at, payload, outcome, run_id, reason,
+        input_location, n
+    )
+    ORDER BY v.n
+)
+SELECT id, key, event_id FROM inserted;
+
+-- name: mark_duplicates
+-- Events of a batch whose run key had a run already: outcome duplicate, pointing at that run.
+UPDATE events SET outcome = 'duplicate', run_id = u.run_id, reason = u.reason
+FROM unnest($1::text[], $2::text[], $3::text[]) AS u (id, run_id, reason)
+WHERE events.id = u.id;
+
+-- name: update_runs_with_outbox
+-- update_runs ($1-$21) and insert_outbox ($22, $23) in ONE statement: a commit of state changes
+-- and their status documents is one round trip, and atomic without BEGIN/COMMIT.
+WITH updated AS (
+    UPDATE runs SET
+        job = u.job, trigger = u.trigger, event_id = u.event_id, state = u.state, attempt = u.attempt,
+        params = u.params::json, concurrency_key = u.concurrency_key, created_at = u.created_at,
+        scheduled_at = u.scheduled_at, not_before = u.not_before, started_at = u.started_at,
+        finished_at = u.finished_at, exit_code = u.exit_code, http_status = u.http_status,
+        error = u.error::json, target_ref = u.target_ref, target_status = u.target_status::json,
+        history = u.history::json, input_location = u.input_location, environment = u.environment
+    FROM unnest(
+        $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[],
+        $8::text[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[],
+        $13::timestamptz[], $14::int[], $15::int[], $16::text[], $17::text[], $18::text[], $19::text[],
+        $20::text[], $21::text[]
+    ) AS u (
+        id, job, trigger, event_id, state, attempt, params, concurrency_key, created_at,
+        scheduled_at, not_before, started_at, finished_at, exit_code, http_status, error,
+        target_ref, target_status, history, input_location, environment
+    )
+    WHERE runs.id = u.id
+    RETURNING runs.id
+)
+INSERT INTO outbox (sink, doc)
+SELECT o.sink, o.doc FROM unnest($22::text[], $23::text[]) WITH ORDINALITY AS o (sink, doc, n) ORDER BY o.n;
