@@ -266,3 +266,25 @@ async def test_one_unstorable_item_fails_alone_in_a_group_commit(url: str) -> No
     finally:
         await committer.stop()
         await store.close()
+
+
+async def test_lost_lock_connection_is_taken_again(url: str) -> None:
+    """PostgreSQL ended the lock's session (a restart, pg_terminate_backend): the store takes the
+    lock again on a new connection, so a second jobwire is still refused."""
+    store = PostgresStore(url, auto_migrate=True)
+    await store.open()
+    try:
+        assert store._lock_conn is not None
+        pid = store._lock_conn.get_server_pid()
+        await _admin(f"SELECT pg_terminate_backend({pid})")
+        for _ in range(100):
+            if store.lock_lost == 1 and store._lock_conn is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert store.lock_lost == 1 and store._lock_conn is not None
+        assert store._lock_conn.get_server_pid() != pid
+        with pytest.raises(StoreLocked):
+            await PostgresStore(url).open()
+        assert await store.list_jobs() == []
+    finally:
+        await store.close()

@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]
+import structlog
 from pydantic_core import to_json
 
 from jobwire.model import ACTIVE_STATES, Event, EventOutcome, Job, Run, RunState, utcnow
@@ -58,6 +59,7 @@ from jobwire.store.queries import (
 )
 
 Q = Queries("postgres")
+log = structlog.get_logger(__name__)
 
 DEFAULT_POOL_SIZE = 10
 CONNECT_TIMEOUT = 10.0
@@ -351,6 +353,9 @@ class PostgresStore(Store):
         self.auto_migrate = auto_migrate
         self._pool: asyncpg.Pool | None = None
         self._lock_conn: asyncpg.Connection | None = None
+        self._relock: asyncio.Task[None] | None = None
+        self.lock_lost = 0
+        """How many times the single-jobwire lock's connection was lost (and the lock re-taken)."""
 
     def __repr__(self) -> str:
         return f"PostgresStore({mask(self.url)!r})"
@@ -391,6 +396,48 @@ class PostgresStore(Store):
                 raise StoreError(f"cannot open {mask(self.url)}: {_describe(exc)}") from exc
             raise
         self._pool, self._lock_conn = pool, conn
+        conn.add_termination_listener(self._lock_connection_lost)
+
+    def _lock_connection_lost(self, conn: asyncpg.Connection) -> None:
+        """The lock's session ended (PostgreSQL restarted, the backend was terminated): the lock went
+        with it. Re-take it on a new connection in the background, and say so."""
+        if self._pool is None or conn is not self._lock_conn:
+            return  # closing
+        self._lock_conn = None
+        self.lock_lost += 1
+        log.error(
+            "lost the single-jobwire lock on the database with its connection; taking it again",
+            database=mask(self.url),
+        )
+        self._relock = asyncio.get_running_loop().create_task(self._retake_lock())
+
+    async def _retake_lock(self) -> None:
+        delay = 0.25
+        while self._pool is not None:
+            try:
+                conn = await _connect(self.url)
+            except StoreError as exc:
+                log.warning("single-jobwire lock: database not reachable yet", error=str(exc))
+            else:
+                try:
+                    held = await conn.fetchval("SELECT pg_try_advisory_lock($1)", SERVE_LOCK_KEY)
+                except Exception:
+                    held = False
+                if held and self._pool is not None:
+                    self._lock_conn = conn
+                    conn.add_termination_listener(self._lock_connection_lost)
+                    log.info("single-jobwire lock taken again", database=mask(self.url))
+                    return
+                with contextlib.suppress(Exception):
+                    await conn.close()
+                if not held:
+                    log.error(
+                        "another jobwire holds the database's lock now: one jobwire per database for "
+                        "now — stop one of them",
+                        database=mask(self.url),
+                    )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     async def _locked_message(self, conn: asyncpg.Connection) -> str:
         holder = await conn.fetchrow(
@@ -410,8 +457,12 @@ class PostgresStore(Store):
         )
 
     async def close(self) -> None:
-        pool, conn = self._pool, self._lock_conn
-        self._pool = self._lock_conn = None
+        pool, conn, relock = self._pool, self._lock_conn, self._relock
+        self._pool = self._lock_conn = self._relock = None
+        if relock is not None:
+            relock.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await relock
         try:
             if pool is not None:
                 with contextlib.suppress(Exception):
