@@ -288,3 +288,19 @@ async def test_lost_lock_connection_is_taken_again(url: str) -> None:
         assert await store.list_jobs() == []
     finally:
         await store.close()
+
+
+async def test_a_cursor_out_of_range_is_an_invalid_cursor(url: str) -> None:
+    import base64
+
+    from jobwire.store import RunQuery
+    from jobwire.store.queries import InvalidCursorError
+
+    store = PostgresStore(url, auto_migrate=True)
+    await store.open()
+    try:
+        huge = base64.urlsafe_b64encode(f"{10**30}:r1".encode()).decode().rstrip("=")
+        with pytest.raises(InvalidCursorError):
+            await store.list_runs(RunQuery(cursor=huge))
+    finally:
+        await store.close()

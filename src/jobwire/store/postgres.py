@@ -49,6 +49,7 @@ from jobwire.store.base import (
     StoreLocked,
 )
 from jobwire.store.queries import (
+    InvalidCursorError,
     Queries,
     check_limit,
     decode_cursor,
@@ -764,7 +765,13 @@ def _time_window(
         where.append(f"{column} < ${len(args)}")
     if cursor is not None:
         us, row_id = decode_cursor(cursor)
-        args.extend((from_us(us), row_id))
+        try:
+            after = from_us(us)
+        except (OverflowError, ValueError):
+            raise InvalidCursorError(
+                f"invalid cursor {cursor!r}: pass a next_cursor of a previous page"
+            ) from None
+        args.extend((after, row_id))
         where.append(f"({column}, id) < (${len(args) - 1}, ${len(args)})")
 
 
