@@ -104,7 +104,7 @@ def _json(value: Any) -> str:
 
 
 def _run_columns(runs: Sequence[Run]) -> list[list[Any]]:
-    """The runs as 22 parallel arrays (insert_runs' parameters), serialized now: a snapshot."""
+    """The runs as 22 parallel arrays (record_batch's $1-$22), serialized now: a snapshot."""
     cols: list[list[Any]] = [[] for _ in range(22)]
     for run in runs:
         row = (
@@ -160,7 +160,7 @@ def _event_row(event: Event) -> tuple[Any, ...]:
 
 
 def _columns(events: Sequence[Event]) -> list[list[Any]]:
-    """The events as 11 parallel arrays (insert_events' parameters)."""
+    """The events as 11 parallel arrays (record_batch's $23-$33)."""
     cols: list[list[Any]] = [[] for _ in range(11)]
     for event in events:
         for col, value in zip(cols, _event_row(event), strict=True):

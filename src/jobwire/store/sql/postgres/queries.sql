@@ -1,6 +1,6 @@
 -- Named queries of jobwire.store.postgres. Times are timestamptz; JSON columns are `json`, sent as
 -- text and cast. Batches are arrays unnested server-side: one statement (one round trip) per batch,
--- whatever its size. Column lists must match RUN_COLUMNS / EVENT_COLUMNS in jobwire/store/postgres.py.
+-- whatever its size. Column order must match _run_columns / _event_row in jobwire/store/postgres.py.
 
 -- name: upsert_job
 -- Insert or replace a definition; an existing row keeps `paused` unless the new one pauses.
@@ -25,33 +25,6 @@ DELETE FROM jobs WHERE name = $1;
 -- name: set_paused
 UPDATE jobs SET paused = $2, updated_at = $3 WHERE name = $1
 RETURNING name, definition, origin, paused, updated_at;
-
--- name: insert_runs
--- A whole batch of runs, in batch order. A repeat run key (or id) — also one repeated inside the
--- batch — inserts nothing: the caller reads the run that exists. Returns the rows it inserted.
-INSERT INTO runs (
-    id, key, job, trigger, event_id, state, attempt, params, concurrency_key, created_at,
-    scheduled_at, not_before, started_at, finished_at, exit_code, http_status, error,
-    target_ref, target_status, history, input_location, environment
-)
-SELECT
-    u.id, u.key, u.job, u.trigger, u.event_id, u.state, u.attempt, u.params::json, u.concurrency_key,
-    u.created_at, u.scheduled_at, u.not_before, u.started_at, u.finished_at, u.exit_code,
-    u.http_status, u.error::json, u.target_ref, u.target_status::json, u.history::json,
-    u.input_location, u.environment
-FROM unnest(
-    $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::text[],
-    $9::text[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[], $13::timestamptz[],
-    $14::timestamptz[], $15::int[], $16::int[], $17::text[], $18::text[], $19::text[], $20::text[],
-    $21::text[], $22::text[]
-) WITH ORDINALITY AS u (
-    id, key, job, trigger, event_id, state, attempt, params, concurrency_key, created_at,
-    scheduled_at, not_before, started_at, finished_at, exit_code, http_status, error,
-    target_ref, target_status, history, input_location, environment, n
-)
-ORDER BY u.n
-ON CONFLICT DO NOTHING
-RETURNING id, key, event_id;
 
 -- name: update_runs
 -- Every field but the identity (id, and key which id derives from), for a batch of runs.
@@ -81,22 +54,6 @@ SELECT
     scheduled_at, not_before, started_at, finished_at, exit_code, http_status, error,
     target_ref, target_status, history, input_location, environment
 FROM runs;
-
--- name: insert_events
-INSERT INTO events (
-    id, job, trigger, source, received_at, scheduled_at, payload, outcome, run_id, reason,
-    input_location
-)
-SELECT u.id, u.job, u.trigger, u.source, u.received_at, u.scheduled_at, u.payload::json, u.outcome,
-       u.run_id, u.reason, u.input_location
-FROM unnest(
-    $1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::timestamptz[],
-    $7::text[], $8::text[], $9::text[], $10::text[], $11::text[]
-) WITH ORDINALITY AS u (
-    id, job, trigger, source, received_at, scheduled_at, payload, outcome, run_id, reason,
-    input_location, n
-)
-ORDER BY u.n;
 
 -- name: select_events
 -- The prefix of every event read; callers append WHERE / ORDER BY.
@@ -209,10 +166,10 @@ DELETE FROM outbox WHERE sink = $1 AND seq <= $2;
 SELECT count(*) FROM outbox WHERE sink = $1;
 
 -- name: record_batch
--- A batch's runs ($1-$22, as insert_runs) and events ($23-$33, as insert_events) in ONE statement
+-- A batch's runs ($1-$22, in _run_columns' order) and events ($23-$33, _event_row's) in ONE statement
 -- (one round trip). The events go in as the caller made them; an event whose run was not inserted
 -- (a repeated run key) is then marked by mark_duplicates in the same transaction. Returns the runs
--- inserted, as insert_runs does.
+-- inserted. A repeated run key (or id), also one repeated inside the batch, inserts nothing.
 WITH inserted AS (
     INSERT INTO runs (
         id, key, job, trigger, event_id, state, attempt, params, concurrency_key, created_at,
