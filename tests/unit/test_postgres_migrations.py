@@ -304,3 +304,44 @@ async def test_a_cursor_out_of_range_is_an_invalid_cursor(url: str) -> None:
             await store.list_runs(RunQuery(cursor=huge))
     finally:
         await store.close()
+
+
+def test_serve_refuses_an_outdated_schema_and_a_second_jobwire(
+    url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    """`jobwire serve` on PostgreSQL: an empty database → one line saying to run `jobwire db
+    upgrade`; a database another jobwire holds → one line saying one jobwire per database. (serve
+    runs on the main thread; the holding store on a thread with its own loop.)"""
+    import threading
+
+    monkeypatch.setenv("JOBWIRE_DATABASE_URL", url)
+    monkeypatch.setenv("JOBWIRE_DATA_DIR", f"{tmp_path}/d")
+    monkeypatch.setenv("JOBWIRE_PORT", "1")  # never reached: the store refuses first
+    runner = CliRunner()
+    outdated = runner.invoke(app, ["serve"])
+    assert outdated.exit_code == 1, (outdated.output, outdated.exception)
+    errors = [line for line in outdated.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "jobwire db upgrade" in errors[0], outdated.output
+
+    opened, release = threading.Event(), threading.Event()
+
+    async def hold() -> None:
+        holder = PostgresStore(url, auto_migrate=True)
+        await holder.open()
+        opened.set()
+        try:
+            await asyncio.to_thread(release.wait, 30)
+        finally:
+            await holder.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(hold(),))
+    thread.start()
+    try:
+        assert opened.wait(10)
+        second = runner.invoke(app, ["serve"])
+        assert second.exit_code == 1, (second.output, second.exception)
+        assert "one jobwire per database for now" in second.output
+        assert "Traceback" not in second.output
+    finally:
+        release.set()
+        thread.join(10)
