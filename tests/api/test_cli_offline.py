@@ -13,6 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 from jobwire.cli import app, parse_params
+from tests.support.logstate import restore_logging  # noqa: F401 - fixture
 
 runner = CliRunner()
 
@@ -144,6 +145,7 @@ def test_postgresql_url_is_accepted_by_config_and_masked(monkeypatch: pytest.Mon
     assert bad.exit_code == 2 and "postgresql://user:password@host:5432/db" in bad.output
 
 
+@pytest.mark.usefixtures("restore_logging")
 @pytest.mark.parametrize("command", [["serve"], ["db", "upgrade"]])
 def test_postgresql_url_is_one_clear_line_not_a_traceback(
     command: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path

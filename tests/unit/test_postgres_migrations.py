@@ -23,6 +23,7 @@ from jobwire.model import Event, EventOutcome
 from jobwire.store import Intake, StoreError, StoreLocked, open_store
 from jobwire.store.postgres import PostgresStore, latest_version, migrate, schema_version
 from jobwire.store.queries import load_migrations
+from tests.support.logstate import restore_logging  # noqa: F401 - fixture
 
 ADMIN_DSN = os.environ.get("JOBWIRE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 LATEST = latest_version()
@@ -306,6 +307,7 @@ async def test_a_cursor_out_of_range_is_an_invalid_cursor(url: str) -> None:
         await store.close()
 
 
+@pytest.mark.usefixtures("restore_logging")
 def test_serve_refuses_an_outdated_schema_and_a_second_jobwire(
     url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: object
 ) -> None:
