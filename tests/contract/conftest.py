@@ -1,5 +1,7 @@
 """The store contract suite runs against every store. To add one, write a factory and add ONE
-line to `FACTORIES` (e.g. `"postgres": postgres_store,` with a factory that makes a fresh schema).
+line to `FACTORIES`. PostgreSQL: each store on a fresh database `jwtest_<uuid>` (on
+JOBWIRE_TEST_POSTGRES, default postgresql://postgres@127.0.0.1:5432/postgres), dropped when the
+store closes; without PostgreSQL those tests skip, and fail when CI=true.
 
 A factory takes a fresh folder and returns an unopened store of its kind, empty. `store` is an open
 store; `make_store` opens more fresh ones (for hypothesis examples, which share one fixture).
