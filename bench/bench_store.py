@@ -4,7 +4,9 @@
 
 One "record" is one intake: an event and the run it makes, written in the batch's transaction.
 Each cell runs batches for about `--seconds` (at least 3 batches) on a fresh database file.
-Also prints the cost of a read (list_runs page of 50) and the memory store for comparison.
+Also prints the cost of a read (list_runs page of 50) and the memory store for comparison, and —
+when PostgreSQL answers at JOBWIRE_BENCH_POSTGRES (default postgresql://postgres@127.0.0.1:5432/postgres)
+— the same record() rows for the PostgreSQL store, each cell on a fresh database that is dropped after.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import os
 import tempfile
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -118,6 +122,38 @@ async def main() -> None:
             print(f"{size:>6} | " + " | ".join(f"{w:>9,.0f} ({c:>7,.0f})" for w, c in cells))
         ms = await measure_reads(SQLiteStore(f"sqlite:///{tmp}/reads.db", synchronous="NORMAL"))
         print(f"\nlist_runs(job, limit=50) over 10,000 runs: {ms:.2f} ms per page")
+    await postgres_rows(args.seconds)
+
+
+PG_ADMIN = os.environ.get("JOBWIRE_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+async def postgres_rows(seconds: float) -> None:
+    """record() on the PostgreSQL store by batch size: SQLite's table's rows, against PostgreSQL."""
+    try:
+        import asyncpg
+
+        from jobwire.store.postgres import PostgresStore
+
+        admin = await asyncpg.connect(PG_ADMIN, timeout=5)
+    except Exception as exc:
+        print(f"\nPostgreSQL store: skipped ({type(exc).__name__}: {exc})")
+        return
+    print("\nPostgreSQL store (server on this machine, synchronous_commit as configured; the CPU rate")
+    print("counts this process only, not the server): intakes/s, fresh database per cell")
+    print(f"{'batch':>6} | {'intakes/s':>20} | {'rows/s':>20}")
+    try:
+        for size in (1, 10, 100, 1000):
+            name = f"jwbench_{uuid.uuid4().hex[:12]}"
+            await admin.execute(f'CREATE DATABASE "{name}"')
+            try:
+                url = f"{PG_ADMIN.rpartition('/')[0]}/{name}"
+                wall, cpu = await measure(PostgresStore(url, auto_migrate=True), size, seconds)
+            finally:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            print(f"{size:>6} | {wall:>9,.0f} ({cpu:>7,.0f}) | {2 * wall:>9,.0f} ({2 * cpu:>7,.0f})")
+    finally:
+        await admin.close()
 
 
 if __name__ == "__main__":

@@ -928,11 +928,54 @@ def events_show(
 
 # --------------------------------------------------------------------------- db (seed 001)
 
-db_app = typer.Typer(help="Database helpers for the postgres source.", no_args_is_help=True)
+db_app = typer.Typer(
+    help="Database helpers: the PostgreSQL store's schema, the postgres source's trigger.",
+    no_args_is_help=True,
+)
 app.add_typer(db_app, name="db")
 DsnOpt = Annotated[
     str | None, typer.Option(help="postgresql://…", envvar="JOBWIRE_POSTGRES_DSN", show_default=False)
 ]
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            help="postgresql://… (default: JOBWIRE_DATABASE_URL / the config file).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Apply the PostgreSQL store's migrations up to this jobwire's schema (under an advisory lock;
+    idempotent). Migrations are additive: a jobwire of the previous version keeps working on the
+    upgraded schema, so upgrade the database first, then the jobwire."""
+    from jobwire.redact import mask_url
+
+    url = database_url or load_settings().effective_database_url
+    scheme = url.split(":", 1)[0]
+    if scheme not in ("postgresql", "postgres"):
+        typer.echo(f"{scheme} database: its schema is migrated when jobwire starts; nothing to do")
+        return
+    try:
+        from jobwire.store.postgres import latest_version, upgrade
+    except ModuleNotFoundError as exc:
+        fail(f"db upgrade needs the Python package {exc.name!r}: pip install 'jobwire[postgres]'")
+    from jobwire.store import StoreError
+
+    try:
+        before, applied = asyncio.run(upgrade(url))
+    except StoreError as exc:
+        fail(str(exc), code=1)
+    except Exception as exc:
+        fail(f"db upgrade on {mask_url(url)}: {type(exc).__name__}: {exc}", code=1)
+    latest = latest_version()
+    if applied:
+        typer.echo(f"migrated {mask_url(url)} from schema version {before} to {latest}")
+    else:
+        typer.echo(f"{mask_url(url)} is at schema version {latest}: nothing to do")
 
 
 @db_app.command("install-trigger")

@@ -209,8 +209,13 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".jobwire")
     """Holds the SQLite file, its lock and the run logs."""
     database_url: str | None = None
-    """Default `sqlite:///<data_dir>/jobwire.db`; `memory://` for throwaway runs. SQLite only: the
-    PostgreSQL store is not available yet, so a `postgresql://` URL is refused (see below)."""
+    """Default `sqlite:///<data_dir>/jobwire.db`; `memory://` for throwaway runs;
+    `postgresql://user:password@host:5432/db` for PostgreSQL (one jobwire per database for now)."""
+    db_pool_size: int = Field(default=10, ge=1, le=1000)
+    """PostgreSQL: connections in the store's pool (plus one held for the single-jobwire lock)."""
+    db_auto_migrate: bool = False
+    """PostgreSQL: migrate an outdated schema at start (under an advisory lock) instead of refusing
+    to start; otherwise run `jobwire db upgrade` first."""
     jobs: Annotated[list[Path | S3Url], NoDecode] = Field(default_factory=list)
     """Job definition files or folders (YAML, CSV), or `s3://bucket/key` of one file in S3.
     Comma-separated in the environment."""
@@ -339,27 +344,28 @@ class Settings(BaseSettings):
         return data
 
 
-DATABASE_SCHEMES = ("sqlite", "memory")
+DATABASE_SCHEMES = ("sqlite", "memory", "postgresql", "postgres")
 
 
 def check_database_url(url: str | None) -> str | None:
-    """Only the stores that exist: SQLite (`sqlite:///PATH`) and `memory://`. A PostgreSQL URL is
-    refused here, with what to set instead, so `config` and `serve` say it in one line before
+    """Only the stores that exist: SQLite (`sqlite:///PATH`), PostgreSQL (`postgresql://…` or
+    `postgres://…`) and `memory://`, so `config` and `serve` refuse anything else in one line before
     anything starts. The message never repeats the URL (it may hold a password)."""
     if url is None:
         return None
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-    if scheme in ("postgres", "postgresql") or scheme.startswith("postgresql+"):
+    if scheme.startswith("postgresql+"):
         raise ValueError(
-            "the PostgreSQL store is not available yet (SQLite only): "
-            "unset JOBWIRE_DATABASE_URL (default sqlite:///<data_dir>/jobwire.db) "
-            "or set it to sqlite:///PATH, and run one replica"
+            f"unsupported database URL scheme {scheme!r} (a SQLAlchemy driver name): "
+            "set JOBWIRE_DATABASE_URL to postgresql://user:password@host:5432/db"
         )
     if scheme not in DATABASE_SCHEMES:
         raise ValueError(
             f"unsupported database URL scheme {scheme!r}: "
-            "set JOBWIRE_DATABASE_URL to sqlite:///PATH or memory:// (or unset it)"
+            "set JOBWIRE_DATABASE_URL to sqlite:///PATH, postgresql://… or memory:// (or unset it)"
         )
+    if scheme in ("postgresql", "postgres") and not url.split("://", 1)[-1].strip("/"):
+        raise ValueError("a PostgreSQL URL needs a host or a database: postgresql://user:password@host:5432/db")
     return url
 
 

@@ -15,6 +15,7 @@ import typer
 from typer.testing import CliRunner
 
 from jobwire.cli import app, parse_params
+from tests.support.logstate import restore_logging  # noqa: F401 - fixture
 
 runner = CliRunner()
 
@@ -150,22 +151,38 @@ def test_config_reports_bad_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "port" in result.output
 
 
-@pytest.mark.parametrize("command", [["config"], ["serve"]])
+def test_postgresql_url_is_accepted_by_config_and_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOBWIRE_DATABASE_URL", "postgresql://jw:db-password@db:5432/jw")
+    result = runner.invoke(app, ["config", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["database_url"] == "postgresql://jw:****@db:5432/jw"
+    assert data["db_pool_size"] == 10 and data["db_auto_migrate"] is False
+    assert "db-password" not in result.output
+    monkeypatch.setenv("JOBWIRE_DATABASE_URL", "postgresql+asyncpg://jw@db/jw")
+    bad = runner.invoke(app, ["config"])
+    assert bad.exit_code == 2 and "postgresql://user:password@host:5432/db" in bad.output
+
+
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize("command", [["serve"], ["db", "upgrade"]])
 def test_postgresql_url_is_one_clear_line_not_a_traceback(
     command: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("JOBWIRE_DATABASE_URL", "postgresql://jw:db-password@db:5432/jw")
+    """An unreachable PostgreSQL: one line naming the database (password masked), exit 1."""
+    with socket.socket() as s:  # a port nothing listens on: connection refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("JOBWIRE_DATABASE_URL", f"postgresql://jw:db-password@127.0.0.1:{port}/jw")
     monkeypatch.setenv("JOBWIRE_DATA_DIR", str(tmp_path / "d"))
     result = runner.invoke(app, command)
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
-    first = result.output.splitlines()[0]
-    assert first.startswith("error: invalid setting database_url (JOBWIRE_DATABASE_URL): "), first
-    assert "PostgreSQL store is not available yet" in first and "SQLite only" in first
-    assert "sqlite:///" in first and "unset JOBWIRE_DATABASE_URL" in first
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    assert errors[0].startswith(f"error: cannot connect to PostgreSQL at postgresql://jw:****@127.0.0.1:{port}/jw: ")
     assert "Traceback" not in result.output and "StoreError" not in result.output
     assert "db-password" not in result.output
-    assert not (tmp_path / "d").exists()  # refused before anything was started
 
 
 def test_unknown_database_url_scheme_is_refused_by_config(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,7 +31,11 @@ class Plugs:
 
 def build_plugs(settings: Settings, store: Store | None = None) -> Plugs:
     """The store (`store` if given, else the one `settings` names), the targets and the sinks."""
-    store = store or open_store(settings.effective_database_url)
+    store = store or open_store(
+        settings.effective_database_url,
+        pool_size=settings.db_pool_size,
+        auto_migrate=settings.db_auto_migrate,
+    )
     targets = build_targets(settings)
     return Plugs(store, targets, build_sinks(settings) + plug_sinks())
 
