@@ -1012,7 +1012,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Ctx], list[Row]]]] = {
     "postgres-latency": ("row INSERT → local process started", postgres_to_start),
     "s3-latency": ("S3 put → local process started (moto)", s3_to_start),
     "sqs-latency": ("SQS send → local process started (moto)", sqs_to_start),
-    "sqs-intake": ("SQS messages recorded per second (moto)", sqs_throughput),
+    "sqs-intake": ("SQS messages recorded per second (SQS double)", sqs_throughput),
     "spot-latency": ("spot (moto): due time → request sent; callback → terminate sent", spot_latency),
 }
 
