@@ -59,6 +59,8 @@ class PendingFires:
         self._since: dict[Key, datetime] = {}
         """Triggers beyond the bound: the earliest fire time not recorded."""
         self._count = 0
+        self._inflight = 0
+        """Fires taken by the retry loop and not yet committed (still counted as pending)."""
         self._work = asyncio.Event()
         """Set by `add`: there is something to retry (wakes an idle loop, never shortens a backoff)."""
         self._now = asyncio.Event()
@@ -81,11 +83,11 @@ class PendingFires:
         return bool(self._count or self._since)
 
     def summary(self) -> dict[str, Any]:
-        return {"fires_pending": self._count, "triggers_catching_up": len(self._since)}
+        return {"fires_pending": self._count + self._inflight, "triggers_catching_up": len(self._since)}
 
     def _set_gauge(self) -> None:
         if self._metrics is not None:
-            self._metrics.fires_pending.set(self._count)
+            self._metrics.fires_pending.set(self._count + self._inflight)
 
     # ------------------------------------------------------------------ intake
     async def hand_in(self, batch: list[Incoming]) -> None:
@@ -197,11 +199,17 @@ class PendingFires:
             due = self._due(utcnow())
             if not due:
                 continue
+            # still pending (in /readyz and the gauge) until the store has taken them
+            self._inflight = len(due)
+            self._set_gauge()
             try:
                 results = await self._submit(due)
             except Exception:
                 self.add(due)  # shutting down or the store is gone: keep them; stop cancels this loop
                 raise
+            finally:
+                self._inflight = 0
+                self._set_gauge()
             failed = [inc for inc, res in zip(due, results, strict=True) if isinstance(res, BaseException)]
             self.recorded += len(due) - len(failed)
             if failed:
