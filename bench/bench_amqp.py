@@ -38,7 +38,7 @@ async def _channel(url: str, confirms: bool) -> tuple[Any, Any]:
 def amqp_to_start(ctx: Ctx) -> list[Row]:
     import aio_pika
 
-    from bench.bench_core import p50_p99_row, settle, summary
+    from bench.bench_core import latency_row, runs_started_after, settle, summary
     from jobwire.model import run_id_for
     from tests.support.server import Server
 
@@ -74,28 +74,11 @@ def amqp_to_start(ctx: Ctx) -> list[Row]:
                             await asyncio.sleep(rest)
                 return sent
 
-            sent = asyncio.run(publish_all())
-            started, failed = [], 0
-            with srv.client() as c:
-                for rid, t0 in sent.items():
-                    run = None
-                    for _ in range(200):
-                        r = c.get(f"/runs/{rid}")
-                        if r.status_code == 200 and r.json()["state"] in ("succeeded", "failed"):
-                            run = r.json()
-                            break
-                        time.sleep(0.05)
-                    if run is None or run["state"] != "succeeded" or not run["started_at"]:
-                        failed += 1
-                        continue
-                    started.append(datetime.fromisoformat(run["started_at"]).timestamp() - t0)
+            started, failed = runs_started_after(srv, asyncio.run(publish_all()))
     finally:
         vhost.delete()
     ctx.data["amqp_latency"] = {"publish_to_started_at": summary(started), "failed_runs": failed}
-    extra = f"  ({failed} runs failed)" if failed else ""
-    row = p50_p99_row("AMQP publish → run started_at (p50 / p99), local target", started, 10, extra)
-    p50 = sorted(started)[len(started) // 2] if started else float("inf")
-    return [row._replace(floor="p50 ≤ 3 ms, p99 ≤ 10 ms", ok=bool(row.ok) and p50 <= 0.003)]
+    return [latency_row("AMQP publish → run started_at (p50 / p99), local target", started, failed, 3, 10)]
 
 
 SINK = (
@@ -231,7 +214,7 @@ def mqtt_to_start(ctx: Ctx) -> list[Row]:
 
     import aiomqtt
 
-    from bench.bench_core import p50_p99_row, settle, summary
+    from bench.bench_core import latency_row, runs_started_after, settle, summary, wait_source_connected
     from jobwire.model import run_id_for
     from tests.support.server import Server
 
@@ -249,12 +232,7 @@ def mqtt_to_start(ctx: Ctx) -> list[Row]:
     settle(ctx)
     env = {"JOBWIRE_MQTT_URL": "mqtt://127.0.0.1:1883", "JOBWIRE_MQTT_SINK": "false"}
     with Server(base / "data", jobs, **env) as srv:
-        with srv.client() as c:
-            for _ in range(200):  # the source subscribes after start
-                sources = c.get("/readyz").json().get("sources") or []
-                if any(s.get("connected") for s in sources):
-                    break
-                time.sleep(0.05)
+        wait_source_connected(srv)  # the source subscribes after start
         ctx.progress(f"{warm} warm-up + {n} sequential MQTT publishes (QoS 1), 25 ms apart")
 
         async def publish_all() -> dict[str, float]:
@@ -271,26 +249,9 @@ def mqtt_to_start(ctx: Ctx) -> list[Row]:
                         await asyncio.sleep(rest)
             return sent
 
-        sent = asyncio.run(publish_all())
-        started, failed = [], 0
-        with srv.client() as c:
-            for rid, t0 in sent.items():
-                run = None
-                for _ in range(40 if failed < 3 else 1):
-                    r = c.get(f"/runs/{rid}")
-                    if r.status_code == 200 and r.json()["state"] in ("succeeded", "failed"):
-                        run = r.json()
-                        break
-                    time.sleep(0.05)
-                if run is None or run["state"] != "succeeded" or not run["started_at"]:
-                    failed += 1
-                    continue
-                started.append(datetime.fromisoformat(run["started_at"]).timestamp() - t0)
+        started, failed = runs_started_after(srv, asyncio.run(publish_all()))
     ctx.data["mqtt_latency"] = {"publish_to_started_at": summary(started), "failed_runs": failed}
-    extra = f"  ({failed} runs failed)" if failed else ""
-    row = p50_p99_row("MQTT publish → run started_at (p50 / p99), local target", started, 10, extra)
-    p50 = sorted(started)[len(started) // 2] if started else float("inf")
-    return [row._replace(floor="p50 ≤ 3 ms, p99 ≤ 10 ms", ok=bool(row.ok) and p50 <= 0.003)]
+    return [latency_row("MQTT publish → run started_at (p50 / p99), local target", started, failed, 3, 10)]
 
 
 def postgres_to_start(ctx: Ctx) -> list[Row]:
@@ -303,7 +264,7 @@ def postgres_to_start(ctx: Ctx) -> list[Row]:
 
     import asyncpg  # type: ignore[import-untyped]
 
-    from bench.bench_core import p50_p99_row, settle, summary
+    from bench.bench_core import latency_row, runs_started_after, settle, summary
     from tests.support.server import Server
 
     n, warm, gap = (100, 10, 0.025) if ctx.quick else (500, 30, 0.025)
@@ -365,24 +326,11 @@ def postgres_to_start(ctx: Ctx) -> list[Row]:
                 return {ids[k]: v for k, v in sent.items() if ids.get(k)}  # type: ignore[misc]
 
             sent = asyncio.run(insert_all())
-            started, failed = [], n - len(sent)
-            with srv.client() as c:
-                for rid, t0 in sent.items():
-                    run = None
-                    for _ in range(40 if failed < 3 else 1):
-                        r = c.get(f"/runs/{rid}")
-                        if r.status_code == 200 and r.json()["state"] in ("succeeded", "failed"):
-                            run = r.json()
-                            break
-                        time.sleep(0.05)
-                    if run is None or run["state"] != "succeeded" or not run["started_at"]:
-                        failed += 1
-                        continue
-                    started.append(datetime.fromisoformat(run["started_at"]).timestamp() - t0)
+            started, failed = runs_started_after(srv, sent)
+            failed += n - len(sent)
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
     ctx.data["postgres_latency"] = {"insert_to_started_at": summary(started), "failed_runs": failed}
-    extra = f"  ({failed} runs failed)" if failed else ""
-    row = p50_p99_row("row INSERT (seed 001) → run started_at (p50 / p99), local target", started, 15, extra)
-    p50 = sorted(started)[len(started) // 2] if started else float("inf")
-    return [row._replace(floor="p50 ≤ 5 ms, p99 ≤ 15 ms", ok=bool(row.ok) and p50 <= 0.005)]
+    return [
+        latency_row("row INSERT (seed 001) → run started_at (p50 / p99), local target", started, failed, 5, 15)
+    ]

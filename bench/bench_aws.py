@@ -22,7 +22,6 @@ import asyncio
 import hashlib
 import os
 import time
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -86,45 +85,8 @@ def _aws(env: dict[str, str]) -> Any:
     return client
 
 
-def _wait_connected(srv: Any) -> None:
-    with srv.client() as c:
-        for _ in range(600):
-            sources = c.get("/readyz").json().get("sources") or []
-            if any(s.get("connected") for s in sources):
-                return
-            time.sleep(0.05)
-    raise RuntimeError("the source did not connect")
-
-
-def _started(srv: Any, sent: dict[str, float]) -> tuple[list[float], int]:
-    started, failed = [], 0
-    with srv.client() as c:
-        for rid, t0 in sent.items():
-            run = None
-            for _ in range(100 if failed < 3 else 1):
-                r = c.get(f"/runs/{rid}")
-                if r.status_code == 200 and r.json()["state"] in ("succeeded", "failed"):
-                    run = r.json()
-                    break
-                time.sleep(0.05)
-            if run is None or run["state"] != "succeeded" or not run["started_at"]:
-                failed += 1
-                continue
-            started.append(datetime.fromisoformat(run["started_at"]).timestamp() - t0)
-    return started, failed
-
-
-def _row(name: str, started: list[float], failed: int, p50_ms: float, p99_ms: float) -> Row:
-    from bench.bench_core import p50_p99_row
-
-    extra = f"  ({failed} runs failed)" if failed else ""
-    row = p50_p99_row(name, started, p99_ms, extra)
-    p50 = sorted(started)[len(started) // 2] if started else float("inf")
-    return row._replace(floor=f"p50 ≤ {p50_ms:g} ms, p99 ≤ {p99_ms:g} ms", ok=bool(row.ok) and p50 <= p50_ms / 1e3)
-
-
 def s3_to_start(ctx: Ctx) -> list[Row]:
-    from bench.bench_core import settle, summary
+    from bench.bench_core import latency_row, runs_started_after, settle, summary, wait_source_connected
     from jobwire.model import run_id_for
     from tests.support.aws import unique_name
     from tests.support.server import Server
@@ -143,7 +105,7 @@ def s3_to_start(ctx: Ctx) -> list[Row]:
         )
         settle(ctx)
         with Server(base / "data", jobs, **moto.env, JOBWIRE_S3_INTAKE="false") as srv:
-            _wait_connected(srv)
+            wait_source_connected(srv)
             ctx.progress(f"{warm} warm-up + {n} sequential PutObject, {gap * 1e3:.0f} ms apart")
             client = _aws(moto.env)
 
@@ -162,15 +124,15 @@ def s3_to_start(ctx: Ctx) -> list[Row]:
                             await asyncio.sleep(rest)
                 return sent
 
-            started, failed = _started(srv, asyncio.run(put_all()))
+            started, failed = runs_started_after(srv, asyncio.run(put_all()))
     finally:
         moto.stop()
     ctx.data["s3_latency"] = {"put_to_started_at": summary(started), "failed_runs": failed}
-    return [_row("S3 put → run started_at (moto, long polling; p50 / p99), local target", started, failed, 50, 200)]
+    return [latency_row("S3 put → run started_at (moto, long polling; p50 / p99), local target", started, failed, 50, 200)]
 
 
 def sqs_to_start(ctx: Ctx) -> list[Row]:
-    from bench.bench_core import settle, summary
+    from bench.bench_core import latency_row, runs_started_after, settle, summary, wait_source_connected
     from jobwire.model import run_id_for
     from tests.support.aws import unique_name
     from tests.support.server import Server
@@ -189,7 +151,7 @@ def sqs_to_start(ctx: Ctx) -> list[Row]:
         )
         settle(ctx)
         with Server(base / "data", jobs, **moto.env) as srv:
-            _wait_connected(srv)
+            wait_source_connected(srv)
             ctx.progress(f"{warm} warm-up + {n} sequential SendMessage, {gap * 1e3:.0f} ms apart")
             client = _aws(moto.env)
 
@@ -209,16 +171,16 @@ def sqs_to_start(ctx: Ctx) -> list[Row]:
                             await asyncio.sleep(rest)
                 return sent
 
-            started, failed = _started(srv, asyncio.run(send_all()))
+            started, failed = runs_started_after(srv, asyncio.run(send_all()))
     finally:
         moto.stop()
     ctx.data["sqs_latency"] = {"send_to_started_at": summary(started), "failed_runs": failed}
-    return [_row("SQS send → run started_at (moto, long polling; p50 / p99), local target", started, failed, 30, 100)]
+    return [latency_row("SQS send → run started_at (moto, long polling; p50 / p99), local target", started, failed, 30, 100)]
 
 
 def sqs_throughput(ctx: Ctx) -> list[Row]:
     from bench.bench_amqp import _ts
-    from bench.bench_core import Row, db_rows, settle
+    from bench.bench_core import Row, db_rows, settle, wait_source_connected
     from tests.support.aws import unique_name
     from tests.support.server import Server
 
@@ -258,7 +220,7 @@ def sqs_throughput(ctx: Ctx) -> list[Row]:
 
         settle(ctx)
         with Server(base / "data", jobs, **moto.env, JOBWIRE_SHUTDOWN_GRACE="0.2s") as srv:
-            _wait_connected(srv)
+            wait_source_connected(srv)
             ctx.progress(f"{total:,} messages sent, ≤ {WINDOW} ahead, while jobwire serve consumes ({pollers} pollers)")
             asyncio.run(produce())
             deadline = time.time() + 300

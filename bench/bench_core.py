@@ -104,6 +104,45 @@ def p50_p99_row(name: str, xs: list[float], floor_ms: float | None, extra: str =
     return Row(name, value, f"p99 ≤ {floor_ms:g} ms", bool(xs) and p99 <= floor_ms / 1e3)
 
 
+def latency_row(name: str, started: list[float], failed: int, p50_ms: float, p99_ms: float) -> Row:
+    """A p50/p99 row with floors on both (the event-source rows)."""
+    extra = f"  ({failed} runs failed)" if failed else ""
+    row = p50_p99_row(name, started, p99_ms, extra)
+    p50 = sorted(started)[len(started) // 2] if started else float("inf")
+    return row._replace(floor=f"p50 ≤ {p50_ms:g} ms, p99 ≤ {p99_ms:g} ms", ok=bool(row.ok) and p50 <= p50_ms / 1e3)
+
+
+def wait_source_connected(srv: Any) -> None:
+    """Until `jobwire serve`'s /readyz shows an event source connected (30 s at most)."""
+    with srv.client() as c:
+        for _ in range(600):
+            sources = c.get("/readyz").json().get("sources") or []
+            if any(s.get("connected") for s in sources):
+                return
+            time.sleep(0.05)
+    raise RuntimeError("the source did not connect")
+
+
+def runs_started_after(srv: Any, sent: dict[str, float]) -> tuple[list[float], int]:
+    """For each run id → the client's send time: recorded `started_at` − send time of the runs that
+    succeeded, and how many did not (after 3 such, the others are looked at once, not waited for)."""
+    started, failed = [], 0
+    with srv.client() as c:
+        for rid, t0 in sent.items():
+            run = None
+            for _ in range(100 if failed < 3 else 1):
+                r = c.get(f"/runs/{rid}")
+                if r.status_code == 200 and r.json()["state"] in ("succeeded", "failed"):
+                    run = r.json()
+                    break
+                time.sleep(0.05)
+            if run is None or run["state"] != "succeeded" or not run["started_at"]:
+                failed += 1
+                continue
+            started.append(datetime.fromisoformat(run["started_at"]).timestamp() - t0)
+    return started, failed
+
+
 def run_loop(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     """The same loop `jobwire serve` uses: uvloop where available."""
     try:

@@ -36,7 +36,7 @@ from rich.table import Table
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.support.server import Server  # noqa: E402
+from tests.support.server import Server, all_runs  # noqa: E402
 from tests.support.tmpfs import fill, small_tmpfs  # noqa: E402
 from tests.support.waiting import eventually_sync  # noqa: E402
 
@@ -51,20 +51,6 @@ class Row(NamedTuple):
 
 
 # ---------------------------------------------------------------------------- helpers
-def all_runs(c: httpx.Client, job: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        params: dict[str, Any] = {"job": job, "limit": 500}
-        if cursor:
-            params["cursor"] = cursor
-        page = c.get("/runs", params=params).json()
-        items += page["items"]
-        cursor = page.get("next_cursor")
-        if not cursor:
-            return items
-
-
 def wait_for(check: Any, timeout: float, what: str) -> Any:
     """`eventually_sync` from the test support (a condition with a deadline, never a bare sleep)."""
     return eventually_sync(check, timeout, what)

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.server import Server
+from tests.support.server import Server, all_runs
 from tests.support.waiting import eventually_sync
 
 N = 1000
@@ -81,17 +81,8 @@ def test_kill9_during_burst_then_replay(tmp_path: Path) -> None:
 
         with srv.client() as c:
 
-            def all_runs() -> list[dict]:
-                items, cursor = [], None
-                while True:
-                    page = c.get("/runs", params={"job": "burst", "limit": 500, **({"cursor": cursor} if cursor else {})}).json()
-                    items += page["items"]
-                    cursor = page.get("next_cursor")
-                    if not cursor:
-                        return items
-
             runs = eventually_sync(
-                lambda: (r := all_runs()) and all(x["state"] in TERMINAL for x in r) and r, 120, "all runs to end"
+                lambda: (r := all_runs(c, "burst")) and all(x["state"] in TERMINAL for x in r) and r, 120, "all runs to end"
             )
         assert len(runs) == N, f"{len(runs)} runs for {N} requests"
         assert len({r["key"] for r in runs}) == N

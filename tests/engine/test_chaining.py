@@ -20,7 +20,7 @@ from jobwire.engine import Engine
 from jobwire.engine.errors import ChainLoop
 from jobwire.model import EventOutcome, Job, RunState
 from jobwire.store import EventQuery, RunQuery
-from tests.support.server import Server
+from tests.support.server import Server, all_runs
 from tests.support.waiting import eventually, eventually_sync
 
 PY = sys.executable
@@ -154,18 +154,8 @@ jobs:
         asyncio.run(fire(srv.url, None))  # every parent request again: each has its one run
         with srv.client() as c:
 
-            def all_runs(name: str) -> list[dict[str, Any]]:
-                items, cursor = [], None
-                while True:
-                    params = {"job": name, "limit": 500, **({"cursor": cursor} if cursor else {})}
-                    page = c.get("/runs", params=params).json()
-                    items += page["items"]
-                    cursor = page.get("next_cursor")
-                    if not cursor:
-                        return items
-
             def settled() -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
-                parents, children = all_runs("parent"), all_runs("child")
+                parents, children = all_runs(c, "parent"), all_runs(c, "child")
                 done = [p for p in parents if p["state"] == "succeeded"]
                 if len(parents) < N or any(not r["finished_at"] for r in parents + children):
                     return None

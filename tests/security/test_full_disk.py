@@ -16,7 +16,7 @@ import httpx
 
 from jobwire.engine.fires import PendingFires
 from jobwire.model import Incoming, Job, utcnow
-from tests.support.server import Server
+from tests.support.server import Server, all_runs
 from tests.support.tmpfs import fill, small_tmpfs
 from tests.support.waiting import eventually, eventually_sync
 
@@ -34,20 +34,6 @@ def readyz(srv: Server) -> tuple[int, dict[str, Any]]:
     return r.status_code, r.json()
 
 
-def tick_runs(c: httpx.Client) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        params: dict[str, Any] = {"job": "tick", "limit": 500}
-        if cursor:
-            params["cursor"] = cursor
-        page = c.get("/runs", params=params).json()
-        items += page["items"]
-        cursor = page.get("next_cursor")
-        if not cursor:
-            return items
-
-
 def test_fires_missed_while_the_disk_is_full_are_recorded_once_space_returns(tmp_path: Path) -> None:
     jobs = tmp_path / "jobs.yaml"
     jobs.write_text(JOBS)
@@ -55,7 +41,7 @@ def test_fires_missed_while_the_disk_is_full_are_recorded_once_space_returns(tmp
         srv = Server(disk / "data", jobs).start()
         try:
             with srv.client() as c:
-                eventually_sync(lambda: len(tick_runs(c)) >= 2, 15, "the first fires to be recorded")
+                eventually_sync(lambda: len(all_runs(c, "tick")) >= 2, 15, "the first fires to be recorded")
                 filler = fill(disk)
 
                 def failing() -> dict[str, Any] | None:
@@ -82,7 +68,7 @@ def test_fires_missed_while_the_disk_is_full_are_recorded_once_space_returns(tmp
                 body = eventually_sync(recovered, 60, "readyz to be ready with no fires pending")
                 assert body["store"]["failing"] is False
 
-                runs = tick_runs(c)
+                runs = all_runs(c, "tick")
             assert "jobwire_fires_pending 0.0" in httpx.get(srv.url + "/api/v1/metrics").text
         finally:
             srv.stop()

@@ -14,7 +14,7 @@ import pytest
 
 from jobwire.model import run_id_for
 from tests.support.brokers import RABBIT, RabbitVhost, need
-from tests.support.server import Server
+from tests.support.server import Server, all_runs
 from tests.support.waiting import eventually_sync
 
 N = 2000
@@ -77,18 +77,8 @@ jobs:
     try:
         with srv.client() as c:
 
-            def all_runs() -> list[dict]:
-                items, cursor = [], None
-                while True:
-                    params = {"job": "work", "limit": 500, **({"cursor": cursor} if cursor else {})}
-                    page = c.get("/runs", params=params).json()
-                    items += page["items"]
-                    cursor = page.get("next_cursor")
-                    if not cursor:
-                        return items
-
             runs = eventually_sync(
-                lambda: (r := all_runs()) and len(r) >= N and all(x["state"] in TERMINAL for x in r) and r,
+                lambda: (r := all_runs(c, "work")) and len(r) >= N and all(x["state"] in TERMINAL for x in r) and r,
                 180,
                 "every message's run to end",
             )
@@ -140,14 +130,7 @@ jobs:
         with srv.client() as c:
 
             def done() -> list[dict] | None:
-                items, cursor = [], None
-                while True:
-                    params = {"job": "work", "limit": 500, **({"cursor": cursor} if cursor else {})}
-                    page = c.get("/runs", params=params).json()
-                    items += page["items"]
-                    cursor = page.get("next_cursor")
-                    if not cursor:
-                        break
+                items = all_runs(c, "work")
                 return items if len(items) >= total and all(r["state"] in TERMINAL for r in items) else None
 
             runs = eventually_sync(done, 180, "every message's run after the broker came back")

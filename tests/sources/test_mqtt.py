@@ -10,69 +10,20 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
 
-from jobwire.model import Admission, Event, EventOutcome, Incoming, Job
-from jobwire.sources.base import Binding, IntakeUnavailable
+from jobwire.model import Job
+from jobwire.sources.base import Binding
 from jobwire.sources.mqtt.source import MqttSource, build, client_id_for, dead_letter, topic_matches
 from jobwire.sources.mqtt.spec import PLUG, MqttSettings, MqttTrigger
+from tests.support.intake import FakeIntake
 from tests.support.mqtt import PrivateMosquitto, forget_session, need_mosquitto, publisher, unique, user_props
 from tests.support.waiting import eventually
-
-
-class FakeIntake:
-    """Records what it is given; `invalid` when the source set `problem` or the payload has a
-    `poison` field (standing in for invalid parameters), else `run`. `hold()` makes `submit`
-    wait until `release()`; `unavailable` makes it raise IntakeUnavailable."""
-
-    def __init__(self) -> None:
-        self.calls: list[list[Incoming]] = []
-        self.returned = 0
-        self._gate: asyncio.Event | None = None
-        self.unavailable = False
-
-    def hold(self) -> None:
-        self._gate = asyncio.Event()
-
-    def release(self) -> None:
-        if self._gate is not None:
-            self._gate.set()
-        self._gate = None
-
-    @property
-    def incomings(self) -> list[Incoming]:
-        return [i for call in self.calls for i in call]
-
-    async def submit(self, events: Sequence[Incoming]) -> list[Admission]:
-        self.calls.append(list(events))
-        if self._gate is not None:
-            await self._gate.wait()
-        if self.unavailable:
-            raise IntakeUnavailable("store cannot write")
-        self.returned += 1
-        return [self._admit(e) for e in events]
-
-    @staticmethod
-    def _admit(inc: Incoming) -> Admission:
-        reason = inc.problem
-        if reason is None and isinstance(inc.payload, dict) and "poison" in inc.payload:
-            reason = f"invalid parameters: {inc.payload['poison']}"
-        event = Event(
-            id="e" + uuid.uuid4().hex[:12],
-            job=inc.job,
-            trigger=inc.trigger,
-            source=inc.source,
-            received_at=inc.received_at,
-            payload=inc.payload,
-            outcome=EventOutcome.invalid if reason else EventOutcome.run,
-            reason=reason,
-        )
-        return Admission(event=event, run=None)
 
 
 def payloads(intake: FakeIntake) -> list[Any]:

@@ -27,7 +27,8 @@ from jobwire.sources.sqs.source import REASON_ATTRIBUTE
 from jobwire.sources.sqs.spec import dead_letter_name
 from jobwire.store import EventQuery, RunQuery
 from tests.support.aws import aws_env, moto, unique_name  # noqa: F401 - fixtures
-from tests.support.awsio import FakeIntake, client, queue_url, visible_and_hidden
+from tests.support.awsio import client, queue_url, visible_and_hidden
+from tests.support.intake import FakeIntake
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("aws_env")

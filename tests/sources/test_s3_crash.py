@@ -15,7 +15,7 @@ import pytest
 
 from jobwire.model import run_id_for
 from tests.support.aws import MotoServer, moto, unique_name  # noqa: F401 - fixture
-from tests.support.server import Server
+from tests.support.server import Server, all_runs
 from tests.support.waiting import eventually_sync
 
 N = 500
@@ -84,18 +84,8 @@ jobs:
     try:
         with srv.client() as c:
 
-            def all_runs() -> list[dict]:
-                items, cursor = [], None
-                while True:
-                    params = {"job": "work", "limit": 500, **({"cursor": cursor} if cursor else {})}
-                    page = c.get("/runs", params=params).json()
-                    items += page["items"]
-                    cursor = page.get("next_cursor")
-                    if not cursor:
-                        return items
-
             runs = eventually_sync(
-                lambda: (r := all_runs()) and len(r) >= N and all(x["state"] in TERMINAL for x in r) and r,
+                lambda: (r := all_runs(c, "work")) and len(r) >= N and all(x["state"] in TERMINAL for x in r) and r,
                 180,
                 "every upload's run to end",
             )

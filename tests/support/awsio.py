@@ -1,63 +1,12 @@
-"""Helpers for the `sqs` and `s3` source tests: a fake intake, aiobotocore clients on moto, and a
-TCP proxy in front of moto whose connections a test can cut (a broker "restart" without losing
-moto's in-memory state)."""
+"""Helpers for the `sqs` and `s3` source tests: aiobotocore clients on moto, and a TCP proxy in
+front of moto whose connections a test can cut (a broker "restart" without losing moto's in-memory
+state). Their fake intake is `tests/support/intake.py`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
-from collections.abc import Sequence
 from typing import Any
-
-from jobwire.model import Admission, Event, EventOutcome, Incoming
-from jobwire.sources.base import IntakeUnavailable
-
-
-class FakeIntake:
-    """Records what it is given; `invalid` when the source set `problem`, else `run`. `hold()`
-    makes `submit` wait until `release()`; `unavailable` makes it raise IntakeUnavailable."""
-
-    def __init__(self) -> None:
-        self.calls: list[list[Incoming]] = []
-        self.returned = 0
-        self._gate: asyncio.Event | None = None
-        self.unavailable = False
-
-    def hold(self) -> None:
-        self._gate = asyncio.Event()
-
-    def release(self) -> None:
-        if self._gate is not None:
-            self._gate.set()
-        self._gate = None
-
-    @property
-    def incomings(self) -> list[Incoming]:
-        return [i for call in self.calls for i in call]
-
-    async def submit(self, events: Sequence[Incoming]) -> list[Admission]:
-        self.calls.append(list(events))
-        if self._gate is not None:
-            await self._gate.wait()
-        if self.unavailable:
-            raise IntakeUnavailable("store cannot write")
-        self.returned += 1
-        return [self._admit(e) for e in events]
-
-    @staticmethod
-    def _admit(inc: Incoming) -> Admission:
-        event = Event(
-            id="e" + uuid.uuid4().hex[:12],
-            job=inc.job,
-            trigger=inc.trigger,
-            source=inc.source,
-            received_at=inc.received_at,
-            payload=inc.payload,
-            outcome=EventOutcome.invalid if inc.problem else EventOutcome.run,
-            reason=inc.problem,
-        )
-        return Admission(event=event, run=None)
 
 
 def client(service: str, endpoint_url: str | None = None) -> Any:

@@ -87,3 +87,18 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def all_runs(c: httpx.Client, job: str) -> list[dict[str, Any]]:
+    """Every run of `job` over the API (`c` from `Server.client()`), following the pages."""
+    items: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"job": job, "limit": 500}
+        if cursor:
+            params["cursor"] = cursor
+        page = c.get("/runs", params=params).json()
+        items += page["items"]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return items
