@@ -15,7 +15,6 @@ import typer
 from typer.testing import CliRunner
 
 from jobwire.cli import app, parse_params
-from tests.support.logstate import restore_logging  # noqa: F401 - fixture
 
 runner = CliRunner()
 
@@ -164,25 +163,24 @@ def test_postgresql_url_is_accepted_by_config_and_masked(monkeypatch: pytest.Mon
     assert bad.exit_code == 2 and "postgresql://user:password@host:5432/db" in bad.output
 
 
-@pytest.mark.usefixtures("restore_logging")
 @pytest.mark.parametrize("command", [["serve"], ["db", "upgrade"]])
-def test_postgresql_url_is_one_clear_line_not_a_traceback(
-    command: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """An unreachable PostgreSQL: one line naming the database (password masked), exit 1."""
+def test_postgresql_url_is_one_clear_line_not_a_traceback(command: list[str], tmp_path: Path) -> None:
+    """An unreachable PostgreSQL: one line naming the database (password masked), exit 1. (A
+    subprocess: `serve` configures logging for its process, which in-process would stay cached in
+    module loggers and break other tests' log capture.)"""
     with socket.socket() as s:  # a port nothing listens on: connection refused at once
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setenv("JOBWIRE_DATABASE_URL", f"postgresql://jw:db-password@127.0.0.1:{port}/jw")
-    monkeypatch.setenv("JOBWIRE_DATA_DIR", str(tmp_path / "d"))
-    result = runner.invoke(app, command)
-    assert result.exit_code == 1, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.output
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBWIRE_")}
+    env.update(JOBWIRE_DATABASE_URL=f"postgresql://jw:db-password@127.0.0.1:{port}/jw", JOBWIRE_DATA_DIR=str(tmp_path / "d"))
+    proc = subprocess.run([sys.executable, "-m", "jobwire", *command], env=env, capture_output=True, text=True, timeout=60)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output
     assert errors[0].startswith(f"error: cannot connect to PostgreSQL at postgresql://jw:****@127.0.0.1:{port}/jw: ")
-    assert "Traceback" not in result.output and "StoreError" not in result.output
-    assert "db-password" not in result.output
+    assert "Traceback" not in output and "StoreError" not in output
+    assert "db-password" not in output
 
 
 def test_unknown_database_url_scheme_is_refused_by_config(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,7 +23,6 @@ from jobwire.model import Event, EventOutcome
 from jobwire.store import Intake, StoreError, StoreLocked, open_store
 from jobwire.store.postgres import PostgresStore, latest_version, migrate, schema_version
 from jobwire.store.queries import load_migrations
-from tests.support.logstate import restore_logging  # noqa: F401 - fixture
 
 ADMIN_DSN = os.environ.get("JOBWIRE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 LATEST = latest_version()
@@ -307,23 +306,27 @@ async def test_a_cursor_out_of_range_is_an_invalid_cursor(url: str) -> None:
         await store.close()
 
 
-@pytest.mark.usefixtures("restore_logging")
-def test_serve_refuses_an_outdated_schema_and_a_second_jobwire(
-    url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: object
-) -> None:
+def test_serve_refuses_an_outdated_schema_and_a_second_jobwire(url: str, tmp_path: object) -> None:
     """`jobwire serve` on PostgreSQL: an empty database → one line saying to run `jobwire db
     upgrade`; a database another jobwire holds → one line saying one jobwire per database. (serve
-    runs on the main thread; the holding store on a thread with its own loop.)"""
+    runs as a process — in-process it would configure logging for the test process — the holding
+    store on a thread with its own loop.)"""
+    import os
+    import subprocess
+    import sys
     import threading
 
-    monkeypatch.setenv("JOBWIRE_DATABASE_URL", url)
-    monkeypatch.setenv("JOBWIRE_DATA_DIR", f"{tmp_path}/d")
-    monkeypatch.setenv("JOBWIRE_PORT", "1")  # never reached: the store refuses first
-    runner = CliRunner()
-    outdated = runner.invoke(app, ["serve"])
-    assert outdated.exit_code == 1, (outdated.output, outdated.exception)
-    errors = [line for line in outdated.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "jobwire db upgrade" in errors[0], outdated.output
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBWIRE_")}
+    env.update(JOBWIRE_DATABASE_URL=url, JOBWIRE_DATA_DIR=f"{tmp_path}/d", JOBWIRE_PORT="1")  # port never reached
+
+    def serve() -> tuple[int, str]:
+        proc = subprocess.run([sys.executable, "-m", "jobwire", "serve"], env=env, capture_output=True, text=True, timeout=60)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    code, output = serve()
+    assert code == 1, output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "jobwire db upgrade" in errors[0], output
 
     opened, release = threading.Event(), threading.Event()
 
@@ -340,10 +343,10 @@ def test_serve_refuses_an_outdated_schema_and_a_second_jobwire(
     thread.start()
     try:
         assert opened.wait(10)
-        second = runner.invoke(app, ["serve"])
-        assert second.exit_code == 1, (second.output, second.exception)
-        assert "one jobwire per database for now" in second.output
-        assert "Traceback" not in second.output
+        code, output = serve()
+        assert code == 1, output
+        assert "one jobwire per database for now" in output
+        assert "Traceback" not in output
     finally:
         release.set()
         thread.join(10)
