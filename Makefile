@@ -2,6 +2,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+WHEELHOUSE := $(VENV)/wheelhouse
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_WORKERS ?= 2
 
@@ -12,6 +13,10 @@ $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev]'
+	@# the wheels of jobwire's runtime dependencies (every extra) and its build backend: the
+	@# packaging tests install the wheel into fresh venvs from here, offline (tests/packaging/)
+	rm -rf $(WHEELHOUSE)
+	$(BIN)/python -m pip download -q -d $(WHEELHOUSE) -c requirements.lock '.[all]' 'setuptools>=77'
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
