@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.server import Server
@@ -130,3 +131,22 @@ def test_grafana_shape(dashboard: dict[str, Any]) -> None:
             assert METRIC.search(expr), expr
             # every selector is scoped to the chosen instances
             assert all('instance=~"$instance"' in sel for sel in re.findall(r"jobwire_[a-z0-9_]+(\{[^}]*\})?", expr)), expr
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    """The Prometheus rules in docs/operations.md ("Alerts worth setting")."""
+    text = (REPO / "docs" / "operations.md").read_text()
+    block = re.search(r"```yaml\n(groups:.*?)```", text, re.S)
+    assert block is not None
+    rules: list[dict[str, Any]] = yaml.safe_load(block[1])["groups"][0]["rules"]
+    return rules
+
+
+def test_documented_alerts_query_exported_metrics(scraped: dict[str, str]) -> None:
+    exported = series_names(scraped)
+    rules = alert_rules()
+    assert len(rules) >= 10 and all(r["alert"] and r["expr"] for r in rules)
+    unknown = {r["alert"]: n for r in rules for n in METRIC.findall(r["expr"]) if n not in exported}
+    assert unknown == {}
+    for r in rules:
+        assert r["expr"].count("(") == r["expr"].count(")"), r["alert"]
