@@ -50,6 +50,12 @@ def md5(text: str) -> str:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    """TCP_NODELAY, and each answer is ONE write (`do_POST`). Before, headers and body were two
+    writes with Nagle on: the body waited for the client's delayed ACK of the headers (Linux: 40
+    ms). Measured in jobwire's receive loop (2 pollers, load average ~8): ReceiveMessage ≈ 40 ms
+    and DeleteMessageBatch ≈ 35 ms per call before, ≈ 2-10 ms and ≈ 2 ms after — the double, not
+    jobwire, had bounded the row at ~200 runs/s per 2 pollers."""
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -64,11 +70,12 @@ class Handler(BaseHTTPRequestHandler):
         except AttributeError:
             status, answer = 400, {"__type": "com.amazonaws.sqs#InvalidAction", "message": op}
         data = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/x-amz-json-1.0")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        head = (
+            f"HTTP/1.1 {status} {'OK' if status == 200 else 'Bad Request'}\r\n"
+            "Content-Type: application/x-amz-json-1.0\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n"
+        )
+        self.wfile.write(head.encode() + data)
 
     def url(self, name: str) -> str:
         return f"http://{self.headers.get('Host')}/{ACCOUNT}/{name}"
