@@ -42,6 +42,9 @@ class State:
 
 
 STATE = State()
+DELAY = 0.0
+"""Seconds added to every answer (`--delay-ms`): a network round trip, to see how the receive loop
+behaves when each call waits on the wire rather than on a CPU."""
 
 
 def md5(text: str) -> str:
@@ -61,6 +64,8 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def do_POST(self) -> None:
+        if DELAY:
+            time.sleep(DELAY)
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
         op = (self.headers.get("X-Amz-Target") or "").rsplit(".", 1)[-1]
         try:
@@ -170,7 +175,10 @@ class Handler(BaseHTTPRequestHandler):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="added to every answer")
     args = parser.parse_args()
+    global DELAY
+    DELAY = args.delay_ms / 1e3
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     server.serve_forever()

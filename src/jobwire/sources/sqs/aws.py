@@ -22,15 +22,19 @@ DEFAULT_REGION = "us-east-1"
 MISSING_QUEUE = frozenset({"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"})
 
 
-def client(service: str, endpoint_url: str | None = None, region: str | None = None) -> Any:
-    """An aiobotocore client context manager (`async with client("sqs") as sqs:`)."""
+def client(
+    service: str, endpoint_url: str | None = None, region: str | None = None, *, pool: int = 32
+) -> Any:
+    """An aiobotocore client context manager (`async with client("sqs") as sqs:`). `pool`: its
+    connection pool (`max_pool_connections`), at least the calls made at once — a request beyond
+    it waits for a connection, and a long poll holds one for up to 20 s."""
     session = get_session()
     region = region or session.get_config_variable("region") or DEFAULT_REGION
     config = AioConfig(
         connect_timeout=10,
         read_timeout=45,  # > the 20 s long poll
         retries={"mode": "standard", "max_attempts": 3},
-        max_pool_connections=32,
+        max_pool_connections=pool,
     )
     endpoint = endpoint_url or None
     return session.create_client(service, region_name=region, endpoint_url=endpoint, config=config)
