@@ -106,7 +106,7 @@ class QueueSource(Source):
         try:
             async with contextlib.AsyncExitStack() as stack:
                 self.sqs = await stack.enter_async_context(
-                    aws.client("sqs", self.endpoint_url, self.region, pool=self.connections)
+                    aws.client("sqs", self.endpoint_url, self.region, pool=self.connections, validate=False)
                 )
                 await self.bootstrap(stack)
                 self.health.target = f"sqs {self.url}"
