@@ -161,6 +161,31 @@ async def test_not_recorded_is_not_deleted_and_comes_back(sqs: Any) -> None:
         await eventually(gone, 10, "the message to be deleted")
 
 
+async def test_a_message_never_recorded_is_moved_to_the_dead_letter_queue_by_the_redrive_policy(
+    sqs: Any,
+) -> None:
+    """The redrive policy jobwire sets: a message that keeps coming back unrecorded (here the store
+    cannot write) is moved to `<queue>-dlq` by SQS itself after `max_receive_count` receives —
+    never deleted by jobwire, never received for ever."""
+    queue = unique_name("sqs")
+    source, intake = source_for(queue, visibility_timeout=1, max_receive_count=2), FakeIntake()
+    intake.unavailable = True
+    async with running(source, intake):
+        url = await queue_url(sqs, queue)
+        dlq = await queue_url(sqs, dead_letter_name(queue))
+        await sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"n": "stuck"}))
+
+        async def moved() -> list[dict[str, Any]]:
+            got = await sqs.receive_message(QueueUrl=dlq, MessageAttributeNames=["All"])
+            return got.get("Messages") or []
+
+        [dead] = await eventually(moved, 30, "SQS to move the message to the dead-letter queue")
+        assert await visible_and_hidden(sqs, url) == (0, 0)
+    assert dead["Body"] == json.dumps({"n": "stuck"})
+    assert REASON_ATTRIBUTE not in (dead.get("MessageAttributes") or {}), "moved by SQS, not sent by jobwire"
+    assert len(intake.calls) == 2 and intake.returned == 0 and source.health.dead_lettered == 0
+
+
 async def test_visibility_is_extended_while_a_submit_is_slow(sqs: Any) -> None:
     queue = unique_name("sqs")
     source, intake = source_for(queue, visibility_timeout=1, pollers=2), FakeIntake()
