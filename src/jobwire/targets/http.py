@@ -100,6 +100,9 @@ def _timed_out(seconds: float) -> Outcome:
 class HttpTarget(Target):
     kind = "http"
     survives_restart = False
+    launch_limit = 2 * MAX_IN_FLIGHT
+    """Both pools (guarded and private-allowed) can fill; beyond that runs wait in the engine's
+    launch backlog, not as tasks waiting for a slot here."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
