@@ -38,6 +38,7 @@ from jobwire.model import RunError, RunState
 from jobwire.netguard import DestinationRefused, GuardedTransport, PooledTransport, check_destination
 from jobwire.params import render, render_headers, render_url
 from jobwire.targets.base import Outcome, RunContext, Target
+from jobwire.targets.http1 import ConnectFailed, Http1Pool, ProtocolFailed
 
 log = structlog.get_logger(__name__)
 
@@ -84,6 +85,19 @@ def status_accepted(status: int, accept: list[int | str]) -> bool:
     return False
 
 
+_FORBIDDEN_IN_HEADERS = (b"\r", b"\n", b"\0")
+
+
+def _wire(request: httpx.Request) -> bytes:
+    """The whole HTTP/1.1 request as httpx built it, in one string (for `Http1Pool`)."""
+    head = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
+    for name, value in request.headers.raw:
+        if any(c in name or c in value for c in _FORBIDDEN_IN_HEADERS):
+            raise ValueError(f"header {name.decode('latin-1')!r} holds a line break or NUL")
+        head.append(name + b": " + value)
+    return b"\r\n".join(head) + b"\r\n\r\n" + request.content
+
+
 def _failed(reason: str, message: str, retryable: bool, code: int | str | None = None) -> Outcome:
     return Outcome(
         state=RunState.failed, retryable=retryable, error=RunError(message=message, reason=reason, code=code)
@@ -97,6 +111,19 @@ def _timed_out(seconds: float) -> Outcome:
     )
 
 
+def _judge(spec: HttpSpec, status: int, head: bytes) -> Outcome:
+    """The run's outcome from the answer's status (and the first bytes of its body)."""
+    if status_accepted(status, spec.accept_status):
+        return Outcome(state=RunState.succeeded, http_status=status)
+    text = head.decode("utf-8", errors="replace")[:ERROR_BODY_CHARS]
+    return Outcome(
+        state=RunState.failed,
+        http_status=status,
+        retryable=status in RETRYABLE_STATUS or status >= 500,
+        error=RunError(message=text or f"HTTP {status}", reason="HTTPStatus", code=status),
+    )
+
+
 class HttpTarget(Target):
     kind = "http"
     survives_restart = False
@@ -106,6 +133,8 @@ class HttpTarget(Target):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
+        self.http1 = Http1Pool()
+        """Plain `http://` calls (`targets/http1.py`); `https://` goes through httpx's transport."""
         self._pools: dict[bool, tuple[PooledTransport, asyncio.Semaphore]] = {}
         """A transport and its `MAX_IN_FLIGHT` slots by `allow_private`: targets allowed private
         destinations get their own, so a connection opened for them is never reused by a request
@@ -115,6 +144,7 @@ class HttpTarget(Target):
         self._pool_for(allow_private=False)
 
     async def close(self) -> None:
+        self.http1.close()
         pools, self._pools = self._pools, {}
         for transport, _ in pools.values():
             await transport.aclose()
@@ -174,6 +204,12 @@ class HttpTarget(Target):
         except (ValueError, TypeError, KeyError, httpx.InvalidURL) as exc:
             return _failed("InvalidRequest", f"cannot build the request: {exc}", retryable=False)
         port = url.port or (443 if url.scheme == "https" else 80)
+        wire = b""
+        if url.scheme == "http":
+            try:
+                wire = _wire(request)
+            except ValueError as exc:
+                return _failed("InvalidRequest", f"cannot build the request: {exc}", retryable=False)
 
         try:
             async with asyncio.timeout_at(deadline):
@@ -187,6 +223,8 @@ class HttpTarget(Target):
             return _failed("ConnectError", f"cannot resolve {url.host}: {exc}", retryable=True)
 
         await ctx.started(None)
+        if wire:
+            return await self._call_http1(ctx, spec, url.host, port, allow_private, wire, deadline)
         transport = self._transport_for(allow_private)
         try:
             async with asyncio.timeout_at(deadline):
@@ -206,17 +244,36 @@ class HttpTarget(Target):
         except httpx.TransportError as exc:
             return _failed("NetworkError", f"{type(exc).__name__}: {exc}", retryable=True)
 
-        status = response.status_code
-        log.debug("http call finished", run_id=ctx.run.id, job=ctx.job.name, status=status)
-        if status_accepted(status, spec.accept_status):
-            return Outcome(state=RunState.succeeded, http_status=status)
-        text = head.decode("utf-8", errors="replace")[:ERROR_BODY_CHARS]
-        return Outcome(
-            state=RunState.failed,
-            http_status=status,
-            retryable=status in RETRYABLE_STATUS or status >= 500,
-            error=RunError(message=text or f"HTTP {status}", reason="HTTPStatus", code=status),
-        )
+        return _judge(spec, response.status_code, head)
+
+    async def _call_http1(
+        self,
+        ctx: RunContext,
+        spec: HttpSpec,
+        host: str,
+        port: int,
+        allow_private: bool,
+        wire: bytes,
+        deadline: float,
+    ) -> Outcome:
+        seconds = spec.timeout.total_seconds()
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await self.http1.request(
+                    host, port, allow_private, wire, BODY_LOG_CAP, head_only=spec.method == "HEAD"
+                )
+        except TimeoutError:
+            log.info("http call timed out", run_id=ctx.run.id, job=ctx.job.name)
+            return _timed_out(seconds)
+        except DestinationRefused as exc:  # the name resolved differently at connect time
+            return _failed("DestinationRefused", exc.message, retryable=False)
+        except ConnectFailed as exc:
+            return _failed("ConnectError", str(exc), retryable=True)
+        except (ProtocolFailed, OSError) as exc:
+            return _failed("NetworkError", f"{type(exc).__name__}: {exc}", retryable=True)
+        if response.body:
+            ctx.log(response.body)
+        return _judge(spec, response.status, response.body[: 4 * ERROR_BODY_CHARS])
 
     @staticmethod
     async def _read_body(response: httpx.Response, ctx: RunContext) -> bytes:
