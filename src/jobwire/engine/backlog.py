@@ -29,6 +29,10 @@ from jobwire.targets.base import Target
 
 log = structlog.get_logger(__name__)
 
+LOG_AFTER = 1.0
+"""Seconds a backlog must last before its start (and then its end) is logged: a burst of fires due
+together that waits a few hundred milliseconds is normal work, not an overload."""
+
 
 Waiting = tuple[Run, Job, bool, datetime | None]
 """A run waiting for its target: the run, its job, whether it is resumed, when its event came."""
@@ -44,6 +48,8 @@ class _Queue:
     peak: int = 0
     passed: int = 0
     """Runs that waited in the current backlog."""
+    logged: bool = False
+    """Whether the current backlog's start was logged (it lasted `LOG_AFTER`)."""
 
 
 class LaunchBacklog:
@@ -81,8 +87,16 @@ class LaunchBacklog:
             q.running += 1
             return True
         if not q.waiting:
-            q.since, q.peak, q.passed = time.time(), 0, 0
-            log.warning("launch backlog started: runs wait for their target", target=kind, limit=q.limit)
+            q.since, q.peak, q.passed, q.logged = time.time(), 0, 0, False
+        elif not q.logged and q.since is not None and time.time() - q.since >= LOG_AFTER:
+            q.logged = True
+            log.warning(
+                "launch backlog started: runs wait for their target",
+                target=kind,
+                limit=q.limit,
+                waiting=len(q.waiting),
+                seconds=round(time.time() - q.since, 3),
+            )
         q.waiting.append(item)
         q.passed += 1
         q.peak = max(q.peak, len(q.waiting))
@@ -101,13 +115,14 @@ class LaunchBacklog:
         nxt = q.waiting.popleft()
         self._metrics.launch_backlog.labels(kind).set(len(q.waiting))
         if not q.waiting and q.since is not None:
-            log.info(
-                "launch backlog drained",
-                target=kind,
-                runs=q.passed,
-                most_waiting=q.peak,
-                seconds=round(time.time() - q.since, 3),
-            )
+            if q.logged:
+                log.info(
+                    "launch backlog drained",
+                    target=kind,
+                    runs=q.passed,
+                    most_waiting=q.peak,
+                    seconds=round(time.time() - q.since, 3),
+                )
             q.since = None
         return nxt
 
