@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import importlib.metadata
+import json
 from typing import Any
 
 import httpx
@@ -124,6 +125,33 @@ def _judge(spec: HttpSpec, status: int, head: bytes) -> Outcome:
     )
 
 
+_SENTINEL = "jobwire-run-id-5f0c9a7e1d3b"
+"""Stands for the run id in a definition's cached request (`HttpTarget._static_wire`)."""
+
+
+def _build(
+    spec: HttpSpec, params: dict[str, Any], run_id: str, attempt: int
+) -> tuple[httpx.URL, httpx.Request]:
+    """The request of one attempt. Raises ValueError, TypeError, KeyError, httpx.InvalidURL."""
+    seconds = spec.timeout.total_seconds()
+    url = httpx.URL(render_url(spec.url, params))
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("not an absolute http(s) URL")
+    headers = httpx.Headers(DEFAULT_HEADERS)
+    headers.update(render_headers(spec.headers, params))
+    if url.username or url.password:
+        headers["Authorization"] = _basic_auth(url)
+    headers["Idempotency-Key"] = run_id
+    headers["Jobwire-Attempt"] = str(attempt)
+    headers["User-Agent"] = USER_AGENT
+    body: Any = None
+    if spec.method not in NO_BODY_METHODS and spec.payload is not None:
+        body = render(spec.payload, params)
+    timeouts = {"connect": seconds, "read": seconds, "write": seconds, "pool": seconds}
+    request = httpx.Request(spec.method, url, headers=headers, json=body, extensions={"timeout": timeouts})
+    return url, request
+
+
 class HttpTarget(Target):
     kind = "http"
     survives_restart = False
@@ -136,6 +164,8 @@ class HttpTarget(Target):
         self.http1 = Http1Pool()
         """Plain `http://` calls (`targets/http1.py`); `https://` goes through httpx's transport."""
         self._pools: dict[bool, tuple[PooledTransport, asyncio.Semaphore]] = {}
+        self._static: dict[int, tuple[HttpSpec, tuple[httpx.URL, bytes, bytes] | None]] = {}
+        """By definition (its id, the definition held): its cached first-attempt request, or None."""
         """A transport and its `MAX_IN_FLIGHT` slots by `allow_private`: targets allowed private
         destinations get their own, so a connection opened for them is never reused by a request
         that must be guarded, and calls of one kind never wait for the other's slots."""
@@ -178,38 +208,17 @@ class HttpTarget(Target):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
 
-        try:
-            url = httpx.URL(render_url(spec.url, ctx.params))
-            if url.scheme not in ("http", "https") or not url.host:
-                raise ValueError("not an absolute http(s) URL")
-            headers = httpx.Headers(DEFAULT_HEADERS)
-            headers.update(render_headers(spec.headers, ctx.params))
-            if url.username or url.password:
-                headers["Authorization"] = _basic_auth(url)
-            headers["Idempotency-Key"] = ctx.run.id
-            headers["Jobwire-Attempt"] = str(ctx.run.attempt)
-            headers["User-Agent"] = USER_AGENT
-            body: Any = None
-            if spec.method not in NO_BODY_METHODS and spec.payload is not None:
-                body = render(spec.payload, ctx.params)
-            request = httpx.Request(
-                spec.method,
-                url,
-                headers=headers,
-                json=body,
-                extensions={
-                    "timeout": {"connect": seconds, "read": seconds, "write": seconds, "pool": seconds}
-                },
-            )
-        except (ValueError, TypeError, KeyError, httpx.InvalidURL) as exc:
-            return _failed("InvalidRequest", f"cannot build the request: {exc}", retryable=False)
-        port = url.port or (443 if url.scheme == "https" else 80)
-        wire = b""
-        if url.scheme == "http":
+        static = self._static_wire(spec) if ctx.run.attempt == 1 else None
+        if static is not None:  # built once per definition: only the run id differs
+            url, before, after = static
+            request, wire = None, before + ctx.run.id.encode("ascii") + after
+        else:
             try:
-                wire = _wire(request)
-            except ValueError as exc:
+                url, request = _build(spec, ctx.params, ctx.run.id, ctx.run.attempt)
+                wire = _wire(request) if url.scheme == "http" else b""
+            except (ValueError, TypeError, KeyError, httpx.InvalidURL) as exc:
                 return _failed("InvalidRequest", f"cannot build the request: {exc}", retryable=False)
+        port = url.port or (443 if url.scheme == "https" else 80)
 
         try:
             async with asyncio.timeout_at(deadline):
@@ -225,6 +234,7 @@ class HttpTarget(Target):
         await ctx.started(None)
         if wire:
             return await self._call_http1(ctx, spec, url.host, port, allow_private, wire, deadline)
+        assert request is not None
         transport = self._transport_for(allow_private)
         try:
             async with asyncio.timeout_at(deadline):
@@ -245,6 +255,29 @@ class HttpTarget(Target):
             return _failed("NetworkError", f"{type(exc).__name__}: {exc}", retryable=True)
 
         return _judge(spec, response.status_code, head)
+
+    def _static_wire(self, spec: HttpSpec) -> tuple[httpx.URL, bytes, bytes] | None:
+        """For a plain-http definition without placeholders: its first attempt's request, split
+        where the run id goes (None when it has placeholders or cannot be built: the slow path
+        builds it, or fails it, per run)."""
+        cached = self._static.get(id(spec))
+        if cached is not None and cached[0] is spec:  # the spec is held: its id is not reused
+            return cached[1]
+        built: tuple[httpx.URL, bytes, bytes] | None = None
+        try:
+            text = spec.url + json.dumps(spec.headers) + json.dumps(spec.payload)
+            if "{{" not in text and _SENTINEL not in text:
+                url, request = _build(spec, {}, _SENTINEL, 1)
+                if url.scheme == "http":
+                    before, _, after = _wire(request).partition(_SENTINEL.encode())
+                    if after and _SENTINEL.encode() not in after:
+                        built = (url, before, after)
+        except (ValueError, TypeError, KeyError, httpx.InvalidURL):
+            built = None
+        if len(self._static) >= 10_000:
+            self._static.clear()
+        self._static[id(spec)] = (spec, built)
+        return built
 
     async def _call_http1(
         self,
