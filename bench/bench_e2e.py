@@ -562,10 +562,66 @@ E2E_SECTIONS: dict[str, tuple[str, Callable[[Ctx], list[Row]]]] = {
 }
 
 
+def drive(conns: int, seconds: float, py_spy: Path | None) -> None:
+    """`python -m bench.bench_e2e drive`: the throughput row's load for profiling: `conns` producers
+    for `seconds` against a fresh `jobwire serve`, optionally under `py-spy record -f raw`; prints
+    runs/s and the server's CPU per run, for the whole process and per thread."""
+    import os
+    import tempfile
+
+    def threads(pid: int) -> dict[str, float]:
+        out = {}
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            f = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[task.name] = (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        return out
+
+    with tempfile.TemporaryDirectory(prefix="jobwire-drive-") as tmp, Sink() as sink, serve(Path(tmp)) as srv:
+        db = Path(tmp) / "data" / "jobwire.db"
+        assert srv.proc is not None
+        pid = srv.proc.pid
+        with srv.client() as c:
+            c.put("/jobs/h", json=http_job("h", sink)).raise_for_status()
+        _producers(srv.port, conns, 0.5)
+        wait_finished(db, sink.wait_count(1, 10), 30)
+        prof = None
+        if py_spy is not None:
+            exe = Path(sys.executable).with_name("py-spy")
+            cmd = [str(exe), "record", "-p", str(pid), "-d", str(round(seconds)), "-r", "200", "-f", "raw"]
+            prof = subprocess.Popen([*cmd, "-o", str(py_spy), "--nonblocking"], stdout=subprocess.DEVNULL)
+            time.sleep(0.5)
+        before, ok0, cpu0, per0 = finished_count(db), succeeded_count(db), cpu_of(pid), threads(pid)
+        acked, t0, t1 = _producers(srv.port, conns, seconds)
+        done = wait_finished(db, before + acked, 60) - before
+        cpu, per1 = cpu_of(pid) - cpu0, threads(pid)
+        ok = succeeded_count(db) - ok0
+        print(
+            f"{conns} producers, {seconds:g}s: {acked} runs acknowledged ({acked / (t1 - t0):,.0f}/s), "
+            f"{ok} of {done} succeeded; server CPU {cpu / max(done, 1) * 1e6:,.0f} µs/run; load {loadavg()}"
+        )
+        for tid, t in sorted(per1.items()):
+            used = t - per0.get(tid, 0.0)
+            if used > 0.01:
+                print(f"  thread {tid}: {used / max(done, 1) * 1e6:,.0f} µs/run")
+        if prof is not None:
+            prof.wait()
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
     import tempfile
 
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["drive"]:
+        d = argparse.ArgumentParser(description=drive.__doc__)
+        d.add_argument("drive")
+        d.add_argument("--conns", type=int, default=16)
+        d.add_argument("--seconds", type=float, default=10)
+        d.add_argument("--py-spy", type=Path, help="also record a raw py-spy profile of the server here")
+        a = d.parse_args(argv)
+        drive(a.conns, a.seconds, a.py_spy)
+        return
     parser = argparse.ArgumentParser(
         description="Run one end-to-end section (python -m bench runs them all)."
     )
