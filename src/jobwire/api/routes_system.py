@@ -39,6 +39,7 @@ async def readyz(engine: EngineDep) -> Any:
         tasks=report["tasks"],
         store=report["store"] or None,
         sources=report.get("sources") or [],
+        launch_backlog=report.get("launch_backlog") or {},
     )
     if report["ready"]:
         return body

@@ -286,6 +286,16 @@ class StoreWrites(BaseModel):
     triggers_catching_up: int = Field(0, description="triggers with more missed fires than are kept")
 
 
+class LaunchBacklogState(BaseModel):
+    """Runs of one target kind: attempts running against its limit, and recorded runs waiting."""
+
+    limit: int
+    running: int
+    waiting: int = Field(description="recorded `pending` runs waiting for a place (no task)")
+    waiting_since: float | None = Field(None, description="Unix time the current backlog started")
+    most_waiting: int = Field(0, description="the most runs waiting at once in the current backlog")
+
+
 class SourceState(BaseModel):
     """One event source (a broker connection): connected or not, and what it has received."""
 
@@ -309,4 +319,7 @@ class Readiness(Health):
     store: StoreWrites | None = None
     sources: list[SourceState] = Field(
         default_factory=list, description="event sources; a disconnected one reconnects with backoff"
+    )
+    launch_backlog: dict[str, LaunchBacklogState] = Field(
+        default_factory=dict, description="by target kind with a launch limit: running and waiting runs"
     )

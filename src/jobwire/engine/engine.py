@@ -225,6 +225,7 @@ class Engine:
             "tasks": states,
             "store": store,
             "sources": self.sources.health(),
+            "launch_backlog": self.attempts.backlog.summary(),
         }
 
     # ------------------------------------------------------------------ wiring
