@@ -133,6 +133,16 @@ class TimeScheduler:
         self._forget(name)
         self._wake.set()
 
+    def upcoming(self, limit: int) -> list[tuple[datetime, str, str]]:
+        """The next `limit` scheduled fires across all jobs as (time, job, trigger), soonest first
+        (what the dashboard's overview shows; one pass over the heap, no cron evaluation)."""
+        live = (
+            (ts, seq, job, tid, due)
+            for ts, seq, job, tid, gen, due in self._heap
+            if self._generation.get(job) == gen and (job, tid) in self._triggers
+        )
+        return [(due, job, tid) for _, _, job, tid, due in heapq.nsmallest(limit, live)]
+
     def _forget(self, name: str) -> None:
         for key in self._keys.pop(name, ()):
             self._triggers.pop(key, None)

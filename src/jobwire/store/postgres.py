@@ -25,7 +25,7 @@ import contextlib
 import json
 import os
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -35,6 +35,8 @@ from pydantic_core import to_json
 
 from jobwire.model import ACTIVE_STATES, Event, EventOutcome, Job, Run, RunState, utcnow
 from jobwire.store.base import (
+    Activity,
+    ActivityCount,
     EventQuery,
     Intake,
     OutboxRow,
@@ -43,6 +45,7 @@ from jobwire.store.base import (
     PruneRule,
     Recorded,
     RunQuery,
+    SourceCount,
     Store,
     StoredJob,
     StoreError,
@@ -648,6 +651,9 @@ class PostgresStore(Store):
         if query.event_id is not None:
             args.append(query.event_id)
             where.append(f"event_id = ${len(args)}")
+        if query.trigger is not None:
+            args.append(query.trigger)
+            where.append(f"trigger = ${len(args)}")
         _time_window(where, args, "created_at", query.since, query.until, query.cursor)
         args.append(limit + 1)
         sql = Q.select_runs + _where(where) + f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"
@@ -664,6 +670,18 @@ class PostgresStore(Store):
     async def get_event(self, event_id: str) -> Event | None:
         row = await self._fetchrow(Q.select_events + " WHERE id = $1", event_id)
         return None if row is None else _event_from_row(row)
+
+    async def activity(self, since: datetime, bucket: timedelta) -> Activity:
+        width = bucket // timedelta(microseconds=1)
+        if width < 1:
+            raise ValueError(f"bucket must be at least 1 microsecond, got {bucket}")
+        since = from_us(to_us(since))  # a naive time is UTC, as everywhere in the stores
+        runs = await self._fetch(Q.activity_runs, since, width)
+        events = await self._fetch(Q.activity_events, since)
+        return Activity(
+            runs=sorted(ActivityCount(int(b), RunState(s), int(n)) for b, s, n in runs),
+            events=sorted(SourceCount(str(src), EventOutcome(o), int(n)) for src, o, n in events),
+        )
 
     async def list_events(self, query: EventQuery) -> Page[Event]:
         limit = check_limit(query.limit)

@@ -20,7 +20,7 @@ import shutil
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +28,8 @@ from pydantic_core import to_json
 
 from jobwire.model import ACTIVE_STATES, Event, EventOutcome, Job, Run, RunState, utcnow
 from jobwire.store.base import (
+    Activity,
+    ActivityCount,
     EventQuery,
     Intake,
     OutboxRow,
@@ -36,6 +38,7 @@ from jobwire.store.base import (
     PruneRule,
     Recorded,
     RunQuery,
+    SourceCount,
     Store,
     StoredJob,
     StoreError,
@@ -608,6 +611,9 @@ class SQLiteStore(Store):
         if query.event_id is not None:
             where.append("event_id = ?")
             args.append(query.event_id)
+        if query.trigger is not None:
+            where.append("trigger = ?")
+            args.append(query.trigger)
         _time_window(where, args, "created_at", query.since, query.until, query.cursor)
         sql = Q.select_runs + _where(where) + " ORDER BY created_at DESC, id DESC LIMIT ?"
         args.append(limit + 1)
@@ -620,6 +626,22 @@ class SQLiteStore(Store):
         sql = f"{Q.select_runs} WHERE {_ACTIVE_TERM} ORDER BY created_at, id"
         rows = await self._r(lambda c: c.execute(sql).fetchall())
         return [_run_from_row(r) for r in rows]
+
+    async def activity(self, since: datetime, bucket: timedelta) -> Activity:
+        width = bucket // timedelta(microseconds=1)
+        if width < 1:
+            raise ValueError(f"bucket must be at least 1 microsecond, got {bucket}")
+        params = {"since": to_us(since), "bucket": width}
+
+        def op(conn: sqlite3.Connection) -> Activity:
+            runs = conn.execute(Q.activity_runs, params).fetchall()
+            events = conn.execute(Q.activity_events, params).fetchall()
+            return Activity(
+                runs=[ActivityCount(int(b), RunState(s), int(n)) for b, s, n in runs],
+                events=[SourceCount(str(src), EventOutcome(o), int(n)) for src, o, n in events],
+            )
+
+        return await self._r(op)
 
     async def get_event(self, event_id: str) -> Event | None:
         row = await self._r(lambda c: c.execute(Q.select_events + " WHERE id = ?", (event_id,)).fetchone())

@@ -245,3 +245,18 @@ WITH updated AS (
 )
 INSERT INTO outbox (sink, doc)
 SELECT o.sink, o.doc FROM unnest($22::text[], $23::text[]) WITH ORDINALITY AS o (sink, doc, n) ORDER BY o.n;
+
+-- name: activity_runs
+-- The overview: runs created since $1 by bucket ($2 microseconds) and state, over the covering
+-- index runs_created_state (0002).
+SELECT (floor(extract(epoch FROM created_at - $1) * 1000000 / $2))::bigint AS b, state, count(*)
+FROM runs
+WHERE created_at >= $1
+GROUP BY b, state
+ORDER BY b, state;
+
+-- name: activity_events
+SELECT source, outcome, count(*) FROM events
+WHERE received_at >= $1
+GROUP BY source, outcome
+ORDER BY source, outcome;

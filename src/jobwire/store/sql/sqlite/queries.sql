@@ -173,3 +173,18 @@ DELETE FROM outbox WHERE sink = :sink AND seq <= :upto;
 
 -- name: count_outbox
 SELECT count(*) FROM outbox WHERE sink = :sink;
+
+-- name: activity_runs
+-- The overview: runs created since :since by bucket and state, over the covering index
+-- runs_created_state (0003): a range scan of the window, no table reads.
+SELECT (created_at - :since) / :bucket AS b, state, count(*) FROM runs
+WHERE created_at >= :since
+GROUP BY b, state
+ORDER BY b, state;
+
+-- name: activity_events
+-- Events received since :since by source and outcome, over the covering index events_received_source.
+SELECT source, outcome, count(*) FROM events
+WHERE received_at >= :since
+GROUP BY source, outcome
+ORDER BY source, outcome;
