@@ -195,6 +195,8 @@ export async function renderRun(ctx) {
   const off = ctx.live((m) => {
     if (m.type === "gap" || m.doc.run_id === id) refresh();
   });
+  // a change published between the first read and the subscription above is read now
+  if (!TERMINAL.has(run.state)) refresh();
   return () => {
     off();
     aborter.abort();
