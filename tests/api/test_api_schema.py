@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -113,6 +113,9 @@ class FakeStore(Store):
         return None
 
     async def last_fires(self) -> dict[tuple[str, str], datetime]:
+        return {}
+
+    async def last_runs(self, jobs: Sequence[str]) -> dict[str, Run]:
         return {}
 
     async def activity(self, since: datetime, bucket: timedelta) -> Activity:

@@ -526,6 +526,15 @@ async def test_activity_counts_runs_by_bucket_and_state_and_events_by_source(sto
         await store.activity(T0, timedelta(0))
 
 
+async def test_last_runs_is_the_newest_run_of_each_job(store: Store) -> None:
+    runs = await seed_runs(store)  # jobs a and b, ties on created_at broken by id
+    got = await store.last_runs(["a", "b", "nope"])
+    assert set(got) == {"a", "b"}
+    for name in ("a", "b"):
+        assert got[name] == newest_first([r for r in runs if r.job == name])[0]
+    assert await store.last_runs([]) == {}
+
+
 async def test_active_runs(store: Store) -> None:
     runs = await seed_runs(store)
     active = await store.active_runs()

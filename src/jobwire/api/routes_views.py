@@ -161,7 +161,7 @@ def _target_text(target: dict[str, Any]) -> str:
     return kind
 
 
-async def job_view(engine: Engine, stored: StoredJob, now: datetime) -> JobView:
+def job_view(engine: Engine, stored: StoredJob, now: datetime, last: Run | None) -> JobView:
     job = stored.job
     shown = mask_job(job)
     triggers: list[TriggerView] = []
@@ -170,8 +170,6 @@ async def job_view(engine: Engine, stored: StoredJob, now: datetime) -> JobView:
         zone = ZoneInfo(tz) if tz else UTC
         fires = _next_fires(t, zone, now) if t.type in ("cron", "interval", "at") else []  # type: ignore[arg-type]
         triggers.append(TriggerView(id=tid, type=t.type, text=_trigger_text(t, raw), timezone=tz, next=fires))
-    page = await engine.store.list_runs(RunQuery(job=job.name, limit=1))
-    last = page.items[0] if page.items else None
     return JobView(
         name=job.name,
         description=job.description,
@@ -206,7 +204,8 @@ async def list_job_views(
     start = bisect_right(names, cursor) if cursor else 0
     chosen = names[start : start + limit]
     now = utcnow()
-    items = [await job_view(engine, engine.jobs[n], now) for n in chosen if n in engine.jobs]
+    last = await engine.store.last_runs(chosen)
+    items = [job_view(engine, engine.jobs[n], now, last.get(n)) for n in chosen if n in engine.jobs]
     more = start + limit < len(names)
     return JobViewPage(items=items, next_cursor=chosen[-1] if more and chosen else None, total=len(names))
 
@@ -221,7 +220,8 @@ async def get_job_view(engine: EngineDep, name: str) -> JobView:
     stored = engine.jobs.get(name)
     if stored is None:
         raise JobNotFound(f"no job named {name!r}")
-    return await job_view(engine, stored, utcnow())
+    last = await engine.store.last_runs([name])
+    return job_view(engine, stored, utcnow(), last.get(name))
 
 
 @router.get(

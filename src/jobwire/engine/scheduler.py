@@ -135,13 +135,19 @@ class TimeScheduler:
 
     def upcoming(self, limit: int) -> list[tuple[datetime, str, str]]:
         """The next `limit` scheduled fires across all jobs as (time, job, trigger), soonest first
-        (what the dashboard's overview shows; one pass over the heap, no cron evaluation)."""
-        live = (
-            (ts, seq, job, tid, due)
-            for ts, seq, job, tid, gen, due in self._heap
-            if self._generation.get(job) == gen and (job, tid) in self._triggers
-        )
-        return [(due, job, tid) for _, _, job, tid, due in heapq.nsmallest(limit, live)]
+        (what the dashboard's overview shows). Walks the heap's tree smallest first, so it reads
+        about `limit` entries (plus superseded ones on the way), not the whole heap."""
+        heap = self._heap
+        out: list[tuple[datetime, str, str]] = []
+        frontier = [(heap[0], 0)] if heap else []
+        while frontier and len(out) < limit:
+            (_, _, job, tid, gen, due), i = heapq.heappop(frontier)
+            if self._generation.get(job) == gen and (job, tid) in self._triggers:
+                out.append((due, job, tid))
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (heap[child], child))
+        return out
 
     def _forget(self, name: str) -> None:
         for key in self._keys.pop(name, ()):

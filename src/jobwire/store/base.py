@@ -222,6 +222,11 @@ class Store(ABC):
         """Runs not in a terminal state (queued, pending, running), oldest first: what reconcile resumes."""
 
     @abstractmethod
+    async def last_runs(self, jobs: Sequence[str]) -> dict[str, Run]:
+        """The newest run (by `created_at`, then id) of each of `jobs` that has one, in one read:
+        the dashboard's jobs page (one index probe per job on `runs_job_created`)."""
+
+    @abstractmethod
     async def activity(self, since: datetime, bucket: timedelta) -> Activity:
         """Runs created at or after `since` counted by state in buckets of `bucket` (the bucket
         of a run is `(created_at - since) // bucket`), and events received at or after `since`

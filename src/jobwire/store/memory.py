@@ -269,6 +269,15 @@ class MemoryStore(Store):
         rows.sort(key=_run_sort_key)
         return [_copy_run(r) for r in rows]
 
+    async def last_runs(self, jobs: Sequence[str]) -> dict[str, Run]:
+        self._check_open()
+        wanted = set(jobs)
+        out: dict[str, Run] = {}
+        for r in self._runs.values():
+            if r.job in wanted and (r.job not in out or _run_sort_key(r) > _run_sort_key(out[r.job])):
+                out[r.job] = r
+        return {job: _copy_run(r) for job, r in out.items()}
+
     async def activity(self, since: datetime, bucket: timedelta) -> Activity:
         self._check_open()
         width = bucket // timedelta(microseconds=1)

@@ -671,6 +671,12 @@ class PostgresStore(Store):
         row = await self._fetchrow(Q.select_events + " WHERE id = $1", event_id)
         return None if row is None else _event_from_row(row)
 
+    async def last_runs(self, jobs: Sequence[str]) -> dict[str, Run]:
+        if not jobs:
+            return {}
+        sql = f"{Q.select_runs} WHERE id IN ({Q.last_run_ids})"
+        return {r.job: r for r in (_run_from_row(row) for row in await self._fetch(sql, list(jobs)))}
+
     async def activity(self, since: datetime, bucket: timedelta) -> Activity:
         width = bucket // timedelta(microseconds=1)
         if width < 1:

@@ -627,6 +627,19 @@ class SQLiteStore(Store):
         rows = await self._r(lambda c: c.execute(sql).fetchall())
         return [_run_from_row(r) for r in rows]
 
+    async def last_runs(self, jobs: Sequence[str]) -> dict[str, Run]:
+        if not jobs:
+            return {}
+        names = json.dumps(list(jobs))
+
+        def op(conn: sqlite3.Connection) -> list[Any]:
+            ids = [r[0] for r in conn.execute(Q.last_run_ids, {"jobs": names}) if r[0] is not None]
+            sql = f"{Q.select_runs} WHERE id IN ({', '.join('?' * len(ids))})"
+            return conn.execute(sql, ids).fetchall() if ids else []
+
+        runs = [_run_from_row(r) for r in await self._r(op)]
+        return {r.job: r for r in runs}
+
     async def activity(self, since: datetime, bucket: timedelta) -> Activity:
         width = bucket // timedelta(microseconds=1)
         if width < 1:

@@ -246,6 +246,11 @@ WITH updated AS (
 INSERT INTO outbox (sink, doc)
 SELECT o.sink, o.doc FROM unnest($22::text[], $23::text[]) WITH ORDINALITY AS o (sink, doc, n) ORDER BY o.n;
 
+-- name: last_run_ids
+-- The newest run of each job in $1: one probe of runs_job_created per job.
+SELECT (SELECT r.id FROM runs AS r WHERE r.job = j ORDER BY r.created_at DESC, r.id DESC LIMIT 1)
+FROM unnest($1::text[]) AS j;
+
 -- name: activity_runs
 -- The overview: runs created since $1 by bucket ($2 microseconds) and state, over the covering
 -- index runs_created_state (0002).

@@ -174,6 +174,11 @@ DELETE FROM outbox WHERE sink = :sink AND seq <= :upto;
 -- name: count_outbox
 SELECT count(*) FROM outbox WHERE sink = :sink;
 
+-- name: last_run_ids
+-- The newest run of each job in the JSON list :jobs: one probe of runs_job_created per job.
+SELECT (SELECT r.id FROM runs AS r WHERE r.job = j.value ORDER BY r.created_at DESC, r.id DESC LIMIT 1)
+FROM json_each(:jobs) AS j;
+
 -- name: activity_runs
 -- The overview: runs created since :since by bucket and state, over the covering index
 -- runs_created_state (0003): a range scan of the window, no table reads.
