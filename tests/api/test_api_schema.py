@@ -372,6 +372,7 @@ ROUTES = [
     ("get", "/stream"), ("get", "/metrics"), ("get", "/healthz"), ("get", "/readyz"),
     ("post", "/seed002/schedule"), ("get", "/seed002/list"), ("get", "/seed002/status/{name}"),
     ("post", "/seed002/callback/{name}"),
+    ("get", "/whoami"), ("get", "/dashboard/overview"), ("get", "/dashboard/jobs"), ("get", "/dashboard/jobs/{name}"),
 ]  # fmt: skip
 
 
