@@ -50,6 +50,9 @@ def job_json(i: int) -> str:
             "triggers": [{"cron": f"{i % 60} {i % 24} * * *", "timezone": ZONES[i % len(ZONES)]}, "api"],
             "parameters": [{"name": "day", "type": "string", "default": "today"}],
             "target": {"type": "local", "command": ["true"]},
+            # keep the million: the default (newest 20, 7 days) would have the first retention sweep
+            # delete ~800,000 runs in one transaction while the calls are measured
+            "retention": {"keep": 1000, "ttl": "90d"},
         }
     )
     return job.model_dump_json()

@@ -122,7 +122,7 @@ def _trigger_text(t: Any, shown: dict[str, Any]) -> str:
     if isinstance(t, CronTrigger):
         return f"{describe(t.cron)} ({t.timezone})"
     if isinstance(t, IntervalTrigger):
-        return f"every {shown.get('interval', t.interval)}"
+        return f"every {_span(t.interval)}"
     if kind == "at":
         return f"once at {shown.get('at')}"
     if kind == "api":
@@ -137,6 +137,16 @@ def _trigger_text(t: Any, shown: dict[str, Any]) -> str:
         if k not in ("type", "id", "params") and isinstance(v, str | int) and not isinstance(v, bool)
     ]
     return f"{kind}: {', '.join(where[:3])}" if where else kind
+
+
+def _span(td: timedelta) -> str:
+    """600 s → "10 minutes"; 90 s → "90 seconds"; 1.5 s → "1.5 seconds"."""
+    seconds = td.total_seconds()
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return f"{seconds:g} second{'s' if seconds != 1 else ''}"
 
 
 def _next_fires(t: Any, zone: ZoneInfo, now: datetime) -> list[datetime]:

@@ -44,8 +44,7 @@ export function badge(state) {
 export function when(iso, zone) {
   if (!iso) return h("span", { class: "muted" }, "—");
   const d = new Date(iso);
-  const opts = { dateStyle: "medium", timeStyle: "medium" };
-  if (zone) opts.timeZone = zone;
+  const opts = zone ? { year: "numeric", month: "short", day: "numeric", weekday: "short", hour: "2-digit", minute: "2-digit", timeZone: zone, timeZoneName: "short" } : { dateStyle: "medium", timeStyle: "medium" };
   let text;
   try {
     text = d.toLocaleString(undefined, opts);
