@@ -118,7 +118,9 @@ class FakeStore(Store):
     async def last_runs(self, jobs: Sequence[str]) -> dict[str, Run]:
         return {}
 
-    async def activity(self, since: datetime, bucket: timedelta) -> Activity:
+    async def activity(
+        self, since: datetime, bucket: timedelta, buckets: int, events_since: datetime | None = None
+    ) -> Activity:
         return Activity()
 
     async def prune(self, job: str, keep: int, older_than: datetime) -> PruneResult:

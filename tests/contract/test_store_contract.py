@@ -509,9 +509,9 @@ async def test_activity_counts_runs_by_bucket_and_state_and_events_by_source(sto
     batch.append(Intake(event=event("b", at=T0 - timedelta(seconds=1), outcome=EventOutcome.invalid)))
     await store.record(batch)
 
-    got = await store.activity(T0, timedelta(minutes=15))
+    got = await store.activity(T0, timedelta(minutes=15), 3)  # [T0, T0 + 45 min)
     want: dict[tuple[int, RunState], int] = {}
-    for n in range(2, 12):
+    for n in range(2, 11):  # the run at T0 + 45 min is past the last bucket
         minutes = 5 * n - 10
         key = (minutes // 15, states[n % len(states)])
         want[key] = want.get(key, 0) + 1
@@ -520,10 +520,15 @@ async def test_activity_counts_runs_by_bucket_and_state_and_events_by_source(sto
         ("api", EventOutcome.run, 10),
         ("webhook", EventOutcome.paused, 1),
     ]
-    later = await store.activity(T0 + timedelta(hours=1), timedelta(minutes=1))
+    recent = await store.activity(T0, timedelta(minutes=15), 3, events_since=T0 + timedelta(minutes=30))
+    assert recent.runs == got.runs
+    assert [tuple(c) for c in recent.events] == [("api", EventOutcome.run, 4)]  # T0 + 30, 35, 40, 45
+    later = await store.activity(T0 + timedelta(hours=1), timedelta(minutes=1), 60)
     assert later.runs == [] and later.events == []
     with pytest.raises(ValueError):
-        await store.activity(T0, timedelta(0))
+        await store.activity(T0, timedelta(0), 3)
+    with pytest.raises(ValueError):
+        await store.activity(T0, timedelta(minutes=1), 0)
 
 
 async def test_last_runs_is_the_newest_run_of_each_job(store: Store) -> None:

@@ -30,6 +30,8 @@ router = APIRouter(tags=["dashboard"], responses=ERROR_RESPONSES)
 NEXT_FIRES = 3
 MAX_JOBS_PAGE = 200
 WINDOWS = {"hour": (timedelta(hours=1), timedelta(minutes=5)), "day": (timedelta(days=1), timedelta(hours=1))}
+RATE_WINDOW = timedelta(hours=1)
+"""Events per source are counted over the last hour, whatever the chart's window."""
 FAILED = [RunState.failed, RunState.timed_out, RunState.interrupted]
 ACTIVE = [RunState.queued, RunState.pending, RunState.running]
 
@@ -97,7 +99,7 @@ class Overview(BaseModel):
     bucket_seconds: int
     buckets: list[Bucket]
     totals: dict[str, int] = Field(description="runs created in the window, by state")
-    sources: list[SourceRate] = Field(description="events received in the window, by kind of source")
+    sources: list[SourceRate] = Field(description="events received in the last hour, by kind of source")
     running: list[Run] = Field(description="queued, pending and running runs, newest first (at most 20)")
     failures: list[Run] = Field(description="the latest failed, timed out or interrupted runs (at most 10)")
     next_fires: list[NextFire] = Field(description="the next time-trigger fires across all jobs")
@@ -249,15 +251,16 @@ async def overview(
     # aligned to the bucket width, so bars do not shift between two refreshes of the page
     end = datetime.fromtimestamp((int(now.timestamp()) // width + 1) * width, UTC)
     since = end - span
-    activity = await engine.store.activity(since, bucket)
     n = int(span / bucket)
+    rate_since = now - RATE_WINDOW
+    activity = await engine.store.activity(since, bucket, n, events_since=rate_since)
     buckets = [Bucket(start=since + i * bucket, counts={}) for i in range(n)]
     totals: dict[str, int] = {}
     for c in activity.runs:
         if 0 <= c.bucket < n:
             buckets[c.bucket].counts[c.state.value] = c.total
         totals[c.state.value] = totals.get(c.state.value, 0) + c.total
-    minutes = max(1.0, (now - since).total_seconds() / 60)
+    minutes = RATE_WINDOW.total_seconds() / 60
     rates: dict[str, SourceRate] = {}
     for s in activity.events:
         rate = rates.setdefault(s.source, SourceRate(source=s.source, total=0, per_minute=0, outcomes={}))

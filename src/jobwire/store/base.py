@@ -227,11 +227,13 @@ class Store(ABC):
         the dashboard's jobs page (one index probe per job on `runs_job_created`)."""
 
     @abstractmethod
-    async def activity(self, since: datetime, bucket: timedelta) -> Activity:
-        """Runs created at or after `since` counted by state in buckets of `bucket` (the bucket
-        of a run is `(created_at - since) // bucket`), and events received at or after `since`
-        counted by source and outcome: the dashboard's overview in one read (two aggregate
-        statements on the `created_at`/`received_at` indexes)."""
+    async def activity(
+        self, since: datetime, bucket: timedelta, buckets: int, events_since: datetime | None = None
+    ) -> Activity:
+        """Runs created in `[since, since + buckets × bucket)` counted by state per bucket (the
+        bucket of a run is `(created_at - since) // bucket`), and events received at or after
+        `events_since` (default `since`) counted by source and outcome: the dashboard's overview
+        in one read. Raises ValueError for a bucket under a microsecond or `buckets` < 1."""
 
     @abstractmethod
     async def get_event(self, event_id: str) -> Event | None: ...

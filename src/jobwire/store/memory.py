@@ -31,7 +31,7 @@ from jobwire.store.base import (
     StoredJob,
     StoreError,
 )
-from jobwire.store.queries import check_limit, decode_cursor, encode_cursor, from_us, to_us
+from jobwire.store.queries import check_buckets, check_limit, decode_cursor, encode_cursor, from_us, to_us
 
 _RUN_TIMES = ("created_at", "scheduled_at", "not_before", "started_at", "finished_at")
 _EVENT_TIMES = ("received_at", "scheduled_at")
@@ -278,21 +278,23 @@ class MemoryStore(Store):
                 out[r.job] = r
         return {job: _copy_run(r) for job, r in out.items()}
 
-    async def activity(self, since: datetime, bucket: timedelta) -> Activity:
+    async def activity(
+        self, since: datetime, bucket: timedelta, buckets: int, events_since: datetime | None = None
+    ) -> Activity:
         self._check_open()
-        width = bucket // timedelta(microseconds=1)
-        if width < 1:
-            raise ValueError(f"bucket must be at least 1 microsecond, got {bucket}")
+        width = check_buckets(bucket, buckets)
         start = to_us(since)
+        end = start + buckets * width
         runs: dict[tuple[int, str], int] = {}
         for r in self._runs.values():
             at = to_us(r.created_at)
-            if at >= start:
+            if start <= at < end:
                 k = ((at - start) // width, r.state.value)
                 runs[k] = runs.get(k, 0) + 1
         events: dict[tuple[str, str], int] = {}
+        ev_start = start if events_since is None else to_us(events_since)
         for e in self._events.values():
-            if to_us(e.received_at) >= start:
+            if to_us(e.received_at) >= ev_start:
                 j = (e.source, e.outcome.value)
                 events[j] = events.get(j, 0) + 1
         return Activity(

@@ -54,6 +54,7 @@ from jobwire.store.base import (
 from jobwire.store.queries import (
     InvalidCursorError,
     Queries,
+    check_buckets,
     check_limit,
     decode_cursor,
     encode_cursor,
@@ -677,15 +678,16 @@ class PostgresStore(Store):
         sql = f"{Q.select_runs} WHERE id IN ({Q.last_run_ids})"
         return {r.job: r for r in (_run_from_row(row) for row in await self._fetch(sql, list(jobs)))}
 
-    async def activity(self, since: datetime, bucket: timedelta) -> Activity:
-        width = bucket // timedelta(microseconds=1)
-        if width < 1:
-            raise ValueError(f"bucket must be at least 1 microsecond, got {bucket}")
+    async def activity(
+        self, since: datetime, bucket: timedelta, buckets: int, events_since: datetime | None = None
+    ) -> Activity:
+        width = check_buckets(bucket, buckets)
         since = from_us(to_us(since))  # a naive time is UTC, as everywhere in the stores
-        runs = await self._fetch(Q.activity_runs, since, width)
-        events = await self._fetch(Q.activity_events, since)
+        states = [s.value for s in RunState]
+        runs = await self._fetch(Q.activity_runs, since, timedelta(microseconds=width), buckets, states)
+        events = await self._fetch(Q.activity_events, since if events_since is None else _utc(events_since))
         return Activity(
-            runs=sorted(ActivityCount(int(b), RunState(s), int(n)) for b, s, n in runs),
+            runs=sorted(ActivityCount(int(b), RunState(s), int(n)) for b, s, n in runs if n),
             events=sorted(SourceCount(str(src), EventOutcome(o), int(n)) for src, o, n in events),
         )
 

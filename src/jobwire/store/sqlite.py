@@ -46,6 +46,7 @@ from jobwire.store.base import (
 )
 from jobwire.store.queries import (
     Queries,
+    check_buckets,
     check_limit,
     decode_cursor,
     encode_cursor,
@@ -75,6 +76,7 @@ EVENT_COLUMNS = (
 _LISTED_ACTIVE = frozenset({RunState.queued, *ACTIVE_STATES})
 # Literal, so SQLite can prove a query only wants rows of the partial index `runs_active`.
 _ACTIVE_TERM = "state IN ('queued', 'pending', 'running')"
+_STATE_LIST = json.dumps([s.value for s in RunState])
 
 
 # --------------------------------------------------------------------------- url, lock
@@ -640,17 +642,18 @@ class SQLiteStore(Store):
         runs = [_run_from_row(r) for r in await self._r(op)]
         return {r.job: r for r in runs}
 
-    async def activity(self, since: datetime, bucket: timedelta) -> Activity:
-        width = bucket // timedelta(microseconds=1)
-        if width < 1:
-            raise ValueError(f"bucket must be at least 1 microsecond, got {bucket}")
-        params = {"since": to_us(since), "bucket": width}
+    async def activity(
+        self, since: datetime, bucket: timedelta, buckets: int, events_since: datetime | None = None
+    ) -> Activity:
+        width = check_buckets(bucket, buckets)
+        params = {"since": to_us(since), "bucket": width, "n": buckets, "states": _STATE_LIST}
+        ev = {"since": to_us(since if events_since is None else events_since)}
 
         def op(conn: sqlite3.Connection) -> Activity:
             runs = conn.execute(Q.activity_runs, params).fetchall()
-            events = conn.execute(Q.activity_events, params).fetchall()
+            events = conn.execute(Q.activity_events, ev).fetchall()
             return Activity(
-                runs=[ActivityCount(int(b), RunState(s), int(n)) for b, s, n in runs],
+                runs=sorted(ActivityCount(int(b), RunState(s), int(n)) for b, s, n in runs if n),
                 events=[SourceCount(str(src), EventOutcome(o), int(n)) for src, o, n in events],
             )
 

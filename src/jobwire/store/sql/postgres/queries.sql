@@ -252,13 +252,13 @@ SELECT (SELECT r.id FROM runs AS r WHERE r.job = j ORDER BY r.created_at DESC, r
 FROM unnest($1::text[]) AS j;
 
 -- name: activity_runs
--- The overview: runs created since $1 by bucket ($2 microseconds) and state, over the covering
--- index runs_created_state (0002).
-SELECT (floor(extract(epoch FROM created_at - $1) * 1000000 / $2))::bigint AS b, state, count(*)
-FROM runs
-WHERE created_at >= $1
-GROUP BY b, state
-ORDER BY b, state;
+-- The overview: runs created in [$1, $1 + $3 × $2) per bucket and state — one counted range of the
+-- covering index runs_state_created (0002) per (bucket, state).
+SELECT b, s,
+       (SELECT count(*) FROM runs
+        WHERE state = s AND created_at >= $1::timestamptz + b * $2::interval
+          AND created_at < $1::timestamptz + (b + 1) * $2::interval)
+FROM generate_series(0, $3 - 1) AS b, unnest($4::text[]) AS s;
 
 -- name: activity_events
 SELECT source, outcome, count(*) FROM events

@@ -85,7 +85,7 @@ export async function render(ctx) {
       section("Running now", table("Running now", ["Run", "Job", "State", "Created"], data.running.map(runRow), "Nothing is running.")),
       section("Recent failures", table("Recent failures", ["Run", "Job", "State", "Why", "When"], data.failures.map(failureRow), "No failures in the last 7 days.")),
       section("Next fires", table("Next fires", ["Job", "Trigger", "At"], data.next_fires.map((f) => ({ cells: [link(`#/jobs/${encodeURIComponent(f.job)}`, f.job), f.trigger, h("span", {}, when(f.at), " (", ago(f.at), ")")] })), "No time triggers are scheduled.")),
-      section(`Events per source (last ${span})`, table("Events per source", ["Source", "Events", "Rate", "Outcomes"], rates, "No events in this window.")),
+      section("Events per source (last hour)", table("Events per source", ["Source", "Events", "Rate", "Outcomes"], rates, "No events in the last hour.")),
       section("Health", ...health(ready)),
     );
   }
