@@ -90,13 +90,18 @@ async function route() {
   const params = path.match(re).slice(1).map(decodeURIComponent);
   document.title = `${title} · jobwire`;
   const ctx = { main, params, query, session, live, go, isCurrent: () => mine === generation };
+  let done = null;
   try {
-    cleanup = (await render(ctx)) || null;
+    done = (await render(ctx)) || null;
   } catch (err) {
-    if (mine !== generation) return;
-    main.append(errorBox(err));
+    if (mine === generation) main.append(errorBox(err));
+    return;
   }
-  if (mine !== generation && cleanup) cleanup();
+  if (mine !== generation) {
+    if (done) done(); // the person moved on while this page loaded: stop its stream and log
+    return;
+  }
+  cleanup = done;
 }
 
 function showSignIn(message) {
