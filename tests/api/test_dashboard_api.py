@@ -133,3 +133,22 @@ def test_the_dashboard_page_is_served_open_with_a_strict_policy(server: Server) 
     for asset in ("/static/dashboard/app.css", "/static/dashboard/js/main.js", "/static/dashboard/js/api.js"):
         assert httpx.get(server.url + asset).status_code == 200, asset
     assert WRITE not in r.text and READ not in r.text
+
+
+def test_a_trigger_urls_password_is_masked_and_kept_when_sent_back() -> None:
+    """The job page shows the definition as GET /jobs/{name} does: a broker URL in a trigger keeps
+    its host but not its password; PUT with the masked URL keeps the real one."""
+    from jobwire.api.schemas import mask_job, unmask_job
+    from jobwire.model import Job
+
+    job = Job.model_validate(
+        {
+            "name": "x",
+            "triggers": [{"amqp": {"url": "amqp://user:pw-canary-5e1@broker:5672/", "queue": "q"}}],
+            "target": {"type": "local", "command": ["true"]},
+        }
+    )
+    shown = mask_job(job)
+    assert "pw-canary-5e1" not in str(shown)
+    assert shown["triggers"][0]["url"].startswith("amqp://user:")
+    assert unmask_job(shown, job)["triggers"][0]["url"] == "amqp://user:pw-canary-5e1@broker:5672/"
