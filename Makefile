@@ -51,4 +51,4 @@ lock:
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^jobwire' > requirements.lock
 
 clean:
-	rm -rf .jobwire .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .jobwire .pytest_cache .mypy_cache .ruff_cache .browser
