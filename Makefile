@@ -6,7 +6,7 @@ WHEELHOUSE := $(VENV)/wheelhouse
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_WORKERS ?= 2
 
-.PHONY: install run test lint services bench soak chaos clean lock
+.PHONY: install run test lint services browser screenshots bench soak chaos clean lock
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "jobwire needs Python >= 3.11 (set PY=python3.11)")'
@@ -28,12 +28,20 @@ run: install
 services:
 	@bash scripts/services.sh
 
+# Debian's chromium and axe-core (npm, pinned) for tests/browser/
+browser:
+	@bash scripts/browser.sh
+
+# the dashboard's screenshots in docs/img/ (a real `jobwire serve` with demo jobs, headless chromium)
+screenshots: install browser
+	$(BIN)/python scripts/screenshots.py
+
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy --strict src/jobwire
 	$(BIN)/lint-imports
 
-test: install services lint
+test: install services browser lint
 	$(BIN)/pytest -n $(PYTEST_WORKERS) -q -p no:cacheprovider --durations=10 -m "not slow"
 	$(BIN)/pytest -q -p no:cacheprovider -m slow
 
@@ -48,4 +56,4 @@ lock:
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^jobwire' > requirements.lock
 
 clean:
-	rm -rf .jobwire .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .jobwire .pytest_cache .mypy_cache .ruff_cache .browser

@@ -150,6 +150,9 @@ def mask_job(job: Job) -> dict[str, Any]:
     for t in data.get("triggers", []):
         if t.get("secret"):
             t["secret"] = MASK
+        for k, v in list(t.items()):  # a broker URL's password: `amqp://user:****@host`
+            if isinstance(v, str) and v != (masked := mask_url(v)):
+                t[k] = masked
         fixed = t.get("params") or {}
         for k in list(fixed):
             if k in secret_params:
@@ -188,6 +191,10 @@ def unmask_job(data: dict[str, Any], current: Job | None) -> dict[str, Any]:
             continue
         if t.get("secret") == MASK:
             t["secret"] = prev.get("secret")
+        for k, v in list(t.items()):  # a URL sent back masked as shown: keep the real one
+            prev_v = prev.get(k)
+            if isinstance(v, str) and isinstance(prev_v, str) and v != prev_v and v == mask_url(prev_v):
+                t[k] = prev_v
         fixed = t.get("params")
         if isinstance(fixed, dict):
             for k, v in list(fixed.items()):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from jobwire.store.base import (
+    Activity,
+    ActivityCount,
     EventQuery,
     Intake,
     OutboxRow,
@@ -11,6 +13,7 @@ from jobwire.store.base import (
     PruneRule,
     Recorded,
     RunQuery,
+    SourceCount,
     Store,
     StoredJob,
     StoreError,
@@ -18,6 +21,8 @@ from jobwire.store.base import (
 )
 
 __all__ = [
+    "Activity",
+    "ActivityCount",
     "EventQuery",
     "Intake",
     "OutboxRow",
@@ -26,6 +31,7 @@ __all__ = [
     "PruneRule",
     "Recorded",
     "RunQuery",
+    "SourceCount",
     "Store",
     "StoredJob",
     "StoreError",
