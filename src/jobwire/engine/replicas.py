@@ -97,7 +97,7 @@ class Coordinator:
     def fenced(self) -> None:
         """A fenced commit was refused: another replica holds the lease now. Step down at once."""
         if self.lease is not None:
-            log.warning("fenced out: another replica took the leader lease", token=self.lease.token)
+            log.warning("fenced out: another replica took the leader lease", fencing=self.lease.token)
             self._lose_lease()
             self._wake.set()
 
@@ -199,7 +199,7 @@ class Coordinator:
         self.lease, self.seen = got, None
         self._lease_deadline = t0 + self.lease_seconds - self.margin
         self.metrics.leader_changes.inc()
-        log.info("this replica is the leader now", replica=self.replica, token=got.token)
+        log.info("this replica is the leader now", replica=self.replica, fencing=got.token)
         self._set_gauges()
         self._was_leading = True
         if self.on_leader is not None:
