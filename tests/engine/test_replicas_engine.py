@@ -193,3 +193,26 @@ async def test_the_committer_refuses_a_stale_leaders_fires_whole_and_steps_down(
     finally:
         await committer.stop()
         await store.close()
+
+
+async def test_a_single_process_store_outlives_an_expired_heartbeat(tmp_path: Path) -> None:
+    """SQLite / memory: a pause longer than the heartbeat expiry (a suspended laptop) is no death —
+    no other process can have taken the runs — so the replica registers again instead of exiting;
+    on a shared store (PostgreSQL) the same finding makes it exit (tests/e2e/test_replicas.py)."""
+    import dataclasses
+
+    store = MemoryStore()
+    eng = Engine(_settings(tmp_path, "solo"), store)
+    await eng.start()
+    try:
+        coord = eng.coordinator
+        died: list[int] = []
+        coord.on_dead = lambda: died.append(1)
+        rows = store.coordination._replicas
+        rows[coord.replica] = dataclasses.replace(rows[coord.replica], expires_at=utcnow() - timedelta(seconds=1))
+        assert not await store.heartbeat(coord.replica, 1.0)  # expired, as after the pause
+        await eventually(lambda: rows[coord.replica].expires_at > utcnow(), 5, "registered again")
+        assert died == [] and coord.alive()
+        await eventually(coord.is_leader, 5, "still (or again) the leader")
+    finally:
+        await eng.stop()

@@ -169,8 +169,15 @@ class Coordinator:
     async def tick(self) -> None:
         t0 = time.monotonic()
         if not await self.store.heartbeat(self.replica, self.expiry_seconds):
-            self._declared_dead()
-            return
+            if self.store.shared:
+                self._declared_dead()
+                return
+            # one process per store (SQLite): nobody can have taken its runs while it was paused
+            # (a suspended laptop): it simply registers again
+            log.warning("heartbeat expired while paused; registering again", replica=self.replica)
+            await self.store.register_replica(
+                self.replica, self.role, self.expiry_seconds, socket.gethostname(), os.getpid()
+            )
         self._heartbeat_ok(t0)
         await self.elect()
         if self.store.shared:
