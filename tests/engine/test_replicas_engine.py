@@ -216,3 +216,46 @@ async def test_a_single_process_store_outlives_an_expired_heartbeat(tmp_path: Pa
         await eventually(coord.is_leader, 5, "still (or again) the leader")
     finally:
         await eng.stop()
+
+
+async def test_a_dead_replicas_runs_are_taken_over_even_of_a_job_only_it_knew(tmp_path: Path) -> None:
+    """Takeover (the store treated as shared, as PostgreSQL is): a's heartbeat stops and expires;
+    b claims a's running run and resumes it — a local process b did not start is recorded lost,
+    not 'job deleted', although the job was defined over a's API only (b reads it from the store)."""
+    import dataclasses
+
+    store = SharedMemoryStore()
+    store.shared = True
+    await store.open()
+    a, b = Engine(_settings(tmp_path, "a"), store), Engine(_settings(tmp_path, "b"), store)
+    await a.start()
+    await b.start()
+    try:
+        slow = Job(name="slow", triggers=[], target=LocalTarget(command=["sleep", "30"]))
+        await a.put_job(slow)
+        assert "slow" not in b.jobs
+        admission = await a.trigger("slow", {})
+        assert admission.run is not None
+        run_id = admission.run.id
+        await eventually(lambda: a.runs[run_id].state.value == "running", 10, "a runs it")
+        paused = asyncio.Event()
+
+        async def hang() -> None:
+            await paused.wait()
+
+        a.coordinator.tick = hang  # type: ignore[method-assign]
+        rows = store.coordination._replicas
+        rows[a.coordinator.replica] = dataclasses.replace(
+            rows[a.coordinator.replica], expires_at=utcnow() - timedelta(seconds=1)
+        )
+        await eventually(lambda: b.coordinator.taken_over == 1, 10, "b to take a's run over")
+        assert "slow" in b.jobs
+
+        async def lost() -> bool:
+            run = await store.get_run(run_id)
+            return run is not None and run.error is not None and run.error.reason == "Lost"
+
+        await eventually(lost, 10, "the run recorded lost by b")
+    finally:
+        for eng in (b, a):
+            await eng.stop()
