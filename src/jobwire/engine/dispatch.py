@@ -7,7 +7,7 @@ Before an attempt is handed to its target, its target-side name goes into the la
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -27,6 +27,10 @@ from jobwire.store import StoredJob
 from jobwire.targets.base import CallbackResult, Outcome, RunContext, Target
 
 log = structlog.get_logger(__name__)
+
+
+async def _alive() -> None:
+    return None
 
 
 class RunHost(Protocol):
@@ -119,6 +123,10 @@ class Attempts:
         self.backlog = LaunchBacklog(metrics, targets, settings.max_running_attempts)
         self._placed: set[str] = set()
         """Runs whose attempt holds a place of its target's launch limit (until its target returns)."""
+        self.may_launch: Callable[[], bool] = lambda: True
+        """False while this replica's heartbeat may have expired (engine/replicas.py): it then
+        launches nothing — its runs may be someone else's by now — until `wait_alive` returns."""
+        self.wait_alive: Callable[[], Awaitable[None]] = _alive
 
     @property
     def count(self) -> int:
@@ -175,6 +183,8 @@ class Attempts:
                     retryable=False,
                 )
             else:
+                await self._until_alive(run)
+                # from here to the target's start nothing yields (local: to the spawn)
                 self.journal.mark(self._name(run.id, run.attempt))
                 timeout = job.timeout.total_seconds() if job.timeout else None
                 if timeout is not None and resumed and run.started_at:
@@ -241,6 +251,15 @@ class Attempts:
             while (item := self.backlog.done(kind)) is not None:
                 if not (item[0].state.terminal or self._shutting_down):  # not cancelled while waiting
                     return self._run_task(*item)
+
+    async def _until_alive(self, run: Run) -> None:
+        """Hold a launch while this replica's heartbeat may have expired (a pause, the database
+        away): its runs may be someone else's by now. The next heartbeat either confirms it lives
+        or finds it declared dead, and it exits (engine/replicas.py)."""
+        if self.may_launch():
+            return
+        log.warning("launch held: this replica's heartbeat may have expired", run_id=run.id)
+        await self.wait_alive()
 
     def _finish(self, run: Run, job: Job, outcome: Outcome) -> None:
         host = self.host

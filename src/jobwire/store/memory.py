@@ -19,6 +19,7 @@ from jobwire.store.base import (
     Activity,
     ActivityCount,
     EventQuery,
+    Fence,
     Intake,
     OutboxRow,
     Page,
@@ -193,12 +194,19 @@ class MemoryStore(Store):
         return out
 
     async def commit(
-        self, batch: list[Intake], updates: list[Run], outbox: Sequence[OutboxRow] = ()
+        self,
+        batch: list[Intake],
+        updates: list[Run],
+        outbox: Sequence[OutboxRow] = (),
+        fence: Fence | None = None,
     ) -> list[Recorded]:
         # record() and update_runs() never yield: together they are one atomic step, state captured
+        self.coordination.check(fence)
         recorded = await self.record(batch) if batch else []
+        self.coordination.own(fence, recorded)
         if updates:
             await self.update_runs(updates)
+            self.coordination.ended(updates)
         for row in outbox:
             self._outbox_seq += 1
             self._outbox.setdefault(row.sink, []).append((self._outbox_seq, row.doc))
