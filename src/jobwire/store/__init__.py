@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from jobwire.store.base import (
+    LEADER,
     Activity,
     ActivityCount,
-    LEADER,
     EventQuery,
     Fence,
     Fenced,
