@@ -61,6 +61,9 @@ class EngineContext(RunContext):
         self._received_at = received_at
         self._cap = getattr(job.target, "log_max_bytes", None)
 
+    async def until_startable(self) -> None:
+        await self._attempts._until_alive(self.run)
+
     async def started(self, ref: str | None, status: StatusBlock | None = None) -> None:
         run = self.run
         now = utcnow()

@@ -76,6 +76,12 @@ class RunContext(ABC):
     async def callback(self) -> CallbackResult:
         """Wait for the job to call back (targets whose runs report their own end)."""
 
+    async def until_startable(self) -> None:
+        """Return when the target may take its irreversible step (a spawn, a request, a create).
+        A target awaits it last and then starts without yielding: with several replicas the engine
+        holds it while this replica's heartbeat may have expired (a pause, a SIGSTOP landing after
+        the engine's own check), since its runs may be someone else's by then."""
+
 
 class Target(ABC):
     kind: ClassVar[str]

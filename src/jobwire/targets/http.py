@@ -232,6 +232,7 @@ class HttpTarget(Target):
             return _failed("ConnectError", f"cannot resolve {url.host}: {exc}", retryable=True)
 
         await ctx.started(None)
+        await ctx.until_startable()
         if wire:
             return await self._call_http1(ctx, spec, url.host, port, allow_private, wire, deadline)
         assert request is not None
