@@ -41,10 +41,12 @@ EXPECTED_TABLES = {
         "error", "target_ref", "target_status", "history", "input_location", "environment",
     ],
     "outbox": ["seq", "sink", "doc"],
+    "jobwire_settings": ["name", "value", "created_at"],
 }  # fmt: skip
 EXPECTED_INDEXES = {
     "events_job_received", "events_received", "events_fire",
     "runs_job_created", "runs_created", "runs_active", "runs_event", "runs_key_unique", "outbox_by_sink",
+    "runs_slots",
 }  # fmt: skip
 
 

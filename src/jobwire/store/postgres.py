@@ -35,6 +35,7 @@ from pydantic_core import to_json
 
 from jobwire.model import ACTIVE_STATES, Event, EventOutcome, Job, Run, RunState, utcnow
 from jobwire.store.base import (
+    Bus,
     EventQuery,
     Intake,
     OutboxRow,
@@ -48,6 +49,8 @@ from jobwire.store.base import (
     StoreError,
     StoreLocked,
 )
+from jobwire.store.pgbus import PgBus
+from jobwire.store.pgslots import apply_claims, promote
 from jobwire.store.queries import (
     InvalidCursorError,
     Queries,
@@ -343,6 +346,8 @@ _ITEM: tuple[type[BaseException], ...] = (
 
 
 class PostgresStore(Store):
+    shared = True
+
     def __init__(self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE, auto_migrate: bool = False) -> None:
         scheme = url.split(":", 1)[0]
         if scheme not in ("postgresql", "postgres"):
@@ -357,6 +362,7 @@ class PostgresStore(Store):
         self._relock: asyncio.Task[None] | None = None
         self.lock_lost = 0
         """How many times the single-jobwire lock's connection was lost (and the lock re-taken)."""
+        self._bus: PgBus | None = None
 
     def __repr__(self) -> str:
         return f"PostgresStore({mask(self.url)!r})"
@@ -522,9 +528,31 @@ class PostgresStore(Store):
     async def record(self, batch: list[Intake]) -> list[Recorded]:
         return await self.commit(batch, []) if batch else []
 
-    async def update_runs(self, runs: list[Run]) -> None:
-        if runs:
-            await self.commit([], runs)
+    async def update_runs(self, runs: list[Run]) -> list[str]:
+        if not runs:
+            return []
+        cols = _update_columns(runs)
+        rows = await self._fetch(Q.update_runs_with_outbox, *cols, [], [])
+        return _refused(cols[0], rows)
+
+    # ---- what the replicas share (docs/replicas.md)
+
+    def bus(self) -> Bus:
+        if self._bus is None:
+            self._bus = PgBus(self.url, self._p, mask(self.url))
+        return self._bus
+
+    async def shared_secret(self, name: str, initial: bytes | None = None) -> bytes:
+        row = await self._fetchrow(Q.shared_secret, name, initial)
+        assert row is not None
+        return bytes(row[0])
+
+    async def claim_slot(self, run: Run, limit: int) -> bool:
+        try:
+            async with self._p().acquire() as conn, conn.transaction():
+                return await promote(conn, run.id, run.job, run.concurrency_key, limit)
+        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise self._error(exc) from exc
 
     def unavailable(self, exc: BaseException) -> bool:
         cause = exc.__cause__ if isinstance(exc, StoreError) and exc.__cause__ is not None else exc
@@ -549,20 +577,42 @@ class PostgresStore(Store):
         record_args = [*_run_columns([i.run for i in batch if i.run is not None]), *_columns(events)]
         upd_cols = _update_columns(updates) if updates else None
         out_cols = [[r.sink for r in outbox], [r.doc for r in outbox]] if outbox else None
+        written: list[asyncpg.Record] = []
         try:
             if not batch:
                 # State changes (and their status documents): one statement, atomic on its own.
                 if upd_cols is None:
                     await self._p().execute(Q.insert_outbox, *(out_cols or [[], []]))
                 else:
-                    await self._p().execute(Q.update_runs_with_outbox, *upd_cols, *(out_cols or [[], []]))
+                    written = await self._p().fetch(
+                        Q.update_runs_with_outbox, *upd_cols, *(out_cols or [[], []])
+                    )
+                    self.refused(_refused(upd_cols[0], written))
                 return []
             async with self._p().acquire() as conn, conn.transaction():
+                claimed = await apply_claims(conn, batch)
+                if claimed.changed:  # slot claims refused or queued runs: write what was decided
+                    batch = claimed.batch
+                    events = [
+                        i.event
+                        if i.run is None or i.event.run_id == i.run.id
+                        else i.event.model_copy(update={"run_id": i.run.id})
+                        for i in batch
+                    ]
+                    record_args = [
+                        *_run_columns([i.run for i in batch if i.run is not None]),
+                        *_columns(events),
+                    ]
                 recorded = await self._record(conn, batch, events, record_args)
+                for rec in recorded:
+                    if rec.run is not None and rec.run.id in claimed.victims:
+                        rec.victims = claimed.victims[rec.run.id]
                 if upd_cols is not None:
-                    await conn.execute(Q.update_runs, *upd_cols)
+                    written = await conn.fetch(Q.update_runs, *upd_cols)
                 if out_cols is not None:
                     await conn.execute(Q.insert_outbox, *out_cols)
+            if upd_cols is not None:
+                self.refused(_refused(upd_cols[0], written))
         except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             if isinstance(exc, asyncpg.UniqueViolationError) and "events" in (exc.table_name or ""):
                 raise StoreError(f"cannot record the batch: {exc} (event ids must be unique)") from exc
@@ -732,6 +782,12 @@ class PostgresStore(Store):
     async def execute(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         """Run one statement (tests, diagnostics)."""
         return [tuple(r) for r in await self._fetch(sql, *args)]
+
+
+def _refused(ids: list[str], written: Sequence[Any]) -> list[str]:
+    """The ids of a conditional update that were not written (no row came back for them)."""
+    done = {r[0] for r in written}
+    return [i for i in ids if i not in done]
 
 
 def _utc(dt: datetime) -> datetime:

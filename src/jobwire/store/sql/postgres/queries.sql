@@ -27,7 +27,9 @@ UPDATE jobs SET paused = $2, updated_at = $3 WHERE name = $1
 RETURNING name, definition, origin, paused, updated_at;
 
 -- name: update_runs
--- Every field but the identity (id, and key which id derives from), for a batch of runs.
+-- Every field but the identity (id, and key which id derives from), for a batch of runs. Conditional
+-- (store/base.py ALLOWED_FROM): an ended run keeps its state, no run goes back to queued; the ids
+-- written are returned, so the caller knows which were refused.
 UPDATE runs SET
     job = u.job, trigger = u.trigger, event_id = u.event_id, state = u.state, attempt = u.attempt,
     params = u.params::json, concurrency_key = u.concurrency_key, created_at = u.created_at,
@@ -45,7 +47,9 @@ FROM unnest(
     scheduled_at, not_before, started_at, finished_at, exit_code, http_status, error,
     target_ref, target_status, history, input_location, environment
 )
-WHERE runs.id = u.id;
+WHERE runs.id = u.id
+  AND (runs.state = u.state OR (runs.state IN ('queued', 'pending', 'running') AND u.state <> 'queued'))
+RETURNING runs.id;
 
 -- name: select_runs
 -- The prefix of every run read; callers append WHERE / ORDER BY.
@@ -221,7 +225,8 @@ WHERE events.id = u.id;
 
 -- name: update_runs_with_outbox
 -- update_runs ($1-$21) and insert_outbox ($22, $23) in ONE statement: a commit of state changes
--- and their status documents is one round trip, and atomic without BEGIN/COMMIT.
+-- and their status documents is one round trip, and atomic without BEGIN/COMMIT. Returns the ids
+-- of the runs written (conditional, as update_runs).
 WITH updated AS (
     UPDATE runs SET
         job = u.job, trigger = u.trigger, event_id = u.event_id, state = u.state, attempt = u.attempt,
@@ -241,7 +246,42 @@ WITH updated AS (
         target_ref, target_status, history, input_location, environment
     )
     WHERE runs.id = u.id
+      AND (runs.state = u.state OR (runs.state IN ('queued', 'pending', 'running') AND u.state <> 'queued'))
     RETURNING runs.id
+),
+outbox_in AS (
+    INSERT INTO outbox (sink, doc)
+    SELECT o.sink, o.doc FROM unnest($22::text[], $23::text[]) WITH ORDINALITY AS o (sink, doc, n) ORDER BY o.n
 )
-INSERT INTO outbox (sink, doc)
-SELECT o.sink, o.doc FROM unnest($22::text[], $23::text[]) WITH ORDINALITY AS o (sink, doc, n) ORDER BY o.n;
+SELECT id FROM updated;
+
+-- name: shared_secret
+-- A secret shared by every replica: inserted once (from $2, or random bytes made by the server when
+-- $2 is NULL, so the key never travels as a parameter), then read by all.
+WITH made AS (
+    INSERT INTO jobwire_settings (name, value)
+    VALUES ($1, coalesce($2, decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex')))
+    ON CONFLICT (name) DO NOTHING
+    RETURNING value
+)
+SELECT value FROM made
+UNION ALL
+SELECT value FROM jobwire_settings WHERE name = $1
+LIMIT 1;
+
+-- name: slot_lock
+-- The lock of one (job, concurrency key)'s slots, held to the end of the transaction: every
+-- replica's admission decision for that pair is made under it, one at a time.
+SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(31) || coalesce($2, chr(30)), 7));
+
+-- name: slot_holders
+-- The runs of (job, concurrency key) holding a slot, oldest first, and whether any waits (queued).
+SELECT id, state FROM runs
+WHERE job = $1 AND concurrency_key IS NOT DISTINCT FROM $2 AND state IN ('queued', 'pending', 'running')
+ORDER BY created_at, id;
+
+-- name: promote_queued
+UPDATE runs SET state = 'pending' WHERE id = $1 AND state = 'queued' RETURNING id;
+
+-- name: notify_many
+SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p;
