@@ -52,6 +52,7 @@ from jobwire.engine.runlogs import RunLogs
 from jobwire.engine.runs import RunStates
 from jobwire.engine.scheduler import TimeScheduler
 from jobwire.engine.secret import CallbackTokens
+from jobwire.engine.shared import SharedState
 from jobwire.engine.sources import SourceCollector, SourceManager
 from jobwire.engine.status import StatusHub, Subscription
 from jobwire.engine.supervisor import Supervisor
@@ -117,6 +118,13 @@ class Engine:
         self.registry.register(SourceCollector(self.sources))
         bind_targets(self.targets.values(), self._run_exists, self.job_registry.job_defs, self.registry)
         bind_sinks(plugs.sinks, self.run_log)
+        self.store.on_refused = self.run_states.refused
+        bus = self.store.bus() if self.store.shared else None
+        self.shared = None if bus is None else SharedState(
+            self.store, bus, self.job_registry, self._definitions_changed, self.hub, self.run_states,
+            self.committer, self.supervisor,
+        )  # fmt: skip
+        """Several replicas on one store: what they share beyond it (`engine/shared.py`)."""
         self._stopping = False
         self._ready = False
 
@@ -127,9 +135,12 @@ class Engine:
 
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.tokens.load(self.settings.data_dir)  # raises SecretKeyError
+        if self.shared is None:
+            self.tokens.load(self.settings.data_dir)  # raises SecretKeyError
         await self.store.open()
         try:
+            if self.shared is not None:  # one key for every replica, kept in the store
+                await self.tokens.load_shared(self.store, self.settings.data_dir)
             self.attempts.journal.open()  # after the store's lock: it rewrites the file
             self.committer.start(self.supervisor.spawn)
             for target in self.targets.values():
@@ -138,6 +149,8 @@ class Engine:
             await self.job_registry.load()
             self.intake.chains.rebuild(self.jobs)
             await reconcile(self.store, self.run_states)
+            if self.shared is not None:
+                self.shared.start()
             await catch_up(self.store, self.jobs, self.intake.submit_many)
             self.scheduler.start(self.supervisor.spawn)
             self.supervisor.loop("jobwire-fire-retry", self.pending_fires.run, critical=False)

@@ -28,10 +28,14 @@ from pathlib import Path
 
 import structlog
 
+from jobwire.store import Store
+
 log = structlog.get_logger(__name__)
 
 KEY_FILE = "secret.key"
 KEY_BYTES = 32
+SHARED_NAME = "callback_key"
+"""The key's name in a shared store (`Store.shared_secret`): several replicas, one key."""
 
 _ROTATE_HINT = "delete it to make a new key (the callback tokens of runs in flight then stop working)"
 
@@ -96,6 +100,23 @@ class CallbackTokens:
 
     def load(self, data_dir: Path) -> None:
         self._key = load_secret(data_dir)  # raises SecretKeyError
+
+    async def load_shared(self, store: Store, data_dir: Path) -> None:
+        """Several replicas on one store: the key every one of them uses, kept in the store (made
+        once by the first replica; one that had a `secret.key` gives it, so the tokens of its runs
+        in flight keep working). Raises `SecretKeyError` for a stored key of the wrong size."""
+        initial = load_secret(data_dir) if (data_dir / KEY_FILE).exists() else None
+        key = await store.shared_secret(SHARED_NAME, initial)
+        if key is None:
+            self.load(data_dir)
+            return
+        if len(key) != KEY_BYTES:
+            raise SecretKeyError(
+                f"the callback key stored in the database ({SHARED_NAME!r} in jobwire_settings) holds "
+                f"{len(key)} bytes, not {KEY_BYTES}: delete that row to make a new key (the callback "
+                "tokens of runs in flight then stop working)"
+            )
+        self._key = key
 
     def token(self, run_id: str) -> str:
         return hmac.new(self._key, run_id.encode(), hashlib.sha256).hexdigest()

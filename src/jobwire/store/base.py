@@ -118,7 +118,9 @@ class PruneRule(NamedTuple):
     older_than: datetime
 
 
-ALLOWED_FROM = "the stored state is the same, or active (queued, pending, running) and the new one is not queued"
+ALLOWED_FROM = (
+    "the stored state is the same, or active (queued, pending, running) and the new one is not queued"
+)
 """The rule of a conditional run update (`Store.update_runs`): an ended run is never rewritten
 with another state, and no run goes back to `queued`. Whole-row last-writer-wins between two
 replicas that both hold a run could otherwise revive a run the other ended."""

@@ -259,7 +259,8 @@ def _update(conn: sqlite3.Connection, values: list[tuple[Any, ...]]) -> list[str
         return []
     ids = [v[0] for v in values]
     marks = ", ".join("?" * len(ids))
-    stored = dict(conn.execute(f"SELECT id, state FROM runs WHERE id IN ({marks})", ids).fetchall())
+    sql = f"SELECT id, state FROM runs WHERE id IN ({marks})"  # noqa: S608 - placeholders only
+    stored = dict(conn.execute(sql, ids).fetchall())
     return [v[0] for v in values if stored.get(v[0]) != v[4]]
 
 
