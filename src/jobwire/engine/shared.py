@@ -181,6 +181,9 @@ class SharedState:
         self._seen[origin] = seq
         if last is not None and seq != last + 1:
             self.hub.skip()  # documents of that replica were lost on the way
+        if not self.hub.reading:
+            self.hub.skip()  # nobody would read them here: not even parsed
+            return
         for line in body.split("\n"):
             if line.startswith("d"):
                 self.received += 1

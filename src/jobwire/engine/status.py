@@ -200,7 +200,14 @@ class StatusHub:
     def listening(self) -> bool:
         """Whether a document would reach anyone: a sink, a subscriber, or a stream client that
         left less than RESUME_WINDOW ago and may come back with `Last-Event-ID`."""
-        if self._all_sinks or self._readers or self.relay is not None:
+        if self._all_sinks or self.relay is not None:
+            return True
+        return self.reading
+
+    @property
+    def reading(self) -> bool:
+        """Whether a stream client reads, or left less than RESUME_WINDOW ago (and may resume)."""
+        if self._readers:
             return True
         return self._idle_since is not None and time.monotonic() - self._idle_since < RESUME_WINDOW
 
