@@ -24,9 +24,8 @@ async def admin(sql: str) -> None:
         await conn.close()
 
 
-@asynccontextmanager
-async def fresh_database() -> AsyncIterator[str]:
-    """The URL of a new, empty database, dropped when the block ends."""
+async def create_database() -> tuple[str, str]:
+    """A new, empty database: (its name, its URL). Skips the test without PostgreSQL (fails in CI)."""
     name = f"jwtest_{uuid.uuid4().hex[:16]}"
     try:
         await admin(f'CREATE DATABASE "{name}"')
@@ -35,7 +34,18 @@ async def fresh_database() -> AsyncIterator[str]:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{why}; CI needs it")
         pytest.skip(why)
+    return name, f"{ADMIN_DSN.rpartition('/')[0]}/{name}"
+
+
+async def drop_database(name: str) -> None:
+    await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@asynccontextmanager
+async def fresh_database() -> AsyncIterator[str]:
+    """The URL of a new, empty database, dropped when the block ends."""
+    name, url = await create_database()
     try:
-        yield f"{ADMIN_DSN.rpartition('/')[0]}/{name}"
+        yield url
     finally:
-        await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await drop_database(name)
