@@ -60,17 +60,18 @@ async def apply_claims(conn: Any, batch: list[Intake]) -> Claimed:
     }
     claims = [i for i in claims if i.run is not None and i.run.key not in taken]
     pairs: dict[tuple[str, str | None], _Pair] = {}
-    for job, ckey in sorted(
-        {(i.run.job, i.run.concurrency_key) for i in claims if i.run},
-        key=lambda p: (p[0], p[1] is not None, p[1] or ""),
-    ):
+    needed: dict[tuple[str, str | None], int] = {}
+    """Per pair: its largest limit plus its claims in the batch (the holders a decision can need)."""
+    for i in claims:
+        if i.run is not None and i.slot is not None:
+            pair_key = (i.run.job, i.run.concurrency_key)
+            needed[pair_key] = max(needed.get(pair_key, 1), i.slot.limit + 1) + 1
+    for job, ckey in sorted(needed, key=lambda p: (p[0], p[1] is not None, p[1] or "")):
         await conn.execute(Q.slot_lock, job, ckey)
         pair = pairs[(job, ckey)] = _Pair()
-        for run_id, state in await conn.fetch(Q.slot_holders, job, ckey):
-            if state == RunState.queued.value:
-                pair.waiting += 1
-            else:
-                pair.active.append(run_id)
+        # the oldest holders, as many as a decision can need (limit + the batch's claims)
+        pair.active = [r[0] for r in await conn.fetch(Q.slot_holders, job, ckey, needed[(job, ckey)])]
+        pair.waiting = len(await conn.fetch(Q.slot_first_queued, job, ckey))
     claimed = {id(i) for i in claims}
     out: list[Intake] = []
     victims: dict[str, list[str]] = {}
@@ -121,9 +122,9 @@ async def promote(conn: Any, run_id: str, job: str, ckey: str | None, limit: int
     """Move the queued run `run_id` to pending if a slot of (job, ckey) is free on every replica
     and no run queued before it waits (FIFO), in the caller's transaction under the pair's lock."""
     await conn.execute(Q.slot_lock, job, ckey)
-    rows = await conn.fetch(Q.slot_holders, job, ckey)
-    queued = [rid for rid, state in rows if state == RunState.queued.value]
-    active = len(rows) - len(queued)
-    if active >= limit or not queued or queued[0] != run_id:
-        return False  # no free slot, or not queued (any more), or an older queued run goes first
+    if len(await conn.fetch(Q.slot_holders, job, ckey, limit)) >= limit:
+        return False  # no free slot
+    first = await conn.fetch(Q.slot_first_queued, job, ckey)
+    if not first or first[0][0] != run_id:
+        return False  # not queued (any more), or an older queued run goes first
     return bool(await conn.fetch(Q.promote_queued, run_id))

@@ -275,10 +275,19 @@ LIMIT 1;
 SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(31) || coalesce($2, chr(30)), 7));
 
 -- name: slot_holders
--- The runs of (job, concurrency key) holding a slot, oldest first, and whether any waits (queued).
-SELECT id, state FROM runs
-WHERE job = $1 AND concurrency_key IS NOT DISTINCT FROM $2 AND state IN ('queued', 'pending', 'running')
-ORDER BY created_at, id;
+-- The oldest $3 runs of (job, concurrency key) holding a slot (pending, running): bounded by what
+-- the decision needs, however many runs a job has.
+SELECT id FROM runs
+WHERE job = $1 AND concurrency_key IS NOT DISTINCT FROM $2 AND state IN ('pending', 'running')
+ORDER BY created_at, id
+LIMIT $3;
+
+-- name: slot_first_queued
+-- The run of (job, concurrency key) queued first, if any: the next to take a slot.
+SELECT id FROM runs
+WHERE job = $1 AND concurrency_key IS NOT DISTINCT FROM $2 AND state = 'queued'
+ORDER BY created_at, id
+LIMIT 1;
 
 -- name: promote_queued
 UPDATE runs SET state = 'pending' WHERE id = $1 AND state = 'queued' RETURNING id;
