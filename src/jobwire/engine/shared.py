@@ -46,6 +46,8 @@ log = structlog.get_logger(__name__)
 JOBS, STATUS, RUNS, SLOTS = "jobwire_jobs", "jobwire_status", "jobwire_runs", "jobwire_slots"
 OUTGOING = 10_000
 """Status documents waiting to be sent at most; beyond, the oldest are dropped (a `seq` gap)."""
+SEND_BATCH = 2000
+"""Status documents per round trip at most (about 100 notifications of ~20 documents each)."""
 SEP = "\x1f"
 
 
@@ -167,7 +169,7 @@ class SharedState:
             await self._out_wake.wait()
             self._out_wake.clear()
             while self._out:
-                docs = [self._out.popleft() for _ in range(min(len(self._out), 256))]
+                docs = [self._out.popleft() for _ in range(min(len(self._out), SEND_BATCH))]
                 # documents that cannot be sent are not kept: the hole in `seq` tells the receivers
                 await self.bus.notify(STATUS, self._payloads(docs))
 
