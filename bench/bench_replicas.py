@@ -24,7 +24,6 @@ from pathlib import Path
 
 import asyncpg
 
-import jobwire.store.postgres as pgstore
 from jobwire.config import Settings
 from jobwire.engine import Engine
 from jobwire.model import Job, StatusBlock, StatusDocument, utcnow
@@ -60,8 +59,6 @@ async def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for n in range(2):
-                # while one jobwire per database is still enforced, each replica takes its own lock key
-                pgstore.SERVE_LOCK_KEY = 0x6A6F_6277_6972_6501 + 200 + n
                 s = Settings(data_dir=Path(tmp) / f"r{n}", shutdown_grace=timedelta(seconds=2))
                 eng = Engine(s, store=PostgresStore(url, pool_size=4, auto_migrate=True))
                 await eng.start()

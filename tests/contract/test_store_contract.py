@@ -806,6 +806,8 @@ async def test_sqlite_single_scheduler_lock(tmp_path: Path) -> None:
         assert f"pid {os.getpid()}" in message
         assert str(tmp_path / "data" / "jobwire.db") in message
         assert "JOBWIRE_DATA_DIR" in message
+        # several replicas: the message points at PostgreSQL
+        assert "several replicas, use PostgreSQL" in message and "JOBWIRE_DATABASE_URL=postgresql://" in message
         assert (tmp_path / "data" / "jobwire.db.lock").read_text().strip() == str(os.getpid())
         # the failed attempt did not disturb the holder
         await first.save_job(job(), "api")

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-import jobwire.store.postgres as pgstore
 from jobwire.config import Settings
 from jobwire.engine import Engine, Forbidden
 from jobwire.model import EventOutcome, Job, RunState, StatusDocument
@@ -42,14 +41,11 @@ class Replicas:
 
 
 @pytest.fixture
-async def replicas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Replicas]:
+async def replicas(tmp_path: Path) -> AsyncIterator[Replicas]:
     async with fresh_database() as url:
         engines: list[Engine] = []
         try:
             for n in range(2):
-                # until the single-jobwire lock is gone (issue 9 item 2, the lease side), each
-                # replica takes its own lock key
-                monkeypatch.setattr(pgstore, "SERVE_LOCK_KEY", 0x6A6F_6277_6972_6501 + 100 + n, raising=False)
                 settings = Settings(data_dir=tmp_path / f"r{n}", shutdown_grace=timedelta(seconds=5))
                 eng = Engine(settings, store=PostgresStore(url, pool_size=4, auto_migrate=True))
                 await eng.start()

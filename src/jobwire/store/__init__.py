@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from jobwire.store.base import (
+    LEADER,
     EventQuery,
+    Fence,
+    Fenced,
     Intake,
+    Lease,
     OutboxRow,
     Page,
     PruneResult,
     PruneRule,
     Recorded,
+    ReplicaRow,
     RunQuery,
     SlotClaim,
     Store,
@@ -19,13 +24,18 @@ from jobwire.store.base import (
 )
 
 __all__ = [
+    "LEADER",
     "EventQuery",
+    "Fence",
+    "Fenced",
     "Intake",
+    "Lease",
     "OutboxRow",
     "Page",
     "PruneResult",
     "PruneRule",
     "Recorded",
+    "ReplicaRow",
     "RunQuery",
     "SlotClaim",
     "Store",

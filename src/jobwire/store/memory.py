@@ -17,6 +17,7 @@ from typing import Any
 from jobwire.model import ACTIVE_STATES, Event, EventOutcome, Job, Run, RunState, utcnow
 from jobwire.store.base import (
     EventQuery,
+    Fence,
     Intake,
     OutboxRow,
     Page,
@@ -191,12 +192,19 @@ class MemoryStore(Store):
         return out
 
     async def commit(
-        self, batch: list[Intake], updates: list[Run], outbox: Sequence[OutboxRow] = ()
+        self,
+        batch: list[Intake],
+        updates: list[Run],
+        outbox: Sequence[OutboxRow] = (),
+        fence: Fence | None = None,
     ) -> list[Recorded]:
         # record() and update_runs() never yield: together they are one atomic step, state captured
+        self.coordination.check(fence)
         recorded = await self.record(batch) if batch else []
+        self.coordination.own(fence, recorded)
         if updates:
             self.refused(await self.update_runs(updates))
+            self.coordination.ended(updates)
         for row in outbox:
             self._outbox_seq += 1
             self._outbox.setdefault(row.sink, []).append((self._outbox_seq, row.doc))

@@ -29,6 +29,7 @@ from pydantic_core import to_json
 from jobwire.model import ACTIVE_STATES, Event, EventOutcome, Job, Run, RunState, utcnow
 from jobwire.store.base import (
     EventQuery,
+    Fence,
     Intake,
     OutboxRow,
     Page,
@@ -119,7 +120,9 @@ def _take_lock(lock_path: Path, db_path: Path) -> int:
             else f"another jobwire process (pid {pid})"
         )
         raise StoreLocked(
-            f"{who} is using {db_path}; stop it or set JOBWIRE_DATA_DIR to another folder"
+            f"{who} is using {db_path}; stop it or set JOBWIRE_DATA_DIR to another folder. A SQLite "
+            "file serves one jobwire: to run several replicas, use PostgreSQL "
+            "(JOBWIRE_DATABASE_URL=postgresql://…, see docs/replicas.md)"
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -568,8 +571,14 @@ class SQLiteStore(Store):
         return isinstance(cause, sqlite3.DatabaseError) or isinstance(exc, StoreError | OSError)
 
     async def commit(
-        self, batch: list[Intake], updates: list[Run], outbox: Sequence[OutboxRow] = ()
+        self,
+        batch: list[Intake],
+        updates: list[Run],
+        outbox: Sequence[OutboxRow] = (),
+        fence: Fence | None = None,
     ) -> list[Recorded]:
+        # the lease lives in this process (store/local.py): checked here, on the event loop
+        self.coordination.check(fence)
         # The rows are built here, on the caller's thread, before the hop: that is the snapshot
         # (and the serialization overlaps the store thread's work on the previous call).
         runs = [(i.run, _run_values(i.run)) for i in batch if i.run is not None]
@@ -584,6 +593,8 @@ class SQLiteStore(Store):
             return recorded, refused
 
         recorded, refused = await self._w(op)
+        self.coordination.own(fence, recorded)
+        self.coordination.ended(updates)
         self.refused(refused)
         return recorded
 
