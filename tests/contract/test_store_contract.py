@@ -36,6 +36,7 @@ from jobwire.model import (
 )
 from jobwire.store import (
     EventQuery,
+    Fence,
     Intake,
     OutboxRow,
     PruneResult,
@@ -1005,3 +1006,23 @@ async def test_slot_claims_are_decided_in_the_record_transaction(store: Store, p
     again = claim(1, policy, key=a.run.key)
     (rd,) = await store.record([again])
     assert rd.event.outcome == EventOutcome.duplicate and rd.event.run_id == a.run.id
+
+
+async def test_a_run_owned_by_another_replica_is_not_written_by_it(store: Store) -> None:
+    """Updates are owner-fenced too: once a run is owned by replica r1 (recorded by it, or claimed),
+    a commit of replica r2 does not overwrite it, even with an allowed state change; r2 is told."""
+    told: list[list[str]] = []
+    store.on_refused = told.append
+    await store.register_replica("r1", "all", 30)
+    await store.register_replica("r2", "all", 30)
+    a = intake()
+    await store.commit([a], [], fence=Fence("r1"))
+    assert a.run is not None
+    running = a.run.model_copy(update={"state": RunState.running, "target_ref": "on-r2"})
+    await store.commit([], [running], fence=Fence("r2"))
+    assert told == [[a.run.id]]
+    assert (await store.get_run(a.run.id)) == a.run, "r1's run is as r1 wrote it"
+    await store.commit([], [running.model_copy(update={"target_ref": "on-r1"})], fence=Fence("r1"))
+    assert told == [[a.run.id]]
+    stored = await store.get_run(a.run.id)
+    assert stored is not None and stored.state == RunState.running and stored.target_ref == "on-r1"

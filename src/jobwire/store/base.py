@@ -299,15 +299,25 @@ class Store(ABC):
         capture the state of `updates` (and of the batch's runs) before it first yields; the engine
         does not copy them. This default snapshots, then makes two calls: stores override it."""
         self.coordination.check(fence)
-        snapshot = [r.model_copy(deep=True) for r in updates]
+        foreign = self.foreign(fence, updates)
+        snapshot = [r.model_copy(deep=True) for r in updates if r.id not in foreign]
         recorded = await self.record(batch) if batch else []
         self.coordination.own(fence, recorded)
         self.coordination.ended(snapshot)
-        if snapshot:
-            self.refused(await self.update_runs(snapshot))
+        if snapshot or foreign:
+            self.refused(sorted(foreign) + (await self.update_runs(snapshot) if snapshot else []))
         if outbox:
             raise StoreError(f"{type(self).__name__} has no outbox")
         return recorded
+
+    def foreign(self, fence: Fence | None, updates: Sequence[Run]) -> set[str]:
+        """The single-process stores' owner check (`coordination`): ids of `updates` owned by
+        another replica than the writer `fence.replica` — refused, as PostgreSQL's `runs.owner`
+        condition refuses them."""
+        if fence is None:
+            return set()
+        owners = {r.id: self.coordination.owner(r.id) for r in updates}
+        return {rid for rid, owner in owners.items() if owner is not None and owner != fence.replica}
 
     def refused(self, ids: list[str]) -> None:
         """Tell `on_refused` about run updates that were not applied (if any)."""

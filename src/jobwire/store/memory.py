@@ -200,11 +200,14 @@ class MemoryStore(Store):
     ) -> list[Recorded]:
         # record() and update_runs() never yield: together they are one atomic step, state captured
         self.coordination.check(fence)
+        foreign = self.foreign(fence, updates)  # owned by another replica: refused
         recorded = await self.record(batch) if batch else []
         self.coordination.own(fence, recorded)
         if updates:
-            self.refused(await self.update_runs(updates))
-            self.coordination.ended(updates)
+            mine = [r for r in updates if r.id not in foreign]
+            refused = sorted(foreign) + (await self.update_runs(mine) if mine else [])
+            self.coordination.ended(mine)
+            self.refused(refused)
         for row in outbox:
             self._outbox_seq += 1
             self._outbox.setdefault(row.sink, []).append((self._outbox_seq, row.doc))

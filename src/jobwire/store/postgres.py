@@ -463,7 +463,7 @@ class PostgresStore(Store):
         if not runs:
             return []
         cols = _update_columns(runs)
-        rows = await self._fetch(Q.update_runs_with_outbox, *cols, [], [])
+        rows = await self._fetch(Q.update_runs_with_outbox, *cols, [], [], None)
         return _refused(cols[0], rows)
 
     # ---- what the replicas share (docs/replicas.md)
@@ -525,7 +525,7 @@ class PostgresStore(Store):
                     await self._p().execute(Q.insert_outbox, *(out_cols or [[], []]))
                 else:
                     written = await self._p().fetch(
-                        Q.update_runs_with_outbox, *upd_cols, *(out_cols or [[], []])
+                        Q.update_runs_with_outbox, *upd_cols, *(out_cols or [[], []]), record_args[-1]
                     )
                     self.refused(_refused(upd_cols[0], written))
                 return []
@@ -552,7 +552,7 @@ class PostgresStore(Store):
                     if rec.run is not None and rec.run.id in claimed.victims:
                         rec.victims = claimed.victims[rec.run.id]
                 if upd_cols is not None:
-                    written = await conn.fetch(Q.update_runs, *upd_cols)
+                    written = await conn.fetch(Q.update_runs, *upd_cols, record_args[-1])
                 if out_cols is not None:
                     await conn.execute(Q.insert_outbox, *out_cols)
             if upd_cols is not None:

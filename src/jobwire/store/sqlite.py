@@ -582,6 +582,8 @@ class SQLiteStore(Store):
         # The rows are built here, on the caller's thread, before the hop: that is the snapshot
         # (and the serialization overlaps the store thread's work on the previous call).
         runs = [(i.run, _run_values(i.run)) for i in batch if i.run is not None]
+        foreign = self.foreign(fence, updates)  # owned by another replica: refused
+        updates = [r for r in updates if r.id not in foreign]
         values = [_run_update_values(r) for r in updates]
         rows = [{"sink": r.sink, "doc": r.doc} for r in outbox]
 
@@ -595,7 +597,7 @@ class SQLiteStore(Store):
         recorded, refused = await self._w(op)
         self.coordination.own(fence, recorded)
         self.coordination.ended(updates)
-        self.refused(refused)
+        self.refused(sorted(foreign) + refused)
         return recorded
 
     async def outbox_take(self, sink: str, limit: int) -> list[tuple[int, str]]:

@@ -28,8 +28,9 @@ RETURNING name, definition, origin, paused, updated_at;
 
 -- name: update_runs
 -- Every field but the identity (id, and key which id derives from), for a batch of runs. Conditional
--- (store/base.py ALLOWED_FROM): an ended run keeps its state, no run goes back to queued; the ids
--- written are returned, so the caller knows which were refused.
+-- (store/base.py ALLOWED_FROM): an ended run keeps its state, no run goes back to queued, and a
+-- run owned by another replica ($22, the writer; NULL: not checked) is left alone; the ids written
+-- are returned, so the caller knows which were refused.
 UPDATE runs SET
     job = u.job, trigger = u.trigger, event_id = u.event_id, state = u.state, attempt = u.attempt,
     params = u.params::json, concurrency_key = u.concurrency_key, created_at = u.created_at,
@@ -49,6 +50,7 @@ FROM unnest(
 )
 WHERE runs.id = u.id
   AND (runs.state = u.state OR (runs.state IN ('queued', 'pending', 'running') AND u.state <> 'queued'))
+  AND ($22::text IS NULL OR runs.owner IS NULL OR runs.owner = $22)
 RETURNING runs.id;
 
 -- name: select_runs
@@ -227,7 +229,7 @@ WHERE events.id = u.id;
 -- name: update_runs_with_outbox
 -- update_runs ($1-$21) and insert_outbox ($22, $23) in ONE statement: a commit of state changes
 -- and their status documents is one round trip, and atomic without BEGIN/COMMIT. Returns the ids
--- of the runs written (conditional, as update_runs).
+-- of the runs written (conditional, as update_runs; $24 the writing replica).
 WITH updated AS (
     UPDATE runs SET
         job = u.job, trigger = u.trigger, event_id = u.event_id, state = u.state, attempt = u.attempt,
@@ -248,6 +250,7 @@ WITH updated AS (
     )
     WHERE runs.id = u.id
       AND (runs.state = u.state OR (runs.state IN ('queued', 'pending', 'running') AND u.state <> 'queued'))
+      AND ($24::text IS NULL OR runs.owner IS NULL OR runs.owner = $24)
     RETURNING runs.id
 ),
 outbox_in AS (
