@@ -485,6 +485,42 @@ def check(
     out.print(table)
 
 
+@app.command("status")
+def status(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Readiness and the replicas: each one's role, whether it leads (lease token), its last
+    heartbeat (docs/replicas.md). Exit 1 when the server is not ready."""
+    with session(url, token) as c:
+        report = c.readiness()
+    if as_json:
+        emit_json(report)
+        raise typer.Exit(0 if report.get("status") == "ready" else 1)
+    out.print(f"{url}: {report.get('status')}")
+    for problem in report.get("problems") or []:
+        out.print(Text(f"  {problem}", style="red"))
+    me = report.get("replica") or {}
+    if me:
+        lead = f"leader (lease token {me.get('lease_token')})" if me.get("leader") else "follower"
+        leader = me.get("leader_id") or "-"
+        out.print(f"this replica: {me.get('id')} ({me.get('role')}), {lead}; leader: {leader}")
+        table = Table(title="replicas")
+        for col in ("replica", "role", "state", "lease", "host", "pid", "started", "last heartbeat"):
+            table.add_column(col, no_wrap=True)
+        for r in me.get("replicas") or []:
+            leads = r.get("id") == me.get("leader_id")
+            table.add_row(
+                r.get("id", ""),
+                r.get("role", ""),
+                "alive" if r.get("alive") else "dead",
+                "leader" if leads else "-",
+                r.get("host", ""),
+                str(r.get("pid", "")),
+                when(r.get("started_at")),
+                when(r.get("last_heartbeat")),
+            )
+        out.print(table)
+    raise typer.Exit(0 if report.get("status") == "ready" else 1)
+
+
 @app.command("config")
 def show_config(as_json: JsonOpt = False) -> None:
     """The effective settings (environment, JOBWIRE_CONFIG file, defaults) with secrets masked,

@@ -39,6 +39,7 @@ async def readyz(engine: EngineDep) -> Any:
         tasks=report["tasks"],
         store=report["store"] or None,
         sources=report.get("sources") or [],
+        replica=report.get("replica"),
     )
     if report["ready"]:
         return body

@@ -301,6 +301,34 @@ class SourceState(BaseModel):
     last_error: str | None = None
 
 
+class ReplicaRowState(BaseModel):
+    """A replica in the store's registry (docs/replicas.md), as of this replica's last heartbeat."""
+
+    id: str
+    role: str
+    alive: bool = Field(description="its heartbeat has not expired")
+    host: str = ""
+    pid: int = 0
+    started_at: str
+    last_heartbeat: str
+    expires_at: str
+
+
+class ReplicaState(BaseModel):
+    """This replica: its id and role, whether it leads (and its lease's fencing token), its last
+    heartbeat, and every replica of the store."""
+
+    id: str
+    role: str
+    leader: bool
+    lease_token: int | None = None
+    lease_expires_at: str | None = None
+    leader_id: str | None = Field(None, description="the replica holding the leader lease, as last seen")
+    last_heartbeat: float | None = Field(None, description="epoch seconds")
+    runs_taken_over: int = 0
+    replicas: list[ReplicaRowState] = Field(default_factory=list)
+
+
 class Readiness(Health):
     """`ready`, or `not ready` and why: starting, stopping, a critical task or store writes failing."""
 
@@ -310,3 +338,4 @@ class Readiness(Health):
     sources: list[SourceState] = Field(
         default_factory=list, description="event sources; a disconnected one reconnects with backoff"
     )
+    replica: ReplicaState | None = None

@@ -7,7 +7,7 @@ Before an attempt is handed to its target, its target-side name goes into the la
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -115,6 +115,9 @@ class Attempts:
         self._stopping: set[asyncio.Task[None]] = set()
         self._shutting_down = False
         self.journal = LaunchJournal(settings.data_dir / "launches.journal")
+        self.may_launch: Callable[[], bool] = lambda: True
+        """False while this replica's heartbeat may have expired (engine/replicas.py): it then
+        launches nothing — its runs may be someone else's by now."""
 
     @property
     def count(self) -> int:
@@ -145,6 +148,12 @@ class Attempts:
     def _start_task(self, run: Run, job: Job, resumed: bool, received_at: datetime | None) -> None:
         self._timers.pop(run.id, None)
         if self._shutting_down:
+            return
+        if not self.may_launch():
+            # held until the next heartbeat says whether this replica still lives (it exits if not)
+            log.warning("launch held: this replica's heartbeat may have expired", run_id=run.id)
+            loop = asyncio.get_running_loop()
+            self._timers[run.id] = loop.call_later(0.5, self._start_task, run, job, resumed, received_at)
             return
         self._tasks[run.id] = asyncio.create_task(
             self._attempt(run, job, resumed, received_at), name=f"jobwire-run-{run.id}"

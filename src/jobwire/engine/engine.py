@@ -47,6 +47,7 @@ from jobwire.engine.jobs import JobRegistry
 from jobwire.engine.metrics import Metrics
 from jobwire.engine.outbox import OutboxRelay
 from jobwire.engine.recovery import catch_up, reconcile
+from jobwire.engine.replicas import Coordinator
 from jobwire.engine.retention import Retention
 from jobwire.engine.runlogs import RunLogs
 from jobwire.engine.runs import RunStates
@@ -58,7 +59,7 @@ from jobwire.engine.status import StatusHub, Subscription
 from jobwire.engine.supervisor import Supervisor
 from jobwire.engine.templates import TemplateJobs, TemplateLookup
 from jobwire.engine.webhooks import Delivery, Webhooks
-from jobwire.model import Admission, Incoming, Job, Run
+from jobwire.model import Admission, Incoming, Job, Run, utcnow
 from jobwire.store import Store, StoredJob
 from jobwire.targets.base import Target
 
@@ -77,6 +78,7 @@ class Engine:
         self.hub = StatusHub(plugs.sinks, self.metrics, buffer=settings.stream_buffer)
         self.supervisor = Supervisor(self.metrics)
         self.committer = Committer(self.store, self.metrics)
+        self.coordinator = Coordinator(self.store, settings, self.metrics)
         self.tokens = CallbackTokens()
         self.scheduler = TimeScheduler(self._fire_batch, self.metrics.lateness_seconds.observe)
         self.job_registry = JobRegistry(settings, self.store, self.scheduler, self.metrics)
@@ -119,12 +121,8 @@ class Engine:
         bind_targets(self.targets.values(), self._run_exists, self.job_registry.job_defs, self.registry)
         bind_sinks(plugs.sinks, self.run_log)
         self.store.on_refused = self.run_states.refused
-        bus = self.store.bus() if self.store.shared else None
-        self.shared = None if bus is None else SharedState(
-            self.store, bus, self.job_registry, self._definitions_changed, self.hub, self.run_states,
-            self.committer, self.supervisor,
-        )  # fmt: skip
-        """Several replicas on one store: what they share beyond it (`engine/shared.py`)."""
+        parts = (self.job_registry, self._definitions_changed, self.hub, self.run_states, self.supervisor)
+        self.shared = SharedState.over(self.store, *parts)  # several replicas: engine/shared.py
         self._stopping = False
         self._ready = False
 
@@ -135,24 +133,30 @@ class Engine:
 
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        if self.shared is None:
+        if not self.store.shared:
             self.tokens.load(self.settings.data_dir)  # raises SecretKeyError
         await self.store.open()
         try:
-            if self.shared is not None:  # one key for every replica, kept in the store
-                await self.tokens.load_shared(self.store, self.settings.data_dir)
+            await self.tokens.load_shared(self.store, self.settings.data_dir)  # one key for every replica
             self.attempts.journal.open()  # after the store's lock: it rewrites the file
+            await self.coordinator.register()
+            self.committer.fencing = self.coordinator
+            self.attempts.may_launch = self.coordinator.alive
+            self.retention.leader = self.coordinator.is_leader
             self.committer.start(self.supervisor.spawn)
             for target in self.targets.values():
                 await target.start()
             await self.hub.start(self.supervisor.spawn_optional)
             await self.job_registry.load()
             self.intake.chains.rebuild(self.jobs)
-            await reconcile(self.store, self.run_states)
+            await reconcile(await self.coordinator.own_runs(), self.run_states)
             if self.shared is not None:
                 self.shared.start()
-            await catch_up(self.store, self.jobs, self.intake.submit_many)
-            self.scheduler.start(self.supervisor.spawn)
+            self.coordinator.on_leader = self._lead
+            self.coordinator.on_follower = self.scheduler.stop
+            self.coordinator.on_orphans = self._adopt
+            await self.coordinator.elect()  # the leader catches up and starts the clock
+            self.supervisor.loop("jobwire-replica", self.coordinator.run, critical=True)
             self.supervisor.loop("jobwire-fire-retry", self.pending_fires.run, critical=False)
             self.supervisor.loop("jobwire-retention", self.retention.loop)
             for name, relay in self.relays.items():
@@ -161,6 +165,8 @@ class Engine:
             if self.settings.reload and self.settings.jobs:
                 self.supervisor.loop("jobwire-reload", self._reload_loop)
         except BaseException:
+            await self.supervisor.cancel_all()
+            await self.coordinator.stop()
             self.attempts.journal.close()
             await self.store.close()
             raise
@@ -195,6 +201,7 @@ class Engine:
                 log.warning("target did not close cleanly", target=target.kind, error=str(exc))
         later = await self._flush_at_stop()
         await self.committer.stop()
+        await self.coordinator.stop()  # the lease goes at once to a follower; our rest is claimable
         self.attempts.journal.close()
         await self.store.close()
         self._ready = False
@@ -238,9 +245,23 @@ class Engine:
             "tasks": states,
             "store": store,
             "sources": self.sources.health(),
+            "replica": self.coordinator.health(),
         }
 
     # ------------------------------------------------------------------ wiring
+    async def _lead(self) -> None:
+        """This replica took the leader lease: record what was missed (per each job's catch-up
+        policy, up to now), then run the clock from now on. Fires are fenced by the lease token."""
+        now = utcnow()
+        await catch_up(self.store, self.jobs, self.intake.submit_many, now)
+        for stored in self.jobs.values():
+            self.scheduler.set_job(stored.job, stored.paused, now)  # the heap from now, not from before
+        self.scheduler.start(self.supervisor.spawn)
+
+    async def _adopt(self, runs: list[Run]) -> None:
+        """Runs of a dead replica, claimed for this one: resumed or recorded lost, per target."""
+        await reconcile(runs, self.run_states, taken_over=True)
+
     def _fire_batch(self, batch: list[Incoming]) -> None:
         """The scheduler's hand-in of due fires: recorded in a one-shot task, the clock goes on."""
         self.supervisor.once(self.pending_fires.hand_in(batch), "jobwire-fire")

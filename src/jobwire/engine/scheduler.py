@@ -97,6 +97,8 @@ class TimeScheduler:
 
     def start(self, spawn: Spawn | None = None) -> None:
         """Start the clock; `spawn` runs it supervised (restarted if it ever raises)."""
+        if self._task is not None and not self._task.done():
+            return  # running already
         name = "jobwire-scheduler"
         self._task = spawn(name, self._loop) if spawn else asyncio.create_task(self._loop(), name=name)
 

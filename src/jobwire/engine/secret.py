@@ -105,6 +105,8 @@ class CallbackTokens:
         """Several replicas on one store: the key every one of them uses, kept in the store (made
         once by the first replica; one that had a `secret.key` gives it, so the tokens of its runs
         in flight keep working). Raises `SecretKeyError` for a stored key of the wrong size."""
+        if not store.shared:
+            return  # one process: its `secret.key`, loaded by `load`
         initial = load_secret(data_dir) if (data_dir / KEY_FILE).exists() else None
         key = await store.shared_secret(SHARED_NAME, initial)
         if key is None:

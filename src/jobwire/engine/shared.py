@@ -31,7 +31,6 @@ from typing import Any
 
 import structlog
 
-from jobwire.engine.committer import Committer
 from jobwire.engine.errors import EngineError
 from jobwire.engine.jobs import JobRegistry
 from jobwire.engine.runs import RunStates
@@ -67,7 +66,6 @@ class SharedState:
         definitions_changed: Callable[[], None],
         hub: StatusHub,
         states: RunStates,
-        committer: Committer,
         supervisor: Supervisor,
     ) -> None:
         self.store = store
@@ -76,7 +74,7 @@ class SharedState:
         self.definitions_changed = definitions_changed
         self.hub = hub
         self.states = states
-        self.committer = committer
+        self.committer = states.committer
         self.supervisor = supervisor
         self.origin = uuid.uuid4().hex[:16]
         """This process among the replicas (its own status documents come back to it: skipped)."""
@@ -97,6 +95,22 @@ class SharedState:
         hub.relay = self._relay
         states.forward = self.forward
         states.slot_freed = self._slot_freed
+
+    @classmethod
+    def over(
+        cls,
+        store: Store,
+        registry: JobRegistry,
+        definitions_changed: Callable[[], None],
+        hub: StatusHub,
+        states: RunStates,
+        supervisor: Supervisor,
+    ) -> SharedState | None:
+        """The shared state of a store that several replicas use (its bus); None for one process."""
+        bus = store.bus() if store.shared else None
+        if bus is None:
+            return None
+        return cls(store, bus, registry, definitions_changed, hub, states, supervisor)
 
     def start(self) -> None:
         """The supervised loops: the LISTEN connection, the catalogue, the outgoing documents."""

@@ -74,6 +74,9 @@ CONNECT_TIMEOUT = 10.0
 # lock of version 1, replaced by the replica registry: not reused.)
 MIGRATE_LOCK_KEY = 0x6A6F_6277_6972_6502
 APPLICATION_NAME = "jobwire-store"
+IDLE_IN_TRANSACTION_MS = 10_000
+LEASE_WAIT = 2.0
+"""Seconds an acquisition waits for a fenced transaction that holds the lease row (FOR SHARE)."""
 
 _LISTED_ACTIVE = frozenset({RunState.queued, *ACTIVE_STATES})
 _ACTIVE_TERM = "state IN ('queued', 'pending', 'running')"
@@ -390,7 +393,12 @@ class PostgresStore(Store):
                 min_size=1,
                 max_size=self.pool_size,
                 timeout=CONNECT_TIMEOUT,
-                server_settings={"application_name": APPLICATION_NAME},
+                server_settings={
+                    "application_name": APPLICATION_NAME,
+                    # a replica paused inside a transaction (SIGSTOP) must not hold its locks — the
+                    # leader lease's FOR SHARE among them — for ever: PostgreSQL ends its session
+                    "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS),
+                },
             )
         except BaseException as exc:
             with contextlib.suppress(Exception):
@@ -595,7 +603,12 @@ class PostgresStore(Store):
         ]
 
     async def acquire_lease(self, name: str, holder: str, ttl: float) -> Lease | None:
-        row = await self._fetchrow(Q.acquire_lease, name, holder, ttl)
+        try:
+            row = await self._p().fetchrow(Q.acquire_lease, name, holder, ttl, timeout=LEASE_WAIT)
+        except TimeoutError:
+            return None  # a (paused) holder's fenced transaction still holds the row: not free yet
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise self._error(exc) from exc
         if row is not None:
             return Lease(row[0], row[1], int(row[2]), row[3])
         now = await self._fetchrow(Q.get_lease, name)
