@@ -1,6 +1,6 @@
 """What sharing costs between two replicas on one PostgreSQL database (docs/replicas-shared.md).
 
-    .venv/bin/python -m bench.bench_replicas [--jobs 100] [--docs 20000] [--seconds 2]
+    .venv/bin/python -m bench.bench_shared [--jobs 100] [--docs 20000] [--seconds 2]
 
 Two engines in this process, each with its own store object and data folder, on a fresh database
 (JOBWIRE_BENCH_POSTGRES, default postgresql://postgres@127.0.0.1:5432/postgres), dropped after:
