@@ -85,6 +85,31 @@ def run_kube() -> dict[str, Any] | None:
         }
 
 
+def run_replicas(quick: bool) -> dict[str, Any]:
+    """bench/bench_replicas.py: replicas on PostgreSQL (failover, runs recorded with 1 and 3 replicas)."""
+    print("▶ replicas on PostgreSQL (bench/bench_replicas.py)", file=sys.stderr, flush=True)
+    code = (
+        "import json; from bench.bench_replicas import run; "
+        f"print('\\n' + json.dumps([r._asdict() for r in run({quick!r})]))"
+    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=REPO,
+            env=clean_env(),
+            timeout=SCRIPT_TIMEOUT,
+            capture_output=True,
+            text=True,
+        )
+        print(proc.stdout[-3000:], file=sys.stderr, flush=True)
+        return {"section": "replicas", "rows": json.loads(proc.stdout.strip().splitlines()[-1])}
+    except (subprocess.TimeoutExpired, ValueError, IndexError) as exc:
+        return {
+            "section": "replicas",
+            "rows": [Row("bench_replicas.run()", f"error: {exc!r}"[:120], "—", False)._asdict()],
+        }
+
+
 def run_script(args: list[str]) -> str:
     print(f"▶ {' '.join(args)}", file=sys.stderr, flush=True)
     try:
@@ -123,7 +148,9 @@ def main() -> int:
         "--only", action="append", choices=list(SECTIONS), help="run only this section (repeatable)"
     )
     parser.add_argument(
-        "--no-scripts", action="store_true", help="skip bench_store.py, bench_cron.py, bench_kube.py"
+        "--no-scripts",
+        action="store_true",
+        help="skip bench_store.py, bench_cron.py, bench_kube.py, bench_replicas.py",
     )
     args = parser.parse_args()
 
@@ -135,6 +162,7 @@ def main() -> int:
         kube = run_kube()
         if kube is not None:
             results.append(kube)
+        results.append(run_replicas(args.quick))
         store_args = ["bench/bench_store.py", "--seconds", "0.5" if args.quick else "1.0"]
         scripts["bench/bench_store.py"] = run_script(store_args)
         scripts["bench/bench_cron.py"] = run_script(["bench/bench_cron.py"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -186,3 +187,44 @@ async def test_concurrent_claimers_take_each_run_once(store: Store, other: Store
     results = await asyncio.gather(*(claimer(s, w) for s, w in [(store, A), (other, B)] * 4))
     flat = [rid for got in results for rid in got]
     assert sorted(flat) == sorted(ids)  # every run claimed, none twice
+
+
+async def test_32_claimers_over_10000_queued_runs_on_postgresql(tmp_path: Path) -> None:
+    """The issue's claim test, PostgreSQL only (it is the store several processes share): 10,000
+    queued runs of no live owner, 32 concurrent claimers on 4 store objects (own pools, as 4
+    replicas would have): each run claimed exactly once."""
+    from jobwire.store.postgres import PostgresStore
+
+    from .conftest import postgres_store
+
+    first = await postgres_store(tmp_path)
+    await first.open()
+    assert isinstance(first, PostgresStore)
+    others = [PostgresStore(first.url, pool_size=8) for _ in range(3)]
+    try:
+        for s in others:
+            await s.open()
+        ids: list[str] = []
+        for _ in range(10):
+            batch = [intake(state=RunState.queued) for _ in range(1000)]
+            await first.commit(batch, [])
+            ids += [i.run.id for i in batch if i.run is not None]
+        stores = [first, *others]
+        for n, s in enumerate(stores):
+            await s.register_replica(f"claimer-{n}", "all", LONG)
+
+        async def claimer(s: Store, who: str) -> list[str]:
+            out: list[str] = []
+            while batch := await s.claim_runs(who, limit=50):
+                out += [r.id for r in batch]
+            return out
+
+        results = await asyncio.gather(*(claimer(stores[i % 4], f"claimer-{i % 4}") for i in range(32)))
+        flat = [rid for got in results for rid in got]
+        assert len(flat) == len(set(flat)) == 10_000 and set(flat) == set(ids)
+        owners = await first.run_owners(ids)
+        assert set(owners.values()) <= {f"claimer-{n}" for n in range(4)}
+    finally:
+        for s in others:
+            await s.close()
+        await first.close()

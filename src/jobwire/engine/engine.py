@@ -143,6 +143,8 @@ class Engine:
             self.committer.fencing = self.coordinator
             self.attempts.may_launch = self.coordinator.alive
             self.retention.leader = self.coordinator.is_leader
+            for target in self.targets.values():
+                target.bind_leader(self.coordinator.is_leader)  # Kubernetes cleanup: leader only
             self.committer.start(self.supervisor.spawn)
             for target in self.targets.values():
                 await target.start()

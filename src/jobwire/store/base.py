@@ -443,5 +443,6 @@ class Store(ABC):
         return self.coordination.claim(replica, runs, limit, mine)
 
     async def run_owners(self, run_ids: Sequence[str]) -> dict[str, str | None]:
-        """The owner replica of each of these runs (None: none)."""
+        """The owner replica of each of these runs (None: none). Single-process stores know the
+        owners of active runs only (what claims need); PostgreSQL keeps them for every run."""
         return {rid: self.coordination.owner(rid) for rid in run_ids}

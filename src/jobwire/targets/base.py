@@ -95,6 +95,10 @@ class Target(ABC):
         """What the engine offers every target before `start`: whether a run id is recorded
         (to tell orphans on the target side), the current job definitions, the metrics registry."""
 
+    def bind_leader(self, leader: Callable[[], bool]) -> None:
+        """Whether this replica is the leader (docs/replicas.md): a target's periodic cleanup of
+        its resources runs on the leader only. Targets without one ignore it."""
+
     async def start(self) -> None:
         """Open connections; called once before the first run."""
 
