@@ -1,4 +1,4 @@
-"""What sharing costs between two replicas on one PostgreSQL database (docs/replicas-shared.md).
+"""What sharing costs between two replicas on one PostgreSQL database (docs/replicas.md, "What the replicas share").
 
     .venv/bin/python -m bench.bench_shared [--jobs 100] [--docs 20000] [--seconds 2]
 

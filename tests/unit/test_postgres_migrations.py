@@ -45,7 +45,7 @@ EXPECTED_TABLES = {
     # 0002: replicas (docs/replicas.md)
     "replicas": ["id", "role", "host", "pid", "started_at", "heartbeat_at", "expires_at"],
     "leases": ["name", "holder", "token", "acquired_at", "expires_at"],
-    # 0003: shared state (docs/replicas-shared.md)
+    # 0003: shared state (docs/replicas.md, "What the replicas share")
     "jobwire_settings": ["name", "value", "created_at"],
 }  # fmt: skip
 EXPECTED_INDEXES = {

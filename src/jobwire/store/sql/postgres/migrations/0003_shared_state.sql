@@ -1,4 +1,4 @@
--- Shared state for several jobwire replicas on one database (docs/replicas.md, "What is shared").
+-- Shared state for several jobwire replicas on one database (docs/replicas.md, "What the replicas share").
 --
 -- * jobwire_settings: values every replica must agree on, made once by the first replica that
 --   needs one (INSERT ... ON CONFLICT DO NOTHING) and read by all: the callback-token key.
