@@ -193,3 +193,69 @@ async def test_the_committer_refuses_a_stale_leaders_fires_whole_and_steps_down(
     finally:
         await committer.stop()
         await store.close()
+
+
+async def test_a_single_process_store_outlives_an_expired_heartbeat(tmp_path: Path) -> None:
+    """SQLite / memory: a pause longer than the heartbeat expiry (a suspended laptop) is no death —
+    no other process can have taken the runs — so the replica registers again instead of exiting;
+    on a shared store (PostgreSQL) the same finding makes it exit (tests/e2e/test_replicas.py)."""
+    import dataclasses
+
+    store = MemoryStore()
+    eng = Engine(_settings(tmp_path, "solo"), store)
+    await eng.start()
+    try:
+        coord = eng.coordinator
+        died: list[int] = []
+        coord.on_dead = lambda: died.append(1)
+        rows = store.coordination._replicas
+        rows[coord.replica] = dataclasses.replace(rows[coord.replica], expires_at=utcnow() - timedelta(seconds=1))
+        assert not await store.heartbeat(coord.replica, 1.0)  # expired, as after the pause
+        await eventually(lambda: rows[coord.replica].expires_at > utcnow(), 5, "registered again")
+        assert died == [] and coord.alive()
+        await eventually(coord.is_leader, 5, "still (or again) the leader")
+    finally:
+        await eng.stop()
+
+
+async def test_a_dead_replicas_runs_are_taken_over_even_of_a_job_only_it_knew(tmp_path: Path) -> None:
+    """Takeover (the store treated as shared, as PostgreSQL is): a's heartbeat stops and expires;
+    b claims a's running run and resumes it — a local process b did not start is recorded lost,
+    not 'job deleted', although the job was defined over a's API only (b reads it from the store)."""
+    import dataclasses
+
+    store = SharedMemoryStore()
+    store.shared = True
+    await store.open()
+    a, b = Engine(_settings(tmp_path, "a"), store), Engine(_settings(tmp_path, "b"), store)
+    await a.start()
+    await b.start()
+    try:
+        slow = Job(name="slow", triggers=[], target=LocalTarget(command=["sleep", "30"]))
+        await a.put_job(slow)
+        assert "slow" not in b.jobs
+        admission = await a.trigger("slow", {})
+        assert admission.run is not None
+        run_id = admission.run.id
+        await eventually(lambda: a.runs[run_id].state.value == "running", 10, "a runs it")
+        paused = asyncio.Event()
+
+        async def hang() -> None:
+            await paused.wait()
+
+        a.coordinator.tick = hang  # type: ignore[method-assign]
+        rows = store.coordination._replicas
+        rows[a.coordinator.replica] = dataclasses.replace(
+            rows[a.coordinator.replica], expires_at=utcnow() - timedelta(seconds=1)
+        )
+        await eventually(lambda: b.coordinator.taken_over == 1, 10, "b to take a's run over")
+        assert "slow" in b.jobs
+
+        async def lost() -> bool:
+            run = await store.get_run(run_id)
+            return run is not None and run.error is not None and run.error.reason == "Lost"
+
+        await eventually(lost, 10, "the run recorded lost by b")
+    finally:
+        for eng in (b, a):
+            await eng.stop()

@@ -261,7 +261,12 @@ class Engine:
         self.scheduler.start(self.supervisor.spawn)
 
     async def _adopt(self, runs: list[Run]) -> None:
-        """Runs of a dead replica, claimed for this one: resumed or recorded lost, per target."""
+        """Runs of a dead replica, claimed for this one: resumed or recorded lost, per target (a job
+        defined over the dead one's API is read from the store first)."""
+        for name in {r.job for r in runs} - self.jobs.keys():
+            if (found := await self.store.get_job(name)) is not None:
+                self.jobs[name] = found
+                self.scheduler.set_job(found.job, found.paused)
         await reconcile(runs, self.run_states, taken_over=True)
 
     def _fire_batch(self, batch: list[Incoming]) -> None:

@@ -71,6 +71,7 @@ class Coordinator:
         self._lease_deadline = 0.0
         self._alive_deadline = 0.0
         self._wake = asyncio.Event()
+        self._registered = False
         self._was_leading = False
         """on_leader ran and on_follower has not since: the clock runs here."""
         self.on_leader: Callable[[], Awaitable[None]] | None = None
@@ -135,6 +136,7 @@ class Coordinator:
             self.replica, self.role, self.expiry_seconds, socket.gethostname(), os.getpid()
         )
         self._heartbeat_ok(t0)
+        self._registered = True
         self.metrics.replica_info.labels(self.replica, self.role).set(1)
 
     async def own_runs(self) -> list[Run]:
@@ -151,7 +153,9 @@ class Coordinator:
         try:
             if lease is not None:
                 await self.store.release_lease(lease)
-            await self.store.unregister_replica(self.replica)
+            if self._registered:  # (a start refused for a live id must not remove that one's row)
+                self._registered = False
+                await self.store.unregister_replica(self.replica)
         except Exception as exc:
             log.warning("could not leave the replica registry cleanly", error=str(exc))
 
@@ -169,8 +173,15 @@ class Coordinator:
     async def tick(self) -> None:
         t0 = time.monotonic()
         if not await self.store.heartbeat(self.replica, self.expiry_seconds):
-            self._declared_dead()
-            return
+            if self.store.shared:
+                self._declared_dead()
+                return
+            # one process per store (SQLite): nobody can have taken its runs while it was paused
+            # (a suspended laptop): it simply registers again
+            log.warning("heartbeat expired while paused; registering again", replica=self.replica)
+            await self.store.register_replica(
+                self.replica, self.role, self.expiry_seconds, socket.gethostname(), os.getpid()
+            )
         self._heartbeat_ok(t0)
         await self.elect()
         if self.store.shared:

@@ -591,7 +591,9 @@ class PostgresStore(Store):
         return await self._fetchrow(Q.heartbeat, replica, ttl, started) is not None
 
     async def unregister_replica(self, replica: str) -> None:
-        await self._fetch(Q.unregister_replica, replica, self._incarnations.pop(replica, None))
+        started = self._incarnations.pop(replica, None)
+        if started is not None:  # only a row this store registered: never another process's
+            await self._fetch(Q.unregister_replica, replica, started)
 
     async def replicas(self) -> list[ReplicaRow]:
         return [

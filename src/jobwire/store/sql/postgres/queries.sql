@@ -319,7 +319,7 @@ WHERE id = $1 AND started_at = $3 AND expires_at > now()
 RETURNING id;
 
 -- name: unregister_replica
-DELETE FROM replicas WHERE id = $1 AND ($2::timestamptz IS NULL OR started_at = $2);
+DELETE FROM replicas WHERE id = $1 AND started_at = $2;
 
 -- name: list_replicas
 SELECT id, role, started_at, heartbeat_at, expires_at, expires_at > now(), host, pid
