@@ -79,7 +79,7 @@ class Engine:
         self.supervisor = Supervisor(self.metrics)
         self.committer = Committer(self.store, self.metrics)
         self.coordinator = Coordinator(self.store, settings, self.metrics)
-        self.tokens = CallbackTokens()
+        self.tokens = CallbackTokens(self.store)  # several replicas: the key is the store's
         self.scheduler = TimeScheduler(self._fire_batch, self.metrics.lateness_seconds.observe)
         self.job_registry = JobRegistry(settings, self.store, self.scheduler, self.metrics)
         self.jobs: dict[str, StoredJob] = self.job_registry.jobs
@@ -120,9 +120,7 @@ class Engine:
         self.registry.register(SourceCollector(self.sources))
         bind_targets(self.targets.values(), self._run_exists, self.job_registry.job_defs, self.registry)
         bind_sinks(plugs.sinks, self.run_log)
-        self.store.on_refused = self.run_states.refused
-        parts = (self.job_registry, self._definitions_changed, self.hub, self.run_states, self.supervisor)
-        self.shared = SharedState.over(self.store, *parts)  # several replicas: engine/shared.py
+        self.shared = SharedState.over(self)  # several replicas: what they share (engine/shared.py)
         self._stopping = False
         self._ready = False
 
@@ -133,11 +131,9 @@ class Engine:
 
     async def start(self) -> None:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        if not self.store.shared:
-            self.tokens.load(self.settings.data_dir)  # raises SecretKeyError
+        self.tokens.load(self.settings.data_dir)  # raises SecretKeyError
         await self.store.open()
         try:
-            await self.tokens.load_shared(self.store, self.settings.data_dir)  # one key for every replica
             self.attempts.journal.open()  # after the store's lock: it rewrites the file
             await self.coordinator.register()
             self.committer.fencing = self.coordinator
@@ -151,9 +147,8 @@ class Engine:
             await self.hub.start(self.supervisor.spawn_optional)
             await self.job_registry.load()
             self.intake.chains.rebuild(self.jobs)
+            await self.shared.start(self.tokens)  # the shared callback key; LISTEN to the others
             await reconcile(await self.coordinator.own_runs(), self.run_states)
-            if self.shared is not None:
-                self.shared.start()
             self.coordinator.on_leader = self._lead
             self.coordinator.on_follower = self.scheduler.stop
             self.coordinator.on_orphans = self._adopt

@@ -70,6 +70,7 @@ class RunStates:
         self.forward: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
         """Several replicas: hands a request about a run active on another replica to it."""
         self.attempts = Attempts(self, settings, jobs, targets, committer, logs, metrics, tokens)
+        store.on_refused = self.refused
 
     # ------------------------------------------------------------------ state changes
     def publish(self, run: Run, block: Any = None) -> None:

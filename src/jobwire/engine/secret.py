@@ -95,22 +95,26 @@ class CallbackTokens:
     """The callback token of each run: HMAC-SHA256(key, run id) with the key of `secret.key`,
     loaded by `load` when the engine starts (until then the key is empty)."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Store | None = None) -> None:
         self._key = b""
+        self._store = store
 
     def load(self, data_dir: Path) -> None:
-        self._key = load_secret(data_dir)  # raises SecretKeyError
+        """The key of `secret.key` (made on first use); nothing for a shared store (`load_shared`)."""
+        if self._store is None or not self._store.shared:
+            self._key = load_secret(data_dir)  # raises SecretKeyError
 
-    async def load_shared(self, store: Store, data_dir: Path) -> None:
+    async def load_shared(self, data_dir: Path) -> None:
         """Several replicas on one store: the key every one of them uses, kept in the store (made
         once by the first replica; one that had a `secret.key` gives it, so the tokens of its runs
         in flight keep working). Raises `SecretKeyError` for a stored key of the wrong size."""
-        if not store.shared:
+        store = self._store
+        if store is None or not store.shared:
             return  # one process: its `secret.key`, loaded by `load`
         initial = load_secret(data_dir) if (data_dir / KEY_FILE).exists() else None
         key = await store.shared_secret(SHARED_NAME, initial)
-        if key is None:
-            self.load(data_dir)
+        if key is None:  # the store keeps none after all: this replica's file
+            self._key = load_secret(data_dir)
             return
         if len(key) != KEY_BYTES:
             raise SecretKeyError(

@@ -26,14 +26,16 @@ import asyncio
 import json
 import uuid
 from collections import deque
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 import structlog
 
+from jobwire.config import Settings
 from jobwire.engine.errors import EngineError
 from jobwire.engine.jobs import JobRegistry
 from jobwire.engine.runs import RunStates
+from jobwire.engine.secret import CallbackTokens
 from jobwire.engine.status import StatusHub, document
 from jobwire.engine.supervisor import Supervisor
 from jobwire.model import RunState, StatusDocument
@@ -57,25 +59,32 @@ class TooLarge(EngineError):
     reason = "TooLarge"
 
 
+class Parts(Protocol):
+    """What the shared state wires itself into: the engine's parts (a protocol, not an import of
+    the engine facade)."""
+
+    settings: Settings
+    store: Store
+    job_registry: JobRegistry
+    hub: StatusHub
+    run_states: RunStates
+    supervisor: Supervisor
+
+    def _definitions_changed(self) -> None: ...
+
+
 class SharedState:
-    def __init__(
-        self,
-        store: Store,
-        bus: Bus,
-        registry: JobRegistry,
-        definitions_changed: Callable[[], None],
-        hub: StatusHub,
-        states: RunStates,
-        supervisor: Supervisor,
-    ) -> None:
-        self.store = store
+    def __init__(self, parts: Parts, bus: Bus | None) -> None:
+        self.store = parts.store
         self.bus = bus
-        self.registry = registry
-        self.definitions_changed = definitions_changed
-        self.hub = hub
-        self.states = states
-        self.committer = states.committer
-        self.supervisor = supervisor
+        """None: one process on its store — nothing is shared, `start` only returns."""
+        self.data_dir = parts.settings.data_dir
+        self.registry = parts.job_registry
+        self.definitions_changed = parts._definitions_changed
+        self.hub = parts.hub
+        self.states = parts.run_states
+        self.committer = parts.run_states.committer
+        self.supervisor = parts.supervisor
         self.origin = uuid.uuid4().hex[:16]
         """This process among the replicas (its own status documents come back to it: skipped)."""
         self._out: deque[StatusDocument] = deque()
@@ -88,33 +97,29 @@ class SharedState:
         self._resync = False
         self.received = 0
         """Status documents received from other replicas (tests, diagnostics)."""
+        if bus is None:
+            return
         bus.subscribe(JOBS, self._on_job)
         bus.subscribe(STATUS, self._on_status)
         bus.subscribe(RUNS, self._on_run_request)
         bus.subscribe(SLOTS, self._on_slot)
-        hub.relay = self._relay
-        states.forward = self.forward
-        states.slot_freed = self._slot_freed
+        self.hub.relay = self._relay
+        self.states.forward = self.forward
+        self.states.slot_freed = self._slot_freed
 
     @classmethod
-    def over(
-        cls,
-        store: Store,
-        registry: JobRegistry,
-        definitions_changed: Callable[[], None],
-        hub: StatusHub,
-        states: RunStates,
-        supervisor: Supervisor,
-    ) -> SharedState | None:
-        """The shared state of a store that several replicas use (its bus); None for one process."""
-        bus = store.bus() if store.shared else None
-        if bus is None:
-            return None
-        return cls(store, bus, registry, definitions_changed, hub, states, supervisor)
+    def over(cls, parts: Parts) -> SharedState:
+        """The shared state of the engine's store: its bus if several replicas may use it."""
+        return cls(parts, parts.store.bus() if parts.store.shared else None)
 
-    def start(self) -> None:
-        """The supervised loops: the LISTEN connection, the catalogue, the outgoing documents."""
-        self.supervisor.loop("jobwire-replicas-listen", lambda: self.bus.run(self._connected), critical=True)
+    async def start(self, tokens: CallbackTokens) -> None:
+        """Several replicas: the callback key every replica uses (kept in the store), then the
+        supervised loops — the LISTEN connection, the catalogue, the outgoing documents."""
+        if self.bus is None:
+            return
+        await tokens.load_shared(self.data_dir)
+        bus = self.bus
+        self.supervisor.loop("jobwire-replicas-listen", lambda: bus.run(self._connected), critical=True)
         self.supervisor.loop("jobwire-replicas-jobs", self._jobs_loop, critical=True)
         self.supervisor.loop("jobwire-replicas-status", self._status_loop)
 
@@ -123,6 +128,10 @@ class SharedState:
         self._jobs_wake.set()
         if again:
             self.hub.skip()  # other replicas' documents were missed: stream readers are told
+
+    async def _notify(self, channel: str, payloads: list[str]) -> None:
+        if self.bus is not None:
+            await self.bus.notify(channel, payloads)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         self.supervisor.once(coro, name)
@@ -185,7 +194,7 @@ class SharedState:
             while self._out:
                 docs = [self._out.popleft() for _ in range(min(len(self._out), SEND_BATCH))]
                 # documents that cannot be sent are not kept: the hole in `seq` tells the receivers
-                await self.bus.notify(STATUS, self._payloads(docs))
+                await self._notify(STATUS, self._payloads(docs))
 
     def _on_status(self, payload: str) -> None:
         head, _, body = payload.partition("\n")
@@ -222,7 +231,7 @@ class SharedState:
                 f"run {run_id} runs on another replica and this request is {len(payload.encode())} "
                 f"bytes, more than the {MAX_PAYLOAD} that can be handed to it: send less data"
             )
-        await self.bus.notify(RUNS, [payload])
+        await self._notify(RUNS, [payload])
 
     def _on_run_request(self, payload: str) -> None:
         request = json.loads(payload)
@@ -247,7 +256,7 @@ class SharedState:
 
         def committed() -> None:
             pair = f"{job}{SEP}{ckey if ckey is not None else ''}"
-            self._spawn(self.bus.notify(SLOTS, [pair]), "jobwire-slots")
+            self._spawn(self._notify(SLOTS, [pair]), "jobwire-slots")
             self._spawn(self.promote(job, ckey), "jobwire-promote")
 
         self.committer.after_commit(committed)
