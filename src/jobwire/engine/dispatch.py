@@ -7,7 +7,7 @@ Before an attempt is handed to its target, its target-side name goes into the la
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -26,6 +26,10 @@ from jobwire.store import StoredJob
 from jobwire.targets.base import CallbackResult, Outcome, RunContext, Target
 
 log = structlog.get_logger(__name__)
+
+
+async def _alive() -> None:
+    return None
 
 
 class RunHost(Protocol):
@@ -117,7 +121,8 @@ class Attempts:
         self.journal = LaunchJournal(settings.data_dir / "launches.journal")
         self.may_launch: Callable[[], bool] = lambda: True
         """False while this replica's heartbeat may have expired (engine/replicas.py): it then
-        launches nothing — its runs may be someone else's by now."""
+        launches nothing — its runs may be someone else's by now — until `wait_alive` returns."""
+        self.wait_alive: Callable[[], Awaitable[None]] = _alive
 
     @property
     def count(self) -> int:
@@ -149,12 +154,6 @@ class Attempts:
         self._timers.pop(run.id, None)
         if self._shutting_down:
             return
-        if not self.may_launch():
-            # held until the next heartbeat says whether this replica still lives (it exits if not)
-            log.warning("launch held: this replica's heartbeat may have expired", run_id=run.id)
-            loop = asyncio.get_running_loop()
-            self._timers[run.id] = loop.call_later(0.5, self._start_task, run, job, resumed, received_at)
-            return
         self._tasks[run.id] = asyncio.create_task(
             self._attempt(run, job, resumed, received_at), name=f"jobwire-run-{run.id}"
         )
@@ -174,6 +173,8 @@ class Attempts:
                     retryable=False,
                 )
             else:
+                await self._until_alive(run)
+                # from here to the target's start nothing yields (local: to the spawn)
                 self.journal.mark(self._name(run.id, run.attempt))
                 timeout = job.timeout.total_seconds() if job.timeout else None
                 if timeout is not None and resumed and run.started_at:
@@ -230,6 +231,15 @@ class Attempts:
                 fut.cancel()
         if outcome is not None:
             self._finish(run, job, outcome)
+
+    async def _until_alive(self, run: Run) -> None:
+        """Hold a launch while this replica's heartbeat may have expired (a pause, the database
+        away): its runs may be someone else's by now. The next heartbeat either confirms it lives
+        or finds it declared dead, and it exits (engine/replicas.py)."""
+        if self.may_launch():
+            return
+        log.warning("launch held: this replica's heartbeat may have expired", run_id=run.id)
+        await self.wait_alive()
 
     def _finish(self, run: Run, job: Job, outcome: Outcome) -> None:
         host = self.host

@@ -138,6 +138,7 @@ class Engine:
             await self.coordinator.register()
             self.committer.fencing = self.coordinator
             self.attempts.may_launch = self.coordinator.alive
+            self.attempts.wait_alive = self.coordinator.wait_alive
             self.retention.leader = self.coordinator.is_leader
             for target in self.targets.values():
                 target.bind_leader(self.coordinator.is_leader)  # Kubernetes cleanup: leader only

@@ -71,6 +71,7 @@ class Coordinator:
         self._lease_deadline = 0.0
         self._alive_deadline = 0.0
         self._wake = asyncio.Event()
+        self._beat = asyncio.Event()
         self._registered = False
         self._was_leading = False
         """on_leader ran and on_follower has not since: the clock runs here."""
@@ -86,6 +87,11 @@ class Coordinator:
     def alive(self) -> bool:
         """Whether this replica's heartbeat is surely not expired: it may launch."""
         return time.monotonic() < self._alive_deadline
+
+    async def wait_alive(self) -> None:
+        """Until a heartbeat makes `alive()` true again (or the process exits, declared dead)."""
+        while not self.alive():
+            await self._beat.wait()
 
     def leader_fence(self) -> Fence | None:
         """The fence of a leader's write (time-trigger fires), or None when not the leader."""
@@ -243,6 +249,8 @@ class Coordinator:
     def _heartbeat_ok(self, t0: float) -> None:
         self._alive_deadline = t0 + self.expiry_seconds - self.margin
         self.last_heartbeat = time.time()
+        beat, self._beat = self._beat, asyncio.Event()
+        beat.set()  # wakes the launches held by wait_alive
 
     def _lose_lease(self) -> None:
         self.lease = None
