@@ -23,7 +23,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench.bench_core import REPO, SECTIONS, Row, clean_env, loadavg
+from bench.bench_core import REPO, Row, clean_env, loadavg
+from bench.bench_core import SECTIONS as CORE_SECTIONS
+from bench.bench_e2e import E2E_SECTIONS
+
+SECTIONS = {**CORE_SECTIONS, **E2E_SECTIONS}
+"""Every section; the end-to-end ones (bench/bench_e2e.py) run as `python -m bench.bench_e2e`."""
 
 DEFINITIONS = """\
 Definitions: "started" = the run's recorded started_at (engine wall clock when Popen (vfork + exec) returned the
@@ -45,7 +50,8 @@ def run_section(name: str, quick: bool) -> dict[str, Any]:
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="jobwire-bench-out-") as tmp:
         out = Path(tmp) / "rows.json"
-        cmd = [sys.executable, "-m", "bench.bench_core", name, "--out", str(out)] + (
+        module = "bench.bench_e2e" if name in E2E_SECTIONS else "bench.bench_core"
+        cmd = [sys.executable, "-m", module, name, "--out", str(out)] + (
             ["--quick"] if quick else []
         )
         try:

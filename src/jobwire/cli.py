@@ -316,6 +316,9 @@ async def serve_async(settings: Settings) -> int:
     except OSError as exc:  # the data folder cannot be made (read-only, a file in the way, full)
         err.print(Text(f"error: {data_dir_problem(exc, settings.data_dir)}", style="red"))
         return 1
+    except StoreError as exc:  # e.g. a postgresql:// URL without the `postgres` extra
+        err.print(Text(f"error: {exc}", style="red"))
+        return 1
     app = create_app(engine)
     config = uvicorn.Config(
         app,

@@ -250,6 +250,10 @@ class Settings(BaseSettings):
     """Reload job files when they change (development)."""
     access_log: bool = False
     """One log line per API request; off by default — runs and events are already recorded."""
+    max_running_attempts: int | None = Field(default=None, ge=1)
+    """Attempts of one target kind running at once at most (`JOBWIRE_MAX_RUNNING_ATTEMPTS`); more
+    wait, recorded `pending`, in the launch backlog (`engine/backlog.py`). Lowers a target's own
+    limit (http: 200); None keeps the targets' own limits."""
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=1 << 30)
     """Largest request body the API reads (1 MiB): trigger parameters, webhook payloads and job
     definitions are small; a larger body is answered 413 before it is read, not buffered."""

@@ -39,13 +39,13 @@ EXPECTED_TABLES = {
         "id", "key", "job", "trigger", "event_id", "state", "attempt", "params", "concurrency_key",
         "created_at", "scheduled_at", "not_before", "started_at", "finished_at", "exit_code", "http_status",
         "error", "target_ref", "target_status", "history", "input_location", "environment",
-        "owner",  # 0002
+        "owner",  # 0003
     ],
     "outbox": ["seq", "sink", "doc"],
-    # 0002: replicas (docs/replicas.md)
+    # 0003: replicas (docs/replicas.md)
     "replicas": ["id", "role", "host", "pid", "started_at", "heartbeat_at", "expires_at"],
     "leases": ["name", "holder", "token", "acquired_at", "expires_at"],
-    # 0003: shared state (docs/replicas.md, "What the replicas share")
+    # 0004: shared state (docs/replicas.md, "What the replicas share")
     "jobwire_settings": ["name", "value", "created_at"],
 }  # fmt: skip
 EXPECTED_INDEXES = {

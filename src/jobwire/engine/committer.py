@@ -30,6 +30,13 @@ MAX_BATCH = 2000
 """Writes per transaction at most: large enough to absorb a burst, small enough that one slow
 transaction does not stall the callers behind it for long."""
 
+UPDATE_LINGER = 0.005
+"""Seconds a transaction holding only state changes (no intake, no flush waiting) is held back for
+more work: a run's `running` and `succeeded` changes then coalesce into one write, and they ride on
+the next intake's transaction instead of costing an fsync and a store-thread hop of their own.
+Nothing waits for these writes (the run goes on; a crash is covered by the launch journal), and an
+intake or a flush ends the wait at once."""
+
 
 TIME_SOURCES = frozenset({"cron", "interval", "at"})
 
@@ -69,6 +76,9 @@ class Committer:
         self._flushes: list[asyncio.Future[None]] = []
         self._after: list[Callable[[], None]] = []
         self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()
+        """Set when someone waits for the next commit (an intake, a linked intake, a flush)."""
+        self.linger = UPDATE_LINGER
         self._task: asyncio.Task[None] | None = None
         self.fencing: Fencing | None = None
         """Set with several replicas possible: every commit is written under a fence — a batch
@@ -133,6 +143,7 @@ class Committer:
                 fut.set_exception(exc)
         self._intakes, self._updates, self._after, self._linked = [], {}, [], {}
         self._wake.set()
+        self._urgent.set()
         return events, updates
 
     async def record(self, intake: Intake) -> Recorded:
@@ -143,6 +154,7 @@ class Committer:
         fut: asyncio.Future[Recorded] = asyncio.get_running_loop().create_future()
         self._intakes.append((intake, fut))
         self._wake.set()
+        self._urgent.set()
         return fut
 
     def update(self, run: Run) -> None:
@@ -159,6 +171,7 @@ class Committer:
         pairs = [(i, loop.create_future()) for i in intakes]
         self._linked.setdefault(run.id, []).extend(pairs)
         self.update(run)
+        self._urgent.set()
         return [f for _, f in pairs]
 
     def after_commit(self, callback: Callable[[], None]) -> None:
@@ -175,6 +188,7 @@ class Committer:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._flushes.append(fut)
         self._wake.set()
+        self._urgent.set()
         await fut
 
     def _fence(
@@ -259,6 +273,11 @@ class Committer:
             await self._wake.wait()
             self._wake.clear()
             while self._intakes or self._updates or self._after or self._rows:
+                if not self._urgent.is_set() and self.linger > 0:
+                    with suppress(TimeoutError):
+                        async with asyncio.timeout(self.linger):
+                            await self._urgent.wait()
+                self._urgent.clear()
                 batch, self._intakes = self._intakes[:MAX_BATCH], self._intakes[MAX_BATCH:]
                 updates, self._updates = self._updates, {}
                 rows, self._rows = self._rows, {}

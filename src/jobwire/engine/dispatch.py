@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import structlog
 
 from jobwire.config import Settings
+from jobwire.engine.backlog import LaunchBacklog
 from jobwire.engine.committer import Committer
 from jobwire.engine.launches import LaunchJournal
 from jobwire.engine.metrics import Metrics
@@ -119,6 +120,9 @@ class Attempts:
         self._stopping: set[asyncio.Task[None]] = set()
         self._shutting_down = False
         self.journal = LaunchJournal(settings.data_dir / "launches.journal")
+        self.backlog = LaunchBacklog(metrics, targets, settings.max_running_attempts)
+        self._placed: set[str] = set()
+        """Runs whose attempt holds a place of its target's launch limit (until its target returns)."""
         self.may_launch: Callable[[], bool] = lambda: True
         """False while this replica's heartbeat may have expired (engine/replicas.py): it then
         launches nothing — its runs may be someone else's by now — until `wait_alive` returns."""
@@ -154,6 +158,12 @@ class Attempts:
         self._timers.pop(run.id, None)
         if self._shutting_down:
             return
+        if self.backlog.admit(job.target.type, (run, job, resumed, received_at)):
+            self._run_task(run, job, resumed, received_at)
+        # else it waits in the launch backlog (`backlog.py`): recorded pending, no task
+
+    def _run_task(self, run: Run, job: Job, resumed: bool, received_at: datetime | None) -> None:
+        self._placed.add(run.id)
         self._tasks[run.id] = asyncio.create_task(
             self._attempt(run, job, resumed, received_at), name=f"jobwire-run-{run.id}"
         )
@@ -182,6 +192,7 @@ class Attempts:
                 try:
                     async with asyncio.timeout(timeout) as cm:
                         outcome = await target.execute(ctx)
+                        self._release(run.id, job.target.type)  # a callback wait holds no place
                         if outcome.state == RunState.succeeded and job.callback.wait:
                             outcome = await self._await_callback(run, job, outcome)
                 except TimeoutError:
@@ -226,11 +237,20 @@ class Attempts:
         finally:
             self._tasks.pop(run.id, None)
             self._contexts.pop(run.id, None)
+            self._release(run.id, job.target.type)
             fut = self._callbacks.pop(run.id, None)
             if fut is not None and not fut.done():
                 fut.cancel()
         if outcome is not None:
             self._finish(run, job, outcome)
+
+    def _release(self, run_id: str, kind: str) -> None:
+        """`run_id`'s attempt is done with its target: the place goes to the next run waiting."""
+        if run_id in self._placed:
+            self._placed.discard(run_id)
+            while (item := self.backlog.done(kind)) is not None:
+                if not (item[0].state.terminal or self._shutting_down):  # not cancelled while waiting
+                    return self._run_task(*item)
 
     async def _until_alive(self, run: Run) -> None:
         """Hold a launch while this replica's heartbeat may have expired (a pause, the database
@@ -309,6 +329,7 @@ class Attempts:
         if self._cancel_reasons.pop(run.id, None) is not None and stored is not None:
             # cancelled before the attempt's coroutine ever ran: nothing started on the target
             self._tasks.pop(run.id, None)
+            self._release(run.id, stored.job.target.type)
             self._finish(
                 run,
                 stored.job,
@@ -382,6 +403,7 @@ class Attempts:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        self.backlog.drop()  # they stay pending in the store: the next start launches them
         # work that goes on without jobwire (Kubernetes) is not waited for: it is adopted at restart
         tasks = [t for rid, t in self._tasks.items() if not self._survives(rid)]
         if tasks:

@@ -13,6 +13,7 @@ and stops them, and hands each request to the part that owns it —
 * `runs.RunStates`: the run state machine, owning the attempts (`dispatch.Attempts`);
 * `recovery`: reconcile and catch-up at start; `retention.Retention`: the sweep;
 * `build`: the plugs (store, targets, sinks) from settings; `errors`: what callers catch.
+* `shared.SharedState`: several replicas on one store — what they share (slots, callback key, jobs, stream).
 
 None of them imports this module (an import-linter contract says so); background loops all run
 under the `Supervisor` (logged, restarted with backoff, shown in `/readyz`).
@@ -243,6 +244,7 @@ class Engine:
             "tasks": states,
             "store": store,
             "sources": self.sources.health(),
+            "launch_backlog": self.attempts.backlog.summary(),
             "replica": self.coordinator.health(),
         }
 
@@ -389,12 +391,6 @@ class Engine:
 
 
 __all__ = [
-    "Conflict",
-    "Engine",
-    "EngineError",
-    "Forbidden",
-    "InvalidParams",
-    "JobNotFound",
-    "RunNotFound",
+    "Conflict", "Engine", "EngineError", "Forbidden", "InvalidParams", "JobNotFound", "RunNotFound",
     "Unavailable",
-]
+]  # fmt: skip

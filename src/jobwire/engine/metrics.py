@@ -93,6 +93,12 @@ class Metrics:
         self.store_write_failing = Gauge(
             "jobwire_store_write_failing", "1 while store writes fail (e.g. a full disk), else 0", registry=r
         )
+        self.launch_backlog = Gauge(
+            "jobwire_launch_backlog",
+            "Recorded runs waiting for a place on their target (engine/backlog.py)",
+            ["target"],
+            registry=r,
+        )
         self.fires_pending = Gauge(
             "jobwire_fires_pending", "Time-trigger fires waiting to be recorded (retried with backoff)",
             registry=r,

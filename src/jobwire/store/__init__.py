@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from jobwire.store.base import (
     LEADER,
+    Activity,
+    ActivityCount,
     EventQuery,
     Fence,
     Fenced,
@@ -17,6 +19,7 @@ from jobwire.store.base import (
     ReplicaRow,
     RunQuery,
     SlotClaim,
+    SourceCount,
     Store,
     StoredJob,
     StoreError,
@@ -24,6 +27,8 @@ from jobwire.store.base import (
 )
 
 __all__ = [
+    "Activity",
+    "ActivityCount",
     "LEADER",
     "EventQuery",
     "Fence",
@@ -38,6 +43,7 @@ __all__ = [
     "ReplicaRow",
     "RunQuery",
     "SlotClaim",
+    "SourceCount",
     "Store",
     "StoredJob",
     "StoreError",

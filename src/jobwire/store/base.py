@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 from jobwire.model import Event, EventOutcome, Job, Run, RunState
@@ -141,6 +141,8 @@ class RunQuery:
     since: datetime | None = None
     until: datetime | None = None
     event_id: str | None = None
+    trigger: str | None = None
+    """A trigger id of the job (`cron`, `api`, a named trigger's id)."""
     limit: int = 50
     cursor: str | None = None
     """Opaque, from a previous page's `next_cursor`. Newest first."""
@@ -160,6 +162,32 @@ class EventQuery:
 class PruneResult:
     runs: list[str] = field(default_factory=list)
     events: int = 0
+
+
+class ActivityCount(NamedTuple):
+    """Runs created in one bucket of `Store.activity`'s window, in one state."""
+
+    bucket: int
+    """0 for [since, since + bucket), 1 for the next, ..."""
+    state: RunState
+    total: int
+
+
+class SourceCount(NamedTuple):
+    """Events received in `Store.activity`'s window from one kind of source, with one outcome."""
+
+    source: str
+    outcome: EventOutcome
+    total: int
+
+
+@dataclass(slots=True)
+class Activity:
+    """What `Store.activity` counts (the dashboard's overview): ordered by (bucket, state) and
+    (source, outcome); combinations with no row are absent."""
+
+    runs: list[ActivityCount] = field(default_factory=list)
+    events: list[SourceCount] = field(default_factory=list)
 
 
 class PruneRule(NamedTuple):
@@ -348,6 +376,20 @@ class Store(ABC):
     @abstractmethod
     async def active_runs(self) -> list[Run]:
         """Runs not in a terminal state (queued, pending, running), oldest first: what reconcile resumes."""
+
+    @abstractmethod
+    async def last_runs(self, jobs: Sequence[str]) -> dict[str, Run]:
+        """The newest run (by `created_at`, then id) of each of `jobs` that has one, in one read:
+        the dashboard's jobs page (one index probe per job on `runs_job_created`)."""
+
+    @abstractmethod
+    async def activity(
+        self, since: datetime, bucket: timedelta, buckets: int, events_since: datetime | None = None
+    ) -> Activity:
+        """Runs created in `[since, since + buckets × bucket)` counted by state per bucket (the
+        bucket of a run is `(created_at - since) // bucket`), and events received at or after
+        `events_since` (default `since`) counted by source and outcome: the dashboard's overview
+        in one read. Raises ValueError for a bucket under a microsecond or `buckets` < 1."""
 
     @abstractmethod
     async def get_event(self, event_id: str) -> Event | None: ...

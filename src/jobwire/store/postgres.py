@@ -15,7 +15,7 @@ Same semantics as the SQLite store (`store/sqlite.py`), the same contract suite.
   unless `auto_migrate` (JOBWIRE_DB_AUTO_MIGRATE=true), and one newer than it knows.
 - Several replicas on one database (docs/replicas.md): the `replicas` table (heartbeats), the
   `leases` table (the leader lease and its fencing token, checked `FOR SHARE` as the first statement
-  of a fenced commit) and `runs.owner` (claimed with `FOR UPDATE SKIP LOCKED`), migration 0002.
+  of a fenced commit) and `runs.owner` (claimed with `FOR UPDATE SKIP LOCKED`), migration 0003.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import contextlib
 import json
 import os
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -35,6 +35,8 @@ from pydantic_core import to_json
 
 from jobwire.model import ACTIVE_STATES, Event, EventOutcome, Job, Run, RunState, utcnow
 from jobwire.store.base import (
+    Activity,
+    ActivityCount,
     Bus,
     EventQuery,
     Fence,
@@ -48,6 +50,7 @@ from jobwire.store.base import (
     Recorded,
     ReplicaRow,
     RunQuery,
+    SourceCount,
     Store,
     StoredJob,
     StoreError,
@@ -57,6 +60,7 @@ from jobwire.store.pgslots import apply_claims, promote
 from jobwire.store.queries import (
     InvalidCursorError,
     Queries,
+    check_buckets,
     check_limit,
     decode_cursor,
     encode_cursor,
@@ -729,6 +733,9 @@ class PostgresStore(Store):
         if query.event_id is not None:
             args.append(query.event_id)
             where.append(f"event_id = ${len(args)}")
+        if query.trigger is not None:
+            args.append(query.trigger)
+            where.append(f"trigger = ${len(args)}")
         _time_window(where, args, "created_at", query.since, query.until, query.cursor)
         args.append(limit + 1)
         sql = Q.select_runs + _where(where) + f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"
@@ -745,6 +752,25 @@ class PostgresStore(Store):
     async def get_event(self, event_id: str) -> Event | None:
         row = await self._fetchrow(Q.select_events + " WHERE id = $1", event_id)
         return None if row is None else _event_from_row(row)
+
+    async def last_runs(self, jobs: Sequence[str]) -> dict[str, Run]:
+        if not jobs:
+            return {}
+        sql = f"{Q.select_runs} WHERE id IN ({Q.last_run_ids})"
+        return {r.job: r for r in (_run_from_row(row) for row in await self._fetch(sql, list(jobs)))}
+
+    async def activity(
+        self, since: datetime, bucket: timedelta, buckets: int, events_since: datetime | None = None
+    ) -> Activity:
+        width = check_buckets(bucket, buckets)
+        since = from_us(to_us(since))  # a naive time is UTC, as everywhere in the stores
+        states = [s.value for s in RunState]
+        runs = await self._fetch(Q.activity_runs, since, timedelta(microseconds=width), buckets, states)
+        events = await self._fetch(Q.activity_events, since if events_since is None else _utc(events_since))
+        return Activity(
+            runs=sorted(ActivityCount(int(b), RunState(s), int(n)) for b, s, n in runs if n),
+            events=sorted(SourceCount(str(src), EventOutcome(o), int(n)) for src, o, n in events),
+        )
 
     async def list_events(self, query: EventQuery) -> Page[Event]:
         limit = check_limit(query.limit)

@@ -82,6 +82,9 @@ class Target(ABC):
     survives_restart: ClassVar[bool] = False
     """True when a run keeps going without jobwire (Kubernetes, spot): on shutdown it is left
     running and adopted after restart instead of being recorded as interrupted."""
+    launch_limit: ClassVar[int | None] = None
+    """Attempts of this kind running at once at most; more wait in the engine's launch backlog
+    (`engine/backlog.py`) rather than as tasks inside the target. None: no limit."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -299,6 +299,26 @@ UPDATE runs SET state = 'pending' WHERE id = $1 AND state = 'queued' RETURNING i
 -- name: notify_many
 SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p;
 
+-- name: last_run_ids
+-- The newest run of each job in $1: one probe of runs_job_created per job.
+SELECT (SELECT r.id FROM runs AS r WHERE r.job = j ORDER BY r.created_at DESC, r.id DESC LIMIT 1)
+FROM unnest($1::text[]) AS j;
+
+-- name: activity_runs
+-- The overview: runs created in [$1, $1 + $3 × $2) per bucket and state — one counted range of the
+-- covering index runs_state_created (0002) per (bucket, state).
+SELECT b, s,
+       (SELECT count(*) FROM runs
+        WHERE state = s AND created_at >= $1::timestamptz + b * $2::interval
+          AND created_at < $1::timestamptz + (b + 1) * $2::interval)
+FROM generate_series(0, $3 - 1) AS b, unnest($4::text[]) AS s;
+
+-- name: activity_events
+SELECT source, outcome, count(*) FROM events
+WHERE received_at >= $1
+GROUP BY source, outcome
+ORDER BY source, outcome;
+
 -- ---------------------------------------------------------------- replicas, leases, claims
 -- Expiries are by the database's clock (now()), so replicas' clocks need not agree.
 
