@@ -36,11 +36,13 @@ from jobwire.model import (
 )
 from jobwire.store import (
     EventQuery,
+    Fence,
     Intake,
     OutboxRow,
     PruneResult,
     PruneRule,
     RunQuery,
+    SlotClaim,
     Store,
     StoreError,
     StoreLocked,
@@ -342,10 +344,11 @@ async def test_update_runs_round_trip(store: Store) -> None:
     # the returned run is a copy: mutating it does not change the store
     got.params["file"] = "mutated"
     assert (await store.get_run(fa.id)) == fa
-    # back to a plain state clears fields again
-    await store.update_runs([a.run])
-    assert await store.get_run(a.run.id) == a.run
-    await store.update_runs([])
+    # a plain run in the same (ended) state clears fields again
+    plain = a.run.model_copy(update={"state": fa.state})
+    assert await store.update_runs([plain]) == []
+    assert await store.get_run(a.run.id) == plain
+    assert await store.update_runs([]) == []
 
 
 async def test_update_of_unknown_run_is_ignored(store: Store) -> None:
@@ -959,3 +962,131 @@ async def test_outbox_rows_commit_with_their_state_change_and_come_out_in_order(
     assert all(seq > taken[-1][0] for seq, _ in rest), "sequence numbers only grow"
     assert await store.outbox_take("other", 100) == [(s, d) for s, d in await store.outbox_take("other", 1)]
     assert (await store.get_run(first.run.id)).state == RunState.running  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- several replicas
+
+
+async def test_run_updates_are_conditional_and_the_loser_is_told(store: Store) -> None:
+    """No whole-row last-writer-wins: an ended run keeps its state whoever writes after, no run goes
+    back to queued; `update_runs` returns the refused ids and `commit` tells `on_refused`."""
+    told: list[list[str]] = []
+    store.on_refused = told.append
+    a, b = intake(), intake(state=RunState.queued)
+    await store.record([a, b])
+    assert a.run is not None and b.run is not None
+    running = a.run.model_copy(update={"state": RunState.running})
+    ended = a.run.model_copy(update={"state": RunState.succeeded, "exit_code": 0})
+    assert await store.update_runs([running]) == []
+    assert await store.update_runs([ended]) == []
+    # a replica that still thinks the run is running loses, and is told
+    stale = running.model_copy(update={"target_ref": "late"})
+    assert await store.update_runs([stale]) == [a.run.id]
+    assert await store.get_run(a.run.id) == ended
+    # the same ended state again is no conflict (a commit retried after a lost answer)
+    assert await store.update_runs([ended]) == []
+    # pending -> queued is refused; queued -> running (coalesced) is not; unknown runs are refused
+    assert await store.update_runs([b.run]) == []  # queued -> queued: the same state
+    promoted = b.run.model_copy(update={"state": RunState.running})
+    ghost = b.run.model_copy(update={"id": "r-no-such-run"})
+    assert sorted(await store.update_runs([promoted, ghost])) == ["r-no-such-run"]
+    back = promoted.model_copy(update={"state": RunState.queued})
+    assert await store.update_runs([back]) == [b.run.id]
+    # through the group commit: the engine's path
+    assert told == []
+    await store.commit([], [stale, promoted.model_copy(update={"state": RunState.failed})])
+    assert told == [[a.run.id]]
+    assert (await store.get_run(b.run.id)).state == RunState.failed  # type: ignore[union-attr]
+    c = intake()
+    await store.commit([c], [running])
+    assert told == [[a.run.id], [a.run.id]]
+    assert (await store.get_run(a.run.id)) == ended
+
+
+async def test_shared_secret_is_made_once_and_read_by_all(store: Store) -> None:
+    """A shared store keeps one secret per name for every replica; the others have none (None)."""
+    first = await store.shared_secret("callback_key")
+    if not store.shared:
+        assert first is None and store.bus() is None
+        return
+    assert first is not None and len(first) == 32
+    assert await store.shared_secret("callback_key") == first
+    assert await store.shared_secret("callback_key", b"x" * 32) == first  # the first value stays
+    given = await store.shared_secret("other", b"y" * 32)
+    assert given == b"y" * 32 and given != first
+
+
+def claim(limit: int, policy: str, **kw: Any) -> Intake:
+    i = intake(**kw)
+    i.slot = SlotClaim(limit, policy)
+    assert i.run is not None
+    i.run.concurrency_key = "k"
+    return i
+
+
+@pytest.mark.parametrize("policy", ["forbid", "queue", "replace"])
+async def test_slot_claims_are_decided_in_the_record_transaction(store: Store, policy: str) -> None:
+    """A shared store decides each run's concurrency slot where every replica's runs are in view:
+    beyond the limit, forbid records an overlap, queue a queued run, replace names the victims.
+    The single-process stores leave that to the engine (the claim is recorded as given)."""
+    a = claim(1, policy)
+    (ra,) = await store.record([a])
+    assert ra.run is not None and ra.run.state == RunState.pending and ra.victims == []
+    b = claim(1, policy, at=T0 + timedelta(seconds=1))
+    c = claim(1, policy, at=T0 + timedelta(seconds=2))  # two at once, in one batch
+    rb, rc = await store.record([b, c])
+    other_key = claim(1, policy)
+    assert other_key.run is not None
+    other_key.run.concurrency_key = "other"
+    (ro,) = await store.record([other_key])
+    assert ro.run is not None and ro.run.state == RunState.pending  # another key: its own slot
+    if not store.shared:
+        assert rb.event.outcome == rc.event.outcome == EventOutcome.run
+        assert await store.claim_slot(a.run, 1)  # type: ignore[arg-type]
+        return
+    assert a.run is not None and b.run is not None and c.run is not None
+    if policy == "forbid":
+        for rec in (rb, rc):
+            assert rec.run is None and rec.event.outcome == EventOutcome.overlap
+            assert a.run.id in (rec.event.reason or "")
+        assert await store.get_run(b.run.id) is None
+        stored = await store.get_event(rb.event.id)
+        assert stored is not None and stored.outcome == EventOutcome.overlap
+    elif policy == "queue":
+        assert rb.run is not None and rc.run is not None
+        assert rb.run.state == rc.run.state == RunState.queued
+        assert (await store.get_run(c.run.id)).state == RunState.queued  # type: ignore[union-attr]
+        # promotion: only when a slot is free, and oldest first
+        assert not await store.claim_slot(rb.run, 1)
+        await store.update_runs([a.run.model_copy(update={"state": RunState.succeeded})])
+        assert not await store.claim_slot(rc.run, 1), "b was queued first"
+        assert await store.claim_slot(rb.run, 1)
+        assert (await store.get_run(b.run.id)).state == RunState.pending  # type: ignore[union-attr]
+        assert not await store.claim_slot(rc.run, 1)
+    else:
+        assert rb.run is not None and rb.run.state == RunState.pending and rb.victims == [a.run.id]
+        assert rc.run is not None and rc.victims == [b.run.id]
+    # a repeated run key stays a duplicate, whatever the slots say
+    again = claim(1, policy, key=a.run.key)
+    (rd,) = await store.record([again])
+    assert rd.event.outcome == EventOutcome.duplicate and rd.event.run_id == a.run.id
+
+
+async def test_a_run_owned_by_another_replica_is_not_written_by_it(store: Store) -> None:
+    """Updates are owner-fenced too: once a run is owned by replica r1 (recorded by it, or claimed),
+    a commit of replica r2 does not overwrite it, even with an allowed state change; r2 is told."""
+    told: list[list[str]] = []
+    store.on_refused = told.append
+    await store.register_replica("r1", "all", 30)
+    await store.register_replica("r2", "all", 30)
+    a = intake()
+    await store.commit([a], [], fence=Fence("r1"))
+    assert a.run is not None
+    running = a.run.model_copy(update={"state": RunState.running, "target_ref": "on-r2"})
+    await store.commit([], [running], fence=Fence("r2"))
+    assert told == [[a.run.id]]
+    assert (await store.get_run(a.run.id)) == a.run, "r1's run is as r1 wrote it"
+    await store.commit([], [running.model_copy(update={"target_ref": "on-r1"})], fence=Fence("r1"))
+    assert told == [[a.run.id]]
+    stored = await store.get_run(a.run.id)
+    assert stored is not None and stored.state == RunState.running and stored.target_ref == "on-r1"

@@ -45,11 +45,14 @@ EXPECTED_TABLES = {
     # 0003: replicas (docs/replicas.md)
     "replicas": ["id", "role", "host", "pid", "started_at", "heartbeat_at", "expires_at"],
     "leases": ["name", "holder", "token", "acquired_at", "expires_at"],
+    # 0004: shared state (docs/replicas.md, "What the replicas share")
+    "jobwire_settings": ["name", "value", "created_at"],
 }  # fmt: skip
 EXPECTED_INDEXES = {
     "events_job_received", "events_received", "events_fire",
     "runs_job_created", "runs_created", "runs_active", "runs_event", "runs_key_unique", "outbox_by_sink",
     "runs_owner_active", "replicas_pkey", "leases_pkey",
+    "runs_slots",
 }  # fmt: skip
 
 

@@ -13,6 +13,7 @@ and stops them, and hands each request to the part that owns it —
 * `runs.RunStates`: the run state machine, owning the attempts (`dispatch.Attempts`);
 * `recovery`: reconcile and catch-up at start; `retention.Retention`: the sweep;
 * `build`: the plugs (store, targets, sinks) from settings; `errors`: what callers catch.
+* `shared.SharedState`: several replicas on one store — what they share (slots, callback key, jobs, stream).
 
 None of them imports this module (an import-linter contract says so); background loops all run
 under the `Supervisor` (logged, restarted with backoff, shown in `/readyz`).
@@ -53,6 +54,7 @@ from jobwire.engine.runlogs import RunLogs
 from jobwire.engine.runs import RunStates
 from jobwire.engine.scheduler import TimeScheduler
 from jobwire.engine.secret import CallbackTokens
+from jobwire.engine.shared import SharedState
 from jobwire.engine.sources import SourceCollector, SourceManager
 from jobwire.engine.status import StatusHub, Subscription
 from jobwire.engine.supervisor import Supervisor
@@ -78,7 +80,7 @@ class Engine:
         self.supervisor = Supervisor(self.metrics)
         self.committer = Committer(self.store, self.metrics)
         self.coordinator = Coordinator(self.store, settings, self.metrics)
-        self.tokens = CallbackTokens()
+        self.tokens = CallbackTokens(self.store)  # several replicas: the key is the store's
         self.scheduler = TimeScheduler(self._fire_batch, self.metrics.lateness_seconds.observe)
         self.job_registry = JobRegistry(settings, self.store, self.scheduler, self.metrics)
         self.jobs: dict[str, StoredJob] = self.job_registry.jobs
@@ -119,6 +121,7 @@ class Engine:
         self.registry.register(SourceCollector(self.sources))
         bind_targets(self.targets.values(), self._run_exists, self.job_registry.job_defs, self.registry)
         bind_sinks(plugs.sinks, self.run_log)
+        self.shared = SharedState.over(self)  # several replicas: what they share (engine/shared.py)
         self._stopping = False
         self._ready = False
 
@@ -146,6 +149,7 @@ class Engine:
             await self.hub.start(self.supervisor.spawn_optional)
             await self.job_registry.load()
             self.intake.chains.rebuild(self.jobs)
+            await self.shared.start(self.tokens)  # the shared callback key; LISTEN to the others
             await reconcile(await self.coordinator.own_runs(), self.run_states)
             self.coordinator.on_leader = self._lead
             self.coordinator.on_follower = self.scheduler.stop
@@ -387,12 +391,6 @@ class Engine:
 
 
 __all__ = [
-    "Conflict",
-    "Engine",
-    "EngineError",
-    "Forbidden",
-    "InvalidParams",
-    "JobNotFound",
-    "RunNotFound",
+    "Conflict", "Engine", "EngineError", "Forbidden", "InvalidParams", "JobNotFound", "RunNotFound",
     "Unavailable",
-]
+]  # fmt: skip

@@ -60,7 +60,7 @@ from jobwire.model import (
     utcnow,
 )
 from jobwire.params import ParamError, mask_params, resolve_params
-from jobwire.store import Intake, Recorded, Store, StoredJob
+from jobwire.store import Intake, Recorded, SlotClaim, Store, StoredJob
 
 log = structlog.get_logger(__name__)
 
@@ -244,11 +244,14 @@ class EventIntake:
         event.run_id = run.id
         event.input_location = run.input_location
         self.active_keys[key] = run.id
+        claim = None
         if state == RunState.queued:
             self.slots.enqueue(job.name, ckey, run.id)
         else:
             self.slots.occupy(job.name, ckey, run.id, now)
-        return _Prepared(Intake(event, run), job, victims, inc.received_at)
+            if self.store.shared and job.concurrency.limit is not None:  # decided again in the store
+                claim = SlotClaim(job.concurrency.limit, job.concurrency.policy.value)
+        return _Prepared(Intake(event, run, claim), job, victims, inc.received_at)
 
     def _unreserve(self, p: _Prepared) -> None:
         run = p.intake.run
@@ -266,9 +269,15 @@ class EventIntake:
                 log.warning("invalid event", event_id=event.id, job=event.job, reason=event.reason)
             existing = self.runs.get(event.run_id) if event.run_id else None
             return Admission(event=event, run=existing.snapshot() if existing else None), False
-        if event.outcome != EventOutcome.run:  # the store found the key taken (another replica, a restart)
+        if event.outcome != EventOutcome.run:  # the store found the key taken or no free slot (replicas)
             self._unreserve(p)
             return Admission(event=event, run=rec.run), False
+        if rec.run is not None and rec.run.state == RunState.queued != run.state:
+            # the store queued it: the job's slots are held by runs of other replicas
+            self.slots.release(run.job, run.concurrency_key, run.id)
+            run.state, run.history = rec.run.state, rec.run.history
+            self.slots.enqueue(run.job, run.concurrency_key, run.id)
+        p.victims += [v for v in rec.victims if v not in p.victims]
         self.runs[run.id] = run
         self.metrics.runs_active.labels(run.state.value).inc()
         self.states.publish(run)

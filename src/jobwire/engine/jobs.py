@@ -186,6 +186,40 @@ class JobRegistry:
         self._install(stored)
         return stored
 
+    # ------------------------------------------------------------------ other replicas' changes
+    async def refresh(self, names: set[str]) -> bool:
+        """Re-read these jobs from the store (another replica changed them): installed, changed
+        or removed here. Whether anything changed."""
+        changed = False
+        for name in sorted(names):
+            changed = self._adopt(name, await self.store.get_job(name)) or changed
+        return changed
+
+    async def resync(self) -> bool:
+        """Re-read every job from the store (after the notifications may have been missed)."""
+        stored = {s.job.name: s for s in await self.store.list_jobs()}
+        changed = False
+        for name in sorted(stored.keys() | self.jobs.keys()):
+            changed = self._adopt(name, stored.get(name)) or changed
+        return changed
+
+    def _adopt(self, name: str, stored: StoredJob | None) -> bool:
+        cur = self.jobs.get(name)
+        if stored is None:
+            if cur is None:
+                return False
+            self.jobs.pop(name, None)
+            self.scheduler.remove_job(name)
+        elif cur is not None and (cur.job, cur.origin, cur.paused) == (
+            stored.job, stored.origin, stored.paused
+        ):
+            return False
+        else:
+            self._install(stored)
+        self.metrics.jobs.set(len(self.jobs))
+        log.info("job changed by another replica", job=name, deleted=stored is None)
+        return True
+
     def time_job(self, name: str) -> tuple[Job, bool] | None:
         """A job's definition and whether it is paused (for fires kept while the store was failing)."""
         stored = self.jobs.get(name)

@@ -73,6 +73,11 @@ class Slots:
         if not slot.active and not slot.waiting:
             del self._slots[(job, key)]
 
+    def waiting(self, job: str, key: str | None) -> list[str]:
+        """The queued runs of (job, key), in order."""
+        slot = self._slots.get((job, key))
+        return list(slot.waiting) if slot is not None else []
+
     def next_waiting(self, job: Job, key: str | None) -> str | None:
         """The queued run that may take a free slot now, if any (removed from the queue)."""
         slot = self._slots.get((job.name, key))

@@ -8,8 +8,10 @@ serves them as their `RunHost`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
+
+import structlog
 
 from jobwire.config import Settings
 from jobwire.engine.committer import Committer
@@ -23,6 +25,8 @@ from jobwire.engine.status import StatusHub, document
 from jobwire.model import Run, RunState, Transition, utcnow
 from jobwire.store import Store, StoredJob
 from jobwire.targets.base import Target
+
+log = structlog.get_logger(__name__)
 
 _ACTIVE = (RunState.queued, RunState.pending, RunState.running)
 
@@ -60,7 +64,13 @@ class RunStates:
         """Set when the engine stops: a freed slot no longer starts a waiting run."""
         self.chain: Callable[[Run], None] | None = None
         """Called with each run that ended, before its bookkeeping (`EventIntake.chain`)."""
+        self.slot_freed: Callable[[str, str | None], None] | None = None
+        """Several replicas (`engine/shared.py`): told instead of `promote` when a run of a job
+        with a concurrency limit ended — the slot is shared, so its promotion asks the store."""
+        self.forward: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
+        """Several replicas: hands a request about a run active on another replica to it."""
         self.attempts = Attempts(self, settings, jobs, targets, committer, logs, metrics, tokens)
+        store.on_refused = self.refused
 
     # ------------------------------------------------------------------ state changes
     def publish(self, run: Run, block: Any = None) -> None:
@@ -102,7 +112,11 @@ class RunStates:
                 (run.finished_at - run.started_at).total_seconds()
             )
         self.slots.release(run.job, run.concurrency_key, run.id)
-        self.promote(run.job, run.concurrency_key)
+        stored = self.jobs.get(run.job)
+        if self.slot_freed is not None and stored is not None and stored.job.concurrency.limit is not None:
+            self.slot_freed(run.job, run.concurrency_key)
+        else:
+            self.promote(run.job, run.concurrency_key)
 
     def promote(self, job_name: str, ckey: str | None) -> None:
         """Start the runs waiting for a free slot of this job and concurrency key, as many as fit."""
@@ -116,6 +130,18 @@ class RunStates:
             self.slots.occupy(job_name, ckey, run.id, run.created_at)
             self.transition(run, RunState.pending, "a concurrency slot is free")
             self.attempts.launch(run, stored.job)
+
+    def refused(self, ids: list[str]) -> None:
+        """The store did not apply these runs' state changes (`store.base.update_allowed`): each
+        ended already, or another replica changed it. What the store holds stands."""
+        for run_id in ids:
+            run = self.runs.get(run_id)
+            log.warning(
+                "a run's state change was refused by the store: it ended already, or another "
+                "replica changed it; the stored state stands",
+                run_id=run_id,
+                state=run.state.value if run is not None else None,
+            )
 
     # ------------------------------------------------------------------ requests about a run
     async def get_run(self, run_id: str) -> Run:
@@ -134,7 +160,21 @@ class RunStates:
             raise Conflict(f"run {run_id} already ended ({stored.state.value})")
         return run
 
+    async def _elsewhere(self, run_id: str, request: dict[str, Any]) -> Run | None:
+        """Several replicas: a run active on another one gets `request` forwarded to it; the run
+        as stored is the answer. None when the run is this replica's (or not active anywhere)."""
+        if self.forward is None or run_id in self.runs:
+            return None
+        stored = await self.store.get_run(run_id)
+        if stored is None or stored.state.terminal:
+            return None
+        await self.forward(run_id, request)
+        return stored
+
     async def cancel(self, run_id: str, reason: str = "cancelled by user") -> Run:
+        there = await self._elsewhere(run_id, {"op": "cancel", "reason": reason})
+        if there is not None:
+            return there
         run = await self._active(run_id)
         if not await self.attempts.cancel(run, reason):
             # queued, or pending before its first/next attempt: nothing runs on the target
@@ -149,6 +189,10 @@ class RunStates:
     ) -> Run:
         if not self.tokens.check(run_id, token):
             raise Forbidden("wrong callback token for this run")
+        request = {"op": "callback", "ok": ok, "message": message, "data": data}
+        there = await self._elsewhere(run_id, request)
+        if there is not None:
+            return there
         run = await self._active(run_id)
         await self.attempts.deliver_callback(run, ok, message, data)
         return run

@@ -28,10 +28,14 @@ from pathlib import Path
 
 import structlog
 
+from jobwire.store import Store
+
 log = structlog.get_logger(__name__)
 
 KEY_FILE = "secret.key"
 KEY_BYTES = 32
+SHARED_NAME = "callback_key"
+"""The key's name in a shared store (`Store.shared_secret`): several replicas, one key."""
 
 _ROTATE_HINT = "delete it to make a new key (the callback tokens of runs in flight then stop working)"
 
@@ -91,11 +95,34 @@ class CallbackTokens:
     """The callback token of each run: HMAC-SHA256(key, run id) with the key of `secret.key`,
     loaded by `load` when the engine starts (until then the key is empty)."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Store | None = None) -> None:
         self._key = b""
+        self._store = store
 
     def load(self, data_dir: Path) -> None:
-        self._key = load_secret(data_dir)  # raises SecretKeyError
+        """The key of `secret.key` (made on first use); nothing for a shared store (`load_shared`)."""
+        if self._store is None or not self._store.shared:
+            self._key = load_secret(data_dir)  # raises SecretKeyError
+
+    async def load_shared(self, data_dir: Path) -> None:
+        """Several replicas on one store: the key every one of them uses, kept in the store (made
+        once by the first replica; one that had a `secret.key` gives it, so the tokens of its runs
+        in flight keep working). Raises `SecretKeyError` for a stored key of the wrong size."""
+        store = self._store
+        if store is None or not store.shared:
+            return  # one process: its `secret.key`, loaded by `load`
+        initial = load_secret(data_dir) if (data_dir / KEY_FILE).exists() else None
+        key = await store.shared_secret(SHARED_NAME, initial)
+        if key is None:  # the store keeps none after all: this replica's file
+            self._key = load_secret(data_dir)
+            return
+        if len(key) != KEY_BYTES:
+            raise SecretKeyError(
+                f"the callback key stored in the database ({SHARED_NAME!r} in jobwire_settings) holds "
+                f"{len(key)} bytes, not {KEY_BYTES}: delete that row to make a new key (the callback "
+                "tokens of runs in flight then stop working)"
+            )
+        self._key = key
 
     def token(self, run_id: str) -> str:
         return hmac.new(self._key, run_id.encode(), hashlib.sha256).hexdigest()

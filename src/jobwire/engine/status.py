@@ -167,6 +167,8 @@ class StatusHub:
         self._readers = 0
         self._idle_since: float | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.relay: Callable[[StatusDocument], None] | None = None
+        """Where every document published here also goes: the other replicas (`engine/shared.py`)."""
 
     async def start(self, spawn: Spawn | None = None) -> None:
         """Start the sinks and one worker each; `spawn` runs the workers supervised."""
@@ -198,7 +200,14 @@ class StatusHub:
     def listening(self) -> bool:
         """Whether a document would reach anyone: a sink, a subscriber, or a stream client that
         left less than RESUME_WINDOW ago and may come back with `Last-Event-ID`."""
-        if self._all_sinks or self._readers:
+        if self._all_sinks or self.relay is not None:
+            return True
+        return self.reading
+
+    @property
+    def reading(self) -> bool:
+        """Whether a stream client reads, or left less than RESUME_WINDOW ago (and may resume)."""
+        if self._readers:
             return True
         return self._idle_since is not None and time.monotonic() - self._idle_since < RESUME_WINDOW
 
@@ -216,6 +225,12 @@ class StatusHub:
                 q.put_nowait(doc)
             except asyncio.QueueFull:
                 self._metrics.sink_dropped.labels(sink.kind).inc()
+        self.ring.append(Entry(self.ring.last + 1, doc))
+        if self.relay is not None:
+            self.relay(doc)
+
+    def publish_remote(self, doc: StatusDocument) -> None:
+        """A document another replica published (and gave its sinks): for this one's stream readers only."""
         self.ring.append(Entry(self.ring.last + 1, doc))
 
     def skip(self) -> None:

@@ -9,7 +9,7 @@ pointing at the run that exists.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
@@ -28,6 +28,17 @@ class StoreError(RuntimeError):
 
 class StoreLocked(StoreError):
     """Another jobwire process holds this store (SQLite allows one scheduler per file)."""
+
+
+class SlotClaim(NamedTuple):
+    """A new run's claim on its job's concurrency slots, checked by a shared store (`Store.shared`)
+    in the transaction that records it: `limit` runs of (job, concurrency key) may hold a slot;
+    beyond that `policy` says what the new run becomes (forbid: no run, the event an `overlap`;
+    queue: recorded `queued`; replace: recorded `pending`, the oldest holders named in
+    `Recorded.victims` for the engine to cancel)."""
+
+    limit: int
+    policy: str
 
 
 class Fenced(StoreError):
@@ -85,6 +96,8 @@ class Intake:
 
     event: Event
     run: Run | None = None
+    slot: SlotClaim | None = None
+    """Set by the engine for a run of a job with a concurrency limit; only a shared store reads it."""
 
 
 class OutboxRow(NamedTuple):
@@ -101,6 +114,8 @@ class Recorded:
     """As stored: for a repeat run key, outcome `duplicate` and `run_id` of the existing run."""
     run: Run | None
     """The new run, or for a duplicate the run that already existed."""
+    victims: list[str] = field(default_factory=list)
+    """Runs (of other replicas too) the new run replaces (SlotClaim policy replace)."""
 
 
 @dataclass(slots=True)
@@ -183,8 +198,70 @@ class PruneRule(NamedTuple):
     older_than: datetime
 
 
+ALLOWED_FROM = (
+    "the stored state is the same, or active (queued, pending, running) and the new one is not queued"
+)
+"""The rule of a conditional run update (`Store.update_runs`): an ended run is never rewritten
+with another state, and no run goes back to `queued`. Whole-row last-writer-wins between two
+replicas that both hold a run could otherwise revive a run the other ended."""
+
+
+def update_allowed(stored: RunState, new: RunState) -> bool:
+    """`ALLOWED_FROM` for the stores that apply it in Python."""
+    if stored == new:
+        return True
+    return stored in (RunState.queued, RunState.pending, RunState.running) and new != RunState.queued
+
+
+class Bus(ABC):
+    """Notifications between the jobwire processes that share a store (PostgreSQL LISTEN/NOTIFY).
+    A handler gets each payload (a str) on the event loop, and must not block."""
+
+    @abstractmethod
+    def subscribe(self, channel: str, handler: Callable[[str], None]) -> None:
+        """Deliver `channel`'s notifications to `handler` (subscribe before `run`)."""
+
+    @abstractmethod
+    async def run(self, connected: Callable[[bool], Awaitable[None]]) -> None:
+        """Connect, LISTEN on every subscribed channel, await `connected(again)` (`again`: not the
+        first connection, so notifications may have been missed: resynchronise), then deliver until
+        the connection is lost — and raise then, for the supervisor to call `run` again."""
+
+    @abstractmethod
+    async def notify(self, channel: str, payloads: Sequence[str]) -> None:
+        """Send every payload on `channel` (in one round trip). Each must be under `MAX_PAYLOAD` bytes."""
+
+    @property
+    @abstractmethod
+    def connected(self) -> bool: ...
+
+
+MAX_PAYLOAD = 7900
+"""Bytes of one notification payload at most (PostgreSQL's limit is 8000)."""
+
+
 class Store(ABC):
     """Every method is a coroutine and safe to call concurrently from one event loop."""
+
+    on_refused: Callable[[list[str]], None] | None = None
+    """Told the ids of run updates `commit` did not apply (`update_allowed`: the run ended, or
+    was changed by another replica); set by the engine."""
+
+    async def shared_secret(self, name: str, initial: bytes | None = None) -> bytes | None:
+        """A secret every process sharing this store uses (the callback key): made once — from
+        `initial` if given, else random, by the store — and read by all. None: not a shared store
+        (the caller keeps its own, in its data folder)."""
+        return None
+
+    def bus(self) -> Bus | None:
+        """Notifications to and from the other processes sharing this store; None if not shared."""
+        return None
+
+    async def claim_slot(self, run: Run, limit: int) -> bool:
+        """Shared stores: move the queued `run` to pending if fewer than `limit` runs of its job and
+        concurrency key hold a slot (pending, running), checked and written in one transaction
+        under a lock of that (job, key). The single-process stores leave slots to the engine."""
+        return True
 
     @abstractmethod
     async def open(self) -> None:
@@ -221,8 +298,10 @@ class Store(ABC):
         existing run (also when the repeat is inside the same batch)."""
 
     @abstractmethod
-    async def update_runs(self, runs: list[Run]) -> None:
-        """Persist the current state of these runs (all fields, history included), in one transaction."""
+    async def update_runs(self, runs: list[Run]) -> list[str]:
+        """Persist the current state of these runs (all fields, history included), in one
+        transaction — each only if `update_allowed(stored state, new state)`. Returns the ids of
+        the runs not written (refused, or no longer stored)."""
 
     def unavailable(self, exc: BaseException) -> bool:
         """Whether a failed write failed because the store cannot take writes now (disk full, I/O
@@ -248,15 +327,30 @@ class Store(ABC):
         capture the state of `updates` (and of the batch's runs) before it first yields; the engine
         does not copy them. This default snapshots, then makes two calls: stores override it."""
         self.coordination.check(fence)
-        snapshot = [r.model_copy(deep=True) for r in updates]
+        foreign = self.foreign(fence, updates)
+        snapshot = [r.model_copy(deep=True) for r in updates if r.id not in foreign]
         recorded = await self.record(batch) if batch else []
         self.coordination.own(fence, recorded)
         self.coordination.ended(snapshot)
-        if snapshot:
-            await self.update_runs(snapshot)
+        if snapshot or foreign:
+            self.refused(sorted(foreign) + (await self.update_runs(snapshot) if snapshot else []))
         if outbox:
             raise StoreError(f"{type(self).__name__} has no outbox")
         return recorded
+
+    def foreign(self, fence: Fence | None, updates: Sequence[Run]) -> set[str]:
+        """The single-process stores' owner check (`coordination`): ids of `updates` owned by
+        another replica than the writer `fence.replica` — refused, as PostgreSQL's `runs.owner`
+        condition refuses them."""
+        if fence is None:
+            return set()
+        owners = {r.id: self.coordination.owner(r.id) for r in updates}
+        return {rid for rid, owner in owners.items() if owner is not None and owner != fence.replica}
+
+    def refused(self, ids: list[str]) -> None:
+        """Tell `on_refused` about run updates that were not applied (if any)."""
+        if ids and self.on_refused is not None:
+            self.on_refused(ids)
 
     # ---- the outbox: status documents for durable sinks, in order, until the sink confirms them
     async def outbox_take(self, sink: str, limit: int) -> list[tuple[int, str]]:
@@ -330,7 +424,9 @@ class Store(ABC):
 
     shared: bool = False
     """Whether several processes can use this store at once (PostgreSQL): then replicas must
-    coordinate through it. False: one process owns the store and is trivially the leader."""
+    coordinate through it. False: one process owns the store and is trivially the leader. What one
+    process keeps in memory (concurrency slots, the callback key, the job catalogue, the status
+    stream) is then kept or announced in the store (`shared_secret`, `bus`, `SlotClaim`)."""
 
     @property
     def coordination(self) -> LocalCoordination:

@@ -31,6 +31,7 @@ from jobwire.store.base import (
     Store,
     StoredJob,
     StoreError,
+    update_allowed,
 )
 from jobwire.store.queries import check_buckets, check_limit, decode_cursor, encode_cursor, from_us, to_us
 
@@ -202,11 +203,14 @@ class MemoryStore(Store):
     ) -> list[Recorded]:
         # record() and update_runs() never yield: together they are one atomic step, state captured
         self.coordination.check(fence)
+        foreign = self.foreign(fence, updates)  # owned by another replica: refused
         recorded = await self.record(batch) if batch else []
         self.coordination.own(fence, recorded)
         if updates:
-            await self.update_runs(updates)
-            self.coordination.ended(updates)
+            mine = [r for r in updates if r.id not in foreign]
+            refused = sorted(foreign) + (await self.update_runs(mine) if mine else [])
+            self.coordination.ended(mine)
+            self.refused(refused)
         for row in outbox:
             self._outbox_seq += 1
             self._outbox.setdefault(row.sink, []).append((self._outbox_seq, row.doc))
@@ -224,13 +228,15 @@ class MemoryStore(Store):
         self._check_open()
         return len(self._outbox.get(sink, []))
 
-    async def update_runs(self, runs: list[Run]) -> None:
+    async def update_runs(self, runs: list[Run]) -> list[str]:
         self._check_open()
         staged: dict[str, Run] = {}
+        refused: list[str] = []
         for run in runs:
             old = self._runs.get(run.id)
-            if old is None:
-                continue  # pruned meanwhile (SQLite: an UPDATE of no row)
+            if old is None or not update_allowed(old.state, run.state):
+                refused.append(run.id)  # pruned meanwhile (SQLite: an UPDATE of no row), or refused
+                continue
             if run.event_id not in self._events:
                 raise StoreError(
                     f"FOREIGN KEY constraint failed: run {run.id} names event {run.event_id!r}, "
@@ -241,6 +247,7 @@ class MemoryStore(Store):
                 new = new.model_copy(update={"key": old.key})
             staged[run.id] = new
         self._runs.update(staged)
+        return refused
 
     async def get_run(self, run_id: str) -> Run | None:
         self._check_open()

@@ -37,6 +37,7 @@ from jobwire.model import ACTIVE_STATES, Event, EventOutcome, Job, Run, RunState
 from jobwire.store.base import (
     Activity,
     ActivityCount,
+    Bus,
     EventQuery,
     Fence,
     Fenced,
@@ -54,6 +55,8 @@ from jobwire.store.base import (
     StoredJob,
     StoreError,
 )
+from jobwire.store.pgbus import PgBus
+from jobwire.store.pgslots import apply_claims, promote
 from jobwire.store.queries import (
     InvalidCursorError,
     Queries,
@@ -367,6 +370,7 @@ class PostgresStore(Store):
         self._incarnations: dict[str, datetime] = {}
         """started_at of each replica registered through this store: its heartbeat names it, so a
         stale process with a reused replica id cannot keep a new incarnation's row alive."""
+        self._bus: PgBus | None = None
 
     def __repr__(self) -> str:
         return f"PostgresStore({mask(self.url)!r})"
@@ -467,9 +471,31 @@ class PostgresStore(Store):
     async def record(self, batch: list[Intake]) -> list[Recorded]:
         return await self.commit(batch, []) if batch else []
 
-    async def update_runs(self, runs: list[Run]) -> None:
-        if runs:
-            await self.commit([], runs)
+    async def update_runs(self, runs: list[Run]) -> list[str]:
+        if not runs:
+            return []
+        cols = _update_columns(runs)
+        rows = await self._fetch(Q.update_runs_with_outbox, *cols, [], [], None)
+        return _refused(cols[0], rows)
+
+    # ---- what the replicas share (docs/replicas.md)
+
+    def bus(self) -> Bus:
+        if self._bus is None:
+            self._bus = PgBus(self.url, self._p, mask(self.url))
+        return self._bus
+
+    async def shared_secret(self, name: str, initial: bytes | None = None) -> bytes:
+        row = await self._fetchrow(Q.shared_secret, name, initial)
+        assert row is not None
+        return bytes(row[0])
+
+    async def claim_slot(self, run: Run, limit: int) -> bool:
+        try:
+            async with self._p().acquire() as conn, conn.transaction():
+                return await promote(conn, run.id, run.job, run.concurrency_key, limit)
+        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise self._error(exc) from exc
 
     def unavailable(self, exc: BaseException) -> bool:
         cause = exc.__cause__ if isinstance(exc, StoreError) and exc.__cause__ is not None else exc
@@ -503,23 +529,46 @@ class PostgresStore(Store):
         fenced = fence is not None and fence.token is not None
         upd_cols = _update_columns(updates) if updates else None
         out_cols = [[r.sink for r in outbox], [r.doc for r in outbox]] if outbox else None
+        written: list[asyncpg.Record] = []
         try:
             if not batch and not fenced:
                 # State changes (and their status documents): one statement, atomic on its own.
                 if upd_cols is None:
                     await self._p().execute(Q.insert_outbox, *(out_cols or [[], []]))
                 else:
-                    await self._p().execute(Q.update_runs_with_outbox, *upd_cols, *(out_cols or [[], []]))
+                    written = await self._p().fetch(
+                        Q.update_runs_with_outbox, *upd_cols, *(out_cols or [[], []]), record_args[-1]
+                    )
+                    self.refused(_refused(upd_cols[0], written))
                 return []
             async with self._p().acquire() as conn, conn.transaction():
                 if fenced:
                     assert fence is not None
                     await _check_fence(conn, fence)
+                claimed = await apply_claims(conn, batch)
+                if claimed.changed:  # slot claims refused or queued runs: write what was decided
+                    batch = claimed.batch
+                    events = [
+                        i.event
+                        if i.run is None or i.event.run_id == i.run.id
+                        else i.event.model_copy(update={"run_id": i.run.id})
+                        for i in batch
+                    ]
+                    record_args = [
+                        *_run_columns([i.run for i in batch if i.run is not None]),
+                        *_columns(events),
+                        record_args[-1],  # the owner
+                    ]
                 recorded = await self._record(conn, batch, events, record_args) if batch else []
+                for rec in recorded:
+                    if rec.run is not None and rec.run.id in claimed.victims:
+                        rec.victims = claimed.victims[rec.run.id]
                 if upd_cols is not None:
-                    await conn.execute(Q.update_runs, *upd_cols)
+                    written = await conn.fetch(Q.update_runs, *upd_cols, record_args[-1])
                 if out_cols is not None:
                     await conn.execute(Q.insert_outbox, *out_cols)
+            if upd_cols is not None:
+                self.refused(_refused(upd_cols[0], written))
         except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             if isinstance(exc, asyncpg.UniqueViolationError) and "events" in (exc.table_name or ""):
                 raise StoreError(f"cannot record the batch: {exc} (event ids must be unique)") from exc
@@ -790,6 +839,12 @@ class PostgresStore(Store):
     async def execute(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         """Run one statement (tests, diagnostics)."""
         return [tuple(r) for r in await self._fetch(sql, *args)]
+
+
+def _refused(ids: list[str], written: Sequence[Any]) -> list[str]:
+    """The ids of a conditional update that were not written (no row came back for them)."""
+    done = {r[0] for r in written}
+    return [i for i in ids if i not in done]
 
 
 async def _check_fence(conn: asyncpg.Connection, fence: Fence) -> None:

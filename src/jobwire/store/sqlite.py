@@ -260,6 +260,18 @@ def _run_values(run: Run) -> tuple[Any, ...]:
     )
 
 
+def _update(conn: sqlite3.Connection, values: list[tuple[Any, ...]]) -> list[str]:
+    """The conditional update of runs (`update_run`); the ids of those not written. Only when
+    fewer rows changed than were given are the refused ones looked up."""
+    if conn.executemany(Q.update_run, values).rowcount == len(values):
+        return []
+    ids = [v[0] for v in values]
+    marks = ", ".join("?" * len(ids))
+    sql = f"SELECT id, state FROM runs WHERE id IN ({marks})"  # noqa: S608 - placeholders only
+    stored = dict(conn.execute(sql, ids).fetchall())
+    return [v[0] for v in values if stored.get(v[0]) != v[4]]
+
+
 def _run_update_values(run: Run) -> tuple[Any, ...]:
     v = _run_values(run)
     return (v[0], *v[2:])  # id, then everything after key
@@ -546,9 +558,11 @@ class SQLiteStore(Store):
             raise StoreError(f"cannot record the batch: {exc} (event ids must be unique)") from exc
         return out
 
-    async def update_runs(self, runs: list[Run]) -> None:
-        if runs:
-            await self.commit([], runs)
+    async def update_runs(self, runs: list[Run]) -> list[str]:
+        if not runs:
+            return []
+        values = [_run_update_values(r) for r in runs]
+        return await self._w(lambda conn: _update(conn, values))
 
     def unavailable(self, exc: BaseException) -> bool:
         # sqlite3 errors arrive wrapped in StoreError (`_write`). OperationalError (full disk, I/O
@@ -573,20 +587,22 @@ class SQLiteStore(Store):
         # The rows are built here, on the caller's thread, before the hop: that is the snapshot
         # (and the serialization overlaps the store thread's work on the previous call).
         runs = [(i.run, _run_values(i.run)) for i in batch if i.run is not None]
+        foreign = self.foreign(fence, updates)  # owned by another replica: refused
+        updates = [r for r in updates if r.id not in foreign]
         values = [_run_update_values(r) for r in updates]
         rows = [{"sink": r.sink, "doc": r.doc} for r in outbox]
 
-        def op(conn: sqlite3.Connection) -> list[Recorded]:
+        def op(conn: sqlite3.Connection) -> tuple[list[Recorded], list[str]]:
             recorded = self._record_sync(conn, batch, runs) if batch else []
-            if values:
-                conn.executemany(Q.update_run, values)
+            refused = _update(conn, values) if values else []
             if rows:
                 conn.executemany(Q.insert_outbox, rows)
-            return recorded
+            return recorded, refused
 
-        recorded = await self._w(op)
+        recorded, refused = await self._w(op)
         self.coordination.own(fence, recorded)
         self.coordination.ended(updates)
+        self.refused(sorted(foreign) + refused)
         return recorded
 
     async def outbox_take(self, sink: str, limit: int) -> list[tuple[int, str]]:

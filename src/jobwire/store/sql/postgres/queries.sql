@@ -27,7 +27,10 @@ UPDATE jobs SET paused = $2, updated_at = $3 WHERE name = $1
 RETURNING name, definition, origin, paused, updated_at;
 
 -- name: update_runs
--- Every field but the identity (id, and key which id derives from), for a batch of runs.
+-- Every field but the identity (id, and key which id derives from), for a batch of runs. Conditional
+-- (store/base.py ALLOWED_FROM): an ended run keeps its state, no run goes back to queued, and a
+-- run owned by another replica ($22, the writer; NULL: not checked) is left alone; the ids written
+-- are returned, so the caller knows which were refused.
 UPDATE runs SET
     job = u.job, trigger = u.trigger, event_id = u.event_id, state = u.state, attempt = u.attempt,
     params = u.params::json, concurrency_key = u.concurrency_key, created_at = u.created_at,
@@ -45,7 +48,10 @@ FROM unnest(
     scheduled_at, not_before, started_at, finished_at, exit_code, http_status, error,
     target_ref, target_status, history, input_location, environment
 )
-WHERE runs.id = u.id;
+WHERE runs.id = u.id
+  AND (runs.state = u.state OR (runs.state IN ('queued', 'pending', 'running') AND u.state <> 'queued'))
+  AND ($22::text IS NULL OR runs.owner IS NULL OR runs.owner = $22)
+RETURNING runs.id;
 
 -- name: select_runs
 -- The prefix of every run read; callers append WHERE / ORDER BY.
@@ -222,7 +228,8 @@ WHERE events.id = u.id;
 
 -- name: update_runs_with_outbox
 -- update_runs ($1-$21) and insert_outbox ($22, $23) in ONE statement: a commit of state changes
--- and their status documents is one round trip, and atomic without BEGIN/COMMIT.
+-- and their status documents is one round trip, and atomic without BEGIN/COMMIT. Returns the ids
+-- of the runs written (conditional, as update_runs; $24 the writing replica).
 WITH updated AS (
     UPDATE runs SET
         job = u.job, trigger = u.trigger, event_id = u.event_id, state = u.state, attempt = u.attempt,
@@ -242,10 +249,55 @@ WITH updated AS (
         target_ref, target_status, history, input_location, environment
     )
     WHERE runs.id = u.id
+      AND (runs.state = u.state OR (runs.state IN ('queued', 'pending', 'running') AND u.state <> 'queued'))
+      AND ($24::text IS NULL OR runs.owner IS NULL OR runs.owner = $24)
     RETURNING runs.id
+),
+outbox_in AS (
+    INSERT INTO outbox (sink, doc)
+    SELECT o.sink, o.doc FROM unnest($22::text[], $23::text[]) WITH ORDINALITY AS o (sink, doc, n) ORDER BY o.n
 )
-INSERT INTO outbox (sink, doc)
-SELECT o.sink, o.doc FROM unnest($22::text[], $23::text[]) WITH ORDINALITY AS o (sink, doc, n) ORDER BY o.n;
+SELECT id FROM updated;
+
+-- name: shared_secret
+-- A secret shared by every replica: inserted once (from $2, or random bytes made by the server when
+-- $2 is NULL, so the key never travels as a parameter), then read by all.
+WITH made AS (
+    INSERT INTO jobwire_settings (name, value)
+    VALUES ($1, coalesce($2, decode(replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), 'hex')))
+    ON CONFLICT (name) DO NOTHING
+    RETURNING value
+)
+SELECT value FROM made
+UNION ALL
+SELECT value FROM jobwire_settings WHERE name = $1
+LIMIT 1;
+
+-- name: slot_lock
+-- The lock of one (job, concurrency key)'s slots, held to the end of the transaction: every
+-- replica's admission decision for that pair is made under it, one at a time.
+SELECT pg_advisory_xact_lock(hashtextextended($1 || chr(31) || coalesce($2, chr(30)), 7));
+
+-- name: slot_holders
+-- The oldest $3 runs of (job, concurrency key) holding a slot (pending, running): bounded by what
+-- the decision needs, however many runs a job has.
+SELECT id FROM runs
+WHERE job = $1 AND concurrency_key IS NOT DISTINCT FROM $2 AND state IN ('pending', 'running')
+ORDER BY created_at, id
+LIMIT $3;
+
+-- name: slot_first_queued
+-- The run of (job, concurrency key) queued first, if any: the next to take a slot.
+SELECT id FROM runs
+WHERE job = $1 AND concurrency_key IS NOT DISTINCT FROM $2 AND state = 'queued'
+ORDER BY created_at, id
+LIMIT 1;
+
+-- name: promote_queued
+UPDATE runs SET state = 'pending' WHERE id = $1 AND state = 'queued' RETURNING id;
+
+-- name: notify_many
+SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p;
 
 -- name: last_run_ids
 -- The newest run of each job in $1: one probe of runs_job_created per job.

@@ -35,13 +35,14 @@ INSERT INTO runs (
 ON CONFLICT DO NOTHING;
 
 -- name: update_run
--- Every field but the identity (id, and key which id derives from). Parameters in insert order, id last.
+-- Every field but the identity (id, and key which id derives from). Parameters in insert order, id first.
+-- Conditional (store/base.py ALLOWED_FROM): an ended run keeps its state, no run goes back to queued.
 UPDATE runs SET
     job = ?2, trigger = ?3, event_id = ?4, state = ?5, attempt = ?6, params = ?7,
     concurrency_key = ?8, created_at = ?9, scheduled_at = ?10, not_before = ?11, started_at = ?12,
     finished_at = ?13, exit_code = ?14, http_status = ?15, error = ?16, target_ref = ?17,
     target_status = ?18, history = ?19, input_location = ?20, environment = ?21
-WHERE id = ?1;
+WHERE id = ?1 AND (state = ?5 OR (state IN ('queued', 'pending', 'running') AND ?5 <> 'queued'));
 
 -- name: select_runs
 -- The prefix of every run read; callers append WHERE / ORDER BY.

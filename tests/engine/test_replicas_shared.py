@@ -1,0 +1,225 @@
+"""Two replicas (two engines, each with its own data folder and store object) on one fresh
+PostgreSQL database: what one process kept in memory is shared (docs/replicas.md, "What the
+replicas share"): concurrency slots, the callback key, the job catalogue, the status stream and
+conditional run updates."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobwire.config import Settings
+from jobwire.engine import Engine, Forbidden
+from jobwire.model import EventOutcome, Job, RunState, StatusDocument
+from jobwire.store.postgres import PostgresStore
+from tests.support.pgdb import fresh_database
+from tests.support.waiting import eventually
+
+PY = sys.executable
+
+
+def job(name: str, command: list[str], **kw: Any) -> Job:
+    return Job.model_validate({"name": name, "target": {"type": "local", "command": command}, **kw})
+
+
+def wait_for_file(path: Path) -> list[str]:
+    """A job that runs until `path` exists (the test creates it to end the run)."""
+    code = f"import os, time\nwhile not os.path.exists({str(path)!r}): time.sleep(0.02)"
+    return [PY, "-c", code]
+
+
+class Replicas:
+    def __init__(self, a: Engine, b: Engine) -> None:
+        self.a, self.b = a, b
+
+
+@pytest.fixture
+async def replicas(tmp_path: Path) -> AsyncIterator[Replicas]:
+    async with fresh_database() as url:
+        engines: list[Engine] = []
+        try:
+            for n in range(2):
+                settings = Settings(data_dir=tmp_path / f"r{n}", shutdown_grace=timedelta(seconds=5))
+                eng = Engine(settings, store=PostgresStore(url, pool_size=4, auto_migrate=True))
+                await eng.start()
+                engines.append(eng)
+            await eventually(lambda: all(e.shared and e.shared.bus.connected for e in engines), 10, "LISTEN")
+            yield Replicas(*engines)
+        finally:
+            for eng in engines:
+                await eng.stop()
+
+
+async def test_a_job_changed_over_one_replica_is_seen_by_the_other(replicas: Replicas) -> None:
+    a, b = replicas.a, replicas.b
+    t0 = time.monotonic()
+    await a.put_job(job("shared", ["true"], triggers=[{"type": "cron", "cron": "0 3 * * *"}]))
+    await eventually(lambda: "shared" in b.jobs, 5, "the job on replica b")
+    created = time.monotonic() - t0
+    assert b.jobs["shared"].job == a.jobs["shared"].job
+    assert b.scheduler._keys.get("shared"), "its cron trigger is scheduled on b too"
+    # changed over b, seen on a; paused over a, seen on b; deleted over b, gone on a
+    await b.put_job(job("shared", ["false"], description="changed on b"))
+    await eventually(lambda: a.jobs["shared"].job.description == "changed on b", 5, "the change on a")
+    assert not a.scheduler._keys.get("shared"), "the cron trigger it lost is gone on a too"
+    await a.pause("shared")
+    await eventually(lambda: b.jobs["shared"].paused, 5, "paused on b")
+    await b.delete_job("shared")
+    await eventually(lambda: "shared" not in a.jobs, 5, "deleted on a")
+    assert created < 1.0, f"seen by the other replica after {created:.3f}s"
+
+
+async def test_the_catalogue_is_resynchronised_after_the_listen_connection_is_lost(
+    replicas: Replicas,
+) -> None:
+    a, b = replicas.a, replicas.b
+    assert b.shared is not None
+    # b's LISTEN session is terminated by the server; a job made meanwhile is found by the resync
+    await a.store.execute(  # type: ignore[attr-defined]
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'jobwire-listen' AND pid <> pg_backend_pid() AND datname = current_database()"
+    )
+    await b.store.save_job(job("while-deaf", ["true"]), "api")  # no NOTIFY reaches a dead session
+    await eventually(lambda: "while-deaf" in b.jobs, 15, "the job after b reconnects")
+    tasks = {t["task"]: t for t in b.health()["tasks"]}
+    assert tasks["jobwire-replicas-listen"]["restarts"] >= 1
+
+
+async def test_an_sse_reader_on_one_replica_sees_runs_made_on_the_other(
+    replicas: Replicas, tmp_path: Path
+) -> None:
+    a, b = replicas.a, replicas.b
+    await a.put_job(job("quick", [PY, "-c", "print('hi')"]))
+    await eventually(lambda: "quick" in b.jobs, 5, "the job on b")
+    on_b, on_a = b.subscribe(), a.subscribe()
+    adm = await a.trigger("quick", {})
+    assert adm.run is not None
+    seen: list[StatusDocument] = []
+
+    async def read(sub: Any, into: list[StatusDocument]) -> None:
+        async for doc in sub:
+            if doc.run_id == adm.run.id:  # type: ignore[union-attr]
+                into.append(doc)
+                if doc.action == RunState.succeeded.value:
+                    return
+
+    await asyncio.wait_for(read(on_b, seen), 15)
+    assert [d.action for d in seen] == ["pending", "running", "succeeded"]
+    mine: list[StatusDocument] = []
+    await asyncio.wait_for(read(on_a, mine), 15)
+    assert [d.action for d in mine] == ["pending", "running", "succeeded"], "own documents not echoed"
+    assert b.shared is not None and b.shared.received >= 3
+
+
+async def test_a_callback_reaching_the_other_replica_is_accepted(replicas: Replicas, tmp_path: Path) -> None:
+    a, b = replicas.a, replicas.b
+    assert a.callback_token("r-x") == b.callback_token("r-x"), "one key for both replicas"
+    assert not (tmp_path / "r1" / "secret.key").exists(), "the key lives in the database"
+    await a.put_job(job("waits", ["true"], callback={"wait": True, "timeout": "1m"}))
+    await eventually(lambda: "waits" in b.jobs, 5, "the job on b")
+    adm = await a.trigger("waits", {})
+    assert adm.run is not None
+    run_id = adm.run.id
+    await eventually(lambda: a.runs.get(run_id) and a.runs[run_id].state == RunState.running, 10, "running")
+    token = a.callback_token(run_id)
+    with pytest.raises(Forbidden):
+        await b.callback(run_id, "0" * len(token), True, None, {})
+    answer = await b.callback(run_id, token, True, "done elsewhere", {"rows": 3})
+    assert answer.id == run_id
+
+    async def ended() -> Any:
+        run = await a.get_run(run_id)
+        return run if run.state.terminal else None
+
+    run = await eventually(ended, 15, "the run to end on a")
+    assert run.state == RunState.succeeded
+    assert run.target_status["callback"]["data"] == {"rows": 3}
+
+
+async def test_max_running_one_holds_across_replicas(replicas: Replicas, tmp_path: Path) -> None:
+    a, b = replicas.a, replicas.b
+    gate = tmp_path / "gate"
+    await a.put_job(job("single", wait_for_file(gate), concurrency={"policy": "forbid"}))
+    await eventually(lambda: "single" in b.jobs, 5, "the job on b")
+    first = await a.trigger("single", {})
+    assert first.run is not None and first.created
+    refused = await b.trigger("single", {})
+    assert refused.event.outcome == EventOutcome.overlap and refused.run is None
+    assert first.run.id in (refused.event.reason or "")
+    gate.touch()
+
+    async def ended() -> bool:
+        return (await a.get_run(first.run.id)).state.terminal  # type: ignore[union-attr]
+
+    await eventually(ended, 15, "the first run to end")
+    again = await b.trigger("single", {})
+    assert again.created, "the slot is free again"
+
+
+async def test_a_run_queued_on_one_replica_starts_when_the_other_frees_the_slot(
+    replicas: Replicas, tmp_path: Path
+) -> None:
+    a, b = replicas.a, replicas.b
+    gate = tmp_path / "gate"
+    await a.put_job(job("fifo", wait_for_file(gate), concurrency={"policy": "queue"}))
+    await eventually(lambda: "fifo" in b.jobs, 5, "the job on b")
+    first = await a.trigger("fifo", {})
+    second = await b.trigger("fifo", {})
+    assert first.run is not None and second.run is not None
+    assert second.run.state == RunState.queued, "a's run holds the only slot"
+    assert b.runs[second.run.id].state == RunState.queued
+    gate.touch()
+
+    async def second_ended() -> bool:
+        return (await b.get_run(second.run.id)).state == RunState.succeeded  # type: ignore[union-attr]
+
+    await eventually(second_ended, 20, "b's queued run to start and end")
+    assert (await a.get_run(first.run.id)).state == RunState.succeeded
+    run = await b.get_run(second.run.id)
+    assert [t.state for t in run.history][:2] == [RunState.queued, RunState.pending]
+
+
+async def test_replace_cancels_the_run_on_the_other_replica(replicas: Replicas, tmp_path: Path) -> None:
+    a, b = replicas.a, replicas.b
+    await a.put_job(job("newest", wait_for_file(tmp_path / "never"), concurrency={"policy": "replace"}))
+    await eventually(lambda: "newest" in b.jobs, 5, "the job on b")
+    old = await a.trigger("newest", {})
+    assert old.run is not None
+    await eventually(lambda: old.run.id in a.runs and a.runs[old.run.id].state == RunState.running, 10)  # type: ignore[union-attr]
+    new = await b.trigger("newest", {})
+    assert new.run is not None and new.created
+
+    async def cancelled() -> bool:
+        return (await a.get_run(old.run.id)).state == RunState.cancelled  # type: ignore[union-attr]
+
+    await eventually(cancelled, 15, "the replaced run on a to be cancelled")
+    assert new.run.id in ((await a.get_run(old.run.id)).error.message or "")  # type: ignore[union-attr]
+    await b.cancel(new.run.id)
+
+
+async def test_a_replica_that_writes_an_ended_run_late_loses_and_is_told(replicas: Replicas) -> None:
+    a, b = replicas.a, replicas.b
+    await a.put_job(job("late", ["true"]))
+    adm = await a.trigger("late", {})
+    assert adm.run is not None
+    stale = adm.run.model_copy(deep=True)  # b's idea of the run, from before it ended
+
+    async def ended() -> bool:
+        return (await a.get_run(adm.run.id)).state == RunState.succeeded  # type: ignore[union-attr]
+
+    await eventually(ended, 15, "the run to succeed on a")
+    told: list[list[str]] = []
+    b.store.on_refused = told.append
+    stale.state = RunState.running
+    stale.target_ref = "b-thinks-it-runs"
+    await b.store.commit([], [stale])
+    assert told == [[adm.run.id]]
+    stored = await b.store.get_run(adm.run.id)
+    assert stored is not None and stored.state == RunState.succeeded and stored.target_ref != "b-thinks-it-runs"
