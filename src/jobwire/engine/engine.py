@@ -32,6 +32,7 @@ from jobwire.config import Settings
 from jobwire.engine.build import bind_sinks, bind_targets, build_plugs
 from jobwire.engine.committer import Committer
 from jobwire.engine.disk import StopIncomplete, unsaved_at_stop
+from jobwire.engine.dispatch import Attempts
 from jobwire.engine.errors import (
     Conflict,
     EngineError,
@@ -42,6 +43,7 @@ from jobwire.engine.errors import (
     Unavailable,
 )
 from jobwire.engine.fires import PendingFires
+from jobwire.engine.fleet import FleetAttempts
 from jobwire.engine.intake import EventIntake
 from jobwire.engine.jobs import JobRegistry
 from jobwire.engine.metrics import Metrics
@@ -94,6 +96,7 @@ class Engine:
             self.metrics,
             self.tokens,
             self.retention.touched,
+            launcher=FleetAttempts if settings.role == "scheduler" else Attempts,
         )
         self.runs: dict[str, Run] = self.run_states.runs
         """Active runs (queued, pending, running) by id; finished runs are only in the store."""
@@ -130,7 +133,7 @@ class Engine:
         self.tokens.load(self.settings.data_dir)  # raises SecretKeyError
         await self.store.open()
         try:
-            self.attempts.journal.open()  # after the store's lock: it rewrites the file
+            await self.attempts.open(self.supervisor)  # after the store's lock: it rewrites the journal
             self.committer.start(self.supervisor.spawn)
             for target in self.targets.values():
                 await target.start()
@@ -139,6 +142,7 @@ class Engine:
             self.intake.chains.rebuild(self.jobs)
             await reconcile(self.store, self.run_states)
             await catch_up(self.store, self.jobs, self.intake.submit_many)
+            self.attempts.recovered()
             self.scheduler.start(self.supervisor.spawn)
             self.supervisor.loop("jobwire-fire-retry", self.pending_fires.run, critical=False)
             self.supervisor.loop("jobwire-retention", self.retention.loop)
@@ -148,7 +152,7 @@ class Engine:
             if self.settings.reload and self.settings.jobs:
                 self.supervisor.loop("jobwire-reload", self._reload_loop)
         except BaseException:
-            self.attempts.journal.close()
+            self.attempts.close()
             await self.store.close()
             raise
         # What startup built (job definitions, compiled schedules, imported modules) lives as long
@@ -182,7 +186,7 @@ class Engine:
                 log.warning("target did not close cleanly", target=target.kind, error=str(exc))
         later = await self._flush_at_stop()
         await self.committer.stop()
-        self.attempts.journal.close()
+        self.attempts.close()
         await self.store.close()
         self._ready = False
         log.info("stopped")
@@ -245,6 +249,10 @@ class Engine:
                     await self.reload_files()
         finally:
             await self.job_registry.close()
+
+    async def refresh_metrics(self) -> None:
+        """Before /metrics is scraped: values read from elsewhere (the fleet's queue depths)."""
+        await self.attempts.refresh_metrics()
 
     def callback_token(self, run_id: str) -> str:
         return self.tokens.token(run_id)

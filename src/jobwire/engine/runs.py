@@ -15,6 +15,7 @@ from jobwire.config import Settings
 from jobwire.engine.committer import Committer
 from jobwire.engine.dispatch import Attempts
 from jobwire.engine.errors import Conflict, Forbidden, RunNotFound
+from jobwire.engine.launcher import Launcher
 from jobwire.engine.metrics import Metrics
 from jobwire.engine.policies import Slots
 from jobwire.engine.runlogs import RunLogs
@@ -40,6 +41,7 @@ class RunStates:
         metrics: Metrics,
         tokens: CallbackTokens,
         touched: set[str],
+        launcher: type[Attempts] = Attempts,
     ) -> None:
         self.store = store
         self.jobs = jobs
@@ -60,7 +62,8 @@ class RunStates:
         """Set when the engine stops: a freed slot no longer starts a waiting run."""
         self.chain: Callable[[Run], None] | None = None
         """Called with each run that ended, before its bookkeeping (`EventIntake.chain`)."""
-        self.attempts = Attempts(self, settings, jobs, targets, committer, logs, metrics, tokens)
+        self.attempts: Launcher = launcher(self, settings, jobs, targets, committer, logs, metrics, tokens)
+        """The launch seam (`launcher.Launcher`): in process, or the runner fleet."""
 
     # ------------------------------------------------------------------ state changes
     def publish(self, run: Run, block: Any = None) -> None:
