@@ -106,10 +106,17 @@ class Link:
             raise ConnectionError(f"publish to {where} not confirmed: {exc}") from None
 
     async def consume(
-        self, queue: str, prefetch: int, on_message: Callable[[Delivery], Awaitable[None] | None]
+        self,
+        queue: str,
+        prefetch: int,
+        on_message: Callable[[Delivery], Awaitable[None] | None],
+        stop: asyncio.Event | None = None,
+        drain: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Consume `queue` with `prefetch` messages unacknowledged at most, calling `on_message`
-        for each, until the connection is lost (then raise ConnectionError) or the task is cancelled."""
+        for each, until the connection is lost (then raise ConnectionError) or the task is cancelled.
+        When `stop` is set: no more deliveries (basic.cancel), `drain()` is awaited with the channel
+        still open (so what is in progress can be acknowledged), then return."""
         await self._channel()
         assert self._conn is not None
         conn = self._conn
@@ -131,9 +138,21 @@ class Link:
                 if result is not None:
                     await result
 
-            await q.consume(deliver)
+            tag = await q.consume(deliver)
             channel.close_callbacks.add(on_close)
-            await closed.wait()
+            waits = {asyncio.ensure_future(closed.wait())}
+            if stop is not None:
+                waits.add(asyncio.ensure_future(stop.wait()))
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            if stop is not None and stop.is_set() and not closed.is_set():
+                await q.cancel(tag)
+                if drain is not None:
+                    await drain()
+                return
             raise ConnectionError(f"connection to {self.where} closed: {why[-1] if why else ''}")
         finally:
             with contextlib.suppress(Exception):
