@@ -20,6 +20,7 @@ from tests.support.server import Server, free_port
 @dataclass(frozen=True, slots=True)
 class Hit:
     key: str
+    path: str
     attempt: str
     peer_port: int
     at: float
@@ -27,10 +28,12 @@ class Hit:
 
 class KeyServer:
     """A keep-alive HTTP/1.1 server recording each request's `Idempotency-Key`; every answer is 200
-    after `delay` seconds (so calls are in flight long enough to be killed under)."""
+    after `delay` seconds (so calls are in flight long enough to be killed under), or after
+    `slow_delay` for a path under /slow (longer than a job's timeout)."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, slow_delay: float = 5.0) -> None:
         self.delay = delay
+        self.slow_delay = slow_delay
         self.hits: list[Hit] = []
         self._lock = threading.Lock()
         outer = self
@@ -44,14 +47,16 @@ class KeyServer:
                     self.rfile.read(n)
                 hit = Hit(
                     self.headers.get("Idempotency-Key", ""),
+                    self.path,
                     self.headers.get("Jobwire-Attempt", ""),
                     int(self.client_address[1]),
                     time.monotonic(),
                 )
                 with outer._lock:
                     outer.hits.append(hit)
-                if outer.delay:
-                    time.sleep(outer.delay)  # the server's own work, not test synchronisation
+                delay = outer.slow_delay if self.path.startswith("/slow") else outer.delay
+                if delay:
+                    time.sleep(delay)  # the server's own work, not test synchronisation
                 self.send_response(200)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
