@@ -174,6 +174,7 @@ def _scheduler_kill9(tmp_path: Path, vhost: RabbitVhost, n: int) -> None:
                     sched.kill9()
             assert n // 3 <= len(before) < n
             with scheduler(tmp_path / "s", jobs, vhost.url, port=sched.port) as again:
+                assert "resuming run" in again.output(), "runs were in flight when the scheduler died"
                 after = asyncio.run(fire(again.url, keys))
                 assert len(after) == n, "every replayed request is answered"
                 for key, run_id in before.items():
