@@ -8,15 +8,17 @@ the same retry, backoff and bookkeeping (`Attempts._finish`).
 
 Ack order, and why nothing is lost or doubled:
 1. the run is committed (pending) before it is handed over, as always;
-2. its work message is published; once RabbitMQ confirms it, a `+<attempt>` line goes into the launch
-   journal: "this attempt is in the broker" (its work message, or, once a runner took it, its result);
+2. a `+<attempt>` line goes into the launch journal ("it may be in the broker from now on"), its work
+   message is published, and once RabbitMQ confirms it, a `+<attempt>@` line: "it is in the broker"
+   (its work message, or, once a runner took it, its result);
 3. a runner acks the work message only after RabbitMQ confirmed its outcome on the results queue;
 4. the scheduler acks a result only after the state change it made is committed; a result for a run
    that already ended (a redelivery) changes nothing.
-After a crash of the scheduler: a running run, or a pending one whose attempt is in the journal, is
-not published again (its message or its result is in the broker); a pending one that is not is
-published once the results waiting from before the crash have been applied (so a run that had
-ended meanwhile is not sent twice).
+After a crash of the scheduler: a running run, or a pending one confirmed in the journal, is not
+published again (its message or its result is in the broker); a pending one never marked was never
+published: it is published at once; one marked but not confirmed (the crash fell between the publish
+and its confirm) is published again, flagged resumed, only once the results waiting from before the
+crash have been applied — so one that had run meanwhile is not sent twice.
 """
 
 from __future__ import annotations
@@ -69,6 +71,12 @@ def work_message(run: Run, job: Job, name: str, resumed: bool, callback_url: str
         "callback_token": token,
     }
     return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _confirmed(name: str) -> str:
+    """The journal's line for "RabbitMQ confirmed this attempt's work message" (`<name>` alone:
+    it may have been published, the confirm was not seen)."""
+    return f"{name}@"
 
 
 class FleetAttempts(Attempts):
@@ -155,9 +163,10 @@ class FleetAttempts(Attempts):
             return
         self._outstanding[run.id] = (run, job, received_at)
         self.m_outstanding.set(len(self._outstanding))
-        if resumed and (run.state == RunState.running or self.was_launched(run)):
+        name = self._name(run.id, run.attempt)
+        if resumed and (run.state == RunState.running or _confirmed(name) in self.journal):
             return  # in the broker already: its work message, or its result
-        if self._recovering:
+        if resumed and self._recovering:  # maybe in the broker: decided once older results are in
             self._deferred.append(run.id)
             return
         self._queue(run, job, resumed)
@@ -168,6 +177,7 @@ class FleetAttempts(Attempts):
             run, job, name, resumed, f"{self.settings.effective_public_url}/api/v1/runs/{run.id}/callback",
             self.tokens.token(run.id),
         )
+        self.journal.mark(name)  # may be in the broker from now on
         self._to_publish.append((run.id, name, run.attempt, body))
         self._wake.set()
 
@@ -189,8 +199,12 @@ class FleetAttempts(Attempts):
                 del self._to_publish[: len(batch)]
                 for rid, name, n, _ in batch:
                     if self._in_flight(rid, n):  # not when its outcome came back already
-                        self.journal.mark(name)
+                        self.journal.mark(_confirmed(name))
                 self.m_published.inc(len(live))
+
+    def forget(self, run_id: str, attempts: int = 1) -> None:
+        names = [self._name(run_id, n) for n in range(1, attempts + 1)]
+        self.journal.forget([*names, *(_confirmed(n) for n in names)])
 
     async def cancel(self, run: Run, reason: str) -> bool:
         """A run in the fleet is recorded cancelled here at once; what its runner reports later is
