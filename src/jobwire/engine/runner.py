@@ -18,7 +18,6 @@ import base64
 import json
 import os
 import socket
-from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -114,8 +113,7 @@ class Runner:
         self._inflight: dict[str, list[Any]] = {}
         """Attempt name → its deliveries (a second copy of a message waits for the first's end)."""
         self._tasks: set[asyncio.Task[None]] = set()
-        self._outbox: list[tuple[str, bytes, asyncio.Future[None] | None]] = []
-        self._wake = asyncio.Event()
+        self._sending: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._ready = False
         r = self.registry
@@ -144,7 +142,6 @@ class Runner:
             await target.start()
         self.link = link_for(broker_url(), self.settings.work_queue, self.settings.results_queue)
         await self.link.open()  # fail at start, with the reason, when the broker is unreachable
-        self.supervisor.loop("jobwire-runner-results", self._publish_loop, critical=True)
         self.supervisor.loop("jobwire-runner-work", self._consume, critical=True)
         self._ready = True
         log.info("runner started", runner=self.runner_id, slots=self.slots, queue=self.settings.work_queue)
@@ -238,42 +235,21 @@ class Runner:
 
     # ------------------------------------------------------------------ results out
     def send(self, message_id: str, body: bytes) -> None:
-        """Publish a result soon (state changes: not waited for)."""
-        self._outbox.append((message_id, body, None))
-        self._wake.set()
+        """Publish a result now, not waiting for its confirm (a state change: the outcome, which
+        is waited for, carries what matters of it — its start time — again)."""
+        task = asyncio.create_task(self._publish_quietly(message_id, body))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _publish_quietly(self, message_id: str, body: bytes) -> None:
+        try:
+            await self.link.publish(self.settings.results_queue, [(message_id, body)])
+        except ConnectionError as exc:
+            log.warning("runner: a state change was not published", message_id=message_id, error=str(exc))
 
     async def send_confirmed(self, message_id: str, body: bytes) -> None:
-        """Publish a result; returns once RabbitMQ confirmed it."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._outbox.append((message_id, body, fut))
-        self._wake.set()
-        await fut
-
-    async def _publish_loop(self) -> None:
-        if self._outbox:
-            self._wake.set()
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._outbox:
-                batch, self._outbox = self._outbox[:500], self._outbox[500:]
-                try:
-                    await self.link.publish(self.settings.results_queue, [(m, b) for m, b, _ in batch])
-                except BaseException as exc:
-                    _fail(batch, exc)
-                    raise
-                _resolve(batch, lambda f: f.set_result(None))
-
-
-def _resolve(batch: list[tuple[str, bytes, asyncio.Future[None] | None]], how: Callable[[Any], None]) -> None:
-    for _, _, fut in batch:
-        if fut is not None and not fut.done():
-            how(fut)
-
-
-def _fail(batch: list[tuple[str, bytes, asyncio.Future[None] | None]], exc: BaseException) -> None:
-    error = exc if isinstance(exc, Exception) else ConnectionError("runner stopping")
-    _resolve(batch, lambda f: f.set_exception(error))
+        """Publish a result; returns once RabbitMQ confirmed it (raises ConnectionError if not)."""
+        await self.link.publish(self.settings.results_queue, [(message_id, body)])
 
 
 __all__ = ["Runner", "RunnerContext"]
