@@ -60,13 +60,29 @@ def link_for(url: str, work_queue: str, results_queue: str) -> Any:
     return module.connect(url, work_queue, results_queue)
 
 
+_JOB_DOCS: dict[int, tuple[Job, dict[str, Any]]] = {}
+"""The runner's part of each job definition, by object: definitions are immutable, so it is dumped
+once per definition, not once per run (the definition is kept, so its id is not reused)."""
+
+
+def _job_doc(job: Job) -> dict[str, Any]:
+    hit = _JOB_DOCS.get(id(job))
+    if hit is not None and hit[0] is job:
+        return hit[1]
+    if len(_JOB_DOCS) > 20_000:
+        _JOB_DOCS.clear()
+    doc = job.model_dump(mode="json", include=JOB_FIELDS)
+    _JOB_DOCS[id(job)] = (job, doc)
+    return doc
+
+
 def work_message(run: Run, job: Job, name: str, resumed: bool, callback_url: str, token: str) -> bytes:
     doc = {
         "v": 1,
         "name": name,
         "resumed": resumed,
         "run": run.model_dump(mode="json", exclude={"history"}),
-        "job": job.model_dump(mode="json", include=JOB_FIELDS),
+        "job": _job_doc(job),
         "callback_url": callback_url,
         "callback_token": token,
     }
@@ -135,6 +151,8 @@ class FleetAttempts(Attempts):
         self._recovered.set()
 
     async def refresh_metrics(self) -> None:
+        if self.link is None:
+            return
         for queue in self.queues:
             try:
                 ready, consumers = await self.link.depth(queue)

@@ -211,8 +211,13 @@ class Runner:
         return job
 
     async def _run(self, delivery: Any) -> None:
-        work = json.loads(delivery.body)
-        name = str(work["name"])
+        try:
+            work = json.loads(delivery.body)
+            name = str(work["name"])
+        except (ValueError, KeyError, TypeError) as exc:  # not from a scheduler: nothing to run
+            log.error("runner: malformed work message dropped", error=str(exc))
+            await delivery.ack()
+            return
         if delivery.redelivered:
             self.m_redelivered.inc()
         copies = self._inflight.get(name)
