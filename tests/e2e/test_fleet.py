@@ -197,3 +197,36 @@ def test_scheduler_kill9_during_burst(tmp_path: Path, vhost: RabbitVhost) -> Non
 @pytest.mark.slow
 def test_scheduler_kill9_during_burst_2000(tmp_path: Path, vhost: RabbitVhost) -> None:
     _scheduler_kill9(tmp_path, vhost, 2000)
+
+
+def test_runners_added_and_removed_during_a_burst(tmp_path: Path, vhost: RabbitVhost) -> None:
+    """A runner stopped with SIGTERM mid-burst finishes what it holds and hands back nothing twice;
+    one started mid-burst takes its share: every run ends once, no call is made twice."""
+    n = 400
+    with KeyServer(delay=0.05) as hook:
+        sched = scheduler(tmp_path / "s", jobs_file(tmp_path, hook.url), vhost.url)
+        # the one that stays is slow (2 slots: 40 calls/s), so work is left when the new one is up
+        leaving, staying = runner(tmp_path / "r1", vhost.url), runner(tmp_path / "r2", vhost.url, slots=2)
+        joining = runner(tmp_path / "r3", vhost.url)
+        with staying, sched:
+            leaving.start()
+            acked: dict[str, str] = {}
+            burst = threading.Thread(
+                target=lambda: acked.update(asyncio.run(fire(sched.url, [f"k{i}" for i in range(n)])))
+            )
+            burst.start()
+            try:
+                eventually_sync(lambda: len(hook.keys()) >= n // 4, timeout=60, what="a quarter called")
+                assert leaving.stop() == 0, leaving.output()[-2000:]
+                joining.start()
+                burst.join()
+                runs = all_ended(sched, n)
+                assert metric(joining.url, "jobwire_runner_runs_total") > 0, "the new runner took work"
+            finally:
+                burst.join()
+                joining.stop()
+                leaving.stop()
+            assert len(acked) == n and {str(r["id"]) for r in runs} == set(acked.values())
+            assert {r["state"] for r in runs} == {"succeeded"}
+            seen = collections.Counter(hook.keys())
+            assert set(seen) == set(acked.values()) and max(seen.values()) == 1
