@@ -252,8 +252,10 @@ class SqsHarness:
 
     async def drop_connections(self) -> None:
         self.proxy.cut()  # every connection closed; new ones refused until enough retries failed
-        # past every retry of the two pollers (3 attempts each) and of a restart's first call
-        await eventually(lambda: self.proxy.refused >= 10, 60, "jobwire to find SQS unreachable and restart")
+        # past every retry of the calls in flight — two pollers' receives, the deletes or visibility
+        # changes of up to two more batches (pipelined), the backlog reader: 5 × 3 attempts — and
+        # of a restart's first call
+        await eventually(lambda: self.proxy.refused >= 20, 60, "jobwire to find SQS unreachable and restart")
         self.proxy.mend()
 
 

@@ -737,6 +737,16 @@ async def test_prune_jobs_never_deletes_active_runs(store: Store) -> None:
     assert {r.state for r in left} == {RunState.queued, RunState.pending, RunState.running}
 
 
+@pytest.fixture
+async def store_pair(make_store: MakeStore) -> AsyncIterator[tuple[Store, Store]]:
+    """Two stores kept for all of a property test's examples (a fresh PostgreSQL database costs ~1 s)."""
+    async with make_store() as a, make_store() as b:
+        yield a, b
+
+
+_examples = itertools.count()
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     rows=st.lists(
@@ -751,14 +761,20 @@ async def test_prune_jobs_never_deletes_active_runs(store: Store) -> None:
     rules=st.dictionaries(st.sampled_from("abcx"), st.tuples(st.integers(0, 4), st.integers(0, 10))),
 )
 async def test_prune_jobs_equals_prune_per_job(
-    make_store: MakeStore,
+    store_pair: tuple[Store, Store],
     rows: list[tuple[str, int, RunState, str]],
     rules: dict[str, tuple[int, int]],
 ) -> None:
-    """Whatever the data: one prune_jobs call leaves what `prune` job by job leaves, and says so."""
+    """Whatever the data: one prune_jobs call leaves what `prune` job by job leaves, and says so.
+
+    Both stores live across the examples; each example's jobs have names of their own, so an example
+    sees only its own rows in what a prune returns, and the two stores stay equal throughout."""
+    one_by_one, batched = store_pair
+    ex = f"e{next(_examples)}-"
     batch: list[Intake] = []
     keys: dict[str, list[str]] = {}
-    for j, minute, state, kind in rows:
+    for j0, minute, state, kind in rows:
+        j = ex + j0
         at = T0 + timedelta(minutes=minute)
         if kind == "dup" and keys.get(j):
             batch.append(intake(j, key=keys[j][minute % len(keys[j])], at=at))
@@ -771,19 +787,18 @@ async def test_prune_jobs_equals_prune_per_job(
             batch.append(intake(j, at=at, state=state))
         if batch[-1].run is not None:
             keys.setdefault(j, []).append(batch[-1].run.key)
-    prune_rules = [PruneRule(j, keep, T0 + timedelta(minutes=m)) for j, (keep, m) in rules.items()]
-    async with make_store() as one_by_one, make_store() as batched:
-        for store in (one_by_one, batched):
-            for intk in batch:  # one by one: duplicates are duplicates of earlier batches' runs
-                await store.record([intk])
-        want = PruneResult()
-        for rule in prune_rules:
-            res = await one_by_one.prune(*rule)
-            want.runs += res.runs
-            want.events += res.events
-        want.runs.sort()
-        assert await batched.prune_jobs(prune_rules) == want
-        assert await snapshot(batched) == await snapshot(one_by_one)
+    prune_rules = [PruneRule(ex + j, keep, T0 + timedelta(minutes=m)) for j, (keep, m) in rules.items()]
+    for store in (one_by_one, batched):
+        for intk in batch:  # one by one: duplicates are duplicates of earlier batches' runs
+            await store.record([intk])
+    want = PruneResult()
+    for rule in prune_rules:
+        res = await one_by_one.prune(*rule)
+        want.runs += res.runs
+        want.events += res.events
+    want.runs.sort()
+    assert await batched.prune_jobs(prune_rules) == want
+    assert await snapshot(batched) == await snapshot(one_by_one)
 
 
 # --------------------------------------------------------------------------- SQLite only

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from jobwire.sources.base import Binding
-from jobwire.sources.sqs.source import REASON_ATTRIBUTE, SqsSource, build
+from jobwire.sources.sqs.source import DEPTH, REASON_ATTRIBUTE, SqsSource, build
 from jobwire.sources.sqs.spec import PLUG, SqsSettings, SqsTrigger, dead_letter_name
 from tests.support.aws import aws_env, moto, unique_name  # noqa: F401 - fixtures
 from tests.support.awsio import client, queue_url, visible_and_hidden
@@ -81,6 +81,36 @@ async def test_a_batch_of_ten_is_one_submit(sqs: Any) -> None:
     assert len(intake.calls) == 1, "ten messages waiting are one ReceiveMessage and one submit"
 
 
+async def test_the_next_batch_is_received_while_one_is_being_recorded_and_in_flight_is_bounded(
+    sqs: Any,
+) -> None:
+    """Pipelined: one poller hands a batch in and receives the next before that submit returned;
+    at most DEPTH (2) batches per poller are received and not deleted — a third message waits on
+    the queue until one of them is deleted. Nothing is deleted before its submit returned."""
+    queue = unique_name("sqs")
+    source, intake = source_for(queue, pollers=1), FakeIntake()
+    intake.hold()
+    async with running(source, intake):
+        url = await queue_url(sqs, queue)
+        await sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"n": "a"}))
+        await eventually(lambda: len(intake.calls) == 1, 10, "the first submit")
+        await sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"n": "b"}))
+        await eventually(lambda: len(intake.calls) == 2, 10, "the second batch handed in while the first is held")
+        assert intake.returned == 0
+        assert source.in_flight == DEPTH, "two batches held: the poller waits for a slot, it is not receiving"
+        await sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"n": "c"}))
+        assert await visible_and_hidden(sqs, url) == (1, 2), "a and b received and not deleted; c not received"
+        assert len(intake.calls) == 2 and source.in_flight == DEPTH
+        intake.release()
+
+        async def gone() -> bool:
+            return await visible_and_hidden(sqs, url) == (0, 0)
+
+        await eventually(gone, 15, "all three recorded and deleted")
+    assert [i.payload["n"] for i in intake.incomings] == ["a", "b", "c"]  # type: ignore[index]
+    assert intake.returned == 3
+
+
 async def test_poison_goes_to_the_dead_letter_queue_with_its_reason(sqs: Any) -> None:
     queue = unique_name("sqs")
     source, intake = source_for(queue), FakeIntake()
@@ -129,6 +159,31 @@ async def test_not_recorded_is_not_deleted_and_comes_back(sqs: Any) -> None:
             return await visible_and_hidden(sqs, url) == (0, 0)
 
         await eventually(gone, 10, "the message to be deleted")
+
+
+async def test_a_message_never_recorded_is_moved_to_the_dead_letter_queue_by_the_redrive_policy(
+    sqs: Any,
+) -> None:
+    """The redrive policy jobwire sets: a message that keeps coming back unrecorded (here the store
+    cannot write) is moved to `<queue>-dlq` by SQS itself after `max_receive_count` receives —
+    never deleted by jobwire, never received for ever."""
+    queue = unique_name("sqs")
+    source, intake = source_for(queue, visibility_timeout=1, max_receive_count=2), FakeIntake()
+    intake.unavailable = True
+    async with running(source, intake):
+        url = await queue_url(sqs, queue)
+        dlq = await queue_url(sqs, dead_letter_name(queue))
+        await sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"n": "stuck"}))
+
+        async def moved() -> list[dict[str, Any]]:
+            got = await sqs.receive_message(QueueUrl=dlq, MessageAttributeNames=["All"])
+            return got.get("Messages") or []
+
+        [dead] = await eventually(moved, 30, "SQS to move the message to the dead-letter queue")
+        assert await visible_and_hidden(sqs, url) == (0, 0)
+    assert dead["Body"] == json.dumps({"n": "stuck"})
+    assert REASON_ATTRIBUTE not in (dead.get("MessageAttributes") or {}), "moved by SQS, not sent by jobwire"
+    assert len(intake.calls) == 2 and intake.returned == 0 and source.health.dead_lettered == 0
 
 
 async def test_visibility_is_extended_while_a_submit_is_slow(sqs: Any) -> None:

@@ -36,8 +36,26 @@ def spot_env(aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[s
     return {**aws_env, **SPOT_ENV}
 
 
+_moto_ec2_ready: set[str] = set()
+
+
+async def warm_moto_ec2(endpoint: str) -> None:
+    """moto builds its EC2 backend (images, instance types) on the first EC2 call, which takes
+    seconds on a loaded machine: longer than the short timeouts some tests give a run. Done once
+    per moto server, before the engine starts."""
+    if endpoint in _moto_ec2_ready:
+        return
+    ec2 = Ec2(None, None)
+    try:
+        await ec2.describe_instances()
+    finally:
+        await ec2.close()
+    _moto_ec2_ready.add(endpoint)
+
+
 @pytest.fixture
 async def engine(spot_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Engine]:
+    await warm_moto_ec2(spot_env.get("AWS_ENDPOINT_URL", ""))
     eng = Engine(Settings(_env_file=None, data_dir=tmp_path / "data", shutdown_grace=timedelta(seconds=2)))
     await eng.start()
     yield eng

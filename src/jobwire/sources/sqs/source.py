@@ -4,14 +4,18 @@ it is committed (aiobotocore; the `aws` pip extra).
 `QueueSource` is the receive loop, shared with the `s3` kind: `pollers` concurrent long polls
 (`ReceiveMessage`, up to 10 messages, `WaitTimeSeconds` 20); each batch's events go to the engine
 in ONE `submit` call (one group commit) and the batch is removed with one `DeleteMessageBatch`
-only after that call returned. While a submit is slow, the batch's visibility is extended
-(`ChangeMessageVisibilityBatch`) so SQS does not hand it to someone else. A message that cannot
-become a run is recorded `invalid` by the engine, sent to the queue's dead-letter queue with the
-reason in the `jobwire-reason` message attribute, then deleted — never received for ever. When the
-engine cannot record (`IntakeUnavailable`), nothing is deleted: the visibility timeout brings the
-messages back (and the loop backs off). Any AWS or connection error raises: the engine's
-supervisor restarts the source with backoff; what was not deleted comes back, and a redelivery of
-a recorded message is a `duplicate`, not a second run.
+only after that call returned. **Pipelined**: a poller hands its batch to a task (submit, dead
+letters, delete) and receives the next batch at once, so a receive overlaps the previous batch's
+commit and delete; at most `2 × pollers` batches are received and not yet deleted (receives in
+progress included) — in flight, at most `2 × pollers × batch_size` messages. While a submit is
+slow, the batch's visibility is extended (`ChangeMessageVisibilityBatch`) so SQS does not hand it
+to someone else. A message that cannot become a run is recorded `invalid` by the engine, sent to
+the queue's dead-letter queue with the reason in the `jobwire-reason` message attribute, then
+deleted — never received for ever. When the engine cannot record (`IntakeUnavailable`), nothing is
+deleted: the visibility timeout brings the messages back, and every poller waits (0.5 s doubling
+to 30 s) before receiving again. Any AWS or connection error raises: the engine's supervisor
+restarts the source with backoff; what was not deleted comes back, and a redelivery of a recorded
+message is a `duplicate`, not a second run.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ JOB_FIELDS = ("job", "name")
 """Body fields naming the job on a shared intake queue: `job`, or seed 000's `name`."""
 MAX_BODY = 1 << 20
 REASON_ATTRIBUTE = "jobwire-reason"
+DEPTH = 2
+"""Batches per poller received and not yet deleted, the receive in progress included: a poller
+receives its next batch while its previous one is committed and deleted."""
 
 
 class QueueSource(Source):
@@ -73,6 +80,10 @@ class QueueSource(Source):
         self.sqs: Any = None
         self.health.target = f"sqs queue {queue_name_of(queue)}"
         self._backoff = 0.0
+        self._resume_at = 0.0
+        """Event-loop time before which no poller receives (the intake was unavailable)."""
+        self.in_flight = 0
+        """Batches received (or being received) and not yet deleted: at most `DEPTH × pollers`."""
         self.extensions = 0
         """How many times a batch's visibility was extended (a slow submit)."""
 
@@ -94,14 +105,17 @@ class QueueSource(Source):
     async def run(self, intake: Intake) -> None:
         try:
             async with contextlib.AsyncExitStack() as stack:
-                self.sqs = await stack.enter_async_context(aws.client("sqs", self.endpoint_url, self.region))
+                self.sqs = await stack.enter_async_context(
+                    aws.client("sqs", self.endpoint_url, self.region, pool=self.connections, validate=False)
+                )
                 await self.bootstrap(stack)
                 self.health.target = f"sqs {self.url}"
                 self.health.up()
                 log.info("sqs source consuming", source=self.name, queue=self.url, dead_letter=self.dead_url)
                 async with asyncio.TaskGroup() as group:
+                    slots = asyncio.Semaphore(DEPTH * self.pollers)
                     for _ in range(self.pollers):
-                        group.create_task(self._poll(intake))
+                        group.create_task(self._poll(intake, group, slots))
                     group.create_task(self._watch_backlog())
         except BaseException as exc:
             if isinstance(exc, BaseExceptionGroup):
@@ -113,19 +127,52 @@ class QueueSource(Source):
         finally:
             self.health.connected = False
 
-    async def _poll(self, intake: Intake) -> None:
+    @property
+    def connections(self) -> int:
+        """The client's connection pool: one per slot (a long poll holds its connection for up to
+        `wait_time`; a delete must never queue behind one), the backlog reader, one spare."""
+        return DEPTH * self.pollers + 2
+
+    async def _poll(self, intake: Intake, group: asyncio.TaskGroup, slots: asyncio.Semaphore) -> None:
+        """Receive a batch, hand it to a task of `group`, receive the next: each batch holds a slot
+        from its receive until it is deleted (or left on the queue)."""
+        loop = asyncio.get_running_loop()
         while True:
-            got = await self.sqs.receive_message(
-                QueueUrl=self.url,
-                MaxNumberOfMessages=self.batch_size,
-                WaitTimeSeconds=self.wait_time,
-                VisibilityTimeout=self.visibility_timeout,
-                MessageAttributeNames=["All"],
-                MessageSystemAttributeNames=["All"],
-            )
-            messages: list[dict[str, Any]] = got.get("Messages") or []
-            if messages:
-                await self.handle(messages, intake)
+            await slots.acquire()
+            self.in_flight += 1
+            handed = False
+            try:
+                wait = self._resume_at - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue  # and look again: a batch that failed meanwhile may have moved it
+                got = await self.sqs.receive_message(
+                    QueueUrl=self.url,
+                    MaxNumberOfMessages=self.batch_size,
+                    WaitTimeSeconds=self.wait_time,
+                    VisibilityTimeout=self.visibility_timeout,
+                    MessageAttributeNames=["All"],
+                    MessageSystemAttributeNames=["All"],
+                )
+                messages: list[dict[str, Any]] = got.get("Messages") or []
+                if messages:
+                    group.create_task(self._handle_in_slot(messages, intake, slots))
+                    handed = True
+            finally:
+                if not handed:
+                    self._free(slots)
+
+    async def _handle_in_slot(
+        self, messages: list[dict[str, Any]], intake: Intake, slots: asyncio.Semaphore
+    ) -> None:
+        try:
+            await self.handle(messages, intake)
+        finally:
+            self._free(slots)
+
+    def _free(self, slots: asyncio.Semaphore) -> None:
+        self.in_flight -= 1
+        slots.release()
 
     async def _watch_backlog(self) -> None:
         while True:
@@ -149,16 +196,19 @@ class QueueSource(Source):
             try:
                 admissions = await intake.submit(events)
             except IntakeUnavailable as exc:
-                # not recorded: not deleted; the visibility timeout brings the batch back
-                self._backoff = min(max(self._backoff * 2, 0.5), 30.0)
+                # not recorded: not deleted; the visibility timeout brings the batch back, and no
+                # poller receives before the backoff is over (batches failing together double it once)
+                now = asyncio.get_running_loop().time()
+                if now >= self._resume_at:
+                    self._backoff = min(max(self._backoff * 2, 0.5), 30.0)
+                    self._resume_at = now + self._backoff
                 log.warning(
                     "sqs batch not recorded; left on the queue",
                     source=self.name,
                     messages=len(messages),
                     error=str(exc),
-                    retry_in=self._backoff,
+                    retry_in=round(self._resume_at - now, 3),
                 )
-                await asyncio.sleep(self._backoff)
                 return
             finally:
                 keeper.cancel()

@@ -66,7 +66,9 @@ class SqsTrigger(_Trigger):
     visibility_timeout: int = Field(default=30, ge=1, le=43_200)
     """Seconds a received message stays hidden; extended while its runs are being recorded."""
     pollers: int = Field(default=2, ge=1, le=16)
-    """Concurrent ReceiveMessage loops: at most `pollers × batch_size` messages in flight."""
+    """Concurrent ReceiveMessage loops. Each receives its next batch while its previous one is
+    committed and deleted: at most `2 × pollers × batch_size` messages in flight (received, not
+    yet deleted)."""
     create: bool = True
     """Create the queue (and its dead-letter queue, with the redrive policy) if missing."""
     max_receive_count: int = Field(default=10, ge=1, le=1000)
