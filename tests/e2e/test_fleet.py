@@ -162,7 +162,8 @@ def test_runner_kill9_during_burst_2000(tmp_path: Path, vhost: RabbitVhost) -> N
 
 def _scheduler_kill9(tmp_path: Path, vhost: RabbitVhost, n: int) -> None:
     keys = [f"k{i}" for i in range(n)]
-    with KeyServer(delay=0.005) as hook:
+    # calls of 0.2 s (32 slots: 160 runs/s), so runs are still in flight when the scheduler dies
+    with KeyServer(delay=0.2) as hook:
         jobs = jobs_file(tmp_path, hook.url)
         r1, r2 = runner(tmp_path / "r1", vhost.url), runner(tmp_path / "r2", vhost.url)
         with r1, r2:
