@@ -2,16 +2,21 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+WHEELHOUSE := $(VENV)/wheelhouse
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_WORKERS ?= 2
 
-.PHONY: install run test lint services bench soak chaos clean lock
+.PHONY: install run test lint services browser screenshots bench soak chaos clean lock
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "jobwire needs Python >= 3.11 (set PY=python3.11)")'
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev]'
+	@# the wheels of jobwire's runtime dependencies (every extra) and its build backend: the
+	@# packaging tests install the wheel into fresh venvs from here, offline (tests/packaging/)
+	rm -rf $(WHEELHOUSE)
+	$(BIN)/python -m pip download -q -d $(WHEELHOUSE) -c requirements.lock '.[all]' 'setuptools>=77'
 	@rm -f $(VENV)/.installed-*
 	@touch $(STAMP)
 
@@ -23,12 +28,20 @@ run: install
 services:
 	@bash scripts/services.sh
 
+# Debian's chromium and axe-core (npm, pinned) for tests/browser/
+browser:
+	@bash scripts/browser.sh
+
+# the dashboard's screenshots in docs/img/ (a real `jobwire serve` with demo jobs, headless chromium)
+screenshots: install browser
+	$(BIN)/python scripts/screenshots.py
+
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy --strict src/jobwire
 	$(BIN)/lint-imports
 
-test: install services lint
+test: install services browser lint
 	$(BIN)/pytest -n $(PYTEST_WORKERS) -q -p no:cacheprovider --durations=10 -m "not slow"
 	$(BIN)/pytest -q -p no:cacheprovider -m slow
 
@@ -43,4 +56,4 @@ lock:
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^jobwire' > requirements.lock
 
 clean:
-	rm -rf .jobwire .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .jobwire .pytest_cache .mypy_cache .ruff_cache .browser

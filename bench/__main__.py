@@ -23,7 +23,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench.bench_core import REPO, SECTIONS, Row, clean_env, loadavg
+from bench.bench_core import REPO, Row, clean_env, loadavg
+from bench.bench_core import SECTIONS as CORE_SECTIONS
+from bench.bench_e2e import E2E_SECTIONS
+
+SECTIONS = {**CORE_SECTIONS, **E2E_SECTIONS}
+"""Every section; the end-to-end ones (bench/bench_e2e.py) run as `python -m bench.bench_e2e`."""
 
 DEFINITIONS = """\
 Definitions: "started" = the run's recorded started_at (engine wall clock when Popen (vfork + exec) returned the
@@ -45,7 +50,8 @@ def run_section(name: str, quick: bool) -> dict[str, Any]:
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="jobwire-bench-out-") as tmp:
         out = Path(tmp) / "rows.json"
-        cmd = [sys.executable, "-m", "bench.bench_core", name, "--out", str(out)] + (
+        module = "bench.bench_e2e" if name in E2E_SECTIONS else "bench.bench_core"
+        cmd = [sys.executable, "-m", module, name, "--out", str(out)] + (
             ["--quick"] if quick else []
         )
         try:
@@ -82,6 +88,31 @@ def run_kube() -> dict[str, Any] | None:
         return {
             "section": "kube",
             "rows": [Row("bench_kube.run()", f"error: {exc!r}"[:120], "—", False)._asdict()],
+        }
+
+
+def run_replicas(quick: bool) -> dict[str, Any]:
+    """bench/bench_replicas.py: replicas on PostgreSQL (failover, runs recorded with 1 and 3 replicas)."""
+    print("▶ replicas on PostgreSQL (bench/bench_replicas.py)", file=sys.stderr, flush=True)
+    code = (
+        "import json; from bench.bench_replicas import run; "
+        f"print('\\n' + json.dumps([r._asdict() for r in run({quick!r})]))"
+    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=REPO,
+            env=clean_env(),
+            timeout=SCRIPT_TIMEOUT,
+            capture_output=True,
+            text=True,
+        )
+        print(proc.stdout[-3000:], file=sys.stderr, flush=True)
+        return {"section": "replicas", "rows": json.loads(proc.stdout.strip().splitlines()[-1])}
+    except (subprocess.TimeoutExpired, ValueError, IndexError) as exc:
+        return {
+            "section": "replicas",
+            "rows": [Row("bench_replicas.run()", f"error: {exc!r}"[:120], "—", False)._asdict()],
         }
 
 
@@ -123,7 +154,9 @@ def main() -> int:
         "--only", action="append", choices=list(SECTIONS), help="run only this section (repeatable)"
     )
     parser.add_argument(
-        "--no-scripts", action="store_true", help="skip bench_store.py, bench_cron.py, bench_kube.py"
+        "--no-scripts",
+        action="store_true",
+        help="skip bench_store.py, bench_cron.py, bench_kube.py, bench_replicas.py",
     )
     args = parser.parse_args()
 
@@ -135,6 +168,7 @@ def main() -> int:
         kube = run_kube()
         if kube is not None:
             results.append(kube)
+        results.append(run_replicas(args.quick))
         store_args = ["bench/bench_store.py", "--seconds", "0.5" if args.quick else "1.0"]
         scripts["bench/bench_store.py"] = run_script(store_args)
         scripts["bench/bench_cron.py"] = run_script(["bench/bench_cron.py"])

@@ -327,6 +327,9 @@ async def serve_async(settings: Settings) -> int:
     except OSError as exc:  # the data folder cannot be made (read-only, a file in the way, full)
         err.print(Text(f"error: {data_dir_problem(exc, settings.data_dir)}", style="red"))
         return 1
+    except StoreError as exc:  # e.g. a postgresql:// URL without the `postgres` extra
+        err.print(Text(f"error: {exc}", style="red"))
+        return 1
     app = create_app(engine)
     config = uvicorn.Config(
         app,
@@ -552,6 +555,42 @@ def check(
         triggers = [trigger_summary(t) for t in data["triggers"]]
         table.add_row(job.name, "\n".join(triggers) or "-", target_summary(data["target"]))
     out.print(table)
+
+
+@app.command("status")
+def status(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Readiness and the replicas: each one's role, whether it leads (lease token), its last
+    heartbeat (docs/replicas.md). Exit 1 when the server is not ready."""
+    with session(url, token) as c:
+        report = c.readiness()
+    if as_json:
+        emit_json(report)
+        raise typer.Exit(0 if report.get("status") == "ready" else 1)
+    out.print(f"{url}: {report.get('status')}")
+    for problem in report.get("problems") or []:
+        out.print(Text(f"  {problem}", style="red"))
+    me = report.get("replica") or {}
+    if me:
+        lead = f"leader (lease token {me.get('lease_token')})" if me.get("leader") else "follower"
+        leader = me.get("leader_id") or "-"
+        out.print(f"this replica: {me.get('id')} ({me.get('role')}), {lead}; leader: {leader}")
+        table = Table(title="replicas")
+        for col in ("replica", "role", "state", "lease", "host", "pid", "started", "last heartbeat"):
+            table.add_column(col, no_wrap=True)
+        for r in me.get("replicas") or []:
+            leads = r.get("id") == me.get("leader_id")
+            table.add_row(
+                r.get("id", ""),
+                r.get("role", ""),
+                "alive" if r.get("alive") else "dead",
+                "leader" if leads else "-",
+                r.get("host", ""),
+                str(r.get("pid", "")),
+                when(r.get("started_at")),
+                when(r.get("last_heartbeat")),
+            )
+        out.print(table)
+    raise typer.Exit(0 if report.get("status") == "ready" else 1)
 
 
 @app.command("config")

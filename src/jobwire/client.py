@@ -138,6 +138,16 @@ class Client:
             data = resp.json() if "json" in ctype else resp.text
         return Response(resp.status_code, data, dict(resp.headers))
 
+    def readiness(self) -> Any:
+        """`GET /readyz` (outside the API prefix): the document, also when it answers 503."""
+        try:
+            resp = self._http.get("/readyz")
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        if resp.status_code not in (200, 503):
+            raise self._error(resp)
+        return resp.json()
+
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params).data
 

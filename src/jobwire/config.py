@@ -210,9 +210,18 @@ class Settings(BaseSettings):
     """Holds the SQLite file, its lock and the run logs."""
     database_url: str | None = None
     """Default `sqlite:///<data_dir>/jobwire.db`; `memory://` for throwaway runs;
-    `postgresql://user:password@host:5432/db` for PostgreSQL (one jobwire per database for now)."""
+    `postgresql://user:password@host:5432/db` for PostgreSQL (several replicas may share it)."""
     db_pool_size: int = Field(default=10, ge=1, le=1000)
-    """PostgreSQL: connections in the store's pool (plus one held for the single-jobwire lock)."""
+    """PostgreSQL: connections in the store's pool."""
+    replica_id: str | None = Field(default=None, min_length=1, max_length=200)
+    """This replica's id in the store's replica registry; default a fresh uuid at every start."""
+    lease_seconds: float = Field(default=10.0, gt=0, le=3600)
+    """The leader lease (docs/replicas.md): a leader that cannot renew it for this long is replaced;
+    a new leader takes over within it (plus one renewal period)."""
+    lease_renew_seconds: float = Field(default=3.0, gt=0, le=3600)
+    """How often the leader renews its lease and every replica writes its heartbeat."""
+    heartbeat_expiry_seconds: float = Field(default=10.0, gt=0, le=3600)
+    """A replica whose heartbeat is older than this is dead: its active runs are taken over."""
     db_auto_migrate: bool = False
     """PostgreSQL: migrate an outdated schema at start (under an advisory lock) instead of refusing
     to start; otherwise run `jobwire db upgrade` first."""
@@ -251,6 +260,10 @@ class Settings(BaseSettings):
     """Runs a runner executes at once: its prefetch on the work queue."""
     access_log: bool = False
     """One log line per API request; off by default — runs and events are already recorded."""
+    max_running_attempts: int | None = Field(default=None, ge=1)
+    """Attempts of one target kind running at once at most (`JOBWIRE_MAX_RUNNING_ATTEMPTS`); more
+    wait, recorded `pending`, in the launch backlog (`engine/backlog.py`). Lowers a target's own
+    limit (http: 200); None keeps the targets' own limits."""
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=1 << 30)
     """Largest request body the API reads (1 MiB): trigger parameters, webhook payloads and job
     definitions are small; a larger body is answered 413 before it is read, not buffered."""

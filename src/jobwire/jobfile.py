@@ -37,6 +37,7 @@ from pydantic import BaseModel, ValidationError
 
 from jobwire.model import NAME_RE, PARAM_RE, Job
 from jobwire.params import Loc, check_definition
+from jobwire.registry import job_problems
 
 __all__ = [
     "SEED003_JOB_KEYS",
@@ -988,8 +989,9 @@ def check_files(
     paths: list[Path], environ: Mapping[str, str] | None = None
 ) -> tuple[list[Job], list[DefinitionError], list[DefinitionError]]:
     """`check_paths` plus warnings: what loads but will not work as it stands — a webhook trigger
-    whose `secret_env` names a variable unset in `environ` (this process's environment). The file
-    still loads (the variable may be set where and when jobwire serves)."""
+    whose `secret_env` names a variable unset in `environ` (this process's environment), a trigger
+    or target whose pip extra is not installed here. The file still loads (the variable may be
+    set, the extra installed, where and when jobwire serves)."""
     kept, errors, skipped = _load_files(paths)
     errors = _sorted(errors + skipped)  # for `check`, a row that would be skipped is an error
     warnings: list[DefinitionError] = []
@@ -1007,6 +1009,10 @@ def check_files(
                     + unset_secret_text(variable, "this environment"),
                 )
             )
+        for path, problem in job_problems(item.job):  # a pip extra this job needs is not installed
+            where = ".".join(p for p in (base, path) if p)
+            message = f"job {item.job.name!r}: {problem}"
+            warnings.append(DefinitionError(item.source, item.line, where, message))
     return [item.job for item in kept if item.job is not None], errors, warnings
 
 

@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -32,7 +32,7 @@ from jobwire.model import (
     StatusDocument,
     Transition,
 )
-from jobwire.store import EventQuery, Page, PruneResult, Recorded, RunQuery, Store, StoredJob
+from jobwire.store import Activity, EventQuery, Page, PruneResult, Recorded, RunQuery, Store, StoredJob
 
 NOW = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
 V1 = "/api/v1"
@@ -114,6 +114,14 @@ class FakeStore(Store):
 
     async def last_fires(self) -> dict[tuple[str, str], datetime]:
         return {}
+
+    async def last_runs(self, jobs: Sequence[str]) -> dict[str, Run]:
+        return {}
+
+    async def activity(
+        self, since: datetime, bucket: timedelta, buckets: int, events_since: datetime | None = None
+    ) -> Activity:
+        return Activity()
 
     async def prune(self, job: str, keep: int, older_than: datetime) -> PruneResult:
         return PruneResult()
@@ -369,6 +377,7 @@ ROUTES = [
     ("get", "/stream"), ("get", "/metrics"), ("get", "/healthz"), ("get", "/readyz"),
     ("post", "/seed002/schedule"), ("get", "/seed002/list"), ("get", "/seed002/status/{name}"),
     ("post", "/seed002/callback/{name}"),
+    ("get", "/whoami"), ("get", "/dashboard/overview"), ("get", "/dashboard/jobs"), ("get", "/dashboard/jobs/{name}"),
 ]  # fmt: skip
 
 
@@ -395,10 +404,13 @@ def test_every_route_is_in_openapi(client: TestClient) -> None:
     assert "ErrorBody" in spec["components"]["schemas"]
 
 
-def test_docs_and_root_redirect(client: TestClient) -> None:
+def test_docs_and_the_dashboard_at_root(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
     r = client.get("/", follow_redirects=False)
-    assert r.status_code in (302, 307) and r.headers["location"] == "/docs"
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    assert '<script type="module" src="/static/dashboard/js/main.js">' in r.text
+    assert client.get("/static/dashboard/js/main.js").status_code == 200
 
 
 def test_docs_work_offline_from_the_packages_own_assets(secured: tuple[TestClient, FakeEngine]) -> None:

@@ -321,14 +321,18 @@ def test_license_file_matches_pyproject() -> None:
     assert "END OF TERMS AND CONDITIONS" in text and len(text) > 10_000
 
 
-def test_deployment_says_nothing_here_builds_its_image() -> None:
+def test_deployment_says_where_its_image_comes_from() -> None:
+    """The image is built from the repository's Dockerfile and published nowhere: the manifest's
+    comment and the README say so (tests/packaging/test_docker.py tests the Dockerfile)."""
     root = Path(__file__).resolve().parents[2]
     deployment = (root / "deploy" / "kubernetes" / "deployment.yaml").read_text()
     image_line = next(i for i, line in enumerate(deployment.splitlines()) if "image:" in line)
     comment = "\n".join(deployment.splitlines()[image_line - 3 : image_line])
-    assert "Nothing in this repository builds this image" in comment
-    assert not (root / "Dockerfile").exists()  # when one comes, this comment and the README change
-    assert "not built by anything in this repository" in (root / "README.md").read_text()
+    assert "Not published: build it from the repository's Dockerfile" in comment
+    assert (root / "Dockerfile").is_file()
+    readme = (root / "README.md").read_text()
+    assert "not built by anything in this repository" not in readme
+    assert "No image\nis published: build it from the Dockerfile" in readme
 
 
 def test_check_warns_about_webhook_secret_env_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

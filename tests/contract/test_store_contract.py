@@ -416,6 +416,8 @@ async def test_list_runs_filters(store: Store) -> None:
             ],
         ),
         ({"event_id": runs[4].event_id}, [runs[4]]),
+        ({"trigger": "api", "job": "a"}, [r for r in runs if r.job == "a"]),
+        ({"trigger": "cron"}, []),
     ]
     for filters, want in cases:
         for limit in (1, 2, 5, 50):
@@ -489,6 +491,53 @@ async def test_paging_property(
         )
         got = await walk_runs(store, limit, job=job_filter)
         assert [r.id for r in got] == [r.id for r in want]
+
+
+async def test_activity_counts_runs_by_bucket_and_state_and_events_by_source(store: Store) -> None:
+    """The dashboard overview's one read: runs since a time per (bucket, state), events per
+    (source, outcome); what is older than `since` is not counted; a bucket's edge belongs to the
+    later bucket."""
+    states = [RunState.succeeded, RunState.failed, RunState.running, RunState.succeeded]
+    batch: list[Intake] = []
+    for n in range(12):  # one run every 5 minutes from T0 - 10 min: two before the window
+        at = T0 + timedelta(minutes=5 * n - 10)
+        ev = event("a" if n % 2 else "b", at=at)
+        batch.append(Intake(event=ev, run=run_for(ev, state=states[n % len(states)])))
+    webhook = event("a", at=T0 + timedelta(minutes=1), outcome=EventOutcome.paused)
+    webhook = webhook.model_copy(update={"source": "webhook"})
+    batch.append(Intake(event=webhook))
+    batch.append(Intake(event=event("b", at=T0 - timedelta(seconds=1), outcome=EventOutcome.invalid)))
+    await store.record(batch)
+
+    got = await store.activity(T0, timedelta(minutes=15), 3)  # [T0, T0 + 45 min)
+    want: dict[tuple[int, RunState], int] = {}
+    for n in range(2, 11):  # the run at T0 + 45 min is past the last bucket
+        minutes = 5 * n - 10
+        key = (minutes // 15, states[n % len(states)])
+        want[key] = want.get(key, 0) + 1
+    assert [(c.bucket, c.state, c.total) for c in got.runs] == sorted((b, s, c) for (b, s), c in want.items())
+    assert [tuple(c) for c in got.events] == [
+        ("api", EventOutcome.run, 10),
+        ("webhook", EventOutcome.paused, 1),
+    ]
+    recent = await store.activity(T0, timedelta(minutes=15), 3, events_since=T0 + timedelta(minutes=30))
+    assert recent.runs == got.runs
+    assert [tuple(c) for c in recent.events] == [("api", EventOutcome.run, 4)]  # T0 + 30, 35, 40, 45
+    later = await store.activity(T0 + timedelta(hours=1), timedelta(minutes=1), 60)
+    assert later.runs == [] and later.events == []
+    with pytest.raises(ValueError):
+        await store.activity(T0, timedelta(0), 3)
+    with pytest.raises(ValueError):
+        await store.activity(T0, timedelta(minutes=1), 0)
+
+
+async def test_last_runs_is_the_newest_run_of_each_job(store: Store) -> None:
+    runs = await seed_runs(store)  # jobs a and b, ties on created_at broken by id
+    got = await store.last_runs(["a", "b", "nope"])
+    assert set(got) == {"a", "b"}
+    for name in ("a", "b"):
+        assert got[name] == newest_first([r for r in runs if r.job == name])[0]
+    assert await store.last_runs([]) == {}
 
 
 async def test_active_runs(store: Store) -> None:
@@ -819,6 +868,8 @@ async def test_sqlite_single_scheduler_lock(tmp_path: Path) -> None:
         assert f"pid {os.getpid()}" in message
         assert str(tmp_path / "data" / "jobwire.db") in message
         assert "JOBWIRE_DATA_DIR" in message
+        # several replicas: the message points at PostgreSQL
+        assert "several replicas, use PostgreSQL" in message and "JOBWIRE_DATABASE_URL=postgresql://" in message
         assert (tmp_path / "data" / "jobwire.db.lock").read_text().strip() == str(os.getpid())
         # the failed attempt did not disturb the holder
         await first.save_job(job(), "api")

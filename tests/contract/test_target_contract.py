@@ -21,7 +21,7 @@ from jobwire.config import Settings
 from jobwire.model import HttpTarget as HttpSpec
 from jobwire.model import Job, RunState
 from jobwire.model import LocalTarget as LocalSpec
-from jobwire.targets import TARGETS, Target, build_targets
+from jobwire.targets import TARGETS, Target, build_targets, target_class
 from tests.support.fake_context import FakeContext, RecordingServer, wait_until
 
 PY = sys.executable
@@ -144,7 +144,7 @@ def test_registry_builds_every_target(tmp_path: Path) -> None:
     assert set(built) == {"local", "http", "kubernetes", "spot"}
     for kind, t in built.items():
         assert t.kind == kind
-        assert isinstance(t, TARGETS[kind])
+        assert isinstance(t, target_class(kind))
         # only work that goes on without jobwire is left running over a restart
         assert t.survives_restart is (kind in ("kubernetes", "spot"))
 

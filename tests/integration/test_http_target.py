@@ -345,7 +345,7 @@ async def test_a_timed_out_call_does_not_leave_its_connection_behind(target: Htt
         outcome, _ = await run(target, job(s.url("/ok")))
         assert outcome.state == RunState.succeeded
         assert s.connections == 2
-        assert len(target._transport_for(True)._pool.connections) == 1  # only the idle /ok one
+        assert target.http1.idle == 1  # only the idle /ok one
     finally:
         await s.stop()
 

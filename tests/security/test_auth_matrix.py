@@ -46,6 +46,10 @@ UNPREFIXED = {
     ("GET", "/static/swagger/swagger-ui-bundle.js"): None,
     ("GET", "/static/swagger/swagger-ui.css"): None,
     ("GET", "/static/swagger/favicon-32x32.png"): None,
+    # the dashboard's page and code (static/dashboard/): public, no secret; its data comes from the API
+    ("GET", "/"): None,
+    ("GET", "/static/dashboard/app.css"): None,
+    ("GET", "/static/dashboard/js/main.js"): None,
 }
 
 

@@ -463,7 +463,13 @@ async def test_seed_004_completion_topic_chains_the_next_job_once(
 
         events = await eventually(b_events, 20, "the two redeliveries to be recorded")
         assert sorted(e.outcome.value for e in events) == ["duplicate", "duplicate", "run"]
-        runs = (await engine.store.list_runs(RunQuery(job="B", limit=10))).items
+
+        async def b_runs_ended() -> list[Any]:
+            # B's end is written with the next group commit (state changes are not awaited)
+            runs = (await engine.store.list_runs(RunQuery(job="B", limit=10))).items
+            return runs if all(r.state.terminal for r in runs) else []
+
+        runs = await eventually(b_runs_ended, 20, "B's run to be recorded as ended")
         assert len(runs) == 1 and runs[0].state == RunState.succeeded
     finally:
         await engine.stop()

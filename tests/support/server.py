@@ -21,7 +21,17 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data_dir: Path, jobs: Path | None = None, port: int | None = None, **env: str) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        jobs: Path | None = None,
+        port: int | None = None,
+        command: list[str] | None = None,
+        **env: str,
+    ) -> None:
+        """`command`: how to run `jobwire serve` (default this interpreter's `-m jobwire serve`;
+        the packaging tests run a fresh venv's `jobwire` script)."""
+        self.command = command or [sys.executable, "-m", "jobwire", "serve"]
         self.data_dir = data_dir
         self.jobs = jobs
         self.port = port or free_port()
@@ -45,9 +55,7 @@ class Server:
             env["JOBWIRE_JOBS"] = str(self.jobs)
         env.update(self.env)
         logf = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jobwire", "serve"], env=env, stdout=logf, stderr=subprocess.STDOUT
-        )
+        self.proc = subprocess.Popen(self.command, env=env, stdout=logf, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from jobwire.cli import app
 from jobwire.model import Event, EventOutcome
-from jobwire.store import Intake, StoreError, StoreLocked, open_store
+from jobwire.store import Intake, StoreError, open_store
 from jobwire.store.postgres import PostgresStore, latest_version, migrate, schema_version
 from jobwire.store.queries import load_migrations
 
@@ -39,12 +39,17 @@ EXPECTED_TABLES = {
         "id", "key", "job", "trigger", "event_id", "state", "attempt", "params", "concurrency_key",
         "created_at", "scheduled_at", "not_before", "started_at", "finished_at", "exit_code", "http_status",
         "error", "target_ref", "target_status", "history", "input_location", "environment",
+        "owner",  # 0003
     ],
     "outbox": ["seq", "sink", "doc"],
+    # 0003: replicas (docs/replicas.md)
+    "replicas": ["id", "role", "host", "pid", "started_at", "heartbeat_at", "expires_at"],
+    "leases": ["name", "holder", "token", "acquired_at", "expires_at"],
 }  # fmt: skip
 EXPECTED_INDEXES = {
     "events_job_received", "events_received", "events_fire",
     "runs_job_created", "runs_created", "runs_active", "runs_event", "runs_key_unique", "outbox_by_sink",
+    "runs_owner_active", "replicas_pkey", "leases_pkey",
 }  # fmt: skip
 
 
@@ -164,20 +169,22 @@ async def test_newer_schema_is_refused(url: str) -> None:
         await PostgresStore(url, auto_migrate=True).open()
 
 
-async def test_one_jobwire_per_database(url: str) -> None:
+async def test_several_jobwires_share_one_database(url: str) -> None:
+    """Version 1 refused a second jobwire on a database (an advisory lock); now replicas share it
+    (docs/replicas.md): both open, both register, each sees the other's writes."""
     first = PostgresStore(url, auto_migrate=True)
     await first.open()
+    second = PostgresStore(url)
     try:
-        second = PostgresStore(url, auto_migrate=True)
-        with pytest.raises(StoreLocked) as info:
-            await second.open()
-        message = str(info.value)
-        assert "one jobwire per database for now" in message and "another jobwire" in message
-        await first.list_jobs()  # the holder is undisturbed
+        await second.open()
+        await first.register_replica("r1", "all", 30)
+        await second.register_replica("r2", "all", 30)
+        assert {r.id for r in await first.replicas()} == {"r1", "r2"}
+        [rec] = await second.record([Intake(event=_event(1, outcome=EventOutcome.filtered))])
+        assert await first.get_event(rec.event.id) is not None
     finally:
+        await second.close()
         await first.close()
-    await second.open()  # once the first closed, the next gets in
-    await second.close()
 
 
 def _event(n: int, **kw: object) -> Event:
@@ -268,28 +275,6 @@ async def test_one_unstorable_item_fails_alone_in_a_group_commit(url: str) -> No
         await store.close()
 
 
-async def test_lost_lock_connection_is_taken_again(url: str) -> None:
-    """PostgreSQL ended the lock's session (a restart, pg_terminate_backend): the store takes the
-    lock again on a new connection, so a second jobwire is still refused."""
-    store = PostgresStore(url, auto_migrate=True)
-    await store.open()
-    try:
-        assert store._lock_conn is not None
-        pid = store._lock_conn.get_server_pid()
-        await _admin(f"SELECT pg_terminate_backend({pid})")
-        for _ in range(100):
-            if store.lock_lost == 1 and store._lock_conn is not None:
-                break
-            await asyncio.sleep(0.05)
-        assert store.lock_lost == 1 and store._lock_conn is not None
-        assert store._lock_conn.get_server_pid() != pid
-        with pytest.raises(StoreLocked):
-            await PostgresStore(url).open()
-        assert await store.list_jobs() == []
-    finally:
-        await store.close()
-
-
 async def test_a_cursor_out_of_range_is_an_invalid_cursor(url: str) -> None:
     import base64
 
@@ -306,15 +291,13 @@ async def test_a_cursor_out_of_range_is_an_invalid_cursor(url: str) -> None:
         await store.close()
 
 
-def test_serve_refuses_an_outdated_schema_and_a_second_jobwire(url: str, tmp_path: object) -> None:
+def test_serve_refuses_an_outdated_schema(url: str, tmp_path: object) -> None:
     """`jobwire serve` on PostgreSQL: an empty database → one line saying to run `jobwire db
-    upgrade`; a database another jobwire holds → one line saying one jobwire per database. (serve
-    runs as a process — in-process it would configure logging for the test process — the holding
-    store on a thread with its own loop.)"""
+    upgrade`. (serve runs as a process — in-process it would configure logging for the test
+    process.) A second serve on a database in use is no longer refused: see tests/e2e/test_replicas.py."""
     import os
     import subprocess
     import sys
-    import threading
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBWIRE_")}
     env.update(JOBWIRE_DATABASE_URL=url, JOBWIRE_DATA_DIR=f"{tmp_path}/d", JOBWIRE_PORT="1")  # port never reached
@@ -327,26 +310,3 @@ def test_serve_refuses_an_outdated_schema_and_a_second_jobwire(url: str, tmp_pat
     assert code == 1, output
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "jobwire db upgrade" in errors[0], output
-
-    opened, release = threading.Event(), threading.Event()
-
-    async def hold() -> None:
-        holder = PostgresStore(url, auto_migrate=True)
-        await holder.open()
-        opened.set()
-        try:
-            await asyncio.to_thread(release.wait, 30)
-        finally:
-            await holder.close()
-
-    thread = threading.Thread(target=asyncio.run, args=(hold(),))
-    thread.start()
-    try:
-        assert opened.wait(10)
-        code, output = serve()
-        assert code == 1, output
-        assert "one jobwire per database for now" in output
-        assert "Traceback" not in output
-    finally:
-        release.set()
-        thread.join(10)

@@ -15,11 +15,19 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jobwire.api import routes_events, routes_jobs, routes_runs, routes_seed002, routes_system
+from jobwire.api import (
+    routes_dashboard,
+    routes_events,
+    routes_jobs,
+    routes_runs,
+    routes_seed002,
+    routes_system,
+    routes_views,
+)
 from jobwire.api.auth import READ, Authenticator
 from jobwire.api.fastpath import TriggerFastPath, engine_error_json, invalid_json, too_deep
 from jobwire.api.limits import BodyLimit
@@ -178,7 +186,7 @@ def create_app(engine: Engine, *, heartbeat: float = 15.0) -> FastAPI:
     app.add_middleware(TriggerFastPath, engine=engine, auth=auth)
     app.add_middleware(BodyLimit, max_bytes=engine.settings.max_body_bytes)  # outermost: added last
 
-    for module in (routes_jobs, routes_runs, routes_events, routes_system, routes_seed002):
+    for module in (routes_jobs, routes_runs, routes_events, routes_system, routes_seed002, routes_views):
         app.include_router(module.router, prefix=PREFIX)
 
     # Conventional unprefixed paths for probes and scrapers (not repeated in the schema).
@@ -192,9 +200,7 @@ def create_app(engine: Engine, *, heartbeat: float = 15.0) -> FastAPI:
         dependencies=READ,
     )
 
-    @app.get("/", include_in_schema=False)
-    async def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
+    routes_dashboard.install(app)  # the web dashboard at `/` (api/static/dashboard/)
 
     # Swagger UI from the package (static/swagger/, swagger-ui-dist SWAGGER_UI_VERSION): /docs works
     # offline and loads nothing from elsewhere. Open like /openapi.json: it holds no secret.

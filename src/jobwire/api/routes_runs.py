@@ -117,6 +117,7 @@ async def list_runs(
     since: datetime | None = None,
     until: datetime | None = None,
     event_id: str | None = None,
+    trigger: Annotated[str | None, Query(description="a trigger id of the job: `cron`, `api`, ...")] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> RunPage:
@@ -126,6 +127,7 @@ async def list_runs(
         since=aware(since),
         until=aware(until),
         event_id=event_id,
+        trigger=trigger,
         limit=limit,
         cursor=cursor,
     )

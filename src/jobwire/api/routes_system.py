@@ -39,6 +39,8 @@ async def readyz(engine: EngineDep) -> Any:
         tasks=report["tasks"],
         store=report["store"] or None,
         sources=report.get("sources") or [],
+        launch_backlog=report.get("launch_backlog") or {},
+        replica=report.get("replica"),
     )
     if report["ready"]:
         return body

@@ -150,6 +150,9 @@ def mask_job(job: Job) -> dict[str, Any]:
     for t in data.get("triggers", []):
         if t.get("secret"):
             t["secret"] = MASK
+        for k, v in list(t.items()):  # a broker URL's password: `amqp://user:****@host`
+            if isinstance(v, str) and v != (masked := mask_url(v)):
+                t[k] = masked
         fixed = t.get("params") or {}
         for k in list(fixed):
             if k in secret_params:
@@ -188,6 +191,10 @@ def unmask_job(data: dict[str, Any], current: Job | None) -> dict[str, Any]:
             continue
         if t.get("secret") == MASK:
             t["secret"] = prev.get("secret")
+        for k, v in list(t.items()):  # a URL sent back masked as shown: keep the real one
+            prev_v = prev.get(k)
+            if isinstance(v, str) and isinstance(prev_v, str) and v != prev_v and v == mask_url(prev_v):
+                t[k] = prev_v
         fixed = t.get("params")
         if isinstance(fixed, dict):
             for k, v in list(fixed.items()):
@@ -286,6 +293,16 @@ class StoreWrites(BaseModel):
     triggers_catching_up: int = Field(0, description="triggers with more missed fires than are kept")
 
 
+class LaunchBacklogState(BaseModel):
+    """Runs of one target kind: attempts running against its limit, and recorded runs waiting."""
+
+    limit: int
+    running: int
+    waiting: int = Field(description="recorded `pending` runs waiting for a place (no task)")
+    waiting_since: float | None = Field(None, description="Unix time the current backlog started")
+    most_waiting: int = Field(0, description="the most runs waiting at once in the current backlog")
+
+
 class SourceState(BaseModel):
     """One event source (a broker connection): connected or not, and what it has received."""
 
@@ -301,6 +318,34 @@ class SourceState(BaseModel):
     last_error: str | None = None
 
 
+class ReplicaRowState(BaseModel):
+    """A replica in the store's registry (docs/replicas.md), as of this replica's last heartbeat."""
+
+    id: str
+    role: str
+    alive: bool = Field(description="its heartbeat has not expired")
+    host: str = ""
+    pid: int = 0
+    started_at: str
+    last_heartbeat: str
+    expires_at: str
+
+
+class ReplicaState(BaseModel):
+    """This replica: its id and role, whether it leads (and its lease's fencing token), its last
+    heartbeat, and every replica of the store."""
+
+    id: str
+    role: str
+    leader: bool
+    lease_token: int | None = None
+    lease_expires_at: str | None = None
+    leader_id: str | None = Field(None, description="the replica holding the leader lease, as last seen")
+    last_heartbeat: float | None = Field(None, description="epoch seconds")
+    runs_taken_over: int = 0
+    replicas: list[ReplicaRowState] = Field(default_factory=list)
+
+
 class Readiness(Health):
     """`ready`, or `not ready` and why: starting, stopping, a critical task or store writes failing."""
 
@@ -310,3 +355,7 @@ class Readiness(Health):
     sources: list[SourceState] = Field(
         default_factory=list, description="event sources; a disconnected one reconnects with backoff"
     )
+    launch_backlog: dict[str, LaunchBacklogState] = Field(
+        default_factory=dict, description="by target kind with a launch limit: running and waiting runs"
+    )
+    replica: ReplicaState | None = None

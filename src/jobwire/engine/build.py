@@ -47,6 +47,8 @@ def plug_sinks() -> list[Sink]:
         if plug.sink is None or plug.settings is None:
             continue
         settings = plug.settings()
+        if plug.sink_wanted is not None and not plug.sink_wanted(settings):
+            continue
         try:
             builder = plug.sink_builder()
         except PlugMissing as exc:

@@ -14,20 +14,49 @@ import time
 from collections.abc import Callable, Coroutine
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
+from jobwire.engine.errors import NotLeader
 from jobwire.engine.metrics import Metrics
 from jobwire.engine.supervisor import Spawn, describe
 from jobwire.model import Run
-from jobwire.store import Intake, OutboxRow, Recorded, Store
+from jobwire.store import Fence, Fenced, Intake, OutboxRow, Recorded, Store
 
 log = structlog.get_logger(__name__)
 
 MAX_BATCH = 2000
 """Writes per transaction at most: large enough to absorb a burst, small enough that one slow
 transaction does not stall the callers behind it for long."""
+
+UPDATE_LINGER = 0.005
+"""Seconds a transaction holding only state changes (no intake, no flush waiting) is held back for
+more work: a run's `running` and `succeeded` changes then coalesce into one write, and they ride on
+the next intake's transaction instead of costing an fsync and a store-thread hop of their own.
+Nothing waits for these writes (the run goes on; a crash is covered by the launch journal), and an
+intake or a flush ends the wait at once."""
+
+
+TIME_SOURCES = frozenset({"cron", "interval", "at"})
+
+
+class Fencing(Protocol):
+    """Who writes (`engine/replicas.Coordinator`): the fence of each commit (docs/replicas.md)."""
+
+    def leader_fence(self) -> Fence | None:
+        """The fence with the leader lease's token, or None when this replica is not the leader."""
+
+    def owner_fence(self) -> Fence:
+        """The fence of an ordinary write: the replica owns the runs it records."""
+
+    def fenced(self) -> None:
+        """A fenced commit was refused (another replica holds the lease): step down."""
+
+
+def is_fire(intake: Intake) -> bool:
+    """A time trigger's fire: recorded only by the leader, under its lease token."""
+    return intake.event.scheduled_at is not None and intake.event.source in TIME_SOURCES
 
 
 class Committer:
@@ -47,7 +76,13 @@ class Committer:
         self._flushes: list[asyncio.Future[None]] = []
         self._after: list[Callable[[], None]] = []
         self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()
+        """Set when someone waits for the next commit (an intake, a linked intake, a flush)."""
+        self.linger = UPDATE_LINGER
         self._task: asyncio.Task[None] | None = None
+        self.fencing: Fencing | None = None
+        """Set with several replicas possible: every commit is written under a fence — a batch
+        with time-trigger fires under the leader's token (checked in its transaction)."""
         # store-write health (`/readyz`, metrics): set by `_write_failed` / `_write_ok`
         self.failing_since: float | None = None
         """Wall-clock time of the first failed commit of the current run of failures; None when writing."""
@@ -108,6 +143,7 @@ class Committer:
                 fut.set_exception(exc)
         self._intakes, self._updates, self._after, self._linked = [], {}, [], {}
         self._wake.set()
+        self._urgent.set()
         return events, updates
 
     async def record(self, intake: Intake) -> Recorded:
@@ -118,6 +154,7 @@ class Committer:
         fut: asyncio.Future[Recorded] = asyncio.get_running_loop().create_future()
         self._intakes.append((intake, fut))
         self._wake.set()
+        self._urgent.set()
         return fut
 
     def update(self, run: Run) -> None:
@@ -134,6 +171,7 @@ class Committer:
         pairs = [(i, loop.create_future()) for i in intakes]
         self._linked.setdefault(run.id, []).extend(pairs)
         self.update(run)
+        self._urgent.set()
         return [f for _, f in pairs]
 
     def after_commit(self, callback: Callable[[], None]) -> None:
@@ -150,10 +188,37 @@ class Committer:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._flushes.append(fut)
         self._wake.set()
+        self._urgent.set()
         await fut
 
+    def _fence(
+        self, batch: list[tuple[Intake, asyncio.Future[Recorded]]]
+    ) -> tuple[list[tuple[Intake, asyncio.Future[Recorded]]], Fence | None]:
+        """The fence this batch commits under. Fires need the leader's: when this replica is not
+        the leader, its fires are refused here (NotLeader) and the rest goes on."""
+        if self.fencing is None:
+            return batch, None
+        if not any(is_fire(i) for i, _ in batch):
+            return batch, self.fencing.owner_fence()
+        fence = self.fencing.leader_fence()
+        if fence is not None:
+            return batch, fence
+        kept: list[tuple[Intake, asyncio.Future[Recorded]]] = []
+        refused = 0
+        for pair in batch:
+            if not is_fire(pair[0]):
+                kept.append(pair)
+            elif not pair[1].done():
+                refused += 1
+                pair[1].set_exception(NotLeader("this replica is not the leader: time triggers fire there"))
+        self._metrics.fires_fenced.inc(refused)
+        return kept, self.fencing.owner_fence()
+
     async def _commit(
-        self, items: list[Intake | Run], rows: dict[str, list[OutboxRow]] | None = None
+        self,
+        items: list[Intake | Run],
+        rows: dict[str, list[OutboxRow]] | None = None,
+        fence: Fence | None = None,
     ) -> list[Recorded | Failed | None]:
         """Commit `items` (intakes and run updates) and the outbox `rows` (by run id) in one
         transaction; if that fails because of an item (not because the store is unavailable),
@@ -167,10 +232,15 @@ class Committer:
         updates = [x for x in items if isinstance(x, Run)]
         outbox = [r for batch in rows.values() for r in batch]
         try:
-            recorded = await self._store.commit(intakes, updates, outbox) if outbox else (
-                await self._store.commit(intakes, updates)
-            )
+            if fence is not None:
+                recorded = await self._store.commit(intakes, updates, outbox, fence=fence)
+            elif outbox:
+                recorded = await self._store.commit(intakes, updates, outbox)
+            else:
+                recorded = await self._store.commit(intakes, updates)
         except Exception as exc:
+            if isinstance(exc, Fenced) and self.fencing is not None:
+                self.fencing.fenced()  # the batch failed whole; its fires are refused when retried
             unavailable = self._store.unavailable(exc)
             if unavailable or len(items) <= 1:
                 if unavailable:
@@ -185,7 +255,8 @@ class Committer:
             right_runs = {x.id for x in items[mid:] if isinstance(x, Run)}
             left = {rid: b for rid, b in rows.items() if rid not in right_runs}
             right = {rid: b for rid, b in rows.items() if rid in right_runs and rid not in left_runs}
-            return await self._commit(items[:mid], left) + await self._commit(items[mid:], right)
+            first = await self._commit(items[:mid], left, fence)
+            return first + await self._commit(items[mid:], right, fence)
         if outbox and self.outbox_committed is not None:
             self.outbox_committed({r.sink for r in outbox})
         it = iter(recorded)
@@ -202,6 +273,11 @@ class Committer:
             await self._wake.wait()
             self._wake.clear()
             while self._intakes or self._updates or self._after or self._rows:
+                if not self._urgent.is_set() and self.linger > 0:
+                    with suppress(TimeoutError):
+                        async with asyncio.timeout(self.linger):
+                            await self._urgent.wait()
+                self._urgent.clear()
                 batch, self._intakes = self._intakes[:MAX_BATCH], self._intakes[MAX_BATCH:]
                 updates, self._updates = self._updates, {}
                 rows, self._rows = self._rows, {}
@@ -209,6 +285,7 @@ class Committer:
                 retry_with = {id(f): rid for rid, pairs in linked.items() for _, f in pairs}
                 for pairs in linked.values():
                     batch += pairs
+                batch, fence = self._fence(batch)
                 after, self._after = self._after, []
                 flushes = self._flushes if not self._intakes else []
                 if flushes:
@@ -217,7 +294,7 @@ class Committer:
                 items: list[Intake | Run] = [i for i, _ in batch]
                 items += updates.values()
                 self._down = None
-                results = await self._commit(items, rows) if items or rows else []
+                results = await self._commit(items, rows, fence) if items or rows else []
                 unavailable = self._down
                 for (intake, fut), res in zip(batch, results, strict=False):
                     if fut.done():

@@ -7,7 +7,7 @@ Before an attempt is handed to its target, its target-side name goes into the la
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import structlog
 
 from jobwire.config import Settings
+from jobwire.engine.backlog import LaunchBacklog
 from jobwire.engine.committer import Committer
 from jobwire.engine.execute import execute_attempt, no_target
 from jobwire.engine.launches import LaunchJournal
@@ -28,6 +29,10 @@ from jobwire.store import StoredJob
 from jobwire.targets.base import CallbackResult, Outcome, RunContext, Target
 
 log = structlog.get_logger(__name__)
+
+
+async def _alive() -> None:
+    return None
 
 
 class RunHost(Protocol):
@@ -57,6 +62,9 @@ class EngineContext(RunContext):
         self.callback_token = attempts.tokens.token(run.id)
         self._received_at = received_at
         self._cap = getattr(job.target, "log_max_bytes", None)
+
+    async def until_startable(self) -> None:
+        await self._attempts._until_alive(self.run)
 
     async def started(self, ref: str | None, status: StatusBlock | None = None) -> None:
         run = self.run
@@ -119,6 +127,13 @@ class Attempts:
         self._stopping: set[asyncio.Task[None]] = set()
         self._shutting_down = False
         self.journal = LaunchJournal(settings.data_dir / "launches.journal")
+        self.backlog = LaunchBacklog(metrics, targets, settings.max_running_attempts)
+        self._placed: set[str] = set()
+        """Runs whose attempt holds a place of its target's launch limit (until its target returns)."""
+        self.may_launch: Callable[[], bool] = lambda: True
+        """False while this replica's heartbeat may have expired (engine/replicas.py): it then
+        launches nothing — its runs may be someone else's by now — until `wait_alive` returns."""
+        self.wait_alive: Callable[[], Awaitable[None]] = _alive
 
     @property
     def count(self) -> int:
@@ -164,6 +179,12 @@ class Attempts:
         self._timers.pop(run.id, None)
         if self._shutting_down:
             return
+        if self.backlog.admit(job.target.type, (run, job, resumed, received_at)):
+            self._run_task(run, job, resumed, received_at)
+        # else it waits in the launch backlog (`backlog.py`): recorded pending, no task
+
+    def _run_task(self, run: Run, job: Job, resumed: bool, received_at: datetime | None) -> None:
+        self._placed.add(run.id)
         self._tasks[run.id] = asyncio.create_task(
             self._attempt(run, job, resumed, received_at), name=f"jobwire-run-{run.id}"
         )
@@ -177,9 +198,12 @@ class Attempts:
             if target is None:
                 outcome = no_target(job)
             else:
+                await self._until_alive(run)
+                # from here to the target's start nothing yields (local: to the spawn)
                 self.journal.mark(self._name(run.id, run.attempt))
                 after = (lambda done: self._await_callback(run, job, done)) if job.callback.wait else None
-                outcome = await execute_attempt(target, ctx, after)
+                release = lambda: self._release(run.id, job.target.type)  # noqa: E731 - a callback wait holds no place
+                outcome = await execute_attempt(target, ctx, after, release)
         except asyncio.CancelledError:
             reason = self._cancel_reasons.pop(run.id, None)
             failed = self._failed_by_callback.pop(run.id, None)
@@ -211,11 +235,29 @@ class Attempts:
         finally:
             self._tasks.pop(run.id, None)
             self._contexts.pop(run.id, None)
+            self._release(run.id, job.target.type)
             fut = self._callbacks.pop(run.id, None)
             if fut is not None and not fut.done():
                 fut.cancel()
         if outcome is not None:
             self._finish(run, job, outcome)
+
+    def _release(self, run_id: str, kind: str) -> None:
+        """`run_id`'s attempt is done with its target: the place goes to the next run waiting."""
+        if run_id in self._placed:
+            self._placed.discard(run_id)
+            while (item := self.backlog.done(kind)) is not None:
+                if not (item[0].state.terminal or self._shutting_down):  # not cancelled while waiting
+                    return self._run_task(*item)
+
+    async def _until_alive(self, run: Run) -> None:
+        """Hold a launch while this replica's heartbeat may have expired (a pause, the database
+        away): its runs may be someone else's by now. The next heartbeat either confirms it lives
+        or finds it declared dead, and it exits (engine/replicas.py)."""
+        if self.may_launch():
+            return
+        log.warning("launch held: this replica's heartbeat may have expired", run_id=run.id)
+        await self.wait_alive()
 
     def _finish(self, run: Run, job: Job, outcome: Outcome) -> None:
         host = self.host
@@ -285,6 +327,7 @@ class Attempts:
         if self._cancel_reasons.pop(run.id, None) is not None and stored is not None:
             # cancelled before the attempt's coroutine ever ran: nothing started on the target
             self._tasks.pop(run.id, None)
+            self._release(run.id, stored.job.target.type)
             self._finish(
                 run,
                 stored.job,
@@ -358,6 +401,7 @@ class Attempts:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        self.backlog.drop()  # they stay pending in the store: the next start launches them
         # work that goes on without jobwire (Kubernetes) is not waited for: it is adopted at restart
         tasks = [t for rid, t in self._tasks.items() if not self._survives(rid)]
         if tasks:

@@ -49,6 +49,7 @@ from jobwire.engine.jobs import JobRegistry
 from jobwire.engine.metrics import Metrics
 from jobwire.engine.outbox import OutboxRelay
 from jobwire.engine.recovery import catch_up, reconcile
+from jobwire.engine.replicas import Coordinator
 from jobwire.engine.retention import Retention
 from jobwire.engine.runlogs import RunLogs
 from jobwire.engine.runs import RunStates
@@ -59,7 +60,7 @@ from jobwire.engine.status import StatusHub, Subscription
 from jobwire.engine.supervisor import Supervisor
 from jobwire.engine.templates import TemplateJobs, TemplateLookup
 from jobwire.engine.webhooks import Delivery, Webhooks
-from jobwire.model import Admission, Incoming, Job, Run
+from jobwire.model import Admission, Incoming, Job, Run, utcnow
 from jobwire.store import Store, StoredJob
 from jobwire.targets.base import Target
 
@@ -78,6 +79,7 @@ class Engine:
         self.hub = StatusHub(plugs.sinks, self.metrics, buffer=settings.stream_buffer)
         self.supervisor = Supervisor(self.metrics)
         self.committer = Committer(self.store, self.metrics)
+        self.coordinator = Coordinator(self.store, settings, self.metrics)
         self.tokens = CallbackTokens()
         self.scheduler = TimeScheduler(self._fire_batch, self.metrics.lateness_seconds.observe)
         self.job_registry = JobRegistry(settings, self.store, self.scheduler, self.metrics)
@@ -134,16 +136,26 @@ class Engine:
         await self.store.open()
         try:
             await self.attempts.open(self.supervisor)  # after the store's lock: it rewrites the journal
+            await self.coordinator.register()
+            self.committer.fencing = self.coordinator
+            self.attempts.may_launch = self.coordinator.alive
+            self.attempts.wait_alive = self.coordinator.wait_alive
+            self.retention.leader = self.coordinator.is_leader
+            for target in self.targets.values():
+                target.bind_leader(self.coordinator.is_leader)  # Kubernetes cleanup: leader only
             self.committer.start(self.supervisor.spawn)
             for target in self.targets.values():
                 await target.start()
             await self.hub.start(self.supervisor.spawn_optional)
             await self.job_registry.load()
             self.intake.chains.rebuild(self.jobs)
-            await reconcile(self.store, self.run_states)
-            await catch_up(self.store, self.jobs, self.intake.submit_many)
-            self.attempts.recovered()
-            self.scheduler.start(self.supervisor.spawn)
+            await reconcile(await self.coordinator.own_runs(), self.run_states)
+            self.attempts.recovered()  # the fleet launcher: results from before a restart may be applied
+            self.coordinator.on_leader = self._lead
+            self.coordinator.on_follower = self.scheduler.stop
+            self.coordinator.on_orphans = self._adopt
+            await self.coordinator.elect()  # the leader catches up and starts the clock
+            self.supervisor.loop("jobwire-replica", self.coordinator.run, critical=True)
             self.supervisor.loop("jobwire-fire-retry", self.pending_fires.run, critical=False)
             self.supervisor.loop("jobwire-retention", self.retention.loop)
             for name, relay in self.relays.items():
@@ -152,6 +164,8 @@ class Engine:
             if self.settings.reload and self.settings.jobs:
                 self.supervisor.loop("jobwire-reload", self._reload_loop)
         except BaseException:
+            await self.supervisor.cancel_all()
+            await self.coordinator.stop()
             self.attempts.close()
             await self.store.close()
             raise
@@ -186,6 +200,7 @@ class Engine:
                 log.warning("target did not close cleanly", target=target.kind, error=str(exc))
         later = await self._flush_at_stop()
         await self.committer.stop()
+        await self.coordinator.stop()  # the lease goes at once to a follower; our rest is claimable
         self.attempts.close()
         await self.store.close()
         self._ready = False
@@ -229,9 +244,29 @@ class Engine:
             "tasks": states,
             "store": store,
             "sources": self.sources.health(),
+            "launch_backlog": self.attempts.backlog.summary(),
+            "replica": self.coordinator.health(),
         }
 
     # ------------------------------------------------------------------ wiring
+    async def _lead(self) -> None:
+        """This replica took the leader lease: record what was missed (per each job's catch-up
+        policy, up to now), then run the clock from now on. Fires are fenced by the lease token."""
+        now = utcnow()
+        await catch_up(self.store, self.jobs, self.intake.submit_many, now)
+        for stored in self.jobs.values():
+            self.scheduler.set_job(stored.job, stored.paused, now)  # the heap from now, not from before
+        self.scheduler.start(self.supervisor.spawn)
+
+    async def _adopt(self, runs: list[Run]) -> None:
+        """Runs of a dead replica, claimed for this one: resumed or recorded lost, per target (a job
+        defined over the dead one's API is read from the store first)."""
+        for name in {r.job for r in runs} - self.jobs.keys():
+            if (found := await self.store.get_job(name)) is not None:
+                self.jobs[name] = found
+                self.scheduler.set_job(found.job, found.paused)
+        await reconcile(runs, self.run_states, taken_over=True)
+
     def _fire_batch(self, batch: list[Incoming]) -> None:
         """The scheduler's hand-in of due fires: recorded in a one-shot task, the clock goes on."""
         self.supervisor.once(self.pending_fires.hand_in(batch), "jobwire-fire")

@@ -53,12 +53,21 @@ class Unavailable(EngineError):
     reason = "ShuttingDown"
 
 
+class NotLeader(EngineError):
+    """A time-trigger fire handed in on a replica that does not hold the leader lease (any more):
+    not recorded here — the leader fires it, or catches it up when it takes over."""
+
+    status = 503
+    reason = "NotLeader"
+
+
 __all__ = [
     "Conflict",
     "EngineError",
     "Forbidden",
     "InvalidParams",
     "JobNotFound",
+    "NotLeader",
     "RunNotFound",
     "Unavailable",
 ]

@@ -40,13 +40,19 @@ def remaining_timeout(ctx: RunContext) -> float | None:
 
 
 async def execute_attempt(
-    target: Target, ctx: RunContext, after_success: AfterSuccess | None = None
+    target: Target,
+    ctx: RunContext,
+    after_success: AfterSuccess | None = None,
+    after_execute: Callable[[], None] | None = None,
 ) -> Outcome:
-    """Run `ctx`'s attempt on `target` to its end, within the job's timeout."""
+    """Run `ctx`'s attempt on `target` to its end, within the job's timeout. `after_execute`: called
+    once the target's part is over (before `after_success`, e.g. a wait for the job's callback)."""
     job, run = ctx.job, ctx.run
     try:
         async with asyncio.timeout(remaining_timeout(ctx)) as cm:
             outcome = await target.execute(ctx)
+            if after_execute is not None:
+                after_execute()
             if outcome.state == RunState.succeeded and after_success is not None:
                 outcome = await after_success(outcome)
             return outcome

@@ -21,10 +21,11 @@ from typing import Any
 
 import structlog
 
-from jobwire.engine.errors import Unavailable
+from jobwire.engine.errors import NotLeader, Unavailable
 from jobwire.engine.metrics import Metrics
 from jobwire.engine.scheduler import missed_fires
 from jobwire.model import Admission, CatchupPolicy, Incoming, Job, utcnow
+from jobwire.store import Fenced
 
 log = structlog.get_logger(__name__)
 
@@ -100,6 +101,7 @@ class PendingFires:
             return
         except Exception as exc:
             results = [exc] * len(batch)
+        batch, results = self._leader_only(batch, results)
         failed = [inc for inc, res in zip(batch, results, strict=True) if isinstance(res, BaseException)]
         if failed:
             error = next(r for r in results if isinstance(r, BaseException))
@@ -112,6 +114,19 @@ class PendingFires:
             self.add(failed)
         else:
             self.wake()  # the store takes writes: retry what waits now
+
+    def _leader_only(
+        self, batch: list[Incoming], results: list[Admission | BaseException]
+    ) -> tuple[list[Incoming], list[Admission | BaseException]]:
+        """Leave out the fires refused because this replica is not (or no longer) the leader: they
+        are not kept — the leader fires them, or catches them up per each job's policy when it
+        takes over (counted as given up here)."""
+        pairs = [(i, r) for i, r in zip(batch, results, strict=True) if not isinstance(r, NotLeader | Fenced)]
+        dropped = len(batch) - len(pairs)
+        if dropped:
+            self.given_up += dropped
+            log.info("time-trigger fires left to the leader: this replica is not the leader", count=dropped)
+        return [i for i, _ in pairs], [r for _, r in pairs]
 
     def add(self, fires: Iterable[Incoming]) -> None:
         """Keep fires that could not be recorded; the retry loop takes them."""
@@ -210,6 +225,7 @@ class PendingFires:
             finally:
                 self._inflight = 0
                 self._set_gauge()
+            due, results = self._leader_only(due, results)
             failed = [inc for inc, res in zip(due, results, strict=True) if isinstance(res, BaseException)]
             self.recorded += len(due) - len(failed)
             if failed:

@@ -12,14 +12,22 @@ where the attempt runs, so no other part of the engine asks which one it has.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, Protocol
 
+from jobwire.engine.backlog import LaunchBacklog
 from jobwire.engine.supervisor import Supervisor
 from jobwire.model import Job, Run
 
 
 class Launcher(Protocol):
+    backlog: LaunchBacklog
+    """Attempts waiting for a place on their target kind (in process; the fleet's runners have slots)."""
+    may_launch: Callable[[], bool]
+    """False while this replica's heartbeat may have expired (engine/replicas.py)."""
+    wait_alive: Callable[[], Awaitable[None]]
+
     @property
     def count(self) -> int:
         """Attempts in progress (or handed over and not ended)."""

@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+
+from jobwire.store import StoreLocked
 
 COMPACT_MIN = 10_000
 """Dead lines before a compaction is considered: a rewrite costs O(live), so not on every end."""
@@ -36,17 +39,38 @@ COMPACT_FACTOR = 4
 """…and only when dead lines outnumber live ones this many times over."""
 
 
+def _lock(path: Path) -> int:
+    """An exclusive non-blocking flock on `path`, with this pid in it; StoreLocked if it is held."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise StoreLocked(
+            f"another jobwire (pid {holder or 'unknown'}) uses the data folder {path.parent}: each "
+            "jobwire needs a JOBWIRE_DATA_DIR of its own (replicas on one PostgreSQL database too)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 class LaunchJournal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._live: set[str] = set()
         self._dead = 0
         self._fd: int | None = None
+        self._lock_fd: int | None = None
 
     def open(self) -> None:
         """Load what the last process left, adopt old per-attempt marker files, and compact.
-        Call it only while holding the store's lock: it rewrites the file."""
+        Takes `<journal>.lock` for as long as it is open: replicas on one PostgreSQL database
+        each need a data folder of their own (StoreLocked names the process that holds it)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._lock_fd is None:
+            self._lock_fd = _lock(self.path.with_name(self.path.name + ".lock"))
         live: set[str] = set()
         if self.path.exists():
             with self.path.open("rb") as fh:
@@ -72,6 +96,9 @@ class LaunchJournal:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     def __contains__(self, name: object) -> bool:
         return name in self._live

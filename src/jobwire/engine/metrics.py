@@ -93,7 +93,44 @@ class Metrics:
         self.store_write_failing = Gauge(
             "jobwire_store_write_failing", "1 while store writes fail (e.g. a full disk), else 0", registry=r
         )
+        self.launch_backlog = Gauge(
+            "jobwire_launch_backlog",
+            "Recorded runs waiting for a place on their target (engine/backlog.py)",
+            ["target"],
+            registry=r,
+        )
         self.fires_pending = Gauge(
             "jobwire_fires_pending", "Time-trigger fires waiting to be recorded (retried with backoff)",
+            registry=r,
+        )
+        # replicas (engine/replicas.py, docs/replicas.md); replica ids are uuids or the operator's
+        # JOBWIRE_REPLICA_ID, never user input
+        self.replica_info = Gauge(
+            "jobwire_replica_info", "This replica: 1, labelled with its id and role", ["replica", "role"],
+            registry=r,
+        )
+        self.leader = Gauge("jobwire_leader", "1 while this replica holds the leader lease", registry=r)
+        self.lease_token = Gauge(
+            "jobwire_replica_lease_token", "Fencing token of the leader lease this replica holds (0: none)",
+            registry=r,
+        )
+        self.replica_heartbeat = Gauge(
+            "jobwire_replica_heartbeat_timestamp_seconds", "When this replica last wrote its heartbeat",
+            registry=r,
+        )
+        self.replicas = Gauge(
+            "jobwire_replicas", "Replicas in the store's registry, alive or dead (as of the last heartbeat)",
+            ["state"], registry=r,
+        )
+        self.leader_changes = Counter(
+            "jobwire_replica_leader_acquired_total", "Times this replica took the leader lease", registry=r
+        )
+        self.runs_taken_over = Counter(
+            "jobwire_replica_runs_taken_over_total", "Active runs of dead replicas claimed by this one",
+            registry=r,
+        )
+        self.fires_fenced = Counter(
+            "jobwire_replica_fires_refused_total",
+            "Time-trigger fires refused because this replica was not (or no longer) the leader",
             registry=r,
         )

@@ -1,15 +1,20 @@
 """At start, after a stop or a crash: resume the runs that were in flight (reconcile), then run
-the fire times missed while jobwire was down (catch-up, per each job's policy)."""
+the fire times missed while jobwire was down (catch-up, per each job's policy).
+
+With several replicas (docs/replicas.md) reconcile gets the runs this replica claimed — at start
+its own and those of dead replicas, later those of a replica whose heartbeat expired — never every
+active run; catch-up runs when a replica becomes the leader."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 
 import structlog
 
 from jobwire.engine.runs import RunStates
 from jobwire.engine.scheduler import missed_fires
-from jobwire.model import Admission, Incoming, RunError, RunState, utcnow
+from jobwire.model import Admission, Incoming, Run, RunError, RunState, utcnow
 from jobwire.store import Store, StoredJob
 
 log = structlog.get_logger(__name__)
@@ -17,10 +22,15 @@ log = structlog.get_logger(__name__)
 SubmitMany = Callable[[list[Incoming]], Awaitable[list[Admission | BaseException]]]
 
 
-async def reconcile(store: Store, states: RunStates) -> None:
-    """Resume what was in flight when jobwire last stopped."""
-    active = await store.active_runs()
+async def reconcile(active: list[Run], states: RunStates, taken_over: bool = False) -> None:
+    """Resume what was in flight when jobwire (or, `taken_over`, another replica) last ran these
+    runs. A taken-over pending run may have been started by the replica that died (its launch
+    journal is not here): it is resumed — adopted by name, or reported lost — unless it was
+    waiting for a retry time still to come."""
+    now = utcnow()
     for run in active:
+        if run.id in states.runs:
+            continue  # already running here
         stored = states.jobs.get(run.job)
         if stored is None:
             run.finished_at = utcnow()
@@ -34,7 +44,12 @@ async def reconcile(store: Store, states: RunStates) -> None:
             states.slots.enqueue(run.job, run.concurrency_key, run.id)
             continue
         states.slots.occupy(run.job, run.concurrency_key, run.id, run.created_at)
-        resumed = run.state == RunState.running or states.attempts.was_launched(run)
+        waiting = run.not_before is not None and run.not_before > now
+        resumed = (
+            run.state == RunState.running
+            or states.attempts.was_launched(run)
+            or (taken_over and not waiting)
+        )
         log.info("resuming run", run_id=run.id, job=run.job, state=run.state.value, resumed=resumed)
         states.attempts.launch(run, stored.job, resumed=resumed)
     for stored in states.jobs.values():
@@ -44,9 +59,12 @@ async def reconcile(store: Store, states: RunStates) -> None:
     await states.committer.flush()
 
 
-async def catch_up(store: Store, jobs: Mapping[str, StoredJob], submit_many: SubmitMany) -> None:
-    """Fire times missed while jobwire was down, per each job's catch-up policy."""
-    now = utcnow()
+async def catch_up(
+    store: Store, jobs: Mapping[str, StoredJob], submit_many: SubmitMany, now: datetime | None = None
+) -> None:
+    """Fire times missed up to `now` while jobwire (or the leader) was down, per each job's
+    catch-up policy."""
+    now = now or utcnow()
     last_fires = await store.last_fires()  # one read, not one per trigger
     due: list[Incoming] = []
     for stored in jobs.values():

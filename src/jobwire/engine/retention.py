@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import structlog
 
@@ -31,6 +31,8 @@ class Retention:
         self.interval = interval
         self.touched: set[str] = set()
         """Jobs whose runs ended since the last sweep (added to by the run state machine)."""
+        self.leader: Callable[[], bool] = lambda: True
+        """Whether this replica leads (docs/replicas.md): only the leader sweeps."""
         self._last_full: float | None = None
         """Monotonic time of the last full sweep; kept when the supervisor restarts the loop."""
 
@@ -68,6 +70,9 @@ class Retention:
             self._last_full = time.monotonic() - FULL_SWEEP_EVERY + self.interval
         while True:
             await asyncio.sleep(self.interval)
+            if not self.leader():
+                self.touched.clear()  # the leader sweeps every job at least hourly
+                continue
             full = time.monotonic() - self._last_full >= FULL_SWEEP_EVERY
             await self.sweep(only_touched=not full)
             if full:

@@ -97,6 +97,8 @@ class TimeScheduler:
 
     def start(self, spawn: Spawn | None = None) -> None:
         """Start the clock; `spawn` runs it supervised (restarted if it ever raises)."""
+        if self._task is not None and not self._task.done():
+            return  # running already
         name = "jobwire-scheduler"
         self._task = spawn(name, self._loop) if spawn else asyncio.create_task(self._loop(), name=name)
 
@@ -132,6 +134,22 @@ class TimeScheduler:
         self._generation[name] = self._generation.get(name, 0) + 1
         self._forget(name)
         self._wake.set()
+
+    def upcoming(self, limit: int) -> list[tuple[datetime, str, str]]:
+        """The next `limit` scheduled fires across all jobs as (time, job, trigger), soonest first
+        (what the dashboard's overview shows). Walks the heap's tree smallest first, so it reads
+        about `limit` entries (plus superseded ones on the way), not the whole heap."""
+        heap = self._heap
+        out: list[tuple[datetime, str, str]] = []
+        frontier = [(heap[0], 0)] if heap else []
+        while frontier and len(out) < limit:
+            (_, _, job, tid, gen, due), i = heapq.heappop(frontier)
+            if self._generation.get(job) == gen and (job, tid) in self._triggers:
+                out.append((due, job, tid))
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (heap[child], child))
+        return out
 
     def _forget(self, name: str) -> None:
         for key in self._keys.pop(name, ()):

@@ -11,10 +11,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Generic, NamedTuple, TypeVar
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 from jobwire.model import Event, EventOutcome, Job, Run, RunState
+
+if TYPE_CHECKING:
+    from jobwire.store.local import LocalCoordination
 
 T = TypeVar("T")
 
@@ -25,6 +28,55 @@ class StoreError(RuntimeError):
 
 class StoreLocked(StoreError):
     """Another jobwire process holds this store (SQLite allows one scheduler per file)."""
+
+
+class Fenced(StoreError):
+    """A fenced commit was refused: the replica no longer holds the lease with that token (another
+    replica took it over). Nothing of the transaction was written; the replica must step down."""
+
+
+LEADER = "leader"
+"""The lease that makes a replica the leader: it alone fires time triggers and runs retention."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """What a commit is written under (`Store.commit(..., fence=)`): the replica that writes (the
+    owner of the runs it records) and, for a leader's writes (time-trigger fires), the lease token
+    it holds. With a token, the transaction first checks, in the same transaction, that `replica`
+    still holds lease `lease` with exactly that token and that it has not expired — else the whole
+    commit fails with `Fenced`."""
+
+    replica: str
+    token: int | None = None
+    lease: str = LEADER
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A held lease. `token` grows by one on every acquisition (never on a renewal): the fencing
+    token. `expires_at` is by the store's clock."""
+
+    name: str
+    holder: str
+    token: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaRow:
+    """A replica as registered: its heartbeat keeps `expires_at` ahead; past it the replica is
+    dead and its runs may be claimed by others."""
+
+    id: str
+    role: str
+    started_at: datetime
+    heartbeat_at: datetime
+    expires_at: datetime
+    alive: bool
+    """`expires_at` is in the future, by the store's clock when it was read."""
+    host: str = ""
+    pid: int = 0
 
 
 @dataclass(slots=True)
@@ -74,6 +126,8 @@ class RunQuery:
     since: datetime | None = None
     until: datetime | None = None
     event_id: str | None = None
+    trigger: str | None = None
+    """A trigger id of the job (`cron`, `api`, a named trigger's id)."""
     limit: int = 50
     cursor: str | None = None
     """Opaque, from a previous page's `next_cursor`. Newest first."""
@@ -93,6 +147,32 @@ class EventQuery:
 class PruneResult:
     runs: list[str] = field(default_factory=list)
     events: int = 0
+
+
+class ActivityCount(NamedTuple):
+    """Runs created in one bucket of `Store.activity`'s window, in one state."""
+
+    bucket: int
+    """0 for [since, since + bucket), 1 for the next, ..."""
+    state: RunState
+    total: int
+
+
+class SourceCount(NamedTuple):
+    """Events received in `Store.activity`'s window from one kind of source, with one outcome."""
+
+    source: str
+    outcome: EventOutcome
+    total: int
+
+
+@dataclass(slots=True)
+class Activity:
+    """What `Store.activity` counts (the dashboard's overview): ordered by (bucket, state) and
+    (source, outcome); combinations with no row are absent."""
+
+    runs: list[ActivityCount] = field(default_factory=list)
+    events: list[SourceCount] = field(default_factory=list)
 
 
 class PruneRule(NamedTuple):
@@ -152,16 +232,26 @@ class Store(ABC):
         return isinstance(exc, StoreError | OSError)
 
     async def commit(
-        self, batch: list[Intake], updates: list[Run], outbox: Sequence[OutboxRow] = ()
+        self,
+        batch: list[Intake],
+        updates: list[Run],
+        outbox: Sequence[OutboxRow] = (),
+        fence: Fence | None = None,
     ) -> list[Recorded]:
         """`record(batch)`, `update_runs(updates)` and `outbox_add(outbox)` in ONE transaction (one
         fsync per group commit).
 
+        `fence`: the runs recorded are owned by `fence.replica`; with `fence.token`, the commit is
+        refused as a whole (`Fenced`) unless that replica still holds the lease with that token.
+
         The engine keeps mutating its runs while this is awaited, so an implementation must
         capture the state of `updates` (and of the batch's runs) before it first yields; the engine
         does not copy them. This default snapshots, then makes two calls: stores override it."""
+        self.coordination.check(fence)
         snapshot = [r.model_copy(deep=True) for r in updates]
         recorded = await self.record(batch) if batch else []
+        self.coordination.own(fence, recorded)
+        self.coordination.ended(snapshot)
         if snapshot:
             await self.update_runs(snapshot)
         if outbox:
@@ -194,6 +284,20 @@ class Store(ABC):
         """Runs not in a terminal state (queued, pending, running), oldest first: what reconcile resumes."""
 
     @abstractmethod
+    async def last_runs(self, jobs: Sequence[str]) -> dict[str, Run]:
+        """The newest run (by `created_at`, then id) of each of `jobs` that has one, in one read:
+        the dashboard's jobs page (one index probe per job on `runs_job_created`)."""
+
+    @abstractmethod
+    async def activity(
+        self, since: datetime, bucket: timedelta, buckets: int, events_since: datetime | None = None
+    ) -> Activity:
+        """Runs created in `[since, since + buckets × bucket)` counted by state per bucket (the
+        bucket of a run is `(created_at - since) // bucket`), and events received at or after
+        `events_since` (default `since`) counted by source and outcome: the dashboard's overview
+        in one read. Raises ValueError for a bucket under a microsecond or `buckets` < 1."""
+
+    @abstractmethod
     async def get_event(self, event_id: str) -> Event | None: ...
 
     @abstractmethod
@@ -218,3 +322,73 @@ class Store(ABC):
         result is the union (run ids sorted, events summed). It first reads whether anything is to
         go and writes nothing at all (no write transaction) when nothing is. One rule per job: of a
         repeated job the last rule counts."""
+
+    # ---- coordination of replicas: registry, leases, claims
+    # The defaults are for single-process stores (SQLite, memory): the state lives in this process
+    # (`store/local.py`), since no other process can open the same store. PostgreSQL overrides them
+    # with tables shared by every replica (migration 0002).
+
+    shared: bool = False
+    """Whether several processes can use this store at once (PostgreSQL): then replicas must
+    coordinate through it. False: one process owns the store and is trivially the leader."""
+
+    @property
+    def coordination(self) -> LocalCoordination:
+        """The in-process registry, leases and run owners of a single-process store."""
+        found: LocalCoordination | None = self.__dict__.get("_coordination")
+        if found is None:
+            from jobwire.store.local import LocalCoordination
+
+            found = self.__dict__["_coordination"] = LocalCoordination()
+        return found
+
+    async def register_replica(
+        self, replica: str, role: str, ttl: float, host: str = "", pid: int = 0
+    ) -> None:
+        """Register (or re-register after its death) a replica with a heartbeat valid `ttl` seconds.
+        Raises StoreError if a live replica with this id is registered already."""
+        self.coordination.register(replica, role, ttl, host, pid)
+
+    async def heartbeat(self, replica: str, ttl: float) -> bool:
+        """Extend the replica's heartbeat to now + `ttl`. False (and nothing written) if it is not
+        registered or its heartbeat already expired: it was declared dead and must not act any more."""
+        return self.coordination.heartbeat(replica, ttl)
+
+    async def unregister_replica(self, replica: str) -> None:
+        """A replica stops: its row goes (the runs it leaves active are claimable at once)."""
+        self.coordination.unregister(replica)
+
+    async def replicas(self) -> list[ReplicaRow]:
+        """Every registered replica, live or dead, by start time."""
+        return self.coordination.rows()
+
+    async def acquire_lease(self, name: str, holder: str, ttl: float) -> Lease | None:
+        """Take lease `name` for `ttl` seconds if it is free or expired (the token grows by one), or
+        return it as held if `holder` holds it already (same token). None if another holds it."""
+        return self.coordination.acquire(name, holder, ttl)
+
+    async def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
+        """Extend a held lease to now + `ttl`; None if it expired or another took it (same token kept)."""
+        return self.coordination.renew(lease, ttl)
+
+    async def release_lease(self, lease: Lease) -> None:
+        """Give a held lease up now (if still held with this token), so another can take it at once."""
+        self.coordination.release(lease)
+
+    async def get_lease(self, name: str) -> Lease | None:
+        """The lease as it is (held or expired), or None if it was never taken or was released."""
+        return self.coordination.get(name)
+
+    async def claim_runs(self, replica: str, limit: int = 1000, mine: bool = False) -> list[Run]:
+        """Claim active runs (queued, pending, running) whose owner is not a live replica — a dead
+        one's, or none — for `replica`, oldest first, at most `limit`; with `mine`, also the
+        replica's own (its previous life, at start). Each run is claimed by one claimer only, however
+        many claim at once (PostgreSQL: FOR UPDATE SKIP LOCKED); the runs returned are owned by
+        `replica` from now on."""
+        runs = await self.active_runs()
+        return self.coordination.claim(replica, runs, limit, mine)
+
+    async def run_owners(self, run_ids: Sequence[str]) -> dict[str, str | None]:
+        """The owner replica of each of these runs (None: none). Single-process stores know the
+        owners of active runs only (what claims need); PostgreSQL keeps them for every run."""
+        return {rid: self.coordination.owner(rid) for rid in run_ids}

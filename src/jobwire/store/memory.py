@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from jobwire.model import ACTIVE_STATES, Event, EventOutcome, Job, Run, RunState, utcnow
 from jobwire.store.base import (
+    Activity,
+    ActivityCount,
     EventQuery,
+    Fence,
     Intake,
     OutboxRow,
     Page,
@@ -24,11 +27,12 @@ from jobwire.store.base import (
     PruneRule,
     Recorded,
     RunQuery,
+    SourceCount,
     Store,
     StoredJob,
     StoreError,
 )
-from jobwire.store.queries import check_limit, decode_cursor, encode_cursor, from_us, to_us
+from jobwire.store.queries import check_buckets, check_limit, decode_cursor, encode_cursor, from_us, to_us
 
 _RUN_TIMES = ("created_at", "scheduled_at", "not_before", "started_at", "finished_at")
 _EVENT_TIMES = ("received_at", "scheduled_at")
@@ -190,12 +194,19 @@ class MemoryStore(Store):
         return out
 
     async def commit(
-        self, batch: list[Intake], updates: list[Run], outbox: Sequence[OutboxRow] = ()
+        self,
+        batch: list[Intake],
+        updates: list[Run],
+        outbox: Sequence[OutboxRow] = (),
+        fence: Fence | None = None,
     ) -> list[Recorded]:
         # record() and update_runs() never yield: together they are one atomic step, state captured
+        self.coordination.check(fence)
         recorded = await self.record(batch) if batch else []
+        self.coordination.own(fence, recorded)
         if updates:
             await self.update_runs(updates)
+            self.coordination.ended(updates)
         for row in outbox:
             self._outbox_seq += 1
             self._outbox.setdefault(row.sink, []).append((self._outbox_seq, row.doc))
@@ -252,6 +263,7 @@ class MemoryStore(Store):
             if (query.job is None or r.job == query.job)
             and (states is None or r.state in states)
             and (query.event_id is None or r.event_id == query.event_id)
+            and (query.trigger is None or r.trigger == query.trigger)
             and window.admits(_run_sort_key(r))
         ]
         rows.sort(key=_run_sort_key, reverse=True)
@@ -264,6 +276,39 @@ class MemoryStore(Store):
         rows = [r for r in self._runs.values() if r.state in _LISTED_ACTIVE]
         rows.sort(key=_run_sort_key)
         return [_copy_run(r) for r in rows]
+
+    async def last_runs(self, jobs: Sequence[str]) -> dict[str, Run]:
+        self._check_open()
+        wanted = set(jobs)
+        out: dict[str, Run] = {}
+        for r in self._runs.values():
+            if r.job in wanted and (r.job not in out or _run_sort_key(r) > _run_sort_key(out[r.job])):
+                out[r.job] = r
+        return {job: _copy_run(r) for job, r in out.items()}
+
+    async def activity(
+        self, since: datetime, bucket: timedelta, buckets: int, events_since: datetime | None = None
+    ) -> Activity:
+        self._check_open()
+        width = check_buckets(bucket, buckets)
+        start = to_us(since)
+        end = start + buckets * width
+        runs: dict[tuple[int, str], int] = {}
+        for r in self._runs.values():
+            at = to_us(r.created_at)
+            if start <= at < end:
+                k = ((at - start) // width, r.state.value)
+                runs[k] = runs.get(k, 0) + 1
+        events: dict[tuple[str, str], int] = {}
+        ev_start = start if events_since is None else to_us(events_since)
+        for e in self._events.values():
+            if to_us(e.received_at) >= ev_start:
+                j = (e.source, e.outcome.value)
+                events[j] = events.get(j, 0) + 1
+        return Activity(
+            runs=[ActivityCount(b, RunState(s), n) for (b, s), n in sorted(runs.items())],
+            events=[SourceCount(src, EventOutcome(o), n) for (src, o), n in sorted(events.items())],
+        )
 
     async def get_event(self, event_id: str) -> Event | None:
         self._check_open()

@@ -13,9 +13,9 @@ Same semantics as the SQLite store (`store/sqlite.py`), the same contract suite.
 - Migrations: `migrate()` applies them under an advisory lock (`jobwire db upgrade`). `open()`
   refuses a database whose schema is older than this jobwire's (saying to run `jobwire db upgrade`)
   unless `auto_migrate` (JOBWIRE_DB_AUTO_MIGRATE=true), and one newer than it knows.
-- One jobwire per database for now (several replicas are issue 9 item 2): `open()` takes a
-  session advisory lock on a connection of its own, held until `close()`; a second jobwire on the
-  same database fails fast with `StoreLocked`, like SQLite's file lock.
+- Several replicas on one database (docs/replicas.md): the `replicas` table (heartbeats), the
+  `leases` table (the leader lease and its fencing token, checked `FOR SHARE` as the first statement
+  of a fenced commit) and `runs.owner` (claimed with `FOR UPDATE SKIP LOCKED`), migration 0003.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import contextlib
 import json
 import os
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -35,22 +35,29 @@ from pydantic_core import to_json
 
 from jobwire.model import ACTIVE_STATES, Event, EventOutcome, Job, Run, RunState, utcnow
 from jobwire.store.base import (
+    Activity,
+    ActivityCount,
     EventQuery,
+    Fence,
+    Fenced,
     Intake,
+    Lease,
     OutboxRow,
     Page,
     PruneResult,
     PruneRule,
     Recorded,
+    ReplicaRow,
     RunQuery,
+    SourceCount,
     Store,
     StoredJob,
     StoreError,
-    StoreLocked,
 )
 from jobwire.store.queries import (
     InvalidCursorError,
     Queries,
+    check_buckets,
     check_limit,
     decode_cursor,
     encode_cursor,
@@ -64,10 +71,13 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_POOL_SIZE = 10
 CONNECT_TIMEOUT = 10.0
-# Advisory lock keys (bigint): the single-jobwire lock, and the migration lock. Arbitrary, fixed.
-SERVE_LOCK_KEY = 0x6A6F_6277_6972_6501  # "jobwire" + 1
+# Advisory lock key (bigint) of the migration lock. Arbitrary, fixed. (…6501 was the single-jobwire
+# lock of version 1, replaced by the replica registry: not reused.)
 MIGRATE_LOCK_KEY = 0x6A6F_6277_6972_6502
 APPLICATION_NAME = "jobwire-store"
+IDLE_IN_TRANSACTION_MS = 10_000
+LEASE_WAIT = 2.0
+"""Seconds an acquisition waits for a fenced transaction that holds the lease row (FOR SHARE)."""
 
 _LISTED_ACTIVE = frozenset({RunState.queued, *ACTIVE_STATES})
 _ACTIVE_TERM = "state IN ('queued', 'pending', 'running')"
@@ -343,6 +353,7 @@ _ITEM: tuple[type[BaseException], ...] = (
 
 
 class PostgresStore(Store):
+    shared = True
     def __init__(self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE, auto_migrate: bool = False) -> None:
         scheme = url.split(":", 1)[0]
         if scheme not in ("postgresql", "postgres"):
@@ -353,10 +364,9 @@ class PostgresStore(Store):
         self.pool_size = pool_size
         self.auto_migrate = auto_migrate
         self._pool: asyncpg.Pool | None = None
-        self._lock_conn: asyncpg.Connection | None = None
-        self._relock: asyncio.Task[None] | None = None
-        self.lock_lost = 0
-        """How many times the single-jobwire lock's connection was lost (and the lock re-taken)."""
+        self._incarnations: dict[str, datetime] = {}
+        """started_at of each replica registered through this store: its heartbeat names it, so a
+        stale process with a reused replica id cannot keep a new incarnation's row alive."""
 
     def __repr__(self) -> str:
         return f"PostgresStore({mask(self.url)!r})"
@@ -368,9 +378,6 @@ class PostgresStore(Store):
             raise StoreError(f"{self!r} is already open")
         conn = await _connect(self.url)
         try:
-            held = await conn.fetchval("SELECT pg_try_advisory_lock($1)", SERVE_LOCK_KEY)
-            if not held:
-                raise StoreLocked(await self._locked_message(conn))
             current, latest = await schema_version(conn), latest_version()
             if current > latest:
                 raise _too_new(current, latest)
@@ -386,7 +393,12 @@ class PostgresStore(Store):
                 min_size=1,
                 max_size=self.pool_size,
                 timeout=CONNECT_TIMEOUT,
-                server_settings={"application_name": APPLICATION_NAME},
+                server_settings={
+                    "application_name": APPLICATION_NAME,
+                    # a replica paused inside a transaction (SIGSTOP) must not hold its locks — the
+                    # leader lease's FOR SHARE among them — for ever: PostgreSQL ends its session
+                    "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS),
+                },
             )
         except BaseException as exc:
             with contextlib.suppress(Exception):
@@ -396,83 +408,16 @@ class PostgresStore(Store):
             ):
                 raise StoreError(f"cannot open {mask(self.url)}: {_describe(exc)}") from exc
             raise
-        self._pool, self._lock_conn = pool, conn
-        conn.add_termination_listener(self._lock_connection_lost)
-
-    def _lock_connection_lost(self, conn: asyncpg.Connection) -> None:
-        """The lock's session ended (PostgreSQL restarted, the backend was terminated): the lock went
-        with it. Re-take it on a new connection in the background, and say so."""
-        if self._pool is None or conn is not self._lock_conn:
-            return  # closing
-        self._lock_conn = None
-        self.lock_lost += 1
-        log.error(
-            "lost the single-jobwire lock on the database with its connection; taking it again",
-            database=mask(self.url),
-        )
-        self._relock = asyncio.get_running_loop().create_task(self._retake_lock())
-
-    async def _retake_lock(self) -> None:
-        delay = 0.25
-        while self._pool is not None:
-            try:
-                conn = await _connect(self.url)
-            except StoreError as exc:
-                log.warning("single-jobwire lock: database not reachable yet", error=str(exc))
-            else:
-                try:
-                    held = await conn.fetchval("SELECT pg_try_advisory_lock($1)", SERVE_LOCK_KEY)
-                except Exception:
-                    held = False
-                if held and self._pool is not None:
-                    self._lock_conn = conn
-                    conn.add_termination_listener(self._lock_connection_lost)
-                    log.info("single-jobwire lock taken again", database=mask(self.url))
-                    return
-                with contextlib.suppress(Exception):
-                    await conn.close()
-                if not held:
-                    log.error(
-                        "another jobwire holds the database's lock now: one jobwire per database for "
-                        "now — stop one of them",
-                        database=mask(self.url),
-                    )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-
-    async def _locked_message(self, conn: asyncpg.Connection) -> str:
-        holder = await conn.fetchrow(
-            "SELECT a.pid, a.client_addr::text, a.application_name FROM pg_locks l"
-            " JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database"
-            " WHERE datname = current_database()) AND l.objid = $1 LIMIT 1",
-            SERVE_LOCK_KEY & 0xFFFFFFFF,
-        )
-        who = "another jobwire"
-        if holder is not None:
-            who += f" (server backend pid {holder[0]}, client {holder[1] or 'local socket'})"
-        return (
-            f"{who} is using the database {mask(self.url)}: one jobwire per database for now "
-            "(several replicas are not supported yet); stop it or point JOBWIRE_DATABASE_URL at another "
-            "database"
-        )
+        with contextlib.suppress(Exception):
+            await conn.close()
+        self._pool = pool
 
     async def close(self) -> None:
-        pool, conn, relock = self._pool, self._lock_conn, self._relock
-        self._pool = self._lock_conn = self._relock = None
-        if relock is not None:
-            relock.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await relock
-        try:
-            if pool is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pool.close(), 10)
-                pool.terminate()
-        finally:
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    await conn.close()  # ends the session: the advisory lock goes with it
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pool.close(), 10)
+            pool.terminate()
 
     def _p(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -537,7 +482,11 @@ class PostgresStore(Store):
         return isinstance(exc, StoreError | OSError)
 
     async def commit(
-        self, batch: list[Intake], updates: list[Run], outbox: Sequence[OutboxRow] = ()
+        self,
+        batch: list[Intake],
+        updates: list[Run],
+        outbox: Sequence[OutboxRow] = (),
+        fence: Fence | None = None,
     ) -> list[Recorded]:
         # Everything is serialized here, before the first await: that is the snapshot.
         events = [
@@ -546,11 +495,16 @@ class PostgresStore(Store):
             else i.event.model_copy(update={"run_id": i.run.id})
             for i in batch
         ]
-        record_args = [*_run_columns([i.run for i in batch if i.run is not None]), *_columns(events)]
+        record_args: list[Any] = [
+            *_run_columns([i.run for i in batch if i.run is not None]),
+            *_columns(events),
+            None if fence is None else fence.replica,
+        ]
+        fenced = fence is not None and fence.token is not None
         upd_cols = _update_columns(updates) if updates else None
         out_cols = [[r.sink for r in outbox], [r.doc for r in outbox]] if outbox else None
         try:
-            if not batch:
+            if not batch and not fenced:
                 # State changes (and their status documents): one statement, atomic on its own.
                 if upd_cols is None:
                     await self._p().execute(Q.insert_outbox, *(out_cols or [[], []]))
@@ -558,7 +512,10 @@ class PostgresStore(Store):
                     await self._p().execute(Q.update_runs_with_outbox, *upd_cols, *(out_cols or [[], []]))
                 return []
             async with self._p().acquire() as conn, conn.transaction():
-                recorded = await self._record(conn, batch, events, record_args)
+                if fenced:
+                    assert fence is not None
+                    await _check_fence(conn, fence)
+                recorded = await self._record(conn, batch, events, record_args) if batch else []
                 if upd_cols is not None:
                     await conn.execute(Q.update_runs, *upd_cols)
                 if out_cols is not None:
@@ -569,9 +526,88 @@ class PostgresStore(Store):
             raise self._error(exc) from exc
         return recorded
 
+    # ---- replicas, leases, claims (docs/replicas.md)
+
+    async def register_replica(
+        self, replica: str, role: str, ttl: float, host: str = "", pid: int = 0
+    ) -> None:
+        row = await self._fetchrow(Q.register_replica, replica, role, ttl, host, pid)
+        if row is None:
+            raise StoreError(
+                f"a live replica with id {replica!r} is registered already on {mask(self.url)}: "
+                "each replica needs its own JOBWIRE_REPLICA_ID (or none: a fresh one is made)"
+            )
+        self._incarnations[replica] = row[0]
+
+    async def heartbeat(self, replica: str, ttl: float) -> bool:
+        started = self._incarnations.get(replica)
+        if started is None:
+            return False
+        return await self._fetchrow(Q.heartbeat, replica, ttl, started) is not None
+
+    async def unregister_replica(self, replica: str) -> None:
+        started = self._incarnations.pop(replica, None)
+        if started is not None:  # only a row this store registered: never another process's
+            await self._fetch(Q.unregister_replica, replica, started)
+
+    async def replicas(self) -> list[ReplicaRow]:
+        return [
+            ReplicaRow(
+                id=r[0], role=r[1], started_at=r[2], heartbeat_at=r[3], expires_at=r[4], alive=r[5],
+                host=r[6], pid=r[7],
+            )
+            for r in await self._fetch(Q.list_replicas)
+        ]
+
+    async def acquire_lease(self, name: str, holder: str, ttl: float) -> Lease | None:
+        try:
+            row = await self._p().fetchrow(Q.acquire_lease, name, holder, ttl, timeout=LEASE_WAIT)
+        except TimeoutError:
+            return None  # a (paused) holder's fenced transaction still holds the row: not free yet
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise self._error(exc) from exc
+        if row is not None:
+            return Lease(row[0], row[1], int(row[2]), row[3])
+        now = await self._fetchrow(Q.get_lease, name)
+        if now is not None and now[1] == holder and now[4]:
+            return Lease(now[0], now[1], int(now[2]), now[3])
+        return None
+
+    async def renew_lease(self, lease: Lease, ttl: float) -> Lease | None:
+        row = await self._fetchrow(Q.renew_lease, lease.name, lease.holder, lease.token, ttl)
+        return None if row is None else Lease(row[0], row[1], int(row[2]), row[3])
+
+    async def release_lease(self, lease: Lease) -> None:
+        await self._fetch(Q.release_lease, lease.name, lease.holder, lease.token)
+
+    async def get_lease(self, name: str) -> Lease | None:
+        row = await self._fetchrow(Q.get_lease, name)
+        if row is None or row[1] is None:
+            return None
+        return Lease(row[0], row[1], int(row[2]), row[3])
+
+    async def claim_runs(self, replica: str, limit: int = 1000, mine: bool = False) -> list[Run]:
+        try:
+            async with self._p().acquire() as conn, conn.transaction():
+                ids = [r[0] for r in await conn.fetch(Q.claim_runs, replica, limit, mine)]
+                rows = (
+                    await conn.fetch(
+                        Q.select_runs + " WHERE id = ANY($1::text[]) ORDER BY created_at, id", ids
+                    )
+                    if ids
+                    else []
+                )
+        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise self._error(exc) from exc
+        return [_run_from_row(r) for r in rows]
+
+    async def run_owners(self, run_ids: Sequence[str]) -> dict[str, str | None]:
+        found = {r[0]: r[1] for r in await self._fetch(Q.run_owners, list(run_ids))}
+        return {rid: found.get(rid) for rid in run_ids}
+
     @staticmethod
     async def _record(
-        conn: asyncpg.Connection, batch: list[Intake], events: list[Event], record_args: list[list[Any]]
+        conn: asyncpg.Connection, batch: list[Intake], events: list[Event], record_args: list[Any]
     ) -> list[Recorded]:
         """The runs and the events in one statement; then, only if a run key was taken, the
         duplicates' events marked and the runs that exist read (same transaction)."""
@@ -648,6 +684,9 @@ class PostgresStore(Store):
         if query.event_id is not None:
             args.append(query.event_id)
             where.append(f"event_id = ${len(args)}")
+        if query.trigger is not None:
+            args.append(query.trigger)
+            where.append(f"trigger = ${len(args)}")
         _time_window(where, args, "created_at", query.since, query.until, query.cursor)
         args.append(limit + 1)
         sql = Q.select_runs + _where(where) + f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}"
@@ -664,6 +703,25 @@ class PostgresStore(Store):
     async def get_event(self, event_id: str) -> Event | None:
         row = await self._fetchrow(Q.select_events + " WHERE id = $1", event_id)
         return None if row is None else _event_from_row(row)
+
+    async def last_runs(self, jobs: Sequence[str]) -> dict[str, Run]:
+        if not jobs:
+            return {}
+        sql = f"{Q.select_runs} WHERE id IN ({Q.last_run_ids})"
+        return {r.job: r for r in (_run_from_row(row) for row in await self._fetch(sql, list(jobs)))}
+
+    async def activity(
+        self, since: datetime, bucket: timedelta, buckets: int, events_since: datetime | None = None
+    ) -> Activity:
+        width = check_buckets(bucket, buckets)
+        since = from_us(to_us(since))  # a naive time is UTC, as everywhere in the stores
+        states = [s.value for s in RunState]
+        runs = await self._fetch(Q.activity_runs, since, timedelta(microseconds=width), buckets, states)
+        events = await self._fetch(Q.activity_events, since if events_since is None else _utc(events_since))
+        return Activity(
+            runs=sorted(ActivityCount(int(b), RunState(s), int(n)) for b, s, n in runs if n),
+            events=sorted(SourceCount(str(src), EventOutcome(o), int(n)) for src, o, n in events),
+        )
 
     async def list_events(self, query: EventQuery) -> Page[Event]:
         limit = check_limit(query.limit)
@@ -732,6 +790,15 @@ class PostgresStore(Store):
     async def execute(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         """Run one statement (tests, diagnostics)."""
         return [tuple(r) for r in await self._fetch(sql, *args)]
+
+
+async def _check_fence(conn: asyncpg.Connection, fence: Fence) -> None:
+    """The first statement of a fenced transaction: raise Fenced unless the lease is still held."""
+    if await conn.fetchrow(Q.check_fence, fence.lease, fence.replica, fence.token) is None:
+        raise Fenced(
+            f"replica {fence.replica} no longer holds the {fence.lease} lease with token "
+            f"{fence.token}: nothing written"
+        )
 
 
 def _utc(dt: datetime) -> datetime:

@@ -171,6 +171,16 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
         raise InvalidCursorError(msg) from None
 
 
+def check_buckets(bucket: timedelta, buckets: int) -> int:
+    """`Store.activity`'s bucket width in microseconds, after checking its arguments."""
+    width = bucket // _US
+    if width < 1:
+        raise ValueError(f"bucket must be at least 1 microsecond, got {bucket}")
+    if buckets < 1:
+        raise ValueError(f"buckets must be at least 1, got {buckets}")
+    return width
+
+
 def check_limit(limit: int) -> int:
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")

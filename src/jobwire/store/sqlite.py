@@ -20,7 +20,7 @@ import shutil
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,7 +28,10 @@ from pydantic_core import to_json
 
 from jobwire.model import ACTIVE_STATES, Event, EventOutcome, Job, Run, RunState, utcnow
 from jobwire.store.base import (
+    Activity,
+    ActivityCount,
     EventQuery,
+    Fence,
     Intake,
     OutboxRow,
     Page,
@@ -36,6 +39,7 @@ from jobwire.store.base import (
     PruneRule,
     Recorded,
     RunQuery,
+    SourceCount,
     Store,
     StoredJob,
     StoreError,
@@ -43,6 +47,7 @@ from jobwire.store.base import (
 )
 from jobwire.store.queries import (
     Queries,
+    check_buckets,
     check_limit,
     decode_cursor,
     encode_cursor,
@@ -72,6 +77,7 @@ EVENT_COLUMNS = (
 _LISTED_ACTIVE = frozenset({RunState.queued, *ACTIVE_STATES})
 # Literal, so SQLite can prove a query only wants rows of the partial index `runs_active`.
 _ACTIVE_TERM = "state IN ('queued', 'pending', 'running')"
+_STATE_LIST = json.dumps([s.value for s in RunState])
 
 
 # --------------------------------------------------------------------------- url, lock
@@ -119,7 +125,9 @@ def _take_lock(lock_path: Path, db_path: Path) -> int:
             else f"another jobwire process (pid {pid})"
         )
         raise StoreLocked(
-            f"{who} is using {db_path}; stop it or set JOBWIRE_DATA_DIR to another folder"
+            f"{who} is using {db_path}; stop it or set JOBWIRE_DATA_DIR to another folder. A SQLite "
+            "file serves one jobwire: to run several replicas, use PostgreSQL "
+            "(JOBWIRE_DATABASE_URL=postgresql://…, see docs/replicas.md)"
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -554,8 +562,14 @@ class SQLiteStore(Store):
         return isinstance(cause, sqlite3.DatabaseError) or isinstance(exc, StoreError | OSError)
 
     async def commit(
-        self, batch: list[Intake], updates: list[Run], outbox: Sequence[OutboxRow] = ()
+        self,
+        batch: list[Intake],
+        updates: list[Run],
+        outbox: Sequence[OutboxRow] = (),
+        fence: Fence | None = None,
     ) -> list[Recorded]:
+        # the lease lives in this process (store/local.py): checked here, on the event loop
+        self.coordination.check(fence)
         # The rows are built here, on the caller's thread, before the hop: that is the snapshot
         # (and the serialization overlaps the store thread's work on the previous call).
         runs = [(i.run, _run_values(i.run)) for i in batch if i.run is not None]
@@ -570,7 +584,10 @@ class SQLiteStore(Store):
                 conn.executemany(Q.insert_outbox, rows)
             return recorded
 
-        return await self._w(op)
+        recorded = await self._w(op)
+        self.coordination.own(fence, recorded)
+        self.coordination.ended(updates)
+        return recorded
 
     async def outbox_take(self, sink: str, limit: int) -> list[tuple[int, str]]:
         params = {"sink": sink, "limit": limit}
@@ -608,6 +625,9 @@ class SQLiteStore(Store):
         if query.event_id is not None:
             where.append("event_id = ?")
             args.append(query.event_id)
+        if query.trigger is not None:
+            where.append("trigger = ?")
+            args.append(query.trigger)
         _time_window(where, args, "created_at", query.since, query.until, query.cursor)
         sql = Q.select_runs + _where(where) + " ORDER BY created_at DESC, id DESC LIMIT ?"
         args.append(limit + 1)
@@ -620,6 +640,36 @@ class SQLiteStore(Store):
         sql = f"{Q.select_runs} WHERE {_ACTIVE_TERM} ORDER BY created_at, id"
         rows = await self._r(lambda c: c.execute(sql).fetchall())
         return [_run_from_row(r) for r in rows]
+
+    async def last_runs(self, jobs: Sequence[str]) -> dict[str, Run]:
+        if not jobs:
+            return {}
+        names = json.dumps(list(jobs))
+
+        def op(conn: sqlite3.Connection) -> list[Any]:
+            ids = [r[0] for r in conn.execute(Q.last_run_ids, {"jobs": names}) if r[0] is not None]
+            sql = f"{Q.select_runs} WHERE id IN ({', '.join('?' * len(ids))})"
+            return conn.execute(sql, ids).fetchall() if ids else []
+
+        runs = [_run_from_row(r) for r in await self._r(op)]
+        return {r.job: r for r in runs}
+
+    async def activity(
+        self, since: datetime, bucket: timedelta, buckets: int, events_since: datetime | None = None
+    ) -> Activity:
+        width = check_buckets(bucket, buckets)
+        params = {"since": to_us(since), "bucket": width, "n": buckets, "states": _STATE_LIST}
+        ev = {"since": to_us(since if events_since is None else events_since)}
+
+        def op(conn: sqlite3.Connection) -> Activity:
+            runs = conn.execute(Q.activity_runs, params).fetchall()
+            events = conn.execute(Q.activity_events, ev).fetchall()
+            return Activity(
+                runs=sorted(ActivityCount(int(b), RunState(s), int(n)) for b, s, n in runs if n),
+                events=[SourceCount(str(src), EventOutcome(o), int(n)) for src, o, n in events],
+            )
+
+        return await self._r(op)
 
     async def get_event(self, event_id: str) -> Event | None:
         row = await self._r(lambda c: c.execute(Q.select_events + " WHERE id = ?", (event_id,)).fetchone())

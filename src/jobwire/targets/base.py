@@ -76,12 +76,21 @@ class RunContext(ABC):
     async def callback(self) -> CallbackResult:
         """Wait for the job to call back (targets whose runs report their own end)."""
 
+    async def until_startable(self) -> None:
+        """Return when the target may take its irreversible step (a spawn, a request, a create).
+        A target awaits it last and then starts without yielding: with several replicas the engine
+        holds it while this replica's heartbeat may have expired (a pause, a SIGSTOP landing after
+        the engine's own check), since its runs may be someone else's by then."""
+
 
 class Target(ABC):
     kind: ClassVar[str]
     survives_restart: ClassVar[bool] = False
     """True when a run keeps going without jobwire (Kubernetes, spot): on shutdown it is left
     running and adopted after restart instead of being recorded as interrupted."""
+    launch_limit: ClassVar[int | None] = None
+    """Attempts of this kind running at once at most; more wait in the engine's launch backlog
+    (`engine/backlog.py`) rather than as tasks inside the target. None: no limit."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -94,6 +103,10 @@ class Target(ABC):
     ) -> None:
         """What the engine offers every target before `start`: whether a run id is recorded
         (to tell orphans on the target side), the current job definitions, the metrics registry."""
+
+    def bind_leader(self, leader: Callable[[], bool]) -> None:
+        """Whether this replica is the leader (docs/replicas.md): a target's periodic cleanup of
+        its resources runs on the leader only. Targets without one ignore it."""
 
     async def start(self) -> None:
         """Open connections; called once before the first run."""

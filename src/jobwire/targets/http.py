@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import importlib.metadata
+import json
 from typing import Any
 
 import httpx
@@ -38,6 +39,7 @@ from jobwire.model import RunError, RunState
 from jobwire.netguard import DestinationRefused, GuardedTransport, PooledTransport, check_destination
 from jobwire.params import render, render_headers, render_url
 from jobwire.targets.base import Outcome, RunContext, Target
+from jobwire.targets.http1 import ConnectFailed, Http1Pool, ProtocolFailed
 
 log = structlog.get_logger(__name__)
 
@@ -84,6 +86,19 @@ def status_accepted(status: int, accept: list[int | str]) -> bool:
     return False
 
 
+_FORBIDDEN_IN_HEADERS = (b"\r", b"\n", b"\0")
+
+
+def _wire(request: httpx.Request) -> bytes:
+    """The whole HTTP/1.1 request as httpx built it, in one string (for `Http1Pool`)."""
+    head = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
+    for name, value in request.headers.raw:
+        if any(c in name or c in value for c in _FORBIDDEN_IN_HEADERS):
+            raise ValueError(f"header {name.decode('latin-1')!r} holds a line break or NUL")
+        head.append(name + b": " + value)
+    return b"\r\n".join(head) + b"\r\n\r\n" + request.content
+
+
 def _failed(reason: str, message: str, retryable: bool, code: int | str | None = None) -> Outcome:
     return Outcome(
         state=RunState.failed, retryable=retryable, error=RunError(message=message, reason=reason, code=code)
@@ -97,13 +112,60 @@ def _timed_out(seconds: float) -> Outcome:
     )
 
 
+def _judge(spec: HttpSpec, status: int, head: bytes) -> Outcome:
+    """The run's outcome from the answer's status (and the first bytes of its body)."""
+    if status_accepted(status, spec.accept_status):
+        return Outcome(state=RunState.succeeded, http_status=status)
+    text = head.decode("utf-8", errors="replace")[:ERROR_BODY_CHARS]
+    return Outcome(
+        state=RunState.failed,
+        http_status=status,
+        retryable=status in RETRYABLE_STATUS or status >= 500,
+        error=RunError(message=text or f"HTTP {status}", reason="HTTPStatus", code=status),
+    )
+
+
+_SENTINEL = "jobwire-run-id-5f0c9a7e1d3b"
+"""Stands for the run id in a definition's cached request (`HttpTarget._static_wire`)."""
+
+
+def _build(
+    spec: HttpSpec, params: dict[str, Any], run_id: str, attempt: int
+) -> tuple[httpx.URL, httpx.Request]:
+    """The request of one attempt. Raises ValueError, TypeError, KeyError, httpx.InvalidURL."""
+    seconds = spec.timeout.total_seconds()
+    url = httpx.URL(render_url(spec.url, params))
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("not an absolute http(s) URL")
+    headers = httpx.Headers(DEFAULT_HEADERS)
+    headers.update(render_headers(spec.headers, params))
+    if url.username or url.password:
+        headers["Authorization"] = _basic_auth(url)
+    headers["Idempotency-Key"] = run_id
+    headers["Jobwire-Attempt"] = str(attempt)
+    headers["User-Agent"] = USER_AGENT
+    body: Any = None
+    if spec.method not in NO_BODY_METHODS and spec.payload is not None:
+        body = render(spec.payload, params)
+    timeouts = {"connect": seconds, "read": seconds, "write": seconds, "pool": seconds}
+    request = httpx.Request(spec.method, url, headers=headers, json=body, extensions={"timeout": timeouts})
+    return url, request
+
+
 class HttpTarget(Target):
     kind = "http"
     survives_restart = False
+    launch_limit = 2 * MAX_IN_FLIGHT
+    """Both pools (guarded and private-allowed) can fill; beyond that runs wait in the engine's
+    launch backlog, not as tasks waiting for a slot here."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
+        self.http1 = Http1Pool()
+        """Plain `http://` calls (`targets/http1.py`); `https://` goes through httpx's transport."""
         self._pools: dict[bool, tuple[PooledTransport, asyncio.Semaphore]] = {}
+        self._static: dict[int, tuple[HttpSpec, tuple[httpx.URL, bytes, bytes] | None]] = {}
+        """By definition (its id, the definition held): its cached first-attempt request, or None."""
         """A transport and its `MAX_IN_FLIGHT` slots by `allow_private`: targets allowed private
         destinations get their own, so a connection opened for them is never reused by a request
         that must be guarded, and calls of one kind never wait for the other's slots."""
@@ -112,6 +174,7 @@ class HttpTarget(Target):
         self._pool_for(allow_private=False)
 
     async def close(self) -> None:
+        self.http1.close()
         pools, self._pools = self._pools, {}
         for transport, _ in pools.values():
             await transport.aclose()
@@ -145,31 +208,16 @@ class HttpTarget(Target):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
 
-        try:
-            url = httpx.URL(render_url(spec.url, ctx.params))
-            if url.scheme not in ("http", "https") or not url.host:
-                raise ValueError("not an absolute http(s) URL")
-            headers = httpx.Headers(DEFAULT_HEADERS)
-            headers.update(render_headers(spec.headers, ctx.params))
-            if url.username or url.password:
-                headers["Authorization"] = _basic_auth(url)
-            headers["Idempotency-Key"] = ctx.run.id
-            headers["Jobwire-Attempt"] = str(ctx.run.attempt)
-            headers["User-Agent"] = USER_AGENT
-            body: Any = None
-            if spec.method not in NO_BODY_METHODS and spec.payload is not None:
-                body = render(spec.payload, ctx.params)
-            request = httpx.Request(
-                spec.method,
-                url,
-                headers=headers,
-                json=body,
-                extensions={
-                    "timeout": {"connect": seconds, "read": seconds, "write": seconds, "pool": seconds}
-                },
-            )
-        except (ValueError, TypeError, KeyError, httpx.InvalidURL) as exc:
-            return _failed("InvalidRequest", f"cannot build the request: {exc}", retryable=False)
+        static = self._static_wire(spec) if ctx.run.attempt == 1 else None
+        if static is not None:  # built once per definition: only the run id differs
+            url, before, after = static
+            request, wire = None, before + ctx.run.id.encode("ascii") + after
+        else:
+            try:
+                url, request = _build(spec, ctx.params, ctx.run.id, ctx.run.attempt)
+                wire = _wire(request) if url.scheme == "http" else b""
+            except (ValueError, TypeError, KeyError, httpx.InvalidURL) as exc:
+                return _failed("InvalidRequest", f"cannot build the request: {exc}", retryable=False)
         port = url.port or (443 if url.scheme == "https" else 80)
 
         try:
@@ -184,6 +232,10 @@ class HttpTarget(Target):
             return _failed("ConnectError", f"cannot resolve {url.host}: {exc}", retryable=True)
 
         await ctx.started(None)
+        await ctx.until_startable()
+        if wire:
+            return await self._call_http1(ctx, spec, url.host, port, allow_private, wire, deadline)
+        assert request is not None
         transport = self._transport_for(allow_private)
         try:
             async with asyncio.timeout_at(deadline):
@@ -203,17 +255,59 @@ class HttpTarget(Target):
         except httpx.TransportError as exc:
             return _failed("NetworkError", f"{type(exc).__name__}: {exc}", retryable=True)
 
-        status = response.status_code
-        log.debug("http call finished", run_id=ctx.run.id, job=ctx.job.name, status=status)
-        if status_accepted(status, spec.accept_status):
-            return Outcome(state=RunState.succeeded, http_status=status)
-        text = head.decode("utf-8", errors="replace")[:ERROR_BODY_CHARS]
-        return Outcome(
-            state=RunState.failed,
-            http_status=status,
-            retryable=status in RETRYABLE_STATUS or status >= 500,
-            error=RunError(message=text or f"HTTP {status}", reason="HTTPStatus", code=status),
-        )
+        return _judge(spec, response.status_code, head)
+
+    def _static_wire(self, spec: HttpSpec) -> tuple[httpx.URL, bytes, bytes] | None:
+        """For a plain-http definition without placeholders: its first attempt's request, split
+        where the run id goes (None when it has placeholders or cannot be built: the slow path
+        builds it, or fails it, per run)."""
+        cached = self._static.get(id(spec))
+        if cached is not None and cached[0] is spec:  # the spec is held: its id is not reused
+            return cached[1]
+        built: tuple[httpx.URL, bytes, bytes] | None = None
+        try:
+            text = spec.url + json.dumps(spec.headers) + json.dumps(spec.payload)
+            if "{{" not in text and _SENTINEL not in text:
+                url, request = _build(spec, {}, _SENTINEL, 1)
+                if url.scheme == "http":
+                    before, _, after = _wire(request).partition(_SENTINEL.encode())
+                    if after and _SENTINEL.encode() not in after:
+                        built = (url, before, after)
+        except (ValueError, TypeError, KeyError, httpx.InvalidURL):
+            built = None
+        if len(self._static) >= 10_000:
+            self._static.clear()
+        self._static[id(spec)] = (spec, built)
+        return built
+
+    async def _call_http1(
+        self,
+        ctx: RunContext,
+        spec: HttpSpec,
+        host: str,
+        port: int,
+        allow_private: bool,
+        wire: bytes,
+        deadline: float,
+    ) -> Outcome:
+        seconds = spec.timeout.total_seconds()
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await self.http1.request(
+                    host, port, allow_private, wire, BODY_LOG_CAP, head_only=spec.method == "HEAD"
+                )
+        except TimeoutError:
+            log.info("http call timed out", run_id=ctx.run.id, job=ctx.job.name)
+            return _timed_out(seconds)
+        except DestinationRefused as exc:  # the name resolved differently at connect time
+            return _failed("DestinationRefused", exc.message, retryable=False)
+        except ConnectFailed as exc:
+            return _failed("ConnectError", str(exc), retryable=True)
+        except (ProtocolFailed, OSError) as exc:
+            return _failed("NetworkError", f"{type(exc).__name__}: {exc}", retryable=True)
+        if response.body:
+            ctx.log(response.body)
+        return _judge(spec, response.status, response.body[: 4 * ERROR_BODY_CHARS])
 
     @staticmethod
     async def _read_body(response: httpx.Response, ctx: RunContext) -> bytes:

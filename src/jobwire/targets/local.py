@@ -137,6 +137,7 @@ class LocalTarget(Target):
                 retryable=False,
                 error=RunError(message=f"working directory {spec.cwd} does not exist", reason="InvalidCwd"),
             )
+        await ctx.until_startable()  # nothing yields from here to the spawn
         try:
             proc, read_end = _spawn(argv, env, spec.cwd)
         except ValueError as exc:  # a NUL byte in an argument or environment value

@@ -105,4 +105,5 @@ PLUG: SourcePlug = SourcePlug(
     extra="amqp",
     global_bindings=global_bindings,
     sink="jobwire.sinks.amqp:build_sink",
+    sink_wanted=lambda settings: bool(settings.url and settings.status),
 )

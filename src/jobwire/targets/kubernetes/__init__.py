@@ -77,6 +77,8 @@ class KubernetesJobTarget(Target):
         self._cleanup: Cleanup | None = None
         self._cleanup_task: asyncio.Task[None] | None = None
         self._cleanup_error: str | None = None
+        self._leader: Callable[[], bool] = lambda: True
+        """Only the leader sweeps (several replicas on one database, docs/replicas.md)."""
 
     # ------------------------------------------------------------------ wiring
     def bind(
@@ -93,6 +95,9 @@ class KubernetesJobTarget(Target):
             self._jobs = jobs
         if registry is not None and self._cleanup is None:
             self._registry = registry
+
+    def bind_leader(self, leader: Callable[[], bool]) -> None:
+        self._leader = leader
 
     @property
     def cleanup(self) -> Cleanup:
@@ -501,7 +506,8 @@ class KubernetesJobTarget(Target):
         interval = self.settings.kube_cleanup_interval.total_seconds()
         while True:
             try:
-                await self.sweep()
+                if self._leader():
+                    await self.sweep()
                 self._cleanup_error = None
             except asyncio.CancelledError:
                 raise

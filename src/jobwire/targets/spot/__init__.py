@@ -40,6 +40,7 @@ from jobwire.config import Settings
 from jobwire.model import Job, RunError, RunState, StatusBlock, utcnow
 from jobwire.model import SpotTarget as SpotSpec
 from jobwire.params import ParamError, param_env, render
+from jobwire.plug import missing_text
 from jobwire.targets.base import CallbackResult, Outcome, RunContext, Target
 from jobwire.targets.spot.settings import SpotSettings
 from jobwire.targets.spot.userdata import MAX_USER_DATA, script
@@ -205,9 +206,7 @@ class SpotTarget(Target):
                 await asyncio.to_thread(importlib.import_module, "jobwire.targets.spot.ec2")
             ec2 = self._client(*self._where(spec))
         except ModuleNotFoundError as exc:
-            return _failed(
-                "PlugMissing", f"the spot target needs {exc.name}: pip install 'jobwire[aws]'", False
-            )
+            return _failed("PlugMissing", missing_text("the spot target", str(exc.name), "aws"), False)
         previous = ctx.run.target_status if ctx.resumed else {}
         att = _Attempt(ctx, ec2, status={k: v for k, v in previous.items() if k != "callback"})
         self._active[name] = att

@@ -170,17 +170,18 @@ SELECT count(*) FROM outbox WHERE sink = $1;
 -- (one round trip). The events go in as the caller made them; an event whose run was not inserted
 -- (a repeated run key) is then marked by mark_duplicates in the same transaction. Returns the runs
 -- inserted. A repeated run key (or id), also one repeated inside the batch, inserts nothing.
+-- $34: the owner replica of the runs (NULL: none, claimable).
 WITH inserted AS (
     INSERT INTO runs (
         id, key, job, trigger, event_id, state, attempt, params, concurrency_key, created_at,
         scheduled_at, not_before, started_at, finished_at, exit_code, http_status, error,
-        target_ref, target_status, history, input_location, environment
+        target_ref, target_status, history, input_location, environment, owner
     )
     SELECT
         u.id, u.key, u.job, u.trigger, u.event_id, u.state, u.attempt, u.params::json,
         u.concurrency_key, u.created_at, u.scheduled_at, u.not_before, u.started_at, u.finished_at,
         u.exit_code, u.http_status, u.error::json, u.target_ref, u.target_status::json,
-        u.history::json, u.input_location, u.environment
+        u.history::json, u.input_location, u.environment, $34::text
     FROM unnest(
         $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::text[],
         $9::text[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[], $13::timestamptz[],
@@ -245,3 +246,107 @@ WITH updated AS (
 )
 INSERT INTO outbox (sink, doc)
 SELECT o.sink, o.doc FROM unnest($22::text[], $23::text[]) WITH ORDINALITY AS o (sink, doc, n) ORDER BY o.n;
+
+-- name: last_run_ids
+-- The newest run of each job in $1: one probe of runs_job_created per job.
+SELECT (SELECT r.id FROM runs AS r WHERE r.job = j ORDER BY r.created_at DESC, r.id DESC LIMIT 1)
+FROM unnest($1::text[]) AS j;
+
+-- name: activity_runs
+-- The overview: runs created in [$1, $1 + $3 × $2) per bucket and state — one counted range of the
+-- covering index runs_state_created (0002) per (bucket, state).
+SELECT b, s,
+       (SELECT count(*) FROM runs
+        WHERE state = s AND created_at >= $1::timestamptz + b * $2::interval
+          AND created_at < $1::timestamptz + (b + 1) * $2::interval)
+FROM generate_series(0, $3 - 1) AS b, unnest($4::text[]) AS s;
+
+-- name: activity_events
+SELECT source, outcome, count(*) FROM events
+WHERE received_at >= $1
+GROUP BY source, outcome
+ORDER BY source, outcome;
+
+-- ---------------------------------------------------------------- replicas, leases, claims
+-- Expiries are by the database's clock (now()), so replicas' clocks need not agree.
+
+-- name: register_replica
+-- $1 id, $2 role, $3 ttl (s), $4 host, $5 pid. A live replica of that id is left alone (no row).
+INSERT INTO replicas AS r (id, role, host, pid, started_at, heartbeat_at, expires_at)
+VALUES ($1, $2, $4, $5, now(), now(), now() + make_interval(secs => $3::float8))
+ON CONFLICT (id) DO UPDATE SET
+    role = excluded.role, host = excluded.host, pid = excluded.pid, started_at = excluded.started_at,
+    heartbeat_at = excluded.heartbeat_at, expires_at = excluded.expires_at
+WHERE r.expires_at <= now()
+RETURNING started_at;
+
+-- name: heartbeat
+-- $1 id, $2 ttl, $3 started_at of this incarnation. An expired replica never comes back to life.
+UPDATE replicas SET heartbeat_at = now(), expires_at = now() + make_interval(secs => $2::float8)
+WHERE id = $1 AND started_at = $3 AND expires_at > now()
+RETURNING id;
+
+-- name: unregister_replica
+DELETE FROM replicas WHERE id = $1 AND started_at = $2;
+
+-- name: list_replicas
+SELECT id, role, started_at, heartbeat_at, expires_at, expires_at > now(), host, pid
+FROM replicas ORDER BY started_at, id;
+
+-- name: acquire_lease
+-- $1 name, $2 holder, $3 ttl. Takes a free or expired lease (token + 1); no row if it is held.
+INSERT INTO leases AS l (name, holder, token, acquired_at, expires_at)
+VALUES ($1, $2, 1, now(), now() + make_interval(secs => $3::float8))
+ON CONFLICT (name) DO UPDATE SET
+    holder = excluded.holder, token = l.token + 1, acquired_at = excluded.acquired_at,
+    expires_at = excluded.expires_at
+WHERE l.holder IS NULL OR l.expires_at <= now()
+RETURNING name, holder, token, expires_at;
+
+-- name: get_lease
+SELECT name, holder, token, expires_at, expires_at > now() FROM leases WHERE name = $1;
+
+-- name: renew_lease
+-- $1 name, $2 holder, $3 token, $4 ttl: only while still held with that token and not expired.
+UPDATE leases SET expires_at = now() + make_interval(secs => $4::float8)
+WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > now()
+RETURNING name, holder, token, expires_at;
+
+-- name: release_lease
+-- The token is kept: the next acquisition takes token + 1.
+UPDATE leases SET holder = NULL, expires_at = now()
+WHERE name = $1 AND holder = $2 AND token = $3;
+
+-- name: check_fence
+-- The first statement of a fenced transaction: the lease still held with that token. FOR SHARE:
+-- an acquisition by another replica waits until this transaction ended.
+SELECT 1 FROM leases
+WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > now()
+FOR SHARE;
+
+-- name: claim_runs
+-- $1 replica, $2 limit, $3 mine. Active runs whose owner is no live replica (or none; or, with
+-- mine, this replica), oldest first; SKIP LOCKED: concurrent claimers never take the same run.
+WITH claimed AS (
+    SELECT runs.id FROM runs
+    WHERE runs.state IN ('queued', 'pending', 'running')
+      AND (
+          runs.owner IS NULL
+          OR ($3 AND runs.owner = $1)
+          OR (
+              runs.owner <> $1
+              AND NOT EXISTS (
+                  SELECT 1 FROM replicas
+                  WHERE replicas.id = runs.owner AND replicas.expires_at > now()
+              )
+          )
+      )
+    ORDER BY runs.created_at, runs.id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE runs SET owner = $1 FROM claimed WHERE runs.id = claimed.id
+RETURNING runs.id;
+
+-- name: run_owners
+SELECT id, owner FROM runs WHERE id = ANY($1::text[]);

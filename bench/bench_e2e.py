@@ -1,0 +1,646 @@
+"""End-to-end rows: jobwire measured the way users run it (issue 10).
+
+`jobwire serve` as a subprocess (tests/support/server.py: uvloop, SQLite `synchronous=FULL`, log level
+info to a file); every job is an `http` job calling `bench/httpsink.py`, a minimal keep-alive HTTP
+server in another process that notes each request's arrival time and `Idempotency-Key` (the run id).
+**A run's start is its call's arrival there**; every run is launched and finished.
+
+    .venv/bin/python -m bench.bench_e2e SECTION [--quick]     # one section, rows as JSON on stdout
+
+Sections (also in `python -m bench`):
+
+* `e2e-trigger` — one client, sequential `POST /api/v1/jobs/h/runs` over keep-alive, paced 10 ms:
+  client's clock before the send → the call's arrival at the sink, p50/p99;
+* `e2e-throughput` — one producer back to back (one keep-alive connection, the next request when
+  the 201 arrived), then 16 producers (16 connections, one request in flight each): runs acknowledged
+  per second, runs started (arrived) per second until the last arrival, and the server's CPU time
+  (utime + stime of all its threads, /proc) ÷ runs, from the first send until every run is terminal;
+* `e2e-every-second-file` / `e2e-every-second-api` — 1,000 jobs `* * * * * *` defined in a job
+  file before start, or created over the API (`PUT /jobs/{name}`) while serving: due → arrival
+  lateness p50/p99/max and missed fires over a window after 3 s of warm-up, the server's CPU, and
+  `GET /healthz` latency sampled every 20 ms throughout (also while the jobs are being created);
+* `e2e-same-minute` — 1,000 and then 10,000 jobs due at the same second (6-field cron, UTC), in the
+  store before start: due → arrival p50/p99/last, missed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.bench_core import (
+    REPO,
+    Ctx,
+    RawConn,
+    Row,
+    _proc_sample,
+    clean_env,
+    free_port,
+    http_request,
+    latency_row,
+    loadavg,
+    ms,
+    p50_p99_row,
+    pct,
+    prepopulate,
+    run_loop,
+    settle,
+    summary,
+)
+
+# --------------------------------------------------------------------------- the sink and helpers
+
+
+class Sink:
+    """bench/httpsink.py in its own process."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> Sink:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.httpsink", "--port", str(self.port)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
+            cwd=REPO,
+        )
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("bench/httpsink.py did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def _get(self, path: str) -> Any:
+        conn = RawConn(self.port)
+        try:
+            status, body, _, _ = conn.send(http_request("GET", path, b""))
+        finally:
+            conn.close()
+        if status != 200:
+            raise RuntimeError(f"sink answered {status}")
+        return json.loads(body)
+
+    def count(self) -> int:
+        return int(self._get("/__count")["n"])
+
+    def arrivals(self) -> dict[str, float]:
+        """Run id → the first arrival of its call."""
+        out: dict[str, float] = {}
+        for t, key in self._get("/__arrivals"):
+            out.setdefault(key, t)
+        return out
+
+    def wait_count(self, n: int, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while (got := self.count()) < n and time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        return got
+
+
+def http_job(name: str, sink: Sink, **extra: Any) -> dict[str, Any]:
+    target = {"type": "http", "url": sink.url, "method": "POST", "allow_private": True, "timeout": "10s"}
+    return {"name": name, "target": target, **extra}
+
+
+def cpu_of(pid: int) -> float:
+    return _proc_sample(pid)[0]
+
+
+def finished_count(db: Path) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        row = conn.execute(
+            "SELECT count(*) FROM runs WHERE state NOT IN ('queued', 'pending', 'running')"
+        ).fetchone()
+        return int(row[0])
+    finally:
+        conn.close()
+
+
+def succeeded_count(db: Path) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return int(conn.execute("SELECT count(*) FROM runs WHERE state = 'succeeded'").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def wait_finished(db: Path, n: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while (got := finished_count(db)) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return got
+
+
+def serve(base: Path, jobs: Path | None = None) -> Any:
+    from tests.support.server import Server
+
+    base.mkdir(parents=True, exist_ok=True)
+    return Server(base / "data", jobs)
+
+
+class HealthProbe:
+    """`GET /healthz` every `every` seconds from a thread, one keep-alive connection: latencies
+    tagged with the phase set by the caller."""
+
+    def __init__(self, port: int, every: float = 0.02) -> None:
+        self.port, self.every = port, every
+        self.phase = "start"
+        self.samples: dict[str, list[float]] = {}
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        conn = RawConn(self.port)
+        raw = http_request("GET", "/healthz", b"")
+        while not self._stop.is_set():
+            try:
+                status, _, t0, t1 = conn.send(raw)
+                if status == 200:
+                    self.samples.setdefault(self.phase, []).append(t1 - t0)
+                else:
+                    self.errors += 1
+            except OSError:
+                self.errors += 1
+                conn.close()
+            self._stop.wait(self.every)
+        conn.close()
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def row(self, phase: str, label: str) -> Row:
+        xs = self.samples.get(phase, [])
+        worst = max(xs) if xs else math.nan
+        return Row(
+            f"  … GET /healthz {label} (p50 / p99 / max, {len(xs)} probes)",
+            f"{ms(pct(xs, 0.5))} / {ms(pct(xs, 0.99))} / {ms(worst)} ms",
+            "≤ 50 ms",
+            bool(xs) and worst <= 0.05 and not self.errors,
+        )
+
+
+# --------------------------------------------------------------------------- trigger → start
+
+
+def e2e_trigger(ctx: Ctx) -> list[Row]:
+    n, warm, gap = (150, 20, 0.01) if ctx.quick else (500, 30, 0.01)
+    base = ctx.tmp / "e2e-trigger"
+    settle(ctx)
+    with Sink() as sink, serve(base) as srv:
+        with srv.client() as c:
+            c.put("/jobs/h", json=http_job("h", sink)).raise_for_status()
+        ctx.progress(f"{warm} warm-up + {n} sequential triggers over keep-alive, {gap * 1e3:g} ms apart")
+        conn = RawConn(srv.port)
+        request = http_request("POST", "/api/v1/jobs/h/runs")
+        sends: dict[str, tuple[float, float]] = {}
+        try:
+            for i in range(warm + n):
+                status, body, t0, t1 = conn.send(request)
+                if status != 201:
+                    raise RuntimeError(f"trigger answered {status}: {body[:300]!r}")
+                if i >= warm:
+                    sends[json.loads(body)["id"]] = (t0, t1)
+                rest = t0 + gap - time.time()
+                if rest > 0:
+                    time.sleep(rest)
+        finally:
+            conn.close()
+        sink.wait_count(warm + n, 30)
+        arrived = sink.arrivals()
+    started = [arrived[rid] - t0 for rid, (t0, _) in sends.items() if rid in arrived]
+    answered = [t1 - t0 for t0, t1 in sends.values()]
+    missing = len(sends) - len(started)
+    ctx.data["e2e_trigger"] = {
+        "send_to_arrival": summary(started),
+        "send_to_201": summary(answered),
+        "missing": missing,
+        "load": loadavg(),
+    }
+    return [
+        latency_row("e2e: API trigger → HTTP job start (call arrives), keep-alive", started, missing, 1.5, 4),
+        p50_p99_row("  … trigger → 201 (run recorded)", answered, None),
+    ]
+
+
+# --------------------------------------------------------------------------- runs per second
+
+
+def _producers(port: int, conns: int, seconds: float) -> tuple[int, float, float]:
+    """`conns` keep-alive connections, one request in flight on each, for `seconds`:
+    (201s, first send, last answer)."""
+    import asyncio
+
+    from bench.bench_core import raw_async_conn, raw_async_send
+
+    request = http_request("POST", "/api/v1/jobs/h/runs")
+
+    async def main() -> tuple[int, float, float]:
+        pairs = [await raw_async_conn(port) for _ in range(conns)]
+        t0 = time.time()
+        stop = t0 + seconds
+        done = 0
+
+        async def one(reader: Any, writer: Any) -> None:
+            nonlocal done
+            while time.time() < stop:
+                status = await raw_async_send(reader, writer, request)
+                if status != 201:
+                    raise RuntimeError(f"trigger answered {status}")
+                done += 1
+
+        await asyncio.gather(*(one(r, w) for r, w in pairs))
+        t1 = time.time()
+        for _, w in pairs:
+            w.close()
+        return done, t0, t1
+
+    result: tuple[int, float, float] = run_loop(main)
+    return result
+
+
+def e2e_throughput(ctx: Ctx) -> list[Row]:
+    seconds = 4.0 if ctx.quick else 10.0
+    base = ctx.tmp / "e2e-throughput"
+    db = base / "data" / "jobwire.db"
+    rows: list[Row] = []
+    settle(ctx)
+    with Sink() as sink, serve(base) as srv:
+        assert srv.proc is not None
+        pid = srv.proc.pid
+        with srv.client() as c:
+            c.put("/jobs/h", json=http_job("h", sink)).raise_for_status()
+        # warm-up: the first calls open the pool's connections
+        _producers(srv.port, 16, 0.5)
+        sink.wait_count(1, 10)
+        wait_finished(db, sink.count(), 30)
+        for label, key, conns, floor in (
+            ("one producer back to back", "one", 1, 1000),
+            ("16 producers", "sixteen", 16, 3000),
+        ):
+            before_runs, before_ok = finished_count(db), succeeded_count(db)
+            before_arrivals = sink.count()
+            ctx.progress(f"{label}: {seconds:g}s; load average {loadavg()}")
+            cpu0 = cpu_of(pid)
+            acked, t0, t1 = _producers(srv.port, conns, seconds)
+            got = sink.wait_count(before_arrivals + acked, 60) - before_arrivals
+            done = wait_finished(db, before_runs + acked, 60) - before_runs
+            cpu = cpu_of(pid) - cpu0
+            ok = succeeded_count(db) - before_ok
+            last = max(t for t in sink.arrivals().values())
+            started_rate = got / (last - t0)
+            ctx.data[f"e2e_throughput_{key}"] = {
+                "acked": acked,
+                "arrived": got,
+                "finished": done,
+                "succeeded": ok,
+                "seconds": t1 - t0,
+                "acked_per_s": acked / (t1 - t0),
+                "started_per_s_to_last_arrival": started_rate,
+                "server_cpu_s": cpu,
+                "cpu_us_per_run": cpu / max(done, 1) * 1e6,
+                "load": loadavg(),
+            }
+            lost = acked - got
+            note = f"; {lost} acknowledged runs never called" if lost else ""
+            note += f"; {done - ok} runs did not succeed" if done != ok else ""
+            rows.append(
+                Row(
+                    f"e2e: runs/s, HTTP job, {label} (201s / started, to the last call's arrival)",
+                    f"{acked / (t1 - t0):,.0f} / {started_rate:,.0f} /s{note}",
+                    f"≥ {floor:,} /s",
+                    started_rate >= floor and not lost,
+                )
+            )
+            rows.append(
+                Row(
+                    f"  … server CPU per finished run ({done:,} runs, {cpu / (t1 - t0):.0%} of a core)",
+                    f"{cpu / max(done, 1) * 1e6:,.0f} µs",
+                    "≤ 300 µs",
+                    done == acked == ok and cpu / max(done, 1) <= 300e-6,
+                )
+            )
+    return rows
+
+
+# --------------------------------------------------------------------------- 1,000 every second
+
+
+def _due_of(db: Path, prefix: str) -> dict[str, tuple[str, float]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = conn.execute(
+            "SELECT id, job, scheduled_at FROM runs WHERE job LIKE ? AND scheduled_at IS NOT NULL",
+            (prefix + "%",),
+        ).fetchall()
+    finally:
+        conn.close()
+    return {rid: (job, sched / 1e6) for rid, job, sched in rows}
+
+
+def _lateness_rows(
+    ctx: Ctx, key: str, label: str, db: Path, sink: Sink, prefix: str, n_jobs: int, w0: float, w1: float
+) -> tuple[list[Row], dict[str, Any]]:
+    arrived = sink.arrivals()
+    due = _due_of(db, prefix)
+    late: list[float] = []
+    seen: set[tuple[str, float]] = set()
+    for rid, t in arrived.items():
+        if rid in due:
+            job, d = due[rid]
+            if w0 <= d < w1:
+                late.append(t - d)
+                seen.add((job, d))
+    expected = n_jobs * round(w1 - w0)
+    missed = expected - len(seen)
+    data = {"lateness": summary(late), "expected": expected, "missed": missed}
+    row = p50_p99_row(f"e2e: {label}: due → HTTP job start (p50 / p99)", late, 10)
+    worst = max(late) if late else math.nan
+    return [
+        row._replace(value=row.value + f", max {ms(worst)} ms", ok=bool(row.ok) and missed == 0),
+        Row(f"  … fires with no call, of {expected:,}", f"{missed}", "0", missed == 0),
+    ], data
+
+
+def _every_second(ctx: Ctx, how: str) -> list[Row]:
+    n_jobs, window = (1000, 5) if ctx.quick else (1000, 10)
+    base = ctx.tmp / f"e2e-sec-{how}"
+    base.mkdir(parents=True)
+    db = base / "data" / "jobwire.db"
+    settle(ctx)
+    rows: list[Row] = []
+    with Sink() as sink:
+        jobs = [
+            http_job(f"sec-{i:04d}", sink, triggers=[{"cron": "* * * * * *"}], catchup={"policy": "skip"})
+            for i in range(n_jobs)
+        ]
+        jobfile = None
+        if how == "file":
+            jobfile = base / "jobs.yaml"
+            jobfile.write_text("jobs:\n" + "".join(f"  - {json.dumps(j)}\n" for j in jobs))
+        with serve(base, jobfile) as srv, HealthProbe(srv.port) as probe:
+            assert srv.proc is not None
+            pid = srv.proc.pid
+            created, n_created = 0.0, 0 if how == "api" else n_jobs
+            if how == "api":
+                probe.phase = "creating"
+                budget = 60.0 if ctx.quick else 300.0
+                ctx.progress(f"creating {n_jobs:,} every-second jobs over the API (at most {budget:g}s)")
+                t0 = time.time()
+                conn = RawConn(srv.port)
+                try:
+                    for j in jobs:
+                        status, body, _, _ = conn.send(
+                            http_request("PUT", f"/api/v1/jobs/{j['name']}", json.dumps(j).encode())
+                        )
+                        if status not in (200, 201):
+                            raise RuntimeError(f"PUT job answered {status}: {body[:200]!r}")
+                        n_created += 1
+                        if time.time() - t0 > budget:
+                            break
+                finally:
+                    conn.close()
+                created = time.time() - t0
+            probe.phase = "warm-up"
+            w0 = math.ceil(time.time()) + 3
+            w1 = w0 + window
+            ctx.progress(f"{n_jobs:,} jobs every second; {window}s window after warm-up; load {loadavg()}")
+            time.sleep(max(0.0, w0 - time.time()))
+            probe.phase = "window"
+            cpu0, c0 = cpu_of(pid), time.time()
+            time.sleep(max(0.0, w1 - time.time()))
+            cpu = (cpu_of(pid) - cpu0) / (time.time() - c0)
+            probe.phase = "after"
+            time.sleep(3)  # the window's last calls
+            lat_rows, data = _lateness_rows(
+                ctx,
+                how,
+                f"{n_created:,} × every second ({window}s, jobs from {how})",
+                db,
+                sink,
+                "sec-",
+                n_created,
+                w0,
+                w1,
+            )
+        rows += lat_rows
+        rows.append(Row("  … server CPU during the window", f"{cpu:.0%} of a core", "≤ 60 %", cpu <= 0.6))
+        if how == "api":
+            rows.append(
+                Row(
+                    "  … jobs created over the API (one client, PUT after PUT)",
+                    f"{n_created:,} of {n_jobs:,} in {created:.1f} s",
+                    "all",
+                    n_created == n_jobs,
+                )
+            )
+            rows.append(probe.row("creating", "while the jobs are created"))
+        rows.append(probe.row("window", "during the window"))
+        data.update(
+            {
+                "cpu_fraction": cpu,
+                "create_s": created,
+                "created": n_created,
+                "healthz": {k: summary(v) for k, v in probe.samples.items()},
+                "healthz_errors": probe.errors,
+                "load": loadavg(),
+            }
+        )
+        ctx.data[f"e2e_every_second_{how}"] = data
+    return rows
+
+
+def e2e_every_second_file(ctx: Ctx) -> list[Row]:
+    return _every_second(ctx, "file")
+
+
+def e2e_every_second_api(ctx: Ctx) -> list[Row]:
+    return _every_second(ctx, "api")
+
+
+# --------------------------------------------------------------------------- due in the same minute
+
+
+def _same_second(ctx: Ctx, n_jobs: int, floor_s: float) -> list[Row]:
+    base = ctx.tmp / f"e2e-same-{n_jobs}"
+    db = base / "data" / "jobwire.db"
+    lead = 20 if n_jobs <= 1000 else 35
+    rows: list[Row] = []
+    with Sink() as sink:
+        due = math.floor(time.time()) + lead
+        d = datetime.fromtimestamp(due, UTC)
+        expr = f"{d.second} {d.minute} {d.hour} * * *"
+        jobs = [
+            http_job(f"min-{i:05d}", sink, triggers=[{"cron": expr}], catchup={"policy": "skip"})
+            for i in range(n_jobs)
+        ]
+        run_loop(lambda: prepopulate(db, jobs))
+        settle(ctx, 0.2)
+        with serve(base) as srv:
+            assert srv.proc is not None
+            ahead = due - time.time()
+            ctx.progress(f"{n_jobs:,} jobs `{expr}` (UTC), serve ready {ahead:.1f}s before due")
+            if ahead <= 0:
+                return [
+                    Row(f"e2e: {n_jobs:,} due at once", "not measured: serve ready after due", "—", False)
+                ]
+            time.sleep(max(0.0, due - time.time() - 0.3))
+            cpu0 = cpu_of(srv.proc.pid)
+            sink.wait_count(n_jobs, 60)
+            cpu = cpu_of(srv.proc.pid) - cpu0
+            arrived = sink.arrivals()
+            dues = _due_of(db, "min-")
+            late = [t - dues[rid][1] for rid, t in arrived.items() if rid in dues]
+            missed = n_jobs - len(late)
+    last = max(late) if late else math.nan
+    row = p50_p99_row(
+        f"e2e: {n_jobs:,} HTTP jobs due at the same second: due → start (p50 / p99)", late, None
+    )
+    p99 = pct(late, 0.99)
+    rows.append(
+        row._replace(
+            value=f"{pct(late, 0.5):.3f} / {p99:.3f} s, last {last:.3f} s",
+            floor=f"p99 ≤ {floor_s:g} s",
+            ok=bool(late) and p99 <= floor_s and missed == 0,
+        )
+    )
+    rows.append(
+        Row(
+            f"  … missed of {n_jobs:,}; server CPU per run",
+            f"{missed}; {cpu / max(len(late), 1) * 1e6:,.0f} µs",
+            "0",
+            missed == 0,
+        )
+    )
+    ctx.data[f"e2e_same_second_{n_jobs}"] = {
+        "due_to_start": summary(late),
+        "missed": missed,
+        "cpu_s": cpu,
+        "load": loadavg(),
+    }
+    return rows
+
+
+def e2e_same_minute(ctx: Ctx) -> list[Row]:
+    return _same_second(ctx, 1000, 0.3) + _same_second(ctx, 10_000, 3.0)
+
+
+E2E_SECTIONS: dict[str, tuple[str, Callable[[Ctx], list[Row]]]] = {
+    "e2e-trigger": ("e2e: API trigger → HTTP job start", e2e_trigger),
+    "e2e-throughput": ("e2e: HTTP job runs per second, 1 and 16 producers", e2e_throughput),
+    "e2e-every-second-file": ("e2e: 1,000 every-second HTTP jobs from a job file", e2e_every_second_file),
+    "e2e-every-second-api": ("e2e: 1,000 every-second HTTP jobs created over the API", e2e_every_second_api),
+    "e2e-same-minute": ("e2e: 1,000 and 10,000 HTTP jobs due at the same second", e2e_same_minute),
+}
+
+
+def drive(conns: int, seconds: float, py_spy: Path | None) -> None:
+    """`python -m bench.bench_e2e drive`: the throughput row's load for profiling: `conns` producers
+    for `seconds` against a fresh `jobwire serve`, optionally under `py-spy record -f raw`; prints
+    runs/s and the server's CPU per run, for the whole process and per thread."""
+    import os
+    import tempfile
+
+    def threads(pid: int) -> dict[str, float]:
+        out = {}
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            f = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[task.name] = (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        return out
+
+    with tempfile.TemporaryDirectory(prefix="jobwire-drive-") as tmp, Sink() as sink, serve(Path(tmp)) as srv:
+        db = Path(tmp) / "data" / "jobwire.db"
+        assert srv.proc is not None
+        pid = srv.proc.pid
+        with srv.client() as c:
+            c.put("/jobs/h", json=http_job("h", sink)).raise_for_status()
+        _producers(srv.port, conns, 0.5)
+        wait_finished(db, sink.wait_count(1, 10), 30)
+        prof = None
+        if py_spy is not None:
+            exe = Path(sys.executable).with_name("py-spy")
+            cmd = [str(exe), "record", "-p", str(pid), "-d", str(round(seconds)), "-r", "200", "-f", "raw"]
+            prof = subprocess.Popen([*cmd, "-o", str(py_spy), "--nonblocking"], stdout=subprocess.DEVNULL)
+            time.sleep(0.5)
+        before, ok0, cpu0, per0 = finished_count(db), succeeded_count(db), cpu_of(pid), threads(pid)
+        acked, t0, t1 = _producers(srv.port, conns, seconds)
+        done = wait_finished(db, before + acked, 60) - before
+        cpu, per1 = cpu_of(pid) - cpu0, threads(pid)
+        ok = succeeded_count(db) - ok0
+        print(
+            f"{conns} producers, {seconds:g}s: {acked} runs acknowledged ({acked / (t1 - t0):,.0f}/s), "
+            f"{ok} of {done} succeeded; server CPU {cpu / max(done, 1) * 1e6:,.0f} µs/run; load {loadavg()}"
+        )
+        for tid, t in sorted(per1.items()):
+            used = t - per0.get(tid, 0.0)
+            if used > 0.01:
+                print(f"  thread {tid}: {used / max(done, 1) * 1e6:,.0f} µs/run")
+        if prof is not None:
+            prof.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import tempfile
+
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["drive"]:
+        d = argparse.ArgumentParser(description=drive.__doc__)
+        d.add_argument("drive")
+        d.add_argument("--conns", type=int, default=16)
+        d.add_argument("--seconds", type=float, default=10)
+        d.add_argument("--py-spy", type=Path, help="also record a raw py-spy profile of the server here")
+        a = d.parse_args(argv)
+        drive(a.conns, a.seconds, a.py_spy)
+        return
+    parser = argparse.ArgumentParser(
+        description="Run one end-to-end section (python -m bench runs them all)."
+    )
+    parser.add_argument("section", choices=list(E2E_SECTIONS))
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, help="write the rows as JSON here (default: stdout)")
+    args = parser.parse_args(argv)
+    _, fn = E2E_SECTIONS[args.section]
+    with tempfile.TemporaryDirectory(prefix=f"jobwire-bench-{args.section}-") as tmp:
+        ctx = Ctx(quick=args.quick, tmp=Path(tmp), out=args.out)
+        rows = fn(ctx)
+    text = json.dumps(
+        {"section": args.section, "rows": [r._asdict() for r in rows], "data": ctx.data}, default=str
+    )
+    if args.out:
+        args.out.write_text(text)
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""A minimal HTTP/1.1 client for the `http` target's plain `http://` calls.
+
+Why: a call through httpx's transport and httpcore (h11's state machine, anyio streams, the
+connection's locks and expiry checks) cost ~0.3 ms of CPU, the largest share of a finished HTTP run
+(py-spy on `jobwire serve` at 16 producers: ~45 % of the event loop's samples were inside the
+target, two thirds of them in httpcore). Here a request is one prepared bytes string written on an
+asyncio transport, and the response is parsed by httptools (the C parser uvicorn uses), on the
+protocol's callbacks: no stream objects, no locks, no per-call task.
+
+What it keeps from the httpx path: the request bytes as `httpx.Request` builds them (URL, Host,
+JSON body, headers — built by the caller); the guard (`netguard.resolve_destination` resolves and
+checks at connect time, and only checked addresses are dialled); keep-alive connections reused
+last-in first-out, dropped after `KEEPALIVE_EXPIRY` idle or when the server closes them; a response
+body read up to the log cap, decoded from gzip/deflate like httpx does, and a connection whose
+body was not read to its end (over the cap, a timeout, a cancel) closed, never reused. `https://`
+calls keep going through httpx (TLS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import select
+import socket
+import time
+import zlib
+from typing import Any
+
+import httptools
+
+from jobwire.netguard import resolve_destination
+
+KEEPALIVE_EXPIRY = 30.0
+"""Seconds an idle connection is kept for reuse."""
+
+
+class ConnectFailed(Exception):
+    """The name did not resolve or no address accepted the connection (another attempt may help)."""
+
+
+class ProtocolFailed(Exception):
+    """The connection closed or the server answered something that is not HTTP/1.1."""
+
+
+class Http1Response:
+    __slots__ = ("body", "complete", "status")
+
+    def __init__(self, status: int, body: bytes, complete: bool) -> None:
+        self.status = status
+        self.body = body
+        """The decoded body, at most the caller's cap."""
+        self.complete = complete
+        """False when the body was longer than the cap (its rest was not read)."""
+
+
+class _Conn(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: Any = None
+        """An asyncio.Transport (uvloop's is not a subclass of it)."""
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[Http1Response] | None = None
+        self.cap = 0
+        self.head_only = False
+        self.status = 0
+        self.encoding = b""
+        self.decoder: Any = None
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.idle_since = 0.0
+        self.closed = False
+        self.fd = -1
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.fd = sock.fileno()
+
+    def stale(self) -> bool:
+        """An idle connection the server closed (or wrote to) whose news the loop has not read yet:
+        readable while idle means EOF or garbage, never something to send a request on."""
+        if self.closed or self.fd < 0:
+            return True
+        try:
+            return bool(select.select([self.fd], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(ProtocolFailed(f"the server closed the connection{f': {exc}' if exc else ''}"))
+
+    def data_received(self, data: bytes) -> None:
+        if self.waiter is None:  # nothing asked: a server talking out of turn is not reused
+            self.close()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(ProtocolFailed("the server switched protocols"))
+        except httptools.HttpParserError as exc:
+            self._fail(ProtocolFailed(f"not an HTTP/1.1 response: {exc}"))
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self.chunks, self.size, self.encoding, self.decoder = [], 0, b"", None
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"content-encoding":
+            self.encoding = value.strip().lower()
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        if self.encoding == b"gzip":
+            self.decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif self.encoding == b"deflate":
+            self.decoder = zlib.decompressobj()
+        if self.head_only and self.status >= 200:
+            self._done(complete=True, reusable=False)  # a HEAD answer has no body, whatever it says
+
+    def on_body(self, data: bytes) -> None:
+        room = self.cap - self.size
+        if self.decoder is not None:
+            try:
+                data = self.decoder.decompress(data, room + 1)
+            except zlib.error as exc:
+                self._fail(ProtocolFailed(f"cannot decode the {self.encoding.decode()} body: {exc}"))
+                return
+        if len(data) > room:
+            self.chunks.append(data[:room])
+            self.size = self.cap
+            self._done(complete=False, reusable=False)
+            return
+        if data:
+            self.chunks.append(data)
+            self.size += len(data)
+
+    def on_message_complete(self) -> None:
+        if 100 <= self.status < 200:  # an interim answer (100 Continue): the real one follows
+            return
+        self._done(complete=True, reusable=self.parser.should_keep_alive())
+
+    # the call
+    def _done(self, complete: bool, reusable: bool) -> None:
+        waiter, self.waiter = self.waiter, None
+        if not reusable:
+            self.close()
+        if waiter is not None and not waiter.done():
+            waiter.set_result(Http1Response(self.status, b"".join(self.chunks), complete))
+
+    def _fail(self, exc: Exception) -> None:
+        waiter, self.waiter = self.waiter, None
+        self.close()
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    async def call(self, request: bytes, cap: int, head_only: bool) -> Http1Response:
+        assert self.transport is not None and self.waiter is None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.cap, self.head_only, self.status = cap, head_only, 0
+        self.transport.write(request)
+        try:
+            return await self.waiter
+        except BaseException:
+            self.close()  # a cancelled or timed-out call leaves its connection in an unknown state
+            raise
+
+
+class Http1Pool:
+    """Keep-alive connections by (host, port, allow_private): a connection opened for a target
+    allowed private destinations is never reused by one that must be guarded."""
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[str, int, bool], list[_Conn]] = {}
+
+    @property
+    def idle(self) -> int:
+        return sum(1 for conns in self._idle.values() for c in conns if not c.closed)
+
+    async def request(
+        self, host: str, port: int, allow_private: bool, request: bytes, cap: int, head_only: bool = False
+    ) -> Http1Response:
+        """Send `request` (the whole HTTP/1.1 request) and read the answer, its body up to `cap`
+        bytes. Raises DestinationRefused, ConnectFailed, ProtocolFailed; a timeout is the caller's."""
+        key = (host, port, allow_private)
+        conn = self._checkout(key)
+        if conn is None:
+            conn = await self._connect(host, port, allow_private)
+        response = await conn.call(request, cap, head_only)
+        if not conn.closed:
+            conn.idle_since = time.monotonic()
+            self._idle.setdefault(key, []).append(conn)
+        return response
+
+    def _checkout(self, key: tuple[str, int, bool]) -> _Conn | None:
+        conns = self._idle.get(key)
+        if not conns:
+            return None
+        expired = time.monotonic() - KEEPALIVE_EXPIRY
+        while conns and (conns[0].closed or conns[0].idle_since < expired):
+            conns.pop(0).close()
+        while conns:
+            conn = conns.pop()
+            if not conn.stale():
+                return conn
+            conn.close()
+        return None
+
+    @staticmethod
+    async def _connect(host: str, port: int, allow_private: bool) -> _Conn:
+        try:
+            addresses = await resolve_destination(host, port, allow_private)
+        except socket.gaierror as exc:
+            raise ConnectFailed(f"cannot resolve {host}: {exc}") from exc
+        loop = asyncio.get_running_loop()
+        last: OSError | None = None
+        for ip in addresses:  # only checked addresses are dialled
+            try:
+                _, conn = await loop.create_connection(_Conn, ip, port)
+                return conn
+            except OSError as exc:
+                last = exc
+        raise ConnectFailed(f"cannot connect to {host}:{port}: {last}")
+
+    def close(self) -> None:
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()

@@ -1,0 +1,104 @@
+"""targets/http1.py against a raw server that answers in the shapes httpx used to absorb for us:
+chunked and gzip bodies, HEAD answers with a Content-Length, an interim 100 Continue, a connection
+closed after the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+
+import pytest
+
+from jobwire.targets.http1 import Http1Pool, ProtocolFailed
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+async def serve(answer: bytes) -> tuple[asyncio.Server, int, list[int]]:
+    """A server that answers every request with `answer`; the list counts its connections."""
+    conns: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conns.append(1)
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return srv, srv.sockets[0].getsockname()[1], conns
+
+
+def chunked(body: bytes, size: int = 7) -> bytes:
+    parts = [
+        b"%x\r\n%s\r\n" % (len(body[i : i + size]), body[i : i + size]) for i in range(0, len(body), size)
+    ]
+    return b"".join(parts) + b"0\r\n\r\n"
+
+
+async def test_a_chunked_gzip_body_is_decoded_and_the_connection_reused() -> None:
+    text = b"hello " * 50
+    answer = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+    srv, port, conns = await serve(answer + chunked(gzip.compress(text)))
+    pool = Http1Pool()
+    try:
+        for _ in range(3):
+            r = await pool.request("127.0.0.1", port, True, REQUEST, 1 << 16)
+            assert (r.status, r.body, r.complete) == (200, text, True)
+        assert len(conns) == 1
+    finally:
+        pool.close()
+        srv.close()
+
+
+async def test_a_decoded_body_over_the_cap_is_cut_and_its_connection_dropped() -> None:
+    text = b"x" * 100_000
+    body = gzip.compress(text)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    srv, port, _ = await serve(answer)
+    pool = Http1Pool()
+    try:
+        r = await pool.request("127.0.0.1", port, True, REQUEST, 1000)
+        assert (r.status, len(r.body), r.complete) == (200, 1000, False)
+        assert pool.idle == 0
+    finally:
+        pool.close()
+        srv.close()
+
+
+async def test_a_head_answer_ends_at_its_headers() -> None:
+    srv, port, _ = await serve(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
+    pool = Http1Pool()
+    try:
+        r = await asyncio.wait_for(pool.request("127.0.0.1", port, True, REQUEST, 100, head_only=True), 5)
+        assert (r.status, r.body) == (200, b"")
+    finally:
+        pool.close()
+        srv.close()
+
+
+async def test_an_interim_100_continue_is_skipped() -> None:
+    answer = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"
+    srv, port, _ = await serve(answer)
+    pool = Http1Pool()
+    try:
+        r = await pool.request("127.0.0.1", port, True, REQUEST, 100)
+        assert (r.status, r.body) == (201, b"ok")
+    finally:
+        pool.close()
+        srv.close()
+
+
+async def test_garbage_is_a_protocol_failure() -> None:
+    srv, port, _ = await serve(b"SSH-2.0-OpenSSH\r\n\r\n")
+    pool = Http1Pool()
+    try:
+        with pytest.raises(ProtocolFailed):
+            await pool.request("127.0.0.1", port, True, REQUEST, 100)
+        assert pool.idle == 0
+    finally:
+        pool.close()
+        srv.close()
