@@ -1028,6 +1028,7 @@ from bench.bench_amqp import (  # noqa: E402 - uses the helpers above
 )
 from bench.bench_aws import s3_to_start, sqs_throughput, sqs_to_start  # noqa: E402
 from bench.bench_dashboard import dashboard_api  # noqa: E402
+from bench.bench_fleet import fleet_scaling  # noqa: E402
 from bench.bench_spot import spot_latency  # noqa: E402
 
 SECTIONS: dict[str, tuple[str, Callable[[Ctx], list[Row]]]] = {
@@ -1055,6 +1056,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Ctx], list[Row]]]] = {
     "sqs-intake": ("SQS messages recorded per second (SQS double)", sqs_throughput),
     "spot-latency": ("spot (moto): due time → request sent; callback → terminate sent", spot_latency),
     "dashboard": ("dashboard API calls: 10,000 jobs, 1,000,000 runs (p99)", dashboard_api),
+    "fleet": ("runner fleet over RabbitMQ: HTTP runs/s with 1 / 2 / 4 runners", fleet_scaling),
 }
 
 

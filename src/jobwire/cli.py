@@ -250,6 +250,14 @@ def serve(
         bool | None,
         typer.Option("--reload/--no-reload", help="Re-load job files when they change.", show_default=False),
     ] = None,
+    role: Annotated[
+        str | None,
+        typer.Option(
+            help="all (default): record and run; scheduler: record, hand runs to the fleet over "
+            "RabbitMQ; runner: run what the scheduler hands over (JOBWIRE_ROLE).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run jobwire: the engine and the API, in one process and one event loop."""
     overrides: dict[str, Any] = {
@@ -258,6 +266,7 @@ def serve(
         "jobs": jobs or None,
         "data_dir": data_dir,
         "reload": reload,
+        "role": role,
     }
     settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     from jobwire.api.auth import BindRefusedError, check_bind
@@ -311,6 +320,8 @@ async def serve_async(settings: Settings) -> int:
     from jobwire.store import StoreError
 
     log = structlog.get_logger("jobwire.serve")
+    if settings.role == "runner":
+        return await serve_runner(settings)
     try:
         engine = Engine(settings)
     except OSError as exc:  # the data folder cannot be made (read-only, a file in the way, full)
@@ -381,6 +392,64 @@ async def serve_async(settings: Settings) -> int:
             err.print(Text(f"error: {server.refused}", style="red"))
             return 1
         return 0 if saved else 1
+    finally:
+        for sig in handled:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+
+
+async def serve_runner(settings: Settings) -> int:
+    """`--role runner`: the runner (work queue in, results out; no store) and its probes and
+    metrics over HTTP, in one loop; SIGINT/SIGTERM: take no more work, finish or hand back what runs."""
+    import uvicorn
+
+    from jobwire.api.runner_app import create_runner_app
+    from jobwire.engine.runner import Runner
+
+    runner = Runner(settings)
+    config = uvicorn.Config(
+        create_runner_app(runner),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=settings.access_log,
+        lifespan="off",
+        server_header=False,
+        timeout_graceful_shutdown=3,
+    )
+    server = _make_server(config)
+    server.check_bound = lambda addresses: _refusal(settings, addresses)
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if server.should_exit:
+            server.force_exit = True
+        server.should_exit = True
+
+    handled = (signal.SIGINT, signal.SIGTERM)
+    for sig in handled:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal)
+    try:
+        try:
+            await runner.start()
+        except Exception as exc:
+            err.print(Text(f"error: the runner could not start: {exc}", style="red"))
+            await runner.stop()
+            return 1
+        try:
+            await server.serve()
+        except SystemExit:
+            err.print(
+                Text(f"error: jobwire could not listen on {settings.host}:{settings.port}", style="red")
+            )
+            return 1
+        finally:
+            await runner.stop()
+        if server.refused:
+            err.print(Text(f"error: {server.refused}", style="red"))
+            return 1
+        return 0
     finally:
         for sig in handled:
             with contextlib.suppress(NotImplementedError, RuntimeError):

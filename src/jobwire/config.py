@@ -248,6 +248,16 @@ class Settings(BaseSettings):
     sinks: list[SinkSpec] = Field(default_factory=list)
     reload: bool = False
     """Reload job files when they change (development)."""
+    role: Literal["all", "scheduler", "runner"] = "all"
+    """`all`: one process records and runs (the default). `scheduler`: records runs and hands each
+    to the runner fleet over RabbitMQ (`BROKER_URL`) instead of running it; `runner`: takes runs
+    from that queue and executes them, with no store (docs/fleet.md)."""
+    work_queue: str = Field(default="jobwire.work", pattern=r"^[A-Za-z0-9_.:-]{1,255}$")
+    """The fleet's durable quorum work queue (scheduler → runners)."""
+    results_queue: str = Field(default="jobwire.results", pattern=r"^[A-Za-z0-9_.:-]{1,255}$")
+    """The fleet's durable quorum results queue (runners → scheduler): state changes and outcomes."""
+    runner_slots: int = Field(default=64, ge=1, le=10_000)
+    """Runs a runner executes at once: its prefetch on the work queue."""
     access_log: bool = False
     """One log line per API request; off by default — runs and events are already recorded."""
     max_running_attempts: int | None = Field(default=None, ge=1)

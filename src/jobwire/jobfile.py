@@ -859,7 +859,8 @@ def _dedupe(loaded: list[_Loaded]) -> tuple[list[_Loaded], list[DefinitionError]
 
 def _files(path: Path) -> list[Path]:
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml", ".csv") and p.is_file())
+        kinds = (".yaml", ".yml", ".json", ".csv")  # .json: seed 003's job form
+        return sorted(p for p in path.rglob("*") if p.suffix in kinds and p.is_file())
     return [path]
 
 

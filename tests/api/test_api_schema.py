@@ -160,6 +160,9 @@ class FakeEngine(Engine):
         self.metrics = Metrics()
         self.hub = StatusHub([], self.metrics, buffer=4, wake_interval=0)
 
+    async def refresh_metrics(self) -> None:
+        pass  # no launcher, no fleet queues to read
+
     @property
     def jobs(self) -> dict[str, StoredJob]:  # type: ignore[override]
         """The engine's in-memory definitions, here the fake store's."""

@@ -66,6 +66,8 @@ class Server:
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
+        self.proc.kill()  # `with server:` never reaches __exit__ when start raises: leave nothing behind
+        self.proc.wait(10)
         raise RuntimeError(f"jobwire serve did not become ready:\n{self.output()}")
 
     def output(self) -> str:

@@ -55,6 +55,7 @@ async def readyz(engine: EngineDep) -> Any:
     responses={200: {"content": {"text/plain": {}}}, **ERROR_RESPONSES},
 )
 async def metrics(engine: EngineDep) -> Response:
+    await engine.refresh_metrics()
     return Response(generate_latest(engine.registry), media_type=CONTENT_TYPE_LATEST)
 
 

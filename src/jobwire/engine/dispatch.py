@@ -17,11 +17,13 @@ import structlog
 from jobwire.config import Settings
 from jobwire.engine.backlog import LaunchBacklog
 from jobwire.engine.committer import Committer
+from jobwire.engine.execute import execute_attempt, no_target
 from jobwire.engine.launches import LaunchJournal
 from jobwire.engine.metrics import Metrics
 from jobwire.engine.policies import backoff_delay
 from jobwire.engine.runlogs import RunLogs
 from jobwire.engine.secret import CallbackTokens
+from jobwire.engine.supervisor import Supervisor
 from jobwire.model import Job, Run, RunError, RunState, StatusBlock, utcnow
 from jobwire.store import StoredJob
 from jobwire.targets.base import CallbackResult, Outcome, RunContext, Target
@@ -95,6 +97,8 @@ class EngineContext(RunContext):
 
 
 class Attempts:
+    """The in-process launcher: each attempt runs on its target as a task of this process."""
+
     def __init__(
         self,
         host: RunHost,
@@ -134,6 +138,20 @@ class Attempts:
     @property
     def count(self) -> int:
         return len(self._tasks)
+
+    # ---- lifecycle (the launch seam: see `launcher.Launcher`)
+    async def open(self, supervisor: Supervisor) -> None:
+        """Before reconcile, holding the store's lock (the journal is rewritten)."""
+        self.journal.open()
+
+    def recovered(self) -> None:
+        """Reconcile and catch-up are done."""
+
+    async def refresh_metrics(self) -> None:
+        """Before a scrape of /metrics."""
+
+    def close(self) -> None:
+        self.journal.close()
 
     # ---- the launch journal
     @staticmethod
@@ -178,37 +196,14 @@ class Attempts:
         outcome: Outcome | None = None
         try:
             if target is None:
-                outcome = Outcome(
-                    RunState.failed,
-                    error=RunError(
-                        message=f"no target of type {job.target.type!r} is configured", reason="NoTarget"
-                    ),
-                    retryable=False,
-                )
+                outcome = no_target(job)
             else:
                 await self._until_alive(run)
                 # from here to the target's start nothing yields (local: to the spawn)
                 self.journal.mark(self._name(run.id, run.attempt))
-                timeout = job.timeout.total_seconds() if job.timeout else None
-                if timeout is not None and resumed and run.started_at:
-                    timeout = max(0.0, timeout - (utcnow() - run.started_at).total_seconds())
-                try:
-                    async with asyncio.timeout(timeout) as cm:
-                        outcome = await target.execute(ctx)
-                        self._release(run.id, job.target.type)  # a callback wait holds no place
-                        if outcome.state == RunState.succeeded and job.callback.wait:
-                            outcome = await self._await_callback(run, job, outcome)
-                except TimeoutError:
-                    if not cm.expired():
-                        raise
-                    try:
-                        await target.cancel(ctx)
-                    except Exception as exc:
-                        log.warning("target cancel after timeout failed", run_id=run.id, error=str(exc))
-                    outcome = Outcome(
-                        RunState.timed_out,
-                        error=RunError(message=f"timed out after {job.timeout}", reason="Timeout"),
-                    )
+                after = (lambda done: self._await_callback(run, job, done)) if job.callback.wait else None
+                release = lambda: self._release(run.id, job.target.type)  # noqa: E731 - a callback wait holds no place
+                outcome = await execute_attempt(target, ctx, after, release)
         except asyncio.CancelledError:
             reason = self._cancel_reasons.pop(run.id, None)
             failed = self._failed_by_callback.pop(run.id, None)
@@ -232,8 +227,8 @@ class Attempts:
                 )
             else:
                 raise
-        except Exception as exc:
-            log.exception("target raised", run_id=run.id, job=job.name)
+        except Exception as exc:  # the launch journal could not be written (a full disk)
+            log.exception("attempt could not be handed over", run_id=run.id, job=job.name)
             outcome = Outcome(
                 RunState.failed, error=RunError(message=str(exc) or type(exc).__name__, reason="TargetError")
             )

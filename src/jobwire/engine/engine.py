@@ -33,6 +33,7 @@ from jobwire.config import Settings
 from jobwire.engine.build import bind_sinks, bind_targets, build_plugs
 from jobwire.engine.committer import Committer
 from jobwire.engine.disk import StopIncomplete, unsaved_at_stop
+from jobwire.engine.dispatch import Attempts
 from jobwire.engine.errors import (
     Conflict,
     EngineError,
@@ -43,6 +44,7 @@ from jobwire.engine.errors import (
     Unavailable,
 )
 from jobwire.engine.fires import PendingFires
+from jobwire.engine.fleet import FleetAttempts
 from jobwire.engine.intake import EventIntake
 from jobwire.engine.jobs import JobRegistry
 from jobwire.engine.metrics import Metrics
@@ -98,6 +100,7 @@ class Engine:
             self.metrics,
             self.tokens,
             self.retention.touched,
+            launcher=FleetAttempts if settings.role == "scheduler" else Attempts,
         )
         self.runs: dict[str, Run] = self.run_states.runs
         """Active runs (queued, pending, running) by id; finished runs are only in the store."""
@@ -135,7 +138,7 @@ class Engine:
         self.tokens.load(self.settings.data_dir)  # raises SecretKeyError
         await self.store.open()
         try:
-            self.attempts.journal.open()  # after the store's lock: it rewrites the file
+            await self.attempts.open(self.supervisor)  # after the store's lock: it rewrites the journal
             await self.coordinator.register()
             self.committer.fencing = self.coordinator
             self.attempts.may_launch = self.coordinator.alive
@@ -151,6 +154,7 @@ class Engine:
             self.intake.chains.rebuild(self.jobs)
             await self.shared.start(self.tokens)  # the shared callback key; LISTEN to the others
             await reconcile(await self.coordinator.own_runs(), self.run_states)
+            self.attempts.recovered()  # the fleet launcher: results from before a restart may be applied
             self.coordinator.on_leader = self._lead
             self.coordinator.on_follower = self.scheduler.stop
             self.coordinator.on_orphans = self._adopt
@@ -166,7 +170,7 @@ class Engine:
         except BaseException:
             await self.supervisor.cancel_all()
             await self.coordinator.stop()
-            self.attempts.journal.close()
+            self.attempts.close()
             await self.store.close()
             raise
         # What startup built (job definitions, compiled schedules, imported modules) lives as long
@@ -201,7 +205,7 @@ class Engine:
         later = await self._flush_at_stop()
         await self.committer.stop()
         await self.coordinator.stop()  # the lease goes at once to a follower; our rest is claimable
-        self.attempts.journal.close()
+        self.attempts.close()
         await self.store.close()
         self._ready = False
         log.info("stopped")
@@ -284,6 +288,10 @@ class Engine:
                     await self.reload_files()
         finally:
             await self.job_registry.close()
+
+    async def refresh_metrics(self) -> None:
+        """Before /metrics is scraped: values read from elsewhere (the fleet's queue depths)."""
+        await self.attempts.refresh_metrics()
 
     def callback_token(self, run_id: str) -> str:
         return self.tokens.token(run_id)

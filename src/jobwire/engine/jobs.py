@@ -253,7 +253,8 @@ def _csv_files(path: Path) -> list[Path]:
 
 def _mtimes(path: Path) -> dict[Path, float]:
     if path.is_dir():
-        return {p: p.stat().st_mtime for p in sorted([*path.rglob("*.y*ml"), *path.rglob("*.csv")])}
+        files = [*path.rglob("*.y*ml"), *path.rglob("*.json"), *path.rglob("*.csv")]  # .json: seed 003's form
+        return {p: p.stat().st_mtime for p in sorted(files)}
     return {path: path.stat().st_mtime} if path.exists() else {}
 
 

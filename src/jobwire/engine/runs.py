@@ -17,6 +17,7 @@ from jobwire.config import Settings
 from jobwire.engine.committer import Committer
 from jobwire.engine.dispatch import Attempts
 from jobwire.engine.errors import Conflict, Forbidden, RunNotFound
+from jobwire.engine.launcher import Launcher
 from jobwire.engine.metrics import Metrics
 from jobwire.engine.policies import Slots
 from jobwire.engine.runlogs import RunLogs
@@ -44,6 +45,7 @@ class RunStates:
         metrics: Metrics,
         tokens: CallbackTokens,
         touched: set[str],
+        launcher: type[Attempts] = Attempts,
     ) -> None:
         self.store = store
         self.jobs = jobs
@@ -69,7 +71,8 @@ class RunStates:
         with a concurrency limit ended — the slot is shared, so its promotion asks the store."""
         self.forward: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
         """Several replicas: hands a request about a run active on another replica to it."""
-        self.attempts = Attempts(self, settings, jobs, targets, committer, logs, metrics, tokens)
+        self.attempts: Launcher = launcher(self, settings, jobs, targets, committer, logs, metrics, tokens)
+        """The launch seam (`launcher.Launcher`): in process, or the runner fleet."""
         store.on_refused = self.refused
 
     # ------------------------------------------------------------------ state changes

@@ -1,0 +1,350 @@
+"""The scheduler's launcher for the runner fleet (`jobwire serve --role scheduler`; docs/fleet.md).
+
+`FleetAttempts` is the other implementation of the launch seam (`launcher.Launcher`): where
+`dispatch.Attempts` runs an attempt on its target in this process, this one publishes it as a
+persistent, confirmed message on the work queue and applies what the runners report back on the
+results queue — started, intermediate status, outcome — through the same run state machine, with
+the same retry, backoff and bookkeeping (`Attempts._finish`).
+
+Ack order, and why nothing is lost or doubled:
+1. the run is committed (pending) before it is handed over, as always;
+2. a `+<attempt>` line goes into the launch journal ("it may be in the broker from now on"), its work
+   message is published, and once RabbitMQ confirms it, a `+<attempt>@` line: "it is in the broker"
+   (its work message, or, once a runner took it, its result);
+3. a runner acks the work message only after RabbitMQ confirmed its outcome on the results queue;
+4. the scheduler acks a result only after the state change it made is committed; a result for a run
+   that already ended (a redelivery) changes nothing.
+After a crash of the scheduler: a running run, or a pending one confirmed in the journal, is not
+published again (its message or its result is in the broker); a pending one never marked was never
+published: it is published at once; one marked but not confirmed (the crash fell between the publish
+and its confirm) is published again, flagged resumed, only once the results waiting from before the
+crash have been applied — so one that had run meanwhile is not sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib
+import json
+from datetime import datetime
+from typing import Any
+
+import structlog
+from prometheus_client import Counter, Gauge
+
+from jobwire.engine.dispatch import Attempts
+from jobwire.engine.supervisor import Supervisor
+from jobwire.model import Job, Run, RunError, RunState, StatusBlock, utcnow
+from jobwire.targets.base import Outcome
+
+log = structlog.get_logger(__name__)
+
+PUBLISH_BATCH = 500
+RESULTS_PREFETCH = 1000
+JOB_FIELDS = {"name", "description", "target", "timeout", "environment", "labels", "parameters"}
+"""What a runner gets of a job's definition: enough to run it (its triggers, policies and their
+secrets stay with the scheduler)."""
+
+
+def broker_url() -> str:
+    """`BROKER_URL` / `JOBWIRE_AMQP_URL`, as everywhere (the amqp plug's settings)."""
+    from jobwire.sources.amqp.spec import DEFAULT_URL, AmqpSettings
+
+    return AmqpSettings().url or DEFAULT_URL
+
+
+def link_for(url: str, work_queue: str, results_queue: str) -> Any:
+    """The wire (`jobwire.sources.amqp.fleet.Link`), imported only when a fleet role runs."""
+    module = importlib.import_module("jobwire.sources.amqp.fleet")
+    return module.connect(url, work_queue, results_queue)
+
+
+_JOB_DOCS: dict[int, tuple[Job, dict[str, Any]]] = {}
+"""The runner's part of each job definition, by object: definitions are immutable, so it is dumped
+once per definition, not once per run (the definition is kept, so its id is not reused)."""
+
+
+def _job_doc(job: Job) -> dict[str, Any]:
+    hit = _JOB_DOCS.get(id(job))
+    if hit is not None and hit[0] is job:
+        return hit[1]
+    if len(_JOB_DOCS) > 20_000:
+        _JOB_DOCS.clear()
+    doc = job.model_dump(mode="json", include=JOB_FIELDS)
+    _JOB_DOCS[id(job)] = (job, doc)
+    return doc
+
+
+def work_message(run: Run, job: Job, name: str, resumed: bool, callback_url: str, token: str) -> bytes:
+    doc = {
+        "v": 1,
+        "name": name,
+        "resumed": resumed,
+        "run": run.model_dump(mode="json", exclude={"history"}),
+        "job": _job_doc(job),
+        "callback_url": callback_url,
+        "callback_token": token,
+    }
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _confirmed(name: str) -> str:
+    """The journal's line for "RabbitMQ confirmed this attempt's work message" (`<name>` alone:
+    it may have been published, the confirm was not seen)."""
+    return f"{name}@"
+
+
+class FleetAttempts(Attempts):
+    """Attempts handed to the runner fleet over RabbitMQ instead of run here."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        s = self.settings
+        self.link: Any = None
+        self._outstanding: dict[str, tuple[Run, Job, datetime | None]] = {}
+        """Runs handed to the fleet (or about to be) and not ended: by run id."""
+        self._to_publish: list[tuple[str, str, int, bytes]] = []
+        """(run id, attempt name, attempt, body) waiting for the publisher."""
+        self._wake = asyncio.Event()
+        self._recovering = True
+        self._deferred: list[str] = []
+        self._recovered = asyncio.Event()
+        r = self.metrics.registry
+        self.m_outstanding = Gauge(
+            "jobwire_fleet_outstanding", "Runs handed to the runner fleet and not ended", registry=r
+        )
+        self.m_ready = Gauge(
+            "jobwire_fleet_queue_ready", "Messages ready in a fleet queue (at the last scrape)", ["queue"],
+            registry=r,
+        )
+        self.m_consumers = Gauge(
+            "jobwire_fleet_queue_consumers", "Consumers of a fleet queue (at the last scrape)", ["queue"],
+            registry=r,
+        )
+        self.m_published = Counter(
+            "jobwire_fleet_published_total", "Work messages RabbitMQ confirmed", registry=r
+        )
+        self.m_results = Counter(
+            "jobwire_fleet_results_total", "Results applied from runners", ["kind"], registry=r
+        )
+        self.m_ignored = Counter(
+            "jobwire_fleet_results_ignored_total",
+            "Results for a run or attempt no longer in flight (redeliveries, cancelled runs)",
+            registry=r,
+        )
+        self.queues = (s.work_queue, s.results_queue)
+
+    @property
+    def count(self) -> int:
+        return len(self._outstanding)
+
+    # ---- lifecycle (called by the engine)
+    async def open(self, supervisor: Supervisor) -> None:
+        self.journal.open()
+        self.link = link_for(broker_url(), *self.queues)
+        supervisor.loop("jobwire-fleet-publish", self._publish_loop, critical=True)
+        supervisor.loop("jobwire-fleet-results", self._results_loop, critical=True)
+
+    def recovered(self) -> None:
+        """Reconcile and catch-up are done: start applying results (then publish what was deferred)."""
+        self._recovered.set()
+
+    async def refresh_metrics(self) -> None:
+        if self.link is None:
+            return
+        for queue in self.queues:
+            try:
+                ready, consumers = await self.link.depth(queue)
+            except Exception as exc:
+                log.warning("fleet queue depth unavailable", queue=queue, error=str(exc))
+                continue
+            self.m_ready.labels(queue).set(ready)
+            self.m_consumers.labels(queue).set(consumers)
+
+    async def shutdown(self, grace: float) -> None:
+        """Runs in the fleet go on without the scheduler; their results wait in the broker."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._shutting_down = True
+        if self.link is not None:
+            await self.link.close()
+
+    def close(self) -> None:
+        self.journal.close()
+
+    # ---- handing over
+    def _start_task(self, run: Run, job: Job, resumed: bool, received_at: datetime | None) -> None:
+        self._timers.pop(run.id, None)
+        if self._shutting_down:
+            return
+        self._outstanding[run.id] = (run, job, received_at)
+        self.m_outstanding.set(len(self._outstanding))
+        name = self._name(run.id, run.attempt)
+        if resumed and (run.state == RunState.running or _confirmed(name) in self.journal):
+            return  # in the broker already: its work message, or its result
+        if resumed and self._recovering:  # maybe in the broker: decided once older results are in
+            self._deferred.append(run.id)
+            return
+        self._queue(run, job, resumed)
+
+    def _queue(self, run: Run, job: Job, resumed: bool) -> None:
+        name = self._name(run.id, run.attempt)
+        body = work_message(
+            run, job, name, resumed, f"{self.settings.effective_public_url}/api/v1/runs/{run.id}/callback",
+            self.tokens.token(run.id),
+        )
+        self.journal.mark(name)  # may be in the broker from now on
+        self._to_publish.append((run.id, name, run.attempt, body))
+        self._wake.set()
+
+    def _in_flight(self, run_id: str, attempt: int) -> bool:
+        entry = self._outstanding.get(run_id)
+        return entry is not None and entry[0].attempt == attempt
+
+    async def _publish_loop(self) -> None:
+        if self._to_publish:
+            self._wake.set()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._to_publish:
+                batch = self._to_publish[:PUBLISH_BATCH]
+                live = [(name, body) for rid, name, n, body in batch if self._in_flight(rid, n)]
+                if live:
+                    await self.link.publish(self.queues[0], live)  # raises: kept, retried on restart
+                del self._to_publish[: len(batch)]
+                for rid, name, n, _ in batch:
+                    if self._in_flight(rid, n):  # not when its outcome came back already
+                        self.journal.mark(_confirmed(name))
+                self.m_published.inc(len(live))
+
+    def forget(self, run_id: str, attempts: int = 1) -> None:
+        names = [self._name(run_id, n) for n in range(1, attempts + 1)]
+        self.journal.forget([*names, *(_confirmed(n) for n in names)])
+
+    async def cancel(self, run: Run, reason: str) -> bool:
+        """A run in the fleet is recorded cancelled here at once; what its runner reports later is
+        ignored (the call itself runs to its end or its timeout on the runner)."""
+        timer = self._timers.pop(run.id, None)
+        if timer is not None:
+            timer.cancel()
+            return False
+        if self._outstanding.pop(run.id, None) is not None:
+            self.m_outstanding.set(len(self._outstanding))
+            attempts = run.attempt
+            self.committer.after_commit(lambda: self.forget(run.id, attempts))
+        return False
+
+    # ---- results
+    async def _results_loop(self) -> None:
+        await self._recovered.wait()
+        queue = self.queues[1]
+        backlog, _ = await self.link.depth(queue)
+        inbox: asyncio.Queue[Any] = asyncio.Queue()
+        consumer = asyncio.ensure_future(self.link.consume(queue, RESULTS_PREFETCH, inbox.put_nowait))
+        seen = 0
+        try:
+            if backlog == 0:
+                self._release_deferred()
+            while True:
+                if inbox.empty():
+                    get = asyncio.ensure_future(inbox.get())
+                    await asyncio.wait({get, consumer}, return_when=asyncio.FIRST_COMPLETED)
+                    if not get.done():
+                        get.cancel()
+                        await consumer  # raises: the connection is gone
+                        return
+                    batch = [get.result()]
+                else:
+                    batch = []
+                while not inbox.empty() and len(batch) < RESULTS_PREFETCH:
+                    batch.append(inbox.get_nowait())
+                for delivery in batch:
+                    self._apply(delivery.body)
+                await self.committer.flush()
+                await batch[-1].message.ack(multiple=True)
+                seen += len(batch)
+                if self._recovering and seen >= backlog:
+                    self._release_deferred()
+        finally:
+            consumer.cancel()
+
+    def _release_deferred(self) -> None:
+        """The results from before a restart are applied: publish the runs recovered as never
+        confirmed in the broker that are still waiting."""
+        self._recovering = False
+        deferred, self._deferred = self._deferred, []
+        for rid in deferred:
+            entry = self._outstanding.get(rid)
+            if entry is not None and entry[0].state == RunState.pending:
+                self._queue(entry[0], entry[1], resumed=True)
+        if deferred:
+            log.info("fleet: published the runs recovered after a restart", count=len(deferred))
+
+    def _apply(self, body: bytes) -> None:
+        try:
+            msg = json.loads(body)
+            rid, attempt, kind = str(msg["run_id"]), int(msg["attempt"]), str(msg["kind"])
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("fleet: malformed result dropped", error=str(exc))
+            return
+        entry = self._outstanding.get(rid)
+        if entry is None or entry[0].attempt != attempt:
+            self.m_ignored.inc()
+            return
+        run, job, received_at = entry
+        self.m_results.labels(kind).inc()
+        status = StatusBlock.model_validate(msg["status"]) if msg.get("status") else None
+        if kind == "started":
+            self._started(run, job, msg, status, received_at)
+        elif kind == "report":
+            if msg.get("target_status") is not None:
+                run.target_status = dict(msg["target_status"])
+            self.committer.update(run)
+            self.host.publish(run, status)
+        elif kind == "outcome":
+            self._outcome(run, job, msg, status)
+
+    def _started(
+        self,
+        run: Run,
+        job: Job,
+        msg: dict[str, Any],
+        status: StatusBlock | None,
+        received_at: datetime | None,
+    ) -> None:
+        if run.state == RunState.running:
+            return  # a redelivery taken over by another runner: still the same attempt
+        started = msg.get("started_at")
+        run.started_at = datetime.fromisoformat(started) if started else utcnow()
+        run.target_ref = msg.get("ref")
+        if received_at is not None:
+            self.metrics.dispatch_seconds.observe((utcnow() - received_at).total_seconds())
+        ref = f" as {run.target_ref}" if run.target_ref else ""
+        where = f" by runner {msg.get('runner')}" if msg.get("runner") else ""
+        self.host.transition(run, RunState.running, f"started on {job.target.type}{ref}{where}", status)
+
+    def _outcome(self, run: Run, job: Job, msg: dict[str, Any], status: StatusBlock | None) -> None:
+        self._outstanding.pop(run.id, None)
+        self.m_outstanding.set(len(self._outstanding))
+        if msg.get("log"):
+            self.logs.write(run.id, base64.b64decode(msg["log"]), getattr(job.target, "log_max_bytes", None))
+        if run.started_at is None and msg.get("started_at"):
+            run.started_at = datetime.fromisoformat(msg["started_at"])
+        o = msg.get("outcome") or {}
+        error = RunError.model_validate(o["error"]) if o.get("error") else None
+        outcome = Outcome(
+            RunState(o.get("state", RunState.failed.value)),
+            exit_code=o.get("exit_code"),
+            http_status=o.get("http_status"),
+            error=error,
+            retryable=bool(o.get("retryable", True)),
+            status=status,
+            target_status=dict(o.get("target_status") or {}),
+        )
+        self._finish(run, job, outcome)
+
+
+__all__ = ["FleetAttempts", "broker_url", "work_message"]

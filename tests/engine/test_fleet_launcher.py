@@ -1,0 +1,177 @@
+"""The scheduler's fleet launcher (`engine/fleet.py`) against an in-memory wire: what it publishes,
+how runners' results drive the run (acked only after they are committed; a repeated result changes
+nothing), retries as new attempts, and what a restart publishes again — decided by the journal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobwire.config import Settings
+from jobwire.engine import Engine
+from jobwire.model import Job, RunState
+from tests.support.waiting import eventually
+
+
+class FakeMessage:
+    def __init__(self, link: FakeLink, body: bytes) -> None:
+        self.link = link
+        self.body = body
+
+    async def ack(self, multiple: bool = False) -> None:
+        """Record what the store held for the result's run when it was acknowledged."""
+        doc = json.loads(self.body)
+        run = await self.link.engine.store.get_run(doc["run_id"]) if self.link.engine else None
+        self.link.acked.append((doc["kind"], run.state if run else None))
+
+
+class FakeDelivery:
+    def __init__(self, message: FakeMessage) -> None:
+        self.body = message.body
+        self.redelivered = False
+        self.message = message
+
+
+class FakeLink:
+    """The wire's interface (`jobwire.sources.amqp.fleet.Link`) in memory. `confirm` cleared: a
+    publish hangs (sent, never confirmed)."""
+
+    def __init__(self) -> None:
+        self.work: list[dict[str, Any]] = []
+        self.acked: list[tuple[str, RunState | None]] = []
+        self.results: asyncio.Queue[bytes] = asyncio.Queue()
+        self.confirm = asyncio.Event()
+        self.confirm.set()
+        self.engine: Engine | None = None
+        self.connected = True
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def depth(self, queue: str) -> tuple[int, int]:
+        return (self.results.qsize(), 1) if queue.endswith("results") else (len(self.work), 1)
+
+    async def publish(self, queue: str, messages: list[tuple[str, bytes]]) -> None:
+        self.work += [json.loads(body) for _, body in messages]
+        await self.confirm.wait()
+
+    async def consume(self, queue: str, prefetch: int, on_message: Callable[[Any], Awaitable[None] | None]) -> None:
+        while True:
+            body = await self.results.get()
+            on_message(FakeDelivery(FakeMessage(self, body)))
+
+    def result(self, work: dict[str, Any], kind: str, **fields: Any) -> None:
+        doc = {"v": 1, "kind": kind, "run_id": work["run"]["id"], "attempt": work["run"]["attempt"], **fields}
+        self.results.put_nowait(json.dumps(doc).encode())
+
+
+@pytest.fixture
+def link(monkeypatch: pytest.MonkeyPatch) -> FakeLink:
+    fake = FakeLink()
+    monkeypatch.setattr("jobwire.engine.fleet.link_for", lambda *a: fake)
+    return fake
+
+
+def scheduler(tmp_path: Path) -> Engine:
+    return Engine(
+        Settings(_env_file=None, data_dir=tmp_path / "data", role="scheduler", shutdown_grace=timedelta(seconds=1))
+    )
+
+
+@pytest.fixture
+async def engine(tmp_path: Path, link: FakeLink) -> AsyncIterator[Engine]:
+    eng = link.engine = scheduler(tmp_path)
+    await eng.start()
+    yield eng
+    await eng.stop()
+
+
+async def started(engine: Engine) -> str:
+    admission = await engine.trigger("call", {})
+    assert admission.run is not None
+    return admission.run.id
+
+
+HTTP_JOB = {"name": "call", "target": {"type": "http", "url": "http://example.com/hook", "timeout": "5s"}}
+OK = {"state": "succeeded", "http_status": 200, "retryable": True}
+
+
+async def test_a_run_is_published_then_ended_by_its_runners_results(engine: Engine, link: FakeLink) -> None:
+    await engine.put_job(Job.model_validate({**HTTP_JOB, "triggers": [{"type": "api"}]}))
+    run_id = await started(engine)
+    await eventually(lambda: link.work, 5, "the work message")
+    work = link.work[0]
+    assert work["name"] == run_id and work["run"]["id"] == run_id and work["resumed"] is False
+    assert work["job"]["target"]["url"] == "http://example.com/hook"
+    assert "triggers" not in work["job"], "the runner gets what running needs, not the job's triggers"
+    assert work["callback_url"].endswith(f"/api/v1/runs/{run_id}/callback")
+
+    link.result(work, "started", started_at="2026-01-01T00:00:00+00:00", runner="r1")
+    await eventually(lambda: engine.runs[run_id].state == RunState.running, 5, "running")
+    link.result(work, "outcome", outcome=OK, log="aGVsbG8=")
+    run = await eventually(lambda: run_id not in engine.runs and engine.get_run(run_id), 5, "ended")
+    assert run.state == RunState.succeeded and run.http_status == 200
+    await eventually(lambda: len(link.acked) == 2, 5, "both results acknowledged")
+    assert link.acked == [("started", RunState.running), ("outcome", RunState.succeeded)], (
+        "each result acknowledged only once what it changed is in the store"
+    )
+    # the same outcome again (a runner died before acking its work; another ran it too): nothing changes
+    link.result(work, "outcome", outcome={"state": "failed", "retryable": False})
+    await eventually(lambda: len(link.acked) == 3, 5, "the repeat acknowledged")
+    assert (await engine.get_run(run_id)).state == RunState.succeeded
+    assert engine.attempts.count == 0
+
+
+async def test_a_retryable_failure_is_published_again_as_the_next_attempt(engine: Engine, link: FakeLink) -> None:
+    spec = {**HTTP_JOB, "triggers": [{"type": "api"}], "retry": {"max_attempts": 2, "backoff": "10ms"}}
+    await engine.put_job(Job.model_validate(spec))
+    run_id = await started(engine)
+    await eventually(lambda: link.work, 5, "attempt 1")
+    link.result(link.work[0], "outcome", outcome={"state": "failed", "http_status": 503, "retryable": True})
+    await eventually(lambda: len(link.work) == 2, 5, "attempt 2 published")
+    assert link.work[1]["name"] == f"{run_id}-2" and link.work[1]["run"]["attempt"] == 2
+    link.result(link.work[1], "outcome", outcome=OK)
+    run = await eventually(lambda: run_id not in engine.runs and engine.get_run(run_id), 5, "ended")
+    assert run.state == RunState.succeeded and run.attempt == 2
+
+
+async def test_after_a_restart_only_unconfirmed_attempts_are_published_again(
+    tmp_path: Path, link: FakeLink
+) -> None:
+    first = link.engine = scheduler(tmp_path)
+    await first.start()
+    await first.put_job(Job.model_validate({**HTTP_JOB, "triggers": [{"type": "api"}]}))
+    confirmed = await started(first)  # its outcome will wait in the results queue
+    waiting = await started(first)  # confirmed, still in the work queue: no result yet
+    await eventually(lambda: len(link.work) == 2, 5, "two confirmed")
+    for rid in (confirmed, waiting):
+        await eventually(lambda rid=rid: f"{rid}@" in first.attempts.journal, 5, "its confirm noted")
+    link.confirm.clear()  # from now on RabbitMQ takes messages but no confirm comes back
+    unconfirmed = await started(first)
+    await eventually(lambda: len(link.work) == 3, 5, "the third publish sent")
+    await first.stop()  # like a crash for the fleet: runs in the fleet stay pending in the store
+
+    link.work.clear()
+    link.confirm.set()
+    again = link.engine = scheduler(tmp_path)
+    # one result of the confirmed run waited in the broker while the scheduler was down
+    link.result({"run": {"id": confirmed, "attempt": 1}}, "outcome", outcome=OK)
+    await again.start()
+    try:
+        await eventually(lambda: link.work, 5, "the unconfirmed one published again")
+        assert [w["name"] for w in link.work] == [unconfirmed]
+        assert link.work[0]["resumed"] is True
+        assert (await again.get_run(confirmed)).state == RunState.succeeded
+        assert (await again.get_run(waiting)).state == RunState.pending
+        assert again.attempts.count == 2, "both still in the fleet's hands"
+    finally:
+        await again.stop()
