@@ -505,9 +505,13 @@ class KubernetesJobTarget(Target):
     async def _cleanup_loop(self) -> None:
         interval = self.settings.kube_cleanup_interval.total_seconds()
         while True:
+            if not self._leader():
+                # a follower, or a replica still electing at start (targets start before the
+                # election): look again soon rather than a whole interval later
+                await asyncio.sleep(min(interval, 2.0))
+                continue
             try:
-                if self._leader():
-                    await self.sweep()
+                await self.sweep()
                 self._cleanup_error = None
             except asyncio.CancelledError:
                 raise
