@@ -574,22 +574,18 @@ def status(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt =
         lead = f"leader (lease token {me.get('lease_token')})" if me.get("leader") else "follower"
         leader = me.get("leader_id") or "-"
         out.print(f"this replica: {me.get('id')} ({me.get('role')}), {lead}; leader: {leader}")
-        table = Table(title="replicas")
-        for col in ("replica", "role", "state", "lease", "host", "pid", "started", "last heartbeat"):
-            table.add_column(col, no_wrap=True)
+        # one line per replica, not a table: a 32-character id, a host and two times do not fit
+        # 80 columns, and a table squeezed to fit them truncated the ids away when piped
+        out.print("replicas:")
         for r in me.get("replicas") or []:
-            leads = r.get("id") == me.get("leader_id")
-            table.add_row(
-                r.get("id", ""),
-                r.get("role", ""),
-                "alive" if r.get("alive") else "dead",
-                "leader" if leads else "-",
-                r.get("host", ""),
-                str(r.get("pid", "")),
-                when(r.get("started_at")),
-                when(r.get("last_heartbeat")),
+            leads = "leader" if r.get("id") == me.get("leader_id") else "-"
+            state = "alive" if r.get("alive") else "dead"
+            out.print(
+                f"  {r.get('id', '')}  {r.get('role', '')}  {state}  {leads}  "
+                f"{r.get('host', '')}:{r.get('pid', '')}  started {when(r.get('started_at'))}  "
+                f"last heartbeat {when(r.get('last_heartbeat'))}",
+                soft_wrap=True,
             )
-        out.print(table)
     raise typer.Exit(0 if report.get("status") == "ready" else 1)
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -110,3 +112,55 @@ async def _stored_key(url: str) -> str:
         return str(await conn.fetchval("SELECT encode(value, 'hex') FROM jobwire_settings WHERE name = 'callback_key'"))
     finally:
         await conn.close()
+
+
+def _metric(text: str, name: str, labels: str = "") -> float | None:
+    for line in text.splitlines():
+        if line.startswith(f"{name}{labels} ") or (not labels and line.startswith(f"{name} ")):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def _status(server: Server, *extra: str) -> subprocess.CompletedProcess[str]:
+    jobwire = str(Path(PY).with_name("jobwire"))
+    return subprocess.run(
+        [jobwire, "status", "--url", server.url, *extra], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_status_and_metrics_show_each_replicas_role_lease_and_heartbeat(two: tuple[Server, Server, str]) -> None:
+    """`jobwire status`, `/readyz` and `/metrics` of both replicas agree on one leader, its lease
+    token, and two live replicas with their heartbeats."""
+    a, b, _ = two
+
+    def both_see_two_alive() -> list[dict[str, Any]] | None:
+        reports = [json.loads(_status(s, "--json").stdout)["replica"] for s in (a, b)]
+        if any(sum(1 for r in rep["replicas"] if r["alive"]) != 2 for rep in reports):
+            return None
+        return reports if sum(1 for rep in reports if rep["leader"]) == 1 else None
+
+    reports = eventually_sync(both_see_two_alive, 30, "two live replicas and one leader in both reports")
+    leader = next(rep for rep in reports if rep["leader"])
+    follower = next(rep for rep in reports if not rep["leader"])
+    assert leader["lease_token"] >= 1
+    assert follower["lease_token"] is None
+    assert follower["leader_id"] == leader["id"] and leader["leader_id"] == leader["id"]
+    assert {r["id"] for r in leader["replicas"]} == {leader["id"], follower["id"]}
+    assert all(r["last_heartbeat"] and r["role"] == "all" for r in leader["replicas"])
+    assert leader["last_heartbeat"] is not None and follower["last_heartbeat"] is not None
+
+    by_id = {json.loads(_status(s, "--json").stdout)["replica"]["id"]: s for s in (a, b)}
+    lead_text = httpx.get(f"{by_id[leader['id']].url}/metrics", timeout=10).text
+    follow_text = httpx.get(f"{by_id[follower['id']].url}/metrics", timeout=10).text
+    assert _metric(lead_text, "jobwire_leader") == 1.0
+    assert _metric(follow_text, "jobwire_leader") == 0.0
+    assert _metric(lead_text, "jobwire_replica_lease_token") == float(leader["lease_token"])
+    assert _metric(follow_text, "jobwire_replica_lease_token") == 0.0
+    for text in (lead_text, follow_text):
+        assert _metric(text, "jobwire_replicas", '{state="alive"}') == 2.0
+        assert (_metric(text, "jobwire_replica_heartbeat_timestamp_seconds") or 0) > time.time() - 60
+
+    human = _status(by_id[leader["id"]])
+    assert human.returncode == 0, human.stderr
+    assert f"leader (lease token {leader['lease_token']})" in human.stdout
+    assert follower["id"] in human.stdout and "alive" in human.stdout
