@@ -186,7 +186,11 @@ def settle(ctx: Ctx, seconds: float = 1.0) -> None:
 
 
 class _NoopProtocol(asyncio.Protocol):
-    """Answers every request `200` with an empty body, keep-alive; parses just enough HTTP/1.1."""
+    """Answers every request `200` with an empty body, keep-alive, `delay` seconds after it arrived
+    (0: at once); parses just enough HTTP/1.1."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: Any = transport
@@ -206,12 +210,19 @@ class _NoopProtocol(asyncio.Protocol):
             if len(self.buf) < end + 4 + length:
                 return
             self.buf = self.buf[end + 4 + length :]
+            if self.delay:
+                asyncio.get_running_loop().call_later(self.delay, self._answer)
+            else:
+                self._answer()
+
+    def _answer(self) -> None:
+        if not self.transport.is_closing():
             self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
 
 
-async def _serve_noop(port: int) -> None:
+async def _serve_noop(port: int, delay: float = 0.0) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(_NoopProtocol, "127.0.0.1", port, backlog=4096)
+    server = await loop.create_server(lambda: _NoopProtocol(delay), "127.0.0.1", port, backlog=4096)
     print("ready", flush=True)
     parent = os.getppid()
     while os.getppid() == parent:  # never outlive the benchmark that started it
@@ -220,13 +231,19 @@ async def _serve_noop(port: int) -> None:
 
 
 class NoopServer:
-    def __init__(self) -> None:
+    """The no-op server (or, in a subclass, another far end: `argv`) in its own process."""
+
+    def __init__(self, delay: float = 0.0) -> None:
         self.port = free_port()
+        self.delay = delay
         self.proc: subprocess.Popen[str] | None = None
+
+    def argv(self) -> list[str]:
+        return ["-m", "bench.bench_core", "noop-server", "--port", str(self.port), "--delay", str(self.delay)]
 
     def __enter__(self) -> NoopServer:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.bench_core", "noop-server", "--port", str(self.port)],
+            [sys.executable, *self.argv()],
             stdout=subprocess.PIPE,
             text=True,
             env=clean_env(),
@@ -234,7 +251,7 @@ class NoopServer:
         )
         assert self.proc.stdout is not None
         if self.proc.stdout.readline().strip() != "ready":
-            raise RuntimeError("no-op HTTP server did not start")
+            raise RuntimeError(f"{' '.join(self.argv()[:2])} did not start")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -1075,9 +1092,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here (default: stdout)")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--delay", type=float, default=0.0, help="noop-server: answer this many seconds late")
     args = parser.parse_args(argv)
     if args.section == "noop-server":
-        run_loop(lambda: _serve_noop(args.port))
+        run_loop(lambda: _serve_noop(args.port, args.delay))
         return
     result = run_section(args.section, args.quick, args.out)
     text = json.dumps(result, default=str)

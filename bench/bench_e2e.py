@@ -38,13 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_core import (
-    REPO,
     Ctx,
+    NoopServer,
     RawConn,
     Row,
     _proc_sample,
-    clean_env,
-    free_port,
     http_request,
     latency_row,
     loadavg,
@@ -60,35 +58,11 @@ from bench.bench_core import (
 # --------------------------------------------------------------------------- the sink and helpers
 
 
-class Sink:
-    """bench/httpsink.py in its own process."""
+class Sink(NoopServer):
+    """bench/httpsink.py in its own process: records each call's arrival and Idempotency-Key."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen[str] | None = None
-
-    def __enter__(self) -> Sink:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.httpsink", "--port", str(self.port)],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=clean_env(),
-            cwd=REPO,
-        )
-        assert self.proc.stdout is not None
-        if self.proc.stdout.readline().strip() != "ready":
-            raise RuntimeError("bench/httpsink.py did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+    def argv(self) -> list[str]:
+        return ["-m", "bench.httpsink", "--port", str(self.port)]
 
     def _get(self, path: str) -> Any:
         conn = RawConn(self.port)

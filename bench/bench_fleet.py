@@ -13,12 +13,8 @@ runners' start-up, which is not simultaneous, does not count). Every run is chec
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -28,51 +24,11 @@ SLOTS = 4
 LATENCY = 0.05
 
 
-class _SlowProtocol(asyncio.Protocol):
-    """Answers each request `200` (empty body, keep-alive) `LATENCY` after it arrived."""
-
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport: Any = transport
-        self.buf = b""
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        while True:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            length = 0
-            for line in self.buf[:end].split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value.strip())
-            if len(self.buf) < end + 4 + length:
-                return
-            self.buf = self.buf[end + 4 + length :]
-            asyncio.get_running_loop().call_later(self.delay, self._answer)
-
-    def _answer(self) -> None:
-        if not self.transport.is_closing():
-            self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-
-
-async def _serve(port: int, delay: float) -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _SlowProtocol(delay), "127.0.0.1", port, backlog=4096)
-    print("ready", flush=True)
-    parent = os.getppid()
-    while os.getppid() == parent:  # never outlive the benchmark that started it
-        await asyncio.sleep(1)
-    server.close()
-
-
 def _cpu(pid: int) -> float:
     """User + system CPU seconds of process `pid` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    from bench.bench_core import _proc_sample
+
+    return _proc_sample(pid)[0]
 
 
 def _rate(runs: list[dict[str, Any]]) -> float:
@@ -86,26 +42,19 @@ def fleet_scaling(ctx: Ctx) -> list[Row]:
     import httpx
 
     from bench.bench_amqp import _vhost
-    from bench.bench_core import REPO, Row, clean_env, free_port, loadavg, settle
+    from bench.bench_core import NoopServer, Row, loadavg, settle
     from tests.support.fleet import metric, runner, scheduler
     from tests.support.server import all_runs
     from tests.support.waiting import eventually_sync
 
     n = 600 if ctx.quick else 2000
     counts = (1, 2, 4)
-    port = free_port()
-    far = subprocess.Popen(
-        [sys.executable, "-m", "bench.bench_fleet", "--port", str(port), "--delay", str(LATENCY)],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=clean_env(),
-        cwd=REPO,
-    )
+    far = NoopServer(LATENCY).__enter__()  # answers each call LATENCY late, in its own process
+    port = far.port
     rates: dict[int, float] = {}
     loads: dict[int, str] = {}
     cpu: dict[int, dict[str, float]] = {}
     try:
-        assert far.stdout is not None and far.stdout.readline().strip() == "ready"
         for k in counts:
             base = ctx.tmp / f"fleet-{k}"
             base.mkdir()
@@ -170,8 +119,7 @@ def fleet_scaling(ctx: Ctx) -> list[Row]:
             finally:
                 vhost.delete()
     finally:
-        far.terminate()
-        far.wait(10)
+        far.__exit__()
     ctx.data["fleet"] = {"runs": n, "slots": SLOTS, "latency_s": LATENCY, "runs_per_s": rates, "load": loads,
         "cpu": cpu}
     rows = [
@@ -186,18 +134,3 @@ def fleet_scaling(ctx: Ctx) -> list[Row]:
     ratio = rates[2] / rates[1]
     rows.append(Row("  … runner fleet: 2 runners ÷ 1", f"{ratio:.2f}×", "≥ 1.6×", ratio >= 1.6))
     return rows
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="the fleet bench's far end: 200 after --delay seconds")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--delay", type=float, default=LATENCY)
-    args = parser.parse_args()
-    try:
-        import uvloop
-
-        uvloop.run(_serve(args.port, args.delay))
-    except ImportError:
-        asyncio.run(_serve(args.port, args.delay))
