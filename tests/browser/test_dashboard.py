@@ -253,6 +253,11 @@ def test_axe_finds_no_serious_or_critical_violation_on_any_page(
         expect(page.locator("main h1")).to_be_visible()
         expect(page.locator("main section, main [role=region]").first).to_be_visible()
         problems[path] = axe_violations(page)
+    # a run's log is empty until its first chunk arrives: the page must pass axe then too
+    page.goto(f"{server.url}/#/runs/{run['id']}")
+    expect(page.locator("#log")).to_be_attached()
+    page.evaluate("() => document.querySelector('#log').replaceChildren()")
+    problems["run page, empty log"] = axe_violations(page)
     problems = {k: v for k, v in problems.items() if v}
     assert not problems, problems
     # the harness sees a violation when there is one: an unlabelled field is critical for axe

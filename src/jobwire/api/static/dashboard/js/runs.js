@@ -96,7 +96,7 @@ export async function renderRun(ctx) {
   const factsBox = h("div", {}, facts(run));
   const timelineBox = h("div", {}, timeline(run));
   const eventBox = h("div", {}, h("p", { class: "muted" }, "Loading…"));
-  const log = h("pre", { class: "code log", id: "log", tabindex: "0", "aria-label": "Run log" });
+  const log = h("pre", { class: "code log", id: "log", role: "log", tabindex: "0", "aria-label": "Run log" });
   const logState = h("p", { class: "muted small", id: "log-state", "aria-live": "polite" });
   main.append(
     h("div", { class: "page-head" }, h("h1", {}, "Run ", h("code", {}, id)), stateBadge, actions),
