@@ -26,8 +26,9 @@ from rich.table import Table
 from bench.bench_core import REPO, Row, clean_env, loadavg
 from bench.bench_core import SECTIONS as CORE_SECTIONS
 from bench.bench_e2e import E2E_SECTIONS
+from bench.bench_scale import SCALE_SECTIONS
 
-SECTIONS = {**CORE_SECTIONS, **E2E_SECTIONS}
+SECTIONS = {**CORE_SECTIONS, **E2E_SECTIONS, **SCALE_SECTIONS}
 """Every section; the end-to-end ones (bench/bench_e2e.py) run as `python -m bench.bench_e2e`."""
 
 DEFINITIONS = """\
@@ -50,10 +51,14 @@ def run_section(name: str, quick: bool) -> dict[str, Any]:
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="jobwire-bench-out-") as tmp:
         out = Path(tmp) / "rows.json"
-        module = "bench.bench_e2e" if name in E2E_SECTIONS else "bench.bench_core"
-        cmd = [sys.executable, "-m", module, name, "--out", str(out)] + (
-            ["--quick"] if quick else []
+        module = (
+            "bench.bench_e2e"
+            if name in E2E_SECTIONS
+            else "bench.bench_scale"
+            if name in SCALE_SECTIONS
+            else "bench.bench_core"
         )
+        cmd = [sys.executable, "-m", module, name, "--out", str(out)] + (["--quick"] if quick else [])
         try:
             proc = subprocess.run(cmd, cwd=REPO, env=clean_env(), timeout=SCRIPT_TIMEOUT, stdout=sys.stderr)
             if out.exists() and out.stat().st_size:

@@ -35,6 +35,7 @@ from typing import Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from jobwire import yamlfast
 from jobwire.model import NAME_RE, PARAM_RE, Job
 from jobwire.params import Loc, check_definition
 from jobwire.registry import job_problems
@@ -764,7 +765,21 @@ def _jobs_of_csv(
 
 
 def _jobs_of_text(text: str, source: str) -> tuple[list[_Loaded], list[DefinitionError]]:
+    """The jobs of one YAML/JSON file: first from libyaml's events (`yamlfast`), which is what a
+    file without a problem needs; a file it gives up on, or with any error, is composed again by
+    the careful path, so every error names its line exactly as before."""
+    fast = yamlfast.compose(text, MAX_DEPTH, MAX_NODES)
+    if fast is not None:
+        loaded, errors = _jobs_of_docs([_Doc(d.data, dict(d.lines), d.line) for d in fast], [], source)
+        if not errors:
+            return loaded, errors
     docs, errors = _compose(text, source)
+    return _jobs_of_docs(docs, errors, source)
+
+
+def _jobs_of_docs(
+    docs: list[_Doc], errors: list[DefinitionError], source: str
+) -> tuple[list[_Loaded], list[DefinitionError]]:
     loaded: list[_Loaded] = []
     for doc in docs:
         data = doc.data

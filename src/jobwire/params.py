@@ -314,8 +314,11 @@ def placeholders(value: Any) -> set[str]:
 
 def _walk_placeholders(value: Any, loc: Loc) -> Iterator[tuple[Loc, str]]:
     if isinstance(value, str):
-        for m in PLACEHOLDER_RE.finditer(value):
-            yield loc, m.group(1)
+        if "{{" in value:  # most strings have none: skip the regex engine
+            for m in PLACEHOLDER_RE.finditer(value):
+                yield loc, m.group(1)
+    elif value is None or isinstance(value, int | float):
+        return
     elif isinstance(value, Mapping):
         for k, v in value.items():
             yield from _walk_placeholders(v, (*loc, str(k)))

@@ -175,6 +175,27 @@ async def test_paused_survives_redefinition(store: Store) -> None:
     assert (await store.save_job(job("born-paused", paused=True), "api")).paused is True
 
 
+async def test_save_jobs_and_list_jobs_reusing(store: Store) -> None:
+    assert await store.save_jobs([]) == []
+    await store.set_paused("b", True)  # no such job yet: nothing
+    saved = await store.save_jobs([(job("b"), "file:x.yaml"), (job("a", description="v1"), "api")])
+    assert [(s.job.name, s.origin) for s in saved] == [("b", "file:x.yaml"), ("a", "api")]
+    await store.set_paused("b", True)
+    again = await store.save_jobs([(job("b", description="v2"), "file:x.yaml")])
+    assert again[0].paused is True  # a batch keeps a pause, as save_job does
+    listed = await store.list_jobs()
+    assert [s.job.name for s in listed] == ["a", "b"]
+    # the same result whether or not a known definition is passed; an equal one may be reused,
+    # a stale one never replaces what is stored
+    current_b = job("b", description="v2")
+    stale_a = job("a", description="old")
+    reused = await store.list_jobs_reusing({"b": current_b, "a": stale_a, "zzz": job("zzz")})
+    assert [(s.job, s.origin, s.paused, s.updated_at) for s in reused] == [
+        (s.job, s.origin, s.paused, s.updated_at) for s in listed
+    ]
+    assert reused[0].job.description == "v1"
+
+
 # --------------------------------------------------------------------------- record
 
 

@@ -73,13 +73,16 @@ class JobRegistry:
         elif self.s3_files is not None:
             await self.s3_files.close()  # not asked again: no client kept open
         _refuse_loops([job for job, _ in file_jobs])
-        stored = {s.job.name: s for s in await self.store.list_jobs()}
-        seen = set()
+        known = {job.name: job for job, _ in file_jobs}
+        stored = {s.job.name: s for s in await self.store.list_jobs_reusing(known)}
+        changed = []
         for job, origin in file_jobs:
-            seen.add(job.name)
             prev = stored.get(job.name)
-            if prev is None or prev.job != job or prev.origin != origin:
-                stored[job.name] = await self.store.save_job(job, origin)
+            if prev is None or (prev.job is not job and prev.job != job) or prev.origin != origin:
+                changed.append((job, origin))
+        for s in await self.store.save_jobs(changed):  # one transaction (SQLite)
+            stored[s.job.name] = s
+        seen = known.keys()
         for name, s in list(stored.items()):
             if s.origin.startswith("file:") and name not in seen:
                 await self.store.delete_job(name)

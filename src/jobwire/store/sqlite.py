@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -498,6 +498,39 @@ class SQLiteStore(Store):
             return StoredJob(job=job, origin=row[2], paused=bool(row[3]), updated_at=from_us(row[4]))
 
         return await self._w(op)
+
+    async def save_jobs(self, jobs: Sequence[tuple[Job, str]]) -> list[StoredJob]:
+        now = to_us(utcnow())
+        params = [
+            {
+                "name": job.name,
+                "definition": job.model_dump_json(),
+                "origin": origin,
+                "paused": int(job.paused),
+                "updated_at": now,
+            }
+            for job, origin in jobs
+        ]
+
+        def op(conn: sqlite3.Connection) -> list[StoredJob]:
+            out = []
+            for (job, _), p in zip(jobs, params, strict=True):
+                row = conn.execute(Q.upsert_job, p).fetchone()
+                out.append(StoredJob(job=job, origin=row[2], paused=bool(row[3]), updated_at=from_us(row[4])))
+            return out
+
+        return await self._w(op) if jobs else []
+
+    async def list_jobs_reusing(self, known: Mapping[str, Job]) -> list[StoredJob]:
+        rows = await self._r(lambda c: c.execute(Q.list_jobs).fetchall())
+        out = []
+        for row in rows:
+            job = known.get(row[0])
+            if job is not None and job.model_dump_json() == row[1]:
+                out.append(StoredJob(job=job, origin=row[2], paused=bool(row[3]), updated_at=from_us(row[4])))
+            else:
+                out.append(_job_from_row(row))
+        return out
 
     async def get_job(self, name: str) -> StoredJob | None:
         row = await self._r(lambda c: c.execute(Q.get_job, {"name": name}).fetchone())

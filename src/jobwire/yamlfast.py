@@ -1,0 +1,129 @@
+"""Plain YAML data from libyaml's event stream: the fast path of job files.
+
+`jobfile` composes a node tree in pure Python so that every error can name its line; for a folder
+of 100,000 jobs that costs over a minute. Most files have no error, and need no line but the one of
+each job's `name`. `compose(text)` builds their data straight from libyaml's events (C), about 30×
+faster, keeping the lines of the `name` keys — and gives up (None) on anything the careful path must
+judge: anchors, aliases and merge keys, explicit tags, duplicate or non-scalar keys, nesting deeper
+than `max_depth`, more than `max_nodes` values, or no libyaml. The caller then takes the careful
+path, which reports the problem with its line. Nothing here can run code: scalars are resolved and
+constructed as `yaml.SafeLoader` does, for the plain tags only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from yaml import events
+
+__all__ = ["FastDoc", "compose"]
+
+_PLAIN = frozenset(f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "timestamp"))
+_STR = "tag:yaml.org,2002:str"
+
+
+@dataclass
+class FastDoc:
+    data: Any
+    lines: dict[tuple[str | int, ...], int]
+    """1-based line of each job's `name` key: `("name",)` for a single-job document,
+    `("jobs", i, "name")` for the i-th job of a `jobs:` list."""
+    line: int
+
+
+def compose(text: str, max_depth: int, max_nodes: int) -> list[FastDoc] | None:
+    """Every document of `text` as plain data, or None when the careful path must decide."""
+    loader_cls = getattr(yaml, "CSafeLoader", None)
+    if loader_cls is None:
+        return None
+    try:
+        loader = loader_cls(text)
+    except yaml.YAMLError:
+        return None
+    try:
+        return _build(loader, max_depth, max_nodes)
+    except (yaml.YAMLError, ValueError, TypeError):
+        return None  # a syntax error or an odd scalar: the careful path says where
+    finally:
+        loader.dispose()
+
+
+def _build(loader: Any, max_depth: int, max_nodes: int) -> list[FastDoc] | None:
+    resolve = loader.resolve
+    construct = loader.construct_object
+    docs: list[FastDoc] = []
+    stack: list[Any] = []
+    keys: list[Any] = []  # per open mapping: None, or a 1-tuple holding the key awaiting its value
+    root: Any = None
+    lines: dict[tuple[str | int, ...], int] = {}
+    start = 1
+    nodes = 0
+    get = loader.get_event
+    while (ev := get()) is not None:
+        kind = type(ev)
+        val: Any
+        if kind is events.ScalarEvent:
+            if ev.anchor is not None:
+                return None
+            tag = ev.tag
+            if tag is None or tag == "!":
+                tag = resolve(yaml.ScalarNode, ev.value, ev.implicit)
+            if tag == _STR:
+                val = ev.value
+            elif tag in _PLAIN:
+                val = construct(yaml.ScalarNode(tag, ev.value, ev.start_mark, ev.end_mark, ev.style))
+            else:
+                return None
+        elif kind is events.MappingStartEvent or kind is events.SequenceStartEvent:
+            if ev.anchor is not None or ev.tag is not None or len(stack) >= max_depth:
+                return None
+            stack.append({} if kind is events.MappingStartEvent else [])
+            keys.append(None)
+            continue
+        elif kind is events.MappingEndEvent or kind is events.SequenceEndEvent:
+            val = stack.pop()
+            keys.pop()
+        elif kind is events.DocumentStartEvent:
+            start = ev.start_mark.line + 1
+            continue
+        elif kind is events.DocumentEndEvent:
+            docs.append(FastDoc(root, lines, start))
+            root, lines = None, {}
+            continue
+        elif kind is events.AliasEvent:
+            return None
+        else:  # stream start / end
+            continue
+        nodes += 1
+        if nodes > max_nodes:
+            return None
+        if not stack:
+            root = val
+            continue
+        top = stack[-1]
+        if type(top) is list:
+            top.append(val)
+            continue
+        pending = keys[-1]
+        if pending is None:
+            if type(val) is dict or type(val) is list or val == "<<":
+                return None
+            if val in top:
+                return None
+            keys[-1] = (val,)
+            if val == "name" and kind is events.ScalarEvent:
+                _note_name(stack, keys, lines, ev.start_mark.line + 1)
+            continue
+        top[pending[0]] = val
+        keys[-1] = None
+    return docs
+
+
+def _note_name(stack: list[Any], keys: list[Any], lines: dict[tuple[str | int, ...], int], line: int) -> None:
+    depth = len(stack)
+    if depth == 1:
+        lines[("name",)] = line
+    elif depth == 3 and keys[0] == ("jobs",) and type(stack[1]) is list:
+        lines[("jobs", len(stack[1]), "name")] = line
