@@ -30,6 +30,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from jobwire.config import Settings
+from jobwire.engine import heap
 from jobwire.engine.build import bind_sinks, bind_targets, build_plugs
 from jobwire.engine.committer import Committer
 from jobwire.engine.disk import StopIncomplete, unsaved_at_stop
@@ -134,10 +135,7 @@ class Engine:
         return self._ready and not self._stopping
 
     async def start(self) -> None:
-        # Startup builds an object graph that lives as long as the process (100,000 jobs: millions
-        # of objects); the cyclic GC would rescan it at every generation-2 pass while it grows (4×
-        # the start's time). Little of it is garbage: one collection at the end, then it is frozen.
-        gc.disable()
+        gc.disable()  # while startup builds what lives as long as the process (engine/heap.py)
         try:
             await self._start()
         finally:
@@ -183,12 +181,7 @@ class Engine:
             self.attempts.close()
             await self.store.close()
             raise
-        # What startup built (job definitions, compiled schedules, imported modules) lives as long
-        # as the process: move it out of the cyclic GC's reach, so a full collection scans only
-        # what runs allocate — with 10,000 jobs a gen-2 pass otherwise stalls the loop for tens of ms.
-        # No collection first: the GC was off during startup, so it would scan every object built
-        # (1.5 s with 100,000 jobs) to find the little cyclic garbage a start makes, which is kept.
-        gc.freeze()
+        heap.settle()  # freeze what startup built; give back what it freed (engine/heap.py)
         self._ready = True
         log.info("engine started", jobs=len(self.jobs), active_runs=len(self.runs))
 

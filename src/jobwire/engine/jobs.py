@@ -13,9 +13,12 @@ as such a file, CSV or YAML: re-read when its ETag changes (origin `file:s3://bu
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import structlog
+from pydantic import BaseModel
 
 from jobwire.config import S3Url, Settings
 from jobwire.engine.chains import find_cycle
@@ -28,6 +31,28 @@ from jobwire.model import AfterTrigger, Job
 from jobwire.store import Store, StoredJob
 
 log = structlog.get_logger(__name__)
+
+
+def share_fields_sets(jobs: Iterable[Job]) -> None:
+    """Give every model in these definitions the one shared copy of its set of explicitly given
+    field names. Pydantic keeps a set per model instance (216 bytes for a few names); 100,000 jobs
+    of four models each held 86 MB of equal sets. Safe because definitions are frozen: pydantic
+    changes the set only on assignment, which they refuse, and `model_copy` copies it first."""
+    shared: dict[frozenset[str], set[str]] = {}
+    stack: list[Any] = list(jobs)
+    while stack:
+        model = stack.pop()
+        if isinstance(model, BaseModel):
+            names = model.__pydantic_fields_set__
+            key = frozenset(names)
+            one = shared.setdefault(key, names)
+            if one is not names:
+                object.__setattr__(model, "__pydantic_fields_set__", one)
+            stack.extend(model.__dict__.values())
+        elif isinstance(model, list | tuple):
+            stack.extend(model)
+        elif isinstance(model, dict):
+            stack.extend(model.values())
 
 
 class JobRegistry:
@@ -47,6 +72,7 @@ class JobRegistry:
 
     def _texts(self) -> list[tuple[str, str]]:
         return self.s3_files.items() if self.s3_files is not None else []
+
     # ------------------------------------------------------------------ job files
     async def load(self) -> None:
         """At start: the job files' definitions saved over the store's, file jobs no longer in a
@@ -87,6 +113,7 @@ class JobRegistry:
             if s.origin.startswith("file:") and name not in seen:
                 await self.store.delete_job(name)
                 del stored[name]
+        share_fields_sets(s.job for s in stored.values())
         self.jobs.clear()  # in place: the intake, the run states and the targets hold this dict
         self.jobs.update(stored)
         for s in stored.values():
@@ -214,7 +241,9 @@ class JobRegistry:
             self.jobs.pop(name, None)
             self.scheduler.remove_job(name)
         elif cur is not None and (cur.job, cur.origin, cur.paused) == (
-            stored.job, stored.origin, stored.paused
+            stored.job,
+            stored.origin,
+            stored.paused,
         ):
             return False
         else:
