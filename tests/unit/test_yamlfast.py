@@ -16,6 +16,9 @@ SAME = [
     "jobs: []\n",
     "",
     "1: int key\n'quoted': \"double\"\n",
+    '{"a": [1, -2, 3.5, -0.25, 1.5e+3, "x\\u00e9", {"b": false}], "c": {}}',
+    "[1, 2]",
+    '{"a": 1e5, "b": NaN}',  # YAML reads these as text: `json` gives up, libyaml's events agree
 ]
 
 
@@ -30,7 +33,9 @@ def test_the_fast_path_builds_what_the_careful_path_builds(text: str) -> None:
     ):
         for loc, line in f.lines.items():  # the lines it keeps (each job's name) are the careful ones
             assert c.lines[loc] == line
-        if isinstance(f.data, dict) and isinstance(f.data.get("jobs"), list):
+        if text.startswith("{"):
+            assert f.lines == {}  # JSON through `json`: no lines (its errors come from the careful path)
+        elif isinstance(f.data, dict) and isinstance(f.data.get("jobs"), list):
             assert set(f.lines) == {("jobs", i, "name") for i, j in enumerate(f.data["jobs"]) if "name" in j}
 
 
@@ -45,6 +50,9 @@ GIVE_UP = [
     "a: " + "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1) + "\n",  # too deep
     "a: [1, 2\n",  # a syntax error
     "a:\tb\n\x00",
+    '{"a": 1, "a": 2}',  # JSON: duplicate keys (json keeps the last silently)
+    '{"<<": {"a": 1}}',
+    '{"a": ' + "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1) + "}",
 ]
 
 

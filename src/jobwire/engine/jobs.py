@@ -13,6 +13,7 @@ as such a file, CSV or YAML: re-read when its ETag changes (origin `file:s3://bu
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -37,22 +38,61 @@ def share_fields_sets(jobs: Iterable[Job]) -> None:
     """Give every model in these definitions the one shared copy of its set of explicitly given
     field names. Pydantic keeps a set per model instance (216 bytes for a few names); 100,000 jobs
     of four models each held 86 MB of equal sets. Safe because definitions are frozen: pydantic
-    changes the set only on assignment, which they refuse, and `model_copy` copies it first."""
+    changes the set only on assignment, which they refuse, and `model_copy` copies it first.
+    Only the fields whose type can hold a model are walked (0.1 s for 100,000 jobs)."""
     shared: dict[frozenset[str], set[str]] = {}
+    seen: set[int] = set()  # models met before (the shared defaults: `retry`, `concurrency`, …)
+    kinds: dict[type, int] = {}  # 1 model, 2 list or tuple, 3 dict, 0 other (isinstance is slow)
+    walk: dict[type, tuple[str, ...]] = {}  # per model class: the fields that can hold a model
     stack: list[Any] = list(jobs)
     while stack:
-        model = stack.pop()
-        if isinstance(model, BaseModel):
-            names = model.__pydantic_fields_set__
-            key = frozenset(names)
-            one = shared.setdefault(key, names)
+        value = stack.pop()
+        t = type(value)
+        kind = kinds.get(t)
+        if kind is None:
+            kind = kinds[t] = _kind(t)
+        if kind == 1:
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            names = value.__pydantic_fields_set__
+            one = shared.setdefault(frozenset(names), names)
             if one is not names:
-                object.__setattr__(model, "__pydantic_fields_set__", one)
-            stack.extend(model.__dict__.values())
-        elif isinstance(model, list | tuple):
-            stack.extend(model)
-        elif isinstance(model, dict):
-            stack.extend(model.values())
+                object.__setattr__(value, "__pydantic_fields_set__", one)
+            attrs = value.__dict__
+            fields = walk.get(t)
+            if fields is None:
+                fields = walk[t] = _model_fields(t)
+            stack.extend([attrs[f] for f in fields if f in attrs])
+        elif kind == 2:
+            stack.extend(value)
+        elif kind == 3:
+            stack.extend(value.values())
+
+
+def _kind(t: type) -> int:
+    return (
+        1
+        if issubclass(t, BaseModel)
+        else 2
+        if issubclass(t, list | tuple)
+        else 3
+        if issubclass(t, dict)
+        else 0
+    )
+
+
+def _model_fields(cls: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of `cls` whose declared type may hold a model (in a list, dict, union, Any)."""
+    return tuple(name for name, f in cls.model_fields.items() if _may_hold_model(f.annotation))
+
+
+def _may_hold_model(ann: Any) -> bool:
+    if ann is Any or ann is object:
+        return True
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return True
+    return any(_may_hold_model(a) for a in typing.get_args(ann))
 
 
 class JobRegistry:
