@@ -4,7 +4,7 @@
 
 The jobs are job files in a folder (20 files of 5,000), as a user with that many would keep them:
 half cron (`m h * * *`, the hour 12 h away from now, so none fires during the run), half interval
-(2–9 days, anchored a day ahead, same reason), every job a `local` job. Measured, each with
+(2–9 days, anchored a day ahead, same reason), every job a `local` job (`true <its name>`). Measured, each with
 `jobwire serve` as a subprocess (tests/support/server.py, SQLite `synchronous=FULL`):
 
 * **start → ready**, first start (empty store: every job saved) and restart (every job unchanged):
@@ -37,7 +37,6 @@ def write_jobs(folder: Path, every_second: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     hour = (datetime.now(UTC).hour + 12) % 24
     anchor = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0).isoformat()
-    target = {"type": "local", "command": ["true"]}
     for f in range(N_JOBS // PER_FILE):
         jobs: list[dict[str, Any]] = []
         for i in range(f * PER_FILE, (f + 1) * PER_FILE):
@@ -49,7 +48,12 @@ def write_jobs(folder: Path, every_second: int) -> None:
             else:
                 trigger = {"type": "interval", "interval": f"{2 + i % 8}d", "start": anchor}
             jobs.append(
-                {"name": f"s{i:06d}", "triggers": [trigger], "target": target, "catchup": {"policy": "skip"}}
+                {
+                    "name": f"s{i:06d}",
+                    "triggers": [trigger],
+                    "target": {"type": "local", "command": ["true", f"s{i:06d}"]},
+                    "catchup": {"policy": "skip"},
+                }
             )
         (folder / f"jobs-{f:02d}.yaml").write_text(json.dumps({"jobs": jobs}))
 
