@@ -53,6 +53,10 @@ SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 TIMEOUT = 10.0
 MAX_REQUESTS = 64
 """Requests in flight at once (lightkube's pool holds 100 connections)."""
+MAX_CREATES = 48
+"""Of those, creations of Jobs: the other 16 stay free for what ends runs (their pods, logs,
+deletes), which would otherwise queue behind a burst of creations (10,000 runs triggered at once:
+a finished Job's log waited a minute behind the Jobs not yet created)."""
 
 
 class KubeUnavailable(RuntimeError):
@@ -113,6 +117,7 @@ class Kube:
             config, timeout=httpx2.Timeout(TIMEOUT), field_manager="jobwire", trust_env=False
         )
         self._slots = asyncio.Semaphore(MAX_REQUESTS)
+        self._creates = asyncio.Semaphore(MAX_CREATES)
 
     async def close(self) -> None:
         await self.client.close()
@@ -120,7 +125,7 @@ class Kube:
 
     # ---- jobs
     async def create_job(self, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
-        async with self._slots:
+        async with self._creates, self._slots:
             return _dict(
                 await self.client.create(cast(Job, Job.from_dict(_in_namespace(manifest, namespace))))
             )
