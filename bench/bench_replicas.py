@@ -247,7 +247,8 @@ def main() -> None:
     started = datetime.now().isoformat(timespec="seconds")
     rows = run(args.quick, not args.no_failover, tuple(args.replicas or (1, 3)))
     for r in rows:
-        print(f"{r.name:<90} {r.value:>34} {r.floor:>12} {'ok' if r.ok else 'BELOW'}")
+        mark = "—" if r.ok is None else ("ok" if r.ok else "BELOW")
+        print(f"{r.name:<90} {r.value:>34} {r.floor:>12} {mark}")
     print(json.dumps({"bench": "replicas", "started": started, "rows": [r._asdict() for r in rows]}))
 
 
