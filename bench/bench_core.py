@@ -3,7 +3,11 @@
 Each section is one function `f(ctx) -> list[Row]`. `python -m bench` runs every section in a fresh
 subprocess (fresh event loop, fresh temporary data dir, SQLite with the default `synchronous=FULL`):
 
-    .venv/bin/python -m bench.bench_core SECTION [--quick] [--out FILE]
+    .venv/bin/python -m bench.bench_core SECTION [--quick] [--out FILE] [--store postgres]
+
+`--store postgres` runs `trigger` and `cron-every-second` on a fresh PostgreSQL database (the
+sections `trigger-postgres` and `cron-every-second-postgres`, which `python -m bench` runs beside
+the SQLite ones; bench/bench_pg.py).
 
 Definitions (also printed under the table and explained in docs/performance.md):
 

@@ -74,6 +74,20 @@ async def test_a_fenced_batch_with_updates_and_outbox_is_one_statement(
     assert await pg.outbox_size("amqp") == 1
 
 
+async def test_a_batch_of_intakes_alone_is_one_statement(pg: PostgresStore, calls: Counter[str]) -> None:
+    lease = await pg.acquire_lease(LEADER, "a", LONG)
+    assert lease is not None
+    batch = [intake(), intake(state=RunState.queued)]
+    calls.clear()
+    recorded = await pg.commit(batch, [], fence=Fence("a", lease.token))
+    assert dict(calls) == {"fetch": 1}
+    assert [r.run for r in recorded] == [i.run for i in batch]
+    assert len(await all_runs(pg)) == 2 and len(await all_events(pg)) == 2
+    with pytest.raises(Fenced):
+        await pg.commit([intake()], [], fence=Fence("a", lease.token + 1))
+    assert len(await all_runs(pg)) == 2 and len(await all_events(pg)) == 2
+
+
 async def test_a_stale_token_writes_nothing_of_the_statement(pg: PostgresStore, calls: Counter[str]) -> None:
     lease = await pg.acquire_lease(LEADER, "a", LONG)
     assert lease is not None

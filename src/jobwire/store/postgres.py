@@ -4,7 +4,8 @@ Same semantics as the SQLite store (`store/sqlite.py`), the same contract suite.
 `store/sql/postgres/queries.sql` (named queries) and `store/sql/postgres/migrations/NNNN_*.sql`.
 
 - Group commit: `commit(batch, updates, outbox, fence)` is ONE statement over arrays (`unnest`,
-  `commit_batch` in sql/postgres/commit.sql), whatever the batch size: the fence check, the runs,
+  `commit_batch`, or `commit_intakes` for intakes alone, in sql/postgres/commit.sql), whatever the
+  batch size: the fence check, the runs,
   the events, the state changes and the outbox rows in one round trip, atomic on its own (no
   BEGIN/COMMIT). Two cases take a transaction instead: a batch with a repeated run key (the
   statement writes nothing; the transaction reads the runs that exist and marks its duplicates)
@@ -554,9 +555,7 @@ class PostgresStore(Store):
                 return []
             if not any(_claims_slot(i) for i in batch):
                 fences = [fence.lease, fence.replica, fence.token] if fenced and fence else [None] * 3
-                done = await self._commit_one(
-                    record_args, fences, upd_cols or _NO_UPDATES, out_cols or [[], []], fence
-                )
+                done = await self._commit_one(record_args, fences, upd_cols, out_cols, fence)
                 if done is not None:
                     inserted, updated = done
                     if len(inserted) == len(record_args[0]):  # every run new: all of it is written
@@ -602,14 +601,19 @@ class PostgresStore(Store):
         self,
         record_args: list[Any],
         fences: list[Any],
-        upd_cols: list[list[Any]],
-        out_cols: list[list[Any]],
+        upd_cols: list[list[Any]] | None,
+        out_cols: list[list[Any]] | None,
         fence: Fence | None,
     ) -> tuple[list[str], set[str]] | None:
-        """`commit_batch`: (the runs inserted, the runs updated); None when the statement failed on
-        the foreign key of a run whose key was taken (nothing written). Raises Fenced."""
+        """`commit_batch` (`commit_intakes` without updates and outbox rows): (the runs inserted,
+        the runs updated); None when the statement failed on the foreign key of a run whose key was
+        taken (nothing written). Raises Fenced."""
         try:
-            rows = await self._p().fetch(Q.commit_batch, *record_args, *fences, *upd_cols, *out_cols)
+            if upd_cols is None and out_cols is None:
+                rows = await self._p().fetch(Q.commit_intakes, *record_args, *fences)
+            else:
+                rest = [*(upd_cols or _NO_UPDATES), *(out_cols or [[], []])]
+                rows = await self._p().fetch(Q.commit_batch, *record_args, *fences, *rest)
         except asyncpg.ForeignKeyViolationError as exc:
             if (exc.table_name or "") != "runs":
                 raise

@@ -108,3 +108,65 @@ UNION ALL
 SELECT 'r', id FROM inserted
 UNION ALL
 SELECT 'u', id FROM updated;
+
+-- name: commit_intakes
+-- commit_batch without state changes and outbox rows ($1-$37 as there): a batch of intakes alone
+-- (the common case under load) skips the two empty modifications, whose plan nodes still open
+-- the runs and outbox tables and their indexes (~60 µs of the server's CPU per commit here).
+WITH fence AS (
+    SELECT 1 FROM leases
+    WHERE $35::text IS NOT NULL AND name = $35 AND holder = $36 AND token = $37 AND expires_at > now()
+    FOR SHARE
+),
+held AS (
+    SELECT $35::text IS NULL OR EXISTS (SELECT 1 FROM fence) AS ok
+),
+inserted AS (
+    INSERT INTO runs (
+        id, key, job, trigger, event_id, state, attempt, params, concurrency_key, created_at,
+        scheduled_at, not_before, started_at, finished_at, exit_code, http_status, error,
+        target_ref, target_status, history, input_location, environment, owner
+    )
+    SELECT
+        u.id, u.key, u.job, u.trigger, u.event_id, u.state, u.attempt, u.params::json,
+        u.concurrency_key, u.created_at, u.scheduled_at, u.not_before, u.started_at, u.finished_at,
+        u.exit_code, u.http_status, u.error::json, u.target_ref, u.target_status::json,
+        u.history::json, u.input_location, u.environment, $34::text
+    FROM unnest(
+        $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::text[],
+        $9::text[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[], $13::timestamptz[],
+        $14::timestamptz[], $15::int[], $16::int[], $17::text[], $18::text[], $19::text[], $20::text[],
+        $21::text[], $22::text[]
+    ) WITH ORDINALITY AS u (
+        id, key, job, trigger, event_id, state, attempt, params, concurrency_key, created_at,
+        scheduled_at, not_before, started_at, finished_at, exit_code, http_status, error,
+        target_ref, target_status, history, input_location, environment, n
+    )
+    WHERE (SELECT ok FROM held)
+    ORDER BY u.n
+    ON CONFLICT DO NOTHING
+    RETURNING id
+),
+go AS (
+    SELECT (SELECT ok FROM held) AND (SELECT count(*) FROM inserted) = cardinality($1::text[]) AS ok
+),
+events_in AS (
+    INSERT INTO events (
+        id, job, trigger, source, received_at, scheduled_at, payload, outcome, run_id, reason,
+        input_location
+    )
+    SELECT v.id, v.job, v.trigger, v.source, v.received_at, v.scheduled_at, v.payload::json,
+           v.outcome, v.run_id, v.reason, v.input_location
+    FROM unnest(
+        $23::text[], $24::text[], $25::text[], $26::text[], $27::timestamptz[], $28::timestamptz[],
+        $29::text[], $30::text[], $31::text[], $32::text[], $33::text[]
+    ) WITH ORDINALITY AS v (
+        id, job, trigger, source, received_at, scheduled_at, payload, outcome, run_id, reason,
+        input_location, n
+    )
+    WHERE (SELECT ok FROM go)
+    ORDER BY v.n
+)
+SELECT 'f'::text, NULL::text FROM held WHERE NOT held.ok
+UNION ALL
+SELECT 'r', id FROM inserted;
