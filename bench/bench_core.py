@@ -405,7 +405,7 @@ def us(t: float) -> int:
 def trigger_to_start(ctx: Ctx) -> list[Row]:
     """`jobwire serve` subprocess; sequential `POST /jobs/bench-date/runs`, paced 25 ms apart.
     On `ctx.store` (SQLite, or a fresh PostgreSQL database: bench_pg.serve_env)."""
-    from bench.bench_pg import serve_env
+    from bench.bench_pg import CpuMeter, database_url, serve_env
     from tests.support.server import Server
 
     n, warm, gap = (100, 10, 0.025) if ctx.quick else (500, 30, 0.025)
@@ -426,8 +426,12 @@ def trigger_to_start(ctx: Ctx) -> list[Row]:
             ctx.progress(f"{warm} warm-up + {n} sequential triggers, {label}")
             sends: dict[str, tuple[float, float]] = {}
             conn = RawConn(srv.port, fresh=fresh)
+            assert srv.proc is not None
+            meter = CpuMeter(database_url(env), [srv.proc.pid])
             try:
                 for i in range(warm + n):
+                    if i == warm:
+                        meter.start()
                     status, body, t0, t1 = conn.send(request)
                     if status != 201:
                         raise RuntimeError(f"trigger answered {status}: {body[:300]!r}")
@@ -438,6 +442,7 @@ def trigger_to_start(ctx: Ctx) -> list[Row]:
                         time.sleep(rest)
             finally:
                 conn.close()
+            meter.stop()
             with srv.client() as c:
                 resp, started, own, created, failed = [], [], [], [], 0
                 for rid, (t0, t1) in sends.items():
@@ -466,6 +471,8 @@ def trigger_to_start(ctx: Ctx) -> list[Row]:
                 "failed_runs": failed,
             }
             ctx.data[key]["load"] = loadavg()
+            ctx.data[key]["cpu"] = meter.as_data(n)
+            per = meter.per_run(n)
             extra = f"  ({failed} runs failed)" if failed else ""
             name = f"API trigger → run started_at{on} (p50 / p99), {label}"
             if on:  # issue 9's floor for PostgreSQL: p50 and p99
@@ -476,6 +483,14 @@ def trigger_to_start(ctx: Ctx) -> list[Row]:
             # of `date`, ~1 ms here) to the moment the exec succeeded, which `started_at` records
             rows.append(p50_p99_row(f"  … to the program's own first clock reading, {label}", own, None))
             rows.append(p50_p99_row(f"API trigger → 201 (run recorded){on} (p50 / p99), {label}", resp, None))
+            rows.append(
+                Row(
+                    f"  … CPU per trigger, {label}: serve" + (" / PostgreSQL backends" if on else ""),
+                    f"{per['serve']:.0f}" + (f" / {per['postgres']:.0f}" if on else "") + " µs",
+                    "—",
+                    None,
+                )
+            )
     return rows
 
 

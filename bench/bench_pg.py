@@ -67,7 +67,8 @@ class CpuMeter:
     backends of the database (those connected at either end; one that came and went in between
     is missed), and this process."""
 
-    def __init__(self, url: str, serve_pids: list[int]) -> None:
+    def __init__(self, url: str | None, serve_pids: list[int]) -> None:
+        """`url`: the bench's PostgreSQL database (None: no PostgreSQL, e.g. a SQLite row)."""
         self.url = url
         self.serve_pids = serve_pids
         self.serve = self.postgres = self.client = 0.0
@@ -81,8 +82,11 @@ class CpuMeter:
     def _read(self, pids: list[int]) -> dict[int, float]:
         return {p: c for p in pids if (c := pid_cpu(p)) is not None}
 
+    def _backends(self) -> list[int]:
+        return backend_pids(self.url) if self.url else []
+
     def start(self) -> None:
-        self._b0 = self._read(backend_pids(self.url))
+        self._b0 = self._read(self._backends())
         self._t0 = self._read(self.serve_pids)
         self._c0 = time.process_time()
         self._w0 = time.monotonic()
@@ -92,7 +96,7 @@ class CpuMeter:
         self.client = time.process_time() - self._c0
         serve1 = self._read(self.serve_pids)
         self.serve = sum(c - self._t0.get(p, 0.0) for p, c in serve1.items())
-        b1 = self._read(backend_pids(self.url))
+        b1 = self._read(self._backends())
         self.backends = len(b1)
         # a backend that connected during the window: all its CPU is the window's
         self.postgres = sum(c - self._b0.get(p, 0.0) for p, c in b1.items())
@@ -124,6 +128,11 @@ class CpuMeter:
             f"serve {self.serve / w:.0%}, PostgreSQL {self.postgres / w:.0%}, "
             f"bench client {self.client / w:.0%} of a core"
         )
+
+
+def database_url(env: dict[str, str]) -> str | None:
+    """The database of a `serve_env` (None for SQLite)."""
+    return env.get("JOBWIRE_DATABASE_URL")
 
 
 @contextmanager
