@@ -40,7 +40,10 @@ lateness = event received_at − scheduled_at as recorded in the store; "due →
 returned (event + run committed, fsync) − due time; missed = due times in the window with no recorded run.
 "stub target" = the real engine with its `local` target replaced by one that reports started and succeeded
 without spawning (see docs/performance.md). Throughput rows count acknowledged runs (committed before the
-answer) per wall-clock second and check them against the database. All SQLite rows use synchronous=FULL."""
+answer) per wall-clock second and check them against the database. All SQLite rows use synchronous=FULL; rows
+"on PostgreSQL" run on a fresh database jwbench_<uuid> (dropped afterwards) of the local server as configured
+(synchronous_commit=on here). "CPU per …" = utime + stime of the serve processes and of the database's
+PostgreSQL backends over the measured window (/proc), ÷ runs: the figure to compare on a loaded machine."""
 
 SCRIPT_TIMEOUT = 900
 

@@ -3,10 +3,16 @@
 Same semantics as the SQLite store (`store/sqlite.py`), the same contract suite. Its SQL is in
 `store/sql/postgres/queries.sql` (named queries) and `store/sql/postgres/migrations/NNNN_*.sql`.
 
-- Group commit: `commit(batch, updates, outbox)` is ONE transaction of statements over arrays
-  (`unnest`), whatever the batch size: a batch of new runs is BEGIN, one statement for the runs and
-  the events, COMMIT; state changes with their outbox rows are one statement and no BEGIN/COMMIT.
-  Only a batch with a repeated run key reads the runs that exist and marks its duplicates.
+- Group commit: `commit(batch, updates, outbox, fence)` is ONE statement over arrays (`unnest`,
+  `commit_batch`, or `commit_intakes` for intakes alone, in sql/postgres/commit.sql), whatever the
+  batch size: the fence check, the runs,
+  the events, the state changes and the outbox rows in one round trip, atomic on its own (no
+  BEGIN/COMMIT). Two cases take a transaction instead: a batch with a repeated run key (the
+  statement writes nothing; the transaction reads the runs that exist and marks its duplicates)
+  and a batch whose runs claim concurrency slots (the pair's advisory lock comes first, pgslots.py).
+- Pool connections are not reset when they go back to the pool (asyncpg's default runs four
+  statements, a round trip, per use): the store keeps no session state on them — no SET, LISTEN,
+  session advisory lock or cursor (the bus and migrations use connections of their own).
 - The run key is unique: `ON CONFLICT DO NOTHING` plus a read of the existing run makes a repeat a
   `duplicate` event pointing at it (also a repeat inside one batch, and across concurrent
   transactions: PostgreSQL makes the second insert wait for the first to commit).
@@ -111,6 +117,11 @@ def _ts(dt: datetime | None) -> datetime | None:
 
 def _json(value: Any) -> str:
     return to_json(value).decode()
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """The pool's reset: nothing (see the module doc). asyncpg still rolls back a transaction
+    left open before calling it."""
 
 
 # --------------------------------------------------------------------------- row mapping
@@ -397,6 +408,7 @@ class PostgresStore(Store):
                 min_size=1,
                 max_size=self.pool_size,
                 timeout=CONNECT_TIMEOUT,
+                reset=_keep_session,
                 server_settings={
                     "application_name": APPLICATION_NAME,
                     # a replica paused inside a transaction (SIGSTOP) must not hold its locks — the
@@ -541,6 +553,16 @@ class PostgresStore(Store):
                     )
                     self.refused(_refused(upd_cols[0], written))
                 return []
+            if not any(_claims_slot(i) for i in batch):
+                fences = [fence.lease, fence.replica, fence.token] if fenced and fence else [None] * 3
+                done = await self._commit_one(record_args, fences, upd_cols, out_cols, fence)
+                if done is not None:
+                    inserted, updated = done
+                    if len(inserted) == len(record_args[0]):  # every run new: all of it is written
+                        if upd_cols is not None:
+                            self.refused([i for i in upd_cols[0] if i not in updated])
+                        return [Recorded(event=e, run=i.run) for i, e in zip(batch, events, strict=True)]
+                # a run key was taken: nothing was written; the transaction below marks the duplicates
             async with self._p().acquire() as conn, conn.transaction():
                 if fenced:
                     assert fence is not None
@@ -574,6 +596,32 @@ class PostgresStore(Store):
                 raise StoreError(f"cannot record the batch: {exc} (event ids must be unique)") from exc
             raise self._error(exc) from exc
         return recorded
+
+    async def _commit_one(
+        self,
+        record_args: list[Any],
+        fences: list[Any],
+        upd_cols: list[list[Any]] | None,
+        out_cols: list[list[Any]] | None,
+        fence: Fence | None,
+    ) -> tuple[list[str], set[str]] | None:
+        """`commit_batch` (`commit_intakes` without updates and outbox rows): (the runs inserted,
+        the runs updated); None when the statement failed on the foreign key of a run whose key was
+        taken (nothing written). Raises Fenced."""
+        try:
+            if upd_cols is None and out_cols is None:
+                rows = await self._p().fetch(Q.commit_intakes, *record_args, *fences)
+            else:
+                rest = [*(upd_cols or _NO_UPDATES), *(out_cols or [[], []])]
+                rows = await self._p().fetch(Q.commit_batch, *record_args, *fences, *rest)
+        except asyncpg.ForeignKeyViolationError as exc:
+            if (exc.table_name or "") != "runs":
+                raise
+            return None
+        if rows and rows[0][0] == "f":
+            assert fence is not None
+            raise _fenced(fence)
+        return [r[1] for r in rows if r[0] == "r"], {r[1] for r in rows if r[0] == "u"}
 
     # ---- replicas, leases, claims (docs/replicas.md)
 
@@ -850,10 +898,22 @@ def _refused(ids: list[str], written: Sequence[Any]) -> list[str]:
 async def _check_fence(conn: asyncpg.Connection, fence: Fence) -> None:
     """The first statement of a fenced transaction: raise Fenced unless the lease is still held."""
     if await conn.fetchrow(Q.check_fence, fence.lease, fence.replica, fence.token) is None:
-        raise Fenced(
-            f"replica {fence.replica} no longer holds the {fence.lease} lease with token "
-            f"{fence.token}: nothing written"
-        )
+        raise _fenced(fence)
+
+
+def _fenced(fence: Fence) -> Fenced:
+    return Fenced(
+        f"replica {fence.replica} no longer holds the {fence.lease} lease with token "
+        f"{fence.token}: nothing written"
+    )
+
+
+def _claims_slot(intake: Intake) -> bool:
+    """Whether `intake` claims a concurrency slot (pgslots.apply_claims decides it, in a transaction)."""
+    return intake.slot is not None and intake.run is not None and intake.run.state == RunState.pending
+
+
+_NO_UPDATES: list[list[Any]] = [[] for _ in range(21)]
 
 
 def _utc(dt: datetime) -> datetime:
