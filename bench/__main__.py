@@ -75,12 +75,14 @@ def run_section(name: str, quick: bool) -> dict[str, Any]:
     return result
 
 
-def run_kube() -> dict[str, Any] | None:
-    """bench/bench_kube.py (a colleague's) exposes `run() -> list[tuple[str, str]]`: rows without floors."""
+def run_kube(quick: bool) -> dict[str, Any] | None:
+    """bench/bench_kube.py's `run(runs) -> [(row, value, floor, met)]`: 10,000 concurrent runs
+    (issue 10's row; ~2 min), 1,000 with --quick."""
     if not (REPO / "bench" / "bench_kube.py").exists():
         return None
     print("▶ Kubernetes target (bench/bench_kube.py)", file=sys.stderr, flush=True)
-    code = "import json; from bench.bench_kube import run; print('\\n' + json.dumps(run()))"
+    runs = 1000 if quick else 10_000
+    code = f"import json; from bench.bench_kube import run; print('\\n' + json.dumps(run({runs})))"
     try:
         proc = subprocess.run(
             [sys.executable, "-c", code],
@@ -91,7 +93,10 @@ def run_kube() -> dict[str, Any] | None:
             text=True,
         )
         rows = json.loads(proc.stdout.strip().splitlines()[-1])
-        return {"section": "kube", "rows": [Row(str(n), str(v), "—", None)._asdict() for n, v in rows]}
+        return {
+            "section": "kube",
+            "rows": [Row(str(n), str(v), str(f), ok)._asdict() for n, v, f, ok in rows],
+        }
     except (subprocess.TimeoutExpired, ValueError, IndexError) as exc:
         return {
             "section": "kube",
@@ -173,7 +178,7 @@ def main() -> int:
     results = [run_section(name, args.quick) for name in (args.only or list(SECTIONS))]
     scripts: dict[str, str] = {}
     if not args.no_scripts:
-        kube = run_kube()
+        kube = run_kube(args.quick)
         if kube is not None:
             results.append(kube)
         results.append(run_replicas(args.quick))

@@ -243,7 +243,8 @@ async def bench_watch(url: str, kubeconfig: Path, tmp: Path, n: int) -> dict[str
         await eng.stop()
 
 
-def run(runs: int = 1000, creates: int = 200) -> list[tuple[str, str]]:
+def run(runs: int = 1000, creates: int = 200) -> list[tuple[str, str, str, bool | None]]:
+    """(row, value, floor, met): the floors are issue 10's, for 10,000 concurrent runs."""
     with tempfile.TemporaryDirectory(prefix="jobwire-bench-kube-") as d:
         tmp = Path(d)
         with emulator(tmp) as (url, kubeconfig):
@@ -251,17 +252,35 @@ def run(runs: int = 1000, creates: int = 200) -> list[tuple[str, str]]:
         with emulator(tmp) as (url, kubeconfig):
             w = asyncio.run(bench_watch(url, kubeconfig, tmp, runs))
     n = int(w["runs"])
+    scale = n >= 10_000
     return [
-        ("kube: event → Job create request p50", f"{_pct(lat, 50) * 1000:.1f} ms"),
-        ("kube: event → Job create request p99", f"{_pct(lat, 99) * 1000:.1f} ms"),
+        ("kube: event → Job create request p50", f"{_pct(lat, 50) * 1000:.1f} ms", "—", None),
+        ("kube: event → Job create request p99", f"{_pct(lat, 99) * 1000:.1f} ms", "—", None),
         (
             f"kube: {n} concurrent runs, one watch: succeeded",
             f"{int(w['succeeded'])}/{n} in {w['wall']:.1f} s",
+            "all",
+            int(w["succeeded"]) == n,
         ),
-        (f"kube: {n} concurrent runs, one watch: jobwire CPU", f"{w['cpu']:.1f} s"),
-        (f"kube: {n} concurrent runs, one watch: RSS", f"{w['rss']:.0f} MB (+{w['rss_growth']:.0f} MB)"),
-        (f"kube: {n} concurrent runs, one watch: status delay p50", f"{w['delay_p50'] * 1000:.1f} ms"),
-        (f"kube: {n} concurrent runs, one watch: status delay p99", f"{w['delay_p99'] * 1000:.1f} ms"),
+        (f"kube: {n} concurrent runs, one watch: jobwire CPU", f"{w['cpu']:.1f} s", "—", None),
+        (
+            f"kube: {n} concurrent runs, one watch: RSS",
+            f"{w['rss']:.0f} MB (+{w['rss_growth']:.0f} MB)",
+            "≤ 300 MB" if scale else "—",
+            w["rss"] <= 300 if scale else None,
+        ),
+        (
+            f"kube: {n} concurrent runs, one watch: status delay p50",
+            f"{w['delay_p50'] * 1000:.1f} ms",
+            "—",
+            None,
+        ),
+        (
+            f"kube: {n} concurrent runs, one watch: status delay p99",
+            f"{w['delay_p99'] * 1000:.1f} ms",
+            "≤ 1 s" if scale else "—",
+            w["delay_p99"] <= 1.0 if scale else None,
+        ),
     ]
 
 
@@ -274,8 +293,8 @@ def main() -> None:
     ap.add_argument("--creates", type=int, default=200)
     args = ap.parse_args()
     os.environ.setdefault("JOBWIRE_LOG_LEVEL", "warning")
-    for name, value in run(args.runs, args.creates):
-        print(f"{name:<60} {value}")
+    for name, value, floor, _ in run(args.runs, args.creates):
+        print(f"{name:<60} {value:<24} {floor}")
 
 
 if __name__ == "__main__":
