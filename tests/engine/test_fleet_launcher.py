@@ -44,6 +44,8 @@ class FakeLink:
 
     def __init__(self) -> None:
         self.work: list[dict[str, Any]] = []
+        self.cancels = "jobwire.work.cancels"
+        self.cancelled: list[dict[str, Any]] = []
         self.acked: list[tuple[str, RunState | None]] = []
         self.results: asyncio.Queue[bytes] = asyncio.Queue()
         self.confirm = asyncio.Event()
@@ -61,6 +63,9 @@ class FakeLink:
         return (self.results.qsize(), 1) if queue.endswith("results") else (len(self.work), 1)
 
     async def publish(self, queue: str, messages: list[tuple[str, bytes]]) -> None:
+        if queue == self.cancels:
+            self.cancelled += [json.loads(body) for _, body in messages]
+            return
         self.work += [json.loads(body) for _, body in messages]
         await self.confirm.wait()
 
@@ -175,3 +180,21 @@ async def test_after_a_restart_only_unconfirmed_attempts_are_published_again(
         assert again.attempts.count == 2, "both still in the fleet's hands"
     finally:
         await again.stop()
+
+
+async def test_a_cancel_is_recorded_and_sent_to_the_runners(engine: Engine, link: FakeLink) -> None:
+    await engine.put_job(Job.model_validate({**HTTP_JOB, "triggers": [{"type": "api"}]}))
+    run_id = await started(engine)
+    await eventually(lambda: link.work, 5, "the work message")
+    link.result(link.work[0], "started", started_at="2026-01-01T00:00:00+00:00", runner="r1")
+    await eventually(lambda: engine.runs[run_id].state == RunState.running, 5, "running")
+    run = await engine.cancel(run_id, "stop it")
+    assert run.state == RunState.cancelled
+    assert [(c["name"], c["run_id"], c["reason"]) for c in link.cancelled] == [(run_id, run_id, "stop it")]
+    # the runner stopped it and reports so: the run ended already, nothing changes
+    link.result(link.work[0], "outcome", outcome={"state": "cancelled", "retryable": False})
+    await eventually(lambda: len(link.acked) == 2, 5, "the outcome acknowledged")
+    stored = await engine.get_run(run_id)
+    assert stored.state == RunState.cancelled
+    assert [h.state for h in stored.history].count(RunState.cancelled) == 1
+    assert engine.attempts.count == 0

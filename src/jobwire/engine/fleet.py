@@ -133,6 +133,9 @@ class FleetAttempts(Attempts):
             "Results for a run or attempt no longer in flight (redeliveries, cancelled runs)",
             registry=r,
         )
+        self.m_cancels = Counter(
+            "jobwire_fleet_cancels_total", "Cancels put on the cancels stream for the runners", registry=r
+        )
         self.queues = (s.work_queue, s.results_queue)
 
     @property
@@ -225,8 +228,10 @@ class FleetAttempts(Attempts):
         self.journal.forget([*names, *(_confirmed(n) for n in names)])
 
     async def cancel(self, run: Run, reason: str) -> bool:
-        """A run in the fleet is recorded cancelled here at once; what its runner reports later is
-        ignored (the call itself runs to its end or its timeout on the runner)."""
+        """A run in the fleet is recorded cancelled here at once (by the caller: False is returned)
+        and its attempt's cancel is put on the cancels stream, which every runner reads: the one
+        executing it stops it (its outcome, `cancelled`, is then ignored here: the run ended), and
+        a runner that takes its work message later acknowledges it without running it."""
         timer = self._timers.pop(run.id, None)
         if timer is not None:
             timer.cancel()
@@ -235,7 +240,17 @@ class FleetAttempts(Attempts):
             self.m_outstanding.set(len(self._outstanding))
             attempts = run.attempt
             self.committer.after_commit(lambda: self.forget(run.id, attempts))
+            await self._send_cancel(run, reason)
         return False
+
+    async def _send_cancel(self, run: Run, reason: str) -> None:
+        name = self._name(run.id, run.attempt)
+        body = json.dumps({"v": 1, "name": name, "run_id": run.id, "attempt": run.attempt, "reason": reason})
+        try:
+            await self.link.publish(self.link.cancels, [(f"{name}:cancel", body.encode())])
+            self.m_cancels.inc()
+        except ConnectionError as exc:  # recorded cancelled all the same; the runner's result is ignored
+            log.warning("fleet: a cancel did not reach the runners", run_id=run.id, error=str(exc))
 
     # ---- results
     async def _results_loop(self) -> None:
