@@ -198,3 +198,63 @@ async def test_a_cancel_is_recorded_and_sent_to_the_runners(engine: Engine, link
     assert stored.state == RunState.cancelled
     assert [h.state for h in stored.history].count(RunState.cancelled) == 1
     assert engine.attempts.count == 0
+
+
+async def stored_end(engine: Engine, run_id: str) -> Any:
+    """The run as stored once its end is committed (None before)."""
+    run = await engine.store.get_run(run_id)
+    return run if run is not None and run.state.terminal else None
+
+
+WAITING_JOB = {**HTTP_JOB, "triggers": [{"type": "api"}], "callback": {"wait": True, "timeout": "1m"}}
+
+
+async def test_callback_wait_keeps_the_run_running_until_the_job_calls_back(tmp_path: Path, link: FakeLink) -> None:
+    """The runner's outcome ends the call, not the run: the wait is recorded before the outcome is
+    acknowledged, survives a restart (nothing is published again), and the callback ends it."""
+    first = link.engine = scheduler(tmp_path)
+    await first.start()
+    await first.put_job(Job.model_validate(WAITING_JOB))
+    run_id = await started(first)
+    await eventually(lambda: link.work, 5, "the work message")
+    link.result(link.work[0], "started", started_at="2026-01-01T00:00:00+00:00", runner="r1")
+    await eventually(lambda: len(link.acked) == 1, 5, "started acknowledged")
+    link.result(link.work[0], "outcome", outcome={**OK, "http_status": 202})
+    await eventually(lambda: len(link.acked) == 2, 5, "the outcome acknowledged")
+    assert link.acked[1] == ("outcome", RunState.running), "still running when its outcome is acked"
+    stored = await first.get_run(run_id)
+    assert stored.state == RunState.running and "awaiting_callback" in stored.target_status
+    assert first.attempts.count == 1
+    await first.stop()
+
+    link.work.clear()
+    again = link.engine = scheduler(tmp_path)
+    await again.start()
+    try:
+        assert again.attempts.count == 1, "waiting again after the restart"
+        await again.callback(run_id, again.callback_token(run_id), True, "done", {"rows": 3})
+        run = await eventually(lambda: stored_end(again, run_id), 5, "ended")
+        assert run.state == RunState.succeeded and run.http_status == 202
+        assert run.target_status["callback"]["data"] == {"rows": 3}
+        assert "awaiting_callback" not in run.target_status
+        assert link.work == [], "a run waiting for its callback is not published again"
+    finally:
+        await again.stop()
+
+
+async def test_callback_wait_times_out_and_a_failing_callback_stops_the_runner(
+    engine: Engine, link: FakeLink
+) -> None:
+    await engine.put_job(Job.model_validate({**WAITING_JOB, "callback": {"wait": True, "timeout": "200ms"}}))
+    silent = await started(engine)
+    await eventually(lambda: link.work, 5, "the work message")
+    link.result(link.work[0], "outcome", outcome=OK)
+    run = await eventually(lambda: stored_end(engine, silent), 10, "timed out")
+    assert run.state == RunState.failed and run.error is not None and run.error.reason == "CallbackTimeout"
+
+    failing = await started(engine)  # calls back ok: false while its runner still runs it
+    await eventually(lambda: len(link.work) == 2, 5, "the second work message")
+    await engine.callback(failing, engine.callback_token(failing), False, "input is empty", {})
+    run = await eventually(lambda: stored_end(engine, failing), 5, "failed")
+    assert run.state == RunState.failed and run.error is not None and run.error.reason == "CallbackFailed"
+    assert [c["run_id"] for c in link.cancelled] == [failing], "its runner is told to stop it"

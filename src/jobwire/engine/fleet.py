@@ -34,6 +34,7 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from jobwire.engine.dispatch import Attempts
+from jobwire.engine.fleet_callbacks import CallbackWaits
 from jobwire.engine.supervisor import Supervisor
 from jobwire.model import Job, Run, RunError, RunState, StatusBlock, utcnow
 from jobwire.targets.base import Outcome
@@ -110,6 +111,8 @@ class FleetAttempts(Attempts):
         self._recovering = True
         self._deferred: list[str] = []
         self._recovered = asyncio.Event()
+        self.waits = CallbackWaits(self)
+        """Runs whose work ended well, waiting for the job's callback (`callback.wait`)."""
         r = self.metrics.registry
         self.m_outstanding = Gauge(
             "jobwire_fleet_outstanding", "Runs handed to the runner fleet and not ended", registry=r
@@ -140,7 +143,7 @@ class FleetAttempts(Attempts):
 
     @property
     def count(self) -> int:
-        return len(self._outstanding)
+        return len(self._outstanding) + len(self.waits)
 
     # ---- lifecycle (called by the engine)
     async def open(self, supervisor: Supervisor) -> None:
@@ -171,6 +174,7 @@ class FleetAttempts(Attempts):
             timer.cancel()
         self._timers.clear()
         self._shutting_down = True
+        self.waits.shutdown()
         if self.link is not None:
             await self.link.close()
 
@@ -182,6 +186,8 @@ class FleetAttempts(Attempts):
         self._timers.pop(run.id, None)
         if self._shutting_down:
             return
+        if resumed and self.waits.resume(run, job):
+            return  # its work ended before the restart: it waits for the job's callback
         self._outstanding[run.id] = (run, job, received_at)
         self.m_outstanding.set(len(self._outstanding))
         name = self._name(run.id, run.attempt)
@@ -236,6 +242,9 @@ class FleetAttempts(Attempts):
         if timer is not None:
             timer.cancel()
             return False
+        self._callbacks.pop(run.id, None)
+        if self.waits.cancel(run.id):
+            return False  # its work had ended: nothing runs on a runner
         if self._outstanding.pop(run.id, None) is not None:
             self.m_outstanding.set(len(self._outstanding))
             attempts = run.attempt
@@ -359,7 +368,26 @@ class FleetAttempts(Attempts):
             status=status,
             target_status=dict(o.get("target_status") or {}),
         )
+        if self.waits.awaits(run, job, outcome):
+            return  # `callback.wait`: the run ends when the job calls back
         self._finish(run, job, outcome)
+
+    def _finish(self, run: Run, job: Job, outcome: Outcome) -> None:
+        self._callbacks.pop(run.id, None)  # a callback belongs to one attempt
+        super()._finish(run, job, outcome)
+
+    async def deliver_callback(self, run: Run, ok: bool, message: str | None, data: dict[str, Any]) -> None:
+        """A job called back (recorded on the run; a run waiting for it ends). `ok: false` while a
+        runner still executes the attempt fails the run now, and the runner is told to stop it
+        (as a cancel), as in one process."""
+        await super().deliver_callback(run, ok, message, data)
+        if ok or (entry := self._outstanding.pop(run.id, None)) is None:
+            return
+        self.m_outstanding.set(len(self._outstanding))
+        message = message or "the job reported failure"
+        await self._send_cancel(run, message)
+        failed = Outcome(RunState.failed, error=RunError(message=message, reason="CallbackFailed"))
+        self._finish(run, entry[1], failed)
 
 
 __all__ = ["FleetAttempts", "broker_url", "work_message"]
