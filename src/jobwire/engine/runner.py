@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from jobwire.config import Settings
 from jobwire.engine.execute import execute_attempt, no_target
-from jobwire.engine.fleet import broker_url, link_for
+from jobwire.engine.fleet_wire import broker_url, link_for
 from jobwire.engine.supervisor import Supervisor
 from jobwire.model import Job, Run, RunError, RunState, StatusBlock, utcnow
 from jobwire.targets import build_targets

@@ -40,8 +40,15 @@ def cancels_queue(work_queue: str) -> str:
     return work_queue + CANCELS_SUFFIX
 
 
+PERSONAL_ARGUMENTS: dict[str, Any] = {**QUEUE_ARGUMENTS, "x-expires": 24 * 3600 * 1000}
+"""A scheduler replica's own results queue (`<results queue>.replica.<id>`: results the other
+replicas forward to it) goes away a day after its last consumer (a replica id is fresh per start)."""
+
+
 def _arguments(queue: str) -> dict[str, Any]:
-    return STREAM_ARGUMENTS if queue.endswith(CANCELS_SUFFIX) else QUEUE_ARGUMENTS
+    if queue.endswith(CANCELS_SUFFIX):
+        return STREAM_ARGUMENTS
+    return PERSONAL_ARGUMENTS if ".replica." in queue else QUEUE_ARGUMENTS
 
 
 @dataclass(slots=True)
