@@ -17,7 +17,7 @@ import pytest
 
 from tests.e2e.test_fleet import TERMINAL, fire, jobs_file
 from tests.support.brokers import RABBIT, RabbitVhost, need
-from tests.support.fleet import KeyServer, runner, scheduler
+from tests.support.fleet import KeyServer, metric, runner, scheduler
 from tests.support.pgdb import create_database, drop_database
 from tests.support.server import Server, all_runs
 from tests.support.waiting import eventually_sync
@@ -103,6 +103,8 @@ def test_two_schedulers_and_two_runners(tmp_path: Path, world: tuple[str, Rabbit
             assert len(acked) == n
             runs = ended_runs(a, set(acked.values()), timeout=120)
             check_once(runs, hook, doubles_allowed=False)
+            forwarded = sum(metric(s.url, "jobwire_fleet_results_forwarded_total") for s in (a, b))
+            assert forwarded > 0, "results reached the replica not holding their run, and went on"
 
 
 @pytest.mark.timeout(300)
@@ -139,4 +141,5 @@ def test_a_scheduler_killed_mid_burst_is_taken_over(tmp_path: Path, world: tuple
                         acked[key] = r.json()["id"]
             runs = ended_runs(survivor, set(acked.values()))
             assert len(runs) == n
+            assert metric(survivor.url, "jobwire_replica_runs_taken_over_total") > 0, "the victim's runs"
             check_once(runs, hook, doubles_allowed=True)
