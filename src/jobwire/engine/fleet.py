@@ -19,6 +19,10 @@ published again (its message or its result is in the broker); a pending one neve
 published: it is published at once; one marked but not confirmed (the crash fell between the publish
 and its confirm) is published again, flagged resumed, only once the results waiting from before the
 crash have been applied — so one that had run meanwhile is not sent twice.
+
+A cancel is recorded here and put on the cancels stream for the runners; `callback.wait` is kept
+here (`fleet_callbacks`); with several scheduler replicas a result for a run another replica holds
+is forwarded to it (`fleet_routing`), and runs taken over from a dead replica are published again.
 """
 
 from __future__ import annotations
