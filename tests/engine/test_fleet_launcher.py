@@ -258,3 +258,35 @@ async def test_callback_wait_times_out_and_a_failing_callback_stops_the_runner(
     run = await eventually(lambda: stored_end(engine, failing), 5, "failed")
     assert run.state == RunState.failed and run.error is not None and run.error.reason == "CallbackFailed"
     assert [c["run_id"] for c in link.cancelled] == [failing], "its runner is told to stop it"
+
+
+async def test_a_running_run_this_replica_never_published_is_published_again_at_start(
+    tmp_path: Path, link: FakeLink
+) -> None:
+    """A run claimed at start from a dead replica (its launch journal is not here) may wait for a
+    result that went to the dead replica: published again, flagged resumed. One published from
+    here (in the journal) is not."""
+    first = link.engine = scheduler(tmp_path)
+    await first.start()
+    await first.put_job(Job.model_validate({**HTTP_JOB, "triggers": [{"type": "api"}]}))
+    ours, theirs = await started(first), await started(first)
+    await eventually(lambda: len(link.work) == 2, 5, "both published")
+    for work in link.work:
+        link.result(work, "started", started_at="2026-01-01T00:00:00+00:00", runner="r1")
+    await eventually(lambda: all(first.runs[r].state == RunState.running for r in (ours, theirs)), 5, "running")
+    await eventually(lambda: len(link.acked) >= 1, 5, "started acknowledged")
+    await first.stop()
+    # `theirs` as if published by another replica: this data folder's journal never had it
+    first.attempts.journal.open()
+    first.attempts.forget(theirs)
+    first.attempts.journal.close()
+
+    link.work.clear()
+    again = link.engine = scheduler(tmp_path)
+    await again.start()
+    try:
+        await eventually(lambda: link.work, 5, "published again")
+        assert [(w["name"], w["resumed"]) for w in link.work] == [(theirs, True)]
+        assert again.attempts.count == 2
+    finally:
+        await again.stop()

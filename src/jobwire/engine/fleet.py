@@ -67,7 +67,8 @@ class FleetAttempts(Attempts):
         """(run id, attempt name, attempt, body) waiting for the publisher."""
         self._wake = asyncio.Event()
         self._recovering = True
-        self._deferred: list[str] = []
+        self._deferred: list[tuple[str, int, RunState]] = []
+        """Runs resumed at start that may be in the broker: (run id, attempt, state then)."""
         self._recovered = asyncio.Event()
         self.replica: str | None = None
         self.owners: Owners | None = None
@@ -165,10 +166,11 @@ class FleetAttempts(Attempts):
         if not self._recovering and resumed:  # taken over from a dead replica: its journal is not here,
             self._queue(run, job, resumed)  # and a result may have gone to its queue — ask again
             return
-        if resumed and (run.state == RunState.running or _confirmed(name) in self.journal):
+        published_here = name in self.journal  # not: another replica's, claimed at this start
+        if resumed and published_here and (run.state == RunState.running or _confirmed(name) in self.journal):
             return  # in the broker already: its work message, or its result
         if resumed and self._recovering:  # maybe in the broker: decided once older results are in
-            self._deferred.append(run.id)
+            self._deferred.append((run.id, run.attempt, run.state))
             return
         self._queue(run, job, resumed)
 
@@ -290,13 +292,14 @@ class FleetAttempts(Attempts):
 
     def _release_deferred(self) -> None:
         """The results from before a restart are applied: publish the runs recovered as never
-        confirmed in the broker that are still waiting."""
+        confirmed in the broker that are still waiting — and the running ones this replica never
+        published (claimed at its start from a dead replica) that no result has moved since."""
         self._recovering = False
         deferred, self._deferred = self._deferred, []
-        for rid in deferred:
+        for rid, attempt, state in deferred:
             entry = self._outstanding.get(rid)
-            if entry is not None and entry[0].state == RunState.pending:
-                self._queue(entry[0], entry[1], resumed=True)
+            if entry is not None and entry[0].attempt == attempt and entry[0].state == state:
+                self._queue(entry[0], entry[1], resumed=True)  # no result of it came meanwhile
         if deferred:
             log.info("fleet: published the runs recovered after a restart", count=len(deferred))
 
