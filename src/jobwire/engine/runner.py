@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -134,6 +135,8 @@ class Runner:
         self._marker = f"{self.runner_id}-{os.urandom(6).hex()}"
         self._sending: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
+        self._unsubscribed = asyncio.Event()
+        """Set once the work consumer is cancelled (after a stop): no delivery comes any more."""
         self._ready = False
         r = self.registry
         Gauge("jobwire_runner_slots", "Runs this runner executes at once (its prefetch)", registry=r).set(
@@ -177,9 +180,16 @@ class Runner:
         """Take no more work; let the attempts in progress end within `shutdown_grace` and report
         them; what is still running then goes back to the queue (another runner adopts it)."""
         self._stop.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_grace.total_seconds()
         if self._tasks:
             log.info("runner stopping: waiting for running attempts", count=len(self._tasks))
-            await asyncio.wait(self._tasks, timeout=self.settings.shutdown_grace.total_seconds())
+        # first the consumer's basic.cancel (deliveries still on their way start attempts too),
+        # then every attempt — not only those running when the stop came — within the grace
+        if self._caught_up.is_set() and self.link is not None and self.link.connected:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._unsubscribed.wait(), max(0.0, deadline - loop.time()))
+        await self._settle(deadline)
         await self.supervisor.cancel_all()
         for task in list(self._tasks):
             task.cancel()
@@ -219,8 +229,16 @@ class Runner:
         )
 
     async def _drain(self) -> None:
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=self.settings.shutdown_grace.total_seconds())
+        """Called by the consumer once RabbitMQ confirmed it sends no more (basic.cancel)."""
+        self._unsubscribed.set()
+        loop = asyncio.get_running_loop()
+        await self._settle(loop.time() + self.settings.shutdown_grace.total_seconds())
+
+    async def _settle(self, deadline: float) -> None:
+        """Wait until no attempt runs here, or `deadline` (the loop's clock)."""
+        loop = asyncio.get_running_loop()
+        while self._tasks and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=left)
 
     # ------------------------------------------------------------------ cancels in
     async def _follow_cancels(self) -> None:
