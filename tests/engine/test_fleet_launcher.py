@@ -44,6 +44,8 @@ class FakeLink:
 
     def __init__(self) -> None:
         self.work: list[dict[str, Any]] = []
+        self.cancels = "jobwire.work.cancels"
+        self.cancelled: list[dict[str, Any]] = []
         self.acked: list[tuple[str, RunState | None]] = []
         self.results: asyncio.Queue[bytes] = asyncio.Queue()
         self.confirm = asyncio.Event()
@@ -61,6 +63,9 @@ class FakeLink:
         return (self.results.qsize(), 1) if queue.endswith("results") else (len(self.work), 1)
 
     async def publish(self, queue: str, messages: list[tuple[str, bytes]]) -> None:
+        if queue == self.cancels:
+            self.cancelled += [json.loads(body) for _, body in messages]
+            return
         self.work += [json.loads(body) for _, body in messages]
         await self.confirm.wait()
 
@@ -173,5 +178,115 @@ async def test_after_a_restart_only_unconfirmed_attempts_are_published_again(
         assert (await again.get_run(confirmed)).state == RunState.succeeded
         assert (await again.get_run(waiting)).state == RunState.pending
         assert again.attempts.count == 2, "both still in the fleet's hands"
+    finally:
+        await again.stop()
+
+
+async def test_a_cancel_is_recorded_and_sent_to_the_runners(engine: Engine, link: FakeLink) -> None:
+    await engine.put_job(Job.model_validate({**HTTP_JOB, "triggers": [{"type": "api"}]}))
+    run_id = await started(engine)
+    await eventually(lambda: link.work, 5, "the work message")
+    link.result(link.work[0], "started", started_at="2026-01-01T00:00:00+00:00", runner="r1")
+    await eventually(lambda: engine.runs[run_id].state == RunState.running, 5, "running")
+    run = await engine.cancel(run_id, "stop it")
+    assert run.state == RunState.cancelled
+    assert [(c["name"], c["run_id"], c["reason"]) for c in link.cancelled] == [(run_id, run_id, "stop it")]
+    # the runner stopped it and reports so: the run ended already, nothing changes
+    link.result(link.work[0], "outcome", outcome={"state": "cancelled", "retryable": False})
+    await eventually(lambda: len(link.acked) == 2, 5, "the outcome acknowledged")
+    stored = await engine.get_run(run_id)
+    assert stored.state == RunState.cancelled
+    assert [h.state for h in stored.history].count(RunState.cancelled) == 1
+    assert engine.attempts.count == 0
+
+
+async def stored_end(engine: Engine, run_id: str) -> Any:
+    """The run as stored once its end is committed (None before)."""
+    run = await engine.store.get_run(run_id)
+    return run if run is not None and run.state.terminal else None
+
+
+WAITING_JOB = {**HTTP_JOB, "triggers": [{"type": "api"}], "callback": {"wait": True, "timeout": "1m"}}
+
+
+async def test_callback_wait_keeps_the_run_running_until_the_job_calls_back(tmp_path: Path, link: FakeLink) -> None:
+    """The runner's outcome ends the call, not the run: the wait is recorded before the outcome is
+    acknowledged, survives a restart (nothing is published again), and the callback ends it."""
+    first = link.engine = scheduler(tmp_path)
+    await first.start()
+    await first.put_job(Job.model_validate(WAITING_JOB))
+    run_id = await started(first)
+    await eventually(lambda: link.work, 5, "the work message")
+    link.result(link.work[0], "started", started_at="2026-01-01T00:00:00+00:00", runner="r1")
+    await eventually(lambda: len(link.acked) == 1, 5, "started acknowledged")
+    link.result(link.work[0], "outcome", outcome={**OK, "http_status": 202})
+    await eventually(lambda: len(link.acked) == 2, 5, "the outcome acknowledged")
+    assert link.acked[1] == ("outcome", RunState.running), "still running when its outcome is acked"
+    stored = await first.get_run(run_id)
+    assert stored.state == RunState.running and "awaiting_callback" in stored.target_status
+    assert first.attempts.count == 1
+    await first.stop()
+
+    link.work.clear()
+    again = link.engine = scheduler(tmp_path)
+    await again.start()
+    try:
+        assert again.attempts.count == 1, "waiting again after the restart"
+        await again.callback(run_id, again.callback_token(run_id), True, "done", {"rows": 3})
+        run = await eventually(lambda: stored_end(again, run_id), 5, "ended")
+        assert run.state == RunState.succeeded and run.http_status == 202
+        assert run.target_status["callback"]["data"] == {"rows": 3}
+        assert "awaiting_callback" not in run.target_status
+        assert link.work == [], "a run waiting for its callback is not published again"
+    finally:
+        await again.stop()
+
+
+async def test_callback_wait_times_out_and_a_failing_callback_stops_the_runner(
+    engine: Engine, link: FakeLink
+) -> None:
+    await engine.put_job(Job.model_validate({**WAITING_JOB, "callback": {"wait": True, "timeout": "200ms"}}))
+    silent = await started(engine)
+    await eventually(lambda: link.work, 5, "the work message")
+    link.result(link.work[0], "outcome", outcome=OK)
+    run = await eventually(lambda: stored_end(engine, silent), 10, "timed out")
+    assert run.state == RunState.failed and run.error is not None and run.error.reason == "CallbackTimeout"
+
+    failing = await started(engine)  # calls back ok: false while its runner still runs it
+    await eventually(lambda: len(link.work) == 2, 5, "the second work message")
+    await engine.callback(failing, engine.callback_token(failing), False, "input is empty", {})
+    run = await eventually(lambda: stored_end(engine, failing), 5, "failed")
+    assert run.state == RunState.failed and run.error is not None and run.error.reason == "CallbackFailed"
+    assert [c["run_id"] for c in link.cancelled] == [failing], "its runner is told to stop it"
+
+
+async def test_a_running_run_this_replica_never_published_is_published_again_at_start(
+    tmp_path: Path, link: FakeLink
+) -> None:
+    """A run claimed at start from a dead replica (its launch journal is not here) may wait for a
+    result that went to the dead replica: published again, flagged resumed. One published from
+    here (in the journal) is not."""
+    first = link.engine = scheduler(tmp_path)
+    await first.start()
+    await first.put_job(Job.model_validate({**HTTP_JOB, "triggers": [{"type": "api"}]}))
+    ours, theirs = await started(first), await started(first)
+    await eventually(lambda: len(link.work) == 2, 5, "both published")
+    for work in link.work:
+        link.result(work, "started", started_at="2026-01-01T00:00:00+00:00", runner="r1")
+    await eventually(lambda: all(first.runs[r].state == RunState.running for r in (ours, theirs)), 5, "running")
+    await eventually(lambda: len(link.acked) >= 1, 5, "started acknowledged")
+    await first.stop()
+    # `theirs` as if published by another replica: this data folder's journal never had it
+    first.attempts.journal.open()
+    first.attempts.forget(theirs)
+    first.attempts.journal.close()
+
+    link.work.clear()
+    again = link.engine = scheduler(tmp_path)
+    await again.start()
+    try:
+        await eventually(lambda: link.work, 5, "published again")
+        assert [(w["name"], w["resumed"]) for w in link.work] == [(theirs, True)]
+        assert again.attempts.count == 2
     finally:
         await again.stop()

@@ -151,6 +151,9 @@ class Engine:
             self.committer.fencing = self.coordinator
             self.attempts.may_launch = self.coordinator.alive
             self.attempts.wait_alive = self.coordinator.wait_alive
+            if isinstance(self.attempts, FleetAttempts):  # several schedulers: results go to a run's owner
+                owners = self.store.run_owners if self.store.shared else None
+                self.attempts.place(self.coordinator.replica, owners)
             self.retention.leader = self.coordinator.is_leader
             for target in self.targets.values():
                 target.bind_leader(self.coordinator.is_leader)  # Kubernetes cleanup: leader only

@@ -19,13 +19,16 @@ published again (its message or its result is in the broker); a pending one neve
 published: it is published at once; one marked but not confirmed (the crash fell between the publish
 and its confirm) is published again, flagged resumed, only once the results waiting from before the
 crash have been applied — so one that had run meanwhile is not sent twice.
+
+A cancel is recorded here and put on the cancels stream for the runners; `callback.wait` is kept
+here (`fleet_callbacks`); with several scheduler replicas a result for a run another replica holds
+is forwarded to it (`fleet_routing`), and runs taken over from a dead replica are published again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import importlib
 import json
 from datetime import datetime
 from typing import Any
@@ -34,6 +37,9 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from jobwire.engine.dispatch import Attempts
+from jobwire.engine.fleet_callbacks import CallbackWaits
+from jobwire.engine.fleet_routing import Owners, personal_queue, route
+from jobwire.engine.fleet_wire import broker_url, link_for, work_message
 from jobwire.engine.supervisor import Supervisor
 from jobwire.model import Job, Run, RunError, RunState, StatusBlock, utcnow
 from jobwire.targets.base import Outcome
@@ -42,53 +48,6 @@ log = structlog.get_logger(__name__)
 
 PUBLISH_BATCH = 500
 RESULTS_PREFETCH = 1000
-JOB_FIELDS = {"name", "description", "target", "timeout", "environment", "labels", "parameters"}
-"""What a runner gets of a job's definition: enough to run it (its triggers, policies and their
-secrets stay with the scheduler)."""
-
-
-def broker_url() -> str:
-    """`BROKER_URL` / `JOBWIRE_AMQP_URL`, as everywhere (the amqp plug's settings)."""
-    from jobwire.sources.amqp.spec import DEFAULT_URL, AmqpSettings
-
-    return AmqpSettings().url or DEFAULT_URL
-
-
-def link_for(url: str, work_queue: str, results_queue: str) -> Any:
-    """The wire (`jobwire.sources.amqp.fleet.Link`), imported only when a fleet role runs."""
-    module = importlib.import_module("jobwire.sources.amqp.fleet")
-    return module.connect(url, work_queue, results_queue)
-
-
-_JOB_DOCS: dict[int, tuple[Job, dict[str, Any]]] = {}
-"""The runner's part of each job definition, by object: definitions are immutable, so it is dumped
-once per definition, not once per run (the definition is kept, so its id is not reused)."""
-
-
-def _job_doc(job: Job) -> dict[str, Any]:
-    hit = _JOB_DOCS.get(id(job))
-    if hit is not None and hit[0] is job:
-        return hit[1]
-    if len(_JOB_DOCS) > 20_000:
-        _JOB_DOCS.clear()
-    doc = job.model_dump(mode="json", include=JOB_FIELDS)
-    _JOB_DOCS[id(job)] = (job, doc)
-    return doc
-
-
-def work_message(run: Run, job: Job, name: str, resumed: bool, callback_url: str, token: str) -> bytes:
-    doc = {
-        "v": 1,
-        "name": name,
-        "resumed": resumed,
-        "run": run.model_dump(mode="json", exclude={"history"}),
-        "job": _job_doc(job),
-        "callback_url": callback_url,
-        "callback_token": token,
-    }
-    return json.dumps(doc, separators=(",", ":")).encode()
-
-
 def _confirmed(name: str) -> str:
     """The journal's line for "RabbitMQ confirmed this attempt's work message" (`<name>` alone:
     it may have been published, the confirm was not seen)."""
@@ -108,8 +67,14 @@ class FleetAttempts(Attempts):
         """(run id, attempt name, attempt, body) waiting for the publisher."""
         self._wake = asyncio.Event()
         self._recovering = True
-        self._deferred: list[str] = []
+        self._deferred: list[tuple[str, int, RunState]] = []
+        """Runs resumed at start that may be in the broker: (run id, attempt, state then)."""
         self._recovered = asyncio.Event()
+        self.replica: str | None = None
+        self.owners: Owners | None = None
+        """Several replicas on one store: who this one is, and the store's run owners (`place`)."""
+        self.waits = CallbackWaits(self)
+        """Runs whose work ended well, waiting for the job's callback (`callback.wait`)."""
         r = self.metrics.registry
         self.m_outstanding = Gauge(
             "jobwire_fleet_outstanding", "Runs handed to the runner fleet and not ended", registry=r
@@ -133,11 +98,19 @@ class FleetAttempts(Attempts):
             "Results for a run or attempt no longer in flight (redeliveries, cancelled runs)",
             registry=r,
         )
+        self.m_forwarded = Counter(
+            "jobwire_fleet_results_forwarded_total",
+            "Results for a run another scheduler replica holds, forwarded to its own queue",
+            registry=r,
+        )
+        self.m_cancels = Counter(
+            "jobwire_fleet_cancels_total", "Cancels put on the cancels stream for the runners", registry=r
+        )
         self.queues = (s.work_queue, s.results_queue)
 
     @property
     def count(self) -> int:
-        return len(self._outstanding)
+        return len(self._outstanding) + len(self.waits)
 
     # ---- lifecycle (called by the engine)
     async def open(self, supervisor: Supervisor) -> None:
@@ -145,6 +118,11 @@ class FleetAttempts(Attempts):
         self.link = link_for(broker_url(), *self.queues)
         supervisor.loop("jobwire-fleet-publish", self._publish_loop, critical=True)
         supervisor.loop("jobwire-fleet-results", self._results_loop, critical=True)
+
+    def place(self, replica: str, owners: Owners | None) -> None:
+        """This replica's id and, when several replicas may share the store, how to find a run's
+        owner: results for runs another replica holds are forwarded to it (`fleet_routing`)."""
+        self.replica, self.owners = replica, owners
 
     def recovered(self) -> None:
         """Reconcile and catch-up are done: start applying results (then publish what was deferred)."""
@@ -168,6 +146,7 @@ class FleetAttempts(Attempts):
             timer.cancel()
         self._timers.clear()
         self._shutting_down = True
+        self.waits.shutdown()
         if self.link is not None:
             await self.link.close()
 
@@ -179,13 +158,19 @@ class FleetAttempts(Attempts):
         self._timers.pop(run.id, None)
         if self._shutting_down:
             return
+        if resumed and self.waits.resume(run, job):
+            return  # its work ended before the restart: it waits for the job's callback
         self._outstanding[run.id] = (run, job, received_at)
         self.m_outstanding.set(len(self._outstanding))
         name = self._name(run.id, run.attempt)
-        if resumed and (run.state == RunState.running or _confirmed(name) in self.journal):
+        if not self._recovering and resumed:  # taken over from a dead replica: its journal is not here,
+            self._queue(run, job, resumed)  # and a result may have gone to its queue — ask again
+            return
+        published_here = name in self.journal  # not: another replica's, claimed at this start
+        if resumed and published_here and (run.state == RunState.running or _confirmed(name) in self.journal):
             return  # in the broker already: its work message, or its result
         if resumed and self._recovering:  # maybe in the broker: decided once older results are in
-            self._deferred.append(run.id)
+            self._deferred.append((run.id, run.attempt, run.state))
             return
         self._queue(run, job, resumed)
 
@@ -225,17 +210,32 @@ class FleetAttempts(Attempts):
         self.journal.forget([*names, *(_confirmed(n) for n in names)])
 
     async def cancel(self, run: Run, reason: str) -> bool:
-        """A run in the fleet is recorded cancelled here at once; what its runner reports later is
-        ignored (the call itself runs to its end or its timeout on the runner)."""
+        """A run in the fleet is recorded cancelled here at once (by the caller: False is returned)
+        and its attempt's cancel is put on the cancels stream, which every runner reads: the one
+        executing it stops it (its outcome, `cancelled`, is then ignored here: the run ended), and
+        a runner that takes its work message later acknowledges it without running it."""
         timer = self._timers.pop(run.id, None)
         if timer is not None:
             timer.cancel()
             return False
+        self._callbacks.pop(run.id, None)
+        if self.waits.cancel(run.id):
+            return False  # its work had ended: nothing runs on a runner
         if self._outstanding.pop(run.id, None) is not None:
             self.m_outstanding.set(len(self._outstanding))
             attempts = run.attempt
             self.committer.after_commit(lambda: self.forget(run.id, attempts))
+            await self._send_cancel(run, reason)
         return False
+
+    async def _send_cancel(self, run: Run, reason: str) -> None:
+        name = self._name(run.id, run.attempt)
+        body = json.dumps({"v": 1, "name": name, "run_id": run.id, "attempt": run.attempt, "reason": reason})
+        try:
+            await self.link.publish(self.link.cancels, [(f"{name}:cancel", body.encode())])
+            self.m_cancels.inc()
+        except ConnectionError as exc:  # recorded cancelled all the same; the runner's result is ignored
+            log.warning("fleet: a cancel did not reach the runners", run_id=run.id, error=str(exc))
 
     # ---- results
     async def _results_loop(self) -> None:
@@ -243,7 +243,10 @@ class FleetAttempts(Attempts):
         queue = self.queues[1]
         backlog, _ = await self.link.depth(queue)
         inbox: asyncio.Queue[Any] = asyncio.Queue()
-        consumer = asyncio.ensure_future(self.link.consume(queue, RESULTS_PREFETCH, inbox.put_nowait))
+        consumers = {asyncio.ensure_future(self.link.consume(queue, RESULTS_PREFETCH, inbox.put_nowait))}
+        if self.owners is not None and self.replica is not None:  # results forwarded to this replica
+            mine = personal_queue(queue, self.replica)
+            consumers.add(asyncio.ensure_future(self.link.consume(mine, RESULTS_PREFETCH, inbox.put_nowait)))
         seen = 0
         try:
             if backlog == 0:
@@ -251,49 +254,67 @@ class FleetAttempts(Attempts):
             while True:
                 if inbox.empty():
                     get = asyncio.ensure_future(inbox.get())
-                    await asyncio.wait({get, consumer}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait({get, *consumers}, return_when=asyncio.FIRST_COMPLETED)
                     if not get.done():
                         get.cancel()
-                        await consumer  # raises: the connection is gone
+                        for c in consumers:
+                            if c.done():
+                                await c  # raises: the connection is gone
                         return
                     batch = [get.result()]
                 else:
                     batch = []
                 while not inbox.empty() and len(batch) < RESULTS_PREFETCH:
                     batch.append(inbox.get_nowait())
-                for delivery in batch:
-                    self._apply(delivery.body)
+                strays = [msg for d in batch if (msg := self._apply(d.body)) is not None]
                 await self.committer.flush()
-                await batch[-1].message.ack(multiple=True)
+                if strays:
+                    await self._route(strays)
+                last: dict[int, Any] = {}  # one multiple-ack per channel (two queues, two channels)
+                for d in batch:
+                    last[id(getattr(d.message, "channel", None))] = d
+                for d in last.values():
+                    await d.message.ack(multiple=True)
                 seen += len(batch)
                 if self._recovering and seen >= backlog:
                     self._release_deferred()
         finally:
-            consumer.cancel()
+            for c in consumers:
+                c.cancel()
+
+    async def _route(self, strays: list[dict[str, Any]]) -> None:
+        if self.owners is None or self.replica is None:
+            self.m_ignored.inc(len(strays))
+            return
+        ignored = await route(strays, self.replica, self.owners, self.link.publish, self.queues[1])
+        self.m_ignored.inc(ignored)
+        self.m_forwarded.inc(len(strays) - ignored)
 
     def _release_deferred(self) -> None:
         """The results from before a restart are applied: publish the runs recovered as never
-        confirmed in the broker that are still waiting."""
+        confirmed in the broker that are still waiting — and the running ones this replica never
+        published (claimed at its start from a dead replica) that no result has moved since."""
         self._recovering = False
         deferred, self._deferred = self._deferred, []
-        for rid in deferred:
+        for rid, attempt, state in deferred:
             entry = self._outstanding.get(rid)
-            if entry is not None and entry[0].state == RunState.pending:
-                self._queue(entry[0], entry[1], resumed=True)
+            if entry is not None and entry[0].attempt == attempt and entry[0].state == state:
+                self._queue(entry[0], entry[1], resumed=True)  # no result of it came meanwhile
         if deferred:
             log.info("fleet: published the runs recovered after a restart", count=len(deferred))
 
-    def _apply(self, body: bytes) -> None:
+    def _apply(self, body: bytes) -> dict[str, Any] | None:
+        """Apply a result to its run in flight here; a result for a run not in flight here is
+        returned (`_route` decides: another replica's, or nothing to do)."""
         try:
             msg = json.loads(body)
             rid, attempt, kind = str(msg["run_id"]), int(msg["attempt"]), str(msg["kind"])
         except (ValueError, KeyError, TypeError) as exc:
             log.error("fleet: malformed result dropped", error=str(exc))
-            return
+            return None
         entry = self._outstanding.get(rid)
         if entry is None or entry[0].attempt != attempt:
-            self.m_ignored.inc()
-            return
+            return dict(msg)
         run, job, received_at = entry
         self.m_results.labels(kind).inc()
         status = StatusBlock.model_validate(msg["status"]) if msg.get("status") else None
@@ -306,6 +327,7 @@ class FleetAttempts(Attempts):
             self.host.publish(run, status)
         elif kind == "outcome":
             self._outcome(run, job, msg, status)
+        return None
 
     def _started(
         self,
@@ -344,7 +366,26 @@ class FleetAttempts(Attempts):
             status=status,
             target_status=dict(o.get("target_status") or {}),
         )
+        if self.waits.awaits(run, job, outcome):
+            return  # `callback.wait`: the run ends when the job calls back
         self._finish(run, job, outcome)
+
+    def _finish(self, run: Run, job: Job, outcome: Outcome) -> None:
+        self._callbacks.pop(run.id, None)  # a callback belongs to one attempt
+        super()._finish(run, job, outcome)
+
+    async def deliver_callback(self, run: Run, ok: bool, message: str | None, data: dict[str, Any]) -> None:
+        """A job called back (recorded on the run; a run waiting for it ends). `ok: false` while a
+        runner still executes the attempt fails the run now, and the runner is told to stop it
+        (as a cancel), as in one process."""
+        await super().deliver_callback(run, ok, message, data)
+        if ok or (entry := self._outstanding.pop(run.id, None)) is None:
+            return
+        self.m_outstanding.set(len(self._outstanding))
+        message = message or "the job reported failure"
+        await self._send_cancel(run, message)
+        failed = Outcome(RunState.failed, error=RunError(message=message, reason="CallbackFailed"))
+        self._finish(run, entry[1], failed)
 
 
 __all__ = ["FleetAttempts", "broker_url", "work_message"]

@@ -9,15 +9,23 @@ before that leaves the message unacknowledged: RabbitMQ gives it to another runn
 attempt again under the same run id — the target-side name (HTTP `Idempotency-Key`, Kubernetes Job
 name) makes the repeat adopt the work, and the scheduler records one end whatever arrives twice.
 The prefetch is the runner's slot count: a runner never holds more messages than it runs.
+
+Cancels come on the cancels stream (`<work queue>.cancels`, read by every runner from a day back):
+an attempt this runner is executing is stopped (its target's cancel, then its task: the HTTP call's
+connection is closed), reported `cancelled` and its work message acknowledged; a work message for a
+cancelled attempt that arrives later is acknowledged without running it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import socket
+from collections import OrderedDict
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -25,9 +33,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from jobwire.config import Settings
 from jobwire.engine.execute import execute_attempt, no_target
-from jobwire.engine.fleet import broker_url, link_for
+from jobwire.engine.fleet_wire import broker_url, link_for
 from jobwire.engine.supervisor import Supervisor
-from jobwire.model import Job, Run, StatusBlock, utcnow
+from jobwire.model import Job, Run, RunError, RunState, StatusBlock, utcnow
 from jobwire.targets import build_targets
 from jobwire.targets.base import CallbackResult, Outcome, RunContext, Target
 
@@ -35,6 +43,10 @@ log = structlog.get_logger(__name__)
 
 LOG_CAP = 64 * 1024
 """The most of an attempt's log a runner sends back with its outcome."""
+CANCEL_MEMORY = timedelta(days=1)
+"""How far back a starting runner reads the cancels stream (its `x-max-age`)."""
+CANCELS_KEPT = 100_000
+"""Cancelled attempt names a runner remembers (the oldest are forgotten first)."""
 
 
 class RunnerContext(RunContext):
@@ -113,8 +125,18 @@ class Runner:
         self._inflight: dict[str, list[Any]] = {}
         """Attempt name → its deliveries (a second copy of a message waits for the first's end)."""
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[str, tuple[asyncio.Task[Any], RunnerContext, Target | None]] = {}
+        """Attempt name → what executes it now (to stop it on a cancel)."""
+        self._cancelled: OrderedDict[str, str] = OrderedDict()
+        """Attempt names cancelled by the scheduler → the reason (from the cancels stream)."""
+        self._since = utcnow() - CANCEL_MEMORY
+        self._caught_up = asyncio.Event()
+        """Set once the cancels stream was read up to this runner's start: work is taken only then."""
+        self._marker = f"{self.runner_id}-{os.urandom(6).hex()}"
         self._sending: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
+        self._unsubscribed = asyncio.Event()
+        """Set once the work consumer is cancelled (after a stop): no delivery comes any more."""
         self._ready = False
         r = self.registry
         Gauge("jobwire_runner_slots", "Runs this runner executes at once (its prefetch)", registry=r).set(
@@ -129,12 +151,19 @@ class Runner:
             "Work messages taken over from a runner that went away without acknowledging them",
             registry=r,
         )
+        self.m_cancels = Counter(
+            "jobwire_runner_cancels_total",
+            "Cancels applied: an attempt stopped while it ran, or a cancelled one's work skipped",
+            ["how"],
+            registry=r,
+        )
         self.m_up = Gauge("jobwire_runner_connected", "1 while connected to RabbitMQ", registry=r)
 
     # ------------------------------------------------------------------ lifecycle
     @property
     def ready(self) -> bool:
-        return self._ready and not self._stop.is_set() and self.link is not None and self.link.connected
+        connected = self.link is not None and self.link.connected
+        return self._ready and self._caught_up.is_set() and not self._stop.is_set() and connected
 
     async def start(self) -> None:
         for target in self.targets.values():
@@ -143,6 +172,7 @@ class Runner:
         self.link = link_for(broker_url(), self.settings.work_queue, self.settings.results_queue)
         await self.link.open()  # fail at start, with the reason, when the broker is unreachable
         self.supervisor.loop("jobwire-runner-work", self._consume, critical=True)
+        self.supervisor.loop("jobwire-runner-cancels", self._follow_cancels, critical=True)
         self._ready = True
         log.info("runner started", runner=self.runner_id, slots=self.slots, queue=self.settings.work_queue)
 
@@ -150,9 +180,16 @@ class Runner:
         """Take no more work; let the attempts in progress end within `shutdown_grace` and report
         them; what is still running then goes back to the queue (another runner adopts it)."""
         self._stop.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_grace.total_seconds()
         if self._tasks:
             log.info("runner stopping: waiting for running attempts", count=len(self._tasks))
-            await asyncio.wait(self._tasks, timeout=self.settings.shutdown_grace.total_seconds())
+        # first the consumer's basic.cancel (deliveries still on their way start attempts too),
+        # then every attempt — not only those running when the stop came — within the grace
+        if self._caught_up.is_set() and self.link is not None and self.link.connected:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._unsubscribed.wait(), max(0.0, deadline - loop.time()))
+        await self._settle(deadline)
         await self.supervisor.cancel_all()
         for task in list(self._tasks):
             task.cancel()
@@ -170,7 +207,12 @@ class Runner:
         tasks = self.supervisor.health()
         problems = [f"task {t.name} is failing: {t.last_error}" for t in tasks if t.state == "failing"]
         if not self.ready:
-            problems.insert(0, "stopping" if self._stop.is_set() else "not connected to RabbitMQ")
+            if self._stop.is_set():
+                problems.insert(0, "stopping")
+            elif self.link is None or not self.link.connected:
+                problems.insert(0, "not connected to RabbitMQ")
+            else:
+                problems.insert(0, "reading the cancels stream up to its start")
         self.m_up.set(1 if self.link is not None and self.link.connected else 0)
         return {
             "ready": not problems,
@@ -181,13 +223,64 @@ class Runner:
 
     # ------------------------------------------------------------------ work in
     async def _consume(self) -> None:
+        await self._caught_up.wait()
         await self.link.consume(
             self.settings.work_queue, self.slots, self._on_work, stop=self._stop, drain=self._drain
         )
 
     async def _drain(self) -> None:
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=self.settings.shutdown_grace.total_seconds())
+        """Called by the consumer once RabbitMQ confirmed it sends no more (basic.cancel)."""
+        self._unsubscribed.set()
+        loop = asyncio.get_running_loop()
+        await self._settle(loop.time() + self.settings.shutdown_grace.total_seconds())
+
+    async def _settle(self, deadline: float) -> None:
+        """Wait until no attempt runs here, or `deadline` (the loop's clock)."""
+        loop = asyncio.get_running_loop()
+        while self._tasks and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._tasks), timeout=left)
+
+    # ------------------------------------------------------------------ cancels in
+    async def _follow_cancels(self) -> None:
+        """Read the cancels stream from a day before this runner started (again after a reconnect:
+        remembering a cancel twice changes nothing). The runner's own marker, appended first,
+        tells when it has read everything sent before it started: only then does it take work."""
+        if not self._caught_up.is_set():
+            marker = json.dumps({"v": 1, "marker": self._marker}).encode()
+            await self.link.publish(self.link.cancels, [(f"{self._marker}:marker", marker)])
+        await self.link.consume(
+            self.link.cancels, 256, self._on_cancel, arguments={"x-stream-offset": self._since}
+        )
+
+    async def _on_cancel(self, delivery: Any) -> None:
+        try:
+            msg = json.loads(delivery.body)
+            if "marker" in msg:
+                await delivery.ack()
+                if msg["marker"] == self._marker:
+                    self._caught_up.set()
+                return
+            name, reason = str(msg["name"]), str(msg.get("reason") or "cancelled")
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("runner: malformed cancel dropped", error=str(exc))
+            await delivery.ack()
+            return
+        await delivery.ack()  # a stream keeps it: the ack is only the consumer's credit
+        self._cancelled[name] = reason
+        self._cancelled.move_to_end(name)
+        while len(self._cancelled) > CANCELS_KEPT:
+            self._cancelled.popitem(last=False)
+        running = self._running.get(name)
+        if running is None:
+            return
+        task, ctx, target = running
+        log.info("runner: cancelling an attempt", attempt=name, reason=reason)
+        if target is not None:
+            try:
+                await target.cancel(ctx)
+            except Exception as exc:
+                log.warning("target cancel failed", attempt=name, error=str(exc))
+        task.cancel()
 
     def _on_work(self, delivery: Any) -> None:
         task = asyncio.create_task(self._run(delivery))
@@ -220,6 +313,11 @@ class Runner:
             return
         if delivery.redelivered:
             self.m_redelivered.inc()
+        if name in self._cancelled:  # cancelled while it waited in the queue: not run at all
+            self.m_cancels.labels("skipped").inc()
+            log.info("runner: cancelled attempt not run", attempt=name)
+            await delivery.ack()
+            return
         copies = self._inflight.get(name)
         if copies is not None:  # the same attempt twice on this runner: one run, both acked after it
             copies.append(delivery)
@@ -229,7 +327,22 @@ class Runner:
             job = self._job(work["job"])
             ctx = RunnerContext(self, work, job, delivery.redelivered)
             target = self.targets.get(job.target.type)
-            outcome = no_target(job) if target is None else await execute_attempt(target, ctx)
+            this = asyncio.current_task()
+            assert this is not None
+            self._running[name] = (this, ctx, target)
+            try:
+                outcome = no_target(job) if target is None else await execute_attempt(target, ctx)
+            except asyncio.CancelledError:
+                reason = self._cancelled.get(name)
+                if reason is None or self._stop.is_set():
+                    raise  # a shutdown: handed back (not acknowledged)
+                this.uncancel()
+                self.m_cancels.labels("stopped").inc()
+                outcome = Outcome(
+                    RunState.cancelled, error=RunError(message=reason, reason="Cancelled"), retryable=False
+                )
+            finally:
+                self._running.pop(name, None)
             self.m_runs.labels(job.target.type, outcome.state.value).inc()
             await self.send_confirmed(f"{name}:outcome", ctx.outcome(outcome))
         except BaseException:

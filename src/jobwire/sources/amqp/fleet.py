@@ -29,6 +29,27 @@ QUEUE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
 """Work and results are quorum queues (see the module doc); no delivery limit: a run's work message
 is never dropped because runners died under it — the run id makes each redelivery adopt, not double."""
 
+CANCELS_SUFFIX = ".cancels"
+STREAM_ARGUMENTS: dict[str, Any] = {"x-queue-type": "stream", "x-max-age": "1D"}
+"""The cancels (`<work queue>.cancels`) are a **stream**: an append-only log every runner reads
+without taking messages away from the others — a runner that starts later reads back the last day
+of it, so a cancel reaches every runner, even one that was not there when it was sent."""
+
+
+def cancels_queue(work_queue: str) -> str:
+    return work_queue + CANCELS_SUFFIX
+
+
+PERSONAL_ARGUMENTS: dict[str, Any] = {**QUEUE_ARGUMENTS, "x-expires": 24 * 3600 * 1000}
+"""A scheduler replica's own results queue (`<results queue>.replica.<id>`: results the other
+replicas forward to it) goes away a day after its last consumer (a replica id is fresh per start)."""
+
+
+def _arguments(queue: str) -> dict[str, Any]:
+    if queue.endswith(CANCELS_SUFFIX):
+        return STREAM_ARGUMENTS
+    return PERSONAL_ARGUMENTS if ".replica." in queue else QUEUE_ARGUMENTS
+
 
 @dataclass(slots=True)
 class Delivery:
@@ -51,6 +72,7 @@ class Link:
         self.url = url
         self.work_queue = work_queue
         self.results_queue = results_queue
+        self.cancels = cancels_queue(work_queue)
         self._conn: AbstractConnection | None = None
         self._publish: AbstractChannel | None = None
         self._lock = asyncio.Lock()
@@ -66,8 +88,8 @@ class Link:
                 await self.close()
                 self._conn = await aio_pika.connect(self.url, timeout=10)
                 self._publish = await self._conn.channel(publisher_confirms=True)
-                for name in (self.work_queue, self.results_queue):
-                    await self._publish.declare_queue(name, durable=True, arguments=QUEUE_ARGUMENTS)
+                for name in (self.work_queue, self.results_queue, self.cancels):
+                    await self._publish.declare_queue(name, durable=True, arguments=_arguments(name))
             return self._publish
 
     async def open(self) -> None:
@@ -76,7 +98,7 @@ class Link:
     async def depth(self, queue: str) -> tuple[int, int]:
         """Messages ready in `queue` (not delivered to any consumer) and its consumers."""
         channel = await self._channel()
-        q = await channel.declare_queue(queue, durable=True, arguments=QUEUE_ARGUMENTS)
+        q = await channel.declare_queue(queue, durable=True, arguments=_arguments(queue))
         result = q.declaration_result
         return int(result.message_count or 0), int(result.consumer_count or 0)
 
@@ -112,11 +134,13 @@ class Link:
         on_message: Callable[[Delivery], Awaitable[None] | None],
         stop: asyncio.Event | None = None,
         drain: Callable[[], Awaitable[None]] | None = None,
+        arguments: dict[str, Any] | None = None,
     ) -> None:
         """Consume `queue` with `prefetch` messages unacknowledged at most, calling `on_message`
         for each, until the connection is lost (then raise ConnectionError) or the task is cancelled.
         When `stop` is set: no more deliveries (basic.cancel), `drain()` is awaited with the channel
-        still open (so what is in progress can be acknowledged), then return."""
+        still open (so what is in progress can be acknowledged), then return. `arguments`: the
+        consumer's (a stream's `x-stream-offset`)."""
         await self._channel()
         assert self._conn is not None
         conn = self._conn
@@ -131,14 +155,14 @@ class Link:
         channel = await conn.channel()
         try:
             await channel.set_qos(prefetch_count=prefetch)
-            q: AbstractQueue = await channel.declare_queue(queue, durable=True, arguments=QUEUE_ARGUMENTS)
+            q: AbstractQueue = await channel.declare_queue(queue, durable=True, arguments=_arguments(queue))
 
             async def deliver(message: AbstractIncomingMessage) -> None:
                 result = on_message(Delivery(message.body, bool(message.redelivered), message))
                 if result is not None:
                     await result
 
-            tag = await q.consume(deliver)
+            tag = await q.consume(deliver, arguments=arguments)
             channel.close_callbacks.add(on_close)
             waits = {asyncio.ensure_future(closed.wait())}
             if stop is not None:
@@ -171,4 +195,4 @@ def connect(url: str, work_queue: str, results_queue: str) -> Link:
     return Link(url, work_queue, results_queue)
 
 
-__all__ = ["QUEUE_ARGUMENTS", "Delivery", "Link", "connect"]
+__all__ = ["QUEUE_ARGUMENTS", "STREAM_ARGUMENTS", "Delivery", "Link", "cancels_queue", "connect"]
