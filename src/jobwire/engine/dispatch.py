@@ -58,10 +58,33 @@ class EngineContext(RunContext):
         self.job = job
         self.params = dict(run.params)
         self.resumed = resumed
-        self.callback_url = f"{attempts.settings.effective_public_url}/api/v1/runs/{run.id}/callback"
-        self.callback_token = attempts.tokens.token(run.id)
+        self._callback_url: str | None = None
+        self._callback_token: str | None = None
         self._received_at = received_at
         self._cap = getattr(job.target, "log_max_bytes", None)
+
+    # Made when a target asks (a local process's env, a callback wait): an HMAC per attempt was
+    # ~2.5 % of the event loop per HTTP run, which never reads them.
+    @property
+    def callback_url(self) -> str | None:
+        if self._callback_url is None:
+            base = self._attempts.settings.effective_public_url
+            self._callback_url = f"{base}/api/v1/runs/{self.run.id}/callback"
+        return self._callback_url
+
+    @callback_url.setter
+    def callback_url(self, value: str | None) -> None:
+        self._callback_url = value
+
+    @property
+    def callback_token(self) -> str:
+        if self._callback_token is None:
+            self._callback_token = self._attempts.tokens.token(self.run.id)
+        return self._callback_token
+
+    @callback_token.setter
+    def callback_token(self, value: str) -> None:
+        self._callback_token = value
 
     async def until_startable(self) -> None:
         await self._attempts._until_alive(self.run)
