@@ -1,7 +1,8 @@
 """Attempts: running one run on its target — timeout, retry with backoff, cancel, shutdown.
 
 Before an attempt is handed to its target, its target-side name goes into the launch journal
-(`launches.py`), so that after a crash jobwire knows whether a pending run may have started.
+(`launches.py`), so that after a crash jobwire knows whether a pending run may have started —
+unless the target relaunches the same way either way (`Target.launch_marker`: not for `http`).
 """
 
 from __future__ import annotations
@@ -184,6 +185,12 @@ class Attempts:
     def was_launched(self, run: Run) -> bool:
         return self._name(run.id, run.attempt) in self.journal
 
+    def _marked(self, run_id: str, attempts: int) -> bool:
+        """Whether any attempt of the run is in the journal (not for targets without markers,
+        unless a journal from before a restart holds one)."""
+        journal = self.journal
+        return any(self._name(run_id, n) in journal for n in range(1, attempts + 1))
+
     def forget(self, run_id: str, attempts: int = 1) -> None:
         """The run's end is committed: drop every attempt of it from the journal."""
         self.journal.forget(self._name(run_id, n) for n in range(1, attempts + 1))
@@ -223,7 +230,8 @@ class Attempts:
             else:
                 await self._until_alive(run)
                 # from here to the target's start nothing yields (local: to the spawn)
-                self.journal.mark(self._name(run.id, run.attempt))
+                if target.launch_marker:
+                    self.journal.mark(self._name(run.id, run.attempt))
                 after = (lambda done: self._await_callback(run, job, done)) if job.callback.wait else None
                 release = lambda: self._release(run.id, job.target.type)  # noqa: E731 - a callback wait holds no place
                 outcome = await execute_attempt(target, ctx, after, release)
@@ -317,7 +325,8 @@ class Attempts:
         why = run.error.message if run.error and outcome.state != RunState.succeeded else None
         host.transition(run, outcome.state, why, outcome.status)
         attempts = run.attempt
-        self.committer.after_commit(lambda: self.forget(run.id, attempts))
+        if self._marked(run.id, attempts):
+            self.committer.after_commit(lambda: self.forget(run.id, attempts))
         host.finished(run)
 
     def _survives(self, run_id: str) -> bool:
