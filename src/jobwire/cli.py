@@ -312,6 +312,7 @@ async def serve_async(settings: Settings) -> int:
 
     from jobwire.api import create_app
     from jobwire.api.connections import uvicorn_options
+    from jobwire.api.rawfront import trigger_front
     from jobwire.engine import Engine
     from jobwire.engine.disk import data_dir_problem
     from jobwire.engine.secret import SecretKeyError
@@ -331,6 +332,13 @@ async def serve_async(settings: Settings) -> int:
         err.print(Text(f"error: {exc}", style="red"))
         return 1
     app = create_app(engine)
+    options = uvicorn_options(
+        settings.max_connections,
+        settings.header_timeout.total_seconds(),
+        settings.keepalive_timeout.total_seconds(),
+    )
+    if not settings.access_log:  # triggers answered on the connection (api/rawfront.py)
+        options["http"] = trigger_front(options["http"], engine, app.state.auth, settings.max_body_bytes)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -340,11 +348,7 @@ async def serve_async(settings: Settings) -> int:
         lifespan="on",
         server_header=False,
         timeout_graceful_shutdown=3,
-        **uvicorn_options(
-            settings.max_connections,
-            settings.header_timeout.total_seconds(),
-            settings.keepalive_timeout.total_seconds(),
-        ),
+        **options,
     )
     server = _make_server(config)
     server.check_bound = lambda addresses: _refusal(settings, addresses)

@@ -96,3 +96,54 @@ async def test_webhook_sink_gets_every_state_signed(tmp_path: Path, server: Flak
         assert "sink-secret" not in json.dumps(eng.settings.masked())
     finally:
         await eng.stop()
+
+
+async def test_http_runs_need_no_launch_journal_line(tmp_path: Path, server: FlakyServer) -> None:
+    """An `http` attempt writes no launch-journal line (a local process does): after a crash a
+    pending HTTP run is called again with the same Idempotency-Key whether or not its call went out,
+    so the line would change nothing (`Target.launch_marker`)."""
+    eng = Engine(Settings(data_dir=tmp_path / "d", http_allow_private=True))
+    await eng.start()
+    try:
+        await eng.put_job(Job.model_validate({"name": "call", "target": {"type": "http", "url": server.url("/ok")}}))
+        await eng.put_job(Job.model_validate({"name": "proc", "target": {"type": "local", "command": ["true"]}}))
+        call, proc = await eng.trigger("call", {}), await eng.trigger("proc", {})
+        assert call.run and proc.run
+        for rid in (call.run.id, proc.run.id):
+            assert (await eventually(lambda r=rid: _terminal(eng, r), 10, "the run to end")).state == RunState.succeeded
+        await eng.committer.flush()
+    finally:
+        await eng.stop()
+    journal = (tmp_path / "d" / "launches.journal").read_text()
+    assert f"+{proc.run.id}\n" in journal and f"-{proc.run.id}\n" in journal
+    assert call.run.id not in journal
+
+
+async def test_a_pending_http_run_left_by_a_crash_is_called_with_its_key(tmp_path: Path, server: FlakyServer) -> None:
+    """What a kill -9 leaves of an HTTP run that may or may not have been called: recorded pending
+    and no journal line. The restart calls it (again), with the run id as its Idempotency-Key."""
+    from jobwire.model import Event, Run, Transition, run_id_for, utcnow
+    from jobwire.store import Intake
+
+    settings = Settings(data_dir=tmp_path / "d", http_allow_private=True)
+    eng = Engine(settings)
+    await eng.store.open()
+    await eng.store.save_job(
+        Job.model_validate({"name": "call", "target": {"type": "http", "url": server.url("/ok")}}), "api"
+    )
+    now, rid = utcnow(), run_id_for("call/api/k1")
+    ev = Event(id="e1", job="call", trigger="api", source="api", received_at=now, run_id=rid)
+    run = Run(
+        id=rid, key="call/api/k1", job="call", trigger="api", event_id="e1", state=RunState.pending,
+        created_at=now, history=[Transition(state=RunState.pending, at=now)],
+    )
+    await eng.store.record([Intake(ev, run)])
+    await eng.store.close()
+    eng = Engine(settings)
+    await eng.start()
+    try:
+        done = await eventually(lambda: _terminal(eng, rid), 10, "the resumed run to end")
+        assert done.state == RunState.succeeded and done.attempt == 1
+        assert [r.headers["idempotency-key"] for r in server.requests if r.path == "/ok"] == [rid]
+    finally:
+        await eng.stop()

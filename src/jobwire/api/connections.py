@@ -201,6 +201,13 @@ def guarded_protocol(guard: Guard, base: type[asyncio.Protocol] | None = None) -
                 self._arm(now + guard.header_timeout)
             # otherwise the app is handling the request: re-armed when its response ends
 
+        def disarm(self) -> None:
+            """No deadline until the response in progress ends (`on_response_complete` re-arms):
+            for a request answered outside uvicorn's cycle (`rawfront.py`)."""
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
         def _abort(self) -> None:
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.abort()

@@ -74,6 +74,53 @@ def _is_json(content_type: bytes) -> bool:
     return mime == b"application/json" or (mime.startswith(b"application/") and mime.endswith(b"+json"))
 
 
+def takes(headers: dict[bytes, bytes]) -> bool:
+    """Whether this path answers a trigger with these (lower-case, first-wins) headers: a JSON
+    content type or none, and an `Idempotency-Key` the route would accept. Else the route does."""
+    ctype = headers.get(b"content-type")
+    key = headers.get(b"idempotency-key")
+    return (ctype is None or _is_json(ctype)) and (key is None or len(key.decode("latin-1")) <= MAX_KEY)
+
+
+Answer = tuple[int, bytes, dict[str, str] | None]
+"""(status, JSON body, extra headers) of a trigger answered here."""
+
+
+def _json_answer(status: int, content: dict[str, Any], headers: dict[str, str] | None = None) -> Answer:
+    return status, json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode(), headers
+
+
+async def answer(
+    engine: Engine, auth: Authenticator, job: str, headers: dict[bytes, bytes], body: bytes
+) -> Answer | None:
+    """The answer to `POST /api/v1/jobs/{job}/runs` with this body, for headers `takes` accepted;
+    None when the route must answer it (a body that is not UTF-8, or JSON that is not an object)."""
+    try:
+        params: Any = json.loads(body) if body.strip() else None
+    except json.JSONDecodeError as exc:
+        return _json_answer(*invalid_json(exc.doc, exc.pos, exc.msg))
+    except ValueError:  # not UTF-8: the route answers it
+        return None
+    except RecursionError:  # json.loads on 100,000 nested brackets
+        return _json_answer(*too_deep())
+    if params is not None and not isinstance(params, dict):
+        return None
+    key_raw = headers.get(b"idempotency-key")
+    key = key_raw.decode("latin-1") if key_raw is not None else None
+    try:
+        auth.check_header(headers.get(b"authorization"), "write")
+        admission = await engine.trigger(job, params or {}, idempotency_key=key)
+        status, extra, run = admission_parts(engine, admission)
+        return status, run.model_dump_json(by_alias=True).encode(), extra
+    except ApiError as exc:
+        return _json_answer(exc.status, exc.body(), exc.headers)
+    except EngineError as exc:
+        return _json_answer(*engine_error_json(exc))
+    except StoreError as exc:
+        log.error("store error", error=str(exc))
+        return _json_answer(503, error_body(503, "StoreUnavailable", str(exc) or "the store is unavailable"))
+
+
 class TriggerFastPath:
     def __init__(self, app: ASGIApp, engine: Engine, auth: Authenticator) -> None:
         self.app = app
@@ -89,38 +136,13 @@ class TriggerFastPath:
         headers: dict[bytes, bytes] = {}
         for name, value in scope["headers"]:
             headers.setdefault(name, value)
-        ctype = headers.get(b"content-type")
-        key_raw = headers.get(b"idempotency-key")
-        key = key_raw.decode("latin-1") if key_raw is not None else None
-        if (ctype is not None and not _is_json(ctype)) or (key is not None and len(key) > MAX_KEY):
+        if not takes(headers):
             return await self.app(scope, receive, send)
-
         body = await _read_body(receive)
-        try:
-            params: Any = json.loads(body) if body.strip() else None
-        except json.JSONDecodeError as exc:
-            return await _send_json(send, *invalid_json(exc.doc, exc.pos, exc.msg))
-        except ValueError:  # not UTF-8: the route answers it
+        result = await answer(self.engine, self.auth, match.group(1), headers, body)
+        if result is None:
             return await self.app(scope, _replay(body, receive), send)
-        except RecursionError:  # json.loads on 100,000 nested brackets
-            return await _send_json(send, *too_deep())
-        if params is not None and not isinstance(params, dict):
-            return await self.app(scope, _replay(body, receive), send)
-
-        try:
-            self.auth.check_header(headers.get(b"authorization"), "write")
-            admission = await self.engine.trigger(match.group(1), params or {}, idempotency_key=key)
-            status, extra, run = admission_parts(self.engine, admission)
-            await _send(send, status, run.model_dump_json(by_alias=True).encode(), extra)
-        except ApiError as exc:
-            await _send_json(send, exc.status, exc.body(), exc.headers)
-        except EngineError as exc:
-            await _send_json(send, *engine_error_json(exc))
-        except StoreError as exc:
-            log.error("store error", error=str(exc))
-            await _send_json(
-                send, 503, error_body(503, "StoreUnavailable", str(exc) or "the store is unavailable")
-            )
+        await _send(send, *result)
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -155,9 +177,3 @@ async def _send(send: Send, status: int, body: bytes, headers: dict[str, str] | 
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
 
-
-async def _send_json(
-    send: Send, status: int, content: dict[str, Any], headers: dict[str, str] | None = None
-) -> None:
-    body = json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
-    await _send(send, status, body, headers)

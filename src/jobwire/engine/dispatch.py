@@ -1,7 +1,8 @@
 """Attempts: running one run on its target — timeout, retry with backoff, cancel, shutdown.
 
 Before an attempt is handed to its target, its target-side name goes into the launch journal
-(`launches.py`), so that after a crash jobwire knows whether a pending run may have started.
+(`launches.py`), so that after a crash jobwire knows whether a pending run may have started —
+unless the target relaunches the same way either way (`Target.launch_marker`: not for `http`).
 """
 
 from __future__ import annotations
@@ -58,10 +59,33 @@ class EngineContext(RunContext):
         self.job = job
         self.params = dict(run.params)
         self.resumed = resumed
-        self.callback_url = f"{attempts.settings.effective_public_url}/api/v1/runs/{run.id}/callback"
-        self.callback_token = attempts.tokens.token(run.id)
+        self._callback_url: str | None = None
+        self._callback_token: str | None = None
         self._received_at = received_at
         self._cap = getattr(job.target, "log_max_bytes", None)
+
+    # Made when a target asks (a local process's env, a callback wait): an HMAC per attempt was
+    # ~2.5 % of the event loop per HTTP run, which never reads them.
+    @property
+    def callback_url(self) -> str | None:
+        if self._callback_url is None:
+            base = self._attempts.settings.effective_public_url
+            self._callback_url = f"{base}/api/v1/runs/{self.run.id}/callback"
+        return self._callback_url
+
+    @callback_url.setter
+    def callback_url(self, value: str | None) -> None:
+        self._callback_url = value
+
+    @property
+    def callback_token(self) -> str:
+        if self._callback_token is None:
+            self._callback_token = self._attempts.tokens.token(self.run.id)
+        return self._callback_token
+
+    @callback_token.setter
+    def callback_token(self, value: str) -> None:
+        self._callback_token = value
 
     async def until_startable(self) -> None:
         await self._attempts._until_alive(self.run)
@@ -161,6 +185,12 @@ class Attempts:
     def was_launched(self, run: Run) -> bool:
         return self._name(run.id, run.attempt) in self.journal
 
+    def _marked(self, run_id: str, attempts: int) -> bool:
+        """Whether any attempt of the run is in the journal (not for targets without markers,
+        unless a journal from before a restart holds one)."""
+        journal = self.journal
+        return any(self._name(run_id, n) in journal for n in range(1, attempts + 1))
+
     def forget(self, run_id: str, attempts: int = 1) -> None:
         """The run's end is committed: drop every attempt of it from the journal."""
         self.journal.forget(self._name(run_id, n) for n in range(1, attempts + 1))
@@ -200,7 +230,8 @@ class Attempts:
             else:
                 await self._until_alive(run)
                 # from here to the target's start nothing yields (local: to the spawn)
-                self.journal.mark(self._name(run.id, run.attempt))
+                if target.launch_marker:
+                    self.journal.mark(self._name(run.id, run.attempt))
                 after = (lambda done: self._await_callback(run, job, done)) if job.callback.wait else None
                 release = lambda: self._release(run.id, job.target.type)  # noqa: E731 - a callback wait holds no place
                 outcome = await execute_attempt(target, ctx, after, release)
@@ -294,7 +325,8 @@ class Attempts:
         why = run.error.message if run.error and outcome.state != RunState.succeeded else None
         host.transition(run, outcome.state, why, outcome.status)
         attempts = run.attempt
-        self.committer.after_commit(lambda: self.forget(run.id, attempts))
+        if self._marked(run.id, attempts):
+            self.committer.after_commit(lambda: self.forget(run.id, attempts))
         host.finished(run)
 
     def _survives(self, run_id: str) -> bool:

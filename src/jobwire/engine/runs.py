@@ -64,6 +64,9 @@ class RunStates:
         """Jobs whose runs ended since the last retention sweep (retention's set, shared)."""
         self.stopping = False
         """Set when the engine stops: a freed slot no longer starts a waiting run."""
+        self._active_gauge = {s: metrics.runs_active.labels(s.value) for s in _ACTIVE}
+        """The gauge's child per active state: `labels()` per transition was ~1 µs each."""
+        self._finished_count: dict[tuple[str, RunState], Any] = {}
         self.chain: Callable[[Run], None] | None = None
         """Called with each run that ended, before its bookkeeping (`EventIntake.chain`)."""
         self.slot_freed: Callable[[str, str | None], None] | None = None
@@ -87,9 +90,9 @@ class RunStates:
         """Change a run's state: persisted (group commit) and published on every sink."""
         if run.state != state:
             if run.state in _ACTIVE:
-                self.metrics.runs_active.labels(run.state.value).dec()
+                self._active_gauge[run.state].dec()
             if state in _ACTIVE:
-                self.metrics.runs_active.labels(state.value).inc()
+                self._active_gauge[state].inc()
         run.state = state
         # built from the engine's own typed values: no validation pass needed
         run.history.append(
@@ -107,7 +110,14 @@ class RunStates:
         self.active_keys.pop(run.key, None)
         self.touched.add(run.job)
         self.logs.finish(run.id)
-        self.metrics.runs_finished.labels(run.job, run.state.value).inc()
+        counter = self._finished_count.get((run.job, run.state))
+        if counter is None:
+            if len(self._finished_count) >= 10_000:
+                self._finished_count.clear()
+            counter = self._finished_count[run.job, run.state] = self.metrics.runs_finished.labels(
+                run.job, run.state.value
+            )
+        counter.inc()
         if run.started_at and run.finished_at:
             stored = self.jobs.get(run.job)
             kind = stored.job.target.type if stored else "unknown"

@@ -88,6 +88,10 @@ class Target(ABC):
     survives_restart: ClassVar[bool] = False
     """True when a run keeps going without jobwire (Kubernetes, spot): on shutdown it is left
     running and adopted after restart instead of being recorded as interrupted."""
+    launch_marker: ClassVar[bool] = True
+    """False for a target that relaunches an attempt exactly the same way whether or not it may
+    have started (the `http` target: the receiver deduplicates by `Idempotency-Key`, and `resumed`
+    changes nothing): the engine then writes no launch-journal line for it (`engine/launches.py`)."""
     launch_limit: ClassVar[int | None] = None
     """Attempts of this kind running at once at most; more wait in the engine's launch backlog
     (`engine/backlog.py`) rather than as tasks inside the target. None: no limit."""

@@ -155,6 +155,9 @@ def _build(
 class HttpTarget(Target):
     kind = "http"
     survives_restart = False
+    launch_marker = False
+    """After a crash a pending run is called again with the same `Idempotency-Key` whether or not
+    its call went out (this target ignores `resumed`): a journal line would change nothing."""
     launch_limit = 2 * MAX_IN_FLIGHT
     """Both pools (guarded and private-allowed) can fill; beyond that runs wait in the engine's
     launch backlog, not as tasks waiting for a slot here."""
