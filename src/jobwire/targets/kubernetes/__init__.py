@@ -155,6 +155,7 @@ class KubernetesJobTarget(Target):
                 lambda: kube.list_jobs(namespace, build.SELECTOR),
                 lambda rv: kube.watch_jobs(namespace, build.SELECTOR, rv),
                 lambda o: str(o["metadata"]["name"]),
+                lambda o: build.finished(o.get("status") or {}) is not None,
             )
         return w
 
@@ -168,6 +169,7 @@ class KubernetesJobTarget(Target):
                 lambda: kube.list_pods(namespace, {build.SELECTOR: exists()}),
                 lambda rv: kube.watch_pods(namespace, build.SELECTOR, rv),
                 lambda o: (o["metadata"].get("labels") or {}).get("job-name"),
+                lambda o: (o.get("status") or {}).get("phase") in ("Succeeded", "Failed"),
             )
         return w
 

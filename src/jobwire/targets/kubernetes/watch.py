@@ -42,6 +42,16 @@ BACKOFF_MAX = 5.0
 FATAL_CODES = frozenset({401, 403, 404})
 
 
+def slim(obj: dict[str, Any]) -> dict[str, Any]:
+    """What jobwire reads of a watched Job or pod — kind, metadata (without `managedFields`) and
+    status — without its `spec` (the pod template, containers, env): the cache holds every Job and
+    pod jobwire made until they are deleted, and with 10,000 runs the specs were most of its size."""
+    md = obj.get("metadata")
+    if isinstance(md, dict) and "managedFields" in md:
+        md = {k: v for k, v in md.items() if k != "managedFields"}
+    return {k: (md if k == "metadata" else v) for k, v in obj.items() if k != "spec"}
+
+
 class Subscription:
     """The changes of one key, in order. `close()` when done (or use it as a context manager)."""
 
@@ -64,8 +74,20 @@ class Subscription:
 
 
 class NamespaceWatch:
-    def __init__(self, what: str, namespace: str, list_fn: ListFn, watch_fn: WatchFn, key_fn: KeyFn) -> None:
+    def __init__(
+        self,
+        what: str,
+        namespace: str,
+        list_fn: ListFn,
+        watch_fn: WatchFn,
+        key_fn: KeyFn,
+        done: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> None:
         self.what = what
+        self._done = done
+        """Objects in a final state: dropped from the cache once nobody follows their key (a
+        finished run's Job and pods; 10,000 finished runs' objects were ~100 MB). A later event
+        of one (its deletion) or a relist brings it back."""
         self.namespace = namespace
         self._list = list_fn
         self._watch = watch_fn
@@ -102,6 +124,18 @@ class NamespaceWatch:
             subs.discard(sub)
             if not subs:
                 del self._subs[sub.key]
+                self._evict(sub.key)
+
+    def _evict(self, key: str) -> None:
+        bucket = self._by_key.get(key)
+        if self._done is None or bucket is None:
+            return
+        for name, obj in list(bucket.items()):
+            if self._done(obj):
+                del bucket[name]
+                self.cache.pop(name, None)
+        if not bucket:
+            del self._by_key[key]
 
     def objects(self, key: str) -> list[dict[str, Any]]:
         return list(self._by_key.get(key, {}).values())
@@ -194,6 +228,7 @@ class NamespaceWatch:
 
     def _apply(self, ev_type: str, obj: dict[str, Any]) -> None:
         self.events += 1
+        obj = slim(obj)
         name = obj["metadata"]["name"]
         if ev_type not in ("ADDED", "MODIFIED", "DELETED"):
             return
