@@ -522,15 +522,18 @@ class SQLiteStore(Store):
         return await self._w(op) if jobs else []
 
     async def list_jobs_reusing(self, known: Mapping[str, Job]) -> list[StoredJob]:
-        rows = await self._r(lambda c: c.execute(Q.list_jobs).fetchall())
-        out = []
-        for row in rows:
-            job = known.get(row[0])
-            if job is not None and job.model_dump_json() == row[1]:
-                out.append(StoredJob(job=job, origin=row[2], paused=bool(row[3]), updated_at=from_us(row[4])))
-            else:
-                out.append(_job_from_row(row))
-        return out
+        def op(conn: sqlite3.Connection) -> list[StoredJob]:
+            out = []
+            for row in conn.execute(Q.list_jobs):  # row by row: 100,000 definitions' text never all at once
+                job = known.get(row[0])
+                if job is not None and job.model_dump_json() == row[1]:
+                    at = from_us(row[4])
+                    out.append(StoredJob(job=job, origin=row[2], paused=bool(row[3]), updated_at=at))
+                else:
+                    out.append(_job_from_row(row))
+            return out
+
+        return await self._r(op)
 
     async def get_job(self, name: str) -> StoredJob | None:
         row = await self._r(lambda c: c.execute(Q.get_job, {"name": name}).fetchone())
