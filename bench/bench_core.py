@@ -1133,6 +1133,32 @@ def run_section(name: str, quick: bool, out: Path | None = None, store: str = "s
     return {"section": name, "rows": [r._asdict() for r in rows], "data": ctx.data}
 
 
+def section_main(
+    sections: dict[str, tuple[str, Callable[[Ctx], list[Row]]]], argv: list[str] | None, description: str
+) -> None:
+    """`python -m bench.<module> SECTION [--quick] [--out FILE]` for a module's sections: one
+    section in this process on a fresh temporary directory, its rows as JSON (to FILE or stdout)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("section", choices=list(sections))
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, help="write the rows as JSON here (default: stdout)")
+    args = parser.parse_args(argv)
+    _, fn = sections[args.section]
+    with tempfile.TemporaryDirectory(prefix=f"jobwire-bench-{args.section}-") as tmp:
+        ctx = Ctx(quick=args.quick, tmp=Path(tmp), out=args.out)
+        rows = fn(ctx)
+    result = {"section": args.section, "rows": [r._asdict() for r in rows], "data": ctx.data}
+    _emit(result, args.out)
+
+
+def _emit(result: dict[str, Any], out: Path | None) -> None:
+    text = json.dumps(result, default=str)
+    if out:
+        out.write_text(text)
+    else:
+        print(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run one benchmark section (python -m bench runs them all).")
     parser.add_argument("section", choices=[*SECTIONS, "noop-server"])
@@ -1151,12 +1177,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.section == "noop-server":
         run_loop(lambda: _serve_noop(args.port, args.delay))
         return
-    result = run_section(args.section, args.quick, args.out, args.store)
-    text = json.dumps(result, default=str)
-    if args.out:
-        args.out.write_text(text)
-    else:
-        print(text)
+    _emit(run_section(args.section, args.quick, args.out, args.store), args.out)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ from bench.bench_core import (
     pct,
     prepopulate,
     run_loop,
+    section_main,
     settle,
     summary,
 )
@@ -583,7 +584,6 @@ def drive(conns: int, seconds: float, py_spy: Path | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     import argparse
-    import tempfile
 
     if argv is None:
         argv = sys.argv[1:]
@@ -596,24 +596,7 @@ def main(argv: list[str] | None = None) -> None:
         a = d.parse_args(argv)
         drive(a.conns, a.seconds, a.py_spy)
         return
-    parser = argparse.ArgumentParser(
-        description="Run one end-to-end section (python -m bench runs them all)."
-    )
-    parser.add_argument("section", choices=list(E2E_SECTIONS))
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, help="write the rows as JSON here (default: stdout)")
-    args = parser.parse_args(argv)
-    _, fn = E2E_SECTIONS[args.section]
-    with tempfile.TemporaryDirectory(prefix=f"jobwire-bench-{args.section}-") as tmp:
-        ctx = Ctx(quick=args.quick, tmp=Path(tmp), out=args.out)
-        rows = fn(ctx)
-    text = json.dumps(
-        {"section": args.section, "rows": [r._asdict() for r in rows], "data": ctx.data}, default=str
-    )
-    if args.out:
-        args.out.write_text(text)
-    else:
-        print(text)
+    section_main(E2E_SECTIONS, argv, "Run one end-to-end section (python -m bench runs them all).")
 
 
 if __name__ == "__main__":

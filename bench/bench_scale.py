@@ -20,13 +20,22 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.bench_core import Ctx, Row, _fire_stats, _proc_sample, loadavg, p50_p99_row, settle, summary
+from bench.bench_core import (
+    Ctx,
+    Row,
+    _fire_stats,
+    _proc_sample,
+    loadavg,
+    p50_p99_row,
+    section_main,
+    settle,
+    summary,
+)
 
 N_JOBS = 100_000
 PER_FILE = 5_000
@@ -154,25 +163,7 @@ SCALE_SECTIONS = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-    import tempfile
-
-    parser = argparse.ArgumentParser(description="Run the scale section (python -m bench runs it too).")
-    parser.add_argument("section", choices=list(SCALE_SECTIONS))
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, help="write the rows as JSON here (default: stdout)")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    _, fn = SCALE_SECTIONS[args.section]
-    with tempfile.TemporaryDirectory(prefix=f"jobwire-bench-{args.section}-") as tmp:
-        ctx = Ctx(quick=args.quick, tmp=Path(tmp), out=args.out)
-        rows = fn(ctx)
-    text = json.dumps(
-        {"section": args.section, "rows": [r._asdict() for r in rows], "data": ctx.data}, default=str
-    )
-    if args.out:
-        args.out.write_text(text)
-    else:
-        print(text)
+    section_main(SCALE_SECTIONS, argv, "Run the scale section (python -m bench runs it too).")
 
 
 if __name__ == "__main__":

@@ -10,28 +10,17 @@ import asyncio
 import collections
 import signal
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.brokers import RABBIT, RabbitVhost, need
+from tests.support.brokers import RabbitVhost
 from tests.support.fleet import KeyServer, metric, runner, scheduler, tcp_ports_to
 from tests.support.server import Server, all_runs
 from tests.support.waiting import eventually_sync
 
 TERMINAL = {"succeeded", "failed", "timed_out", "cancelled", "interrupted"}
-
-
-@pytest.fixture
-def vhost() -> Iterator[RabbitVhost]:
-    need(RABBIT, "RabbitMQ")
-    v = RabbitVhost()
-    try:
-        yield v
-    finally:
-        v.delete()
 
 
 def jobs_file(tmp_path: Path, url: str, timeout: str = "10s") -> Path:

@@ -4,25 +4,12 @@ after it until the job calls back on the scheduler's API, which ends it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from jobwire.engine.secret import CallbackTokens
-from tests.support.brokers import RABBIT, RabbitVhost, need
+from tests.support.brokers import RabbitVhost
 from tests.support.fleet import KeyServer, runner, scheduler
 from tests.support.waiting import eventually_sync
-
-
-@pytest.fixture
-def vhost() -> Iterator[RabbitVhost]:
-    need(RABBIT, "RabbitMQ")
-    v = RabbitVhost()
-    try:
-        yield v
-    finally:
-        v.delete()
 
 
 def test_a_fleet_run_waits_for_its_callback(tmp_path: Path, vhost: RabbitVhost) -> None:

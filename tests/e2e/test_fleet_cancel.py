@@ -10,25 +10,12 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.support.brokers import RABBIT, RabbitVhost, need, rabbitmqctl
+from tests.support.brokers import RabbitVhost, rabbitmqctl
 from tests.support.fleet import metric, runner, scheduler
 from tests.support.waiting import eventually_sync
-
-
-@pytest.fixture
-def vhost() -> Iterator[RabbitVhost]:
-    need(RABBIT, "RabbitMQ")
-    v = RabbitVhost()
-    try:
-        yield v
-    finally:
-        v.delete()
 
 
 class HangingServer:

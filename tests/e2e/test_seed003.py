@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.brokers import RABBIT, RabbitVhost, need
+from tests.support.brokers import RabbitVhost, need
 from tests.support.fleet import KeyServer, metric, runner, scheduler
 from tests.support.server import all_runs
 from tests.support.waiting import eventually_sync
@@ -33,16 +33,6 @@ async def _admin(sql: str, dsn: str = PG_ADMIN) -> Any:
         return await conn.fetch(sql)
     finally:
         await conn.close()
-
-
-@pytest.fixture
-def vhost() -> Iterator[RabbitVhost]:
-    need(RABBIT, "RabbitMQ")
-    v = RabbitVhost()
-    try:
-        yield v
-    finally:
-        v.delete()
 
 
 @pytest.fixture
