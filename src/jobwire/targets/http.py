@@ -174,7 +174,10 @@ class HttpTarget(Target):
         that must be guarded, and calls of one kind never wait for the other's slots."""
 
     async def start(self) -> None:
+        # both pools now: each makes two TLS contexts (~30 ms with the CA bundle), which on a first
+        # call would delay every call due in that same second
         self._pool_for(allow_private=False)
+        self._pool_for(allow_private=True)
 
     async def close(self) -> None:
         self.http1.close()
