@@ -402,6 +402,29 @@ def us(t: float) -> int:
 # --------------------------------------------------------------------------- 1. trigger → started
 
 
+def paced_triggers(
+    conn: RawConn, request: bytes, warm: int, n: int, gap: float, measuring: Callable[[], None] = lambda: None
+) -> dict[str, tuple[float, float]]:
+    """`warm` + `n` triggers on `conn` (closed at the end), one every `gap` seconds, each expecting a
+    201: run id → (send time, answer time) of the last `n`; `measuring` is called after the warm-up."""
+    sends: dict[str, tuple[float, float]] = {}
+    try:
+        for i in range(warm + n):
+            if i == warm:
+                measuring()
+            status, body, t0, t1 = conn.send(request)
+            if status != 201:
+                raise RuntimeError(f"trigger answered {status}: {body[:300]!r}")
+            if i >= warm:
+                sends[json.loads(body)["id"]] = (t0, t1)
+            rest = t0 + gap - time.time()
+            if rest > 0:
+                time.sleep(rest)  # pacing the client, not waiting for the server
+    finally:
+        conn.close()
+    return sends
+
+
 def trigger_to_start(ctx: Ctx) -> list[Row]:
     """`jobwire serve` subprocess; sequential `POST /jobs/bench-date/runs`, paced 25 ms apart.
     On `ctx.store` (SQLite, or a fresh PostgreSQL database: bench_pg.serve_env)."""
@@ -424,24 +447,9 @@ def trigger_to_start(ctx: Ctx) -> list[Row]:
         request = http_request("POST", "/api/v1/jobs/bench-date/runs")
         for label, key, fresh in modes:
             ctx.progress(f"{warm} warm-up + {n} sequential triggers, {label}")
-            sends: dict[str, tuple[float, float]] = {}
-            conn = RawConn(srv.port, fresh=fresh)
             assert srv.proc is not None
             meter = CpuMeter(database_url(env), [srv.proc.pid])
-            try:
-                for i in range(warm + n):
-                    if i == warm:
-                        meter.start()
-                    status, body, t0, t1 = conn.send(request)
-                    if status != 201:
-                        raise RuntimeError(f"trigger answered {status}: {body[:300]!r}")
-                    if i >= warm:
-                        sends[json.loads(body)["id"]] = (t0, t1)
-                    rest = t0 + gap - time.time()
-                    if rest > 0:
-                        time.sleep(rest)
-            finally:
-                conn.close()
+            sends = paced_triggers(RawConn(srv.port, fresh=fresh), request, warm, n, gap, meter.start)
             meter.stop()
             with srv.client() as c:
                 resp, started, own, created, failed = [], [], [], [], 0

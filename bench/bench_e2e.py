@@ -48,6 +48,7 @@ from bench.bench_core import (
     loadavg,
     ms,
     p50_p99_row,
+    paced_triggers,
     pct,
     prepopulate,
     run_loop,
@@ -194,21 +195,8 @@ def e2e_trigger(ctx: Ctx) -> list[Row]:
         with srv.client() as c:
             c.put("/jobs/h", json=http_job("h", sink)).raise_for_status()
         ctx.progress(f"{warm} warm-up + {n} sequential triggers over keep-alive, {gap * 1e3:g} ms apart")
-        conn = RawConn(srv.port)
         request = http_request("POST", "/api/v1/jobs/h/runs")
-        sends: dict[str, tuple[float, float]] = {}
-        try:
-            for i in range(warm + n):
-                status, body, t0, t1 = conn.send(request)
-                if status != 201:
-                    raise RuntimeError(f"trigger answered {status}: {body[:300]!r}")
-                if i >= warm:
-                    sends[json.loads(body)["id"]] = (t0, t1)
-                rest = t0 + gap - time.time()
-                if rest > 0:
-                    time.sleep(rest)
-        finally:
-            conn.close()
+        sends = paced_triggers(RawConn(srv.port), request, warm, n, gap)
         sink.wait_count(warm + n, 30)
         arrived = sink.arrivals()
     started = [arrived[rid] - t0 for rid, (t0, _) in sends.items() if rid in arrived]

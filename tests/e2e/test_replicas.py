@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import signal
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
@@ -31,10 +29,10 @@ import httpx
 import pytest
 import yaml
 
+from tests.support.pgdb import create_database, drop_database
 from tests.support.server import Server, all_runs
 from tests.support.waiting import eventually_sync
 
-ADMIN_DSN = os.environ.get("JOBWIRE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 LEASE = 3.0
 """Short leases keep the test short: lease 3 s, renewal and heartbeat every 1 s, expiry 3 s."""
 TIMING = {
@@ -44,33 +42,13 @@ TIMING = {
 }
 
 
-def _admin(sql: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
-
-    async def go() -> None:
-        conn = await asyncpg.connect(ADMIN_DSN, timeout=5)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
-
-
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    name = f"jwtest_{uuid.uuid4().hex[:16]}"
+    name, url = asyncio.run(create_database())
     try:
-        _admin(f'CREATE DATABASE "{name}"')
-    except Exception as exc:
-        why = f"PostgreSQL is not reachable at {ADMIN_DSN} ({type(exc).__name__}: {exc})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{why}; CI needs it")
-        pytest.skip(why)
-    try:
-        yield f"{ADMIN_DSN.rpartition('/')[0]}/{name}"
+        yield url
     finally:
-        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        asyncio.run(drop_database(name))
 
 
 def _jobs(path: Path, launches: Path, n_all: int, n_latest: int) -> Path:
