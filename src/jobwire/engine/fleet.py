@@ -285,6 +285,13 @@ class FleetAttempts(Attempts):
     async def _route(self, strays: list[dict[str, Any]]) -> None:
         if self.owners is None or self.replica is None:
             self.m_ignored.inc(len(strays))
+            # a redelivered result of a run that ended already, normally; logged to tell it from a
+            # result lost for a run still in flight (a run left `running` after a restart)
+            log.info(
+                "fleet: results for runs not in flight here ignored",
+                count=len(strays),
+                runs=[f"{m.get('run_id')}/{m.get('attempt')}/{m.get('kind')}" for m in strays[:20]],
+            )
             return
         ignored = await route(strays, self.replica, self.owners, self.link.publish, self.queues[1])
         self.m_ignored.inc(ignored)
