@@ -8,6 +8,7 @@ import asyncio
 import collections
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ from tests.contract import test_source_contract as contract
 from tests.support.server import Server
 from tests.support.waiting import eventually, eventually_sync
 
+STEP = 20.0
+"""Deadline of each step of the kill rounds: a stalled step fails there, named, not at the test's timeout."""
 ADMIN_DSN = os.environ.get("JOBWIRE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 TABLE = """
 CREATE TABLE jobs (
@@ -433,25 +436,33 @@ async def test_version_column_makes_a_new_event_key(database: str) -> None:
 
 
 async def test_terminate_listener_during_inserts_every_row_once(database: str) -> None:
-    kills, per_kill = int(os.environ.get("JOBWIRE_PG_KILLS", "100")), 10
+    kills, per_kill = int(os.environ.get("JOBWIRE_PG_KILLS", "50")), 10
     intake = FakeIntake()
     source = source_for(database, job="build", batch=20)
     async with running(source, intake) as stats, db(database) as conn:
         killed: list[int] = []
+        slowest = (0.0, -1, "")  # (seconds, round, step): names the step if a round stalls
 
         async def new_listener() -> int | None:
             pid = await conn.fetchval(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
                 APPLICATION_NAME,
+                timeout=STEP,
             )
             return pid if pid is not None and pid not in killed else None
 
-        for _ in range(kills):
+        for n in range(kills):
+            t0 = time.monotonic()
             for _ in range(per_kill):
-                await conn.execute("INSERT INTO jobs (type) VALUES ('build')")
-            pid = await eventually(new_listener, what="a new listener backend")
-            assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+                await conn.execute("INSERT INTO jobs (type) VALUES ('build')", timeout=STEP)
+            t1 = time.monotonic()
+            pid = await eventually(new_listener, what=f"a new listener backend (round {n}, {stats})", timeout=STEP)
+            t2 = time.monotonic()
+            assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid, timeout=STEP)
             killed.append(pid)
+            steps = {"inserts": t1 - t0, "reconnect": t2 - t1, "terminate": time.monotonic() - t2}
+            step = max(steps, key=lambda k: steps[k])
+            slowest = max(slowest, (steps[step], n, step))
         total = kills * per_kill
         await eventually(lambda: all_claimed(conn, total), what="every row claimed", timeout=60)
         rows = await statuses(conn)
@@ -460,7 +471,10 @@ async def test_terminate_listener_during_inserts_every_row_once(database: str) -
     assert len(intake.runs) == total  # one run per row
     assert all(s == "scheduled" and rid == expected_run_id("build", i) for i, (s, rid, _) in rows.items())
     again = len(handed) - total
-    print(f"{kills} kills during {total} inserts: {stats['restarts']} restarts, {again} rows handed in again")
+    print(
+        f"{kills} kills during {total} inserts: {stats['restarts']} restarts, {again} rows handed in again; "
+        f"slowest step {slowest[2]} of round {slowest[1]}: {slowest[0]:.2f} s"
+    )
     assert stats["restarts"] >= kills
     # only a claim cut between its submit and its commit is handed in again (as a duplicate)
     assert again <= kills * 20
