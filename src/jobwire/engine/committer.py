@@ -287,9 +287,12 @@ class Committer:
                     batch += pairs
                 batch, fence = self._fence(batch)
                 after, self._after = self._after, []
-                flushes = self._flushes if not self._intakes else []
-                if flushes:
-                    self._flushes = []
+                # a flush waits for what was handed in before it: this transaction's, unless more
+                # intakes wait for the next one. Taken by swapping the list, never by aliasing it: a
+                # flush() called while this transaction is in flight belongs to the next one.
+                flushes: list[asyncio.Future[None]] = []
+                if not self._intakes:
+                    flushes, self._flushes = self._flushes, []
                 t0 = time.perf_counter()
                 items: list[Intake | Run] = [i for i, _ in batch]
                 items += updates.values()
