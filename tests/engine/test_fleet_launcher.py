@@ -52,6 +52,8 @@ class FakeLink:
         self.confirm.set()
         self.engine: Engine | None = None
         self.connected = True
+        self.probes: list[dict[str, Any]] = []
+        self.answer_probes = True
 
     async def open(self) -> None:
         pass
@@ -62,12 +64,23 @@ class FakeLink:
     async def depth(self, queue: str) -> tuple[int, int]:
         return (self.results.qsize(), 1) if queue.endswith("results") else (len(self.work), 1)
 
-    async def publish(self, queue: str, messages: list[tuple[str, bytes]]) -> None:
+    async def publish(
+        self, queue: str, messages: list[tuple[str, bytes]], on_confirmed: Callable[[str], None] | None = None
+    ) -> None:
         if queue == self.cancels:
             self.cancelled += [json.loads(body) for _, body in messages]
             return
-        self.work += [json.loads(body) for _, body in messages]
+        docs = [json.loads(body) for _, body in messages]
+        for doc in docs:
+            if doc.get("kind") == "probe":  # a runner takes it once what is ahead of it is taken
+                self.probes.append(doc)
+                if self.answer_probes:
+                    self.results.put_nowait(json.dumps(doc).encode())
+        self.work += [d for d in docs if d.get("kind") != "probe"]
         await self.confirm.wait()
+        for mid, _ in messages:
+            if on_confirmed is not None:
+                on_confirmed(mid)
 
     async def consume(self, queue: str, prefetch: int, on_message: Callable[[Any], Awaitable[None] | None]) -> None:
         while True:
@@ -75,7 +88,10 @@ class FakeLink:
             on_message(FakeDelivery(FakeMessage(self, body)))
 
     def result(self, work: dict[str, Any], kind: str, **fields: Any) -> None:
+        """A runner's result for `work` (naming its message, as runners do, when `work` has one)."""
         doc = {"v": 1, "kind": kind, "run_id": work["run"]["id"], "attempt": work["run"]["attempt"], **fields}
+        if "name" in work:
+            doc["name"] = work["name"]
         self.results.put_nowait(json.dumps(doc).encode())
 
 
@@ -83,6 +99,7 @@ class FakeLink:
 def link(monkeypatch: pytest.MonkeyPatch) -> FakeLink:
     fake = FakeLink()
     monkeypatch.setattr("jobwire.engine.fleet.link_for", lambda *a: fake)
+    monkeypatch.setattr("jobwire.engine.fleet_copies.PROBE_GRACE", 0.05)
     return fake
 
 
@@ -173,7 +190,8 @@ async def test_after_a_restart_only_unconfirmed_attempts_are_published_again(
     await again.start()
     try:
         await eventually(lambda: link.work, 5, "the unconfirmed one published again")
-        assert [w["name"] for w in link.work] == [unconfirmed]
+        assert [w["name"].partition("#")[0] for w in link.work] == [unconfirmed]
+        assert link.work[0]["name"] != unconfirmed, "published again as a copy, under a name of its own"
         assert link.work[0]["resumed"] is True
         assert (await again.get_run(confirmed)).state == RunState.succeeded
         assert (await again.get_run(waiting)).state == RunState.pending
@@ -286,7 +304,103 @@ async def test_a_running_run_this_replica_never_published_is_published_again_at_
     await again.start()
     try:
         await eventually(lambda: link.work, 5, "published again")
-        assert [(w["name"], w["resumed"]) for w in link.work] == [(theirs, True)]
+        assert [(w["name"].partition("#")[0], w["resumed"]) for w in link.work] == [(theirs, True)]
         assert again.attempts.count == 2
+    finally:
+        await again.stop()
+
+
+@pytest.mark.parametrize("first_to_report", ["original", "copy"])
+async def test_of_two_copies_of_an_attempt_one_runs_and_the_other_is_cancelled(
+    tmp_path: Path, link: FakeLink, first_to_report: str
+) -> None:
+    """A restart publishes an unconfirmed attempt again, as a copy: the first message was in the
+    queue after all. The first result names the copy that runs; the other is cancelled by its own
+    name (its runner acknowledges it unrun) and whatever it still reports is ignored."""
+    first = link.engine = scheduler(tmp_path)
+    await first.start()
+    await first.put_job(Job.model_validate({**HTTP_JOB, "triggers": [{"type": "api"}]}))
+    link.confirm.clear()  # RabbitMQ takes the message, the crash comes before its confirm
+    run_id = await started(first)
+    await eventually(lambda: len(link.work) == 1, 5, "the publish sent")
+    original = link.work.pop()
+    await first.stop()
+
+    link.confirm.set()
+    again = link.engine = scheduler(tmp_path)
+    await again.start()
+    try:
+        await eventually(lambda: link.work, 5, "published again as a copy")
+        copy = link.work[0]
+        assert copy["name"].startswith(f"{run_id}#") and original["name"] == run_id
+        winner, loser = (original, copy) if first_to_report == "original" else (copy, original)
+        link.result(winner, "started", started_at="2026-01-01T00:00:00+00:00", runner="r1")
+        await eventually(lambda: link.cancelled, 5, "the other copy cancelled")
+        assert [c["name"] for c in link.cancelled] == [loser["name"]]
+        assert again.runs[run_id].state == RunState.running
+        # the loser ran anyway (taken at the same moment): what it reports changes nothing
+        link.result(loser, "outcome", outcome={"state": "failed", "retryable": False})
+        await eventually(lambda: len(link.acked) == 2, 5, "the loser's result acknowledged")
+        assert again.runs[run_id].state == RunState.running
+        link.result(winner, "outcome", outcome=OK)
+        run = await eventually(lambda: run_id not in again.runs and again.get_run(run_id), 5, "ended")
+        assert run.state == RunState.succeeded
+        assert again.attempts.count == 0
+    finally:
+        await again.stop()
+
+
+async def test_a_cancel_of_a_run_with_a_copy_cancels_both_messages(tmp_path: Path, link: FakeLink) -> None:
+    first = link.engine = scheduler(tmp_path)
+    await first.start()
+    await first.put_job(Job.model_validate({**HTTP_JOB, "triggers": [{"type": "api"}]}))
+    link.confirm.clear()
+    run_id = await started(first)
+    await eventually(lambda: len(link.work) == 1, 5, "the publish sent")
+    link.work.clear()
+    await first.stop()
+
+    link.confirm.set()
+    again = link.engine = scheduler(tmp_path)
+    await again.start()
+    try:
+        await eventually(lambda: link.work, 5, "published again as a copy")
+        run = await again.cancel(run_id, "stop it")
+        assert run is not None and run.state == RunState.cancelled
+        await eventually(lambda: len(link.cancelled) == 2, 5, "both cancels sent")
+        assert {c["name"] for c in link.cancelled} == {run_id, link.work[0]["name"]}
+    finally:
+        await again.stop()
+
+
+async def test_a_probe_goes_first_and_an_attempt_whose_first_message_reports_meanwhile_is_not_copied(
+    tmp_path: Path, link: FakeLink
+) -> None:
+    """After a restart, attempts in doubt wait for the probe: a runner answers it only once the
+    messages ahead of it were handed out, so a first message that was in the queue reports first —
+    then no copy is published; one that reports nothing by the probe's answer (+ grace) is copied."""
+    first = link.engine = scheduler(tmp_path)
+    await first.start()
+    await first.put_job(Job.model_validate({**HTTP_JOB, "triggers": [{"type": "api"}]}))
+    link.confirm.clear()
+    in_queue, never_sent = await asyncio.gather(started(first), started(first))  # one commit, one batch
+    await eventually(lambda: len(link.work) == 2, 5, "both publishes sent")
+    original = next(w for w in link.work if w["name"] == in_queue)
+    link.work.clear()
+    await first.stop()
+
+    link.confirm.set()
+    link.answer_probes = False
+    again = link.engine = scheduler(tmp_path)
+    await again.start()
+    try:
+        await eventually(lambda: link.probes, 5, "the probe sent")
+        assert link.work == [], "no copy before the probe is answered"
+        link.result(original, "started", started_at="2026-01-01T00:00:00+00:00", runner="r1")
+        await eventually(lambda: again.runs[in_queue].state == RunState.running, 5, "running")
+        link.results.put_nowait(json.dumps(link.probes[0]).encode())  # the probe's answer
+        await eventually(lambda: link.work, 5, "the copy of the one never sent")
+        assert [w["name"].partition("#")[0] for w in link.work] == [never_sent]
+        assert link.cancelled == []
     finally:
         await again.stop()

@@ -38,6 +38,7 @@ from prometheus_client import Counter, Gauge
 
 from jobwire.engine.dispatch import Attempts
 from jobwire.engine.fleet_callbacks import CallbackWaits
+from jobwire.engine.fleet_copies import Copies, Probe
 from jobwire.engine.fleet_routing import Owners, personal_queue, route
 from jobwire.engine.fleet_wire import broker_url, link_for, work_message
 from jobwire.engine.supervisor import Supervisor
@@ -63,8 +64,14 @@ class FleetAttempts(Attempts):
         self.link: Any = None
         self._outstanding: dict[str, tuple[Run, Job, datetime | None]] = {}
         """Runs handed to the fleet (or about to be) and not ended: by run id."""
-        self._to_publish: list[tuple[str, str, int, bytes]] = []
-        """(run id, attempt name, attempt, body) waiting for the publisher."""
+        self._to_publish: list[tuple[str, str, int, bytes, str]] = []
+        """(run id, attempt name, attempt, body, message name) waiting for the publisher."""
+        self.copies = Copies()
+        """Runs whose work message was published again, not knowing if the first is in the queue."""
+        self._losers: list[tuple[Run, str]] = []
+        self.probe = Probe(self.copies.tag, self._release_deferred)
+        """Sent behind the messages in doubt before any copy is published (`fleet_copies`)."""
+        """Copies to cancel: another copy of the same attempt runs (`fleet_copies`)."""
         self._wake = asyncio.Event()
         self._recovering = True
         self._deferred: list[tuple[str, int, RunState]] = []
@@ -147,6 +154,7 @@ class FleetAttempts(Attempts):
         self._timers.clear()
         self._shutting_down = True
         self.waits.shutdown()
+        self.probe.cancel()
         if self.link is not None:
             await self.link.close()
 
@@ -164,7 +172,7 @@ class FleetAttempts(Attempts):
         self.m_outstanding.set(len(self._outstanding))
         name = self._name(run.id, run.attempt)
         if not self._recovering and resumed:  # taken over from a dead replica: its journal is not here,
-            self._queue(run, job, resumed)  # and a result may have gone to its queue — ask again
+            self._queue(run, job, resumed, copy=True)  # and a result may have gone to its queue — ask again
             return
         published_here = name in self.journal  # not: another replica's, claimed at this start
         if resumed and published_here and (run.state == RunState.running or _confirmed(name) in self.journal):
@@ -174,14 +182,16 @@ class FleetAttempts(Attempts):
             return
         self._queue(run, job, resumed)
 
-    def _queue(self, run: Run, job: Job, resumed: bool) -> None:
+    def _queue(self, run: Run, job: Job, resumed: bool, copy: bool = False) -> None:
+        """Hand the attempt to the publisher; `copy`: it may be in the queue already (`fleet_copies`)."""
         name = self._name(run.id, run.attempt)
+        mid = self.copies.name(run.id, name) if copy else name
         body = work_message(
-            run, job, name, resumed, f"{self.settings.effective_public_url}/api/v1/runs/{run.id}/callback",
+            run, job, mid, resumed, f"{self.settings.effective_public_url}/api/v1/runs/{run.id}/callback",
             self.tokens.token(run.id),
         )
         self.journal.mark(name)  # may be in the broker from now on
-        self._to_publish.append((run.id, name, run.attempt, body))
+        self._to_publish.append((run.id, name, run.attempt, body, mid))
         self._wake.set()
 
     def _in_flight(self, run_id: str, attempt: int) -> bool:
@@ -195,15 +205,27 @@ class FleetAttempts(Attempts):
             await self._wake.wait()
             self._wake.clear()
             while self._to_publish:
-                batch = self._to_publish[:PUBLISH_BATCH]
-                live = [(name, body) for rid, name, n, body in batch if self._in_flight(rid, n)]
-                if live:
-                    await self.link.publish(self.queues[0], live)  # raises: kept, retried on restart
-                del self._to_publish[: len(batch)]
-                for rid, name, n, _ in batch:
-                    if self._in_flight(rid, n):  # not when its outcome came back already
-                        self.journal.mark(_confirmed(name))
-                self.m_published.inc(len(live))
+                await self._publish_batch(self._to_publish[:PUBLISH_BATCH])
+
+    async def _publish_batch(self, batch: list[tuple[str, str, int, bytes, str]]) -> None:
+        index = {mid: (rid, name, n) for rid, name, n, _, mid in batch if self._in_flight(rid, n)}
+        confirmed: set[str] = set()
+
+        def on_confirmed(mid: str) -> None:  # journalled as each confirm comes, not per batch
+            confirmed.add(mid)
+            rid, name, n = index[mid]
+            if self._in_flight(rid, n):  # not when its outcome came back already
+                self.journal.mark(_confirmed(name))
+
+        live = [(mid, body) for _, _, _, body, mid in batch if mid in index]
+        try:
+            if live:
+                await self.link.publish(self.queues[0], live, on_confirmed)
+        except BaseException:  # the unconfirmed are kept, published again when the loop restarts
+            self._to_publish = [e for e in self._to_publish if e[4] not in confirmed]
+            raise
+        del self._to_publish[: len(batch)]
+        self.m_published.inc(len(live))
 
     def forget(self, run_id: str, attempts: int = 1) -> None:
         names = [self._name(run_id, n) for n in range(1, attempts + 1)]
@@ -228,14 +250,27 @@ class FleetAttempts(Attempts):
             await self._send_cancel(run, reason)
         return False
 
-    async def _send_cancel(self, run: Run, reason: str) -> None:
-        name = self._name(run.id, run.attempt)
-        body = json.dumps({"v": 1, "name": name, "run_id": run.id, "attempt": run.attempt, "reason": reason})
+    async def _send_cancel(self, run: Run, reason: str, names: list[str] | None = None) -> None:
+        """Put a cancel of the run's attempt (and of its copy, if any) — or of just `names` — on
+        the cancels stream."""
+        if names is None:
+            names = [self._name(run.id, run.attempt), *self.copies.names(run.id)]
+            self.copies.drop(run.id)
+        doc = {"v": 1, "run_id": run.id, "attempt": run.attempt, "reason": reason}
+        messages = [(f"{n}:cancel", json.dumps({**doc, "name": n}).encode()) for n in names]
         try:
-            await self.link.publish(self.link.cancels, [(f"{name}:cancel", body.encode())])
-            self.m_cancels.inc()
+            await self.link.publish(self.link.cancels, messages)
+            self.m_cancels.inc(len(messages))
         except ConnectionError as exc:  # recorded cancelled all the same; the runner's result is ignored
             log.warning("fleet: a cancel did not reach the runners", run_id=run.id, error=str(exc))
+
+    async def _cancel_losers(self) -> None:
+        """Cancel the copies that lost (another copy of their attempt runs): normally still queued,
+        they are then acknowledged unrun by the runner that takes them."""
+        losers, self._losers = self._losers, []
+        for run, name in losers:
+            log.info("fleet: a copy of a running attempt cancelled", run_id=run.id, message=name)
+            await self._send_cancel(run, "another copy of this attempt runs", [name])
 
     # ---- results
     async def _results_loop(self) -> None:
@@ -250,7 +285,7 @@ class FleetAttempts(Attempts):
         seen = 0
         try:
             if backlog == 0:
-                self._release_deferred()
+                await self._after_backlog()
             while True:
                 if inbox.empty():
                     get = asyncio.ensure_future(inbox.get())
@@ -270,6 +305,8 @@ class FleetAttempts(Attempts):
                 await self.committer.flush()
                 if strays:
                     await self._route(strays)
+                if self._losers:
+                    await self._cancel_losers()
                 last: dict[int, Any] = {}  # one multiple-ack per channel (two queues, two channels)
                 for d in batch:
                     last[id(getattr(d.message, "channel", None))] = d
@@ -277,7 +314,7 @@ class FleetAttempts(Attempts):
                     await d.message.ack(multiple=True)
                 seen += len(batch)
                 if self._recovering and seen >= backlog:
-                    self._release_deferred()
+                    await self._after_backlog()
         finally:
             for c in consumers:
                 c.cancel()
@@ -297,32 +334,51 @@ class FleetAttempts(Attempts):
         self.m_ignored.inc(ignored)
         self.m_forwarded.inc(len(strays) - ignored)
 
+    async def _after_backlog(self) -> None:
+        """The results from before a restart are applied: the attempts still in doubt are published
+        again once the probe came back (`fleet_copies`); with none in doubt, nothing waits."""
+        if not self._deferred:
+            self._release_deferred()
+        elif not self.probe.sent:
+            await self.probe.send(self.link.publish, self.queues[0], self.replica)
+            log.info("fleet: probe sent behind the attempts in doubt", count=len(self._deferred))
+
     def _release_deferred(self) -> None:
         """The results from before a restart are applied: publish the runs recovered as never
         confirmed in the broker that are still waiting — and the running ones this replica never
         published (claimed at its start from a dead replica) that no result has moved since."""
         self._recovering = False
         deferred, self._deferred = self._deferred, []
+        again = 0
         for rid, attempt, state in deferred:
             entry = self._outstanding.get(rid)
             if entry is not None and entry[0].attempt == attempt and entry[0].state == state:
-                self._queue(entry[0], entry[1], resumed=True)  # no result of it came meanwhile
+                self._queue(entry[0], entry[1], resumed=True, copy=True)  # no result of it came meanwhile
+                again += 1
         if deferred:
-            log.info("fleet: published the runs recovered after a restart", count=len(deferred))
+            log.info("fleet: attempts in doubt after a restart settled", in_doubt=len(deferred), again=again)
 
     def _apply(self, body: bytes) -> dict[str, Any] | None:
         """Apply a result to its run in flight here; a result for a run not in flight here is
         returned (`_route` decides: another replica's, or nothing to do)."""
         try:
             msg = json.loads(body)
+            if msg.get("kind") == "probe":
+                return self._probe_back(msg)
             rid, attempt, kind = str(msg["run_id"]), int(msg["attempt"]), str(msg["kind"])
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.error("fleet: malformed result dropped", error=str(exc))
             return None
         entry = self._outstanding.get(rid)
         if entry is None or entry[0].attempt != attempt:
             return dict(msg)
         run, job, received_at = entry
+        applied, loser = self.copies.decide(rid, self._name(rid, attempt), msg.get("name"))
+        if loser is not None:
+            self._losers.append((run, loser))
+        if not applied:  # from the copy that lost: it is being cancelled
+            self.m_ignored.inc()
+            return None
         self.m_results.labels(kind).inc()
         status = StatusBlock.model_validate(msg["status"]) if msg.get("status") else None
         if kind == "started":
@@ -335,6 +391,15 @@ class FleetAttempts(Attempts):
         elif kind == "outcome":
             self._outcome(run, job, msg, status)
         return None
+
+    def _probe_back(self, msg: dict[str, Any]) -> dict[str, Any] | None:
+        """A runner took a probe: this replica's (copies follow), another's (forwarded), or one of
+        an earlier start (nothing to do)."""
+        if msg.get("name") == self.probe.name:
+            log.info("fleet: probe answered", runner=msg.get("runner"))
+            self.probe.answered()
+            return None
+        return dict(msg) if msg.get("replica") not in (None, self.replica) else None
 
     def _started(
         self,
@@ -357,6 +422,7 @@ class FleetAttempts(Attempts):
 
     def _outcome(self, run: Run, job: Job, msg: dict[str, Any], status: StatusBlock | None) -> None:
         self._outstanding.pop(run.id, None)
+        self.copies.drop(run.id)
         self.m_outstanding.set(len(self._outstanding))
         if msg.get("log"):
             self.logs.write(run.id, base64.b64decode(msg["log"]), getattr(job.target, "log_max_bytes", None))

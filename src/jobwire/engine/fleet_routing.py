@@ -38,17 +38,17 @@ async def route(
     """Forward the results of runs this replica does not hold to their owners' queues; returns
     how many were ignored (ended runs, this replica's own, too many hops). Raises ConnectionError
     if a forward is not confirmed (nothing is acknowledged then: the results come again)."""
-    found = await owners(sorted({str(m["run_id"]) for m in strays}))
+    found = await owners(sorted({str(m["run_id"]) for m in strays if "run_id" in m}))
     by_owner: dict[str, list[tuple[str, bytes]]] = {}
     ignored = 0
-    for msg in strays:
-        owner = found.get(str(msg["run_id"]))
+    for msg in strays:  # a probe's answer goes to the replica that sent the probe
+        owner = str(msg["replica"]) if msg.get("kind") == "probe" else found.get(str(msg["run_id"]))
         hops = int(msg.get("hops") or 0)
         if owner is None or owner == me or hops >= MAX_HOPS:
             ignored += 1
             continue
         doc = {**msg, "hops": hops + 1}
-        mid = f"{msg['run_id']}-{msg['attempt']}:{msg['kind']}"
+        mid = f"{msg.get('run_id', msg.get('name'))}-{msg.get('attempt')}:{msg['kind']}"
         by_owner.setdefault(owner, []).append((mid, json.dumps(doc, separators=(",", ":")).encode()))
     for owner, messages in by_owner.items():
         await publish(personal_queue(results_queue, owner), messages)

@@ -56,13 +56,16 @@ class RunnerContext(RunContext):
         self.job = job
         self.params = dict(self.run.params)
         self.resumed = bool(work.get("resumed")) or redelivered
+        self.name = str(work["name"])
+        """The work message's name: the attempt's, or a copy's (`<attempt>#<tag>`, published again
+        by a scheduler that could not know whether the first was in the queue): results carry it."""
         self.callback_url = work.get("callback_url")
         self.callback_token = str(work.get("callback_token") or "")
         self._log = bytearray()
         self._started = False
 
     def result(self, kind: str, **fields: Any) -> bytes:
-        doc = {"v": 1, "kind": kind, "run_id": self.run.id, "attempt": self.run.attempt}
+        doc = {"v": 1, "kind": kind, "run_id": self.run.id, "attempt": self.run.attempt, "name": self.name}
         doc["runner"] = self._runner.runner_id
         doc.update(fields)
         return json.dumps(doc, separators=(",", ":"), default=str).encode()
@@ -311,6 +314,12 @@ class Runner:
             log.error("runner: malformed work message dropped", error=str(exc))
             await delivery.ack()
             return
+        if work.get("kind") == "probe":  # a restarted scheduler's marker (engine/fleet_copies.py)
+            answer = {"v": 1, "kind": "probe", "name": name, "replica": work.get("replica")}
+            answer["runner"] = self.runner_id
+            await self.send_confirmed(f"{name}:probe", json.dumps(answer).encode())
+            await delivery.ack()
+            return
         if delivery.redelivered:
             self.m_redelivered.inc()
         if name in self._cancelled:  # cancelled while it waited in the queue: not run at all
@@ -318,11 +327,12 @@ class Runner:
             log.info("runner: cancelled attempt not run", attempt=name)
             await delivery.ack()
             return
-        copies = self._inflight.get(name)
+        attempt = name.partition("#")[0]  # a copy's name is its attempt's with "#<tag>"
+        copies = self._inflight.get(attempt)
         if copies is not None:  # the same attempt twice on this runner: one run, both acked after it
             copies.append(delivery)
             return
-        self._inflight[name] = [delivery]
+        self._inflight[attempt] = [delivery]
         try:
             job = self._job(work["job"])
             ctx = RunnerContext(self, work, job, delivery.redelivered)
@@ -346,9 +356,9 @@ class Runner:
             self.m_runs.labels(job.target.type, outcome.state.value).inc()
             await self.send_confirmed(f"{name}:outcome", ctx.outcome(outcome))
         except BaseException:
-            self._inflight.pop(name, None)  # not acknowledged: RabbitMQ redelivers it
+            self._inflight.pop(attempt, None)  # not acknowledged: RabbitMQ redelivers it
             raise
-        for d in self._inflight.pop(name, []):
+        for d in self._inflight.pop(attempt, []):
             await d.ack()
 
     # ------------------------------------------------------------------ results out

@@ -29,6 +29,7 @@ QUEUE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
 """Work and results are quorum queues (see the module doc); no delivery limit: a run's work message
 is never dropped because runners died under it — the run id makes each redelivery adopt, not double."""
 
+PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
 CANCELS_SUFFIX = ".cancels"
 STREAM_ARGUMENTS: dict[str, Any] = {"x-queue-type": "stream", "x-max-age": "1D"}
 """The cancels (`<work queue>.cancels`) are a **stream**: an append-only log every runner reads
@@ -102,26 +103,28 @@ class Link:
         result = q.declaration_result
         return int(result.message_count or 0), int(result.consumer_count or 0)
 
-    async def publish(self, queue: str, messages: list[tuple[str, bytes]]) -> None:
+    async def publish(
+        self,
+        queue: str,
+        messages: list[tuple[str, bytes]],
+        on_confirmed: Callable[[str], None] | None = None,
+    ) -> None:
         """Publish (message id, body) pairs to `queue`, persistent; returns once RabbitMQ confirmed
-        every one, raises ConnectionError if any is not."""
+        every one, raises ConnectionError if any is not. `on_confirmed(message id)` is called as
+        each confirm arrives (also for those confirmed before another one failed)."""
+
+        async def one(exchange: Any, mid: str, body: bytes) -> None:
+            message = aio_pika.Message(
+                body, message_id=mid, content_type="application/json", delivery_mode=PERSISTENT
+            )
+            await exchange.publish(message, routing_key=queue)
+            if on_confirmed is not None:
+                on_confirmed(mid)
+
         try:
             channel = await self._channel()
             exchange = channel.default_exchange
-            await asyncio.gather(
-                *(
-                    exchange.publish(
-                        aio_pika.Message(
-                            body,
-                            message_id=mid,
-                            content_type="application/json",
-                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        ),
-                        routing_key=queue,
-                    )
-                    for mid, body in messages
-                )
-            )
+            await asyncio.gather(*(one(exchange, mid, body) for mid, body in messages))
         except Exception as exc:
             await self.close()
             where = f"{mask_url(self.url)} queue {queue}"
