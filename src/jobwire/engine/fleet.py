@@ -250,27 +250,31 @@ class FleetAttempts(Attempts):
             await self._send_cancel(run, reason)
         return False
 
-    async def _send_cancel(self, run: Run, reason: str, names: list[str] | None = None) -> None:
-        """Put a cancel of the run's attempt (and of its copy, if any) — or of just `names` — on
-        the cancels stream."""
-        if names is None:
-            names = [self._name(run.id, run.attempt), *self.copies.names(run.id)]
-            self.copies.drop(run.id)
-        doc = {"v": 1, "run_id": run.id, "attempt": run.attempt, "reason": reason}
-        messages = [(f"{n}:cancel", json.dumps({**doc, "name": n}).encode()) for n in names]
+    async def _send_cancel(self, run: Run, reason: str) -> None:
+        """Put a cancel of the run's attempt (and of its copy, if any) on the cancels stream."""
+        names = [self._name(run.id, run.attempt), *self.copies.names(run.id)]
+        self.copies.drop(run.id)
+        await self._send_cancels([(run, name) for name in names], reason)
+
+    async def _send_cancels(self, cancels: list[tuple[Run, str]], reason: str) -> None:
+        messages = [
+            (f"{name}:cancel", json.dumps(
+                {"v": 1, "name": name, "run_id": run.id, "attempt": run.attempt, "reason": reason}).encode())
+            for run, name in cancels
+        ]
         try:
             await self.link.publish(self.link.cancels, messages)
             self.m_cancels.inc(len(messages))
         except ConnectionError as exc:  # recorded cancelled all the same; the runner's result is ignored
-            log.warning("fleet: a cancel did not reach the runners", run_id=run.id, error=str(exc))
+            log.warning("fleet: a cancel did not reach the runners", runs=len(cancels), error=str(exc))
 
     async def _cancel_losers(self) -> None:
-        """Cancel the copies that lost (another copy of their attempt runs): normally still queued,
-        they are then acknowledged unrun by the runner that takes them."""
+        """Cancel the other message of each attempt whose copy just reported first (normally still
+        queued, or never in the queue at all): a runner that takes it acknowledges it unrun."""
         losers, self._losers = self._losers, []
-        for run, name in losers:
-            log.info("fleet: a copy of a running attempt cancelled", run_id=run.id, message=name)
-            await self._send_cancel(run, "another copy of this attempt runs", [name])
+        log.info("fleet: the other message of attempts published twice cancelled", count=len(losers),
+                 messages=[name for _, name in losers[:10]])
+        await self._send_cancels(losers, "another copy of this attempt runs")
 
     # ---- results
     async def _results_loop(self) -> None:
