@@ -47,7 +47,7 @@ from jobwire.engine.errors import (
 from jobwire.engine.fires import PendingFires
 from jobwire.engine.fleet import FleetAttempts
 from jobwire.engine.intake import EventIntake
-from jobwire.engine.jobs import JobRegistry
+from jobwire.engine.jobs import JobRegistry, warm
 from jobwire.engine.metrics import Metrics
 from jobwire.engine.outbox import OutboxRelay
 from jobwire.engine.recovery import catch_up, reconcile
@@ -84,7 +84,7 @@ class Engine:
         self.committer = Committer(self.store, self.metrics)
         self.coordinator = Coordinator(self.store, settings, self.metrics)
         self.tokens = CallbackTokens(self.store)  # several replicas: the key is the store's
-        self.scheduler = TimeScheduler(self._fire_batch, self.metrics.lateness_seconds.observe)
+        self.scheduler = TimeScheduler(self._fire_batch, self.metrics.lateness_seconds.observe, self._prepare)
         self.job_registry = JobRegistry(settings, self.store, self.scheduler, self.metrics)
         self.jobs: dict[str, StoredJob] = self.job_registry.jobs
         self.retention = Retention(
@@ -277,6 +277,9 @@ class Engine:
                 self.jobs[name] = found
                 self.scheduler.set_job(found.job, found.paused)
         await reconcile(runs, self.run_states, taken_over=True)
+
+    def _prepare(self, names: list[str], due: float) -> None:
+        self.supervisor.once(warm(self.jobs, self.targets, names, due), "jobwire-prepare")
 
     def _fire_batch(self, batch: list[Incoming]) -> None:
         """The scheduler's hand-in of due fires: recorded in a one-shot task, the clock goes on."""

@@ -112,6 +112,10 @@ class Target(ABC):
         """Whether this replica is the leader (docs/replicas.md): a target's periodic cleanup of
         its resources runs on the leader only. Targets without one ignore it."""
 
+    def prepare(self, job: Job) -> None:
+        """Warm what this job's next run needs (a cached request, a connection), called ahead of a
+        time trigger's fire, off the due time's burst. Cheap; must not raise."""
+
     async def start(self) -> None:
         """Open connections; called once before the first run."""
 

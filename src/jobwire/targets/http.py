@@ -35,7 +35,7 @@ import structlog
 
 from jobwire.config import Settings
 from jobwire.model import HttpTarget as HttpSpec
-from jobwire.model import RunError, RunState
+from jobwire.model import Job, RunError, RunState
 from jobwire.netguard import DestinationRefused, GuardedTransport, PooledTransport, check_destination
 from jobwire.params import render, render_headers, render_url
 from jobwire.targets.base import Outcome, RunContext, Target
@@ -262,6 +262,12 @@ class HttpTarget(Target):
             return _failed("NetworkError", f"{type(exc).__name__}: {exc}", retryable=True)
 
         return _judge(spec, response.status_code, head)
+
+    def prepare(self, job: Job) -> None:
+        """Build a plain-http job's request ahead of its fire (`_static_wire`: once per definition)."""
+        spec = job.target
+        if isinstance(spec, HttpSpec):
+            self._static_wire(spec)
 
     def _static_wire(self, spec: HttpSpec) -> tuple[httpx.URL, bytes, bytes] | None:
         """For a plain-http definition without placeholders: its first attempt's request, split
