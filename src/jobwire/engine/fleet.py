@@ -34,11 +34,11 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from prometheus_client import Counter, Gauge
 
 from jobwire.engine.dispatch import Attempts
 from jobwire.engine.fleet_callbacks import CallbackWaits
 from jobwire.engine.fleet_copies import Copies, Probe
+from jobwire.engine.fleet_metrics import FleetMetrics
 from jobwire.engine.fleet_routing import Owners, personal_queue, route
 from jobwire.engine.fleet_wire import broker_url, link_for, work_message
 from jobwire.engine.supervisor import Supervisor
@@ -82,37 +82,7 @@ class FleetAttempts(Attempts):
         """Several replicas on one store: who this one is, and the store's run owners (`place`)."""
         self.waits = CallbackWaits(self)
         """Runs whose work ended well, waiting for the job's callback (`callback.wait`)."""
-        r = self.metrics.registry
-        self.m_outstanding = Gauge(
-            "jobwire_fleet_outstanding", "Runs handed to the runner fleet and not ended", registry=r
-        )
-        self.m_ready = Gauge(
-            "jobwire_fleet_queue_ready", "Messages ready in a fleet queue (at the last scrape)", ["queue"],
-            registry=r,
-        )
-        self.m_consumers = Gauge(
-            "jobwire_fleet_queue_consumers", "Consumers of a fleet queue (at the last scrape)", ["queue"],
-            registry=r,
-        )
-        self.m_published = Counter(
-            "jobwire_fleet_published_total", "Work messages RabbitMQ confirmed", registry=r
-        )
-        self.m_results = Counter(
-            "jobwire_fleet_results_total", "Results applied from runners", ["kind"], registry=r
-        )
-        self.m_ignored = Counter(
-            "jobwire_fleet_results_ignored_total",
-            "Results for a run or attempt no longer in flight (redeliveries, cancelled runs)",
-            registry=r,
-        )
-        self.m_forwarded = Counter(
-            "jobwire_fleet_results_forwarded_total",
-            "Results for a run another scheduler replica holds, forwarded to its own queue",
-            registry=r,
-        )
-        self.m_cancels = Counter(
-            "jobwire_fleet_cancels_total", "Cancels put on the cancels stream for the runners", registry=r
-        )
+        self.m = FleetMetrics(self.metrics.registry)
         self.queues = (s.work_queue, s.results_queue)
 
     @property
@@ -144,8 +114,8 @@ class FleetAttempts(Attempts):
             except Exception as exc:
                 log.warning("fleet queue depth unavailable", queue=queue, error=str(exc))
                 continue
-            self.m_ready.labels(queue).set(ready)
-            self.m_consumers.labels(queue).set(consumers)
+            self.m.ready.labels(queue).set(ready)
+            self.m.consumers.labels(queue).set(consumers)
 
     async def shutdown(self, grace: float) -> None:
         """Runs in the fleet go on without the scheduler; their results wait in the broker."""
@@ -169,7 +139,7 @@ class FleetAttempts(Attempts):
         if resumed and self.waits.resume(run, job):
             return  # its work ended before the restart: it waits for the job's callback
         self._outstanding[run.id] = (run, job, received_at)
-        self.m_outstanding.set(len(self._outstanding))
+        self.m.outstanding.set(len(self._outstanding))
         name = self._name(run.id, run.attempt)
         if not self._recovering and resumed:  # taken over from a dead replica: its journal is not here,
             self._queue(run, job, resumed, copy=True)  # and a result may have gone to its queue — ask again
@@ -225,7 +195,7 @@ class FleetAttempts(Attempts):
             self._to_publish = [e for e in self._to_publish if e[4] not in confirmed]
             raise
         del self._to_publish[: len(batch)]
-        self.m_published.inc(len(live))
+        self.m.published.inc(len(live))
 
     def forget(self, run_id: str, attempts: int = 1) -> None:
         names = [self._name(run_id, n) for n in range(1, attempts + 1)]
@@ -244,7 +214,7 @@ class FleetAttempts(Attempts):
         if self.waits.cancel(run.id):
             return False  # its work had ended: nothing runs on a runner
         if self._outstanding.pop(run.id, None) is not None:
-            self.m_outstanding.set(len(self._outstanding))
+            self.m.outstanding.set(len(self._outstanding))
             attempts = run.attempt
             self.committer.after_commit(lambda: self.forget(run.id, attempts))
             await self._send_cancel(run, reason)
@@ -264,7 +234,7 @@ class FleetAttempts(Attempts):
         ]
         try:
             await self.link.publish(self.link.cancels, messages)
-            self.m_cancels.inc(len(messages))
+            self.m.cancels.inc(len(messages))
         except ConnectionError as exc:  # recorded cancelled all the same; the runner's result is ignored
             log.warning("fleet: a cancel did not reach the runners", runs=len(cancels), error=str(exc))
 
@@ -325,7 +295,7 @@ class FleetAttempts(Attempts):
 
     async def _route(self, strays: list[dict[str, Any]]) -> None:
         if self.owners is None or self.replica is None:
-            self.m_ignored.inc(len(strays))
+            self.m.ignored.inc(len(strays))
             # a redelivered result of a run that ended already, normally; logged to tell it from a
             # result lost for a run still in flight (a run left `running` after a restart)
             log.info(
@@ -335,8 +305,8 @@ class FleetAttempts(Attempts):
             )
             return
         ignored = await route(strays, self.replica, self.owners, self.link.publish, self.queues[1])
-        self.m_ignored.inc(ignored)
-        self.m_forwarded.inc(len(strays) - ignored)
+        self.m.ignored.inc(ignored)
+        self.m.forwarded.inc(len(strays) - ignored)
 
     async def _after_backlog(self) -> None:
         """The results from before a restart are applied: the attempts still in doubt are published
@@ -381,9 +351,9 @@ class FleetAttempts(Attempts):
         if loser is not None:
             self._losers.append((run, loser))
         if not applied:  # from the copy that lost: it is being cancelled
-            self.m_ignored.inc()
+            self.m.ignored.inc()
             return None
-        self.m_results.labels(kind).inc()
+        self.m.results.labels(kind).inc()
         status = StatusBlock.model_validate(msg["status"]) if msg.get("status") else None
         if kind == "started":
             self._started(run, job, msg, status, received_at)
@@ -427,7 +397,7 @@ class FleetAttempts(Attempts):
     def _outcome(self, run: Run, job: Job, msg: dict[str, Any], status: StatusBlock | None) -> None:
         self._outstanding.pop(run.id, None)
         self.copies.drop(run.id)
-        self.m_outstanding.set(len(self._outstanding))
+        self.m.outstanding.set(len(self._outstanding))
         if msg.get("log"):
             self.logs.write(run.id, base64.b64decode(msg["log"]), getattr(job.target, "log_max_bytes", None))
         if run.started_at is None and msg.get("started_at"):
@@ -458,7 +428,7 @@ class FleetAttempts(Attempts):
         await super().deliver_callback(run, ok, message, data)
         if ok or (entry := self._outstanding.pop(run.id, None)) is None:
             return
-        self.m_outstanding.set(len(self._outstanding))
+        self.m.outstanding.set(len(self._outstanding))
         message = message or "the job reported failure"
         await self._send_cancel(run, message)
         failed = Outcome(RunState.failed, error=RunError(message=message, reason="CallbackFailed"))
