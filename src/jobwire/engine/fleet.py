@@ -69,9 +69,9 @@ class FleetAttempts(Attempts):
         self.copies = Copies()
         """Runs whose work message was published again, not knowing if the first is in the queue."""
         self._losers: list[tuple[Run, str]] = []
+        """Messages to cancel: another copy of the same attempt reported first (`fleet_copies`)."""
         self.probe = Probe(self.copies.tag, self._release_deferred)
         """Sent behind the messages in doubt before any copy is published (`fleet_copies`)."""
-        """Copies to cancel: another copy of the same attempt runs (`fleet_copies`)."""
         self._wake = asyncio.Event()
         self._recovering = True
         self._deferred: list[tuple[str, int, RunState]] = []
@@ -236,7 +236,8 @@ class FleetAttempts(Attempts):
             await self.link.publish(self.link.cancels, messages)
             self.m.cancels.inc(len(messages))
         except ConnectionError as exc:  # recorded cancelled all the same; the runner's result is ignored
-            log.warning("fleet: a cancel did not reach the runners", runs=len(cancels), error=str(exc))
+            runs = sorted({run.id for run, _ in cancels})
+            log.warning("fleet: a cancel did not reach the runners", runs=runs[:10], count=len(runs), error=str(exc))
 
     async def _cancel_losers(self) -> None:
         """Cancel the other message of each attempt whose copy just reported first (normally still
