@@ -237,7 +237,9 @@ class FleetAttempts(Attempts):
             self.m.cancels.inc(len(messages))
         except ConnectionError as exc:  # recorded cancelled all the same; the runner's result is ignored
             runs = sorted({run.id for run, _ in cancels})
-            log.warning("fleet: a cancel did not reach the runners", runs=runs[:10], count=len(runs), error=str(exc))
+            log.warning(
+                "fleet: a cancel did not reach the runners", runs=runs[:10], count=len(runs), error=str(exc)
+            )
 
     async def _cancel_losers(self) -> None:
         """Cancel the other message of each attempt whose copy just reported first (normally still
