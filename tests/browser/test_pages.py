@@ -300,3 +300,41 @@ def test_a_change_while_the_page_first_reads_is_not_lost(
     finally:
         page.unroute_all(behavior="ignoreErrors")
         api.post(f"/runs/{run['id']}/cancel")
+
+
+def tab_to(page: Any, target: Any, limit: int = 60) -> None:
+    """Press Tab until `target` has the focus (as a keyboard user moves through the page)."""
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        if target.evaluate("el => el === document.activeElement"):
+            return
+    raise AssertionError(f"{target} never got the focus in {limit} Tabs")
+
+
+def test_keyboard_only_sign_in_navigate_and_run(page: Any, server: Server) -> None:
+    page.goto(server.url + "/")
+    token = page.get_by_label("API token")
+    expect(token).to_be_focused()
+    page.keyboard.type(TOKEN)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Overview", level=1)).to_be_visible()
+    expect(page.locator("#live")).to_have_text("Live")
+    page.reload()  # the token is kept for the tab: a fresh page, and its focus at the top
+    expect(page.locator("#live")).to_have_text("Live")
+    skip = page.get_by_role("link", name="Skip to the content")
+    tab_to(page, skip, limit=1)  # the first stop on the page
+    page.keyboard.press("Enter")
+    expect(page.locator("main")).to_be_focused()
+    expect(page.get_by_role("heading", name="Overview", level=1)).to_be_visible()  # still the page
+    tab_to(page, page.get_by_role("navigation", name="Main").get_by_role("link", name="Jobs"))
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Jobs", level=1)).to_be_visible()
+    tab_to(page, page.locator('tr[data-job="ask"]').get_by_role("link", name="ask"))
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Job ask")).to_be_visible()
+    tab_to(page, page.locator("form.run-form").get_by_label("region"))
+    page.keyboard.type("kb-north-1")
+    tab_to(page, page.get_by_role("button", name="Run ask"), limit=5)
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(re.compile(r"#/runs/r[0-9a-f]+$"))
+    expect(page.locator("#log")).to_have_text("region=kb-north-1\n")
