@@ -59,8 +59,11 @@ export async function renderList(ctx) {
     }));
     body.replaceChildren(table("Events", ["Event", "Job", "Source", "Trigger", "Received", "Outcome", "Run, or why none"], rows, "No events match."), pager("/events", f, cursor, page.next_cursor));
   }
-  await load();
-  return ctx.live(throttle(() => (cursor ? null : load()), 1000));
+  const missed = await ctx.firstRead(load);
+  const refresh = throttle(() => (cursor ? null : load()), 1000);
+  const off = ctx.live(refresh);
+  if (missed) refresh();
+  return off;
 }
 
 export async function renderEvent(ctx) {

@@ -57,8 +57,10 @@ export async function renderList(ctx) {
     );
   }
 
-  await load();
-  const off = ctx.live(throttle(load, 2000));
+  const missed = await ctx.firstRead(load);
+  const refresh = throttle(load, 2000);
+  const off = ctx.live(refresh);
+  if (missed) refresh();
   return off;
 }
 
@@ -189,9 +191,11 @@ export async function renderJob(ctx) {
       runsBox.replaceChildren(errorBox(err));
     }
   }
-  await loadRuns();
+  const missed = await ctx.firstRead(loadRuns, (doc) => doc.job === name);
   const refresh = throttle(loadRuns, 1000);
-  return ctx.live((m) => {
+  const off = ctx.live((m) => {
     if (m.type === "gap" || m.doc.job === name) refresh();
   });
+  if (missed) refresh();
+  return off;
 }

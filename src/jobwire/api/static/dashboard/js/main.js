@@ -34,6 +34,22 @@ function live(fn) {
   return () => subscribers.delete(fn);
 }
 
+/** A page's first read (`load`) with the stream already heard: answers whether a status document
+ * (`accept`ed) or a gap arrived meanwhile. The server may have answered before that change, and the
+ * page subscribes for good only once the read is shown, so it must read once more then. */
+async function firstRead(load, accept = () => true) {
+  let missed = false;
+  const off = live((m) => {
+    if (m.type === "gap" || accept(m.doc)) missed = true;
+  });
+  try {
+    await load();
+  } finally {
+    off();
+  }
+  return missed;
+}
+
 function setLive(state) {
   const text = { live: "Live", connecting: "Connecting…", reconnecting: "Reconnecting…", unauthorized: "Not live (sign in)" }[state] || state;
   liveEl.textContent = text;
@@ -89,7 +105,7 @@ async function route() {
   const [re, render, title] = found;
   const params = path.match(re).slice(1).map(decodeURIComponent);
   document.title = `${title} · jobwire`;
-  const ctx = { main, params, query, session, live, go, isCurrent: () => mine === generation };
+  const ctx = { main, params, query, session, live, firstRead, go, isCurrent: () => mine === generation };
   let done = null;
   try {
     done = (await render(ctx)) || null;

@@ -90,10 +90,11 @@ export async function render(ctx) {
     );
   }
 
-  await load();
+  const missed = await ctx.firstRead(load);
   const refresh = throttle(load, 1000);
   const timer = setInterval(load, 30000); // the clock moves the window even when nothing happens
   const off = ctx.live(() => refresh());
+  if (missed) refresh();
   return () => {
     off();
     clearInterval(timer);

@@ -51,9 +51,12 @@ export async function renderList(ctx) {
     }));
     body.replaceChildren(table("Runs", ["Run", "Job", "State", "Trigger", "Created", "Duration", "Result"], rows, "No runs match."), pager("/runs", f, cursor, page.next_cursor));
   }
-  await load();
   // new runs and state changes show up on the first page; an older page stays as it was read
-  return ctx.live(throttle(() => (cursor ? null : load()), 1000));
+  const missed = await ctx.firstRead(load);
+  const refresh = throttle(() => (cursor ? null : load()), 1000);
+  const off = ctx.live(refresh);
+  if (missed) refresh();
+  return off;
 }
 
 function timeline(run) {
