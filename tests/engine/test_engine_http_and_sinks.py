@@ -147,3 +147,29 @@ async def test_a_pending_http_run_left_by_a_crash_is_called_with_its_key(tmp_pat
         assert [r.headers["idempotency-key"] for r in server.requests if r.path == "/ok"] == [rid]
     finally:
         await eng.stop()
+
+
+async def test_a_failing_sink_shows_failing_in_health_until_a_delivery_succeeds(
+    tmp_path: Path, server: FlakyServer
+) -> None:
+    """A sink's worker keeps running while its deliveries fail (it retries each document): `/readyz`
+    (and the dashboard's Health table, which reads it) shows its task failing with the last error,
+    not ready-blocking, and running again once a delivery goes through."""
+    sink = WebhookSinkSpec(url=server.url("/flaky"), secret="sink-secret")
+    eng = Engine(Settings(data_dir=tmp_path / "d", sinks=[sink], shutdown_grace=timedelta(seconds=1)))
+    await eng.start()
+
+    def sink_task() -> dict[str, object]:
+        return next(t for t in eng.health()["tasks"] if t["task"] == "jobwire-sink-webhook")
+
+    try:
+        assert sink_task()["state"] == "running"
+        await eng.put_job(Job.model_validate({"name": "j", "target": {"type": "local", "command": ["true"]}}))
+        await eng.trigger("j", {})
+        failing = await eventually(lambda: (t := sink_task())["state"] == "failing" and t, 10, "sink failing")
+        assert "503" in str(failing["last_error"]) and failing["failing_since"] is not None
+        assert "sink-secret" not in str(failing["last_error"])
+        assert eng.health()["ready"], "a failing sink does not make jobwire unready"
+        await eventually(lambda: sink_task()["state"] == "running", 10, "sink delivering again")
+    finally:
+        await eng.stop()

@@ -242,6 +242,9 @@ class Engine:
         if not self.ready:
             problems.insert(0, "stopping" if self._stopping else "starting")
         states = [t.as_dict() for t in tasks]
+        for entry in states:  # a sink's worker runs while its deliveries fail: shown failing
+            if (failing := self.hub.failing.get(entry["task"])) is not None:
+                entry.update(state="failing", failing_since=failing[0], last_error=failing[1])
         for target in self.targets.values():  # its own watches and cleanup loops, retrying on their own
             for name, error in target.health().items():
                 state = "failing" if error else "running"

@@ -18,7 +18,7 @@ import structlog
 
 from jobwire.engine.metrics import Metrics
 from jobwire.engine.ring import Gap, Ring
-from jobwire.engine.supervisor import Spawn
+from jobwire.engine.supervisor import Spawn, describe
 from jobwire.model import Job, Run, RunState, StatusBlock, StatusDocument, utcnow
 from jobwire.sinks.base import Sink
 from jobwire.store import OutboxRow
@@ -169,6 +169,9 @@ class StatusHub:
         self._tasks: list[asyncio.Task[None]] = []
         self.relay: Callable[[StatusDocument], None] | None = None
         """Where every document published here also goes: the other replicas (`engine/shared.py`)."""
+        self.failing: dict[str, tuple[float, str]] = {}
+        """Sink worker task name → (since when, the last error) while its deliveries fail: its task
+        runs (it retries each document), so `/readyz` and the dashboard show it failing from here."""
 
     async def start(self, spawn: Spawn | None = None) -> None:
         """Start the sinks and one worker each; `spawn` runs the workers supervised."""
@@ -256,6 +259,7 @@ class StatusHub:
             self._idle_since = time.monotonic()
 
     async def _worker(self, sink: Sink, q: asyncio.Queue[StatusDocument]) -> None:
+        name = f"jobwire-sink-{sink.kind}"
         while True:
             doc = await q.get()
             try:
@@ -263,10 +267,13 @@ class StatusHub:
                 for attempt in range(1, max(1, sink.max_attempts) + 1):
                     try:
                         await sink.publish(doc)
+                        self.failing.pop(name, None)
                         break
                     except asyncio.CancelledError:
                         raise
                     except Exception as exc:
+                        since = self.failing.get(name, (time.time(), ""))[0]
+                        self.failing[name] = (since, describe(exc))
                         self._metrics.sink_failures.labels(sink.kind).inc()
                         if attempt >= sink.max_attempts:
                             self._metrics.sink_dropped.labels(sink.kind).inc()
