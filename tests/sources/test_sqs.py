@@ -294,7 +294,10 @@ async def test_through_an_engine_a_fifo_group_is_the_concurrency_key(
         job = Job.model_validate(
             {
                 "name": "per-tenant",
-                "triggers": [{"type": "sqs", "queue": queue}],
+                # a 1 s long poll: moto's receive takes its snapshot of the FIFO groups in flight once per
+                # call, so a 20 s poll begun while group "a" was in flight does not hand out a's next
+                # message even once the first is deleted — under load the test raced that poll's end
+                "triggers": [{"type": "sqs", "queue": queue, "wait_time": 1}],
                 "parameters": [{"name": "n"}, {"name": "message_group_id"}],
                 "concurrency": {"policy": "queue", "max_running": 1, "key": "message_group_id"},
                 "target": {"type": "local", "command": ["sleep", "3600"]},
