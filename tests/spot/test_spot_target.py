@@ -7,13 +7,16 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import boto3
 
+from jobwire.config import Settings
 from jobwire.engine import Engine
 from jobwire.model import AtTrigger, Run, RunState, run_id_for, time_run_key, utcnow
 from jobwire.targets.spot.ec2 import Ec2
-from tests.spot.conftest import instance_state, seed_states, spot_job, spot_target, state_of
+from tests.spot.conftest import instance_state, seed_states, spot_job, spot_target, state_of, warm_moto_ec2
 from tests.support.ec2faults import FaultyEc2
 from tests.support.waiting import eventually
 
@@ -225,3 +228,51 @@ async def test_an_interrupted_spot_run_is_retried_per_policy(
     double.interrupt = None
     states = [(t.state, t.attempt) for t in again.history]
     assert (RunState.interrupted, 1) in states and (RunState.pending, 2) in states
+
+
+async def test_stopped_before_the_request_answer_came_back_the_next_start_adopts_it(
+    spot_env: dict[str, str], tmp_path: Path
+) -> None:
+    """jobwire stops while RequestSpotInstances is made in EC2 but its answer not read (so nothing
+    about it is recorded): the next start adopts that request and its instance by their tags — one
+    instance, known by its type — instead of requesting again."""
+    await warm_moto_ec2(spot_env.get("AWS_ENDPOINT_URL", ""))
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", shutdown_grace=timedelta(seconds=1))
+    first = Engine(settings)
+    await first.start()
+    double = FaultyEc2(Ec2(None, None))
+    double.answer_delay = 60
+    target = spot_target(first)
+    target._clients.clear()
+    target.ec2_factory = lambda region, endpoint: double  # type: ignore[assignment,return-value]
+    await first.put_job(spot_job("spot-adopt"))
+    adm = await first.trigger("spot-adopt", {})
+    assert adm.run is not None
+    run_id = adm.run.id
+    ec2 = Ec2(None, None)
+    try:
+
+        async def made() -> list[dict[str, Any]] | None:
+            return await ec2.describe_requests(tags={"jobwire:run": run_id}) or None
+
+        [req] = await eventually(made, 10, "the request made in EC2")
+        iid = str(req["InstanceId"])  # moto fulfils at once
+        await first.stop()  # the attempt is left for adoption; the request's answer never read
+
+        second = Engine(settings)
+        await second.start()
+        try:
+            run = await state_of(second, run_id, RunState.running)
+            assert run.target_ref == iid
+            assert seed_states(run) == ["Scheduled", "Running"], "the first start never read its answer"
+            assert run.target_status["instance_type"] == "t3.micro"
+            assert run.target_status["history"][-1]["reason"] == f"instance {iid} (t3.micro)"
+            assert len(await ec2.describe_requests(tags={"jobwire:run": run_id})) == 1, "not requested again"
+            await second.callback(run_id, second.callback_token(run_id), True, None, {})
+            done = await state_of(second, run_id, RunState.succeeded)
+            assert seed_states(done)[-2:] == ["FinishedOK", "TerminatedOK"]
+            assert await instance_state(iid) in ("shutting-down", "terminated")
+        finally:
+            await second.stop()
+    finally:
+        await ec2.close()

@@ -321,8 +321,13 @@ class SpotTarget(Target):
         found.sort(key=lambda r: str(r.get("CreateTime") or ""))
         req = found[-1]
         att.request_id = str(req["SpotInstanceRequestId"])
+        itype = (req.get("LaunchSpecification") or {}).get("InstanceType")
         self._update(
-            att, spot_request_id=att.request_id, requests=max(len(found), att.status.get("requests", 0))
+            att,
+            spot_request_id=att.request_id,
+            requests=max(len(found), att.status.get("requests", 0)),
+            # the adopted request's own (unrecorded when its answer never came back before the restart)
+            instance_type=str(itype) if itype else None,
         )
         if req.get("InstanceId") and req.get("State") == "active":
             att.instance_id = str(req["InstanceId"])
