@@ -4,16 +4,20 @@ price-too-low and interrupted requests; the reconciler."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import boto3
 
+from jobwire.config import Settings
 from jobwire.engine import Engine
 from jobwire.model import AtTrigger, Run, RunState, run_id_for, time_run_key, utcnow
 from jobwire.targets.spot.ec2 import Ec2
-from tests.spot.conftest import instance_state, seed_states, spot_job, spot_target, state_of
+from tests.spot.conftest import instance_state, seed_states, spot_job, spot_target, state_of, warm_moto_ec2
 from tests.support.ec2faults import FaultyEc2
 from tests.support.waiting import eventually
 
@@ -47,9 +51,10 @@ async def test_at_time_request_fulfilled_callback_ok_terminated(engine: Engine) 
     assert f"export JOBWIRE_CALLBACK_URL=http://127.0.0.1:8080/api/v1/runs/{run.id}/callback" in user_data
     assert f"export JOBWIRE_CALLBACK_TOKEN={engine.callback_token(run.id)}" in user_data
 
-    await engine.callback(run.id, engine.callback_token(run.id), True, "done", {})
+    await engine.callback(run.id, engine.callback_token(run.id), True, "done", {"rows": 7})
     done = await state_of(engine, run.id, RunState.succeeded)
     assert seed_states(done) == ["Scheduled", "Requested", "Running", "FinishedOK", "TerminatedOK"]
+    assert done.target_status["callback"]["data"] == {"rows": 7}, "what the job reported stays on the run"
     assert done.target_status["instance_id"] == iid
     assert await instance_state(iid) in ("shutting-down", "terminated")
 
@@ -225,3 +230,94 @@ async def test_an_interrupted_spot_run_is_retried_per_policy(
     double.interrupt = None
     states = [(t.state, t.attempt) for t in again.history]
     assert (RunState.interrupted, 1) in states and (RunState.pending, 2) in states
+
+
+async def test_stopped_before_the_request_answer_came_back_the_next_start_adopts_it(
+    spot_env: dict[str, str], tmp_path: Path
+) -> None:
+    """jobwire stops while RequestSpotInstances is made in EC2 but its answer not read (so nothing
+    about it is recorded): the next start adopts that request and its instance by their tags — one
+    instance, known by its type — instead of requesting again."""
+    await warm_moto_ec2(spot_env.get("AWS_ENDPOINT_URL", ""))
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", shutdown_grace=timedelta(seconds=1))
+    first = Engine(settings)
+    await first.start()
+    double = FaultyEc2(Ec2(None, None))
+    double.answer_delay = 60
+    target = spot_target(first)
+    target._clients.clear()
+    target.ec2_factory = lambda region, endpoint: double  # type: ignore[assignment,return-value]
+    await first.put_job(spot_job("spot-adopt"))
+    adm = await first.trigger("spot-adopt", {})
+    assert adm.run is not None
+    run_id = adm.run.id
+    ec2 = Ec2(None, None)
+    try:
+
+        async def made() -> list[dict[str, Any]] | None:
+            return await ec2.describe_requests(tags={"jobwire:run": run_id}) or None
+
+        [req] = await eventually(made, 10, "the request made in EC2")
+        iid = str(req["InstanceId"])  # moto fulfils at once
+        await first.stop()  # the attempt is left for adoption; the request's answer never read
+
+        second = Engine(settings)
+        await second.start()
+        try:
+            run = await state_of(second, run_id, RunState.running)
+            assert run.target_ref == iid
+            assert seed_states(run) == ["Scheduled", "Running"], "the first start never read its answer"
+            assert run.target_status["instance_type"] == "t3.micro"
+            assert run.target_status["history"][-1]["reason"] == f"instance {iid} (t3.micro)"
+            assert len(await ec2.describe_requests(tags={"jobwire:run": run_id})) == 1, "not requested again"
+            await second.callback(run_id, second.callback_token(run_id), True, None, {})
+            done = await state_of(second, run_id, RunState.succeeded)
+            assert seed_states(done)[-2:] == ["FinishedOK", "TerminatedOK"]
+            assert await instance_state(iid) in ("shutting-down", "terminated")
+        finally:
+            await second.stop()
+    finally:
+        await ec2.close()
+
+
+async def test_stopped_after_the_callback_before_the_terminate_the_next_start_terminates(
+    spot_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The container called back (recorded, answered 200: it will not call again) and jobwire
+    stopped before TerminateInstances was sent: the next start must finish the run from the
+    recorded callback — terminate the instance, TerminatedOK — not wait for a second callback
+    until the job's timeout with the instance still running."""
+    await warm_moto_ec2(spot_env.get("AWS_ENDPOINT_URL", ""))
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", shutdown_grace=timedelta(seconds=1))
+    first = Engine(settings)
+    await first.start()
+    target = spot_target(first)
+
+    async def never(*_: Any) -> None:  # the terminate is never sent: jobwire "dies" first
+        await asyncio.Event().wait()
+
+    target._terminate = never  # type: ignore[method-assign]
+    await first.put_job(spot_job("spot-called", timeout="1h"))
+    adm = await first.trigger("spot-called", {})
+    assert adm.run is not None
+    run_id = adm.run.id
+    run = await state_of(first, run_id, RunState.running)
+    iid = run.target_ref
+    assert iid
+    await first.callback(run_id, first.callback_token(run_id), True, "done", {"rows": 7})
+    await eventually(
+        lambda: first.runs[run_id].target_status.get("state") == "FinishedOK", 10, "FinishedOK recorded"
+    )
+    await first.stop()
+    assert await instance_state(iid) in ("pending", "running"), "not terminated by the first start"
+
+    second = Engine(settings)
+    await second.start()
+    try:
+        done = await state_of(second, run_id, RunState.succeeded, timeout=20)
+        assert seed_states(done)[-2:] == ["FinishedOK", "TerminatedOK"]
+        assert seed_states(done).count("FinishedOK") == 1
+        assert done.target_status["callback"]["data"] == {"rows": 7}, "kept on the run"
+        assert await instance_state(iid) in ("shutting-down", "terminated")
+    finally:
+        await second.stop()

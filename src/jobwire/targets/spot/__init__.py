@@ -89,6 +89,19 @@ def _code(req: dict[str, Any]) -> str:
     return str((req.get("Status") or {}).get("Code") or "")
 
 
+def _recorded_callback(previous: dict[str, Any]) -> dict[str, Any] | None:
+    """The callback an attempt's container made, as recorded on the run before a restart: the
+    engine's record (`callback`), else — FinishedOK / FinishedNOK recorded without it — that state."""
+    called = previous.get("callback")
+    if isinstance(called, dict):
+        return called
+    state = previous.get("state")
+    if state in ("FinishedOK", "FinishedNOK"):
+        history = previous.get("history") or [{}]
+        return {"ok": state == "FinishedOK", "message": history[-1].get("reason"), "data": {}}
+    return None
+
+
 def _why(req: dict[str, Any]) -> str:
     status = req.get("Status") or {}
     text = f"{req.get('State')}/{status.get('Code') or '?'}"
@@ -106,6 +119,10 @@ class _Attempt:
     requesting: bool = False
     """A RequestSpotInstances was sent and its answer not read yet."""
     history: list[dict[str, Any]] = field(default_factory=list)
+    called_back: dict[str, Any] | None = None
+    """Resumed after a restart: the callback this attempt's container made before it (recorded on
+    the run) — when the recorded status is this attempt's (`mine`) — and the instance it ran on."""
+    previous_instance: str | None = None
 
 
 class SpotTarget(Target):
@@ -209,6 +226,12 @@ class SpotTarget(Target):
             return _failed("PlugMissing", missing_text("the spot target", str(exc.name), "aws"), False)
         previous = ctx.run.target_status if ctx.resumed else {}
         att = _Attempt(ctx, ec2, status={k: v for k, v in previous.items() if k != "callback"})
+        if ctx.resumed and previous.get("target_name") == name and previous.get("instance_id"):
+            # this attempt's own status (after a retry the run keeps the previous attempt's until
+            # the new one reports)
+            att.called_back = _recorded_callback(previous)
+            att.previous_instance = str(previous["instance_id"])
+        self._update(att, target_name=name)
         self._active[name] = att
         self._suspects.discard(name)
         try:
@@ -245,6 +268,16 @@ class SpotTarget(Target):
             )
         try:
             req = await self._adopt(att) if ctx.resumed else None
+            called = att.called_back
+            if called is not None:
+                # the container called back before the restart (and will not again): finish from
+                # that — terminate its instance — and never request again
+                log.info("spot callback recorded before the restart; finishing the run", run_id=ctx.run.id)
+                att.instance_id = att.instance_id or att.previous_instance
+                result = CallbackResult(
+                    ok=bool(called.get("ok")), message=called.get("message"), data=called.get("data") or {}
+                )
+                return await self._finish_called_back(att, result, called)
             if att.instance_id is None:
                 fulfilled = await self._request_until_fulfilled(att, spec, launch, types, req)
                 if isinstance(fulfilled, Outcome):
@@ -321,8 +354,13 @@ class SpotTarget(Target):
         found.sort(key=lambda r: str(r.get("CreateTime") or ""))
         req = found[-1]
         att.request_id = str(req["SpotInstanceRequestId"])
+        itype = (req.get("LaunchSpecification") or {}).get("InstanceType")
         self._update(
-            att, spot_request_id=att.request_id, requests=max(len(found), att.status.get("requests", 0))
+            att,
+            spot_request_id=att.request_id,
+            requests=max(len(found), att.status.get("requests", 0)),
+            # the adopted request's own (unrecorded when its answer never came back before the restart)
+            instance_type=str(itype) if itype else None,
         )
         if req.get("InstanceId") and req.get("State") == "active":
             att.instance_id = str(req["InstanceId"])
@@ -431,8 +469,20 @@ class SpotTarget(Target):
             if not waiting.done():
                 waiting.cancel()
         result: CallbackResult = waiting.result()
+        return await self._finish_called_back(att, result, ctx.run.target_status.get("callback"))
+
+    async def _finish_called_back(
+        self, att: _Attempt, result: CallbackResult, recorded: dict[str, Any] | None
+    ) -> Outcome:
+        """FinishedOK / FinishedNOK, the instance terminated, the outcome. The callback stays in
+        the run's `target_status` (for `after` triggers, which pass on its `data`, and for a restart)."""
         message = result.message or ("the job reported success" if result.ok else "the job reported failure")
-        await self._record(att, "FinishedOK" if result.ok else "FinishedNOK", message)
+        self._update(
+            att, callback=recorded or {"ok": result.ok, "message": result.message, "data": result.data}
+        )
+        finished = "FinishedOK" if result.ok else "FinishedNOK"
+        if att.status.get("state") != finished:
+            await self._record(att, finished, message)
         await self._terminate(att, "TerminatedOK" if result.ok else "Terminated", f"callback: {message}")
         if result.ok:
             return Outcome(
@@ -514,6 +564,7 @@ class SpotTarget(Target):
         if last not in ("FinishedOK", "FinishedNOK") and att.terminating is None:
             callback = ctx.run.target_status.get("callback") or {}
             if callback:  # a failing callback stops the attempt through cancel
+                self._update(att, callback=callback)
                 await self._record(
                     att, "FinishedOK" if callback.get("ok") else "FinishedNOK", callback.get("message")
                 )
