@@ -109,3 +109,15 @@ def test_a_job_that_calls_back_ok_false_over_http_fails_with_its_message(tmp_pat
             lambda: (r := c.get(f"/runs/{run_id}").json())["state"] == "failed" and r, 20, "the run to fail"
         )
         assert run["error"]["message"] == "no input today" and run["error"]["reason"] == "CallbackFailed"
+
+
+async def test_a_callback_is_answered_only_once_it_is_in_the_store(engine: Engine) -> None:
+    """The caller's answer means "recorded": a kill -9 right after it must not lose the callback
+    (a spot run would otherwise wait for a second one until its timeout, its instance running)."""
+    await engine.put_job(job("long", ["sleep", "60"]))
+    adm = await engine.trigger("long", {})
+    assert adm.run is not None
+    await state_of(engine, adm.run.id, RunState.running)
+    await engine.callback(adm.run.id, engine.callback_token(adm.run.id), True, "done", {"rows": 3})
+    stored = await engine.store.get_run(adm.run.id)  # the store itself, not the engine's memory
+    assert stored is not None and stored.target_status.get("callback", {}).get("data") == {"rows": 3}

@@ -208,6 +208,7 @@ class RunStates:
             return there
         run = await self._active(run_id)
         await self.attempts.deliver_callback(run, ok, message, data)
+        await self.committer.flush()  # answered once recorded: a crash after the answer loses nothing
         return run
 
     async def run_log(self, run_id: str, follow: bool = False) -> AsyncIterator[bytes]:
