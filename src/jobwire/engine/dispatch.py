@@ -63,6 +63,8 @@ class EngineContext(RunContext):
         self._callback_token: str | None = None
         self._received_at = received_at
         self._cap = getattr(job.target, "log_max_bytes", None)
+        self._told: StatusBlock | None = None
+        """The status block last published for this attempt: a report repeating it says nothing."""
 
     # Made when a target asks (a local process's env, a callback wait): an HMAC per attempt was
     # ~2.5 % of the event loop per HTTP run, which never reads them.
@@ -106,10 +108,14 @@ class EngineContext(RunContext):
             f"started on {self.job.target.type}" + (f" as {ref}" if ref else ""),
             status,
         )
+        self._told = status
 
     async def report(self, status: StatusBlock, target_status: dict[str, Any] | None = None) -> None:
+        if target_status is None and status == self._told:
+            return  # the same status again (a watch event that changes nothing here): no document
         if target_status is not None:
             self.run.target_status = target_status
+        self._told = status
         self._attempts.committer.update(self.run)
         self._attempts.host.publish(self.run, status)
 
