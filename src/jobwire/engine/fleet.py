@@ -402,7 +402,7 @@ class FleetAttempts(Attempts):
         self.copies.drop(run.id)
         self.m.outstanding.set(len(self._outstanding))
         if msg.get("log"):
-            self.logs.write(run.id, base64.b64decode(msg["log"]), getattr(job.target, "log_max_bytes", None))
+            self.logs.write(run.id, base64.b64decode(msg["log"]), job.target.__dict__.get("log_max_bytes"))
         if run.started_at is None and msg.get("started_at"):
             run.started_at = datetime.fromisoformat(msg["started_at"])
         o = msg.get("outcome") or {}

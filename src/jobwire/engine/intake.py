@@ -121,6 +121,8 @@ class EventIntake:
         self.jobs = jobs
         self.states = states
         self.runs = states.runs
+        self._event_counters: dict[tuple[str, EventOutcome], Any] = {}
+        """`jobwire_events_total`'s child per (source, outcome), made once."""
         self.active_keys = states.active_keys
         self.slots = states.slots
         self.attempts = states.attempts
@@ -274,7 +276,12 @@ class EventIntake:
         """After the commit: the run is durable, so it becomes active and is launched (unless
         queued). Returns the admission and whether an attempt was launched."""
         event, run = rec.event, p.intake.run
-        self.metrics.events.labels(event.source, event.outcome.value).inc()
+        counter = self._event_counters.get((event.source, event.outcome))
+        if counter is None:  # `labels()` per event was ~4 % of a 10,000-run burst
+            counter = self._event_counters[(event.source, event.outcome)] = self.metrics.events.labels(
+                event.source, event.outcome.value
+            )
+        counter.inc()
         if run is None or p.job is None:  # recorded without a run: invalid, paused, duplicate, overlap
             if event.outcome == EventOutcome.invalid:
                 log.warning("invalid event", event_id=event.id, job=event.job, reason=event.reason)
@@ -355,6 +362,8 @@ def _text(value: Any) -> str | None:
 
 
 def _json_safe(value: Any) -> Any:
+    if value is None or type(value) in (str, int, float, bool):
+        return value  # a time trigger's fire has no payload: nothing to check
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     try:
