@@ -240,7 +240,7 @@ class KubernetesJobTarget(Target):
             return Outcome(state=RunState.failed, error=run_error(exc, tmpl), retryable=retryable(exc))
         try:
             await kube.create_job(ns, manifest)
-            log.info("kubernetes job created", run_id=ctx.run.id, job=name, namespace=ns)
+            log.debug("kubernetes job created", run_id=ctx.run.id, job=name, namespace=ns)
         except httpx2.HTTPError as exc:
             if is_already_exists(exc):
                 log.info("kubernetes job exists, adopting it", run_id=ctx.run.id, job=name, namespace=ns)
