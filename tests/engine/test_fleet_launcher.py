@@ -310,13 +310,10 @@ async def test_a_running_run_this_replica_never_published_is_published_again_at_
         await again.stop()
 
 
-@pytest.mark.parametrize("first_to_report", ["original", "copy"])
-async def test_of_two_copies_of_an_attempt_one_runs_and_the_other_is_cancelled(
-    tmp_path: Path, link: FakeLink, first_to_report: str
-) -> None:
-    """A restart publishes an unconfirmed attempt again, as a copy: the first message was in the
-    queue after all. The first result names the copy that runs; the other is cancelled by its own
-    name (its runner acknowledges it unrun) and whatever it still reports is ignored."""
+async def _restart_with_one_in_doubt(tmp_path: Path, link: FakeLink) -> tuple[str, dict[str, Any], Engine]:
+    """A scheduler publishes one run's work message and stops before RabbitMQ's confirm (a crash
+    for the fleet); a new one starts on the same data folder. Returns the run id, the first work
+    message (taken out of `link.work`) and the started new scheduler."""
     first = link.engine = scheduler(tmp_path)
     await first.start()
     await first.put_job(Job.model_validate({**HTTP_JOB, "triggers": [{"type": "api"}]}))
@@ -325,10 +322,20 @@ async def test_of_two_copies_of_an_attempt_one_runs_and_the_other_is_cancelled(
     await eventually(lambda: len(link.work) == 1, 5, "the publish sent")
     original = link.work.pop()
     await first.stop()
-
     link.confirm.set()
     again = link.engine = scheduler(tmp_path)
     await again.start()
+    return run_id, original, again
+
+
+@pytest.mark.parametrize("first_to_report", ["original", "copy"])
+async def test_of_two_copies_of_an_attempt_one_runs_and_the_other_is_cancelled(
+    tmp_path: Path, link: FakeLink, first_to_report: str
+) -> None:
+    """A restart publishes an unconfirmed attempt again, as a copy: the first message was in the
+    queue after all. The first result names the copy that runs; the other is cancelled by its own
+    name (its runner acknowledges it unrun) and whatever it still reports is ignored."""
+    run_id, original, again = await _restart_with_one_in_doubt(tmp_path, link)
     try:
         await eventually(lambda: link.work, 5, "published again as a copy")
         copy = link.work[0]
@@ -351,18 +358,7 @@ async def test_of_two_copies_of_an_attempt_one_runs_and_the_other_is_cancelled(
 
 
 async def test_a_cancel_of_a_run_with_a_copy_cancels_both_messages(tmp_path: Path, link: FakeLink) -> None:
-    first = link.engine = scheduler(tmp_path)
-    await first.start()
-    await first.put_job(Job.model_validate({**HTTP_JOB, "triggers": [{"type": "api"}]}))
-    link.confirm.clear()
-    run_id = await started(first)
-    await eventually(lambda: len(link.work) == 1, 5, "the publish sent")
-    link.work.clear()
-    await first.stop()
-
-    link.confirm.set()
-    again = link.engine = scheduler(tmp_path)
-    await again.start()
+    run_id, _, again = await _restart_with_one_in_doubt(tmp_path, link)
     try:
         await eventually(lambda: link.work, 5, "published again as a copy")
         run = await again.cancel(run_id, "stop it")
