@@ -39,7 +39,7 @@ class Copies:
 
     def __init__(self) -> None:
         self.tag = uuid.uuid4().hex[:8]
-        """This process's copy tag: a copy's name is `<attempt>#<tag>`, unique per publish."""
+        """This process's copy tag: a copy's name is `<attempt>#<tag>` (fresh per scheduler start)."""
         self._copies: dict[str, tuple[str, str | None]] = {}
         """Run id → (its copy's message name, the name of the message whose results are applied)."""
 
