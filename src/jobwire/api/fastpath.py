@@ -86,7 +86,7 @@ Answer = tuple[int, bytes, dict[str, str] | None]
 """(status, JSON body, extra headers) of a trigger answered here."""
 
 
-def _json_answer(status: int, content: dict[str, Any], headers: dict[str, str] | None = None) -> Answer:
+def json_answer(status: int, content: dict[str, Any], headers: dict[str, str] | None = None) -> Answer:
     return status, json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode(), headers
 
 
@@ -98,11 +98,11 @@ async def answer(
     try:
         params: Any = json.loads(body) if body.strip() else None
     except json.JSONDecodeError as exc:
-        return _json_answer(*invalid_json(exc.doc, exc.pos, exc.msg))
+        return json_answer(*invalid_json(exc.doc, exc.pos, exc.msg))
     except ValueError:  # not UTF-8: the route answers it
         return None
     except RecursionError:  # json.loads on 100,000 nested brackets
-        return _json_answer(*too_deep())
+        return json_answer(*too_deep())
     if params is not None and not isinstance(params, dict):
         return None
     key_raw = headers.get(b"idempotency-key")
@@ -113,12 +113,12 @@ async def answer(
         status, extra, run = admission_parts(engine, admission)
         return status, run.model_dump_json(by_alias=True).encode(), extra
     except ApiError as exc:
-        return _json_answer(exc.status, exc.body(), exc.headers)
+        return json_answer(exc.status, exc.body(), exc.headers)
     except EngineError as exc:
-        return _json_answer(*engine_error_json(exc))
+        return json_answer(*engine_error_json(exc))
     except StoreError as exc:
         log.error("store error", error=str(exc))
-        return _json_answer(503, error_body(503, "StoreUnavailable", str(exc) or "the store is unavailable"))
+        return json_answer(503, error_body(503, "StoreUnavailable", str(exc) or "the store is unavailable"))
 
 
 class TriggerFastPath:

@@ -33,7 +33,7 @@ from typing import Any
 import structlog
 
 from jobwire.api.auth import Authenticator
-from jobwire.api.fastpath import Answer, answer, takes
+from jobwire.api.fastpath import Answer, answer, json_answer, takes
 from jobwire.api.schemas import error_body
 from jobwire.engine import Engine
 
@@ -44,6 +44,8 @@ _PREFIX = b"POST /api/v1/jobs/"
 _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 """Control characters (tab allowed) inside a head line: uvicorn's parser decides about those."""
 _HANDED_OVER = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
+_INTERNAL = "internal error (see the jobwire log)"
+"""What the app's handler of last resort says too."""
 MAX_HEAD = 16 * 1024
 """A head longer than this is uvicorn's to judge (its parser has its own limits)."""
 MAX_BUFFERED = 256 * 1024
@@ -163,7 +165,7 @@ def trigger_front(
                 result: Answer | None = await answer(engine, auth, request.job, request.headers, request.body)
             except Exception as exc:  # the app's handler of last resort answers the same
                 log.exception("unhandled error in request", error_type=type(exc).__name__)
-                result = _internal_error()
+                result = json_answer(500, error_body(500, "InternalError", _INTERNAL))
             self._busy = False
             transport = self.transport
             if transport.is_closing():
@@ -202,13 +204,6 @@ def trigger_front(
             super().shutdown()
 
     return TriggerFront
-
-
-def _internal_error() -> Answer:
-    import json
-
-    body = error_body(500, "InternalError", "internal error (see the jobwire log)")
-    return 500, json.dumps(body, separators=(",", ":")).encode(), None
 
 
 __all__ = ["parse", "trigger_front"]

@@ -3,6 +3,8 @@ payloads or anything a secret could hide in."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _FAST = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -134,3 +136,22 @@ class Metrics:
             "Time-trigger fires refused because this replica was not (or no longer) the leader",
             registry=r,
         )
+
+
+class Children:
+    """A labelled metric's children by label values, each made once: `labels()` per event or run
+    was ~1–4 µs on the hot path (~4 % of a 10,000-run burst). At most `limit` kept (labels with job
+    names come and go), then forgotten all at once and made again."""
+
+    def __init__(self, metric: Any, limit: int = 10_000) -> None:
+        self._metric = metric
+        self._limit = limit
+        self._made: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._made.get(values)
+        if child is None:
+            if len(self._made) >= self._limit:
+                self._made.clear()
+            child = self._made[values] = self._metric.labels(*values)
+        return child

@@ -315,8 +315,8 @@ class Runner:
             await delivery.ack()
             return
         if work.get("kind") == "probe":  # a restarted scheduler's marker (engine/fleet_copies.py)
-            answer = {"v": 1, "kind": "probe", "name": name, "replica": work.get("replica")}
-            answer["runner"] = self.runner_id
+            answer = {"v": 1, "kind": "probe", "name": name, "replica": work.get("replica"),
+                      "runner": self.runner_id}
             await self.send_confirmed(f"{name}:probe", json.dumps(answer).encode())
             await delivery.ack()
             return

@@ -18,7 +18,7 @@ from jobwire.engine.committer import Committer
 from jobwire.engine.dispatch import Attempts
 from jobwire.engine.errors import Conflict, Forbidden, RunNotFound
 from jobwire.engine.launcher import Launcher
-from jobwire.engine.metrics import Metrics
+from jobwire.engine.metrics import Children, Metrics
 from jobwire.engine.policies import Slots
 from jobwire.engine.runlogs import RunLogs
 from jobwire.engine.secret import CallbackTokens
@@ -66,7 +66,7 @@ class RunStates:
         """Set when the engine stops: a freed slot no longer starts a waiting run."""
         self._active_gauge = {s: metrics.runs_active.labels(s.value) for s in _ACTIVE}
         """The gauge's child per active state: `labels()` per transition was ~1 µs each."""
-        self._finished_count: dict[tuple[str, RunState], Any] = {}
+        self._finished = Children(metrics.runs_finished)
         self.chain: Callable[[Run], None] | None = None
         """Called with each run that ended, before its bookkeeping (`EventIntake.chain`)."""
         self.slot_freed: Callable[[str, str | None], None] | None = None
@@ -110,14 +110,7 @@ class RunStates:
         self.active_keys.pop(run.key, None)
         self.touched.add(run.job)
         self.logs.finish(run.id)
-        counter = self._finished_count.get((run.job, run.state))
-        if counter is None:
-            if len(self._finished_count) >= 10_000:
-                self._finished_count.clear()
-            counter = self._finished_count[run.job, run.state] = self.metrics.runs_finished.labels(
-                run.job, run.state.value
-            )
-        counter.inc()
+        self._finished(run.job, run.state.value).inc()
         if run.started_at and run.finished_at:
             stored = self.jobs.get(run.job)
             kind = stored.job.target.type if stored else "unknown"
