@@ -59,7 +59,7 @@ async def test_a_flush_during_a_transaction_waits_for_the_next_one() -> None:
         b.run.state = RunState.running
         committer.update(b.run)  # handed in after transaction 1 began: it goes in transaction 2
         flushed = asyncio.ensure_future(committer.flush())
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one turn: the flush is handed in while transaction 1 is held
         store.gates[0].set()  # transaction 1 commits (a's change only)
         await eventually(lambda: store.entered == 2, 5, "transaction 2 in flight")
         assert not flushed.done(), "flush returned before b's change (handed in before it) was committed"

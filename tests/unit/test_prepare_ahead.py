@@ -4,7 +4,6 @@ burst, not in it."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -64,4 +63,3 @@ async def test_warm_builds_each_http_jobs_request_before_it_is_due() -> None:
     late = {f"k{n}": _stored(_job(f"k{n}", due)) for n in range(300)}
     await warm(late, {"http": target}, list(late), time.time() - 1)
     assert sum(id(s.job.target) in cached for s in late.values()) == 99
-    await asyncio.sleep(0)
