@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ import uvloop
 from jobwire.config import Settings
 from jobwire.model import Job, Parameter, ParamType, RunState
 from jobwire.model import LocalTarget as LocalSpec
+from jobwire.targets import startfence
 from jobwire.targets.local import LocalTarget
 from tests.support.fake_context import FakeContext, wait_until
 
@@ -129,6 +131,47 @@ async def test_not_executable(target: LocalTarget, tmp_path: Path) -> None:
     outcome, _ = await run(target, job([str(script)]))
     assert outcome.error is not None and outcome.error.reason == "CommandNotFound"
     assert outcome.retryable is False
+
+
+async def test_a_start_fenced_after_its_deadline_runs_nothing_then_starts_once(
+    target: LocalTarget, tmp_path: Path
+) -> None:
+    """The engine's check passed, then a pause (SIGSTOP) outlasted the heartbeat deadline before the
+    spawn: the child itself sees the deadline passed and does not run the command; the launch waits
+    for the engine again (here: a fresh deadline) and starts once (targets/startfence.py)."""
+    marks = tmp_path / "marks"
+    ctx = FakeContext(job(["sh", "-c", f"echo ran >> {marks}"]), {"value": "v", "n": 1})
+    ctx.deadlines = [time.monotonic() - 0.01, time.monotonic() + 60]
+    outcome = await target.execute(ctx)
+    assert outcome.state == RunState.succeeded, outcome
+    assert marks.read_text() == "ran\n"
+    assert ctx.calls.count("until_startable") == 2 and len(ctx.started_calls) == 2
+    assert ctx.log_data == startfence.REFUSAL  # the refusal is on the run's output
+
+
+async def test_a_start_before_its_deadline_runs_the_command_as_given(target: LocalTarget) -> None:
+    ctx = FakeContext(job([PY, "-c", ECHO_ARGV, "{{value}}", "$1"]), {"value": "a b; $(id)", "n": 1})
+    ctx.deadlines = [time.monotonic() + 60]
+    outcome = await target.execute(ctx)
+    assert outcome.state == RunState.succeeded, ctx.text
+    assert json.loads(ctx.text) == ["a b; $(id)", "$1"]
+    assert len(ctx.started_calls) == 1
+
+
+@pytest.mark.parametrize("argv", [["no-such-program-jw"], ["./no-such-program-jw"]])
+async def test_a_fenced_command_that_cannot_run_says_so(target: LocalTarget, argv: list[str]) -> None:
+    ctx = FakeContext(job(argv), {"value": "v", "n": 1})
+    ctx.deadlines = [time.monotonic() + 60]
+    outcome = await target.execute(ctx)
+    assert outcome.error is not None and outcome.error.reason == "CommandNotFound", outcome
+    assert ctx.started_calls == []
+
+
+async def test_a_job_exiting_125_is_not_taken_for_a_refusal(target: LocalTarget) -> None:
+    ctx = FakeContext(job(["sh", "-c", "exit 125"]), {"value": "v", "n": 1})
+    ctx.deadlines = [time.monotonic() + 60]
+    outcome = await target.execute(ctx)
+    assert outcome.exit_code == 125 and len(ctx.started_calls) == 1
 
 
 async def test_missing_cwd(target: LocalTarget, tmp_path: Path) -> None:

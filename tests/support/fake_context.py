@@ -66,6 +66,8 @@ class FakeContext(RunContext):
         """Order of calls: "started", "report", "log"."""
         self.log_data = bytearray()
         self._callback: asyncio.Future[CallbackResult] | None = None
+        self.deadlines: list[float | None] = []
+        """What `until_startable` returns, one per call (a start fence's deadline; then None)."""
 
     # ---- RunContext
     async def started(self, ref: str | None, status: StatusBlock | None = None) -> None:
@@ -82,6 +84,10 @@ class FakeContext(RunContext):
 
     async def callback(self) -> CallbackResult:
         return await self._callback_future()
+
+    async def until_startable(self) -> float | None:
+        self.calls.append("until_startable")
+        return self.deadlines.pop(0) if self.deadlines else None
 
     # ---- for tests
     def _callback_future(self) -> asyncio.Future[CallbackResult]:

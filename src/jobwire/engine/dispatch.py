@@ -92,8 +92,9 @@ class EngineContext(RunContext):
     def callback_token(self, value: str) -> None:
         self._callback_token = value
 
-    async def until_startable(self) -> None:
+    async def until_startable(self) -> float | None:
         await self._attempts._until_alive(self.run)
+        return self._attempts.start_deadline()
 
     async def started(self, ref: str | None, status: StatusBlock | None = None) -> None:
         run = self.run
@@ -167,6 +168,8 @@ class Attempts:
         """False while this replica's heartbeat may have expired (engine/replicas.py): it then
         launches nothing — its runs may be someone else's by now — until `wait_alive` returns."""
         self.wait_alive: Callable[[], Awaitable[None]] = _alive
+        self.start_deadline: Callable[[], float | None] = lambda: None
+        """The monotonic time a launch must come before (None: no bound; engine/replicas.py)."""
 
     @property
     def count(self) -> int:

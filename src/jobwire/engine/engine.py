@@ -151,6 +151,7 @@ class Engine:
             self.committer.fencing = self.coordinator
             self.attempts.may_launch = self.coordinator.alive
             self.attempts.wait_alive = self.coordinator.wait_alive
+            self.attempts.start_deadline = self.coordinator.start_deadline
             if isinstance(self.attempts, FleetAttempts):  # several schedulers: results go to a run's owner
                 owners = self.store.run_owners if self.store.shared else None
                 self.attempts.place(self.coordinator.replica, owners)

@@ -27,6 +27,8 @@ class Launcher(Protocol):
     may_launch: Callable[[], bool]
     """False while this replica's heartbeat may have expired (engine/replicas.py)."""
     wait_alive: Callable[[], Awaitable[None]]
+    start_deadline: Callable[[], float | None]
+    """Until when a launch may still start (a target fences on it), or None."""
 
     @property
     def count(self) -> int:

@@ -88,6 +88,11 @@ class Coordinator:
         """Whether this replica's heartbeat is surely not expired: it may launch."""
         return time.monotonic() < self._alive_deadline
 
+    def start_deadline(self) -> float | None:
+        """Until when (`time.monotonic()`) a launch may start: the heartbeat's expiry less the
+        margin, where other replicas could take this one's runs over (a shared store); else None."""
+        return self._alive_deadline if self.store.shared else None
+
     async def wait_alive(self) -> None:
         """Until a heartbeat makes `alive()` true again (or the process exits, declared dead)."""
         while not self.alive():

@@ -76,11 +76,15 @@ class RunContext(ABC):
     async def callback(self) -> CallbackResult:
         """Wait for the job to call back (targets whose runs report their own end)."""
 
-    async def until_startable(self) -> None:
+    async def until_startable(self) -> float | None:
         """Return when the target may take its irreversible step (a spawn, a request, a create).
         A target awaits it last and then starts without yielding: with several replicas the engine
-        holds it while this replica's heartbeat may have expired (a pause, a SIGSTOP landing after
-        the engine's own check), since its runs may be someone else's by then."""
+        holds it while this replica's heartbeat may have expired (a pause), since its runs may be
+        someone else's by then. Returns the `time.monotonic()` deadline the step must still come
+        before — a pause may land after this check, too — or None where there is none (one
+        process on its store); a target whose step can be fenced on its far side checks it there
+        (the local target: in the child, before the exec; targets/startfence.py)."""
+        return None
 
 
 class Target(ABC):

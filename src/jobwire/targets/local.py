@@ -39,6 +39,7 @@ import structlog
 from jobwire.model import LocalTarget as LocalSpec
 from jobwire.model import RunError, RunState
 from jobwire.params import ParamError, param_env, render_argv, render_text
+from jobwire.targets import startfence
 from jobwire.targets.base import Outcome, RunContext, Target
 
 log = structlog.get_logger(__name__)
@@ -91,6 +92,28 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
+def _ended(ctx: RunContext, returncode: int) -> Outcome:
+    log.info("local process exited", run_id=ctx.run.id, job=ctx.job.name, returncode=returncode)
+    if returncode == 0:
+        return Outcome(state=RunState.succeeded, exit_code=0)
+    if returncode < 0:
+        signum = -returncode
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        return Outcome(
+            state=RunState.failed,
+            exit_code=returncode,
+            error=RunError(message=f"killed by {name}", reason="Signal", code=returncode),
+        )
+    return Outcome(
+        state=RunState.failed,
+        exit_code=returncode,
+        error=RunError(message=f"exited with code {returncode}", reason="NonZeroExit", code=returncode),
+    )
+
+
 def _lost() -> Outcome:
     """A process started by a previous jobwire cannot be adopted: its stdout/stderr pipe ended with
     the old scheduler (the output is gone and the process gets EPIPE/SIGPIPE on its next write),
@@ -137,9 +160,22 @@ class LocalTarget(Target):
                 retryable=False,
                 error=RunError(message=f"working directory {spec.cwd} does not exist", reason="InvalidCwd"),
             )
-        await ctx.until_startable()  # nothing yields from here to the spawn
+        while True:
+            outcome = await self._launch(ctx, spec, argv, env)
+            if outcome is not None:
+                return outcome
+            # the child found the deadline passed and did not run the command (startfence.py)
+            log.warning("local process not started: the heartbeat deadline had passed", run_id=ctx.run.id)
+
+    async def _launch(
+        self, ctx: RunContext, spec: LocalSpec, argv: list[str], env: dict[str, str]
+    ) -> Outcome | None:
+        """Spawn the process and see it to its end: its outcome, or None where a start fence refused it."""
+        deadline = await ctx.until_startable()  # nothing yields from here to the spawn
+        fence = deadline is not None and startfence.AVAILABLE  # (not on a system without /proc)
         try:
-            proc, read_end = _spawn(argv, env, spec.cwd)
+            started = startfence.fenced(argv, deadline, env, spec.cwd) if fence and deadline else argv
+            proc, read_end = _spawn(started, env, spec.cwd)
         except ValueError as exc:  # a NUL byte in an argument or environment value
             return Outcome(
                 state=RunState.failed,
@@ -170,7 +206,7 @@ class LocalTarget(Target):
         grace = spec.kill_grace.total_seconds()
         loop = asyncio.get_running_loop()
         exit_watch = _ExitWatch(proc, loop)  # from here on the process is reaped whatever happens
-        output = _Output(ctx, loop)
+        output = _Output(ctx, loop, keep_head=fence)
         transport: asyncio.ReadTransport | None = None
         try:
             # Started first: the process runs from here, and its output waits in the pipe until the
@@ -203,26 +239,9 @@ class LocalTarget(Target):
                 transport.close()  # the transport closes the pipe
             else:
                 read_end.close()
-
-        log.info("local process exited", run_id=ctx.run.id, job=ctx.job.name, returncode=returncode)
-        if returncode == 0:
-            return Outcome(state=RunState.succeeded, exit_code=0)
-        if returncode < 0:
-            signum = -returncode
-            try:
-                name = signal.Signals(signum).name
-            except ValueError:
-                name = f"signal {signum}"
-            return Outcome(
-                state=RunState.failed,
-                exit_code=returncode,
-                error=RunError(message=f"killed by {name}", reason="Signal", code=returncode),
-            )
-        return Outcome(
-            state=RunState.failed,
-            exit_code=returncode,
-            error=RunError(message=f"exited with code {returncode}", reason="NonZeroExit", code=returncode),
-        )
+        if fence and startfence.refused(returncode, bytes(output.head)):
+            return None
+        return _ended(ctx, returncode)
 
     # ------------------------------------------------------------------ helpers
 
@@ -334,11 +353,16 @@ class _Output(asyncio.Protocol):
     """Streams the output pipe to the run log; `closed` tells when every writer has closed it
     (the process and whatever it started that inherited the pipe) and all of it is read."""
 
-    def __init__(self, ctx: RunContext, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, ctx: RunContext, loop: asyncio.AbstractEventLoop, keep_head: bool = False) -> None:
         self.ctx = ctx
         self.closed: asyncio.Future[None] = loop.create_future()
+        self.head = bytearray()
+        """The first bytes of the output, where kept (enough to tell a start fence's refusal)."""
+        self._keep = len(startfence.REFUSAL) + 1 if keep_head else 0
 
     def data_received(self, data: bytes) -> None:
+        if len(self.head) < self._keep:
+            self.head += data[: self._keep - len(self.head)]
         self.ctx.log(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
