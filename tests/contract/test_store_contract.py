@@ -48,6 +48,7 @@ from jobwire.store import (
     StoreLocked,
     open_store,
 )
+from jobwire.store.base import INTAKE_FIELDS
 from jobwire.store.sqlite import SQLiteStore
 
 from .conftest import MakeStore
@@ -318,8 +319,6 @@ def full_run(run: Run) -> Run:
             "state": RunState.failed,
             "attempt": 3,
             "params": {"file": "s3://b/x.csv", "n": 3, "nested": {"a": [1, "two", None]}, "ok": False},
-            "concurrency_key": "customer-7",
-            "scheduled_at": datetime(2026, 3, 1, 14, 0, 0, 1, tzinfo=plus2),
             "not_before": T0 + timedelta(seconds=90, microseconds=999_999),
             "started_at": T0 + timedelta(seconds=1, microseconds=123_456),
             "finished_at": T0 + timedelta(minutes=5),
@@ -354,7 +353,7 @@ async def test_update_runs_round_trip(store: Store) -> None:
     got = await store.get_run(fa.id)
     assert got == fa
     assert got is not None
-    for name in ("created_at", "scheduled_at", "not_before", "started_at", "finished_at"):
+    for name in ("created_at", "not_before", "started_at", "finished_at"):
         value = getattr(got, name)
         assert value.utcoffset() == timedelta(0), name  # aware, UTC
         assert value == getattr(fa, name), name
@@ -370,6 +369,30 @@ async def test_update_runs_round_trip(store: Store) -> None:
     assert await store.update_runs([plain]) == []
     assert await store.get_run(a.run.id) == plain
     assert await store.update_runs([]) == []
+
+
+async def test_an_update_keeps_what_the_run_got_at_intake(store: Store) -> None:
+    i = intake()
+    await store.record([i])
+    assert i.run is not None
+    other = intake()
+    await store.record([other])
+    assert other.run is not None
+    changed = i.run.model_copy(
+        update={
+            "state": RunState.running,
+            "job": "another",
+            "trigger": "cron",
+            "event_id": other.event.id,
+            "concurrency_key": "customer-7",
+            "created_at": T0 + timedelta(days=1),
+            "scheduled_at": datetime(2026, 3, 1, 14, 0, 0, 1, tzinfo=timezone(timedelta(hours=2))),
+        }
+    )
+    assert await store.update_runs([changed]) == []
+    got = await store.get_run(i.run.id)
+    assert got == i.run.model_copy(update={"state": RunState.running})
+    assert set(INTAKE_FIELDS) == {"key", "job", "trigger", "event_id", "concurrency_key", "created_at", "scheduled_at"}
 
 
 async def test_update_of_unknown_run_is_ignored(store: Store) -> None:

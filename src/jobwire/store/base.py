@@ -198,6 +198,9 @@ class PruneRule(NamedTuple):
     older_than: datetime
 
 
+INTAKE_FIELDS = ("key", "job", "trigger", "event_id", "concurrency_key", "created_at", "scheduled_at")
+"""What a run is given at intake and keeps: `Store.update_runs` does not write these again."""
+
 ALLOWED_FROM = (
     "the stored state is the same, or active (queued, pending, running) and the new one is not queued"
 )
@@ -310,9 +313,11 @@ class Store(ABC):
 
     @abstractmethod
     async def update_runs(self, runs: list[Run]) -> list[str]:
-        """Persist the current state of these runs (all fields, history included), in one
-        transaction — each only if `update_allowed(stored state, new state)`. Returns the ids of
-        the runs not written (refused, or no longer stored)."""
+        """Persist the current state of these runs (history included), in one transaction — each
+        only if `update_allowed(stored state, new state)`. What a run is given at intake stays as
+        recorded (`INTAKE_FIELDS`: not written again — in SQLite each column written costs its
+        indexes and event_id its foreign-key check). Returns the ids of the runs not written
+        (refused, or no longer stored)."""
 
     def unavailable(self, exc: BaseException) -> bool:
         """Whether a failed write failed because the store cannot take writes now (disk full, I/O

@@ -16,6 +16,7 @@ from typing import Any
 
 from jobwire.model import ACTIVE_STATES, Event, EventOutcome, Job, Run, RunState, utcnow
 from jobwire.store.base import (
+    INTAKE_FIELDS,
     Activity,
     ActivityCount,
     EventQuery,
@@ -237,15 +238,9 @@ class MemoryStore(Store):
             if old is None or not update_allowed(old.state, run.state):
                 refused.append(run.id)  # pruned meanwhile (SQLite: an UPDATE of no row), or refused
                 continue
-            if run.event_id not in self._events:
-                raise StoreError(
-                    f"FOREIGN KEY constraint failed: run {run.id} names event {run.event_id!r}, "
-                    "which is not recorded"
-                )
             new = _norm_run(run)
-            if new.key != old.key:
-                new = new.model_copy(update={"key": old.key})
-            staged[run.id] = new
+            kept = {f: getattr(old, f) for f in INTAKE_FIELDS if getattr(new, f) != getattr(old, f)}
+            staged[run.id] = new.model_copy(update=kept) if kept else new
         self._runs.update(staged)
         return refused
 

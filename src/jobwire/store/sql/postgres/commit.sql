@@ -75,10 +75,8 @@ events_in AS (
 ),
 updated AS (
     UPDATE runs SET
-        job = u.job, trigger = u.trigger, event_id = u.event_id, state = u.state, attempt = u.attempt,
-        params = u.params::json, concurrency_key = u.concurrency_key, created_at = u.created_at,
-        scheduled_at = u.scheduled_at, not_before = u.not_before, started_at = u.started_at,
-        finished_at = u.finished_at, exit_code = u.exit_code, http_status = u.http_status,
+        state = u.state, attempt = u.attempt, params = u.params::json, not_before = u.not_before,
+        started_at = u.started_at, finished_at = u.finished_at, exit_code = u.exit_code, http_status = u.http_status,
         error = u.error::json, target_ref = u.target_ref, target_status = u.target_status::json,
         history = u.history::json, input_location = u.input_location, environment = u.environment
     FROM unnest(
