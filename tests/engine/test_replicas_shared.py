@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from jobwire.config import Settings
-from jobwire.engine import Engine, Forbidden
+from jobwire.engine import Engine, Forbidden, Unavailable, shared
 from jobwire.model import EventOutcome, Job, RunState, StatusDocument
 from jobwire.store.postgres import PostgresStore
 from tests.support.pgdb import fresh_database
@@ -149,6 +149,58 @@ async def test_a_callback_reaching_the_other_replica_is_accepted(replicas: Repli
     run = await eventually(ended, 15, "the run to end on a")
     assert run.state == RunState.succeeded
     assert run.target_status["callback"]["data"] == {"rows": 3}
+
+
+async def _waiting_run(a: Engine, b: Engine) -> str:
+    await a.put_job(job("waits", ["true"], callback={"wait": True, "timeout": "1m"}))
+    await eventually(lambda: "waits" in b.jobs, 5, "the job on b")
+    adm = await a.trigger("waits", {})
+    assert adm.run is not None
+    run_id = adm.run.id
+    await eventually(lambda: a.runs.get(run_id) and a.runs[run_id].state == RunState.running, 10, "running")
+    return run_id
+
+
+async def test_a_forwarded_callback_is_answered_once_the_holder_committed_it(
+    replicas: Replicas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answered before, a kill -9 of the holder right after the answer lost the callback (the job
+    was told it reported; the run then waited for its timeout)."""
+    a, b = replicas.a, replicas.b
+    run_id = await _waiting_run(a, b)
+    gate = asyncio.Event()
+    commit = a.store.commit
+
+    async def held(*args: Any, **kw: Any) -> Any:
+        await gate.wait()
+        return await commit(*args, **kw)
+
+    monkeypatch.setattr(a.store, "commit", held)
+    held_run = a.runs[run_id]
+    answer = asyncio.create_task(b.callback(run_id, a.callback_token(run_id), True, "done", {"rows": 1}))
+    try:
+        await eventually(lambda: "callback" in held_run.target_status, 10, "the callback delivered on a")
+        assert not answer.done(), "answered while the holder had not committed the callback"
+    finally:
+        gate.set()  # (the engines stop behind it)
+    assert (await asyncio.wait_for(answer, 15)).id == run_id
+    stored = await b.store.get_run(run_id)
+    assert stored is not None and stored.target_status["callback"]["data"] == {"rows": 1}
+
+
+async def test_a_callback_the_holder_never_confirms_is_refused_with_503(
+    replicas: Replicas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = replicas.a, replicas.b
+    run_id = await _waiting_run(a, b)
+
+    async def never(*args: Any) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(a.run_states.attempts, "deliver_callback", never)
+    monkeypatch.setattr(shared, "FORWARD_WAIT", 0.5)
+    with pytest.raises(Unavailable, match="did not confirm the callback"):
+        await b.callback(run_id, a.callback_token(run_id), True, None, {})
 
 
 async def test_max_running_one_holds_across_replicas(replicas: Replicas, tmp_path: Path) -> None:

@@ -168,14 +168,15 @@ class RunStates:
 
     async def _elsewhere(self, run_id: str, request: dict[str, Any]) -> Run | None:
         """Several replicas: a run active on another one gets `request` forwarded to it; the run
-        as stored is the answer. None when the run is this replica's (or not active anywhere)."""
+        as stored is the answer, once the holder confirmed it committed the request. None when the run
+        is this replica's (or not active anywhere)."""
         if self.forward is None or run_id in self.runs:
             return None
         stored = await self.store.get_run(run_id)
         if stored is None or stored.state.terminal:
             return None
         await self.forward(run_id, request)
-        return stored
+        return await self.store.get_run(run_id) or stored  # as the holder committed it
 
     async def cancel(self, run_id: str, reason: str = "cancelled by user") -> Run:
         there = await self._elsewhere(run_id, {"op": "cancel", "reason": reason})

@@ -14,7 +14,10 @@ and everything re-read after a reconnect). Channels:
   replica that made them), and a hole in an origin's `seq` (payloads lost while the bus was down)
   becomes a gap its stream readers are told about (`lagged`).
 * `jobwire_runs` — a request about a run active on another replica (a callback, a cancel),
-  handled by the replica that holds the run.
+  handled by the replica that holds the run, which confirms on the same channel once what it did
+  is committed (`{"ack": …}`, with the error if it refused); the replica that forwarded it answers
+  its caller only then — a callback answered 200 is in the store — or, with no confirmation within
+  `FORWARD_WAIT`, 503 (send it again: the holder may be restarting, or its runs being taken over).
 * `jobwire_slots` — `<job>\\x1f<key>`: a run of a job with a concurrency limit ended (sent once its
   end is committed); every replica then tries to promote its queued runs of that pair, each
   promotion checked and written by the store under the pair's lock (`Store.claim_slot`).
@@ -32,13 +35,13 @@ from typing import Any, Protocol
 import structlog
 
 from jobwire.config import Settings
-from jobwire.engine.errors import EngineError
+from jobwire.engine.errors import Conflict, EngineError, Unavailable
 from jobwire.engine.jobs import JobRegistry
 from jobwire.engine.runs import RunStates
 from jobwire.engine.secret import CallbackTokens
 from jobwire.engine.status import StatusHub, document
 from jobwire.engine.supervisor import Supervisor
-from jobwire.model import RunState, StatusDocument
+from jobwire.model import Run, RunState, StatusDocument
 from jobwire.store import Store
 from jobwire.store.base import MAX_PAYLOAD, Bus
 
@@ -50,6 +53,8 @@ OUTGOING = 10_000
 SEND_BATCH = 2000
 """Status documents per round trip at most (about 100 notifications of ~20 documents each)."""
 SEP = "\x1f"
+FORWARD_WAIT = 10.0
+"""Seconds a request about a run on another replica waits for that replica's confirmation."""
 
 
 class TooLarge(EngineError):
@@ -97,6 +102,8 @@ class SharedState:
         self._resync = False
         self.received = 0
         """Status documents received from other replicas (tests, diagnostics)."""
+        self._confirms: dict[str, asyncio.Future[str | None]] = {}
+        """Forwarded requests waiting for the holder's confirmation: request id → its error or None."""
         if bus is None:
             return
         bus.subscribe(JOBS, self._on_job)
@@ -225,29 +232,63 @@ class SharedState:
 
     # ------------------------------------------------------------------ requests about runs
     async def forward(self, run_id: str, request: dict[str, Any]) -> None:
-        payload = json.dumps({**request, "run": run_id, "o": self.origin})
+        """Hand `request` to the replica holding `run_id`; return once it confirmed it committed."""
+        rid = uuid.uuid4().hex
+        payload = json.dumps({**request, "run": run_id, "o": self.origin, "r": rid})
         if len(payload.encode()) > MAX_PAYLOAD:
             raise TooLarge(
                 f"run {run_id} runs on another replica and this request is {len(payload.encode())} "
                 f"bytes, more than the {MAX_PAYLOAD} that can be handed to it: send less data"
             )
-        await self._notify(RUNS, [payload])
+        confirmed = self._confirms[rid] = asyncio.get_running_loop().create_future()
+        try:
+            await self._notify(RUNS, [payload])
+            async with asyncio.timeout(FORWARD_WAIT):
+                error = await confirmed
+        except TimeoutError:
+            raise Unavailable(
+                f"run {run_id} is active on another replica, which did not confirm the {request.get('op')} "
+                f"within {FORWARD_WAIT:.0f} s (restarting, or its runs being taken over): send it again"
+            ) from None
+        finally:
+            self._confirms.pop(rid, None)
+        if error is not None:
+            raise Conflict(error)
 
     def _on_run_request(self, payload: str) -> None:
         request = json.loads(payload)
+        if "ack" in request:  # a confirmation: for the replica that forwarded the request
+            confirmed = self._confirms.get(str(request["ack"])) if request.get("to") == self.origin else None
+            if confirmed is not None and not confirmed.done():
+                error = request.get("e")
+                confirmed.set_result(error if isinstance(error, str) else None)
+            return
         run = self.states.runs.get(str(request.get("run")))
         if run is None or request.get("o") == self.origin:
             return  # not ours (every replica hears every request)
-        if request.get("op") == "callback":
-            data = request.get("data") if isinstance(request.get("data"), dict) else {}
-            message = request.get("message")
-            coro = self.states.attempts.deliver_callback(
-                run, bool(request.get("ok")), message if isinstance(message, str) else None, data
-            )
-            self._spawn(coro, "jobwire-replicas-callback")
-        elif request.get("op") == "cancel":
-            reason = str(request.get("reason") or "cancelled by user")
-            self._spawn(self.states.cancel(run.id, reason), "jobwire-replicas-cancel")
+        self._spawn(self._handle(run, request), "jobwire-replicas-request")
+
+    async def _handle(self, run: Run, request: dict[str, Any]) -> None:
+        """Do what another replica forwarded, commit it, then confirm (or say why not)."""
+        error: str | None = None
+        try:
+            if request.get("op") == "callback":
+                data = request.get("data")
+                message = request.get("message")
+                await self.states.attempts.deliver_callback(
+                    run,
+                    bool(request.get("ok")),
+                    message if isinstance(message, str) else None,
+                    data if isinstance(data, dict) else {},
+                )
+            elif request.get("op") == "cancel":
+                await self.states.cancel(run.id, str(request.get("reason") or "cancelled by user"))
+            await self.committer.flush()  # confirmed once recorded
+        except EngineError as exc:
+            error = str(exc)
+        rid, origin = request.get("r"), request.get("o")
+        if isinstance(rid, str) and isinstance(origin, str):  # (a replica of an older version sends none)
+            await self._notify(RUNS, [json.dumps({"ack": rid, "to": origin, "e": error})])
 
     # ------------------------------------------------------------------ concurrency slots
     def _slot_freed(self, job: str, ckey: str | None) -> None:
