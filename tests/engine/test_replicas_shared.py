@@ -85,6 +85,10 @@ async def test_the_catalogue_is_resynchronised_after_the_listen_connection_is_lo
     # session was down (a NOTIFY sent then reaches nobody): only the resync on reconnect finds it.
     # (Saving it after the terminate raced the terminate: pg_terminate_backend only signals, and the
     # session could still deliver the NOTIFY — CI saw the job arrive with no restart yet.)
+    # b's first read of the catalogue (on connecting) is done once b has a job saved after it
+    # (before, that read could run after the save below and find the job: seen once under -n 2)
+    await a.put_job(job("before", ["true"]))
+    await eventually(lambda: "before" in b.jobs, 10, "b's first catalogue read")
     await a.store.execute("ALTER TABLE jobs DISABLE TRIGGER jobwire_jobs_notify")  # type: ignore[attr-defined]
     try:
         await b.store.save_job(job("while-deaf", ["true"]), "api")

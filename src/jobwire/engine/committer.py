@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from jobwire.engine.errors import NotLeader
+from jobwire.engine.errors import LeaseUncertain, NotLeader
 from jobwire.engine.metrics import Metrics
 from jobwire.engine.supervisor import Spawn, describe
 from jobwire.model import Run
@@ -52,6 +52,10 @@ class Fencing(Protocol):
 
     def fenced(self) -> None:
         """A fenced commit was refused (another replica holds the lease): step down."""
+
+    def renewing(self) -> bool:
+        """The lease's local deadline passed but this replica has not stepped down: the next
+        renewal decides whether it still leads."""
 
 
 def is_fire(intake: Intake) -> bool:
@@ -205,12 +209,16 @@ class Committer:
             return batch, fence
         kept: list[tuple[Intake, asyncio.Future[Recorded]]] = []
         refused = 0
+        if self.fencing.renewing():
+            error: NotLeader = LeaseUncertain("the leader lease's renewal is late: fires held until decided")
+        else:
+            error = NotLeader("this replica is not the leader: time triggers fire there")
         for pair in batch:
             if not is_fire(pair[0]):
                 kept.append(pair)
             elif not pair[1].done():
                 refused += 1
-                pair[1].set_exception(NotLeader("this replica is not the leader: time triggers fire there"))
+                pair[1].set_exception(error)
         self._metrics.fires_fenced.inc(refused)
         return kept, self.fencing.owner_fence()
 

@@ -61,11 +61,20 @@ class NotLeader(EngineError):
     reason = "NotLeader"
 
 
+class LeaseUncertain(NotLeader):
+    """A fire handed in while this replica's lease renewal is late: its own deadline for the lease
+    passed, but it has not stepped down. The renewal may still succeed — then no replica takes
+    over and catches up, so a fire dropped now would be missed by all: it is kept and retried."""
+
+    reason = "LeaseUncertain"
+
+
 __all__ = [
     "Conflict",
     "EngineError",
     "Forbidden",
     "InvalidParams",
+    "LeaseUncertain",
     "JobNotFound",
     "NotLeader",
     "RunNotFound",

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from jobwire.engine.errors import NotLeader, Unavailable
+from jobwire.engine.errors import LeaseUncertain, NotLeader, Unavailable
 from jobwire.engine.metrics import Metrics
 from jobwire.engine.scheduler import missed_fires
 from jobwire.model import Admission, CatchupPolicy, Incoming, Job, utcnow
@@ -105,7 +105,7 @@ class PendingFires:
         failed = [inc for inc, res in zip(batch, results, strict=True) if isinstance(res, BaseException)]
         if failed:
             error = next(r for r in results if isinstance(r, BaseException))
-            log.error(
+            (log.warning if isinstance(error, LeaseUncertain) else log.error)(
                 "time triggers could not be recorded; kept and retried until the store takes them",
                 count=len(failed),
                 jobs=sorted({inc.job or "" for inc in failed})[:10],
@@ -120,8 +120,13 @@ class PendingFires:
     ) -> tuple[list[Incoming], list[Admission | BaseException]]:
         """Leave out the fires refused because this replica is not (or no longer) the leader: they
         are not kept — the leader fires them, or catches them up per each job's policy when it
-        takes over (counted as given up here)."""
-        pairs = [(i, r) for i, r in zip(batch, results, strict=True) if not isinstance(r, NotLeader | Fenced)]
+        takes over (counted as given up here). Those refused while its lease renewal was late
+        (`LeaseUncertain`) stay: if the renewal succeeds nobody else catches them up."""
+        pairs = [
+            (i, r)
+            for i, r in zip(batch, results, strict=True)
+            if isinstance(r, LeaseUncertain) or not isinstance(r, NotLeader | Fenced)
+        ]
         dropped = len(batch) - len(pairs)
         if dropped:
             self.given_up += dropped

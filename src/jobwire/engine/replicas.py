@@ -103,6 +103,9 @@ class Coordinator:
         lease = self.lease
         return Fence(self.replica, lease.token) if lease is not None and self.is_leader() else None
 
+    def renewing(self) -> bool:
+        return self.lease is not None and not self.is_leader()
+
     def owner_fence(self) -> Fence:
         return Fence(self.replica)
 
