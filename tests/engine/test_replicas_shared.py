@@ -130,16 +130,21 @@ async def test_an_sse_reader_on_one_replica_sees_runs_made_on_the_other(
     assert b.shared is not None and b.shared.received >= 3
 
 
-async def test_a_callback_reaching_the_other_replica_is_accepted(replicas: Replicas, tmp_path: Path) -> None:
-    a, b = replicas.a, replicas.b
-    assert a.callback_token("r-x") == b.callback_token("r-x"), "one key for both replicas"
-    assert not (tmp_path / "r1" / "secret.key").exists(), "the key lives in the database"
+async def _waiting_run(a: Engine, b: Engine) -> str:
     await a.put_job(job("waits", ["true"], callback={"wait": True, "timeout": "1m"}))
     await eventually(lambda: "waits" in b.jobs, 5, "the job on b")
     adm = await a.trigger("waits", {})
     assert adm.run is not None
     run_id = adm.run.id
     await eventually(lambda: a.runs.get(run_id) and a.runs[run_id].state == RunState.running, 10, "running")
+    return run_id
+
+
+async def test_a_callback_reaching_the_other_replica_is_accepted(replicas: Replicas, tmp_path: Path) -> None:
+    a, b = replicas.a, replicas.b
+    assert a.callback_token("r-x") == b.callback_token("r-x"), "one key for both replicas"
+    assert not (tmp_path / "r1" / "secret.key").exists(), "the key lives in the database"
+    run_id = await _waiting_run(a, b)
     token = a.callback_token(run_id)
     with pytest.raises(Forbidden):
         await b.callback(run_id, "0" * len(token), True, None, {})
@@ -153,16 +158,6 @@ async def test_a_callback_reaching_the_other_replica_is_accepted(replicas: Repli
     run = await eventually(ended, 15, "the run to end on a")
     assert run.state == RunState.succeeded
     assert run.target_status["callback"]["data"] == {"rows": 3}
-
-
-async def _waiting_run(a: Engine, b: Engine) -> str:
-    await a.put_job(job("waits", ["true"], callback={"wait": True, "timeout": "1m"}))
-    await eventually(lambda: "waits" in b.jobs, 5, "the job on b")
-    adm = await a.trigger("waits", {})
-    assert adm.run is not None
-    run_id = adm.run.id
-    await eventually(lambda: a.runs.get(run_id) and a.runs[run_id].state == RunState.running, 10, "running")
-    return run_id
 
 
 async def test_a_forwarded_callback_is_answered_once_the_holder_committed_it(
