@@ -93,6 +93,27 @@ async def measure_reads(store: Store, n: int = 200) -> float:
         await store.close()
 
 
+async def measure_updates(store: Store, runs: int = 8_000, batch_size: int = 16) -> float:
+    """CPU µs per run update: every run of `runs` recorded, then `update_runs` in batches of
+    `batch_size` to `running` and then `succeeded` (a run's life after its intake)."""
+    await store.open()
+    try:
+        intakes = [make_intake() for _ in range(runs)]
+        for i in range(0, runs, 500):
+            await store.record(intakes[i : i + 500])
+        all_runs = [i.run for i in intakes if i.run is not None]
+        cpu = time.process_time()
+        for state in (RunState.running, RunState.succeeded):
+            for r in all_runs:
+                r.state = state
+                r.history.append(Transition(state=state, at=T0))
+            for i in range(0, runs, batch_size):
+                await store.update_runs(all_runs[i : i + batch_size])
+        return (time.process_time() - cpu) / (2 * runs) * 1e6
+    finally:
+        await store.close()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -122,6 +143,8 @@ async def main() -> None:
             print(f"{size:>6} | " + " | ".join(f"{w:>9,.0f} ({c:>7,.0f})" for w, c in cells))
         ms = await measure_reads(SQLiteStore(f"sqlite:///{tmp}/reads.db", synchronous="NORMAL"))
         print(f"\nlist_runs(job, limit=50) over 10,000 runs: {ms:.2f} ms per page")
+        us = await measure_updates(SQLiteStore(f"sqlite:///{tmp}/updates.db", synchronous="FULL"))
+        print(f"update_runs(), batches of 16, running then succeeded: {us:.1f} µs of CPU per run update")
     await postgres_rows(args.seconds)
 
 

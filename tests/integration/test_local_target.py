@@ -145,7 +145,7 @@ async def test_a_start_fenced_after_its_deadline_runs_nothing_then_starts_once(
     outcome = await target.execute(ctx)
     assert outcome.state == RunState.succeeded, outcome
     assert marks.read_text() == "ran\n"
-    assert ctx.calls.count("until_startable") == 2 and len(ctx.started_calls) == 2
+    assert ctx.startable_calls == 2 and len(ctx.started_calls) == 2
     assert ctx.log_data == startfence.REFUSAL  # the refusal is on the run's output
 
 

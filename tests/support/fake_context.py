@@ -67,6 +67,7 @@ class FakeContext(RunContext):
         self.log_data = bytearray()
         self._callback: asyncio.Future[CallbackResult] | None = None
         self.deadlines: list[float | None] = []
+        self.startable_calls = 0
         """What `until_startable` returns, one per call (a start fence's deadline; then None)."""
 
     # ---- RunContext
@@ -86,7 +87,7 @@ class FakeContext(RunContext):
         return await self._callback_future()
 
     async def until_startable(self) -> float | None:
-        self.calls.append("until_startable")
+        self.startable_calls += 1
         return self.deadlines.pop(0) if self.deadlines else None
 
     # ---- for tests
