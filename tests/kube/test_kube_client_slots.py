@@ -6,22 +6,37 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from lightkube import KubeConfig
+from lightkube.config.kubeconfig import SingleConfig
 
+from jobwire.targets.kubernetes import client
 from jobwire.targets.kubernetes.client import MAX_REQUESTS, Kube
 
 
+def offline_config() -> SingleConfig:
+    return KubeConfig.from_dict(
+        {
+            "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:1"}}],
+            "users": [{"name": "u", "user": {"token": "t"}}],
+            "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+            "current-context": "x",
+        }
+    ).get()
+
+
 class SlowCreates:
-    """Stands in for lightkube's client: creations wait for `release`; logs answer at once."""
+    """Stands in for lightkube's client: creations (plain POSTs) wait for `release`; logs answer at once."""
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
         self.creating = 0
 
-    async def create(self, obj: Any) -> Any:
+    async def send(self, generic: Any, request: Any, stream: bool = False) -> Any:
+        assert request.method == "POST"
         self.creating += 1
         await self.release.wait()
-        return obj
+        raise RuntimeError("not sent")
 
     async def log(self, pod: str, namespace: str, follow: bool) -> AsyncIterator[str]:
         yield f"log of {pod}\n"
@@ -30,18 +45,13 @@ class SlowCreates:
         pass
 
 
-async def test_a_finished_runs_log_is_fetched_while_creations_fill_the_pool() -> None:
-    config = KubeConfig.from_dict(
-        {
-            "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:1"}}],
-            "users": [{"name": "u", "user": {"token": "t"}}],
-            "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-            "current-context": "x",
-        }
-    ).get()
-    kube = Kube(config)
+async def test_a_finished_runs_log_is_fetched_while_creations_fill_the_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kube = Kube(offline_config())
     fake = SlowCreates()
-    kube.client = fake  # type: ignore[assignment]
+    monkeypatch.setattr(client, "_send", fake.send)
+    monkeypatch.setattr(kube.client, "log", fake.log)
     manifest = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -63,6 +73,7 @@ async def test_a_finished_runs_log_is_fetched_while_creations_fill_the_pool() ->
     finally:
         fake.release.set()
         await asyncio.gather(*creations, return_exceptions=True)
+        await kube.close()
 
 
 async def _collect(it: AsyncIterator[str]) -> list[str]:
