@@ -12,6 +12,7 @@ from lightkube.config.kubeconfig import SingleConfig
 
 from jobwire.targets.kubernetes import client
 from jobwire.targets.kubernetes.client import MAX_REQUESTS, Kube
+from jobwire.targets.kubernetes.slots import START, URGENT, Slots
 
 
 def offline_config() -> SingleConfig:
@@ -78,3 +79,53 @@ async def test_a_finished_runs_log_is_fetched_while_creations_fill_the_pool(
 
 async def _collect(it: AsyncIterator[str]) -> list[str]:
     return [line async for line in it]
+
+
+async def test_a_freed_slot_goes_to_what_ends_runs_before_waiting_creations() -> None:
+    slots = Slots(1)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with slots.take(URGENT):
+            await release.wait()
+
+    async def request(cls: int, name: str) -> None:
+        async with slots.take(cls):
+            order.append(name)
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0)
+    waiters = [asyncio.create_task(request(START, "create-1")), asyncio.create_task(request(START, "create-2"))]
+    await asyncio.sleep(0)
+    waiters += [asyncio.create_task(request(URGENT, "log-1")), asyncio.create_task(request(URGENT, "log-2"))]
+    await asyncio.sleep(0)
+    assert slots.waiting(START) == 2 and slots.waiting(URGENT) == 2
+    release.set()
+    await asyncio.gather(holder, *waiters)
+    # the creations asked first, the logs get the slot first; first come first served within each
+    assert order == ["log-1", "log-2", "create-1", "create-2"]
+    assert slots.free == 1
+
+
+async def test_a_cancelled_waiter_does_not_keep_a_slot() -> None:
+    slots = Slots(1)
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with slots.take(START):
+            await release.wait()
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0)
+    gone = asyncio.create_task(hold())  # waits, then is cancelled: never holds the slot
+    handed = asyncio.create_task(hold())  # handed the slot in the same turn it is cancelled
+    await asyncio.sleep(0)
+    gone.cancel()
+    release.set()
+    await asyncio.sleep(0)  # the holder releases: the slot is handed to `handed`
+    handed.cancel()
+    await asyncio.gather(holder, gone, handed, return_exceptions=True)
+    assert slots.free == 1 and slots.waiting(START) == 0
+    async with asyncio.timeout(1), slots.take(URGENT):
+        assert slots.free == 0

@@ -13,6 +13,7 @@ picks a context (default: the file's current context).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from lightkube.resources.core_v1 import ConfigMap, Event, Pod
 from lightkube.types import CascadeType
 
 from jobwire.config import Settings
+from jobwire.targets.kubernetes.slots import START, URGENT, Slots
 from jobwire.targets.kubernetes.watch import decode_event
 
 __all__ = ["API_CALLS", "Kube", "KubeUnavailable", "exists", "resolve_config"]
@@ -59,7 +61,8 @@ MAX_REQUESTS = 64
 MAX_CREATES = 48
 """Of those, creations of Jobs: the other 16 stay free for what ends runs (their pods, logs,
 deletes), which would otherwise queue behind a burst of creations (10,000 runs triggered at once:
-a finished Job's log waited a minute behind the Jobs not yet created)."""
+a finished Job's log waited a minute behind the Jobs not yet created). And a freed slot goes to a
+waiting request of theirs before a waiting creation (`slots.Slots`)."""
 
 
 class KubeUnavailable(RuntimeError):
@@ -141,7 +144,8 @@ class Kube:
     """Thin typed wrapper over lightkube's AsyncClient: plain dicts in and out.
 
     Two connection pools: `client` for requests — at most MAX_REQUESTS in flight, the rest wait
-    here rather than time out waiting for a pooled connection (1,000 runs starting at once) — and
+    here rather than time out waiting for a pooled connection (1,000 runs starting at once), what
+    ends runs before creations — and
     `stream_client` for the long-lived streams (watches, followed logs), so a burst of requests can
     never starve the watches and a watch never holds a request's connection."""
 
@@ -152,8 +156,12 @@ class Kube:
         self.stream_client = AsyncClient(
             config, timeout=httpx2.Timeout(TIMEOUT), field_manager="jobwire", trust_env=False
         )
-        self._slots = asyncio.Semaphore(MAX_REQUESTS)
+        self._requests = Slots(MAX_REQUESTS)
         self._creates = asyncio.Semaphore(MAX_CREATES)
+
+    def _slots(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """A request slot for anything but a creation: served before waiting creations."""
+        return self._requests.take(URGENT)
 
     async def close(self) -> None:
         await self.client.close()
@@ -165,7 +173,7 @@ class Kube:
         converted to a `Job` and the answer decoded into one and back to a dict (which nobody
         read) were ~16 % of jobwire's CPU in a burst of 10,000 runs. Errors are lightkube's
         `ApiError`, as before."""
-        async with self._creates, self._slots:
+        async with self._creates, self._requests.take(START):
             await self._post(Job, namespace, _in_namespace(manifest, namespace))
 
     async def _post(self, res: type, namespace: str, body: dict[str, Any]) -> None:
@@ -183,12 +191,12 @@ class Kube:
         _raise_for_status(generic, await _send(generic, request))
 
     async def get_job(self, namespace: str, name: str) -> dict[str, Any]:
-        async with self._slots:
+        async with self._slots():
             return _dict(await self.client.get(Job, name, namespace=namespace))
 
     async def list_jobs(self, namespace: str, selector: str) -> tuple[list[dict[str, Any]], str]:
         """The Jobs matching an existence selector (a label key), and the list's resourceVersion."""
-        async with self._slots:
+        async with self._slots():
             it = self.client.list(Job, namespace=namespace, labels={selector: exists()})
             items = [_dict(j) async for j in it]
             return items, it.resourceVersion
@@ -230,16 +238,16 @@ class Kube:
 
     async def delete_job(self, namespace: str, name: str) -> None:
         """Background propagation: the Job goes at once, the garbage collector removes its pods."""
-        async with self._slots:
+        async with self._slots():
             await self.client.delete(Job, name, namespace=namespace, cascade=CascadeType.BACKGROUND)
 
     async def get_cronjob(self, namespace: str, name: str) -> dict[str, Any]:
-        async with self._slots:
+        async with self._slots():
             return _dict(await self.client.get(CronJob, name, namespace=namespace))
 
     # ---- pods
     async def list_pods(self, namespace: str, labels: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
-        async with self._slots:
+        async with self._slots():
             it = self.client.list(Pod, namespace=namespace, labels=labels)
             items = [_dict(p) async for p in it]
             return items, it.resourceVersion
@@ -254,20 +262,20 @@ class Kube:
             async for line in self.stream_client.log(pod, namespace=namespace, follow=True):
                 yield line
             return
-        async with self._slots:
+        async with self._slots():
             async for line in self.client.log(pod, namespace=namespace, follow=False):
                 yield line
 
     # ---- other resources labelled with a run
     async def list_configmaps(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        async with self._slots:
+        async with self._slots():
             return [
                 _dict(c)
                 async for c in self.client.list(ConfigMap, namespace=namespace, labels={selector: exists()})
             ]
 
     async def delete_configmap(self, namespace: str, name: str) -> None:
-        async with self._slots:
+        async with self._slots():
             await self.client.delete(ConfigMap, name, namespace=namespace)
 
     async def create_event(
@@ -295,7 +303,7 @@ class Kube:
             "lastTimestamp": now,
             "count": 1,
         }
-        async with self._slots:
+        async with self._slots():
             await self.client.create(cast(Event, Event.from_dict(body)))
 
 
