@@ -36,6 +36,7 @@ import httpx
 
 from jobwire.config import Settings
 from jobwire.engine import Engine
+from jobwire.logging import configure_logging
 from jobwire.model import Job
 from jobwire.targets.kubernetes import build
 
@@ -293,6 +294,9 @@ def main() -> None:
     ap.add_argument("--creates", type=int, default=200)
     args = ap.parse_args()
     os.environ.setdefault("JOBWIRE_LOG_LEVEL", "warning")
+    # as `jobwire serve` does: without it structlog printed every debug line (one per Job created,
+    # 10,000 of them) from the measured process
+    configure_logging(os.environ["JOBWIRE_LOG_LEVEL"])
     for name, value, floor, _ in run(args.runs, args.creates):
         print(f"{name:<60} {value:<24} {floor}")
 

@@ -34,6 +34,7 @@ from jobwire.targets.kubernetes import build
 from jobwire.targets.kubernetes.cleanup import Cleanup, CleanupMetrics, Policy, SweepResult
 from jobwire.targets.kubernetes.client import API_CALLS, Kube, KubeUnavailable, exists, resolve_config
 from jobwire.targets.kubernetes.errors import is_already_exists, is_not_found, retryable, run_error
+from jobwire.targets.kubernetes.podlog import PodLogs
 from jobwire.targets.kubernetes.watch import Event, NamespaceWatch
 
 __all__ = ["API_CALLS", "KubernetesJobTarget", "KubernetesTarget"]
@@ -41,9 +42,6 @@ __all__ = ["API_CALLS", "KubernetesJobTarget", "KubernetesTarget"]
 log = structlog.get_logger(__name__)
 
 RunExists = Callable[[str], Awaitable[bool]]
-LOG_CAPTURE_LINES = 10_000
-"""At the end of a run, at most this many lines of its pod's log are copied into jobwire's run log
-(so the log outlives the Job; the engine caps its size too)."""
 
 
 def _failed(reason: str, message: str, retry: bool, code: int | str | None = None, **kw: Any) -> Outcome:
@@ -297,6 +295,22 @@ class KubernetesJobTarget(Target):
     async def _follow(
         self, kube: Kube, ctx: RunContext, spec: KubeSpec, ns: str, name: str, queue: asyncio.Queue[Event]
     ) -> Outcome:
+        logs = PodLogs(kube, ns)
+        try:
+            return await self._follow_events(kube, ctx, spec, ns, name, queue, logs)
+        finally:
+            logs.close()
+
+    async def _follow_events(
+        self,
+        kube: Kube,
+        ctx: RunContext,
+        spec: KubeSpec,
+        ns: str,
+        name: str,
+        queue: asyncio.Queue[Event],
+        logs: PodLogs,
+    ) -> Outcome:
         loop = asyncio.get_running_loop()
         grace = spec.image_pull_grace.total_seconds()
         started = ctx.run.state == RunState.running and ctx.run.target_ref == name
@@ -318,6 +332,8 @@ class KubernetesJobTarget(Target):
             if what == "pods":
                 pod = obj["metadata"]["name"]
                 problem = build.pull_problem(obj) if ev_type != "DELETED" else None
+                if ev_type != "DELETED":
+                    logs.seen(obj)
                 if problem is None:
                     pulling.pop(pod, None)
                 elif problem[0] in build.PULL_FATAL:
@@ -358,7 +374,7 @@ class KubernetesJobTarget(Target):
             if end is None:
                 continue
             pods = await self._pods(kube, ns, name, need_final=end == "failed")
-            await self._capture_log(kube, ctx, ns, pods)
+            await logs.copy(ctx, pods)
             if end == "succeeded":
                 return Outcome(state=RunState.succeeded, exit_code=0, status=block, target_status=status)
             error, exit_code = self._failure(status, pods)
@@ -402,21 +418,6 @@ class KubernetesJobTarget(Target):
             with contextlib.suppress(httpx2.HTTPError):
                 pods, _ = await kube.list_pods(ns, {"job-name": name})
         return sorted(pods, key=build.age_key)
-
-    async def _capture_log(self, kube: Kube, ctx: RunContext, ns: str, pods: list[dict[str, Any]]) -> None:
-        pod = build.newest(pods)
-        if pod is None:
-            return
-        n = 0
-        try:
-            async with contextlib.aclosing(kube.pod_log(ns, pod["metadata"]["name"], follow=False)) as lines:
-                async for line in lines:
-                    ctx.log(line.encode())
-                    n += 1
-                    if n >= LOG_CAPTURE_LINES:
-                        break
-        except httpx2.HTTPError as exc:
-            log.debug("pod log not available", pod=pod["metadata"]["name"], error=str(exc)[:200])
 
     async def _delete(self, kube: Kube, ns: str, name: str, reason: str, message: str) -> None:
         """Delete the Job (Background: pods too) and leave a Kubernetes Event saying why."""

@@ -23,7 +23,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx2
+import msgspec
 import structlog
+from lightkube import ApiError
+from lightkube.models.meta_v1 import Status
 
 from jobwire.targets.kubernetes.errors import api_code, run_error
 
@@ -34,7 +37,7 @@ Event = tuple[str, str, dict[str, Any]]
 DELETED — or ERROR with {"error": RunError}."""
 
 ListFn = Callable[[], Awaitable[tuple[list[dict[str, Any]], str]]]
-WatchFn = Callable[[str | None], AsyncIterator[tuple[str, Any]]]
+WatchFn = Callable[[str | None], AsyncIterator[tuple[str, dict[str, Any]]]]
 KeyFn = Callable[[dict[str, Any]], str | None]
 
 BACKOFF_MIN = 0.05
@@ -46,10 +49,51 @@ def slim(obj: dict[str, Any]) -> dict[str, Any]:
     """What jobwire reads of a watched Job or pod — kind, metadata (without `managedFields`) and
     status — without its `spec` (the pod template, containers, env): the cache holds every Job and
     pod jobwire made until they are deleted, and with 10,000 runs the specs were most of its size."""
+    if "spec" not in obj and "managedFields" not in (obj.get("metadata") or ()):
+        return obj  # already slim (decoded by `decode_event`)
     md = obj.get("metadata")
     if isinstance(md, dict) and "managedFields" in md:
         md = {k: v for k, v in md.items() if k != "managedFields"}
     return {k: (md if k == "metadata" else v) for k, v in obj.items() if k != "spec"}
+
+
+class _Event(msgspec.Struct):
+    type: str
+    object: msgspec.Raw
+
+
+class _Object(msgspec.Struct):
+    """What `slim` keeps of a watched object; the rest (`spec`) is skipped while decoding."""
+
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    kind: str | None = None
+    api_version: str | None = msgspec.field(name="apiVersion", default=None)
+    status: dict[str, Any] | None = None
+
+
+_decode_event = msgspec.json.Decoder(_Event).decode
+_decode_object = msgspec.json.Decoder(_Object).decode
+
+
+def decode_event(line: str | bytes) -> tuple[str, dict[str, Any]]:
+    """One line of a watch stream → (type, the object as `slim` would leave it), straight from
+    the JSON: no lightkube model and no `to_dict` per event (~6 % of a 10,000-run burst), and the
+    `spec` is never built. An ERROR event raises `ApiError` with its Status, as lightkube's watch
+    does (410 Expired: the caller re-lists)."""
+    event = _decode_event(line)
+    if event.type == "ERROR":
+        raise ApiError(status=msgspec.json.decode(event.object, type=Status))
+    obj = _decode_object(event.object)
+    md = obj.metadata
+    md.pop("managedFields", None)
+    out: dict[str, Any] = {"metadata": md}
+    if obj.kind is not None:
+        out["kind"] = obj.kind
+    if obj.api_version is not None:
+        out["apiVersion"] = obj.api_version
+    if obj.status is not None:
+        out["status"] = obj.status
+    return event.type, out
 
 
 class Subscription:
@@ -167,9 +211,8 @@ class NamespaceWatch:
                     await self._relist()
                 async for ev_type, obj in self._watch(self.resource_version):
                     backoff = BACKOFF_MIN
-                    data: dict[str, Any] = obj.to_dict()
-                    self.resource_version = (data.get("metadata") or {}).get("resourceVersion")
-                    self._apply(ev_type, data)
+                    self.resource_version = (obj.get("metadata") or {}).get("resourceVersion")
+                    self._apply(ev_type, obj)
                     self.last_error = None
                 # the iterator only ends if the client gave up: start again from where we are
             except asyncio.CancelledError:
