@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "kubernetes": ("lightkube",),
+    "kubernetes": ("lightkube", "msgspec"),
     "amqp": ("aio_pika",),
     "mqtt": ("aiomqtt",),
     "postgres": ("asyncpg",),
