@@ -149,6 +149,24 @@ async def test_a_start_fenced_after_its_deadline_runs_nothing_then_starts_once(
     assert ctx.log_data == startfence.REFUSAL  # the refusal is on the run's output
 
 
+async def test_a_fence_whose_clocks_disagree_is_turned_off_not_looped(
+    target: LocalTarget, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child that refuses while the engine's own clock says the deadline is still ahead means
+    /proc/uptime is not this process's boot-time clock (a virtualised /proc): respawning would
+    loop for ever, so the fence is switched off and the command started once, unfenced."""
+    fenced = startfence.fenced
+    monkeypatch.setattr(startfence, "AVAILABLE", True)
+    monkeypatch.setattr(startfence, "fenced", lambda a, d, e, c: fenced(a, time.monotonic() - 1, e, c))
+    marks = tmp_path / "marks"
+    ctx = FakeContext(job(["sh", "-c", f"echo ran >> {marks}"]), {"value": "v", "n": 1})
+    ctx.deadlines = [time.monotonic() + 60, time.monotonic() + 60]
+    outcome = await target.execute(ctx)
+    assert outcome.state == RunState.succeeded, outcome
+    assert marks.read_text() == "ran\n"
+    assert startfence.AVAILABLE is False and ctx.startable_calls == 2
+
+
 async def test_a_start_before_its_deadline_runs_the_command_as_given(target: LocalTarget) -> None:
     ctx = FakeContext(job([PY, "-c", ECHO_ARGV, "{{value}}", "$1"]), {"value": "a b; $(id)", "n": 1})
     ctx.deadlines = [time.monotonic() + 60]

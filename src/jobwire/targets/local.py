@@ -31,6 +31,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -172,9 +173,9 @@ class LocalTarget(Target):
     ) -> Outcome | None:
         """Spawn the process and see it to its end: its outcome, or None where a start fence refused it."""
         deadline = await ctx.until_startable()  # nothing yields from here to the spawn
-        fence = deadline is not None and startfence.AVAILABLE  # (not on a system without /proc)
+        fence = deadline if startfence.AVAILABLE else None
         try:
-            started = startfence.fenced(argv, deadline, env, spec.cwd) if fence and deadline else argv
+            started = argv if fence is None else startfence.fenced(argv, fence, env, spec.cwd)
             proc, read_end = _spawn(started, env, spec.cwd)
         except ValueError as exc:  # a NUL byte in an argument or environment value
             return Outcome(
@@ -206,7 +207,7 @@ class LocalTarget(Target):
         grace = spec.kill_grace.total_seconds()
         loop = asyncio.get_running_loop()
         exit_watch = _ExitWatch(proc, loop)  # from here on the process is reaped whatever happens
-        output = _Output(ctx, loop, keep_head=fence)
+        output = _Output(ctx, loop, keep_head=fence is not None)
         transport: asyncio.ReadTransport | None = None
         try:
             # Started first: the process runs from here, and its output waits in the pipe until the
@@ -239,7 +240,10 @@ class LocalTarget(Target):
                 transport.close()  # the transport closes the pipe
             else:
                 read_end.close()
-        if fence and startfence.refused(returncode, bytes(output.head)):
+        if fence is not None and startfence.refused(returncode, bytes(output.head)):
+            if time.monotonic() < fence - 0.05:  # refused before the deadline: the clocks disagree
+                startfence.AVAILABLE = False
+                log.error("start fence disabled: /proc/uptime disagrees with CLOCK_BOOTTIME here")
             return None
         return _ended(ctx, returncode)
 
