@@ -16,7 +16,7 @@ from jobwire.targets.kubernetes import KubernetesJobTarget
 from jobwire.targets.kubernetes.client import Kube
 from jobwire.targets.kubernetes.podlog import PodLogs
 from jobwire.targets.kubernetes.watch import Event
-from tests.support.fake_context import FakeContext
+from tests.support.fake_context import FakeContext, wait_until
 
 
 class FakeKube:
@@ -132,8 +132,11 @@ async def test_follow_requests_the_log_at_the_pods_end_before_the_jobs(
     spec = c.job.target
     assert isinstance(spec, KubeSpec)
     follow = asyncio.create_task(target._follow(cast(Kube, kube), c, spec, "default", "j", queue))
-    for _ in range(5):
-        await asyncio.sleep(0)
+    if complete_first:
+        for _ in range(5):  # (nothing to wait for: no pod end has been seen, no request may start)
+            await asyncio.sleep(0)
+    else:
+        await wait_until(lambda: bool(kube.requests), 5, "the log request")
     # the pod's end alone has started the request, before any final Job status arrived
     assert kube.requests == ([] if complete_first else ["p1"])
     queue.put_nowait(job_event(complete, c.run.id))

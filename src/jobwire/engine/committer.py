@@ -209,16 +209,17 @@ class Committer:
             return batch, fence
         kept: list[tuple[Intake, asyncio.Future[Recorded]]] = []
         refused = 0
-        if self.fencing.renewing():
-            error: NotLeader = LeaseUncertain("the leader lease's renewal is late: fires held until decided")
-        else:
-            error = NotLeader("this replica is not the leader: time triggers fire there")
+        uncertain = self.fencing.renewing()
         for pair in batch:
             if not is_fire(pair[0]):
                 kept.append(pair)
             elif not pair[1].done():
                 refused += 1
-                pair[1].set_exception(error)
+                pair[1].set_exception(
+                    LeaseUncertain("the leader lease's renewal is late: fires held until decided")
+                    if uncertain
+                    else NotLeader("this replica is not the leader: time triggers fire there")
+                )
         self._metrics.fires_fenced.inc(refused)
         return kept, self.fencing.owner_fence()
 
