@@ -56,9 +56,6 @@ class RunStates:
         self.metrics = metrics
         self.tokens = tokens
         self.runs: dict[str, Run] = {}
-        self.ending: dict[str, Run] = {}
-        """Runs ended here whose end is not committed yet: read from memory until it is (a reader
-        woken by a run's `succeeded` document must not read `running` back from the store)."""
         """Active runs (queued, pending, running) by id; finished runs are only in the store."""
         self.active_keys: dict[str, str] = {}
         """Run key → id of the active run that holds it."""
@@ -110,8 +107,6 @@ class RunStates:
         if self.chain is not None:
             self.chain(run)
         self.runs.pop(run.id, None)
-        self.ending[run.id] = run
-        self.committer.after_commit(lambda: self._ended(run.id))
         self.active_keys.pop(run.key, None)
         self.touched.add(run.job)
         self.logs.finish(run.id)
@@ -128,9 +123,6 @@ class RunStates:
             self.slot_freed(run.job, run.concurrency_key)
         else:
             self.promote(run.job, run.concurrency_key)
-
-    def _ended(self, run_id: str) -> None:
-        self.ending.pop(run_id, None)
 
     def promote(self, job_name: str, ckey: str | None) -> None:
         """Start the runs waiting for a free slot of this job and concurrency key, as many as fit."""
@@ -159,7 +151,7 @@ class RunStates:
 
     # ------------------------------------------------------------------ requests about a run
     async def get_run(self, run_id: str) -> Run:
-        run = self.runs.get(run_id) or self.ending.get(run_id) or await self.store.get_run(run_id)
+        run = self.runs.get(run_id) or await self.store.get_run(run_id)
         if run is None:
             raise RunNotFound(f"no run with id {run_id!r}")
         return run
