@@ -23,7 +23,7 @@ from jobwire.engine.policies import Slots
 from jobwire.engine.runlogs import RunLogs
 from jobwire.engine.secret import CallbackTokens
 from jobwire.engine.status import StatusHub, document
-from jobwire.model import Run, RunState, Transition, utcnow
+from jobwire.model import TERMINAL_STATES, Run, RunState, Transition, utcnow
 from jobwire.store import Store, StoredJob
 from jobwire.targets.base import Target
 
@@ -84,7 +84,9 @@ class RunStates:
             self.hub.skip()
             return
         stored = self.jobs.get(run.job)
-        self.hub.publish(document(run, stored.job if stored else None, block))
+        doc = document(run, stored.job if stored else None, block)
+        # a run's end is told once it is committed: it leaves memory now (`finished`)
+        self.hub.publish(doc, self.committer.after_commit if run.state in TERMINAL_STATES else None)
 
     def transition(self, run: Run, state: RunState, reason: str | None = None, block: Any = None) -> None:
         """Change a run's state: persisted (group commit) and published on every sink."""

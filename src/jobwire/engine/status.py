@@ -214,8 +214,14 @@ class StatusHub:
             return True
         return self._idle_since is not None and time.monotonic() - self._idle_since < RESUME_WINDOW
 
-    def publish(self, doc: StatusDocument) -> None:
-        """O(1) in the number of subscribers: one append to the ring, one wake-up for all."""
+    def publish(self, doc: StatusDocument, later: Callable[[Callable[[], None]], None] | None = None) -> None:
+        """O(1) in the number of subscribers: one append to the ring, one wake-up for all.
+
+        A durable sink's row joins the transaction of the state change it reports. With `later`
+        (the committer's `after_commit`), everything else — sinks, stream readers, other replicas —
+        is delivered only once that change is committed: a reader told a run ended who then asks
+        the API for it reads it ended (a run's end leaves memory at once; the store has it only
+        after the commit)."""
         if self.durable and self.outbox is not None:
             body = doc.model_dump_json()
             for sink in self.durable:
@@ -223,6 +229,12 @@ class StatusHub:
                     self.outbox(doc.run_id, OutboxRow(sink.outbox_name, body))
                 else:
                     self._metrics.sink_dropped.labels(sink.kind).inc()
+        if later is None:
+            self._deliver(doc)
+        else:
+            later(lambda: self._deliver(doc))
+
+    def _deliver(self, doc: StatusDocument) -> None:
         for sink, q in zip(self._sinks, self._queues, strict=True):
             try:
                 q.put_nowait(doc)
