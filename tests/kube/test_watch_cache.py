@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
+
+import pytest
 
 from jobwire.targets.kubernetes.watch import NamespaceWatch
 
@@ -62,3 +65,20 @@ async def test_a_finished_runs_objects_leave_the_cache_when_nobody_follows_them(
     # j1's pod is final and unfollowed: dropped; j2's still runs: kept for whoever follows it next
     assert set(w.cache) == {"p2"} and w.objects("j1") == [] and len(w.objects("j2")) == 1
     await w.close()
+
+
+async def test_a_runs_inbox_keeps_order_wakes_its_reader_and_survives_a_timed_out_wait() -> None:
+    from jobwire.targets.kubernetes.watch import Inbox
+
+    box = Inbox()
+    box.put_nowait(("jobs", "ADDED", {"n": 1}))
+    box.put_nowait(("pods", "MODIFIED", {"n": 2}))
+    assert box.qsize() == 2
+    assert [await box.get(), await box.get()] == [("jobs", "ADDED", {"n": 1}), ("pods", "MODIFIED", {"n": 2})]
+    with pytest.raises(TimeoutError):  # a wait that times out (image pull grace) leaves no waiter behind
+        await asyncio.wait_for(box.get(), 0.01)
+    reader = asyncio.create_task(box.get())
+    await asyncio.sleep(0)  # the reader is waiting: a put wakes it
+    box.put_nowait(("jobs", "DELETED", {"n": 3}))
+    assert await asyncio.wait_for(reader, 5) == ("jobs", "DELETED", {"n": 3})
+    assert box.empty()

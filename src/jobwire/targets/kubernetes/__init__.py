@@ -35,7 +35,7 @@ from jobwire.targets.kubernetes.cleanup import Cleanup, CleanupMetrics, Policy, 
 from jobwire.targets.kubernetes.client import API_CALLS, Kube, KubeUnavailable, exists, resolve_config
 from jobwire.targets.kubernetes.errors import is_already_exists, is_not_found, retryable, run_error
 from jobwire.targets.kubernetes.podlog import PodLogs
-from jobwire.targets.kubernetes.watch import Event, NamespaceWatch
+from jobwire.targets.kubernetes.watch import Inbox, NamespaceWatch
 
 __all__ = ["API_CALLS", "KubernetesJobTarget", "KubernetesTarget"]
 
@@ -197,7 +197,7 @@ class KubernetesJobTarget(Target):
         name = info.name
         self._run_ns[ctx.run.id] = ns
         self._namespaces.add(ns)
-        queue: asyncio.Queue[Event] = asyncio.Queue()
+        queue = Inbox()
         # subscribe before creating, so not even the first event can be missed
         try:
             with self.job_watch(ns).subscribe(name, queue), self.pod_watch(ns).subscribe(name, queue):
@@ -225,8 +225,14 @@ class KubernetesJobTarget(Target):
                     return _failed(
                         "JobDeleted", f"Job {ns}/{name} was deleted while jobwire was down", retry=True
                     )
+        template: dict[str, Any] | None = None
         try:
-            manifest = await self._manifest(kube, spec, ns, info)
+            if spec.template is not None:
+                template = await self._template(kube, ns, spec.template)
+            # built once a creation slot is free, not before: 10,000 runs waiting for one held
+            # their built manifests (~3 KB each) meanwhile
+            await kube.create_job(ns, lambda: self._manifest(spec, info, template))
+            log.debug("kubernetes job created", run_id=ctx.run.id, job=name, namespace=ns)
         except ParamError as exc:
             return _failed("InvalidParameters", str(exc), retry=False)
         except TemplateMissing as exc:
@@ -234,12 +240,9 @@ class KubernetesJobTarget(Target):
         except build.TemplateError as exc:
             return _failed("InvalidTemplate", str(exc), retry=False)
         except httpx2.HTTPError as exc:
-            tmpl = f"get template {ns}/{spec.template}"
-            return Outcome(state=RunState.failed, error=run_error(exc, tmpl), retryable=retryable(exc))
-        try:
-            await kube.create_job(ns, manifest)
-            log.debug("kubernetes job created", run_id=ctx.run.id, job=name, namespace=ns)
-        except httpx2.HTTPError as exc:
+            if template is None and spec.template is not None:
+                tmpl = f"get template {ns}/{spec.template}"
+                return Outcome(state=RunState.failed, error=run_error(exc, tmpl), retryable=retryable(exc))
             if is_already_exists(exc):
                 log.info("kubernetes job exists, adopting it", run_id=ctx.run.id, job=name, namespace=ns)
                 return None
@@ -260,10 +263,11 @@ class KubernetesJobTarget(Target):
             return False
         return True
 
-    async def _manifest(self, kube: Kube, spec: KubeSpec, ns: str, info: build.RunInfo) -> dict[str, Any]:
-        if spec.template is None:
+    @staticmethod
+    def _manifest(spec: KubeSpec, info: build.RunInfo, template: dict[str, Any] | None) -> dict[str, Any]:
+        if template is None:
             return build.from_short_spec(spec, info)
-        return build.from_template(await self._template(kube, ns, spec.template), spec, info)
+        return build.from_template(template, spec, info)
 
     async def _template(self, kube: Kube, ns: str, name: str) -> dict[str, Any]:
         try:
@@ -293,7 +297,7 @@ class KubernetesJobTarget(Target):
         return tmpl
 
     async def _follow(
-        self, kube: Kube, ctx: RunContext, spec: KubeSpec, ns: str, name: str, queue: asyncio.Queue[Event]
+        self, kube: Kube, ctx: RunContext, spec: KubeSpec, ns: str, name: str, queue: Inbox
     ) -> Outcome:
         logs = PodLogs(kube, ns)
         try:
@@ -308,7 +312,7 @@ class KubernetesJobTarget(Target):
         spec: KubeSpec,
         ns: str,
         name: str,
-        queue: asyncio.Queue[Event],
+        queue: Inbox,
         logs: PodLogs,
     ) -> Outcome:
         loop = asyncio.get_running_loop()
@@ -479,8 +483,7 @@ class KubernetesJobTarget(Target):
                 if not follow or exc.response.status_code != 400:
                     return
             with self.pod_watch(ns).subscribe(job) as sub, contextlib.suppress(TimeoutError):
-                while not sub.queue.empty():  # what the cache already held: wait for a change
-                    sub.queue.get_nowait()
+                sub.queue.clear()  # what the cache already held: wait for a change
                 await asyncio.wait_for(sub.get(), 1.0)
 
     # ------------------------------------------------------------------ cleanup
