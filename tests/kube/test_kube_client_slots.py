@@ -50,6 +50,7 @@ async def test_a_finished_runs_log_is_fetched_while_creations_fill_the_pool(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     kube = Kube(offline_config())
+    kube.wire = None  # lightkube's httpx path (the wire's requests take the same slots)
     fake = SlowCreates()
     monkeypatch.setattr(client, "_send", fake.send)
     monkeypatch.setattr(kube.client, "log", fake.log)

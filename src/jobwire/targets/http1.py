@@ -23,6 +23,8 @@ import select
 import socket
 import time
 import zlib
+from collections.abc import Awaitable, Callable
+from ssl import SSLContext
 from typing import Any
 
 import httptools
@@ -172,12 +174,26 @@ class _Conn(asyncio.Protocol):
             raise
 
 
+async def dial(host: str, port: int, ssl: SSLContext | None) -> _Conn:
+    """A connection to a server the configuration names (no destination guard: the Kubernetes
+    API), over TLS with `ssl`. Raises ConnectFailed."""
+    try:
+        _, conn = await asyncio.get_running_loop().create_connection(
+            _Conn, host, port, ssl=ssl, server_hostname=host if ssl is not None else None
+        )
+    except OSError as exc:  # ssl.SSLError is one: a certificate the context does not trust
+        raise ConnectFailed(f"cannot connect to {host}:{port}: {exc}") from exc
+    return conn
+
+
 class Http1Pool:
     """Keep-alive connections by (host, port, allow_private): a connection opened for a target
-    allowed private destinations is never reused by one that must be guarded."""
+    allowed private destinations is never reused by one that must be guarded. `connect` replaces
+    the guarded plain-http dialling (`dial`, for a server the configuration names)."""
 
-    def __init__(self) -> None:
+    def __init__(self, connect: Callable[[str, int, bool], Awaitable[_Conn]] | None = None) -> None:
         self._idle: dict[tuple[str, int, bool], list[_Conn]] = {}
+        self._dial = connect or self._connect
 
     @property
     def idle(self) -> int:
@@ -191,7 +207,7 @@ class Http1Pool:
         key = (host, port, allow_private)
         conn = self._checkout(key)
         if conn is None:
-            conn = await self._connect(host, port, allow_private)
+            conn = await self._dial(host, port, allow_private)
         response = await conn.call(request, cap, head_only)
         if not conn.closed:
             conn.idle_since = time.monotonic()

@@ -33,6 +33,7 @@ from lightkube.types import CascadeType
 from jobwire.config import Settings
 from jobwire.targets.kubernetes.slots import START, URGENT, Slots
 from jobwire.targets.kubernetes.watch import decode_event
+from jobwire.targets.kubernetes.wire import Wire, json_body, log_lines, segment
 
 __all__ = ["API_CALLS", "Kube", "KubeUnavailable", "exists", "resolve_config"]
 
@@ -58,6 +59,10 @@ SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 TIMEOUT = 10.0
 MAX_REQUESTS = 64
 """Requests in flight at once (lightkube's pool holds 100 connections)."""
+ANSWER_CAP = 1 << 20
+"""Bytes of a creation's answer read (the created Job, ~2 KB; an error's Status)."""
+LOG_CAP = 16 << 20
+"""Bytes of a finished pod's log read (its lines are capped again by the caller)."""
 MAX_CREATES = 48
 """Of those, creations of Jobs: the other 16 stay free for what ends runs (their pods, logs,
 deletes), which would otherwise queue behind a burst of creations (10,000 runs triggered at once:
@@ -158,12 +163,16 @@ class Kube:
         )
         self._requests = Slots(MAX_REQUESTS)
         self._creates = asyncio.Semaphore(MAX_CREATES)
+        self.wire = Wire.of(_generic(self.client)._client, TIMEOUT)
+        """Job creations and pod logs over the plain HTTP/1.1 client (`wire.py`); None: all on httpx."""
 
     def _slots(self) -> contextlib.AbstractAsyncContextManager[None]:
         """A request slot for anything but a creation: served before waiting creations."""
         return self._requests.take(URGENT)
 
     async def close(self) -> None:
+        if self.wire is not None:
+            self.wire.close()
         await self.client.close()
         await self.stream_client.close()
 
@@ -177,8 +186,18 @@ class Kube:
         `ApiError`, as before. A callable is called for the manifest once the slot is taken (what
         it raises, the caller gets), so runs waiting for a slot hold no manifest."""
         async with self._creates, self._requests.take(START):
-            body = manifest() if callable(manifest) else manifest
-            await self._post(Job, namespace, _in_namespace(body, namespace))
+            body = _in_namespace(manifest() if callable(manifest) else manifest, namespace)
+            if self.wire is not None:
+                api_version, path = _collection(Job, namespace)
+                path = f"/{path}?fieldManager=jobwire"
+                data = json_body({"apiVersion": api_version, "kind": "Job", **body})
+                answer = await self.wire.request("POST", path, data, ANSWER_CAP)
+                if answer.status != 401:
+                    if answer.status >= 300:
+                        _raise_for_status(_generic(self.client), self.wire.response("POST", path, answer))
+                    return
+                self.wire.reauth()  # lightkube's auth flow re-reads a rotated token
+            await self._post(Job, namespace, body)
 
     async def _post(self, res: type, namespace: str, body: dict[str, Any]) -> None:
         """Create `body` (a `res`) in `namespace`; the answer is not decoded."""
@@ -267,6 +286,16 @@ class Kube:
                 yield line
             return
         async with self._slots():
+            if self.wire is not None:
+                path = f"/api/v1/namespaces/{segment(namespace)}/pods/{segment(pod)}/log"
+                answer = await self.wire.request("GET", path, None, LOG_CAP)
+                if answer.status != 401:
+                    if answer.status >= 300:
+                        _raise_for_status(_generic(self.client), self.wire.response("GET", path, answer))
+                    for line in log_lines(answer.body, answer.complete):
+                        yield line
+                    return
+                self.wire.reauth()
             async for line in self.client.log(pod, namespace=namespace, follow=False):
                 yield line
 
