@@ -190,6 +190,8 @@ async def test_short_spec_end_to_end_with_status_documents_in_order(
     assert final.environment == "test" and final.event_id == run.event_id
     times = [d.time for d in seen]
     assert times == sorted(times)
+    # the Job's final status is told once, by the run's end (not also as a running report before it)
+    assert [d.action for d in seen if d.status.completionTime is not None] == ["succeeded"]
 
 
 async def test_run_log_is_captured_and_survives_the_job(engine: Engine, kube: KubeEmulator) -> None:

@@ -367,14 +367,14 @@ class KubernetesJobTarget(Target):
                 continue
             last_status = status
             block = build.status_block(status)
+            end = build.finished(status)
             if not started:
                 if block.active or block.startTime or block.succeeded or block.failed:
                     ctx.run.target_status = status
                     await ctx.started(name, block)
                     started = True
-            else:
+            elif end is None:  # a final status is told once, by the run's end (its outcome carries it)
                 await ctx.report(block, target_status=status)
-            end = build.finished(status)
             if end is None:
                 continue
             pods = await self._pods(kube, ns, name, need_final=end == "failed")

@@ -106,9 +106,9 @@ class Wire:
         url = self._client.base_url.join(path.lstrip("/"))
         # lightkube reads a Status from an answer that says it is JSON (an API error's body)
         kind = "application/json" if answer.body.lstrip()[:1] == b"{" else "text/plain"
-        return httpx2.Response(
-            answer.status, headers={"content-type": kind}, content=answer.body, request=httpx2.Request(method, url)
-        )
+        request = httpx2.Request(method, url)
+        headers = {"content-type": kind}
+        return httpx2.Response(answer.status, headers=headers, content=answer.body, request=request)
 
     def close(self) -> None:
         self._pool.close()
