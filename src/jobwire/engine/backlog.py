@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from jobwire.engine.metrics import Metrics
+from jobwire.engine.metrics import Children, Metrics
 from jobwire.model import Job, Run
 from jobwire.targets.base import Target
 
@@ -56,7 +56,7 @@ class LaunchBacklog:
     """Per target kind: attempts running, and the runs waiting for one of its `limit` places."""
 
     def __init__(self, metrics: Metrics, targets: Mapping[str, Target], cap: int | None) -> None:
-        self._metrics = metrics
+        self._gauge = Children(metrics.launch_backlog)
         self._targets = targets
         self._cap = cap
         self._queues: dict[str, _Queue] = {}
@@ -100,7 +100,7 @@ class LaunchBacklog:
         q.waiting.append(item)
         q.passed += 1
         q.peak = max(q.peak, len(q.waiting))
-        self._metrics.launch_backlog.labels(kind).set(len(q.waiting))
+        self._gauge(kind).set(len(q.waiting))
         return False
 
     def done(self, kind: str) -> Waiting | None:
@@ -113,7 +113,7 @@ class LaunchBacklog:
             q.running = max(0, q.running - 1)
             return None
         nxt = q.waiting.popleft()
-        self._metrics.launch_backlog.labels(kind).set(len(q.waiting))
+        self._gauge(kind).set(len(q.waiting))
         if not q.waiting and q.since is not None:
             if q.logged:
                 log.info(
@@ -133,7 +133,7 @@ class LaunchBacklog:
                 log.info("runs waiting for a target stay pending for the next start", count=len(q.waiting))
             q.waiting.clear()
             q.since = None
-            self._metrics.launch_backlog.labels(kind).set(0)
+            self._gauge(kind).set(0)
 
     @property
     def waiting(self) -> int:

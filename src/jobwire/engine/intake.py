@@ -128,6 +128,7 @@ class EventIntake:
         self.committer = committer
         self.store = store
         self.metrics = metrics
+        self._active = Children(metrics.runs_active)
         self._spawn = spawn
         self.stopping = False
         """Set when the engine stops: every submit then raises `Unavailable`."""
@@ -291,7 +292,7 @@ class EventIntake:
             self.slots.enqueue(run.job, run.concurrency_key, run.id)
         p.victims += [v for v in rec.victims if v not in p.victims]
         self.runs[run.id] = run
-        self.metrics.runs_active.labels(run.state.value).inc()
+        self._active(run.state.value).inc()
         self.states.publish(run)
         for victim in p.victims:
             self._spawn(self.states.cancel(victim, f"replaced by run {run.id}"), "jobwire-replace")

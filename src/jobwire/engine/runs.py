@@ -67,6 +67,7 @@ class RunStates:
         self._active_gauge = {s: metrics.runs_active.labels(s.value) for s in _ACTIVE}
         """The gauge's child per active state: `labels()` per transition was ~1 µs each."""
         self._finished = Children(metrics.runs_finished)
+        self._run_seconds = Children(metrics.run_seconds)
         self.chain: Callable[[Run], None] | None = None
         """Called with each run that ended, before its bookkeeping (`EventIntake.chain`)."""
         self.slot_freed: Callable[[str, str | None], None] | None = None
@@ -116,7 +117,7 @@ class RunStates:
         if run.started_at and run.finished_at:
             stored = self.jobs.get(run.job)
             kind = stored.job.target.type if stored else "unknown"
-            self.metrics.run_seconds.labels(kind).observe(
+            self._run_seconds(kind).observe(
                 (run.finished_at - run.started_at).total_seconds()
             )
         self.slots.release(run.job, run.concurrency_key, run.id)
