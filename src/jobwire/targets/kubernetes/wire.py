@@ -39,6 +39,9 @@ _STATIC_AUTH = (BearerAuth, BearerTokenFileAuth, httpx2.BasicAuth)
 
 
 class Wire:
+    """Requests to one API server (a `Kube`'s): kept-alive connections, at most as many as the
+    requests `Kube` lets through at once (its slots)."""
+
     def __init__(self, client: httpx2.AsyncClient, timeout: float) -> None:
         url = client.base_url
         self._client = client
