@@ -163,7 +163,7 @@ class Kube:
         )
         self._requests = Slots(MAX_REQUESTS)
         self._creates = asyncio.Semaphore(MAX_CREATES)
-        self.wire = Wire.of(_generic(self.client)._client, TIMEOUT)
+        self.wire = Wire.of(_generic(self.client), TIMEOUT)
         """Job creations and pod logs over the plain HTTP/1.1 client (`wire.py`); None: all on httpx."""
 
     def _slots(self) -> contextlib.AbstractAsyncContextManager[None]:
@@ -186,30 +186,21 @@ class Kube:
         `ApiError`, as before. A callable is called for the manifest once the slot is taken (what
         it raises, the caller gets), so runs waiting for a slot hold no manifest."""
         async with self._creates, self._requests.take(START):
-            body = _in_namespace(manifest() if callable(manifest) else manifest, namespace)
-            if self.wire is not None:
-                api_version, path = _collection(Job, namespace)
-                path = f"/{path}?fieldManager=jobwire"
-                data = json_body({"apiVersion": api_version, "kind": "Job", **body})
-                answer = await self.wire.request("POST", path, data, ANSWER_CAP)
-                if answer.status != 401:
-                    if answer.status >= 300:
-                        _raise_for_status(_generic(self.client), self.wire.response("POST", path, answer))
-                    return
-                self.wire.reauth()  # lightkube's auth flow re-reads a rotated token
-            await self._post(Job, namespace, body)
+            body = manifest() if callable(manifest) else manifest
+            await self._post(Job, namespace, _in_namespace(body, namespace))
 
     async def _post(self, res: type, namespace: str, body: dict[str, Any]) -> None:
-        """Create `body` (a `res`) in `namespace`; the answer is not decoded."""
-        api_version, path = _collection(res, namespace)
+        """Create `body` (a `res`) in `namespace`; the answer is not decoded. Over the wire when
+        there is one; through lightkube otherwise, or when the wire's answer was a 401."""
+        api_version, collection = _collection(res, namespace)
+        data = {"apiVersion": api_version, "kind": res.__name__, **body}
+        if self.wire is not None:
+            path = f"/{collection}?fieldManager=jobwire"
+            if await self.wire.request("POST", path, json_body(data), ANSWER_CAP) is not None:
+                return
         generic = _generic(self.client)
         request = generic.build_adapter_request(
-            BasicRequest(
-                method="POST",
-                url=path,
-                params={"fieldManager": "jobwire"},
-                data={"apiVersion": api_version, "kind": res.__name__, **body},
-            )
+            BasicRequest(method="POST", url=collection, params={"fieldManager": "jobwire"}, data=data)
         )
         _raise_for_status(generic, await _send(generic, request))
 
@@ -289,13 +280,10 @@ class Kube:
             if self.wire is not None:
                 path = f"/api/v1/namespaces/{segment(namespace)}/pods/{segment(pod)}/log"
                 answer = await self.wire.request("GET", path, None, LOG_CAP)
-                if answer.status != 401:
-                    if answer.status >= 300:
-                        _raise_for_status(_generic(self.client), self.wire.response("GET", path, answer))
+                if answer is not None:
                     for line in log_lines(answer.body, answer.complete):
                         yield line
                     return
-                self.wire.reauth()
             async for line in self.client.log(pod, namespace=namespace, follow=False):
                 yield line
 

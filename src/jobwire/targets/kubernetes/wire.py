@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 import httpx2
 import msgspec
 from lightkube.config.client_adapter import BearerAuth, BearerTokenFileAuth
+from lightkube.core.generic_client import GenericAsyncClient
 
 from jobwire.targets import http1
 
@@ -42,9 +44,11 @@ class Wire:
     """Requests to one API server (a `Kube`'s): kept-alive connections, at most as many as the
     requests `Kube` lets through at once (its slots)."""
 
-    def __init__(self, client: httpx2.AsyncClient, timeout: float) -> None:
+    def __init__(self, generic: GenericAsyncClient, timeout: float) -> None:
+        client: httpx2.AsyncClient = generic._client
         url = client.base_url
         self._client = client
+        self._raise_for_status: Callable[[httpx2.Response], None] = generic.raise_for_status
         self._host = url.host
         self._port = url.port or (443 if url.scheme == "https" else 80)
         self._prefix = url.raw_path.rstrip(b"/")
@@ -57,8 +61,9 @@ class Wire:
         self._timeout = timeout
 
     @classmethod
-    def of(cls, client: httpx2.AsyncClient, timeout: float) -> Wire | None:
-        """A Wire speaking for `client`, or None when it cannot do what that client would."""
+    def of(cls, generic: GenericAsyncClient, timeout: float) -> Wire | None:
+        """A Wire speaking for lightkube's client, or None when it cannot do what that client would."""
+        client: httpx2.AsyncClient = generic._client
         transport = getattr(client, "_transport", None)
         if type(transport) is not httpx2.AsyncHTTPTransport or getattr(client, "_mounts", None):
             return None  # a test's transport, or a proxy
@@ -68,11 +73,7 @@ class Wire:
             return None
         if client.auth is not None and not isinstance(client.auth, _STATIC_AUTH):
             return None  # an exec plugin or auth provider: its flow may run a program per request
-        return cls(client, timeout)
-
-    def reauth(self) -> None:
-        """The server answered 401: take the credentials' header again on the next request."""
-        self._auth_at = -float("inf")
+        return cls(generic, timeout)
 
     def _authorization_line(self) -> bytes:
         if self._auth is None:
@@ -86,9 +87,22 @@ class Wire:
             self._auth_at = now
         return self._authorization
 
-    async def request(self, method: str, path: str, body: bytes | None, cap: int) -> http1.Http1Response:
-        """`method` `path` (below the server's URL, query included) with a JSON `body`; the answer's
-        body read up to `cap` bytes."""
+    async def request(
+        self, method: str, path: str, body: bytes | None, cap: int
+    ) -> http1.Http1Response | None:
+        """`method` `path` (below the server's URL, query included) with a JSON `body`; the answer,
+        its body read up to `cap` bytes. An error answer raises lightkube's `ApiError`. None for a
+        401: the caller sends it again through lightkube (whose auth flow re-reads a rotated token),
+        and the header is taken again for the next request."""
+        answer = await self._send(method, path, body, cap)
+        if answer.status == 401:
+            self._auth_at = -float("inf")
+            return None
+        if answer.status >= 300:
+            self._raise_for_status(self._response(method, path, answer))
+        return answer
+
+    async def _send(self, method: str, path: str, body: bytes | None, cap: int) -> http1.Http1Response:
         head = b"%s %s%s HTTP/1.1\r\n" % (method.encode("ascii"), self._prefix, path.encode("ascii"))
         head += self._head + self._authorization_line()
         if body is not None:
@@ -104,7 +118,7 @@ class Wire:
         except http1.ProtocolFailed as exc:
             raise httpx2.RemoteProtocolError(f"{method} {path}: {exc}") from exc
 
-    def response(self, method: str, path: str, answer: http1.Http1Response) -> httpx2.Response:
+    def _response(self, method: str, path: str, answer: http1.Http1Response) -> httpx2.Response:
         """The answer as an httpx2 response (for lightkube's error mapping)."""
         url = self._client.base_url.join(path.lstrip("/"))
         # lightkube reads a Status from an answer that says it is JSON (an API error's body)
