@@ -32,6 +32,7 @@ import asyncio
 import json
 import os
 import random
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -79,7 +80,7 @@ chunk is one cheap transaction."""
 
 
 _IDS = random.Random(os.urandom(32))
-"""Event ids and the run keys of events without a key of their own: 92 random bits each. Not
+"""The random part of event ids and of the run keys of events without a key of their own. Not
 `uuid4` (a `getrandom` system call and a UUID object per id, ~5 % of the event loop per HTTP run):
 an id must be unique, not secret (callbacks are authenticated by their own HMAC token), so a
 generator seeded from the OS once — and again in a forked child, which must not repeat its
@@ -88,7 +89,12 @@ os.register_at_fork(after_in_child=lambda: _IDS.seed(os.urandom(32)))
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}{_IDS.getrandbits(92):023x}"
+    """`prefix` and 23 hex digits: the wall clock in microseconds (52 bits, until the year 2112),
+    then 40 random bits. Time first, so the rows of a burst land side by side at the right edge of
+    the indexes keyed by these ids (events by id, runs by event, a job's generated run keys): with
+    wholly random ids, each row of a group commit dirtied a page of its own in each of them, and
+    every page dirtied is written to the WAL and synced (docs/performance.md, "Time-ordered ids")."""
+    return f"{prefix}{time.time_ns() // 1000:013x}{_IDS.getrandbits(40):010x}"
 
 
 @dataclass(slots=True)
