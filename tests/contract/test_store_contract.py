@@ -343,6 +343,34 @@ def full_run(run: Run) -> Run:
     )
 
 
+async def test_a_large_batch_and_its_updates(store: Store) -> None:
+    """77 intakes and 77 updates in one commit, as a burst of fires makes: every row written
+    once and in order, a key repeated far from its first row found duplicate, every run's update
+    applied, a refused one named, and each run's own values stay with it."""
+    batch = [intake(at=T0 + timedelta(seconds=n)) for n in range(77)]
+    assert batch[5].run is not None
+    batch.append(intake(key=batch[5].run.key))  # a repeat of a key written 72 rows earlier
+    recorded = await store.commit(batch, [])
+    assert [r.event.id for r in recorded] == [i.event.id for i in batch]
+    assert [r.event.outcome for r in recorded] == [EventOutcome.run] * 77 + [EventOutcome.duplicate]
+    assert recorded[77].event.run_id == batch[5].run.id
+    assert len(await all_runs(store)) == 77 and len(await all_events(store)) == 78
+    runs = [i.run for i in batch[:77] if i.run is not None]
+    ended = [r.model_copy(update={"state": RunState.succeeded, "exit_code": n}) for n, r in enumerate(runs)]
+    told: list[list[str]] = []
+    store.on_refused = told.append
+    await store.commit([], ended)
+    # run 50 goes back to running after its end: refused, named; the others are written
+    again = [r.model_copy(update={"target_ref": f"t{n}"}) for n, r in enumerate(ended)]
+    again[50] = runs[50].model_copy(update={"state": RunState.running})
+    await store.commit([], again)
+    assert told == [[runs[50].id]]
+    for n, run in enumerate(runs):
+        got = await store.get_run(run.id)
+        assert got is not None and got.state == RunState.succeeded and got.exit_code == n
+        assert got.target_ref == (None if n == 50 else f"t{n}")
+
+
 async def test_update_runs_round_trip(store: Store) -> None:
     a, b = intake(), intake()
     await store.record([a, b])
