@@ -43,6 +43,22 @@ PREPARE_AHEAD = 0.05
 """Seconds: a next due time nearer than this gets no preparing (nothing to gain, a wake-up to lose)."""
 
 
+DUE_TOLERANCE = 0.0005
+"""Seconds: an entry this close to its due time is taken as due (the loop's timers are in ms)."""
+
+
+def wait_ahead(delay: float) -> float:
+    """How long to wait for a due time `delay` seconds away. Linux lets a poll or epoll wait of T
+    seconds end up to T/1000 late when nothing else wakes the loop (T/200 for a niced process; at
+    most 0.1 s: the timer slack `select_estimate_accuracy` gives it). The clock asleep until a fire
+    45 s away woke 45 ms late; one an hour away, 100 ms. So a wait longer than 10 ms ends 1 % of it
+    (at most 0.1 s) plus 1 ms ahead, and the rest is waited for again; the last wait is a few ms,
+    whose slack is a few µs."""
+    if delay <= 0.01:
+        return delay
+    return delay - min(0.1, delay / 100) - 0.001
+
+
 def next_fire(trigger: Any, after: datetime) -> datetime | None:
     """The first fire time of a time trigger strictly after `after` (UTC), or None if it has none."""
     if isinstance(trigger, CronTrigger):
@@ -170,7 +186,7 @@ class TimeScheduler:
         while stack:
             i = stack.pop()
             entry = heap[i]
-            if entry[0] > ts + 0.0005:
+            if entry[0] > ts + DUE_TOLERANCE:
                 continue  # a heap: nothing below is due sooner
             if self._generation.get(entry[2]) == entry[4]:
                 names.append(entry[2])
@@ -197,15 +213,16 @@ class TimeScheduler:
                 self._prepare(self._due_at(self._prepared), self._prepared)
             if delay > 0:
                 try:
-                    async with asyncio.timeout(delay):
+                    async with asyncio.timeout(wait_ahead(delay)):
                         await self._wake.wait()
                     continue  # the heap changed: look again
                 except TimeoutError:
-                    pass
+                    if self._heap[0][0] > time.time():
+                        continue  # woken ahead on purpose (`wait_ahead`) or by ms rounding: never early
             now = utcnow()
             now_ts = now.timestamp()
             batch: list[Incoming] = []
-            while self._heap and self._heap[0][0] <= now_ts + 0.0005:
+            while self._heap and self._heap[0][0] <= now_ts + DUE_TOLERANCE:
                 ts, _, job, tid, gen, due = heapq.heappop(self._heap)
                 if self._generation.get(job) != gen or (job, tid) not in self._triggers:
                     continue  # superseded by a redefinition, pause or delete
