@@ -40,7 +40,7 @@ async def test_the_clock_wakes_ahead_of_a_far_due_time_and_fires_after_short_wai
     monkeypatch.setattr(scheduler.asyncio, "timeout", recording_timeout)
     fired: list[list[Incoming]] = []
     clock = TimeScheduler(fired.append)
-    due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+    due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)  # 2 to 3 s away
     clock.set_job(
         Job.model_validate(
             {
@@ -57,5 +57,5 @@ async def test_the_clock_wakes_ahead_of_a_far_due_time_and_fires_after_short_wai
     finally:
         await clock.stop()
     assert fired[0][0].received_at >= due, "never early"
-    assert waits[0] > 1.0, "one long wait first"
+    assert waits[0] > 1.5, "one long wait first"
     assert len(waits) >= 2 and waits[-1] <= 0.01, f"the fire follows a short wait, not one long one: {waits}"
