@@ -5,6 +5,8 @@ loop, so a fire 45 s away came 45 ms late. It wakes ahead and waits out the rest
 from __future__ import annotations
 
 import asyncio
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,15 +31,15 @@ def test_wait_ahead_leaves_room_for_the_kernels_slack() -> None:
 async def test_the_clock_wakes_ahead_of_a_far_due_time_and_fires_after_short_waits(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    waits: list[float] = []
+    waits: list[tuple[float, float]] = []  # (asked at, for how long)
     real_timeout = asyncio.timeout
 
     def recording_timeout(delay: float | None) -> Any:
-        if delay is not None:
-            waits.append(delay)
+        if delay is not None and sys._getframe(1).f_globals.get("__name__") == scheduler.__name__:
+            waits.append((time.time(), delay))  # the clock's own waits only
         return real_timeout(delay)
 
-    monkeypatch.setattr(scheduler.asyncio, "timeout", recording_timeout)
+    monkeypatch.setattr(asyncio, "timeout", recording_timeout)  # the scheduler calls asyncio.timeout
     fired: list[list[Incoming]] = []
     clock = TimeScheduler(fired.append)
     due = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)  # 2 to 3 s away
@@ -57,5 +59,9 @@ async def test_the_clock_wakes_ahead_of_a_far_due_time_and_fires_after_short_wai
     finally:
         await clock.stop()
     assert fired[0][0].received_at >= due, "never early"
-    assert waits[0] > 1.5, "one long wait first"
-    assert len(waits) >= 2 and waits[-1] <= 0.01, f"the fire follows a short wait, not one long one: {waits}"
+    asked_at, first = waits[0]
+    assert first > 1.5, "one long wait first"
+    # it asks to be woken ahead of the due time (1 % + 1 ms: ≥ 20 ms here), not at it; what the
+    # loop then does (a short wait, or none if a loaded machine woke it late) depends on the load
+    assert asked_at + first <= due.timestamp() - 0.02, waits
+    assert all(d <= 0.11 for _, d in waits[1:]), f"later waits are short: {waits}"
