@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from ssl import SSLContext
 from typing import Any
 from urllib.parse import quote
 
@@ -44,7 +45,7 @@ class Wire:
     """Requests to one API server (a `Kube`'s): kept-alive connections, at most as many as the
     requests `Kube` lets through at once (its slots)."""
 
-    def __init__(self, generic: GenericAsyncClient, timeout: float) -> None:
+    def __init__(self, generic: GenericAsyncClient, timeout: float, ssl: SSLContext | None) -> None:
         client: httpx2.AsyncClient = generic._client
         url = client.base_url
         self._client = client
@@ -52,7 +53,6 @@ class Wire:
         self._host = url.host
         self._port = url.port or (443 if url.scheme == "https" else 80)
         self._prefix = url.raw_path.rstrip(b"/")
-        ssl = client._transport._pool._ssl_context if url.scheme == "https" else None  # type: ignore[attr-defined]
         self._pool = http1.Http1Pool(connect=lambda host, port, _: http1.dial(host, port, ssl))
         self._head = b"host: %s\r\nuser-agent: jobwire\r\naccept: application/json\r\n" % url.netloc
         self._auth = client.auth
@@ -69,11 +69,13 @@ class Wire:
             return None  # a test's transport, or a proxy
         if client.base_url.scheme not in ("http", "https"):
             return None
-        if client.base_url.scheme == "https" and getattr(transport._pool, "_ssl_context", None) is None:
+        # the TLS context lightkube built from the kubeconfig (CA, client certificate)
+        ssl = getattr(transport._pool, "_ssl_context", None) if client.base_url.scheme == "https" else None
+        if client.base_url.scheme == "https" and ssl is None:
             return None
         if client.auth is not None and not isinstance(client.auth, _STATIC_AUTH):
             return None  # an exec plugin or auth provider: its flow may run a program per request
-        return cls(generic, timeout)
+        return cls(generic, timeout, ssl)
 
     def _authorization_line(self) -> bytes:
         if self._auth is None:
