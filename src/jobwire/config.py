@@ -260,6 +260,11 @@ class Settings(BaseSettings):
     """Runs a runner executes at once: its prefetch on the work queue."""
     access_log: bool = False
     """One log line per API request; off by default — runs and events are already recorded."""
+    record_ahead: float = Field(default=0.5, ge=0.0, le=60.0)
+    """Seconds (`JOBWIRE_RECORD_AHEAD`): a time trigger's fire is recorded this long before its due
+    time — its event and its run, `pending` until then — so that at the due time the job only has
+    to start (docs/design.md, "Recorded ahead"). Jobs with a concurrency limit are decided at the due
+    time instead. 0 records every fire at its due time."""
     max_running_attempts: int | None = Field(default=None, ge=1)
     """Attempts of one target kind running at once at most (`JOBWIRE_MAX_RUNNING_ATTEMPTS`); more
     wait, recorded `pending`, in the launch backlog (`engine/backlog.py`). Lowers a target's own

@@ -84,7 +84,9 @@ class Engine:
         self.committer = Committer(self.store, self.metrics)
         self.coordinator = Coordinator(self.store, settings, self.metrics)
         self.tokens = CallbackTokens(self.store)  # several replicas: the key is the store's
-        self.scheduler = TimeScheduler(self._fire_batch, self.metrics.lateness_seconds.observe, self._prepare)
+        self.scheduler = TimeScheduler(
+            self._fire_batch, self.metrics.lateness_seconds.observe, self._prepare, settings.record_ahead
+        )
         self.job_registry = JobRegistry(settings, self.store, self.scheduler, self.metrics)
         self.jobs: dict[str, StoredJob] = self.job_registry.jobs
         self.retention = Retention(

@@ -58,6 +58,8 @@ def _confirmed(name: str) -> str:
 class FleetAttempts(Attempts):
     """Attempts handed to the runner fleet over RabbitMQ instead of run here."""
 
+    arms = False  # the targets are the runners'
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         s = self.settings
@@ -119,6 +121,7 @@ class FleetAttempts(Attempts):
 
     async def shutdown(self, grace: float) -> None:
         """Runs in the fleet go on without the scheduler; their results wait in the broker."""
+        self.due.clear()
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
@@ -206,6 +209,8 @@ class FleetAttempts(Attempts):
         and its attempt's cancel is put on the cancels stream, which every runner reads: the one
         executing it stops it (its outcome, `cancelled`, is then ignored here: the run ended), and
         a runner that takes its work message later acknowledges it without running it."""
+        if self.due.remove(run.id) is not None:
+            return False
         timer = self._timers.pop(run.id, None)
         if timer is not None:
             timer.cancel()

@@ -42,7 +42,7 @@ from typing import Any
 import structlog
 
 from jobwire.engine.chains import ChainIndex
-from jobwire.engine.committer import Committer
+from jobwire.engine.committer import TIME_SOURCES, Committer
 from jobwire.engine.errors import InvalidParams, JobNotFound, Unavailable
 from jobwire.engine.metrics import Children, Metrics
 from jobwire.engine.policies import Decision
@@ -260,6 +260,8 @@ class EventIntake:
             environment=inc.environment or _text(params.get("environment")) or job.environment,
             history=[Transition(state=state, at=now, reason=f"event {event.id} from {inc.source}")],
         )
+        if inc.scheduled_at is not None and inc.scheduled_at > now and inc.source in TIME_SOURCES:
+            run.not_before = inc.scheduled_at  # recorded ahead of its due time (`scheduler.py`)
         event.run_id = run.id
         event.input_location = run.input_location
         self.active_keys[key] = run.id

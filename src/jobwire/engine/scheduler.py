@@ -4,6 +4,13 @@ The loop sleeps until the earliest due time or until the heap changes — never 
 wakes, it takes every entry that is due, submits them together (the committer turns a burst of
 10,000 due schedules into a few transactions), and pushes each trigger's next fire time computed
 from its *due* time, so lateness never accumulates into drift.
+
+Recorded ahead (`ahead` seconds, `JOBWIRE_RECORD_AHEAD`): the heap is ordered by when a fire is
+*recorded*, its due time less `ahead` for a job without a concurrency limit, so its event and run
+are committed while the clock would otherwise sleep and the run waits, `pending`, for its due time
+(`engine/due.py` starts it then, or gives it up if its job was paused, deleted or redefined
+meanwhile). A trigger has at most one fire recorded ahead: the next is recorded no earlier than the
+previous one's due time.
 """
 
 from __future__ import annotations
@@ -104,9 +111,20 @@ def missed_fires(trigger: Any, last: datetime | None, now: datetime, policy: Cat
 
 class TimeScheduler:
     def __init__(
-        self, fire: Fire, on_lateness: Callable[[float], None] | None = None, prepare: Prepare | None = None
+        self,
+        fire: Fire,
+        on_lateness: Callable[[float], None] | None = None,
+        prepare: Prepare | None = None,
+        ahead: float = 0.0,
     ) -> None:
         self._fire = fire
+        self.ahead = ahead
+        """Seconds a fire is recorded before its due time (jobs without a concurrency limit)."""
+        self._lead: dict[str, float] = {}
+        """Each scheduled job's lead: `ahead`, or 0 for a job with a concurrency limit."""
+        self._fired: dict[tuple[str, str], tuple[Any, datetime]] = {}
+        """Each trigger's fire last recorded ahead (the trigger, its due time): a redefinition that
+        keeps the trigger does not record that fire a second time."""
         self._on_lateness = on_lateness
         self._prepare = prepare
         self._prepared = 0.0
@@ -146,19 +164,26 @@ class TimeScheduler:
             self._wake.set()
             return
         now = now or utcnow()
+        lead = self._lead[job.name] = self.ahead if job.concurrency.limit is None else 0.0
         for tid, trig in zip(job.trigger_ids(), job.triggers, strict=True):
             if trig.type not in ("cron", "interval", "at"):
                 continue
-            due = next_fire(trig, now)
-            self._triggers[(job.name, tid)] = trig
-            self._keys.setdefault(job.name, []).append((job.name, tid))
+            key = (job.name, tid)
+            fired = self._fired.get(key)
+            after = fired[1] if fired is not None and fired[0] == trig and fired[1] > now else now
+            due = next_fire(trig, after)
+            self._triggers[key] = trig
+            self._keys.setdefault(job.name, []).append(key)
             if due is not None:
-                self._push(due, job.name, tid, gen)
+                self._push(due, job.name, tid, gen, lead, after)
         self._wake.set()
 
     def remove_job(self, name: str) -> None:
         self._generation[name] = self._generation.get(name, 0) + 1
         self._forget(name)
+        self._lead.pop(name, None)
+        for key in [k for k in self._fired if k[0] == name]:
+            del self._fired[key]
         self._wake.set()
 
     def upcoming(self, limit: int) -> list[tuple[datetime, str, str]]:
@@ -197,9 +222,13 @@ class TimeScheduler:
         for key in self._keys.pop(name, ()):
             self._triggers.pop(key, None)
 
-    def _push(self, due: datetime, job: str, tid: str, gen: int) -> None:
+    def _push(self, due: datetime, job: str, tid: str, gen: int, lead: float, after: datetime) -> None:
+        """Schedule a fire due at `due`, recorded `lead` seconds ahead but not before `after` (the
+        previous fire's due time: at most one fire of a trigger is recorded ahead)."""
         self._seq += 1
-        heapq.heappush(self._heap, (due.timestamp(), self._seq, job, tid, gen, due))
+        ts = due.timestamp()
+        at = max(ts - lead, after.timestamp()) if lead else ts
+        heapq.heappush(self._heap, (at, self._seq, job, tid, gen, due))
 
     async def _loop(self) -> None:
         while True:
@@ -223,10 +252,14 @@ class TimeScheduler:
             now_ts = now.timestamp()
             batch: list[Incoming] = []
             while self._heap and self._heap[0][0] <= now_ts + DUE_TOLERANCE:
-                ts, _, job, tid, gen, due = heapq.heappop(self._heap)
+                _, _, job, tid, gen, due = heapq.heappop(self._heap)
                 if self._generation.get(job) != gen or (job, tid) not in self._triggers:
                     continue  # superseded by a redefinition, pause or delete
                 trig = self._triggers[(job, tid)]
+                if due > now:  # recorded ahead: lateness is measured when it starts (engine/due.py)
+                    self._fired[(job, tid)] = (trig, due)
+                elif self._on_lateness:
+                    self._on_lateness(now_ts - due.timestamp())
                 batch.append(
                     Incoming.model_construct(
                         job=job,
@@ -240,11 +273,9 @@ class TimeScheduler:
                         received_at=now,
                     )
                 )
-                if self._on_lateness:
-                    self._on_lateness(now_ts - ts)
                 nxt = next_fire(trig, due)
                 if nxt is not None:
-                    self._push(nxt, job, tid, gen)
+                    self._push(nxt, job, tid, gen, self._lead.get(job, 0.0), due)
             if batch:
                 try:
                     self._fire(batch)

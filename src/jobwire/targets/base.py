@@ -87,6 +87,21 @@ class RunContext(ABC):
         return None
 
 
+class Armed(ABC):
+    """An attempt made ready ahead of its due time (`Target.arm`): what its start needs is held
+    (a connection, the request), so that starting it is one write."""
+
+    @abstractmethod
+    def fire(self) -> None:
+        """Take the attempt's irreversible step now, without yielding: the engine calls it at the
+        due time for every run due then, one after the other, before any of them is awaited.
+        `Target.execute` follows for the rest of the attempt. Must not raise."""
+
+    @abstractmethod
+    def disarm(self) -> None:
+        """It will not be fired (cancelled, its job changed, no place left): give back what it holds."""
+
+
 class Target(ABC):
     kind: ClassVar[str]
     survives_restart: ClassVar[bool] = False
@@ -119,6 +134,12 @@ class Target(ABC):
     def prepare(self, job: Job) -> None:
         """Warm what this job's next run needs (a cached request, a connection), called ahead of a
         time trigger's fire, off the due time's burst. Cheap; must not raise."""
+
+    async def arm(self, ctx: RunContext) -> Armed | None:
+        """Make `ctx`'s first attempt ready to start at a due time still to come (a time fire
+        recorded ahead, `engine/due.py`), or None: the attempt then starts in `execute` as usual
+        (the default). Armed and fired, `execute(ctx)` must not take the step again. Must not raise."""
+        return None
 
     async def start(self) -> None:
         """Open connections; called once before the first run."""

@@ -28,6 +28,8 @@ import asyncio
 import base64
 import importlib.metadata
 import json
+import resource
+from contextlib import suppress
 from typing import Any
 
 import httpx
@@ -38,8 +40,8 @@ from jobwire.model import HttpTarget as HttpSpec
 from jobwire.model import Job, RunError, RunState
 from jobwire.netguard import DestinationRefused, GuardedTransport, PooledTransport, check_destination
 from jobwire.params import render, render_headers, render_url
-from jobwire.targets.base import Outcome, RunContext, Target
-from jobwire.targets.http1 import ConnectFailed, Http1Pool, ProtocolFailed
+from jobwire.targets.base import Armed, Outcome, RunContext, Target
+from jobwire.targets.http1 import ConnectFailed, Http1Pool, Http1Response, ProtocolFailed
 
 log = structlog.get_logger(__name__)
 
@@ -55,15 +57,44 @@ except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running fr
     _VERSION = "0"
 USER_AGENT = f"jobwire/{_VERSION}"
 
-MAX_IN_FLIGHT = 100
-"""Requests in flight per pool (guarded / private-allowed). Excess attempts wait here, before they
-are marked running and outside their timeout; the pool has a connection slot for every request let
-through, so nothing waits inside it."""
+MAX_IN_FLIGHT = 1000
+"""Requests in flight per pool (guarded / private-allowed), at most: 1,000 jobs due at one second
+are called at once, not in waves of a hundred (each wave waits for the answers of the one before).
+Excess attempts wait here, before they are marked running and outside their timeout; the pool has
+a connection slot for every request let through, so nothing waits inside it. Fewer where the
+process may not open that many files (`in_flight_limit`)."""
+RESERVED_FILES = 1024
+"""Open files kept for everything else (the API's connections, the store, run logs, other targets)."""
 _LIMITS = httpx.Limits(
     max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT, keepalive_expiry=30
 )
 DEFAULT_HEADERS = (("Accept", "*/*"), ("Accept-Encoding", "gzip, deflate"), ("Connection", "keep-alive"))
 """What httpx.AsyncClient would send by default; a job's own headers replace them."""
+
+
+def in_flight_limit() -> int:
+    """Requests in flight per pool that this process's open-file limit allows: the soft limit is
+    raised to what both pools and `RESERVED_FILES` need, where the hard limit lets it (as Go does
+    for every program); a limit still too low lowers the pools' size, with a warning saying what to
+    do."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 2 * MAX_IN_FLIGHT + RESERVED_FILES
+    if 0 <= soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        with suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return MAX_IN_FLIGHT
+    limit = max(10, (soft - RESERVED_FILES) // 2)
+    log.warning(
+        "the open-file limit is low: HTTP calls in flight at once are fewer than they could be",
+        open_files=soft,
+        in_flight=limit,
+        wanted=want,
+        fix=f"raise it to {want} or more (`ulimit -n {want}`, LimitNOFILE= in a systemd unit)",
+    )
+    return limit
 
 
 def _transport(guarded: bool) -> PooledTransport:
@@ -152,6 +183,44 @@ def _build(
     return url, request
 
 
+class _Shot(Armed):
+    """A plain-http first attempt made ready ahead of its due time: its request built, a place of
+    the pool taken, a keep-alive connection open. `fire` writes the request; `execute` reads the
+    answer (or, if the connection closed before the due time, makes the call as usual)."""
+
+    __slots__ = ("answer", "conn", "dest", "head_only", "owner", "pool", "run_id", "slots", "wire")
+
+    def __init__(
+        self,
+        owner: dict[str, _Shot],
+        run_id: str,
+        pool: Http1Pool,
+        dest: tuple[str, int, bool],
+        conn: Any,
+        wire: bytes,
+        head_only: bool,
+        slots: asyncio.Semaphore,
+    ) -> None:
+        self.owner, self.run_id, self.pool, self.dest, self.conn = owner, run_id, pool, dest, conn
+        self.wire, self.head_only, self.slots = wire, head_only, slots
+        self.answer: asyncio.Future[Http1Response] | None = None
+        """Set by `fire`: the request is written and this is its answer."""
+        owner[run_id] = self
+
+    def fire(self) -> None:
+        if not self.conn.stale():  # closed meanwhile: nothing is written, `execute` calls as usual
+            self.answer = self.conn.send(self.wire, BODY_LOG_CAP, self.head_only)
+
+    def disarm(self) -> None:
+        if self.owner.pop(self.run_id, None) is None:
+            return  # taken by `execute`, or disarmed already
+        if self.answer is not None:
+            self.conn.close()  # its answer will not be read
+        else:
+            self.pool.release(*self.dest, self.conn)
+        self.slots.release()
+
+
 class HttpTarget(Target):
     kind = "http"
     survives_restart = False
@@ -167,6 +236,10 @@ class HttpTarget(Target):
         self.http1 = Http1Pool()
         """Plain `http://` calls (`targets/http1.py`); `https://` goes through httpx's transport."""
         self._pools: dict[bool, tuple[PooledTransport, asyncio.Semaphore]] = {}
+        self.in_flight = MAX_IN_FLIGHT
+        """Requests in flight per pool at most (`in_flight_limit`, at `start`)."""
+        self._shots: dict[str, _Shot] = {}
+        """Attempts armed ahead of their due time (`arm`), by run id, until `execute` takes them."""
         self._static: dict[int, tuple[HttpSpec, tuple[httpx.URL, bytes, bytes] | None]] = {}
         """By definition (its id, the definition held): its cached first-attempt request, or None."""
         """A transport and its `MAX_IN_FLIGHT` slots by `allow_private`: targets allowed private
@@ -174,6 +247,7 @@ class HttpTarget(Target):
         that must be guarded, and calls of one kind never wait for the other's slots."""
 
     async def start(self) -> None:
+        self.in_flight = in_flight_limit()
         # both pools now: each makes two TLS contexts (~30 ms with the CA bundle), which on a first
         # call would delay every call due in that same second
         self._pool_for(allow_private=False)
@@ -188,7 +262,7 @@ class HttpTarget(Target):
     def _pool_for(self, allow_private: bool) -> tuple[PooledTransport, asyncio.Semaphore]:
         pool = self._pools.get(allow_private)
         if pool is None:
-            pool = (_transport(guarded=not allow_private), asyncio.Semaphore(MAX_IN_FLIGHT))
+            pool = (_transport(guarded=not allow_private), asyncio.Semaphore(self.in_flight))
             self._pools[allow_private] = pool
         return pool
 
@@ -199,11 +273,40 @@ class HttpTarget(Target):
         return spec.allow_private or self.settings.http_allow_private
 
     async def execute(self, ctx: RunContext) -> Outcome:
+        shot = self._shots.get(ctx.run.id)
+        if shot is not None and shot.answer is not None:
+            del self._shots[ctx.run.id]
+            try:
+                return await self._fired(ctx, shot)
+            finally:
+                shot.slots.release()
+        if shot is not None:  # its connection closed before the due time: the call is made now
+            shot.disarm()
         spec = ctx.job.target
         allow_private = isinstance(spec, HttpSpec) and self._allows_private(spec)
         _, slots = self._pool_for(allow_private)
         async with slots:
             return await self._execute(ctx)
+
+    async def _fired(self, ctx: RunContext, shot: _Shot) -> Outcome:
+        """The rest of an attempt whose request `shot.fire` wrote at the due time."""
+        spec = ctx.job.target
+        assert isinstance(spec, HttpSpec)
+        await ctx.started(None)
+        seconds = spec.timeout.total_seconds()
+        try:
+            async with asyncio.timeout(seconds):
+                assert shot.answer is not None
+                response = await shot.conn.response(shot.answer)
+        except TimeoutError:
+            log.info("http call timed out", run_id=ctx.run.id, job=ctx.job.name)
+            return _timed_out(seconds)
+        except (ProtocolFailed, OSError) as exc:
+            return _failed("NetworkError", f"{type(exc).__name__}: {exc}", retryable=True)
+        self.http1.release(*shot.dest, shot.conn)
+        if response.body:
+            ctx.log(response.body)
+        return _judge(spec, response.status, response.body[: 4 * ERROR_BODY_CHARS])
 
     async def _execute(self, ctx: RunContext) -> Outcome:
         spec = ctx.job.target
@@ -262,6 +365,32 @@ class HttpTarget(Target):
             return _failed("NetworkError", f"{type(exc).__name__}: {exc}", retryable=True)
 
         return _judge(spec, response.status_code, head)
+
+    async def arm(self, ctx: RunContext) -> Armed | None:
+        """A plain-http first attempt whose request needs no parameters (`_static_wire`): checked,
+        connected and built ahead, so that at the due time its start is one write (`_Shot`)."""
+        spec = ctx.job.target
+        if not isinstance(spec, HttpSpec) or ctx.run.attempt != 1:
+            return None
+        static = self._static_wire(spec)
+        allow_private = self._allows_private(spec)
+        _, slots = self._pool_for(allow_private)
+        if static is None or slots.locked():
+            return None
+        url, before, after = static
+        dest = (url.host, url.port or 80, allow_private)
+        await slots.acquire()  # not locked: no wait
+        try:
+            await check_destination(*dest)
+            conn = await self.http1.acquire(*dest)
+        except Exception:  # refused, unresolvable, no connection: `execute` reports it at the due time
+            slots.release()
+            return None
+        except BaseException:
+            slots.release()
+            raise
+        wire = before + ctx.run.id.encode("ascii") + after
+        return _Shot(self._shots, ctx.run.id, self.http1, dest, conn, wire, spec.method == "HEAD", slots)
 
     def prepare(self, job: Job) -> None:
         """Build a plain-http job's request ahead of its fire (`_static_wire`: once per definition)."""

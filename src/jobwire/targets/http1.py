@@ -163,12 +163,20 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
     async def call(self, request: bytes, cap: int, head_only: bool) -> Http1Response:
+        return await self.response(self.send(request, cap, head_only))
+
+    def send(self, request: bytes, cap: int, head_only: bool) -> asyncio.Future[Http1Response]:
+        """Write `request`; its answer is `response(<the future returned>)`'s."""
         assert self.transport is not None and self.waiter is None
-        self.waiter = asyncio.get_running_loop().create_future()
+        waiter = self.waiter = asyncio.get_running_loop().create_future()
         self.cap, self.head_only, self.status = cap, head_only, 0
         self.transport.write(request)
+        return waiter
+
+    async def response(self, waiter: asyncio.Future[Http1Response]) -> Http1Response:
+        """The answer to the request `send` wrote (it may have come already)."""
         try:
-            return await self.waiter
+            return await waiter
         except BaseException:
             self.close()  # a cancelled or timed-out call leaves its connection in an unknown state
             raise
@@ -204,15 +212,22 @@ class Http1Pool:
     ) -> Http1Response:
         """Send `request` (the whole HTTP/1.1 request) and read the answer, its body up to `cap`
         bytes. Raises DestinationRefused, ConnectFailed, ProtocolFailed; a timeout is the caller's."""
-        key = (host, port, allow_private)
-        conn = self._checkout(key)
-        if conn is None:
-            conn = await self._dial(host, port, allow_private)
+        conn = await self.acquire(host, port, allow_private)
         response = await conn.call(request, cap, head_only)
+        self.release(host, port, allow_private, conn)
+        return response
+
+    async def acquire(self, host: str, port: int, allow_private: bool) -> _Conn:
+        """An idle keep-alive connection to (host, port), or a new one. Raises DestinationRefused,
+        ConnectFailed. Give it back with `release` once its answer is read."""
+        conn = self._checkout((host, port, allow_private))
+        return conn if conn is not None else await self._dial(host, port, allow_private)
+
+    def release(self, host: str, port: int, allow_private: bool, conn: _Conn) -> None:
+        """`conn` is free again (kept for reuse unless it is closed)."""
         if not conn.closed:
             conn.idle_since = time.monotonic()
-            self._idle.setdefault(key, []).append(conn)
-        return response
+            self._idle.setdefault((host, port, allow_private), []).append(conn)
 
     def _checkout(self, key: tuple[str, int, bool]) -> _Conn | None:
         conns = self._idle.get(key)
