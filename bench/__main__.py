@@ -36,7 +36,9 @@ Definitions: "started" = the run's recorded started_at (engine wall clock when P
 pid, i.e. after the exec succeeded) − the client's wall clock just before its request's bytes left (a raw
 HTTP/1.1 client, one write per request); "the program's own first clock reading" = the first line printed by the
 job's command `date +%s.%N` − the same send time (adds the program's own start-up). Cron fire
-lateness = event received_at − scheduled_at as recorded in the store; "due → recorded" = when Engine.submit
+lateness (in-process rows) = when the engine released the fire's run to start − its due time (fires
+are recorded ahead of their due time, so the event's received_at is earlier than its scheduled_at);
+"due → run started" = the run's started_at − scheduled_at as recorded in the store; "due → recorded" = when Engine.submit
 returned (event + run committed, fsync) − due time; missed = due times in the window with no recorded run.
 "stub target" = the real engine with its `local` target replaced by one that reports started and succeeded
 without spawning (see docs/performance.md). Throughput rows count acknowledged runs (committed before the

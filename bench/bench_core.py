@@ -15,7 +15,9 @@ Definitions (also printed under the table and explained in docs/performance.md):
   to the run's recorded `started_at` (the engine's wall clock when `subprocess_exec` returned a pid,
   i.e. after fork+exec succeeded). The job runs `date +%s.%N`, so a second row uses the process's
   own clock reading as "started". Same machine, same wall clock.
-* cron fire lateness: event `received_at` − `scheduled_at`, both as recorded in the store.
+* cron fire lateness: when the clock released the fire's run to start − its due time (`_Timed`:
+  fires are recorded ahead of their due time, `JOBWIRE_RECORD_AHEAD`, so the event's `received_at`
+  is earlier than its `scheduled_at`); beside it, due → the run's `started_at` as recorded.
   due → recorded: the moment `Engine.submit` returned (the event and its run committed) − due time.
   Missed: fire times in the window with no recorded run.
 * runs recorded per second: `Engine.trigger` / `POST .../runs` calls that returned (each one a run
@@ -507,12 +509,27 @@ def trigger_to_start(ctx: Ctx) -> list[Row]:
 
 class _Timed:
     """Wraps the intake's `_admit` (called once per event, right after the transaction that holds it
-    committed, by `submit` and `submit_many` alike) to note when each time-triggered fire was durable."""
+    committed, by `submit` and `submit_many` alike) to note when each time-triggered fire was durable,
+    and the engine's `_start_due` (`engine/due.py` hands it the runs recorded ahead at their due
+    time) to note when each due time's runs were released to start.
+
+    The clock's **fire lateness** of a fire is when its run was released to start − its due time:
+    for a fire recorded ahead (`JOBWIRE_RECORD_AHEAD`), when `_start_due` was called for its due
+    time; for one recorded after its due time (a burst the lead did not cover), its commit (it is
+    launched as it is admitted)."""
 
     def __init__(self, engine: Any) -> None:
         self.orig = engine.intake._admit
         self.done: list[tuple[float, float, str]] = []  # (due, committed, outcome)
+        self.released: dict[float, float] = {}  # due → when `_start_due` was called for it
         engine.intake._admit = self
+        start_due = engine.attempts._start_due
+
+        def released(due: float, members: Any) -> None:
+            self.released.setdefault(due, time.time())
+            start_due(due, members)
+
+        engine.attempts.due._start = released
 
     def __call__(self, prepared: Any, rec: Any) -> Any:
         result = self.orig(prepared, rec)
@@ -520,18 +537,32 @@ class _Timed:
             self.done.append((rec.event.scheduled_at.timestamp(), time.time(), rec.event.outcome.value))
         return result
 
+    def lateness(self, w0: float, w1: float) -> list[float]:
+        """The fire lateness (above) of each fire due in [w0, w1) that made a run."""
+        out = []
+        for due, committed, outcome in self.done:
+            if outcome != "run" or not w0 <= due < w1:
+                continue
+            release = self.released.get(due) if committed < due else committed
+            if release is not None:
+                out.append(release - due)
+        return out
+
 
 def _fire_stats(db: Path, w0: float, w1: float) -> tuple[list[float], set[tuple[str, int]], dict[str, int]]:
-    """(fire lateness of each recorded event, the (job, due) pairs that made a run, run states)."""
+    """(fire lateness of each run that started: its `started_at` − its scheduled second; the (job,
+    due) pairs that made a run; run states). Fires are recorded ahead of their due time
+    (`JOBWIRE_RECORD_AHEAD`), so the event's `received_at` says when it was recorded, not when the
+    job started."""
     rows = db_rows(
         db,
-        "SELECT e.job, e.scheduled_at, e.received_at, e.outcome, r.state FROM events e "
+        "SELECT e.job, e.scheduled_at, r.started_at, e.outcome, r.state FROM events e "
         "LEFT JOIN runs r ON r.id = e.run_id "
         "WHERE e.source = 'cron' AND e.scheduled_at >= ? AND e.scheduled_at < ?",
         us(w0),
         us(w1),
     )
-    late = [(rec - due) / 1e6 for _, due, rec, _, _ in rows]
+    late = [(started - due) / 1e6 for _, due, started, _, _ in rows if started is not None]
     made = {(job, due) for job, due, _, outcome, state in rows if outcome == "run" and state is not None}
     states: dict[str, int] = {}
     for *_, state in rows:
@@ -618,7 +649,8 @@ def _every_second(ctx: Ctx, variant: str) -> list[Row]:
     db = base / "data" / "jobwire.db"
 
     def report(timed: _Timed, w0: float, w1: float, cpu: float, backlog: int) -> list[Row]:
-        late, made, states = _fire_stats(db, w0, w1)
+        started, made, states = _fire_stats(db, w0, w1)
+        late = timed.lateness(w0, w1)
         expected = n_jobs * window
         missed = expected - len(made)
         recorded = [ret - due for due, ret, outcome in timed.done if w0 <= due < w1 and outcome == "run"]
@@ -628,6 +660,7 @@ def _every_second(ctx: Ctx, variant: str) -> list[Row]:
             "expected_fires": expected,
             "missed": missed,
             "fire_lateness": summary(late),
+            "due_to_started": summary(started),
             "due_to_recorded": summary(recorded),
             "due_to_recorded_count": len(recorded),
             "run_states": states,
@@ -646,6 +679,7 @@ def _every_second(ctx: Ctx, variant: str) -> list[Row]:
                 "0",
                 missed == 0,
             ),
+            p50_p99_row("  … due → run started (`started_at`, p50 / p99)", started, None),
             p50_p99_row(
                 f"  … due → run durably recorded (p50 / p99; {len(recorded):,} seen by +3s)", recorded, None
             ),
@@ -730,7 +764,8 @@ def cron_same_minute(ctx: Ctx) -> list[Row]:
     ctx.progress(f"{n_jobs:,} jobs `{expr}` (UTC), stub target, due in {due - now:.0f}s")
 
     def report(timed: _Timed, ready_ahead: float, all_recorded: float, all_done: float) -> list[Row]:
-        late, made, states = _fire_stats(base / "data" / "jobwire.db", due, due + 1)
+        started, made, states = _fire_stats(base / "data" / "jobwire.db", due, due + 1)
+        late = timed.lateness(due, due + 1)
         missed = n_jobs - len(made)
         recorded = [ret - d for d, ret, outcome in timed.done if outcome == "run"]
         ctx.data["same_minute"] = {
@@ -739,6 +774,7 @@ def cron_same_minute(ctx: Ctx) -> list[Row]:
             "engine_ready_before_due_s": ready_ahead,
             "missed": missed,
             "fire_lateness": summary(late),
+            "due_to_started": summary(started),
             "due_to_recorded": summary(recorded),
             "due_to_recorded_count": len(recorded),
             "all_recorded_after_s": all_recorded,
@@ -761,6 +797,7 @@ def cron_same_minute(ctx: Ctx) -> list[Row]:
         return [
             row._replace(ok=row.ok and missed == 0),
             Row(f"  … fires missed of {n_jobs:,}", f"{missed}", "0", missed == 0),
+            p50_p99_row("  … due → run started (`started_at`, p50 / p99)", started, None),
             p50_p99_row("  … due → run durably recorded (p50 / p99)", recorded, None),
             Row(
                 "  … all 10,000 recorded after / runs succeeded",
@@ -794,6 +831,7 @@ def cron_same_minute(ctx: Ctx) -> list[Row]:
             await asyncio.sleep(0.02)
         all_done = time.time() - due
         ctx.data["same_minute_cpu_s"] = time.process_time() - cpu0
+        await engine.committer.flush()  # the runs' ends, as the rows read them from the store
         rows = report(timed, ready_ahead, all_recorded, all_done)
         await stop_or_abandon(ctx, engine, rows)
         return rows

@@ -12,7 +12,7 @@ half cron (`m h * * *`, the hour 12 h away from now, so none fires during the ru
 * **RSS** of the process once ready, and its **idle CPU** (utime + stime from /proc) over a window
   in which nothing is due;
 * then 100 of the jobs become every-second crons (`* * * * * *`, `local true`; the files edited,
-  the server restarted): **fire lateness** (the event's `received_at` − its scheduled second, from
+  the server restarted): **fire lateness** (the run's `started_at` − its scheduled second, from
   the store) p50/p99 over a window after 3 s of warm-up, and the fires with no run.
 """
 
@@ -136,7 +136,7 @@ def scale_100k(ctx: Ctx) -> list[Row]:
         "load": loadavg(),
     }
     row = p50_p99_row(
-        f"  … {EVERY_SECOND} of them every second ({window}s): fire lateness (p50 / p99)", late, 10
+        f"  … {EVERY_SECOND} of them every second ({window}s): due → run started (p50 / p99)", late, 10
     )
     return [
         Row(

@@ -17,6 +17,7 @@ from jobwire.config import Settings
 from jobwire.engine import Engine
 from jobwire.model import EventOutcome, Job, Run, RunState
 from jobwire.store import EventQuery, RunQuery
+from tests.support.fake_context import RecordingServer
 from tests.support.waiting import eventually
 
 PY = sys.executable
@@ -197,3 +198,30 @@ async def test_a_restart_before_its_due_time_starts_it_once_at_its_time(tmp_path
         assert len((await second.store.list_runs(RunQuery(job="rs"))).items) == 1
     finally:
         await second.stop()
+
+
+async def test_an_http_job_is_armed_ahead_and_called_at_its_due_time(engine: Engine) -> None:
+    server = await RecordingServer().start()
+    try:
+        at = due_in(AHEAD + 0.8)
+        job = Job.model_validate(
+            {
+                "name": "call",
+                "triggers": [{"type": "at", "at": at.isoformat()}],
+                "target": {"type": "http", "url": server.url("/due"), "allow_private": True},
+            }
+        )
+        await engine.put_job(job)
+        run = await the_run(engine, "call")
+        primed: dict[str, Any] = engine.attempts._primed  # type: ignore[attr-defined]
+        await eventually(lambda: run.id in primed, 5, "the attempt armed")
+        assert time.time() < at.timestamp() and server.requests == [], "connected, nothing sent yet"
+        run = await finished(engine, run.id)
+        assert run.state == RunState.succeeded and run.http_status == 200
+        (req,) = server.requests
+        assert req.headers["idempotency-key"] == run.id
+        assert server.arrived[0] >= at.timestamp(), "the call arrived at or after the due time"
+        assert run.started_at is not None and at <= run.started_at
+        assert run.started_at.timestamp() <= server.arrived[0] + 0.001, "started_at is when it was sent"
+    finally:
+        await server.stop()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -143,6 +144,8 @@ class RecordingServer:
 
     host: str = "127.0.0.1"
     requests: list[SeenRequest] = field(default_factory=list)
+    arrived: list[float] = field(default_factory=list)
+    """Each request's arrival (`time.time()` once its body was read), in the order of `requests`."""
     disconnects: int = 0
     hanging: int = 0
     port: int = 0
@@ -183,6 +186,7 @@ class RecordingServer:
                 parts = urlsplit(target)
                 seen = SeenRequest(method, parts.path, parse_qs(parts.query), headers, body)
                 self.requests.append(seen)
+                self.arrived.append(time.time())
                 if parts.path == "/hang":
                     self.hanging += 1
                     await reader.read()  # until the client closes the connection

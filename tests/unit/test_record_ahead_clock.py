@@ -7,6 +7,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
+from jobwire.engine import scheduler
 from jobwire.engine.scheduler import DUE_TOLERANCE, TimeScheduler
 from jobwire.model import Incoming, Job
 from tests.support.waiting import eventually
@@ -66,3 +69,48 @@ async def test_set_again_unchanged_after_a_fire_ahead_it_does_not_hand_that_fire
     times = [i.scheduled_at for i in handed]
     assert len(set(times)) == len(times), "each due time handed in once"
     assert times[1] == times[0] + timedelta(seconds=1)
+
+
+def _at_job(name: str, at: datetime) -> Job:
+    return Job.model_validate(
+        {"name": name, "triggers": [{"type": "at", "at": at.isoformat()}], "target": {"type": "http", "url": "http://x/"}}
+    )
+
+
+async def test_a_burst_is_recorded_earlier_by_its_size() -> None:
+    handed: list[tuple[float, Incoming]] = []
+    clock = TimeScheduler(lambda batch: handed.extend((time.time(), i) for i in batch), ahead=0.2)
+    due = datetime.now(UTC) + timedelta(seconds=2)
+    n = 2 * scheduler.BURST_MIN
+    for k in range(n):
+        clock.set_job(_at_job(f"b{k:04}", due), paused=False)
+    clock.start()
+    try:
+        await eventually(lambda: len(handed) == n, 5, "the burst")
+    finally:
+        await clock.stop()
+    lead = 0.2 + scheduler.burst_lead(n)
+    assert all(at <= due.timestamp() - 0.2 for at, _ in handed), "earlier than the plain lead"
+    assert all(at >= due.timestamp() - lead - DUE_TOLERANCE for at, _ in handed), "by the burst's size"
+
+
+async def test_a_burst_lead_longer_than_the_interval_still_records_one_fire_ahead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(scheduler, "BURST_COST", 0.003)  # 500 fires: 1.5 s, more than their 1 s interval
+    handed: list[tuple[float, Incoming]] = []
+    clock = TimeScheduler(lambda batch: handed.extend((time.time(), i) for i in batch), ahead=0.2)
+    for k in range(scheduler.BURST_MIN):
+        clock.set_job(_job(f"s{k:03}"), paused=False)
+    clock.start()
+    try:
+        await eventually(lambda: len(handed) >= 3 * scheduler.BURST_MIN, 8, "three seconds of fires")
+    finally:
+        await clock.stop()
+    last_due: dict[str, float] = {}
+    for at, inc in sorted(handed, key=lambda h: h[0]):
+        assert inc.scheduled_at is not None and inc.job is not None
+        due = inc.scheduled_at.timestamp()
+        assert at < due
+        assert at >= last_due.get(inc.job, 0.0) - DUE_TOLERANCE, "not before the previous fire is due"
+        last_due[inc.job] = due

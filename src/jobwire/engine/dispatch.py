@@ -93,6 +93,8 @@ class EngineContext(RunContext):
         for targets without it, ~5 % of a 10,000-run burst)."""
         self._told: StatusBlock | None = None
         """The status block last published for this attempt: a report repeating it says nothing."""
+        self.fired_at: datetime | None = None
+        """When an armed attempt was fired (`Target.arm`): its start, whenever `started` is told."""
 
     # Made when a target asks (a local process's env, a callback wait): an HMAC per attempt was
     # ~2.5 % of the event loop per HTTP run, which never reads them.
@@ -123,7 +125,7 @@ class EngineContext(RunContext):
 
     async def started(self, ref: str | None, status: StatusBlock | None = None) -> None:
         run = self.run
-        now = utcnow()
+        now = self.fired_at or utcnow()
         if run.state == RunState.running and run.target_ref == ref:
             return
         run.started_at = run.started_at if self.resumed and run.started_at else now
@@ -313,6 +315,7 @@ class Attempts:
                 primed[1].disarm()  # it waits in the launch backlog and starts the usual way
             else:
                 primed[1].fire()
+                primed[0].fired_at = utcnow()
                 self._fired[run.id] = primed[1]
                 fired.append((run, job, primed[0]))
         observe = self.metrics.lateness_seconds.observe

@@ -54,6 +54,19 @@ DUE_TOLERANCE = 0.0005
 """Seconds: an entry this close to its due time is taken as due (the loop's timers are in ms)."""
 
 
+BURST_COST = 0.0002
+"""Seconds of recording per fire of a burst (measured: 10,000 fires due at once were recorded in
+~2 s on the 2-core bench machine): a burst of n fires is recorded n × this earlier still."""
+BURST_MIN = 500
+"""Fires at one time below which no extra lead is taken (the default lead covers them)."""
+BURST_MAX_LEAD = 10.0
+
+
+def burst_lead(n: int) -> float:
+    """Extra seconds ahead to record `n` fires due together (`TimeScheduler(ahead=…)` only)."""
+    return 0.0 if n < BURST_MIN else min(BURST_MAX_LEAD, n * BURST_COST)
+
+
 def wait_ahead(delay: float) -> float:
     """How long to wait for a due time `delay` seconds away. Linux lets a poll or epoll wait of T
     seconds end up to T/1000 late when nothing else wakes the loop (T/200 for a niced process; at
@@ -129,7 +142,13 @@ class TimeScheduler:
         self._prepare = prepare
         self._prepared = 0.0
         """The due time whose jobs were last handed to `prepare` (each due time once)."""
-        self._heap: list[tuple[float, int, str, str, int, datetime]] = []
+        self._heap: list[tuple[float, int, str, str, int, datetime, float]] = []
+        """(when to record, seq, job, trigger id, generation, due time, earliest time to record):
+        the last is the trigger's previous due time (at most one fire of a trigger ahead)."""
+        self._sized = 0.0
+        """The record time at the heap's head whose burst was last counted (`_burst_lead`)."""
+        self._extra = 0.0
+        """Seconds the fires at the heap's head are recorded earlier still: a burst takes time."""
         self._triggers: dict[tuple[str, str], Any] = {}
         self._keys: dict[str, list[tuple[str, str]]] = {}
         """The `_triggers` keys of each job: (re)scheduling a job must not scan every trigger
@@ -194,7 +213,7 @@ class TimeScheduler:
         out: list[tuple[datetime, str, str]] = []
         frontier = [(heap[0], 0)] if heap else []
         while frontier and len(out) < limit:
-            (_, _, job, tid, gen, due), i = heapq.heappop(frontier)
+            (_, _, job, tid, gen, due, _), i = heapq.heappop(frontier)
             if self._generation.get(job) == gen and (job, tid) in self._triggers:
                 out.append((due, job, tid))
             for child in (2 * i + 1, 2 * i + 2):
@@ -227,8 +246,9 @@ class TimeScheduler:
         previous fire's due time: at most one fire of a trigger is recorded ahead)."""
         self._seq += 1
         ts = due.timestamp()
-        at = max(ts - lead, after.timestamp()) if lead else ts
-        heapq.heappush(self._heap, (at, self._seq, job, tid, gen, due))
+        floor = after.timestamp()
+        at = max(ts - lead, floor) if lead else ts
+        heapq.heappush(self._heap, (at, self._seq, job, tid, gen, due, floor if lead else ts))
 
     async def _loop(self) -> None:
         while True:
@@ -236,25 +256,34 @@ class TimeScheduler:
             if not self._heap:
                 await self._wake.wait()
                 continue
-            delay = self._heap[0][0] - time.time()
-            if delay > PREPARE_AHEAD and self._prepare is not None and self._heap[0][0] != self._prepared:
-                self._prepared = self._heap[0][0]
-                self._prepare(self._due_at(self._prepared), self._prepared)
+            head = self._heap[0][0]
+            if self.ahead and head != self._sized:
+                self._sized = head
+                self._extra = burst_lead(len(self._due_at(head)))
+            delay = head - self._extra - time.time()
+            if delay > PREPARE_AHEAD and self._prepare is not None and head != self._prepared:
+                self._prepared = head
+                self._prepare(self._due_at(head), head)
             if delay > 0:
                 try:
                     async with asyncio.timeout(wait_ahead(delay)):
                         await self._wake.wait()
                     continue  # the heap changed: look again
                 except TimeoutError:
-                    if self._heap[0][0] > time.time():
+                    if self._heap[0][0] - self._extra > time.time():
                         continue  # woken ahead on purpose (`wait_ahead`) or by ms rounding: never early
             now = utcnow()
             now_ts = now.timestamp()
             batch: list[Incoming] = []
-            while self._heap and self._heap[0][0] <= now_ts + DUE_TOLERANCE:
-                _, _, job, tid, gen, due = heapq.heappop(self._heap)
+            held: list[tuple[float, int, str, str, int, datetime, float]] = []
+            while self._heap and self._heap[0][0] <= now_ts + DUE_TOLERANCE + self._extra:
+                entry = heapq.heappop(self._heap)
+                at, _, job, tid, gen, due, floor = entry
                 if self._generation.get(job) != gen or (job, tid) not in self._triggers:
                     continue  # superseded by a redefinition, pause or delete
+                if at > now_ts + DUE_TOLERANCE and floor > now_ts:
+                    held.append(entry)  # taken early for a burst, but its previous fire is not due yet
+                    continue
                 trig = self._triggers[(job, tid)]
                 if due > now:  # recorded ahead: lateness is measured when it starts (engine/due.py)
                     self._fired[(job, tid)] = (trig, due)
@@ -276,6 +305,10 @@ class TimeScheduler:
                 nxt = next_fire(trig, due)
                 if nxt is not None:
                     self._push(nxt, job, tid, gen, self._lead.get(job, 0.0), due)
+            for entry in held:
+                heapq.heappush(self._heap, entry)
+            if held:  # what is left at the head is recorded at its own time
+                self._sized, self._extra = self._heap[0][0], 0.0
             if batch:
                 try:
                     self._fire(batch)
