@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from datetime import datetime, timedelta
@@ -39,8 +40,10 @@ async def _alive() -> None:
     return None
 
 
-FIRED_CHUNK = 64
+FIRED_CHUNK = 16
 """Tasks of fired attempts started per turn of the loop (`Attempts._run_fired`)."""
+ARM_CHUNK = 64
+"""Arming tasks started per turn of the loop (`Attempts._arm_some`)."""
 
 
 def not_due(run: Run, job: Job, stored: StoredJob | None) -> str | None:
@@ -185,6 +188,7 @@ class Attempts:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._arming: set[asyncio.Task[None]] = set()
+        self._to_arm: deque[tuple[Target, EngineContext]] = deque()
         self._primed: dict[str, tuple[EngineContext, Armed]] = {}
         """Attempts armed by their target, waiting for their due time (`Target.arm`)."""
         self._fired: dict[str, Armed] = {}
@@ -264,10 +268,20 @@ class Attempts:
         target = self.targets.get(job.target.type)
         if not self.arms or target is None or type(target).arm is Target.arm:
             return
-        ctx = EngineContext(self, run, job, False, run.not_before)
-        task = asyncio.create_task(self._arm_one(target, ctx), name=f"jobwire-arm-{run.id}")
-        self._arming.add(task)
-        task.add_done_callback(self._arming.discard)
+        if not self._to_arm:
+            asyncio.get_running_loop().call_soon(self._arm_some)
+        self._to_arm.append((target, EngineContext(self, run, job, False, run.not_before)))
+
+    def _arm_some(self) -> None:
+        """`ARM_CHUNK` arming tasks per turn of the loop: 1,000 recorded at once, armed in one turn,
+        held the API's requests for ~40 ms."""
+        for _ in range(min(ARM_CHUNK, len(self._to_arm))):
+            target, ctx = self._to_arm.popleft()
+            task = asyncio.create_task(self._arm_one(target, ctx), name=f"jobwire-arm-{ctx.run.id}")
+            self._arming.add(task)
+            task.add_done_callback(self._arming.discard)
+        if self._to_arm:
+            asyncio.get_running_loop().call_soon(self._arm_some)
 
     async def _arm_one(self, target: Target, ctx: EngineContext) -> None:
         try:
@@ -325,7 +339,8 @@ class Attempts:
 
     def _run_fired(self, fired: list[tuple[Run, Job, EngineContext]]) -> None:
         """The tasks of fired attempts (each reads its answer), `FIRED_CHUNK` per turn of the loop:
-        1,000 tasks taking their first step in one turn held the API's requests for ~100 ms."""
+        1,000 tasks taking their first step in one turn held the API's requests for ~100 ms, and a
+        task whose answer has come runs its whole attempt in that step (~0.2 ms)."""
         for run, job, ctx in fired[:FIRED_CHUNK]:
             if run.state.terminal or self._shutting_down:  # cancelled in between: its answer is not read
                 shot = self._fired.pop(run.id, None)
