@@ -26,7 +26,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length") or 0))
-        self.server.seen.append((time.time(), self.headers.get("idempotency-key", "")))  # type: ignore[attr-defined]
+        assert isinstance(self.server, _Sink)
+        self.server.seen.append((time.time(), self.headers.get("idempotency-key", "")))
         self.send_response(200)
         self.send_header("content-length", "0")
         self.end_headers()
@@ -37,13 +38,15 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Sink(ThreadingHTTPServer):
     request_queue_size = 1024  # the default listen backlog of 5 drops most of 100 connects made at once
+    daemon_threads = True
+    seen: list[tuple[float, str]]
+    """(arrival, Idempotency-Key) of every call."""
 
 
 @pytest.fixture
-def sink() -> Iterator[ThreadingHTTPServer]:
+def sink() -> Iterator[_Sink]:
     server = _Sink(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    server.seen = []  # type: ignore[attr-defined]
+    server.seen = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -53,7 +56,7 @@ def sink() -> Iterator[ThreadingHTTPServer]:
 
 @pytest.mark.slow
 def test_kill9_after_the_fires_are_recorded_ahead_each_runs_once_at_its_time(
-    tmp_path: Path, sink: ThreadingHTTPServer
+    tmp_path: Path, sink: _Sink
 ) -> None:
     due = (datetime.now(UTC) + timedelta(seconds=8)).replace(microsecond=0)
     url = f"http://127.0.0.1:{sink.server_address[1]}/hook"
@@ -68,7 +71,7 @@ def test_kill9_after_the_fires_are_recorded_ahead_each_runs_once_at_its_time(
     jobs_file = tmp_path / "jobs.json"
     jobs_file.write_text(json.dumps({"jobs": jobs}))
     data = tmp_path / "data"
-    seen: list[tuple[float, str]] = sink.seen  # type: ignore[attr-defined]
+    seen = sink.seen
 
     srv = Server(data, jobs_file).start()
     try:

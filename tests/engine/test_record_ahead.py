@@ -15,6 +15,7 @@ import pytest
 
 from jobwire.config import Settings
 from jobwire.engine import Engine
+from jobwire.engine.dispatch import Attempts
 from jobwire.model import EventOutcome, Job, Run, RunState
 from jobwire.store import EventQuery, RunQuery
 from tests.support.fake_context import RecordingServer
@@ -213,8 +214,9 @@ async def test_an_http_job_is_armed_ahead_and_called_at_its_due_time(engine: Eng
         )
         await engine.put_job(job)
         run = await the_run(engine, "call")
-        primed: dict[str, Any] = engine.attempts._primed  # type: ignore[attr-defined]
-        await eventually(lambda: run.id in primed, 5, "the attempt armed")
+        attempts = engine.attempts
+        assert isinstance(attempts, Attempts)  # the in-process launcher, which arms
+        await eventually(lambda: run.id in attempts._primed, 5, "the attempt armed")
         assert time.time() < at.timestamp() and server.requests == [], "connected, nothing sent yet"
         run = await finished(engine, run.id)
         assert run.state == RunState.succeeded and run.http_status == 200

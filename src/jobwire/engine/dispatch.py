@@ -254,7 +254,7 @@ class Attempts:
         ahead: it waits with the others due then, `due.py`) or a retry's."""
         delay = (run.not_before - utcnow()).total_seconds() if run.not_before else 0.0
         if delay > 0 and not resumed:
-            if run.attempt == 1 and run.not_before == run.scheduled_at and run.not_before is not None:
+            if run.not_before is not None and run.not_before == run.scheduled_at and run.attempt == 1:
                 self.due.add(run, job, run.not_before.timestamp())
                 self._arm(run, job)
                 return
@@ -313,15 +313,16 @@ class Attempts:
             stored = self.jobs.get(run.job)
             why = not_due(run, job, stored)
             primed = self._primed.pop(run.id, None)
-            changed = why is not None or stored is None or stored.job is not job
-            if primed is not None and (changed or not alive):
-                primed[1].disarm()
-                primed = None
             if why is not None:
+                if primed is not None:
+                    primed[1].disarm()
                 error = RunError(message=why, reason="NotDue")
                 self._finish(run, job, Outcome(RunState.cancelled, error=error, retryable=False))
                 continue
-            assert stored is not None
+            assert stored is not None  # `not_due` gives a reason when the job is gone
+            if primed is not None and (stored.job is not job or not alive):
+                primed[1].disarm()  # armed for the definition it had when recorded
+                primed = None
             due_at = run.not_before
             if primed is None:
                 self._start_task(run, stored.job, False, due_at)

@@ -146,7 +146,7 @@ class TimeScheduler:
         """(when to record, seq, job, trigger id, generation, due time, earliest time to record):
         the last is the trigger's previous due time (at most one fire of a trigger ahead)."""
         self._sized = 0.0
-        """The record time at the heap's head whose burst was last counted (`_burst_lead`)."""
+        """The record time at the heap's head whose burst was last counted (`burst_lead`)."""
         self._extra = 0.0
         """Seconds the fires at the heap's head are recorded earlier still: a burst takes time."""
         self._triggers: dict[tuple[str, str], Any] = {}
@@ -257,13 +257,14 @@ class TimeScheduler:
                 await self._wake.wait()
                 continue
             head = self._heap[0][0]
+            names: list[str] | None = None  # the jobs due at the head, read off the heap once
             if self.ahead and head != self._sized:
-                self._sized = head
-                self._extra = burst_lead(len(self._due_at(head)))
+                names = self._due_at(head)
+                self._sized, self._extra = head, burst_lead(len(names))
             delay = head - self._extra - time.time()
             if delay > PREPARE_AHEAD and self._prepare is not None and head != self._prepared:
                 self._prepared = head
-                self._prepare(self._due_at(head), head)
+                self._prepare(names if names is not None else self._due_at(head), head)
             if delay > 0:
                 try:
                     async with asyncio.timeout(wait_ahead(delay)):

@@ -29,6 +29,7 @@ import base64
 import importlib.metadata
 import json
 import resource
+from collections.abc import Awaitable
 from contextlib import suppress
 from typing import Any
 
@@ -211,6 +212,13 @@ class _Shot(Armed):
         if not self.conn.stale():  # closed meanwhile: nothing is written, `execute` calls as usual
             self.answer = self.conn.send(self.wire, BODY_LOG_CAP, self.head_only)
 
+    async def read(self) -> Http1Response:
+        """The answer to the request `fire` wrote; the connection then goes back to the pool."""
+        assert self.answer is not None
+        response: Http1Response = await self.conn.response(self.answer)
+        self.pool.release(*self.dest, self.conn)
+        return response
+
     def disarm(self) -> None:
         if self.owner.pop(self.run_id, None) is None:
             return  # taken by `execute`, or disarmed already
@@ -236,15 +244,15 @@ class HttpTarget(Target):
         self.http1 = Http1Pool()
         """Plain `http://` calls (`targets/http1.py`); `https://` goes through httpx's transport."""
         self._pools: dict[bool, tuple[PooledTransport, asyncio.Semaphore]] = {}
+        """A transport and its `in_flight` slots by `allow_private`: targets allowed private
+        destinations get their own, so a connection opened for them is never reused by a request
+        that must be guarded, and calls of one kind never wait for the other's slots."""
         self.in_flight = MAX_IN_FLIGHT
         """Requests in flight per pool at most (`in_flight_limit`, at `start`)."""
         self._shots: dict[str, _Shot] = {}
         """Attempts armed ahead of their due time (`arm`), by run id, until `execute` takes them."""
         self._static: dict[int, tuple[HttpSpec, tuple[httpx.URL, bytes, bytes] | None]] = {}
         """By definition (its id, the definition held): its cached first-attempt request, or None."""
-        """A transport and its `MAX_IN_FLIGHT` slots by `allow_private`: targets allowed private
-        destinations get their own, so a connection opened for them is never reused by a request
-        that must be guarded, and calls of one kind never wait for the other's slots."""
 
     async def start(self) -> None:
         self.in_flight = in_flight_limit()
@@ -293,20 +301,8 @@ class HttpTarget(Target):
         spec = ctx.job.target
         assert isinstance(spec, HttpSpec)
         await ctx.started(None)
-        seconds = spec.timeout.total_seconds()
-        try:
-            async with asyncio.timeout(seconds):
-                assert shot.answer is not None
-                response = await shot.conn.response(shot.answer)
-        except TimeoutError:
-            log.info("http call timed out", run_id=ctx.run.id, job=ctx.job.name)
-            return _timed_out(seconds)
-        except (ProtocolFailed, OSError) as exc:
-            return _failed("NetworkError", f"{type(exc).__name__}: {exc}", retryable=True)
-        self.http1.release(*shot.dest, shot.conn)
-        if response.body:
-            ctx.log(response.body)
-        return _judge(spec, response.status, response.body[: 4 * ERROR_BODY_CHARS])
+        deadline = asyncio.get_running_loop().time() + spec.timeout.total_seconds()
+        return await self._call_http1(ctx, spec, shot.read(), deadline)
 
     async def _execute(self, ctx: RunContext) -> Outcome:
         spec = ctx.job.target
@@ -343,7 +339,9 @@ class HttpTarget(Target):
         await ctx.started(None)
         await ctx.until_startable()
         if wire:
-            return await self._call_http1(ctx, spec, url.host, port, allow_private, wire, deadline)
+            head_only = spec.method == "HEAD"
+            call = self.http1.request(url.host, port, allow_private, wire, BODY_LOG_CAP, head_only=head_only)
+            return await self._call_http1(ctx, spec, call, deadline)
         assert request is not None
         transport = self._transport_for(allow_private)
         try:
@@ -421,22 +419,16 @@ class HttpTarget(Target):
         self._static[id(spec)] = (spec, built)
         return built
 
+    @staticmethod
     async def _call_http1(
-        self,
-        ctx: RunContext,
-        spec: HttpSpec,
-        host: str,
-        port: int,
-        allow_private: bool,
-        wire: bytes,
-        deadline: float,
+        ctx: RunContext, spec: HttpSpec, call: Awaitable[Http1Response], deadline: float
     ) -> Outcome:
+        """A plain-http call's outcome: `call` (the pool's request, or an armed attempt's answer)
+        within the deadline, its body logged, its status judged."""
         seconds = spec.timeout.total_seconds()
         try:
             async with asyncio.timeout_at(deadline):
-                response = await self.http1.request(
-                    host, port, allow_private, wire, BODY_LOG_CAP, head_only=spec.method == "HEAD"
-                )
+                response = await call
         except TimeoutError:
             log.info("http call timed out", run_id=ctx.run.id, job=ctx.job.name)
             return _timed_out(seconds)
