@@ -102,3 +102,32 @@ async def test_garbage_is_a_protocol_failure() -> None:
     finally:
         pool.close()
         srv.close()
+
+
+async def test_a_connection_whose_descriptor_is_above_1023_is_reused() -> None:
+    """select() cannot watch a descriptor ≥ FD_SETSIZE (1024): the idle check must not take such a
+    connection for closed — with 1,000 calls in flight most of them are up there, and each would
+    be dialled anew (and an armed call never written ahead)."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard open-file limit ({hard}) leaves no descriptor above 1023")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    filler: list[int] = []
+    srv, port, conns = await serve(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    pool = Http1Pool()
+    try:
+        while not filler or filler[-1] < 1030:  # the next descriptors opened are above 1023
+            filler.append(os.open(os.devnull, os.O_RDONLY))
+        for _ in range(3):
+            r = await pool.request("127.0.0.1", port, True, REQUEST, 1 << 16)
+            assert (r.status, r.body) == (200, b"ok")
+        assert len(conns) == 1
+    finally:
+        pool.close()
+        srv.close()
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -84,9 +84,11 @@ class _Conn(asyncio.Protocol):
         readable while idle means EOF or garbage, never something to send a request on."""
         if self.closed or self.fd < 0:
             return True
+        watch = select.poll()  # not select(): it refuses a descriptor ≥ 1024, and 1,000 in flight go there
+        watch.register(self.fd, select.POLLIN)
         try:
-            return bool(select.select([self.fd], [], [], 0)[0])
-        except (OSError, ValueError):
+            return bool(watch.poll(0))
+        except OSError:
             return True
 
     def connection_lost(self, exc: Exception | None) -> None:
