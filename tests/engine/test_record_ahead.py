@@ -16,6 +16,7 @@ import pytest
 from jobwire.config import Settings
 from jobwire.engine import Engine
 from jobwire.engine.dispatch import Attempts
+from jobwire.engine.due import BIG
 from jobwire.model import EventOutcome, Job, Run, RunState
 from jobwire.store import EventQuery, RunQuery
 from tests.support.fake_context import RecordingServer
@@ -225,5 +226,29 @@ async def test_an_http_job_is_armed_ahead_and_called_at_its_due_time(engine: Eng
         assert server.arrived[0] >= at.timestamp(), "the call arrived at or after the due time"
         assert run.started_at is not None and at <= run.started_at
         assert run.started_at.timestamp() <= server.arrived[0] + 0.001, "started_at is when it was sent"
+    finally:
+        await server.stop()
+
+
+async def test_a_big_group_prepared_ahead_is_still_called_at_its_due_time(engine: Engine) -> None:
+    """`BIG` jobs or more due together are handed over to be sorted up to `APPROACH` before their
+    due time (one job paused meanwhile is given up then); not one call goes out before it."""
+    server = await RecordingServer().start()
+    try:
+        at = due_in(AHEAD + 1.2)
+        spec = {"type": "http", "url": server.url("/due"), "allow_private": True}
+        names = [f"call-{i}" for i in range(BIG + 8)]
+        for name in names:
+            trig = [{"type": "at", "at": at.isoformat()}]
+            await engine.put_job(Job.model_validate({"name": name, "triggers": trig, "target": spec}))
+        runs = [await the_run(engine, name) for name in names]
+        await engine.pause(names[0])
+        ended = [await finished(engine, run.id) for run in runs]
+        assert ended[0].state == RunState.cancelled and ended[0].error is not None
+        assert ended[0].error.reason == "NotDue"
+        assert all(r.state == RunState.succeeded for r in ended[1:])
+        assert len(server.requests) == len(names) - 1
+        assert min(server.arrived) >= at.timestamp(), "no call before the due time"
+        assert all(r.started_at is not None and r.started_at >= at for r in ended[1:])
     finally:
         await server.stop()

@@ -20,7 +20,7 @@ import structlog
 from jobwire.config import Settings
 from jobwire.engine.backlog import LaunchBacklog
 from jobwire.engine.committer import Committer
-from jobwire.engine.due import DueGroups, Member
+from jobwire.engine.due import DueGroups, Member, until
 from jobwire.engine.execute import execute_attempt, no_target
 from jobwire.engine.launches import LaunchJournal
 from jobwire.engine.metrics import Metrics
@@ -302,41 +302,52 @@ class Attempts:
             primed[1].disarm()
 
     def _start_due(self, due: float, members: list[Member]) -> None:
-        """Runs recorded ahead whose due time has come: each starts on its job's definition as it
-        is now — or ends `cancelled` if its job was deleted or paused meanwhile, or redefined so
-        that its trigger no longer fires at that time. Armed attempts (`Target.arm`) are fired
-        first, one after the other, and only then do their tasks start."""
-        late = time.time() - due
-        fired: list[tuple[Run, Job, EngineContext]] = []
+        """Runs recorded ahead whose due time has come (or, for a big group, is under `APPROACH`
+        away: `due.py`): each starts on its job's definition as it is then — or ends `cancelled` if
+        its job was deleted or paused meanwhile, or redefined so that its trigger no longer fires at
+        that time. Which is which is decided first; then, at the due time, armed attempts
+        (`Target.arm`) are fired one after the other, and only then is anything else done."""
+        given_up: list[tuple[Run, Job, str]] = []
+        plain: list[tuple[Run, Job]] = []
+        ready: list[tuple[Run, Job, EngineContext, Armed]] = []
         alive = self.may_launch()
+        jobs, primed_of, admit = self.jobs, self._primed, self.backlog.admit
         for run, job in members:
-            stored = self.jobs.get(run.job)
+            stored = jobs.get(run.job)
             why = not_due(run, job, stored)
-            primed = self._primed.pop(run.id, None)
+            primed = primed_of.pop(run.id, None)
             if why is not None:
                 if primed is not None:
                     primed[1].disarm()
-                error = RunError(message=why, reason="NotDue")
-                self._finish(run, job, Outcome(RunState.cancelled, error=error, retryable=False))
+                given_up.append((run, job, why))
                 continue
             assert stored is not None  # `not_due` gives a reason when the job is gone
             if primed is not None and (stored.job is not job or not alive):
                 primed[1].disarm()  # armed for the definition it had when recorded
                 primed = None
-            due_at = run.not_before
             if primed is None:
-                self._start_task(run, stored.job, False, due_at)
-            elif self._shutting_down or not self.backlog.admit(job.target.type, (run, job, False, due_at)):
+                plain.append((run, stored.job))
+            elif self._shutting_down or not admit(job.target.type, (run, job, False, run.not_before)):
                 primed[1].disarm()  # it waits in the launch backlog and starts the usual way
             else:
-                primed[1].fire()
-                primed[0].fired_at = utcnow()
-                self._fired[run.id] = primed[1]
-                fired.append((run, job, primed[0]))
+                ready.append((run, job, primed[0], primed[1]))
+        until(due)
+        late = time.time() - due
+        for _, _, ctx, shot in ready:
+            shot.fire()
+            ctx.fired_at = utcnow()
+        fired = self._fired
+        for run, _, _, shot in ready:
+            fired[run.id] = shot
+        for run, job, why in given_up:
+            error = RunError(message=why, reason="NotDue")
+            self._finish(run, job, Outcome(RunState.cancelled, error=error, retryable=False))
+        for run, job in plain:
+            self._start_task(run, job, False, run.not_before)
         observe = self.metrics.lateness_seconds.observe
         for _ in members:
             observe(late)
-        self._run_fired(fired)
+        self._run_fired([(run, job, ctx) for run, job, ctx, _ in ready])
 
     def _run_fired(self, fired: list[tuple[Run, Job, EngineContext]]) -> None:
         """The tasks of fired attempts (each reads its answer), `FIRED_CHUNK` per turn of the loop:
