@@ -169,7 +169,7 @@ def _sql_rows(url: str, query: str, *args: Any) -> list[tuple[Any, ...]]:
 def cron_every_second_pg(ctx: Ctx) -> list[Row]:
     """1,000 `* * * * * *` http jobs from a job file, `jobwire serve` on PostgreSQL."""
     from bench.bench_core import Row, loadavg, ms, p50_p99_row, settle, summary
-    from bench.bench_e2e import Sink, http_job
+    from bench.bench_e2e import Sink, http_job, own_cores
     from tests.support.server import Server
 
     ctx.store = "postgres"
@@ -187,13 +187,14 @@ def cron_every_second_pg(ctx: Ctx) -> list[Row]:
         jobfile.write_text("jobs:\n" + "".join(f"  - {json.dumps(j)}\n" for j in jobs))
         t_start = time.time()
         with Server(base / "data", jobfile, JOBWIRE_SHUTDOWN_GRACE="1s", **env) as srv:
-            assert srv.proc is not None
+            assert srv.proc is not None and sink.proc is not None
             ready = time.time() - t_start
+            cores = own_cores(srv.proc.pid, sink.proc.pid)  # as the e2e every-second rows: see there
             w0 = math.ceil(time.time()) + 3
             w1 = w0 + window
             ctx.progress(
                 f"serve ready in {ready:.1f}s; {n_jobs:,} jobs every second on PostgreSQL, http → sink; "
-                f"{window}s window after warm-up; load {loadavg()}"
+                f"{cores or 'cores shared'}; {window}s window after warm-up; load {loadavg()}"
             )
             time.sleep(max(0.0, w0 - time.time()))
             meter = CpuMeter(url, [srv.proc.pid])
@@ -230,9 +231,12 @@ def cron_every_second_pg(ctx: Ctx) -> list[Row]:
         "serve_ready_s": ready,
         "cpu": meter.as_data(fires),
         "load": load,
+        "cores": cores or "shared",
     }
+    where = "far end on its own core" if cores else "far end sharing the cores"
     row = p50_p99_row(
-        f"cron 1,000 × every second on PostgreSQL ({window}s; serve, job file, http → sink): due → run started (p50 / p99)",
+        f"cron 1,000 × every second on PostgreSQL ({window}s; serve, job file, http → sink, {where}): "
+        "due → run started (p50 / p99)",
         late,
         10,
     )
