@@ -155,23 +155,25 @@ _checked: dict[str, float] = {}
 """Host name (lower case) → monotonic time until which it counts as checked."""
 
 
+def destination_checked(host: str, allow_private: bool) -> bool:
+    """True when `check_destination` would pass at once (no resolver call): the caller may skip
+    the await and the timeout around it (2.6 µs of a run's ~220 µs of the loop)."""
+    return allow_private or _checked.get(host.lower(), 0.0) > time.monotonic()
+
+
 async def check_destination(host: str, port: int, allow_private: bool) -> None:
     """Raise DestinationRefused unless every address of `host` may be called (see module doc).
 
     A name that passed less than CHECKED_TTL seconds ago passes without a resolver call: this is
     the early, friendly check. The guard itself is GuardedBackend, which resolves and checks again
     for every connection it opens and dials only the checked address."""
-    if allow_private:
-        return
-    key = host.lower()
-    now = time.monotonic()
-    if _checked.get(key, 0.0) > now:
+    if destination_checked(host, allow_private):
         return
     await resolve_destination(host, port, allow_private=False)
     if ip_literal(host) is None:  # a literal costs nothing to check again
         if len(_checked) >= _CHECKED_MAX:
             _checked.clear()
-        _checked[key] = now + CHECKED_TTL
+        _checked[host.lower()] = time.monotonic() + CHECKED_TTL
 
 
 def forget_checked() -> None:

@@ -156,6 +156,21 @@ async def test_a_public_name_is_remembered_for_the_ttl_only(monkeypatch: pytest.
     assert len(resolver.calls) == 3
 
 
+async def test_a_name_checked_within_the_ttl_needs_no_await(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`destination_checked`: the http target's way to skip the await (and its timeout) per call."""
+    resolver = FakeResolver(["93.184.215.14"], ["10.0.0.7"])
+    monkeypatch.setattr(netguard, "getaddrinfo", resolver)
+    netguard.forget_checked()
+    assert netguard.destination_checked("anything.test", allow_private=True)
+    assert not netguard.destination_checked("fresh.test", allow_private=False)
+    await check_destination("fresh.test", 80, allow_private=False)
+    assert netguard.destination_checked("FRESH.test", allow_private=False)
+    assert not netguard.destination_checked("private.test", allow_private=False)
+    with pytest.raises(DestinationRefused):
+        await check_destination("private.test", 80, allow_private=False)
+    assert not netguard.destination_checked("private.test", allow_private=False), "a refusal is not remembered"
+
+
 async def test_a_refused_name_is_not_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
     resolver = FakeResolver(["10.0.0.7"], ["93.184.215.14"])
     monkeypatch.setattr(netguard, "getaddrinfo", resolver)

@@ -39,7 +39,13 @@ import structlog
 from jobwire.config import Settings
 from jobwire.model import HttpTarget as HttpSpec
 from jobwire.model import Job, RunError, RunState
-from jobwire.netguard import DestinationRefused, GuardedTransport, PooledTransport, check_destination
+from jobwire.netguard import (
+    DestinationRefused,
+    GuardedTransport,
+    PooledTransport,
+    check_destination,
+    destination_checked,
+)
 from jobwire.params import render, render_headers, render_url
 from jobwire.targets.base import Armed, Outcome, RunContext, Target
 from jobwire.targets.http1 import ConnectFailed, Http1Pool, Http1Response, ProtocolFailed
@@ -326,8 +332,9 @@ class HttpTarget(Target):
         port = url.port or (443 if url.scheme == "https" else 80)
 
         try:
-            async with asyncio.timeout_at(deadline):
-                await check_destination(url.host, port, allow_private)
+            if not destination_checked(url.host, allow_private):
+                async with asyncio.timeout_at(deadline):
+                    await check_destination(url.host, port, allow_private)
         except DestinationRefused as exc:
             log.warning("http destination refused", run_id=ctx.run.id, job=ctx.job.name, address=exc.address)
             return _failed("DestinationRefused", exc.message, retryable=False)
