@@ -73,3 +73,9 @@ def test_until_waits_out_the_rest(clock: list[float]) -> None:
     assert clock[0] == pytest.approx(T0 + 0.0015)
     until(T0)  # already past: no wait
     assert clock[0] == pytest.approx(T0 + 0.0015)
+
+
+def test_until_never_blocks_longer_than_approach(clock: list[float]) -> None:
+    """A wall clock stepped back after the group was handed over must not stall the loop."""
+    until(T0 + 3600)
+    assert clock[0] == pytest.approx(T0 + APPROACH)

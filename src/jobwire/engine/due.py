@@ -35,10 +35,11 @@ is blocked for that long at most once per due time."""
 
 def until(due: float) -> None:
     """Block until `due` (a Unix time; at most `APPROACH` away, see `DueGroups`): `time.sleep`
-    ends within tens of µs, the loop's own timers within a millisecond."""
+    ends within tens of µs, the loop's own timers within a millisecond. Never longer than
+    `APPROACH`, whatever the wall clock did meanwhile (a step back must not stall the loop)."""
     left = due - time.time()
     if left > 0:
-        time.sleep(left)
+        time.sleep(min(left, APPROACH))
 
 
 class DueGroups:
