@@ -1,6 +1,6 @@
 """engine/due.py: runs recorded ahead wait in groups by due time. A small group is handed over at
-its due time, never before; a group of `BIG` runs or more up to `APPROACH` before it (its starter
-sorts them then and waits out the rest with `until`)."""
+its due time, never before; a group of `BIG` runs or more `lead(n)` before it, time enough to sort
+them (its starter then waits out the rest with `until`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from jobwire.engine import due as due_mod
-from jobwire.engine.due import APPROACH, BIG, DueGroups, Member, until
+from jobwire.engine.due import APPROACH, BIG, MAX_LEAD, DueGroups, Member, lead, until
 from jobwire.model import Job, Run, RunState
 
 T0 = 1_800_000_000.0
@@ -45,9 +45,10 @@ async def test_a_group_is_handed_over_ahead_only_when_big(clock: list[float], si
     due = T0 + 1.0
     for run, job in _members(size):
         groups.add(run, job, due)
-    clock[0] = due - APPROACH / 2  # the timer rings a little ahead
+    ahead = lead(BIG) - APPROACH / 2  # the timer rings a little ahead, within the lead of a big group
+    clock[0] = due - ahead
     groups._ring(due)
-    assert handed == ([(due - APPROACH / 2, size)] if early else [])
+    assert handed == ([(due - ahead, size)] if early else [])
     assert len(groups) == (0 if early else size)
     if not early:
         clock[0] = due
@@ -56,16 +57,27 @@ async def test_a_group_is_handed_over_ahead_only_when_big(clock: list[float], si
     groups.clear()
 
 
-async def test_no_group_is_handed_over_more_than_approach_ahead(clock: list[float]) -> None:
+@pytest.mark.parametrize("size", [BIG, 1000])
+async def test_no_group_is_handed_over_more_than_its_lead_ahead(clock: list[float], size: int) -> None:
     handed: list[float] = []
     groups = DueGroups(lambda due, members: handed.append(clock[0]))
     due = T0 + 1.0
-    for run, job in _members(BIG * 2):
+    for run, job in _members(size):
         groups.add(run, job, due)
-    clock[0] = due - APPROACH * 1.5
+    clock[0] = due - lead(size) - 0.0001
     groups._ring(due)
-    assert handed == [] and len(groups) == BIG * 2
+    assert handed == [] and len(groups) == size
+    clock[0] = due - lead(size) + 1e-6  # (not exactly: floats near 1.8e9 are 0.2 µs apart)
+    groups._ring(due)
+    assert handed == [clock[0]]
     groups.clear()
+
+
+def test_the_lead_is_time_to_sort_the_group_and_bounded() -> None:
+    assert lead(BIG - 1) == 0.0
+    assert APPROACH < lead(BIG) < lead(1000) < lead(10_000) <= MAX_LEAD
+    assert lead(1000) >= APPROACH + 1000 * 2.9e-6, "1,000 runs took up to 2.9 ms to sort"
+    assert lead(1_000_000) == MAX_LEAD
 
 
 def test_until_waits_out_the_rest(clock: list[float]) -> None:
@@ -75,7 +87,7 @@ def test_until_waits_out_the_rest(clock: list[float]) -> None:
     assert clock[0] == pytest.approx(T0 + 0.0015)
 
 
-def test_until_never_blocks_longer_than_approach(clock: list[float]) -> None:
+def test_until_never_blocks_longer_than_the_longest_lead(clock: list[float]) -> None:
     """A wall clock stepped back after the group was handed over must not stall the loop."""
     until(T0 + 3600)
-    assert clock[0] == pytest.approx(T0 + APPROACH)
+    assert clock[0] == pytest.approx(T0 + MAX_LEAD)
