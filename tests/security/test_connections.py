@@ -86,3 +86,30 @@ def test_connections_over_the_cap_do_not_lock_out_the_api(server: Server) -> Non
     out = server.output()
     assert "connections closed or refused" in out
     assert out.count("connections closed or refused") <= 3  # one summary line per 10 s, not one per connection
+
+
+def test_a_busy_keep_alive_connection_keeps_moving_its_deadline(server: Server) -> None:
+    """Triggers answered on the connection itself (`rawfront.py`), one every 0.4 s for longer than
+    twice the header timeout (1 s): the connection stays open — the guard's timer is kept across
+    requests and looks at the deadline as it is when it fires — and once idle it is closed."""
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    request = (
+        b"POST /api/v1/jobs/ok/runs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 2\r\n\r\n{}"
+    )
+    try:
+        reader = s.makefile("rb")
+        for _ in range(6):
+            s.sendall(request)
+            status = reader.readline()
+            assert status.split(b" ")[1] in (b"200", b"201", b"202"), status
+            length = 0
+            while (line := reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            reader.read(length)
+            time.sleep(0.4)  # the pace of the scenario, not a wait for a condition
+        eventually_sync(lambda: closed_by_peer(s), 10, "the idle connection closed")
+    finally:
+        s.close()
