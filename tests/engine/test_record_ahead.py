@@ -4,6 +4,7 @@ deleted or redefined meanwhile gives its run up (`cancelled`, reason `NotDue`)."
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from jobwire.engine.dispatch import Attempts
 from jobwire.engine.due import BIG
 from jobwire.model import EventOutcome, Job, Run, RunState
 from jobwire.store import EventQuery, RunQuery
+from jobwire.targets.http import _Shot
 from tests.support.fake_context import RecordingServer
 from tests.support.waiting import eventually
 
@@ -230,9 +232,21 @@ async def test_an_http_job_is_armed_ahead_and_called_at_its_due_time(engine: Eng
         await server.stop()
 
 
-async def test_a_big_group_prepared_ahead_is_still_called_at_its_due_time(engine: Engine) -> None:
-    """`BIG` jobs or more due together are handed over to be sorted up to `APPROACH` before their
-    due time (one job paused meanwhile is given up then); not one call goes out before it."""
+async def test_a_big_group_prepared_ahead_is_still_called_at_its_due_time(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`BIG` jobs or more due together are handed over to be sorted ahead of their due time (one
+    job paused meanwhile is given up then); not one call goes out before it, and no garbage
+    collection can start while the requests are written."""
+    collecting: list[bool] = []
+    fire = _Shot.fire
+
+    def noting_fire(shot: _Shot) -> None:
+        collecting.append(gc.isenabled())
+        fire(shot)
+
+    monkeypatch.setattr(_Shot, "fire", noting_fire)
+    assert gc.isenabled()
     server = await RecordingServer().start()
     try:
         at = due_in(AHEAD + 1.2)
@@ -250,5 +264,6 @@ async def test_a_big_group_prepared_ahead_is_still_called_at_its_due_time(engine
         assert len(server.requests) == len(names) - 1
         assert min(server.arrived) >= at.timestamp(), "no call before the due time"
         assert all(r.started_at is not None and r.started_at >= at for r in ended[1:])
+        assert collecting == [False] * (len(names) - 1) and gc.isenabled()
     finally:
         await server.stop()

@@ -8,6 +8,7 @@ unless the target relaunches the same way either way (`Target.launch_marker`: no
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -39,6 +40,11 @@ log = structlog.get_logger(__name__)
 async def _alive() -> None:
     return None
 
+
+GivenUp = tuple[Run, Job, str]
+"""A run due now that will not start, and why (`not_due`)."""
+Ready = tuple[Run, Job, "EngineContext", Armed]
+"""A run due now whose armed attempt fires (`Target.arm`)."""
 
 FIRED_CHUNK = 16
 """Tasks of fired attempts started per turn of the loop (`Attempts._run_fired`)."""
@@ -302,14 +308,42 @@ class Attempts:
             primed[1].disarm()
 
     def _start_due(self, due: float, members: list[Member]) -> None:
-        """Runs recorded ahead whose due time has come (or, for a big group, is under `APPROACH`
+        """Runs recorded ahead whose due time has come (or, for a big group, is under its lead
         away: `due.py`): each starts on its job's definition as it is then — or ends `cancelled` if
         its job was deleted or paused meanwhile, or redefined so that its trigger no longer fires at
         that time. Which is which is decided first; then, at the due time, armed attempts
         (`Target.arm`) are fired one after the other, and only then is anything else done."""
-        given_up: list[tuple[Run, Job, str]] = []
-        plain: list[tuple[Run, Job]] = []
-        ready: list[tuple[Run, Job, EngineContext, Armed]] = []
+        collecting = gc.isenabled()
+        if collecting:  # a collection due now would stall the writes: young passes of 4–18 ms seen
+            gc.disable()
+        try:
+            given_up, plain, ready = self._sort_due(members)
+            until(due)
+            late = time.time() - due
+            for _, _, ctx, shot in ready:
+                shot.fire()
+                ctx.fired_at = utcnow()
+        finally:
+            if collecting:
+                gc.enable()
+        fired = self._fired
+        for run, _, _, shot in ready:
+            fired[run.id] = shot
+        for run, job, why in given_up:
+            error = RunError(message=why, reason="NotDue")
+            self._finish(run, job, Outcome(RunState.cancelled, error=error, retryable=False))
+        for run, job in plain:
+            self._start_task(run, job, False, run.not_before)
+        observe = self.metrics.lateness_seconds.observe
+        for _ in members:
+            observe(late)
+        self._run_fired([(run, job, ctx) for run, job, ctx, _ in ready])
+
+    def _sort_due(self, members: list[Member]) -> tuple[list[GivenUp], list[Member], list[Ready]]:
+        """Runs due now: (given up and why, to start the usual way, armed and admitted to fire)."""
+        given_up: list[GivenUp] = []
+        plain: list[Member] = []
+        ready: list[Ready] = []
         alive = self.may_launch()
         jobs, primed_of, admit = self.jobs, self._primed, self.backlog.admit
         for run, job in members:
@@ -331,23 +365,7 @@ class Attempts:
                 primed[1].disarm()  # it waits in the launch backlog and starts the usual way
             else:
                 ready.append((run, job, primed[0], primed[1]))
-        until(due)
-        late = time.time() - due
-        for _, _, ctx, shot in ready:
-            shot.fire()
-            ctx.fired_at = utcnow()
-        fired = self._fired
-        for run, _, _, shot in ready:
-            fired[run.id] = shot
-        for run, job, why in given_up:
-            error = RunError(message=why, reason="NotDue")
-            self._finish(run, job, Outcome(RunState.cancelled, error=error, retryable=False))
-        for run, job in plain:
-            self._start_task(run, job, False, run.not_before)
-        observe = self.metrics.lateness_seconds.observe
-        for _ in members:
-            observe(late)
-        self._run_fired([(run, job, ctx) for run, job, ctx, _ in ready])
+        return given_up, plain, ready
 
     def _run_fired(self, fired: list[tuple[Run, Job, EngineContext]]) -> None:
         """The tasks of fired attempts (each reads its answer), `FIRED_CHUNK` per turn of the loop:
