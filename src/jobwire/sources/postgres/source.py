@@ -280,6 +280,11 @@ class PostgresSource(Source):
             ROUTES.unregister(self)  # stopped (removed, changed, jobwire stopping): no more writes
             raise
         except Exception as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # the claim's rollback failed on the way out
+                self.health.down("stopped")  # (a terminated connection): still a stop, not a failure
+                ROUTES.unregister(self)
+                raise asyncio.CancelledError from exc
             self.health.down(f"{type(exc).__name__}: {exc}")
             raise
         finally:
