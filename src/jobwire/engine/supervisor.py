@@ -84,13 +84,6 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
 
 
-def cancelled() -> bool:
-    """The current task was asked to stop (`Task.cancel`) and has not let it go: an exception
-    raised now is a cleanup's on the way out, and must not be taken for a failure to retry."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
 class Supervisor:
     def __init__(
         self,
@@ -145,8 +138,6 @@ class Supervisor:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    if cancelled():  # a cleanup failing on the way out (a rollback on a dead
-                        raise asyncio.CancelledError from exc  # connection) replaced the cancel
                     now = time.monotonic()
                     if now - started >= self.healthy_after:
                         backoff = self.backoff_min  # it had been healthy: start the backoff over
