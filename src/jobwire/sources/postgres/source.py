@@ -280,11 +280,6 @@ class PostgresSource(Source):
             ROUTES.unregister(self)  # stopped (removed, changed, jobwire stopping): no more writes
             raise
         except Exception as exc:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():  # the claim's rollback failed on the way out
-                self.health.down("stopped")  # (a terminated connection): still a stop, not a failure
-                ROUTES.unregister(self)
-                raise asyncio.CancelledError from exc
             self.health.down(f"{type(exc).__name__}: {exc}")
             raise
         finally:
@@ -324,25 +319,34 @@ class PostgresSource(Source):
             args.append(trigger.type_value or binding.job)
         book_key = (self.dsn, self.table)
         run_ids: list[str] = []
+        cancelled = False
         try:
             async with conn.transaction():
-                self.selects += 1
-                rows = await conn.fetch(claim_sql(c, by_type), *args)
-                if not rows:
-                    return 0
-                incomings = [self._incoming(binding, c, row) for row in rows]
-                run_ids = [
-                    run_id_for(event_run_key(inc.job, inc.trigger, inc.event_key))
-                    for inc in incomings
-                    if inc.job and inc.event_key
-                ]
-                CLAIMS.open(book_key, run_ids)
-                admissions = await intake.submit(incomings)
-                marks = [
-                    mark_args(c, row[c.id], *_row_outcome(adm))
-                    for row, adm in zip(rows, admissions, strict=True)
-                ]
-                await conn.executemany(mark_sql(c), marks)
+                try:
+                    self.selects += 1
+                    rows = await conn.fetch(claim_sql(c, by_type), *args)
+                    if not rows:
+                        return 0
+                    incomings = [self._incoming(binding, c, row) for row in rows]
+                    run_ids = [
+                        run_id_for(event_run_key(inc.job, inc.trigger, inc.event_key))
+                        for inc in incomings
+                        if inc.job and inc.event_key
+                    ]
+                    CLAIMS.open(book_key, run_ids)
+                    admissions = await intake.submit(incomings)
+                    marks = [
+                        mark_args(c, row[c.id], *_row_outcome(adm))
+                        for row, adm in zip(rows, admissions, strict=True)
+                    ]
+                    await conn.executemany(mark_sql(c), marks)
+                except asyncio.CancelledError:
+                    cancelled = True
+                    raise
+        except Exception as exc:
+            if cancelled:  # the rollback failed on a dead connection: the stop must stay a stop
+                raise asyncio.CancelledError from exc  # (else the source is restarted, and a stop hangs)
+            raise
         finally:
             CLAIMS.close(book_key, run_ids)
         self.health.received(len(rows))
