@@ -304,3 +304,71 @@ async def test_a_targets_own_failing_task_is_shown_but_not_critical(tmp_path: Pa
         assert tasks["jobwire-committer"]["critical"] is True
     finally:
         await engine.stop()
+
+
+async def test_a_loop_whose_cleanup_raises_when_stopped_stops_and_is_not_restarted() -> None:
+    """A stop cancels the loop; its cleanup then fails (a rollback on a connection the broker or
+    database already closed) and that error replaces the cancel. It is still a stop: the task ends,
+    once, and is not restarted (it was, and the stop waited for it forever)."""
+    sup = Supervisor(backoff_min=0.01)
+    started = 0
+
+    async def loop() -> None:
+        nonlocal started
+        started += 1
+        try:
+            await asyncio.Event().wait()
+        finally:
+            raise ConnectionError("rollback failed: the connection is closed")
+
+    task = sup.loop("jobwire-test-cleanup", loop)
+    await eventually(lambda: started == 1, 5, "the loop to start")
+    task.cancel()
+    await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 5)
+    (h,) = sup.health()
+    assert task.cancelled() and started == 1
+    assert h.state == "stopped" and h.restarts == 0
+
+
+async def test_a_failure_after_a_librarys_own_uncounted_cancel_is_restarted() -> None:
+    """A library timeout that cancels the task it runs in and turns the CancelledError into its own
+    error leaves that task counted as cancelling. That is a failure, not a stop: restarted."""
+    sup = Supervisor(backoff_min=0.01)
+    runs = 0
+
+    async def loop() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            this = asyncio.current_task()
+            assert this is not None
+            this.cancel()  # the library's timeout firing; never uncancelled
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:
+                raise TimeoutError("read timed out") from None
+
+    task = sup.loop("jobwire-test-library-timeout", loop)
+    await asyncio.wait_for(task, 5)
+    (h,) = sup.health()
+    assert runs == 2 and h.restarts == 1 and h.state == "stopped"
+    assert h.last_error == "TimeoutError: read timed out"
+
+
+async def test_a_loop_that_ends_cancelled_without_a_stop_is_restarted() -> None:
+    """A loop that ends with a CancelledError nobody asked for (a library's own cancel let through)
+    is a failure to restart, not a silent stop."""
+    sup = Supervisor(backoff_min=0.01)
+    runs = 0
+
+    async def loop() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise asyncio.CancelledError
+
+    task = sup.loop("jobwire-test-self-cancel", loop)
+    await asyncio.wait_for(task, 5)
+    (h,) = sup.health()
+    assert runs == 2 and h.restarts == 1 and h.state == "stopped"
+    assert not task.cancelled()

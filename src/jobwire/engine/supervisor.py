@@ -127,50 +127,73 @@ class Supervisor:
 
     async def _supervise(self, health: TaskHealth, factory: LoopFactory) -> None:
         backoff = self.backoff_min
+        me = asyncio.current_task()
+        assert me is not None
         try:
             while True:
                 started = time.monotonic()
                 try:
-                    await factory()
+                    await self._run(health, factory, me)
                     health.state = "stopped"  # the loop ended by itself: done, not a failure
                     self._up(health.name, 0)
                     return
                 except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    now = time.monotonic()
-                    if now - started >= self.healthy_after:
-                        backoff = self.backoff_min  # it had been healthy: start the backoff over
-                        health.consecutive_failures = 0
-                    if health.consecutive_failures == 0:
-                        health.failing_since = time.time()
-                    health.consecutive_failures += 1
-                    health.last_error = describe(exc)
-                    health.last_failure = now
-                    health.state = "failing"
-                    delay = health.retry_in = backoff * (0.8 + 0.4 * random.random())
-                    log.error(
-                        "background task failed; restarting",
-                        task=health.name,
-                        error=health.last_error,
-                        failures=health.consecutive_failures,
-                        retry_in=round(delay, 2),
-                        exc_info=exc,
-                    )
-                    self._up(health.name, 0)
-                    health.waiting = True
-                    await asyncio.sleep(delay)
-                    health.waiting = False
-                    health.last_failure = time.monotonic()  # the healthy period counts from the restart
-                    backoff = min(backoff * 2, self.backoff_max)
-                    health.restarts += 1
-                    if self._metrics is not None:
-                        self._metrics.task_restarts.labels(health.name).inc()
-                    self._up(health.name, 1)
+                    if me.cancelling():
+                        raise  # stopped
+                    exc: Exception = RuntimeError("the loop ended cancelled, but nobody stopped it")
+                except Exception as failed:
+                    exc = failed
+                # a failure: logged, shown, restarted after the backoff
+                now = time.monotonic()
+                if now - started >= self.healthy_after:
+                    backoff = self.backoff_min  # it had been healthy: start the backoff over
+                    health.consecutive_failures = 0
+                if health.consecutive_failures == 0:
+                    health.failing_since = time.time()
+                health.consecutive_failures += 1
+                health.last_error = describe(exc)
+                health.last_failure = now
+                health.state = "failing"
+                delay = health.retry_in = backoff * (0.8 + 0.4 * random.random())
+                log.error(
+                    "background task failed; restarting",
+                    task=health.name,
+                    error=health.last_error,
+                    failures=health.consecutive_failures,
+                    retry_in=round(delay, 2),
+                    exc_info=exc,
+                )
+                self._up(health.name, 0)
+                health.waiting = True
+                await asyncio.sleep(delay)
+                health.waiting = False
+                health.last_failure = time.monotonic()  # the healthy period counts from the restart
+                backoff = min(backoff * 2, self.backoff_max)
+                health.restarts += 1
+                if self._metrics is not None:
+                    self._metrics.task_restarts.labels(health.name).inc()
+                self._up(health.name, 1)
         except asyncio.CancelledError:
             health.state = "stopped"
             self._up(health.name, 0)
             raise
+
+    @staticmethod
+    async def _run(health: TaskHealth, factory: LoopFactory, me: asyncio.Task[Any]) -> None:
+        """One run of the loop, in a task of its own. A stop cancels the supervising task `me`;
+        only a stop does, so `me.cancelling()` tells a stop from the loop's own errors — also when
+        the loop's cleanup, cancelled, raises something else (a rollback on a dead connection), which
+        would otherwise be taken for a failure and restarted, and the stop would wait forever. A
+        library's own timeout that cancels the task it runs in (and may leave it counted) touches the
+        loop's task, never `me`."""
+        inner = asyncio.create_task(factory(), name=f"{health.name}:run")
+        try:
+            await inner
+        except Exception as exc:
+            if not me.cancelling():
+                raise
+            log.warning("background task stopped; its cleanup raised", task=health.name, error=describe(exc))
+            raise asyncio.CancelledError from exc
 
     def _up(self, name: str, value: int) -> None:
         if self._metrics is not None:
