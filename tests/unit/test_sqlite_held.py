@@ -41,12 +41,15 @@ async def test_the_loop_waits_for_a_small_commits_statements(
     monkeypatch.setattr(sqlite_store, "HOLD_MAX", 10.0)  # a slow CI machine must not decide it
     order: list[str] = []
     asyncio.get_running_loop().call_soon(order.append, "loop")
-    assert await store._w_held(8, _trivial(order)) == "done"
+    assert await store._w_held(sqlite_store.HOLD_ITEMS[0], _trivial(order)) == "done"
     assert order == ["statements", "loop"]
 
 
-async def test_a_big_commit_is_not_held(store: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Over HOLD_ITEMS the loop goes on at once: the callback runs before the statements end."""
+@pytest.mark.parametrize("size", [1, sqlite_store.HOLD_ITEMS[0] - 1, sqlite_store.HOLD_ITEMS[1] + 1])
+async def test_a_big_or_a_tiny_commit_is_not_held(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """Outside HOLD_ITEMS the loop goes on at once: the callback runs before the statements end."""
     monkeypatch.setattr(sqlite_store, "HOLD_MAX", 10.0)
     ran = threading.Event()
 
@@ -54,7 +57,7 @@ async def test_a_big_commit_is_not_held(store: SQLiteStore, monkeypatch: pytest.
         assert ran.wait(5), "the loop was held"
 
     asyncio.get_running_loop().call_soon(ran.set)
-    await store._w_held(sqlite_store.HOLD_ITEMS + 1, op)  # awaited directly: no task in between
+    await store._w_held(size, op)
 
 
 async def test_the_hold_ends_after_hold_max_when_the_statements_take_longer(store: SQLiteStore) -> None:
@@ -66,7 +69,7 @@ async def test_the_hold_ends_after_hold_max_when_the_statements_take_longer(stor
         assert ran.wait(5), "the loop was held past HOLD_MAX"
 
     asyncio.get_running_loop().call_soon(ran.set)
-    await store._w_held(1, op)
+    await store._w_held(sqlite_store.HOLD_ITEMS[0], op)
 
 
 async def test_no_hold_while_other_work_is_on_the_store_thread(
@@ -83,5 +86,5 @@ async def test_no_hold_while_other_work_is_on_the_store_thread(
     read = asyncio.ensure_future(store._r(slow_read))
     await asyncio.sleep(0)  # the read is handed over
     asyncio.get_running_loop().call_soon(release.set)
-    await store._w_held(1, _trivial([]))
+    await store._w_held(sqlite_store.HOLD_ITEMS[0], _trivial([]))
     await read

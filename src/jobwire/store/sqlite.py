@@ -65,8 +65,10 @@ Q = Queries("sqlite")
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 BUSY_TIMEOUT_MS = 5000
-HOLD_ITEMS = 64
-"""A group commit of at most this many items (intakes, updates, outbox rows) is held (`_w_held`)."""
+HOLD_ITEMS = (4, 64)
+"""A group commit of this many items (intakes, updates, outbox rows), bounds included, is held
+(`_w_held`). Under 4 the loop has little else to do, so nothing contends for the GIL, and the
+hold would only add a wake-up of the loop's thread to the commit's path (a lone trigger's 201)."""
 HOLD_MAX = 0.005
 """Seconds the event loop waits at most for a held commit's statements (then it awaits them)."""
 
@@ -475,11 +477,11 @@ class SQLiteStore(Store):
         commit of 8 runs, and this VM makes every cross-CPU wake-up costly. Waiting out the
         statements (~0.1–0.5 ms for a small batch) leaves the store thread the GIL to itself until
         its fsync, where it needs none. Only when nothing else is queued on the store thread (the
-        loop would wait for that work too), for batches of at most `HOLD_ITEMS`, and never longer
+        loop would wait for that work too), for a batch within `HOLD_ITEMS`, and never longer
         than `HOLD_MAX` seconds (then it just awaits)."""
         if self._executor is None or self._conn is None:
             raise StoreError(f"{self!r} is not open: call open() first")
-        if self._queued or size > HOLD_ITEMS:
+        if self._queued or not HOLD_ITEMS[0] <= size <= HOLD_ITEMS[1]:
             return await self._call(self._write, fn, *args)
         held = threading.Lock()
         held.acquire()
