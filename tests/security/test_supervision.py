@@ -8,7 +8,7 @@ import asyncio
 import gc
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -330,9 +330,35 @@ async def test_a_loop_whose_cleanup_raises_when_stopped_stops_and_is_not_restart
     assert h.state == "stopped" and h.restarts == 0
 
 
-async def test_a_failure_after_a_librarys_own_uncounted_cancel_is_restarted() -> None:
-    """A library timeout that cancels the task it runs in and turns the CancelledError into its own
-    error leaves that task counted as cancelling. That is a failure, not a stop: restarted."""
+async def _library_timeout() -> None:
+    """A library's timeout: it cancels the task it runs in, turns the CancelledError into its own
+    error and never uncancels, leaving the task counted as cancelling."""
+    this = asyncio.current_task()
+    assert this is not None
+    this.cancel()
+    try:
+        await asyncio.sleep(5)
+    except asyncio.CancelledError:
+        raise TimeoutError("read timed out") from None
+
+
+async def _self_cancel() -> None:
+    """A CancelledError nobody asked for (a library's own cancel let through)."""
+    raise asyncio.CancelledError
+
+
+@pytest.mark.parametrize(
+    ("first_run", "error"),
+    [
+        (_library_timeout, "TimeoutError: read timed out"),
+        (_self_cancel, "RuntimeError: the loop ended cancelled, but nobody stopped it"),
+    ],
+)
+async def test_a_loop_that_fails_by_a_cancel_nobody_asked_for_is_restarted(
+    first_run: Callable[[], Awaitable[None]], error: str
+) -> None:
+    """Neither is a stop: the loop is restarted (the self-cancel stopped it silently before, and
+    a check of the loop's own task's cancel count took the library timeout for a stop)."""
     sup = Supervisor(backoff_min=0.01)
     runs = 0
 
@@ -340,35 +366,10 @@ async def test_a_failure_after_a_librarys_own_uncounted_cancel_is_restarted() ->
         nonlocal runs
         runs += 1
         if runs == 1:
-            this = asyncio.current_task()
-            assert this is not None
-            this.cancel()  # the library's timeout firing; never uncancelled
-            try:
-                await asyncio.sleep(5)
-            except asyncio.CancelledError:
-                raise TimeoutError("read timed out") from None
+            await first_run()
 
-    task = sup.loop("jobwire-test-library-timeout", loop)
+    task = sup.loop("jobwire-test-unasked-cancel", loop)
     await asyncio.wait_for(task, 5)
     (h,) = sup.health()
-    assert runs == 2 and h.restarts == 1 and h.state == "stopped"
-    assert h.last_error == "TimeoutError: read timed out"
-
-
-async def test_a_loop_that_ends_cancelled_without_a_stop_is_restarted() -> None:
-    """A loop that ends with a CancelledError nobody asked for (a library's own cancel let through)
-    is a failure to restart, not a silent stop."""
-    sup = Supervisor(backoff_min=0.01)
-    runs = 0
-
-    async def loop() -> None:
-        nonlocal runs
-        runs += 1
-        if runs == 1:
-            raise asyncio.CancelledError
-
-    task = sup.loop("jobwire-test-self-cancel", loop)
-    await asyncio.wait_for(task, 5)
-    (h,) = sup.health()
-    assert runs == 2 and h.restarts == 1 and h.state == "stopped"
-    assert not task.cancelled()
+    assert runs == 2 and h.restarts == 1 and h.state == "stopped" and not task.cancelled()
+    assert h.last_error == error
