@@ -128,11 +128,16 @@ def succeeded_count(db: Path) -> int:
         conn.close()
 
 
-def wait_finished(db: Path, n: int, timeout: float) -> int:
+def wait_count(count: Callable[[], int], n: int, timeout: float) -> int:
+    """`count()` once it reaches `n`, or as it is at the deadline."""
     deadline = time.monotonic() + timeout
-    while (got := finished_count(db)) < n and time.monotonic() < deadline:
+    while (got := count()) < n and time.monotonic() < deadline:
         time.sleep(0.05)
     return got
+
+
+def wait_finished(db: Path, n: int, timeout: float) -> int:
+    return wait_count(lambda: finished_count(db), n, timeout)
 
 
 def own_cores(serve_pid: int, sink_pid: int) -> str:
@@ -581,6 +586,8 @@ def drive(conns: int, seconds: float, py_spy: Path | None, database_url: str | N
     import os
     import tempfile
 
+    from tests.support.fleet import metric
+
     def threads(pid: int) -> dict[str, float]:
         out = {}
         for task in Path(f"/proc/{pid}/task").iterdir():
@@ -597,31 +604,16 @@ def drive(conns: int, seconds: float, py_spy: Path | None, database_url: str | N
             c.put("/jobs/h", json=http_job("h", sink)).raise_for_status()
 
         def commits() -> float:  # group commits so far (`jobwire_store_batch_size` observations)
-            with srv.client() as c:
-                for line in c.get("/metrics").text.splitlines():
-                    if line.startswith("jobwire_store_batch_size_count"):
-                        return float(line.split()[-1])
-            return 0.0
+            return metric(srv.url, "jobwire_store_batch_size_count")
 
         def ended(state: str | None = None) -> int:
             if not database_url:  # the SQLite file: counted once the run's end is committed
                 return finished_count(db) if state is None else succeeded_count(db)
-            with srv.client() as c:  # no file (memory://): the engine's own counters
-                return sum(
-                    int(float(line.split()[-1]))
-                    for line in c.get("/metrics").text.splitlines()
-                    if line.startswith("jobwire_runs_finished_total{")
-                    and (state is None or f'state="{state}"' in line)
-                )
-
-        def wait_ended(n: int) -> int:
-            deadline = time.monotonic() + 60
-            while (got := ended()) < n and time.monotonic() < deadline:
-                time.sleep(0.05)
-            return got
+            # no file (memory://): the engine's own counters
+            return int(metric(srv.url, "jobwire_runs_finished_total", f'state="{state}"' if state else ""))
 
         _producers(srv.port, conns, 0.5)
-        wait_ended(sink.wait_count(1, 10))
+        wait_count(ended, sink.wait_count(1, 10), 60)
         prof = None
         if py_spy is not None:
             exe = Path(sys.executable).with_name("py-spy")
@@ -631,7 +623,7 @@ def drive(conns: int, seconds: float, py_spy: Path | None, database_url: str | N
         before, ok0, cpu0, per0 = ended(), ended("succeeded"), cpu_of(pid), threads(pid)
         n0 = commits()
         acked, t0, t1 = _producers(srv.port, conns, seconds)
-        done = wait_ended(before + acked) - before
+        done = wait_count(ended, before + acked, 60) - before
         cpu, per1 = cpu_of(pid) - cpu0, threads(pid)
         ok = ended("succeeded") - ok0
         print(

@@ -132,11 +132,12 @@ def tcp_ports_to(pid: int, remote_port: int) -> set[int]:
     return ports
 
 
-def metric(url: str, name: str) -> float:
-    """The sum of every sample of metric `name` at `url`/metrics."""
+def metric(url: str, name: str, having: str = "") -> float:
+    """The sum of every sample of metric `name` at `url`/metrics (with `having`: of those whose
+    line holds it, e.g. `state="succeeded"`)."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name) and (line[len(name)] in " {"):
+        if line.startswith(name) and (line[len(name)] in " {") and having in line:
             total += float(line.rsplit(" ", 1)[1])
     return total

@@ -399,13 +399,12 @@ class SQLiteStore(Store):
     # ---- the one thread
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._executor is None or self._conn is None:
-            raise StoreError(f"{self!r} is not open: call open() first")
         return await self._submit(fn, *args)
 
     def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Hand `fn` to the store thread, counting it in `_queued` until it is done."""
-        assert self._executor is not None
+        if self._executor is None or self._conn is None:
+            raise StoreError(f"{self!r} is not open: call open() first")
         fut = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         self._queued += 1
         fut.add_done_callback(self._done)
@@ -416,11 +415,20 @@ class SQLiteStore(Store):
 
     def _write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(conn, *args)` in one write transaction (on the store thread)."""
+        return self._write_held(None, fn, *args)
+
+    def _write_held(self, held: threading.Lock | None, fn: Callable[..., T], *args: Any) -> T:
+        """`_write`, releasing `held` (if given) once only the COMMIT (its fsync) is left, or the
+        write failed before it."""
         conn = self._conn
         assert conn is not None
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            result = fn(conn, *args)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                result = fn(conn, *args)
+            finally:
+                if held is not None:
+                    held.release()
             conn.execute("COMMIT")
         except BaseException as exc:
             if conn.in_transaction:
@@ -428,27 +436,6 @@ class SQLiteStore(Store):
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"{self.path}: {exc}") from exc
             raise
-        return result
-
-    def _write_held(self, held: threading.Lock, fn: Callable[..., T], *args: Any) -> T:
-        """`_write`, releasing `held` once only the COMMIT (its fsync) is left, or the write failed."""
-        conn = self._conn
-        assert conn is not None
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn, *args)
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            finally:
-                held.release()
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise StoreError(f"{self.path}: {exc}") from exc
         return result
 
     def _read(self, fn: Callable[..., T], *args: Any) -> T:
@@ -479,8 +466,6 @@ class SQLiteStore(Store):
         its fsync, where it needs none. Only when nothing else is queued on the store thread (the
         loop would wait for that work too), for a batch within `HOLD_ITEMS`, and never longer
         than `HOLD_MAX` seconds (then it just awaits)."""
-        if self._executor is None or self._conn is None:
-            raise StoreError(f"{self!r} is not open: call open() first")
         if self._queued or not HOLD_ITEMS[0] <= size <= HOLD_ITEMS[1]:
             return await self._call(self._write, fn, *args)
         held = threading.Lock()
