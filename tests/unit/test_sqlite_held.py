@@ -83,8 +83,7 @@ async def test_no_hold_while_other_work_is_on_the_store_thread(
     def slow_read(conn: sqlite3.Connection) -> None:
         assert release.wait(5), "the loop was held behind a read"
 
-    read = asyncio.ensure_future(store._r(slow_read))
-    await asyncio.sleep(0)  # the read is handed over
+    read = store._submit(store._read, slow_read)  # handed to the store thread now, as `_r` does
     asyncio.get_running_loop().call_soon(release.set)
     await store._w_held(sqlite_store.HOLD_ITEMS[0], _trivial([]))
     await read
