@@ -53,10 +53,13 @@ async def fire(url: str, keys: list[str], stop_after: int | None = None, on_stop
                     return
                 try:
                     r = await client.post("/jobs/call/runs", json={}, headers={"Idempotency-Key": key})
-                except httpx.HTTPError:
-                    return  # the server died under this request: not acknowledged
+                except httpx.HTTPError as exc:  # the server died under this request: not acknowledged
+                    print(f"{key}: not answered: {exc!r}")  # shown if the test fails
+                    return
                 if r.status_code in (200, 201):
                     acked[key] = r.json()["id"]
+                else:
+                    print(f"{key}: {r.status_code} {r.text[:200]}")  # shown if the test fails
                 if stop_after is not None and len(acked) >= stop_after and not stopped.is_set():
                     stopped.set()
                     on_stop()  # type: ignore[operator]
