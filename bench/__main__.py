@@ -23,7 +23,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench.bench_core import REPO, Row, clean_env, loadavg
+from bench.bench_core import REPO, Row, clean_env, compile_jobwire, loadavg
 from bench.bench_core import SECTIONS as CORE_SECTIONS
 from bench.bench_e2e import E2E_SECTIONS
 from bench.bench_scale import SCALE_SECTIONS
@@ -175,6 +175,7 @@ def main() -> int:
     )
     args = parser.parse_args()
 
+    compile_jobwire()
     started = time.time()
     load_before = loadavg()
     results = [run_section(name, args.quick) for name in (args.only or list(SECTIONS))]

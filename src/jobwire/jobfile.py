@@ -524,6 +524,8 @@ def _choice_message(value: str, expected: str, raw_loc: Loc) -> str:
 
 
 def _nearest_line(lines: Mapping[Loc, int], loc: Loc, default: int | None) -> int | None:
+    if not lines:  # a JSON file's (no lines kept): every job of it asks
+        return default
     for n in range(len(loc), -1, -1):
         line = lines.get(loc[:n])
         if line is not None:
@@ -825,7 +827,8 @@ def _jobs_of_docs(
             name = job.name if job is not None else item.get("name") if isinstance(item, Mapping) else None
             if isinstance(name, str):
                 line = _nearest_line(doc.lines, (*base, "name"), doc.line)
-                loaded.append(_Loaded(name, job, source, line, format_loc((*base, "name"))))
+                path = f"jobs[{base[1]}].name" if len(base) == 2 else format_loc((*base, "name"))
+                loaded.append(_Loaded(name, job, source, line, path))
     return loaded, errors
 
 

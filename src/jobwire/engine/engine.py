@@ -173,6 +173,9 @@ class Engine:
             self.coordinator.on_follower = self.scheduler.stop
             self.coordinator.on_orphans = self._adopt
             await self.coordinator.elect()  # the leader catches up and starts the clock
+            if not self.coordinator.is_leader():  # a follower's heap: what `upcoming` shows
+                for stored in self.jobs.values():
+                    self.scheduler.set_job(stored.job, stored.paused)
             self.supervisor.loop("jobwire-replica", self.coordinator.run, critical=True)
             self.supervisor.loop("jobwire-fire-retry", self.pending_fires.run, critical=False)
             self.supervisor.loop("jobwire-retention", self.retention.loop)
