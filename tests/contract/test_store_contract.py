@@ -186,6 +186,9 @@ async def test_save_jobs_and_list_jobs_reusing(store: Store) -> None:
     assert again[0].paused is True  # a batch keeps a pause, as save_job does
     listed = await store.list_jobs()
     assert [s.job.name for s in listed] == ["a", "b"]
+    assert [(s.job, s.origin, s.paused, s.updated_at) for s in again] == [
+        (s.job, s.origin, s.paused, s.updated_at) for s in listed if s.job.name == "b"
+    ], "what a batch returns is what the store then holds"
     # the same result whether or not a known definition is passed; an equal one may be reused,
     # a stale one never replaces what is stored
     current_b = job("b", description="v2")
@@ -195,6 +198,9 @@ async def test_save_jobs_and_list_jobs_reusing(store: Store) -> None:
         (s.job, s.origin, s.paused, s.updated_at) for s in listed
     ]
     assert reused[0].job.description == "v1"
+    born = await store.save_jobs([(job("c", paused=True), "api"), (job("d"), "api")])
+    assert [s.paused for s in born] == [True, False]
+    assert [s.paused for s in await store.list_jobs() if s.job.name in "cd"] == [True, False]
 
 
 # --------------------------------------------------------------------------- record
