@@ -17,6 +17,7 @@ def jobs() -> list[Job]:
                 "parameters": [{"name": "who", "default": "a"}],
                 "target": {"type": "local", "command": ["echo", "{{who}}"], "env": {"N": str(i)}},
                 "catchup": {"policy": "skip"},
+                "retry": {"max_attempts": 3},
             }
         )
         for i in range(50)
@@ -31,6 +32,9 @@ def test_equal_sets_become_one_object_and_nothing_else_changes() -> None:
     assert len({id(j.target.__pydantic_fields_set__) for j in mine}) == 1
     assert len({id(j.triggers[0].__pydantic_fields_set__) for j in mine}) == 1
     assert len({id(j.parameters[0].__pydantic_fields_set__) for j in mine}) == 1
+    assert len({id(j.catchup.__pydantic_fields_set__) for j in mine}) == 1
+    assert len({id(j.retry.__pydantic_fields_set__) for j in mine}) == 1, "a field given explicitly"
+    assert mine[0].concurrency is mine[1].concurrency, "a class default: one instance, never walked"
     assert mine == reference
     assert [j.model_dump_json() for j in mine] == dumps
     assert [j.model_fields_set for j in mine] == [j.model_fields_set for j in reference]

@@ -14,7 +14,7 @@ import structlog
 
 from jobwire.engine.runs import RunStates
 from jobwire.engine.scheduler import missed_fires
-from jobwire.model import Admission, Incoming, Run, RunError, RunState, utcnow
+from jobwire.model import Admission, CatchupPolicy, Incoming, Run, RunError, RunState, utcnow
 from jobwire.store import Store, StoredJob
 
 log = structlog.get_logger(__name__)
@@ -69,9 +69,9 @@ async def catch_up(
     last_fires = await store.last_fires()  # one read, not one per trigger
     due: list[Incoming] = []
     for stored in jobs.values():
-        if stored.paused:
-            continue
         job = stored.job
+        if stored.paused or job.catchup.policy == CatchupPolicy.skip:  # nothing to look up
+            continue
         for tid, trig in zip(job.trigger_ids(), job.triggers, strict=True):
             if trig.type not in ("cron", "interval", "at"):
                 continue
