@@ -5,6 +5,7 @@ twice, or one per source kind."""
 from __future__ import annotations
 
 import json
+import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -97,3 +98,48 @@ def test_durations_past_the_memory_limit_still_serialize() -> None:
     for ms in range(5000):  # more distinct values than are remembered
         td = timedelta(milliseconds=ms)
         assert json.loads(Retry(backoff=td).model_dump_json())["backoff"] == format_duration(td)
+
+
+def test_chain_edges_replaced_one_job_at_a_time_match_a_rebuild() -> None:
+    from jobwire.engine.chains import ChainIndex
+
+    def define(name: str, parents: list[str]) -> StoredJob:
+        return stored({"name": name, "triggers": [{"type": "api"}] + [{"after": p} for p in parents]})
+
+    rng = random.Random(7)
+    jobs: dict[str, StoredJob] = {}
+    index = ChainIndex()
+    for _ in range(300):
+        name = f"j{rng.randrange(12)}"
+        if rng.random() < 0.25:
+            jobs.pop(name, None)
+            index.replace(name, None)
+        else:
+            jobs[name] = define(name, rng.sample([f"j{i}" for i in range(12)], rng.randrange(3)))
+            index.replace(name, jobs[name].job)
+        fresh = ChainIndex()
+        fresh.rebuild(jobs)
+        assert {p: sorted(e[:2] for e in edges) for p, edges in index._children.items()} == {
+            p: sorted(e[:2] for e in edges) for p, edges in fresh._children.items()
+        }
+
+
+async def test_a_job_without_a_source_trigger_leaves_the_sources_alone(tmp_path: Path) -> None:
+    engine = Engine(Settings(data_dir=tmp_path / "data", shutdown_grace=timedelta(seconds=5)))
+    await engine.start()
+    rebuilds: list[None] = []
+    engine.sources.changed = lambda: rebuilds.append(None)  # type: ignore[method-assign]
+    try:
+        cron = {"name": "c", "triggers": [{"cron": "0 3 * * *"}], "target": {"type": "local", "command": ["true"]}}
+        await engine.put_job(Job.model_validate(cron))
+        await engine.delete_job("c")
+        assert rebuilds == [], "no source serves a cron or an api trigger: nothing to rebuild"
+        mqtt = {**cron, "name": "m", "triggers": [{"type": "mqtt", "topic": "t/x"}]}
+        await engine.put_job(Job.model_validate(mqtt))
+        assert len(rebuilds) == 1
+        await engine.put_job(Job.model_validate({**mqtt, "triggers": [{"type": "api"}]}))
+        assert len(rebuilds) == 2, "a job that loses its source trigger: its source goes"
+        await engine.delete_job("m")
+        assert len(rebuilds) == 2
+    finally:
+        await engine.stop()

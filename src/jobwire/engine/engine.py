@@ -336,17 +336,26 @@ class Engine:
         self._definitions_changed()
         return errors
 
+    def _job_changed(self, name: str, before: Job | None, after: Job | None) -> None:
+        """One job defined anew or deleted over the API: its own chain edges, and the sources
+        only when it has (or had) a trigger they serve — not a pass over every job per request."""
+        self.intake.chains.replace(name, after)
+        if self.sources.binds(before) or self.sources.binds(after):
+            self.sources.changed()
+
     async def put_job(self, job: Job, origin: str = "api") -> StoredJob:
+        before = self.jobs.get(job.name)
         stored = await self.job_registry.put_job(job, origin)
-        self._definitions_changed()
+        self._job_changed(job.name, before.job if before else None, stored.job)
         return stored
 
     def get_job(self, name: str) -> StoredJob:
         return self.job_registry.get_job(name)
 
     async def delete_job(self, name: str) -> None:
+        before = self.jobs.get(name)
         await self.job_registry.delete_job(name)
-        self._definitions_changed()
+        self._job_changed(name, before.job if before else None, None)
 
     async def pause(self, name: str) -> StoredJob:
         return await self.job_registry.set_paused(name, True)

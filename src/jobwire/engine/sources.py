@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from jobwire.engine.errors import Unavailable
 from jobwire.engine.supervisor import Supervisor
-from jobwire.model import Admission, Incoming
+from jobwire.model import Admission, Incoming, Job
 from jobwire.plug import PlugMissing, SourcePlug
 from jobwire.registry import SOURCES
 from jobwire.sources.base import Binding, IntakeUnavailable, Source
@@ -96,6 +96,7 @@ class SourceManager:
         self._supervisor = supervisor
         self.intake = EngineIntake(submit_many, prepare)
         self._plugs = plugs
+        self._kinds = frozenset(p.kind for p in plugs)
         self._settings: dict[str, Any] = {}
         self.sources: dict[str, Source] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -107,6 +108,11 @@ class SourceManager:
     async def start(self) -> None:
         self._settings = {p.kind: p.settings() for p in self._plugs if p.settings is not None}
         await self.reconcile()
+
+    def binds(self, job: Job | None) -> bool:
+        """Whether `job` has a trigger one of the source kinds serves: a change to a job without
+        one (before and after) leaves every source as it is."""
+        return job is not None and any(t.type in self._kinds for t in job.triggers)
 
     def changed(self) -> None:
         """Job definitions changed: rebuild the sources soon (coalesced)."""
