@@ -62,6 +62,9 @@ from jobwire.store.queries import (
 T = TypeVar("T")
 
 Q = Queries("sqlite")
+UPSERT_JOBS = Q.upsert_job[: Q.upsert_job.rindex("RETURNING")]
+"""`upsert_job` without its RETURNING, for `executemany` (the rows it would return are known, and
+copying each definition back cost 0.3 s per 100,000 jobs)."""
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 BUSY_TIMEOUT_MS = 5000
@@ -575,7 +578,7 @@ class SQLiteStore(Store):
         def op(conn: sqlite3.Connection) -> list[StoredJob]:
             # one executemany, not a statement and a fetch per job (100,000 jobs: 3.4 → 1.9 s of CPU)
             paused = {row[0] for row in conn.execute(Q.paused_jobs)}
-            conn.executemany(Q.upsert_jobs, params)
+            conn.executemany(UPSERT_JOBS, params)
             return [
                 StoredJob(job=job, origin=origin, paused=job.paused or job.name in paused, updated_at=at)
                 for job, origin in jobs

@@ -3,6 +3,7 @@
 
 -- name: upsert_job
 -- Insert or replace a definition; an existing row keeps `paused` unless the new one pauses.
+-- save_jobs runs it without its RETURNING (jobwire/store/sqlite.py UPSERT_JOBS).
 INSERT INTO jobs (name, definition, origin, paused, updated_at)
 VALUES (:name, :definition, :origin, :paused, :updated_at)
 ON CONFLICT (name) DO UPDATE SET
@@ -11,17 +12,6 @@ ON CONFLICT (name) DO UPDATE SET
     paused = CASE WHEN excluded.paused THEN 1 ELSE jobs.paused END,
     updated_at = excluded.updated_at
 RETURNING name, definition, origin, paused, updated_at;
-
--- name: upsert_jobs
--- upsert_job for many rows at once (executemany: no RETURNING); what each row then holds is
--- known: its origin and updated_at as given, paused if it or the row before was (paused_jobs).
-INSERT INTO jobs (name, definition, origin, paused, updated_at)
-VALUES (:name, :definition, :origin, :paused, :updated_at)
-ON CONFLICT (name) DO UPDATE SET
-    definition = excluded.definition,
-    origin = excluded.origin,
-    paused = CASE WHEN excluded.paused THEN 1 ELSE jobs.paused END,
-    updated_at = excluded.updated_at;
 
 -- name: paused_jobs
 SELECT name FROM jobs WHERE paused = 1;
