@@ -79,6 +79,15 @@ async def test_only_the_leader_fires(pair: tuple[SharedMemoryStore, Engine, Engi
     assert b.health()["replica"]["leader_id"] == a.coordinator.replica
 
 
+async def test_a_follower_schedules_its_jobs_for_upcoming(pair: tuple[SharedMemoryStore, Engine, Engine]) -> None:
+    """The heap is built once at start, after the election: the follower builds it too (the
+    dashboard's upcoming fires; that it fires nothing is `test_only_the_leader_fires`)."""
+    _, a, b = pair
+    assert not b.coordinator.is_leader()
+    assert "tick" in {name for _, name, _ in b.scheduler.upcoming(5)}
+    assert "tick" in {name for _, name, _ in a.scheduler.upcoming(5)}
+
+
 async def test_a_clean_stop_hands_the_lease_over(pair: tuple[SharedMemoryStore, Engine, Engine]) -> None:
     store, a, b = pair
     await eventually(lambda: _at_least(store, 3), 10, "fires by a")
