@@ -16,10 +16,11 @@ from jobwire.config import Settings
 from jobwire.engine import Engine
 from jobwire.engine.scheduler import TimeScheduler
 from jobwire.engine.sources import bindings_by_kind
-from jobwire.model import Job, Retry, format_duration
+from jobwire.model import Job, Retry, RunState, format_duration
 from jobwire.plug import SourcePlug
 from jobwire.sources.base import Binding
 from jobwire.store import StoredJob
+from tests.support.waiting import eventually
 
 
 def write_jobs(path: Path, n: int) -> Path:
@@ -143,3 +144,41 @@ async def test_a_job_without_a_source_trigger_leaves_the_sources_alone(tmp_path:
         assert len(rebuilds) == 2
     finally:
         await engine.stop()
+
+
+async def test_queued_runs_are_promoted_after_a_restart(tmp_path: Path) -> None:
+    """`reconcile` starts the queued runs whose slot is free once the engine is back (one pass over
+    the runs for every job and concurrency key)."""
+
+    def settings() -> Settings:
+        return Settings(data_dir=tmp_path / "data", shutdown_grace=timedelta(milliseconds=200))
+
+    spec = {
+        "target": {"type": "local", "command": ["sleep", "30"]},
+        "parameters": [{"name": "k"}],
+        "concurrency": {"policy": "queue", "max_running": 1, "key": "k"},
+    }
+    engine = Engine(settings())
+    await engine.start()
+    try:
+        for name in ("a", "b"):
+            await engine.put_job(Job.model_validate({"name": name, **spec}))
+        admitted = [await engine.trigger(name, {"k": k}) for name in ("a", "b") for k in ("x", "y") for _ in range(2)]
+    finally:
+        await engine.stop()
+    queued = [a.run.id for a in admitted if a.run is not None and a.run.state == RunState.queued]
+    assert len(queued) == 4, "one running and one queued per job and key"
+
+    again = Engine(settings())
+    await again.start()
+    try:
+        async def promoted() -> bool | None:
+            states = [again.runs[r].state for r in queued if r in again.runs]
+            return True if states.count(RunState.queued) == 0 and len(states) == 4 else None
+
+        await eventually(promoted, 10, "every queued run started once its slot was free")
+    finally:
+        for run_id in queued:
+            if run_id in again.runs and not again.runs[run_id].state.terminal:
+                await again.cancel(run_id)
+        await again.stop()
