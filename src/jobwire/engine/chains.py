@@ -27,13 +27,9 @@ class ChainIndex:
         self._children: dict[str, list[Edge]] = {}
 
     def rebuild(self, jobs: Mapping[str, StoredJob]) -> None:
-        children: dict[str, list[Edge]] = {}
+        self._children = {}
         for stored in jobs.values():
-            job = stored.job
-            for tid, trigger in zip(job.trigger_ids(), job.triggers, strict=True):
-                if isinstance(trigger, AfterTrigger):
-                    children.setdefault(trigger.job, []).append((job.name, tid, trigger))
-        self._children = children
+            self._add(stored.job)
 
     def replace(self, name: str, job: Job | None) -> None:
         """Job `name` was defined anew (`job`) or deleted (None): only its own edges change, not a
@@ -44,7 +40,12 @@ class ChainIndex:
                 self._children[parent] = kept
             else:
                 del self._children[parent]
-        if job is None or not any(isinstance(t, AfterTrigger) for t in job.triggers):
+        if job is not None:
+            self._add(job)
+
+    def _add(self, job: Job) -> None:
+        """The edges of `job`'s `after` triggers (trigger ids computed only for a job that has one)."""
+        if not any(isinstance(t, AfterTrigger) for t in job.triggers):
             return
         for tid, trigger in zip(job.trigger_ids(), job.triggers, strict=True):
             if isinstance(trigger, AfterTrigger):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import gc
 from collections.abc import AsyncIterator, Coroutine
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -174,8 +175,7 @@ class Engine:
             self.coordinator.on_orphans = self._adopt
             await self.coordinator.elect()  # the leader catches up and starts the clock
             if not self.coordinator.is_leader():  # a follower's heap: what `upcoming` shows
-                for stored in self.jobs.values():
-                    self.scheduler.set_job(stored.job, stored.paused)
+                self._schedule_all(utcnow())
             self.supervisor.loop("jobwire-replica", self.coordinator.run, critical=True)
             self.supervisor.loop("jobwire-fire-retry", self.pending_fires.run, critical=False)
             self.supervisor.loop("jobwire-retention", self.retention.loop)
@@ -274,9 +274,12 @@ class Engine:
         policy, up to now), then run the clock from now on. Fires are fenced by the lease token."""
         now = utcnow()
         await catch_up(self.store, self.jobs, self.intake.submit_many, now)
-        for stored in self.jobs.values():
-            self.scheduler.set_job(stored.job, stored.paused, now)  # the heap from now, not from before
+        self._schedule_all(now)  # the heap from now, not from before
         self.scheduler.start(self.supervisor.spawn)
+
+    def _schedule_all(self, now: datetime) -> None:
+        for stored in self.jobs.values():
+            self.scheduler.set_job(stored.job, stored.paused, now)
 
     async def _adopt(self, runs: list[Run]) -> None:
         """Runs of a dead replica, claimed for this one: resumed or recorded lost, per target (a job

@@ -54,9 +54,8 @@ async def reconcile(active: list[Run], states: RunStates, taken_over: bool = Fal
         states.attempts.launch(run, stored.job, resumed=resumed)
     # each (job, concurrency key) with runs here, once: one pass over the runs, not one per job
     # (100,000 jobs × 1,000 runs in flight was 10⁸ steps)
-    for job, key in dict.fromkeys((r.job, r.concurrency_key) for r in list(states.runs.values())):
-        if job in states.jobs:
-            states.promote(job, key)
+    for job, key in dict.fromkeys((r.job, r.concurrency_key) for r in states.runs.values()):
+        states.promote(job, key)  # a job no longer defined: nothing (`promote` checks)
     await states.committer.flush()
 
 
