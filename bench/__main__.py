@@ -27,6 +27,7 @@ from bench.bench_core import REPO, Row, clean_env, compile_jobwire, loadavg
 from bench.bench_core import SECTIONS as CORE_SECTIONS
 from bench.bench_e2e import E2E_SECTIONS
 from bench.bench_scale import SCALE_SECTIONS
+from bench.machine import REFERENCE, describe, speed
 
 SECTIONS = {**CORE_SECTIONS, **E2E_SECTIONS, **SCALE_SECTIONS}
 """Every section; the end-to-end ones (bench/bench_e2e.py) run as `python -m bench.bench_e2e`."""
@@ -178,6 +179,8 @@ def main() -> int:
     compile_jobwire()
     started = time.time()
     load_before = loadavg()
+    speed_before = speed()
+    print(f"machine speed before the rows: {describe(speed_before)}", file=sys.stderr, flush=True)
     results = [run_section(name, args.quick) for name in (args.only or list(SECTIONS))]
     scripts: dict[str, str] = {}
     if not args.no_scripts:
@@ -200,9 +203,15 @@ def main() -> int:
             mark = "—" if r["ok"] is None else ("[green]✓[/]" if r["ok"] else "[red]✗[/]")
             table.add_row(r["name"], r["value"], r["floor"], mark)
     console.print(table)
+    speed_after = speed()
     machine = f"{os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}"
     console.print(
         f"machine: {machine}; load average before {load_before}, after {loadavg()}", highlight=False
+    )
+    console.print(
+        f"machine speed (bench/machine.py) before the rows: {describe(speed_before)}\n"
+        f"machine speed after the rows: {describe(speed_after)}",
+        highlight=False,
     )
     console.print(DEFINITIONS, highlight=False)
     for name, out in scripts.items():
@@ -218,6 +227,9 @@ def main() -> int:
             "python": platform.python_version(),
             "load_before": load_before,
             "load_after": loadavg(),
+            "speed_before": speed_before,
+            "speed_after": speed_after,
+            "speed_reference": REFERENCE,
         },
         "rows": [{**r, "section": res["section"]} for res in results for r in res["rows"]],
         "data": {res["section"]: res.get("data", {}) for res in results},

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+from typing import Any
 
 import pytest
 
@@ -131,3 +132,60 @@ async def test_a_connection_whose_descriptor_is_above_1023_is_reused() -> None:
         for fd in filler:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_a_deadline_without_an_answer_times_out_and_drops_the_connection() -> None:
+    """The deadline is a timer on the answer's future: at it, TimeoutError, and the connection
+    (its answer may still come) is closed, never handed to the next call."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # reads nothing, answers nothing
+
+    srv = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    pool = Http1Pool()
+    loop = asyncio.get_running_loop()
+    try:
+        t0 = loop.time()
+        with pytest.raises(TimeoutError):
+            await pool.request("127.0.0.1", port, True, REQUEST, 100, deadline=t0 + 0.2)
+        assert 0.2 <= loop.time() - t0 < 5
+        assert pool.idle == 0
+    finally:
+        pool.close()
+        for w in accepted:
+            w.close()
+        srv.close()
+
+
+async def test_a_deadline_covers_connecting() -> None:
+    never: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    async def dial(host: str, port: int, allow_private: bool) -> Any:
+        return await never
+
+    pool = Http1Pool(connect=dial)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(TimeoutError):
+        await pool.request("127.0.0.1", 9, True, REQUEST, 100, deadline=t0 + 0.2)
+    assert 0.2 <= loop.time() - t0 < 5
+
+
+async def test_an_answer_in_time_leaves_no_timer_behind() -> None:
+    """A call answered before its deadline keeps its connection: the timer is cancelled, so the
+    deadline passing later does not close the connection it went back to the pool with."""
+    srv, port, conns = await serve(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    pool = Http1Pool()
+    loop = asyncio.get_running_loop()
+    try:
+        r = await pool.request("127.0.0.1", port, True, REQUEST, 100, deadline=loop.time() + 0.1)
+        assert r.status == 200
+        await asyncio.sleep(0.3)  # not a synchronisation: the deadline must pass with nothing happening
+        assert pool.idle == 1
+        r = await pool.request("127.0.0.1", port, True, REQUEST, 100, deadline=loop.time() + 5)
+        assert (r.status, len(conns)) == (200, 1)
+    finally:
+        pool.close()
+        srv.close()

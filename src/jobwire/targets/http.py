@@ -218,10 +218,11 @@ class _Shot(Armed):
         if not self.conn.stale():  # closed meanwhile: nothing is written, `execute` calls as usual
             self.answer = self.conn.send(self.wire, BODY_LOG_CAP, self.head_only)
 
-    async def read(self) -> Http1Response:
-        """The answer to the request `fire` wrote; the connection then goes back to the pool."""
+    async def read(self, deadline: float) -> Http1Response:
+        """The answer to the request `fire` wrote (TimeoutError at `deadline`, loop time); the
+        connection then goes back to the pool."""
         assert self.answer is not None
-        response: Http1Response = await self.conn.response(self.answer)
+        response: Http1Response = await self.conn.response(self.answer, deadline)
         self.pool.release(*self.dest, self.conn)
         return response
 
@@ -308,7 +309,7 @@ class HttpTarget(Target):
         assert isinstance(spec, HttpSpec)
         await ctx.started(None)
         deadline = asyncio.get_running_loop().time() + spec.timeout.total_seconds()
-        return await self._call_http1(ctx, spec, shot.read(), deadline)
+        return await self._call_http1(ctx, spec, shot.read(deadline))
 
     async def _execute(self, ctx: RunContext) -> Outcome:
         spec = ctx.job.target
@@ -347,8 +348,10 @@ class HttpTarget(Target):
         await ctx.until_startable()
         if wire:
             head_only = spec.method == "HEAD"
-            call = self.http1.request(url.host, port, allow_private, wire, BODY_LOG_CAP, head_only=head_only)
-            return await self._call_http1(ctx, spec, call, deadline)
+            call = self.http1.request(
+                url.host, port, allow_private, wire, BODY_LOG_CAP, head_only=head_only, deadline=deadline
+            )
+            return await self._call_http1(ctx, spec, call)
         assert request is not None
         transport = self._transport_for(allow_private)
         try:
@@ -427,15 +430,12 @@ class HttpTarget(Target):
         return built
 
     @staticmethod
-    async def _call_http1(
-        ctx: RunContext, spec: HttpSpec, call: Awaitable[Http1Response], deadline: float
-    ) -> Outcome:
-        """A plain-http call's outcome: `call` (the pool's request, or an armed attempt's answer)
-        within the deadline, its body logged, its status judged."""
+    async def _call_http1(ctx: RunContext, spec: HttpSpec, call: Awaitable[Http1Response]) -> Outcome:
+        """A plain-http call's outcome: `call` (the pool's request, or an armed attempt's answer,
+        each given the attempt's deadline: TimeoutError after it), its body logged, its status judged."""
         seconds = spec.timeout.total_seconds()
         try:
-            async with asyncio.timeout_at(deadline):
-                response = await call
+            response = await call
         except TimeoutError:
             log.info("http call timed out", run_id=ctx.run.id, job=ctx.job.name)
             return _timed_out(seconds)

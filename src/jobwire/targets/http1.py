@@ -14,6 +14,10 @@ last-in first-out, dropped after `KEEPALIVE_EXPIRY` idle or when the server clos
 body read up to the log cap, decoded from gzip/deflate like httpx does, and a connection whose
 body was not read to its end (over the cap, a timeout, a cancel) closed, never reused. `https://`
 calls keep going through httpx (TLS).
+
+A call's deadline (loop time) is a timer on its answer's future, which fails it with TimeoutError
+and closes the connection: no `asyncio.timeout` context (a Timeout object, the current task's
+cancel and uncancel) per call. Only dialling a new connection runs under `asyncio.timeout_at`.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class Http1Response:
 
 class _Conn(asyncio.Protocol):
     def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.transport: Any = None
         """An asyncio.Transport (uvloop's is not a subclass of it)."""
         self.parser = httptools.HttpResponseParser(self)
@@ -164,24 +169,36 @@ class _Conn(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    async def call(self, request: bytes, cap: int, head_only: bool) -> Http1Response:
-        return await self.response(self.send(request, cap, head_only))
+    def _expire(self) -> None:
+        self._fail(TimeoutError("no answer before the call's deadline"))
+
+    async def call(
+        self, request: bytes, cap: int, head_only: bool, deadline: float | None = None
+    ) -> Http1Response:
+        return await self.response(self.send(request, cap, head_only), deadline)
 
     def send(self, request: bytes, cap: int, head_only: bool) -> asyncio.Future[Http1Response]:
         """Write `request`; its answer is `response(<the future returned>)`'s."""
         assert self.transport is not None and self.waiter is None
-        waiter = self.waiter = asyncio.get_running_loop().create_future()
+        waiter = self.waiter = self.loop.create_future()
         self.cap, self.head_only, self.status = cap, head_only, 0
         self.transport.write(request)
         return waiter
 
-    async def response(self, waiter: asyncio.Future[Http1Response]) -> Http1Response:
-        """The answer to the request `send` wrote (it may have come already)."""
+    async def response(
+        self, waiter: asyncio.Future[Http1Response], deadline: float | None = None
+    ) -> Http1Response:
+        """The answer to the request `send` wrote (it may have come already). At `deadline`
+        (loop time) without one: TimeoutError, and the connection is closed."""
+        timer = None if deadline is None else self.loop.call_at(deadline, self._expire)
         try:
             return await waiter
         except BaseException:
             self.close()  # a cancelled or timed-out call leaves its connection in an unknown state
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
 
 async def dial(host: str, port: int, ssl: SSLContext | None) -> _Conn:
@@ -210,12 +227,26 @@ class Http1Pool:
         return sum(1 for conns in self._idle.values() for c in conns if not c.closed)
 
     async def request(
-        self, host: str, port: int, allow_private: bool, request: bytes, cap: int, head_only: bool = False
+        self,
+        host: str,
+        port: int,
+        allow_private: bool,
+        request: bytes,
+        cap: int,
+        head_only: bool = False,
+        deadline: float | None = None,
     ) -> Http1Response:
         """Send `request` (the whole HTTP/1.1 request) and read the answer, its body up to `cap`
-        bytes. Raises DestinationRefused, ConnectFailed, ProtocolFailed; a timeout is the caller's."""
-        conn = await self.acquire(host, port, allow_private)
-        response = await conn.call(request, cap, head_only)
+        bytes. Raises DestinationRefused, ConnectFailed, ProtocolFailed, and TimeoutError when
+        `deadline` (loop time) passes first — connecting included."""
+        conn = self._checkout((host, port, allow_private))
+        if conn is None:
+            if deadline is None:
+                conn = await self._dial(host, port, allow_private)
+            else:
+                async with asyncio.timeout_at(deadline):
+                    conn = await self._dial(host, port, allow_private)
+        response = await conn.call(request, cap, head_only, deadline)
         self.release(host, port, allow_private, conn)
         return response
 

@@ -110,9 +110,9 @@ class Wire:
         if body is not None:
             head += b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
         data = head + b"\r\n" + (body or b"")
+        deadline = asyncio.get_running_loop().time() + self._timeout
         try:
-            async with asyncio.timeout(self._timeout):
-                return await self._pool.request(self._host, self._port, True, data, cap)
+            return await self._pool.request(self._host, self._port, True, data, cap, deadline=deadline)
         except TimeoutError as exc:
             raise httpx2.TimeoutException(f"{method} {path}: no answer within {self._timeout:g}s") from exc
         except http1.ConnectFailed as exc:
