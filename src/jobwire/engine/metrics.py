@@ -3,11 +3,101 @@ payloads or anything a secret could hide in."""
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter as _Counter
+from prometheus_client import Gauge as _Gauge
+from prometheus_client import Histogram as _Histogram
 
 _FAST = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class _Value:
+    """A metric's value without prometheus-client's lock: jobwire changes its metrics on the event
+    loop's thread only, and a scrape reads them (a float read is atomic). The lock, and the two
+    checks around it, made each `inc` 0.7–1.7 µs and each `observe` 2.2 µs on the build machine —
+    ~10 of them per run."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float) -> None:
+        self.value += amount
+
+    def set(self, value: float, timestamp: float | None = None) -> None:
+        self.value = value
+
+    def get(self) -> float:
+        return self.value
+
+    def set_exemplar(self, exemplar: Any) -> None:
+        raise NotImplementedError("jobwire's metrics keep no exemplars")
+
+    def get_exemplar(self) -> None:
+        return None
+
+
+def _unlabelled(metric: Any) -> None:
+    if metric._labelnames and not metric._labelvalues:
+        raise ValueError(f"{metric._name} has labels {metric._labelnames}: change its labels(...) child")
+
+
+class Counter(_Counter):
+    """prometheus-client's Counter, exposed the same, on a `_Value`."""
+
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        self._value = _Value()
+
+    def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
+        _unlabelled(self)
+        if amount < 0 or exemplar is not None:
+            super().inc(amount, exemplar)  # its error (a negative amount) or its exemplar
+            return
+        self._value.value += amount
+
+
+class Gauge(_Gauge):
+    """prometheus-client's Gauge (live values, no multiprocess mode), on a `_Value`."""
+
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        self._value = _Value()
+
+    def inc(self, amount: float = 1) -> None:
+        _unlabelled(self)
+        self._value.value += amount
+
+    def dec(self, amount: float = 1) -> None:
+        _unlabelled(self)
+        self._value.value -= amount
+
+    def set(self, value: float) -> None:
+        _unlabelled(self)
+        self._value.value = float(value)
+
+
+class Histogram(_Histogram):
+    """prometheus-client's Histogram, exposed the same, on `_Value`s; the bucket found by bisection."""
+
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        self._sum = _Value()
+        self._buckets = [_Value() for _ in self._upper_bounds]
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        _unlabelled(self)
+        if exemplar is not None:
+            super().observe(amount, exemplar)
+            return
+        self._sum.value += amount
+        if not math.isnan(amount):  # in no bucket, as prometheus-client does (NaN <= bound is false)
+            self._buckets[bisect_left(self._upper_bounds, amount)].value += 1
 
 
 class Metrics:
