@@ -161,11 +161,11 @@ def own_cores(serve_pid: int, sink_pid: int) -> str:
     return f"far end on its own core (CPU {cpus[-1]}; jobwire on {','.join(map(str, cpus[:-1]))})"
 
 
-def serve(base: Path, jobs: Path | None = None, **env: str) -> Any:
+def serve(base: Path, jobs: Path | None = None, command: list[str] | None = None, **env: str) -> Any:
     from tests.support.server import Server
 
     base.mkdir(parents=True, exist_ok=True)
-    return Server(base / "data", jobs, **env)
+    return Server(base / "data", jobs, command=command, **env)
 
 
 class HealthProbe:
@@ -579,11 +579,45 @@ E2E_SECTIONS: dict[str, tuple[str, Callable[[Ctx], list[Row]]]] = {
 }
 
 
-def drive(conns: int, seconds: float, py_spy: Path | None, database_url: str | None = None) -> None:
+def call_counts(stats_file: Path, runs: int, top: int = 40) -> str:
+    """A cProfile of the measured window (`bench/profile_serve.py`) as Python-level calls per run:
+    the total, by package, and the functions called most."""
+    import pstats
+    from collections import Counter
+
+    stats: dict[tuple[str, int, str], tuple[Any, ...]] = pstats.Stats(str(stats_file)).stats  # type: ignore[attr-defined]
+    per_run = max(runs, 1)
+    by_package: Counter[str] = Counter()
+    rows = []
+    for (path, line, name), (_, calls, *_rest) in stats.items():
+        if path == "~":  # a C function or method (len, dict.get, a uvloop transport's write)
+            by_package["(C functions)"] += calls
+            continue
+        short = path.split("site-packages/")[-1].split("src/")[-1]
+        package = short.split("/")[0] if ("site-packages/" in path or "src/" in path) else "stdlib"
+        by_package[package] += calls
+        rows.append((calls / per_run, f"{short}:{line} {name}"))
+    python = sum(v for k, v in by_package.items() if k != "(C functions)") / per_run
+    lines = [f"  Python-level calls per run: {python:.1f} (cProfile counts each resumption of a coroutine)"]
+    lines += [f"    {v / per_run:7.1f}  {k}" for k, v in by_package.most_common()]
+    lines += ["  most called, per run:"] + [f"    {n:7.2f}  {what}" for n, what in sorted(rows, reverse=True)[:top]]
+    return "\n".join(lines)
+
+
+def drive(
+    conns: int,
+    seconds: float,
+    py_spy: Path | None,
+    database_url: str | None = None,
+    cprofile: Path | None = None,
+) -> None:
     """`python -m bench.bench_e2e drive`: the throughput row's load for profiling: `conns` producers
-    for `seconds` against a fresh `jobwire serve`, optionally under `py-spy record -f raw`; prints
-    runs/s and the server's CPU per run, for the whole process and per thread."""
+    for `seconds` against a fresh `jobwire serve`, optionally under `py-spy record -f raw`, or with
+    its loop thread under cProfile for the window (`cprofile`: Python-level calls per run, which
+    do not depend on the machine); prints runs/s and the server's CPU per run, for the whole
+    process and per thread."""
     import os
+    import signal
     import tempfile
 
     from tests.support.fleet import metric
@@ -596,7 +630,15 @@ def drive(conns: int, seconds: float, py_spy: Path | None, database_url: str | N
         return out
 
     env = {"JOBWIRE_DATABASE_URL": database_url} if database_url else {}
-    with tempfile.TemporaryDirectory(prefix="jobwire-drive-") as tmp, Sink() as sink, serve(Path(tmp), **env) as srv:
+    command = None
+    if cprofile is not None:
+        cprofile = cprofile.resolve()
+        cprofile.with_name(cprofile.name + ".done").unlink(missing_ok=True)
+        env["JOBWIRE_BENCH_PROFILE"] = str(cprofile)
+        command = [sys.executable, "-m", "bench.profile_serve"]
+    with tempfile.TemporaryDirectory(prefix="jobwire-drive-") as tmp, Sink() as sink, serve(
+        Path(tmp), command=command, **env
+    ) as srv:
         db = Path(tmp) / "data" / "jobwire.db"
         assert srv.proc is not None
         pid = srv.proc.pid
@@ -622,8 +664,13 @@ def drive(conns: int, seconds: float, py_spy: Path | None, database_url: str | N
             time.sleep(0.5)
         before, ok0, cpu0, per0 = ended(), ended("succeeded"), cpu_of(pid), threads(pid)
         n0 = commits()
+        if cprofile is not None:
+            os.kill(pid, signal.SIGUSR1)
         acked, t0, t1 = _producers(srv.port, conns, seconds)
         done = wait_count(ended, before + acked, 60) - before
+        if cprofile is not None:
+            os.kill(pid, signal.SIGUSR2)
+            wait_count(lambda: int(cprofile.with_name(cprofile.name + ".done").exists()), 1, 60)
         cpu, per1 = cpu_of(pid) - cpu0, threads(pid)
         ok = ended("succeeded") - ok0
         print(
@@ -637,6 +684,8 @@ def drive(conns: int, seconds: float, py_spy: Path | None, database_url: str | N
                 print(f"  thread {tid}: {used / max(done, 1) * 1e6:,.0f} µs/run")
         if prof is not None:
             prof.wait()
+        if cprofile is not None:
+            print(call_counts(cprofile, done))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -651,8 +700,9 @@ def main(argv: list[str] | None = None) -> None:
         d.add_argument("--seconds", type=float, default=10)
         d.add_argument("--py-spy", type=Path, help="also record a raw py-spy profile of the server here")
         d.add_argument("--database-url", help="the store (e.g. memory://: no store thread, nothing durable)")
+        d.add_argument("--cprofile", type=Path, help="profile the loop thread over the window; print calls per run")
         a = d.parse_args(argv)
-        drive(a.conns, a.seconds, a.py_spy, a.database_url)
+        drive(a.conns, a.seconds, a.py_spy, a.database_url, a.cprofile)
         return
     section_main(E2E_SECTIONS, argv, "Run one end-to-end section (python -m bench runs them all).")
 

@@ -42,20 +42,34 @@ class _Value:
         return None
 
 
-def _unlabelled(metric: Any) -> None:
-    if metric._labelnames and not metric._labelvalues:
-        raise ValueError(f"{metric._name} has labels {metric._labelnames}: change its labels(...) child")
+class _Unobservable:
+    """Where a labelled metric's own value would be. prometheus-client makes values only for a
+    metric without labels and for its `labels(...)` children (`_metric_init`), so changing the
+    labelled metric itself reaches this class attribute and is refused with prometheus-client's
+    error type — no check per call."""
+
+    @property
+    def value(self) -> float:
+        raise ValueError("a metric with labels is changed through its labels(...) child")
+
+    @value.setter
+    def value(self, _: float) -> None:
+        raise ValueError("a metric with labels is changed through its labels(...) child")
+
+
+_UNOBSERVABLE: Any = _Unobservable()
 
 
 class Counter(_Counter):
     """prometheus-client's Counter, exposed the same, on a `_Value`."""
+
+    _value = _UNOBSERVABLE
 
     def _metric_init(self) -> None:
         super()._metric_init()
         self._value = _Value()
 
     def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
-        _unlabelled(self)
         if amount < 0 or exemplar is not None:
             super().inc(amount, exemplar)  # its error (a negative amount) or its exemplar
             return
@@ -65,25 +79,26 @@ class Counter(_Counter):
 class Gauge(_Gauge):
     """prometheus-client's Gauge (live values, no multiprocess mode), on a `_Value`."""
 
+    _value = _UNOBSERVABLE
+
     def _metric_init(self) -> None:
         super()._metric_init()
         self._value = _Value()
 
     def inc(self, amount: float = 1) -> None:
-        _unlabelled(self)
         self._value.value += amount
 
     def dec(self, amount: float = 1) -> None:
-        _unlabelled(self)
         self._value.value -= amount
 
     def set(self, value: float) -> None:
-        _unlabelled(self)
         self._value.value = float(value)
 
 
 class Histogram(_Histogram):
     """prometheus-client's Histogram, exposed the same, on `_Value`s; the bucket found by bisection."""
+
+    _sum = _UNOBSERVABLE
 
     def _metric_init(self) -> None:
         super()._metric_init()
@@ -91,7 +106,6 @@ class Histogram(_Histogram):
         self._buckets = [_Value() for _ in self._upper_bounds]
 
     def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
-        _unlabelled(self)
         if exemplar is not None:
             super().observe(amount, exemplar)
             return

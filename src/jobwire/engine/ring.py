@@ -63,7 +63,7 @@ class Ring(Generic[T]):
         """Hand out a sequence number without an item (nobody was listening): readers behind it
         see a gap instead of silently missing it. Everything kept before it is dropped, so the
         kept range stays contiguous."""
-        if len(self):
+        if self.last >= self.first:  # something kept (`len(self)`, without the call)
             self._buf = [None] * self.capacity
         self.last += 1
         self.first = self.last + 1
