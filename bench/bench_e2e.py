@@ -61,6 +61,7 @@ from bench.bench_core import (
     settle,
     summary,
 )
+from bench.machine import REFERENCE, interpreter_ns
 
 # --------------------------------------------------------------------------- the sink and helpers
 
@@ -347,6 +348,19 @@ def e2e_throughput(ctx: Ctx) -> list[Row]:
                     None if conns == 1 else cpu_ok,
                 )
             )
+            if conns > 1:  # context: this machine's interpreter against session 12's (bench/machine.py)
+                speed = interpreter_ns()
+                scaled = cpu / max(done, 1) * 1e6 * REFERENCE["interpreter_ns"] / speed
+                ctx.data["e2e_throughput_sixteen"]["interpreter_ns"] = speed
+                rows.append(
+                    Row(
+                        f"  … the same scaled to session 12's interpreter ({REFERENCE['interpreter_ns']:g} ns; "
+                        f"here {speed:.0f} ns), context",
+                        f"{scaled:,.0f} µs",
+                        "—",
+                        None,
+                    )
+                )
     return rows
 
 
