@@ -325,3 +325,45 @@ async def test_a_dead_replicas_runs_are_taken_over_even_of_a_job_only_it_knew(tm
     finally:
         for eng in (b, a):
             await eng.stop()
+
+
+async def test_a_start_longer_than_the_heartbeat_expiry_does_not_declare_the_replica_dead(
+    tmp_path: Path,
+) -> None:
+    """Loading 100,000 definitions holds the loop for seconds, with no heartbeat meanwhile. A
+    replica registered before that load found itself expired at its first heartbeat: on a shared
+    store (PostgreSQL) it exited as declared dead, at every start; on SQLite it warned. It now
+    registers once its definitions are loaded."""
+    import time
+
+    store = SharedMemoryStore()
+    store.shared = True
+    await store.open()
+    settings = Settings(
+        data_dir=tmp_path / "big",
+        lease_seconds=1.0,
+        lease_renew_seconds=0.2,
+        heartbeat_expiry_seconds=1.0,
+        shutdown_grace=timedelta(milliseconds=100),
+    )
+    eng = Engine(settings, store)
+    died: list[int] = []
+    eng.coordinator.on_dead = lambda: died.append(1)
+    load = eng.job_registry.load
+
+    async def slow_load() -> None:
+        await load()
+        time.sleep(1.5)  # the loop held, as validating a very large job set does
+
+    eng.job_registry.load = slow_load  # type: ignore[method-assign]
+    await eng.start()
+    try:
+        started = time.time()
+        coord = eng.coordinator
+        await eventually(
+            lambda: bool(died) or (coord.last_heartbeat or 0) > started, 10, "the first heartbeat after start"
+        )
+        assert died == []
+        assert coord.alive()
+    finally:
+        await eng.stop()

@@ -150,7 +150,6 @@ class Engine:
         await self.store.open()
         try:
             await self.attempts.open(self.supervisor)  # after the store's lock: it rewrites the journal
-            await self.coordinator.register()
             self.committer.fencing = self.coordinator
             self.attempts.may_launch = self.coordinator.alive
             self.attempts.wait_alive = self.coordinator.wait_alive
@@ -167,6 +166,10 @@ class Engine:
             await self.hub.start(self.supervisor.spawn_optional)
             await self.job_registry.load()
             self.intake.chains.rebuild(self.jobs)
+            # Registered once the definitions are loaded (100,000 jobs: seconds of the loop, no
+            # heartbeat meanwhile); registered before, a load longer than the heartbeat's expiry
+            # made the first heartbeat find this replica dead (a shared store: it exited).
+            await self.coordinator.register()
             await self.shared.start(self.tokens)  # the shared callback key; LISTEN to the others
             await reconcile(await self.coordinator.own_runs(), self.run_states)
             self.attempts.recovered()  # the fleet launcher: results from before a restart may be applied
