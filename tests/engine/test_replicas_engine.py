@@ -367,3 +367,52 @@ async def test_a_start_longer_than_the_heartbeat_expiry_does_not_declare_the_rep
         assert coord.alive()
     finally:
         await eng.stop()
+
+
+async def test_the_heartbeat_goes_on_while_job_files_are_reloaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload reads and validates the files on a worker thread: a large registry takes
+    seconds, and the loop must write the heartbeat meanwhile — on a shared store a replica whose
+    heartbeat expired exits. Before, the reload held the loop for all of it."""
+    import time
+
+    from jobwire.engine import jobs as jobs_module
+
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    (folder / "a.yaml").write_text(
+        "jobs:\n  - name: a\n    triggers: [{cron: '0 3 * * *'}]\n    target: {type: local, command: ['true']}\n"
+    )
+    store = SharedMemoryStore()
+    store.shared = True
+    await store.open()
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        jobs=[folder],
+        lease_seconds=1.0,
+        lease_renew_seconds=0.2,
+        heartbeat_expiry_seconds=1.0,
+        shutdown_grace=timedelta(milliseconds=100),
+    )
+    eng = Engine(settings, store)
+    died: list[int] = []
+    eng.coordinator.on_dead = lambda: died.append(1)
+    await eng.start()
+    try:
+        load = jobs_module.load_paths
+
+        def slow_load(*args: Any) -> Any:
+            found = load(*args)
+            time.sleep(1.5)  # validating a very large registry
+            return found
+
+        monkeypatch.setattr(jobs_module, "load_paths", slow_load)
+        assert await eng.reload_files() == []
+        done = time.time()
+        coord = eng.coordinator
+        await eventually(lambda: bool(died) or (coord.last_heartbeat or 0) > done, 10, "a heartbeat after the reload")
+        assert died == []
+        assert coord.alive()
+    finally:
+        await eng.stop()

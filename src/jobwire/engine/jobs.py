@@ -176,9 +176,12 @@ class JobRegistry:
         self.metrics.jobs.set(len(self.jobs))
 
     async def reload_files(self) -> list[str]:
-        """Re-read job files; on errors keep the current definitions and return the messages."""
+        """Re-read job files; on errors keep the current definitions and return the messages.
+        The files are read and validated on a worker thread: a large registry takes seconds, and
+        meanwhile the loop must keep answering and writing this replica's heartbeat (expired, a
+        replica on PostgreSQL exits as declared dead)."""
         try:
-            file_jobs, skipped = load_paths(self.paths, self._texts())
+            file_jobs, skipped = await asyncio.to_thread(load_paths, self.paths, self._texts())
             _refuse_loops([job for job, _ in file_jobs])
         except JobFileError as exc:
             msgs = [str(e) for e in exc.errors]
