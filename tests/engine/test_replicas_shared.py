@@ -104,6 +104,38 @@ async def test_the_catalogue_is_resynchronised_after_the_listen_connection_is_lo
     assert tasks["jobwire-replicas-listen"]["restarts"] >= 1
 
 
+async def test_a_resync_parses_only_the_definitions_that_changed(
+    replicas: Replicas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every start on a shared store re-reads the whole catalogue (notifications may have been
+    missed before LISTEN). A definition equal to the one held is taken as it is: with 100,000 jobs,
+    parsing and validating each again held the loop past the heartbeat's expiry."""
+    from jobwire.store import postgres
+
+    a, b = replicas.a, replicas.b
+    for i in range(20):
+        await a.put_job(job(f"j{i:02d}", ["true"]))
+    await eventually(lambda: all(f"j{i:02d}" in b.jobs for i in range(20)), 10, "the jobs on b")
+    await a.store.execute("ALTER TABLE jobs DISABLE TRIGGER jobwire_jobs_notify")  # type: ignore[attr-defined]
+    try:
+        await a.store.save_job(job("j07", ["false"], description="changed unheard"), "api")
+    finally:
+        await a.store.execute("ALTER TABLE jobs ENABLE TRIGGER jobwire_jobs_notify")  # type: ignore[attr-defined]
+    parse = postgres._job_from_row
+    parsed: list[str] = []
+
+    def counting(row: Any) -> Any:
+        parsed.append(row[0])
+        return parse(row)
+
+    monkeypatch.setattr(postgres, "_job_from_row", counting)
+    held = {name: s.job for name, s in b.jobs.items()}
+    assert await b.job_registry.resync() is True
+    assert parsed == ["j07"]
+    assert b.jobs["j07"].job.description == "changed unheard"
+    assert all(b.jobs[n].job is held[n] for n in held if n != "j07")
+
+
 async def test_an_sse_reader_on_one_replica_sees_runs_made_on_the_other(
     replicas: Replicas, tmp_path: Path
 ) -> None:

@@ -284,8 +284,11 @@ class JobRegistry:
         return changed
 
     async def resync(self) -> bool:
-        """Re-read every job from the store (after the notifications may have been missed)."""
-        stored = {s.job.name: s for s in await self.store.list_jobs()}
+        """Re-read every job from the store (after the notifications may have been missed): at
+        every start on a shared store, so a definition equal to the one held is taken as it is,
+        not parsed and validated again (100,000 jobs: seconds of the loop, with no heartbeat)."""
+        known = {name: s.job for name, s in self.jobs.items()}
+        stored = {s.job.name: s for s in await self.store.list_jobs_reusing(known)}
         changed = False
         for name in sorted(stored.keys() | self.jobs.keys()):
             changed = self._adopt(name, stored.get(name)) or changed

@@ -209,6 +209,13 @@ with another state, and no run goes back to `queued`. Whole-row last-writer-wins
 replicas that both hold a run could otherwise revive a run the other ended."""
 
 
+def known_if_same(known: Mapping[str, Job], name: str, text: str) -> Job | None:
+    """`known[name]` when its JSON is the stored definition `text` (a store's `list_jobs_reusing`:
+    a JSON dump, ~8 µs, instead of parsing and validating the text again, ~10× that)."""
+    job = known.get(name)
+    return job if job is not None and job.model_dump_json() == text else None
+
+
 def update_allowed(stored: RunState, new: RunState) -> bool:
     """`ALLOWED_FROM` for the stores that apply it in Python."""
     if stored == new:

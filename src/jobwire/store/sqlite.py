@@ -45,6 +45,7 @@ from jobwire.store.base import (
     StoredJob,
     StoreError,
     StoreLocked,
+    known_if_same,
 )
 from jobwire.store.queries import (
     Queries,
@@ -590,8 +591,8 @@ class SQLiteStore(Store):
         def op(conn: sqlite3.Connection) -> list[StoredJob]:
             out = []
             for row in conn.execute(Q.list_jobs):  # row by row: 100,000 definitions' text never all at once
-                job = known.get(row[0])
-                if job is not None and job.model_dump_json() == row[1]:
+                job = known_if_same(known, row[0], row[1])
+                if job is not None:
                     at = from_us(row[4])
                     out.append(StoredJob(job=job, origin=row[2], paused=bool(row[3]), updated_at=at))
                 else:
