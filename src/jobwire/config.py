@@ -306,6 +306,29 @@ class Settings(BaseSettings):
     kube_context: str | None = None
     """Context of the kubeconfig to use (default: its current context)."""
 
+    @property
+    def replica_margin(self) -> float:
+        """Seconds before its lease's and its heartbeat's expiry at which a replica stops relying on
+        them (engine/replicas.py): a fifth of the shorter one, at most 1 s."""
+        return min(1.0, self.lease_seconds / 5, self.heartbeat_expiry_seconds / 5)
+
+    @model_validator(mode="after")
+    def _renewed_in_time(self) -> Settings:
+        """The renewal interval must leave the heartbeat and the lease alive between two renewals;
+        otherwise every replica on PostgreSQL is declared dead (exit 75) seconds after it starts."""
+        margin = self.replica_margin
+        for name, seconds, what in (
+            ("heartbeat_expiry_seconds", self.heartbeat_expiry_seconds, "every replica would be declared dead"),
+            ("lease_seconds", self.lease_seconds, "the leader would lose its lease"),
+        ):
+            if self.lease_renew_seconds >= seconds - margin:
+                raise ValueError(
+                    f"lease_renew_seconds ({self.lease_renew_seconds:g}) must be shorter than {name} "
+                    f"({seconds:g}) less a {margin:g} s margin, or {what} between two renewals: set "
+                    f"JOBWIRE_LEASE_RENEW_SECONDS to a third of it or less (default 3 of 10)"
+                )
+        return self
+
     @field_validator("jobs", mode="before")
     @classmethod
     def _split_paths(cls, v: Any) -> Any:

@@ -183,6 +183,29 @@ def test_postgresql_url_is_one_clear_line_not_a_traceback(command: list[str], tm
     assert "db-password" not in output
 
 
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"JOBWIRE_HEARTBEAT_EXPIRY_SECONDS": "2"}, "shorter than heartbeat_expiry_seconds (2) less a 0.4 s margin"),
+        ({"JOBWIRE_LEASE_SECONDS": "3"}, "shorter than lease_seconds (3) less a 0.6 s margin"),
+        ({"JOBWIRE_LEASE_RENEW_SECONDS": "10"}, "shorter than heartbeat_expiry_seconds (10) less a 1 s margin"),
+    ],
+)
+def test_a_renewal_slower_than_the_heartbeat_or_the_lease_is_refused(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str
+) -> None:
+    """Renewing every 3 s a heartbeat that expires after 2 s got every replica on PostgreSQL
+    declared dead (exit 75) seconds after its start; it is refused as a setting instead."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 2, result.output
+    assert "lease_renew_seconds" in result.output and expected in result.output
+    assert "JOBWIRE_LEASE_RENEW_SECONDS" in result.output
+    monkeypatch.setenv("JOBWIRE_LEASE_RENEW_SECONDS", "0.5")
+    assert runner.invoke(app, ["config"]).exit_code == 0
+
+
 def test_unknown_database_url_scheme_is_refused_by_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOBWIRE_DATABASE_URL", "mysql://db/jw")
     result = runner.invoke(app, ["config"])

@@ -58,7 +58,7 @@ class Coordinator:
         self.lease_seconds = settings.lease_seconds
         self.renew_seconds = settings.lease_renew_seconds
         self.expiry_seconds = settings.heartbeat_expiry_seconds
-        self.margin = min(1.0, self.lease_seconds / 5, self.expiry_seconds / 5)
+        self.margin = settings.replica_margin
         self.lease: Lease | None = None
         self.seen: Lease | None = None
         """The lease as last read while another held it: a follower sleeps until its expiry."""
