@@ -317,9 +317,10 @@ class Settings(BaseSettings):
         """The renewal interval must leave the heartbeat and the lease alive between two renewals;
         otherwise every replica on PostgreSQL is declared dead (exit 75) seconds after it starts."""
         margin = self.replica_margin
+        dead, lost = "every replica would be declared dead", "the leader would lose its lease"
         for name, seconds, what in (
-            ("heartbeat_expiry_seconds", self.heartbeat_expiry_seconds, "every replica would be declared dead"),
-            ("lease_seconds", self.lease_seconds, "the leader would lose its lease"),
+            ("heartbeat_expiry_seconds", self.heartbeat_expiry_seconds, dead),
+            ("lease_seconds", self.lease_seconds, lost),
         ):
             if self.lease_renew_seconds >= seconds - margin:
                 raise ValueError(
