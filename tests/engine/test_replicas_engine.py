@@ -32,13 +32,15 @@ class SharedMemoryStore(MemoryStore):
         pass
 
 
-def _settings(tmp_path: Path, name: str) -> Settings:
+def _settings(tmp_path: Path, name: str, expiry: float = 2.0, **more: Any) -> Settings:
+    """Short leases and heartbeats: `expiry` seconds for both, renewed every 0.2 s."""
     return Settings(
         data_dir=tmp_path / name,
-        lease_seconds=2.0,
+        lease_seconds=expiry,
         lease_renew_seconds=0.2,
-        heartbeat_expiry_seconds=2.0,
+        heartbeat_expiry_seconds=expiry,
         shutdown_grace=timedelta(milliseconds=100),
+        **more,
     )
 
 
@@ -339,14 +341,7 @@ async def test_a_start_longer_than_the_heartbeat_expiry_does_not_declare_the_rep
     store = SharedMemoryStore()
     store.shared = True
     await store.open()
-    settings = Settings(
-        data_dir=tmp_path / "big",
-        lease_seconds=1.0,
-        lease_renew_seconds=0.2,
-        heartbeat_expiry_seconds=1.0,
-        shutdown_grace=timedelta(milliseconds=100),
-    )
-    eng = Engine(settings, store)
+    eng = Engine(_settings(tmp_path, "big", expiry=1.0), store)
     died: list[int] = []
     eng.coordinator.on_dead = lambda: died.append(1)
     load = eng.job_registry.load
@@ -387,15 +382,7 @@ async def test_the_heartbeat_goes_on_while_job_files_are_reloaded(
     store = SharedMemoryStore()
     store.shared = True
     await store.open()
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        jobs=[folder],
-        lease_seconds=1.0,
-        lease_renew_seconds=0.2,
-        heartbeat_expiry_seconds=1.0,
-        shutdown_grace=timedelta(milliseconds=100),
-    )
-    eng = Engine(settings, store)
+    eng = Engine(_settings(tmp_path, "data", expiry=1.0, jobs=[folder]), store)
     died: list[int] = []
     eng.coordinator.on_dead = lambda: died.append(1)
     await eng.start()
