@@ -184,3 +184,61 @@ async def test_queued_runs_are_promoted_after_a_restart(tmp_path: Path) -> None:
             if run_id in again.runs and not again.runs[run_id].state.terminal:
                 await again.cancel(run_id)
         await again.stop()
+
+
+async def test_a_start_says_what_it_read_and_what_it_saves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A start with 100,000 jobs is seconds of reading and, on PostgreSQL, a minute of saving: it
+    says so rather than staying silent."""
+    import structlog
+
+    from jobwire.engine import jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module, "SAVE_NOTICE", 3)
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    write_jobs(folder / "a.json", 3)
+    (folder / "b.yaml").write_text("jobs:\n  - name: k\n    target: {type: local, command: ['true']}\n")
+    engine = Engine(Settings(data_dir=tmp_path / "data", jobs=[folder], shutdown_grace=timedelta(seconds=5)))
+    with structlog.testing.capture_logs() as logs:
+        await engine.start()
+    try:
+        read = [e for e in logs if e["event"] == "job files read"]
+        assert len(read) == 1 and (read[0]["files"], read[0]["jobs"]) == (2, 4)
+        saving = [e for e in logs if e["event"] == "saving new and changed job definitions to the store"]
+        assert [e["jobs"] for e in saving] == [4]
+    finally:
+        await engine.stop()
+
+
+async def test_a_reload_saves_its_changes_in_one_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like a start, a reload writes the definitions that changed in one `save_jobs`, not one
+    transaction each (a CSV registry of 10,000 rows, all changed: 10,000 commits)."""
+    path = write_jobs(tmp_path / "jobs.json", 4)
+    engine = Engine(Settings(data_dir=tmp_path / "data", jobs=[path], shutdown_grace=timedelta(seconds=5)))
+    await engine.start()
+    try:
+        batches: list[list[str]] = []
+        singles: list[str] = []
+        store = engine.store
+        save_jobs, save_job = store.save_jobs, store.save_job
+
+        async def batch(items: list[tuple[Job, str]]) -> list[StoredJob]:
+            batches.append([job.name for job, _ in items])
+            return await save_jobs(items)
+
+        async def single(job: Job, origin: str) -> StoredJob:
+            singles.append(job.name)
+            return await save_job(job, origin)
+
+        monkeypatch.setattr(store, "save_jobs", batch)
+        monkeypatch.setattr(store, "save_job", single)
+        text = json.loads(path.read_text())
+        for job in text["jobs"][:3]:
+            job["description"] = "changed"
+        path.write_text(json.dumps(text))
+        assert await engine.reload_files() == []
+        assert batches == [["j0", "j1", "j2"]] and singles == []
+        assert all(engine.jobs[f"j{i}"].job.description == "changed" for i in range(3))
+        assert engine.scheduler.upcoming(10), "the changed jobs are on the clock"
+    finally:
+        await engine.stop()

@@ -118,12 +118,12 @@ async def test_a_store_error_in_the_reload_loop_is_logged_shown_in_readyz_and_th
     error reaches the supervisor — logged, shown in /readyz — and the restarted loop loads the next
     change once the store takes writes again."""
     engine, jobs = reloading
-    real = engine.store.save_job
+    real = engine.store.save_jobs  # a reload saves what changed in one batch
 
-    async def refuse(job: Job, origin: str) -> Any:
+    async def refuse(items: list[tuple[Job, str]]) -> Any:
         raise full_disk()
 
-    monkeypatch.setattr(engine.store, "save_job", refuse)
+    monkeypatch.setattr(engine.store, "save_jobs", refuse)
     with structlog.testing.capture_logs() as logs:
         write(jobs, JOB.format(name="second"))
         health = await eventually(
@@ -139,7 +139,7 @@ async def test_a_store_error_in_the_reload_loop_is_logged_shown_in_readyz_and_th
     assert status == 200, "not critical: the engine still takes work"
     assert shown["state"] == "failing" and shown["last_error"] == "OperationalError: database or disk is full"
     assert "second" not in engine.jobs
-    monkeypatch.setattr(engine.store, "save_job", real)
+    monkeypatch.setattr(engine.store, "save_jobs", real)
     write(jobs, JOB.format(name="third"))
     await eventually(lambda: "third" in engine.jobs, 15, "the restarted loop to reload the next change")
     assert reload_task(engine)["restarts"] >= 1
