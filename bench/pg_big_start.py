@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import tempfile
 import time
 from pathlib import Path
-
-import httpx
 
 from bench.bench_replicas import database
 from tests.support.server import Server
@@ -41,37 +40,20 @@ def write_jobs(folder: Path, n: int) -> None:
 
 
 def start_and_watch(server: Server, watch: float) -> str:
-    """Start `server` (not through `Server.start`, which raises when the process exits) and say
-    when it was ready and whether it was still up `watch` seconds later."""
-    import os
-    import subprocess
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBWIRE_")}
-    env.update(
-        JOBWIRE_DATA_DIR=str(server.data_dir), JOBWIRE_PORT=str(server.port), JOBWIRE_JOBS=str(server.jobs)
-    )
-    env.update(server.env)
+    """Start `server`, then say when it was ready and whether it was still up `watch` seconds later."""
     t0 = time.monotonic()
-    with server.log_path.open("ab") as log:
-        proc = subprocess.Popen(server.command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    ready: float | None = None
-    while proc.poll() is None and time.monotonic() - t0 < 600:
-        if ready is None:
-            try:
-                if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
-                    ready = time.monotonic() - t0
-            except httpx.HTTPError:
-                pass
-        elif time.monotonic() - t0 > ready + watch:
-            break
-        time.sleep(0.1)
-    status = proc.poll()
-    if status is None:
-        proc.terminate()
-        proc.wait(120)
-    when = "never ready" if ready is None else f"ready after {ready:.1f} s"
-    fate = f"exited with status {status}" if status is not None else f"still up {watch:g} s after ready"
-    return f"{when}; {fate}"
+    try:
+        server.start(timeout=600)
+    except RuntimeError:  # it exited (or never answered) before it was ready
+        return f"never ready; exited with status {server.proc.poll() if server.proc else None}"
+    ready = time.monotonic() - t0
+    assert server.proc is not None
+    try:
+        server.proc.wait(watch)
+    except subprocess.TimeoutExpired:
+        server.stop(120)
+        return f"ready after {ready:.1f} s; still up {watch:g} s after ready"
+    return f"ready after {ready:.1f} s; exited with status {server.proc.returncode}"
 
 
 def main() -> None:

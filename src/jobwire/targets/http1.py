@@ -239,22 +239,22 @@ class Http1Pool:
         """Send `request` (the whole HTTP/1.1 request) and read the answer, its body up to `cap`
         bytes. Raises DestinationRefused, ConnectFailed, ProtocolFailed, and TimeoutError when
         `deadline` (loop time) passes first — connecting included."""
-        conn = self._checkout((host, port, allow_private))
-        if conn is None:
-            if deadline is None:
-                conn = await self._dial(host, port, allow_private)
-            else:
-                async with asyncio.timeout_at(deadline):
-                    conn = await self._dial(host, port, allow_private)
+        conn = await self.acquire(host, port, allow_private, deadline)
         response = await conn.call(request, cap, head_only, deadline)
         self.release(host, port, allow_private, conn)
         return response
 
-    async def acquire(self, host: str, port: int, allow_private: bool) -> _Conn:
-        """An idle keep-alive connection to (host, port), or a new one. Raises DestinationRefused,
-        ConnectFailed. Give it back with `release` once its answer is read."""
+    async def acquire(
+        self, host: str, port: int, allow_private: bool, deadline: float | None = None
+    ) -> _Conn:
+        """An idle keep-alive connection to (host, port), or a new one dialled before `deadline`
+        (loop time; None: no limit). Raises DestinationRefused, ConnectFailed, TimeoutError. Give
+        it back with `release` once its answer is read."""
         conn = self._checkout((host, port, allow_private))
-        return conn if conn is not None else await self._dial(host, port, allow_private)
+        if conn is not None:
+            return conn
+        async with asyncio.timeout_at(deadline):
+            return await self._dial(host, port, allow_private)
 
     def release(self, host: str, port: int, allow_private: bool, conn: _Conn) -> None:
         """`conn` is free again (kept for reuse unless it is closed)."""
