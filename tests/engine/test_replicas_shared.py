@@ -136,6 +136,45 @@ async def test_a_resync_parses_only_the_definitions_that_changed(
     assert all(b.jobs[n].job is held[n] for n in held if n != "j07")
 
 
+async def test_many_jobs_changed_at_once_are_read_in_one_pass(
+    replicas: Replicas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another replica's first start saves its job files' jobs in one transaction: 100,000
+    notifications. They are one read of the catalogue here, not a round trip, a parse and a log
+    line per job; a few changed jobs are still read one by one."""
+    from structlog.testing import capture_logs
+
+    a, b = replicas.a, replicas.b
+    await a.store.execute("ALTER TABLE jobs DISABLE TRIGGER jobwire_jobs_notify")  # type: ignore[attr-defined]
+    try:  # the notifications are handed to refresh below, all at once
+        await a.store.save_jobs([(job(f"m{i:03d}", ["true"]), "file:many.yaml") for i in range(150)])
+    finally:
+        await a.store.execute("ALTER TABLE jobs ENABLE TRIGGER jobwire_jobs_notify")  # type: ignore[attr-defined]
+    gets: list[str] = []
+    real = b.store.get_job
+
+    async def counting(name: str) -> Any:
+        gets.append(name)
+        return await real(name)
+
+    monkeypatch.setattr(b.store, "get_job", counting)
+    with capture_logs() as logs:
+        assert await b.job_registry.refresh({f"m{i:03d}" for i in range(150)}) is True
+    assert gets == [] and len(b.jobs) == 150
+    said = [(e["event"], e.get("jobs")) for e in logs if "changed by another replica" in e["event"]]
+    assert said == [("jobs changed by another replica", 150)]
+    await a.store.execute("ALTER TABLE jobs DISABLE TRIGGER jobwire_jobs_notify")  # type: ignore[attr-defined]
+    try:
+        await a.store.save_job(job("m007", ["false"]), "api")
+    finally:
+        await a.store.execute("ALTER TABLE jobs ENABLE TRIGGER jobwire_jobs_notify")  # type: ignore[attr-defined]
+    with capture_logs() as logs:
+        assert await b.job_registry.refresh({"m007", "m008"}) is True
+    assert gets == ["m007", "m008"]
+    said = [(e["event"], e.get("job")) for e in logs if "changed by another replica" in e["event"]]
+    assert said == [("job changed by another replica", "m007")]
+
+
 async def test_an_sse_reader_on_one_replica_sees_runs_made_on_the_other(
     replicas: Replicas, tmp_path: Path
 ) -> None:

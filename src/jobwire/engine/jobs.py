@@ -38,6 +38,11 @@ log = structlog.get_logger(__name__)
 
 SAVE_NOTICE = 1000
 """Saving at least this many definitions at start is said first (100,000 on PostgreSQL: a minute)."""
+REFRESH_ONE_BY_ONE = 100
+"""Jobs another replica changed that are re-read one by one; more (over a tenth of the catalogue
+too) and the whole catalogue is read once, reusing what is held."""
+LOGGED_ONE_BY_ONE = 20
+"""Jobs changed by another replica logged a line each; more: one line with their number."""
 
 
 def share_fields_sets(jobs: Iterable[Job]) -> None:
@@ -289,11 +294,14 @@ class JobRegistry:
     # ------------------------------------------------------------------ other replicas' changes
     async def refresh(self, names: set[str]) -> bool:
         """Re-read these jobs from the store (another replica changed them): installed, changed
-        or removed here. Whether anything changed."""
-        changed = False
-        for name in sorted(names):
-            changed = self._adopt(name, await self.store.get_job(name)) or changed
-        return changed
+        or removed here. Whether anything changed. Many names at once (a replica's first start
+        saving 100,000 job-file jobs; a reload of a large CSV registry) are one read of the whole
+        catalogue, reusing the definitions held, not a round trip and a parse per job."""
+        if len(names) > max(REFRESH_ONE_BY_ONE, len(self.jobs) // 10):
+            return await self.resync()
+        changed = [name for name in sorted(names) if self._adopt(name, await self.store.get_job(name))]
+        self._changed_by_others(changed)
+        return bool(changed)
 
     async def resync(self) -> bool:
         """Re-read every job from the store (after the notifications may have been missed): at
@@ -301,10 +309,10 @@ class JobRegistry:
         not parsed and validated again (100,000 jobs: seconds of the loop, with no heartbeat)."""
         known = {name: s.job for name, s in self.jobs.items()}
         stored = {s.job.name: s for s in await self.store.list_jobs_reusing(known)}
-        changed = False
-        for name in sorted(stored.keys() | self.jobs.keys()):
-            changed = self._adopt(name, stored.get(name)) or changed
-        return changed
+        names = sorted(stored.keys() | self.jobs.keys())
+        changed = [name for name in names if self._adopt(name, stored.get(name))]
+        self._changed_by_others(changed)
+        return bool(changed)
 
     def _adopt(self, name: str, stored: StoredJob | None) -> bool:
         cur = self.jobs.get(name)
@@ -321,9 +329,17 @@ class JobRegistry:
             return False
         else:
             self._install(stored)
-        self.metrics.jobs.set(len(self.jobs))
-        log.info("job changed by another replica", job=name, deleted=stored is None)
         return True
+
+    def _changed_by_others(self, names: list[str]) -> None:
+        if not names:
+            return
+        self.metrics.jobs.set(len(self.jobs))
+        if len(names) <= LOGGED_ONE_BY_ONE:
+            for name in names:
+                log.info("job changed by another replica", job=name, deleted=name not in self.jobs)
+        else:  # 100,000 lines for one start of another replica said nothing more than this one
+            log.info("jobs changed by another replica", jobs=len(names), first=names[:LOGGED_ONE_BY_ONE])
 
     def time_job(self, name: str) -> tuple[Job, bool] | None:
         """A job's definition and whether it is paused (for fires kept while the store was failing)."""

@@ -87,6 +87,8 @@ MIGRATE_LOCK_KEY = 0x6A6F_6277_6972_6502
 APPLICATION_NAME = "jobwire-store"
 IDLE_IN_TRANSACTION_MS = 10_000
 LEASE_WAIT = 2.0
+SAVE_CHUNK = 5000
+"""Job definitions per statement in `save_jobs` (all of them in one transaction)."""
 """Seconds an acquisition waits for a fenced transaction that holds the lease row (FOR SHARE)."""
 
 _LISTED_ACTIVE = frozenset({RunState.queued, *ACTIVE_STATES})
@@ -463,6 +465,33 @@ class PostgresStore(Store):
         )
         assert row is not None
         return StoredJob(job=job, origin=row[2], paused=bool(row[3]), updated_at=row[4])
+
+    async def save_jobs(self, jobs: Sequence[tuple[Job, str]]) -> list[StoredJob]:
+        """One transaction, a statement per `SAVE_CHUNK` definitions (one round trip each, not one
+        per job: 100,000 definitions took 80-94 s one by one)."""
+        if len({job.name for job, _ in jobs}) < len(jobs):
+            return await super().save_jobs(jobs)  # a name twice: in order, the later one wins
+        now = utcnow()
+        paused: dict[str, bool] = {}
+        try:
+            async with self._p().acquire() as conn, conn.transaction():
+                for at in range(0, len(jobs), SAVE_CHUNK):
+                    chunk = jobs[at : at + SAVE_CHUNK]
+                    rows = await conn.fetch(
+                        Q.upsert_jobs,
+                        [job.name for job, _ in chunk],
+                        [job.model_dump_json() for job, _ in chunk],
+                        [origin for _, origin in chunk],
+                        [job.paused for job, _ in chunk],
+                        now,
+                    )
+                    paused.update((row[0], bool(row[1])) for row in rows)
+        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise self._error(exc) from exc
+        return [
+            StoredJob(job=job, origin=origin, paused=paused[job.name], updated_at=now)
+            for job, origin in jobs
+        ]
 
     async def get_job(self, name: str) -> StoredJob | None:
         row = await self._fetchrow(Q.get_job, name)
