@@ -303,8 +303,8 @@ async def serve_async(settings: Settings) -> int:
     1. `engine.start()` (store lock, job files, reconcile, scheduler) — on failure, exit 1 and
        never open the port;
     2. `uvicorn.Server.serve()` — uvicorn's own signal capture is replaced: SIGINT/SIGTERM set
-       `server.should_exit` (a second one sets `force_exit`), so uvicorn stops accepting, drains
-       connections and returns;
+       `server.should_exit` (a second one sets `force_exit` and ends the engine's shutdown grace),
+       so uvicorn stops accepting, drains connections and returns;
     3. `engine.stop()` — always, once serving ends, however it ended.
     """
     import structlog
@@ -364,6 +364,7 @@ async def serve_async(settings: Settings) -> int:
         else:
             log.warning("second signal, forcing shutdown", signal=sig.name)
             server.force_exit = True
+            engine.hurry()  # the runs still running are stopped now, not after the grace
 
     handled = (signal.SIGINT, signal.SIGTERM)
     for sig in handled:
@@ -428,6 +429,7 @@ async def serve_runner(settings: Settings) -> int:
     def on_signal() -> None:
         if server.should_exit:
             server.force_exit = True
+            runner.hurry()  # what still runs goes back to the queue now, not after the grace
         server.should_exit = True
 
     handled = (signal.SIGINT, signal.SIGTERM)

@@ -223,3 +223,21 @@ def test_runners_added_and_removed_during_a_burst(tmp_path: Path, vhost: RabbitV
             assert {r["state"] for r in runs} == {"succeeded"}
             seen = collections.Counter(hook.keys())
             assert set(seen) == set(acked.values()) and max(seen.values()) == 1
+
+
+def test_a_second_sigterm_hands_a_runners_attempts_back_at_once(tmp_path: Path, vhost: RabbitVhost) -> None:
+    """A runner's first signal gives its attempts the grace (60 s here, longer than the call); a
+    second one ends it: the runner exits within seconds and the call goes back to the queue."""
+    with KeyServer(delay=40) as hook:
+        sched = scheduler(tmp_path / "s", jobs_file(tmp_path, hook.url, timeout="120s"), vhost.url)
+        leaving = runner(tmp_path / "r1", vhost.url, JOBWIRE_SHUTDOWN_GRACE="60s")
+        with sched, leaving:
+            with sched.client() as c:
+                assert c.post("/jobs/call/runs", json={}).status_code == 201
+            eventually_sync(lambda: len(hook.keys()) == 1, timeout=30, what="the call in progress")
+            assert leaving.proc is not None
+            leaving.proc.send_signal(signal.SIGTERM)
+            eventually_sync(lambda: "waiting for running attempts" in leaving.output(), 10, "the grace begun")
+            leaving.proc.send_signal(signal.SIGTERM)
+            assert leaving.proc.wait(15) == 0, leaving.output()[-2000:]
+            assert "not waiting for running attempts any more: handing them back" in leaving.output()

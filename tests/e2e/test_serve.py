@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -176,6 +177,32 @@ def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
         assert srv.stop() == 0
     finally:
         if srv.proc is not None and srv.proc.poll() is None:  # a failed assertion must not leave it running
+            srv.proc.kill()
+            srv.proc.wait(10)
+    srv2 = Server(tmp_path / "data", write_jobs(tmp_path)).start()
+    try:
+        with srv2.client() as c:
+            assert c.get(f"/runs/{run['id']}").json()["state"] == "interrupted"
+    finally:
+        srv2.stop()
+
+
+def test_a_second_sigterm_stops_the_running_runs_at_once(tmp_path: Path) -> None:
+    """The first signal gives running processes the grace (here 60 s, longer than `sleep 30`);
+    a second one ends it: the process exits within seconds and the run is interrupted."""
+    srv = Server(tmp_path / "data", write_jobs(tmp_path), JOBWIRE_SHUTDOWN_GRACE="60s").start()
+    assert srv.proc is not None
+    try:
+        with srv.client() as c:
+            run = c.post("/jobs/sleepy/runs", json={}).json()
+            eventually_sync(lambda: c.get(f"/runs/{run['id']}").json()["state"] == "running", 10, "running")
+        srv.proc.send_signal(signal.SIGTERM)
+        eventually_sync(lambda: "waiting for running runs" in srv.output(), 10, "the grace begun")
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(15) == 0
+        assert "not waiting for running runs any more: stopping them" in srv.output()
+    finally:
+        if srv.proc.poll() is None:
             srv.proc.kill()
             srv.proc.wait(10)
     srv2 = Server(tmp_path / "data", write_jobs(tmp_path)).start()

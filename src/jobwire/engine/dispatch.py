@@ -197,6 +197,8 @@ class Attempts:
         self._to_arm: deque[tuple[Target, EngineContext]] = deque()
         self._primed: dict[str, tuple[EngineContext, Armed]] = {}
         """Attempts armed by their target, waiting for their due time (`Target.arm`)."""
+        self._hurry = asyncio.Event()
+        """Set by a second stop signal: the shutdown grace ends now."""
         self._fired: dict[str, Armed] = {}
         """Attempts fired whose task has not begun (a cancel then disarms them)."""
         self.due = DueGroups(self._start_due)
@@ -624,6 +626,9 @@ class Attempts:
             fut = self._callbacks[run_id] = asyncio.get_running_loop().create_future()
         return await asyncio.shield(fut)
 
+    def hurry(self) -> None:
+        self._hurry.set()
+
     async def shutdown(self, grace: float) -> None:
         self.due.clear()  # they stay pending in the store: the next start starts them at their time
         for run_id in list(self._primed):
@@ -634,9 +639,16 @@ class Attempts:
         self.backlog.drop()  # they stay pending in the store: the next start launches them
         # work that goes on without jobwire (Kubernetes) is not waited for: it is adopted at restart
         tasks = [t for rid, t in self._tasks.items() if not self._survives(rid)]
-        if tasks:
+        if tasks and not self._hurry.is_set():
             log.info("waiting for running runs", count=len(tasks), grace_seconds=grace)
-            await asyncio.wait(tasks, timeout=grace)
+            ended = asyncio.ensure_future(asyncio.wait(tasks))
+            hurried = asyncio.ensure_future(self._hurry.wait())
+            await asyncio.wait((ended, hurried), timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+            ended.cancel()  # not the attempts: those are cancelled below, once
+            hurried.cancel()
+            if self._hurry.is_set():
+                left = sum(not t.done() for t in tasks)
+                log.warning("not waiting for running runs any more: stopping them", count=left)
         self._shutting_down = True
         tasks = list(self._tasks.values())
         for t in tasks:

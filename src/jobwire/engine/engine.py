@@ -228,6 +228,11 @@ class Engine:
         if unsaved or later:
             raise StopIncomplete(unsaved or later or "")
 
+    def hurry(self) -> None:
+        """A second stop signal: the runs still running are stopped now, not after `shutdown_grace`
+        (each as at the grace's end: stopped or left to its target, and taken up at the next start)."""
+        self.attempts.hurry()
+
     async def _flush_at_stop(self) -> str | None:
         """Flush; when the store cannot write (a full disk), drop what waits so the stop ends, and
         say what was not saved (the next start reconciles those runs, as after a crash)."""

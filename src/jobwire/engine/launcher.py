@@ -58,6 +58,9 @@ class Launcher(Protocol):
     async def shutdown(self, grace: float) -> None:
         """Stop: let attempts end within `grace`, then stop or leave them per target."""
 
+    def hurry(self) -> None:
+        """A second stop signal: `shutdown` waits no longer for attempts to end (its grace ends now)."""
+
     def close(self) -> None:
         """After the last commit."""
 

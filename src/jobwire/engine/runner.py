@@ -138,6 +138,8 @@ class Runner:
         self._marker = f"{self.runner_id}-{os.urandom(6).hex()}"
         self._sending: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
+        self._hurry = asyncio.Event()
+        """Set by a second stop signal: the shutdown grace ends now."""
         self._unsubscribed = asyncio.Event()
         """Set once the work consumer is cancelled (after a stop): no delivery comes any more."""
         self._ready = False
@@ -237,11 +239,23 @@ class Runner:
         loop = asyncio.get_running_loop()
         await self._settle(loop.time() + self.settings.shutdown_grace.total_seconds())
 
+    def hurry(self) -> None:
+        """A second stop signal: the attempts still running go back to the queue now, not after
+        `shutdown_grace`."""
+        if not self._hurry.is_set():
+            self._hurry.set()
+            left = len(self._tasks)
+            log.warning("not waiting for running attempts any more: handing them back", count=left)
+
     async def _settle(self, deadline: float) -> None:
-        """Wait until no attempt runs here, or `deadline` (the loop's clock)."""
+        """Wait until no attempt runs here, `deadline` (the loop's clock), or `hurry`."""
         loop = asyncio.get_running_loop()
-        while self._tasks and (left := deadline - loop.time()) > 0:
-            await asyncio.wait(set(self._tasks), timeout=left)
+        while self._tasks and not self._hurry.is_set() and (left := deadline - loop.time()) > 0:
+            hurried = asyncio.ensure_future(self._hurry.wait())
+            try:
+                await asyncio.wait({*self._tasks, hurried}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                hurried.cancel()
 
     # ------------------------------------------------------------------ cancels in
     async def _follow_cancels(self) -> None:
