@@ -146,3 +146,11 @@ async def test_save_jobs_is_one_transaction_of_a_few_statements(pg: PostgresStor
     assert [(s.job, s.paused, s.updated_at) for s in saved] == [
         (listed[s.job.name].job, listed[s.job.name].paused, listed[s.job.name].updated_at) for s in saved
     ]
+
+
+async def test_delete_jobs_is_one_statement(pg: PostgresStore, calls: Counter[str]) -> None:
+    await pg.save_jobs([(job(f"d{i}"), "file:a.yaml") for i in range(50)])
+    calls.clear()
+    await pg.delete_jobs([f"d{i}" for i in range(40)])
+    assert dict(calls) == {"fetch": 1}
+    assert sorted(s.job.name for s in await pg.list_jobs()) == [f"d{i}" for i in range(40, 50)]

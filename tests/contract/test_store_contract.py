@@ -201,6 +201,10 @@ async def test_save_jobs_and_list_jobs_reusing(store: Store) -> None:
     born = await store.save_jobs([(job("c", paused=True), "api"), (job("d"), "api")])
     assert [s.paused for s in born] == [True, False]
     assert [s.paused for s in await store.list_jobs() if s.job.name in "cd"] == [True, False]
+    # delete_jobs: the named ones go, an unknown name is no error, the others stay
+    await store.delete_jobs([])
+    await store.delete_jobs(["c", "nope", "a"])
+    assert [s.job.name for s in await store.list_jobs()] == ["b", "d"]
     # a name twice in one batch: as one save_job after the other, the later definition wins
     twice = await store.save_jobs([(job("e", description="1"), "api"), (job("e", description="2"), "api")])
     assert [s.job.description for s in twice] == ["1", "2"]

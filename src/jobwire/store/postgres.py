@@ -518,6 +518,10 @@ class PostgresStore(Store):
         rows = await self._fetch(Q.delete_job + " RETURNING name", name)
         return bool(rows)
 
+    async def delete_jobs(self, names: Sequence[str]) -> None:
+        if names:
+            await self._fetch(Q.delete_jobs, list(names))
+
     async def set_paused(self, name: str, paused: bool) -> StoredJob | None:
         row = await self._fetchrow(Q.set_paused, name, paused, utcnow())
         return None if row is None else _job_from_row(row)

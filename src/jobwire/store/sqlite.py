@@ -613,6 +613,11 @@ class SQLiteStore(Store):
         count: int = await self._w(lambda c: c.execute(Q.delete_job, {"name": name}).rowcount)
         return count > 0
 
+    async def delete_jobs(self, names: Sequence[str]) -> None:
+        params = [{"name": name} for name in names]
+        if params:
+            await self._w(lambda c: c.executemany(Q.delete_job, params))
+
     async def set_paused(self, name: str, paused: bool) -> StoredJob | None:
         params = {"name": name, "paused": int(paused), "updated_at": to_us(utcnow())}
         row = await self._w(lambda c: c.execute(Q.set_paused, params).fetchone())

@@ -35,6 +35,10 @@ SELECT name, definition, origin, paused, updated_at FROM jobs ORDER BY name;
 -- name: delete_job
 DELETE FROM jobs WHERE name = $1;
 
+-- name: delete_jobs
+-- delete_job for many names in one statement (a removed job file's jobs, at a start or reload).
+DELETE FROM jobs WHERE name = ANY($1::text[]);
+
 -- name: set_paused
 UPDATE jobs SET paused = $2, updated_at = $3 WHERE name = $1
 RETURNING name, definition, origin, paused, updated_at;
