@@ -134,6 +134,7 @@ async def test_save_jobs_is_one_transaction_of_a_few_statements(pg: PostgresStor
     await pg.save_job(job(f"j{n - 1:06}"), "api")
     await pg.set_paused(f"j{n - 1:06}", True)
     calls.clear()
+    assert await pg.save_jobs([]) == [] and not calls, "a reload with nothing changed: no transaction"
     saved = await pg.save_jobs([(job(f"j{i:06}", description=f"v{i}"), "file:a.yaml") for i in range(n)])
     assert calls["begin"] == 1 and calls["fetch"] == 3, dict(calls)
     assert [s.job.name for s in saved] == [f"j{i:06}" for i in range(n)]

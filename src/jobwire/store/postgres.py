@@ -469,6 +469,8 @@ class PostgresStore(Store):
     async def save_jobs(self, jobs: Sequence[tuple[Job, str]]) -> list[StoredJob]:
         """One transaction, a statement per `SAVE_CHUNK` definitions (one round trip each, not one
         per job: 100,000 definitions took 80-94 s one by one)."""
+        if not jobs:
+            return []  # a reload with nothing changed: no transaction
         if len({job.name for job, _ in jobs}) < len(jobs):
             return await super().save_jobs(jobs)  # a name twice: in order, the later one wins
         now = utcnow()
