@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -168,13 +169,15 @@ def test_metrics_health_and_docs(server: Server) -> None:
     assert "jobwire_events_total" in metrics
 
 
-def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
-    srv = Server(tmp_path / "data", write_jobs(tmp_path), JOBWIRE_SHUTDOWN_GRACE="0.5").start()
+def stop_while_running(tmp_path: Path, grace: str, stop: Callable[[Server], None]) -> None:
+    """Start `serve`, trigger `sleepy` (`sleep 30`), `stop` it while the run runs; a restart finds
+    the run interrupted."""
+    srv = Server(tmp_path / "data", write_jobs(tmp_path), JOBWIRE_SHUTDOWN_GRACE=grace).start()
     try:
         with srv.client() as c:
             run = c.post("/jobs/sleepy/runs", json={}).json()
             eventually_sync(lambda: c.get(f"/runs/{run['id']}").json()["state"] == "running", 10, "running")
-        assert srv.stop() == 0
+        stop(srv)
     finally:
         if srv.proc is not None and srv.proc.poll() is None:  # a failed assertion must not leave it running
             srv.proc.kill()
@@ -187,30 +190,26 @@ def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
         srv2.stop()
 
 
+def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
+    def stop(srv: Server) -> None:
+        assert srv.stop() == 0
+
+    stop_while_running(tmp_path, "0.5", stop)
+
+
 def test_a_second_sigterm_stops_the_running_runs_at_once(tmp_path: Path) -> None:
     """The first signal gives running processes the grace (here 60 s, longer than `sleep 30`);
     a second one ends it: the process exits within seconds and the run is interrupted."""
-    srv = Server(tmp_path / "data", write_jobs(tmp_path), JOBWIRE_SHUTDOWN_GRACE="60s").start()
-    assert srv.proc is not None
-    try:
-        with srv.client() as c:
-            run = c.post("/jobs/sleepy/runs", json={}).json()
-            eventually_sync(lambda: c.get(f"/runs/{run['id']}").json()["state"] == "running", 10, "running")
+
+    def stop(srv: Server) -> None:
+        assert srv.proc is not None
         srv.proc.send_signal(signal.SIGTERM)
         eventually_sync(lambda: "waiting for running runs" in srv.output(), 10, "the grace begun")
         srv.proc.send_signal(signal.SIGTERM)
         assert srv.proc.wait(15) == 0
         assert "not waiting for running runs any more: stopping them" in srv.output()
-    finally:
-        if srv.proc.poll() is None:
-            srv.proc.kill()
-            srv.proc.wait(10)
-    srv2 = Server(tmp_path / "data", write_jobs(tmp_path)).start()
-    try:
-        with srv2.client() as c:
-            assert c.get(f"/runs/{run['id']}").json()["state"] == "interrupted"
-    finally:
-        srv2.stop()
+
+    stop_while_running(tmp_path, "60s", stop)
 
 
 def test_second_serve_on_same_data_dir_refuses(server: Server, tmp_path: Path) -> None:
