@@ -87,9 +87,9 @@ MIGRATE_LOCK_KEY = 0x6A6F_6277_6972_6502
 APPLICATION_NAME = "jobwire-store"
 IDLE_IN_TRANSACTION_MS = 10_000
 LEASE_WAIT = 2.0
+"""Seconds an acquisition waits for a fenced transaction that holds the lease row (FOR SHARE)."""
 SAVE_CHUNK = 5000
 """Job definitions per statement in `save_jobs` (all of them in one transaction)."""
-"""Seconds an acquisition waits for a fenced transaction that holds the lease row (FOR SHARE)."""
 
 _LISTED_ACTIVE = frozenset({RunState.queued, *ACTIVE_STATES})
 _ACTIVE_TERM = "state IN ('queued', 'pending', 'running')"
