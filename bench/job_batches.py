@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import tempfile
 import time
+from collections.abc import Awaitable
 
 from jobwire.model import Job
 from jobwire.store import Store
@@ -39,10 +40,10 @@ def jobs(n: int) -> list[tuple[Job, str]]:
     ]
 
 
-async def timed(what: object) -> tuple[float, float]:
+async def timed(what: Awaitable[object]) -> tuple[float, float]:
     """Wall and this process's CPU seconds of awaiting `what`."""
     wall, cpu = time.perf_counter(), time.process_time()
-    await what  # type: ignore[misc]
+    await what
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -57,24 +58,15 @@ async def measure(store: Store, label: str, items: list[tuple[Job, str]]) -> Non
         for name in names:
             await store.delete_job(name)
 
-    rows = []
-    for what, batch, each in (
-        ("save", lambda: store.save_jobs(items), save_each),
-        ("delete", lambda: store.delete_jobs(names), delete_each),
-    ):
-        if what == "delete":
-            await store.save_jobs(items)
-        one = await timed(each())
-        if what == "delete":
-            await store.save_jobs(items)
-        else:
-            await store.delete_jobs(names)
-        many = await timed(batch())
-        rows.append((what, one, many))
-        if what == "save":
-            assert len(await store.list_jobs()) == len(items)
+    save_one = await timed(save_each())  # each timing starts from an empty table, or a full one
+    await store.delete_jobs(names)
+    save_many = await timed(store.save_jobs(items))
+    assert len(await store.list_jobs()) == len(items)
+    delete_one = await timed(delete_each())
+    await store.save_jobs(items)
+    delete_many = await timed(store.delete_jobs(names))
     assert await store.list_jobs() == []
-    for what, (w1, c1), (w2, c2) in rows:
+    for what, (w1, c1), (w2, c2) in (("save", save_one, save_many), ("delete", delete_one, delete_many)):
         print(
             f"{label}: {what} {len(items):,} jobs — one by one {w1:.2f} s ({c1:.2f} s CPU here), "
             f"in one batch {w2:.3f} s ({c2:.3f} s CPU here)"

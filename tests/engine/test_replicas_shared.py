@@ -6,6 +6,7 @@ conditional run updates."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -33,6 +34,19 @@ def wait_for_file(path: Path) -> list[str]:
     """A job that runs until `path` exists (the test creates it to end the run)."""
     code = f"import os, time\nwhile not os.path.exists({str(path)!r}): time.sleep(0.02)"
     return [PY, "-c", code]
+
+
+@contextlib.asynccontextmanager
+async def unheard(engine: Engine) -> AsyncIterator[None]:
+    """Job changes made inside send no notification (the jobs table's NOTIFY trigger off): as if
+    the other replica's LISTEN session were down meanwhile."""
+    store = engine.store
+    assert isinstance(store, PostgresStore)
+    await store.execute("ALTER TABLE jobs DISABLE TRIGGER jobwire_jobs_notify")
+    try:
+        yield
+    finally:
+        await store.execute("ALTER TABLE jobs ENABLE TRIGGER jobwire_jobs_notify")
 
 
 class Replicas:
@@ -89,11 +103,8 @@ async def test_the_catalogue_is_resynchronised_after_the_listen_connection_is_lo
     # (before, that read could run after the save below and find the job: seen once under -n 2)
     await a.put_job(job("before", ["true"]))
     await eventually(lambda: "before" in b.jobs, 10, "b's first catalogue read")
-    await a.store.execute("ALTER TABLE jobs DISABLE TRIGGER jobwire_jobs_notify")  # type: ignore[attr-defined]
-    try:
+    async with unheard(a):
         await b.store.save_job(job("while-deaf", ["true"]), "api")
-    finally:
-        await a.store.execute("ALTER TABLE jobs ENABLE TRIGGER jobwire_jobs_notify")  # type: ignore[attr-defined]
     assert "while-deaf" not in b.jobs
     await a.store.execute(  # type: ignore[attr-defined]
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -116,11 +127,8 @@ async def test_a_resync_parses_only_the_definitions_that_changed(
     for i in range(20):
         await a.put_job(job(f"j{i:02d}", ["true"]))
     await eventually(lambda: all(f"j{i:02d}" in b.jobs for i in range(20)), 10, "the jobs on b")
-    await a.store.execute("ALTER TABLE jobs DISABLE TRIGGER jobwire_jobs_notify")  # type: ignore[attr-defined]
-    try:
+    async with unheard(a):
         await a.store.save_job(job("j07", ["false"], description="changed unheard"), "api")
-    finally:
-        await a.store.execute("ALTER TABLE jobs ENABLE TRIGGER jobwire_jobs_notify")  # type: ignore[attr-defined]
     parse = postgres._job_from_row
     parsed: list[str] = []
 
@@ -145,11 +153,8 @@ async def test_many_jobs_changed_at_once_are_read_in_one_pass(
     from structlog.testing import capture_logs
 
     a, b = replicas.a, replicas.b
-    await a.store.execute("ALTER TABLE jobs DISABLE TRIGGER jobwire_jobs_notify")  # type: ignore[attr-defined]
-    try:  # the notifications are handed to refresh below, all at once
+    async with unheard(a):  # the notifications are handed to refresh below, all at once
         await a.store.save_jobs([(job(f"m{i:03d}", ["true"]), "file:many.yaml") for i in range(150)])
-    finally:
-        await a.store.execute("ALTER TABLE jobs ENABLE TRIGGER jobwire_jobs_notify")  # type: ignore[attr-defined]
     gets: list[str] = []
     real = b.store.get_job
 
@@ -163,11 +168,8 @@ async def test_many_jobs_changed_at_once_are_read_in_one_pass(
     assert gets == [] and len(b.jobs) == 150
     said = [(e["event"], e.get("jobs")) for e in logs if "changed by another replica" in e["event"]]
     assert said == [("jobs changed by another replica", 150)]
-    await a.store.execute("ALTER TABLE jobs DISABLE TRIGGER jobwire_jobs_notify")  # type: ignore[attr-defined]
-    try:
+    async with unheard(a):
         await a.store.save_job(job("m007", ["false"]), "api")
-    finally:
-        await a.store.execute("ALTER TABLE jobs ENABLE TRIGGER jobwire_jobs_notify")  # type: ignore[attr-defined]
     with capture_logs() as logs:
         assert await b.job_registry.refresh({"m007", "m008"}) is True
     assert gets == ["m007", "m008"]

@@ -272,12 +272,15 @@ async def test_jobs_of_a_removed_file_are_deleted_in_one_batch(tmp_path: Path, m
     text = json.loads(write_jobs(folder / "b.json", 6).read_text())
     text["jobs"] = text["jobs"][3:]  # b holds j3..j5
     (folder / "b.json").write_text(json.dumps(text))
-    settings = dict(data_dir=tmp_path / "data", jobs=[folder], shutdown_grace=timedelta(seconds=5))
-    engine = Engine(Settings(**settings))  # type: ignore[arg-type]
+
+    def settings() -> Settings:
+        return Settings(data_dir=tmp_path / "data", jobs=[folder], shutdown_grace=timedelta(seconds=5))
+
+    engine = Engine(settings())
     await engine.start()
     await engine.stop()
     (folder / "b.json").unlink()
-    engine = Engine(Settings(**settings))  # type: ignore[arg-type]
+    engine = Engine(settings())
     batches, singles = count_deletes(engine.store, monkeypatch)
     await engine.start()
     try:

@@ -29,7 +29,7 @@ from jobwire.engine.policies import backoff_delay
 from jobwire.engine.runlogs import RunLogs
 from jobwire.engine.scheduler import next_fire
 from jobwire.engine.secret import CallbackTokens
-from jobwire.engine.supervisor import Supervisor
+from jobwire.engine.supervisor import Supervisor, settle
 from jobwire.model import Job, Run, RunError, RunState, StatusBlock, utcnow
 from jobwire.store import StoredJob
 from jobwire.targets.base import Armed, CallbackResult, Outcome, RunContext, Target
@@ -641,11 +641,8 @@ class Attempts:
         tasks = [t for rid, t in self._tasks.items() if not self._survives(rid)]
         if tasks and not self._hurry.is_set():
             log.info("waiting for running runs", count=len(tasks), grace_seconds=grace)
-            ended = asyncio.ensure_future(asyncio.wait(tasks))
-            hurried = asyncio.ensure_future(self._hurry.wait())
-            await asyncio.wait((ended, hurried), timeout=grace, return_when=asyncio.FIRST_COMPLETED)
-            ended.cancel()  # not the attempts: those are cancelled below, once
-            hurried.cancel()
+            loop = asyncio.get_running_loop()
+            await settle(lambda: tasks, loop.time() + grace, self._hurry)  # cancelled below, once
             if self._hurry.is_set():
                 left = sum(not t.done() for t in tasks)
                 log.warning("not waiting for running runs any more: stopping them", count=left)

@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from jobwire.config import Settings
 from jobwire.engine.execute import execute_attempt, no_target
 from jobwire.engine.fleet_wire import broker_url, link_for
-from jobwire.engine.supervisor import Supervisor
+from jobwire.engine.supervisor import Supervisor, settle
 from jobwire.model import Job, Run, RunError, RunState, StatusBlock, utcnow
 from jobwire.targets import build_targets
 from jobwire.targets.base import CallbackResult, Outcome, RunContext, Target
@@ -249,13 +249,7 @@ class Runner:
 
     async def _settle(self, deadline: float) -> None:
         """Wait until no attempt runs here, `deadline` (the loop's clock), or `hurry`."""
-        loop = asyncio.get_running_loop()
-        while self._tasks and not self._hurry.is_set() and (left := deadline - loop.time()) > 0:
-            hurried = asyncio.ensure_future(self._hurry.wait())
-            try:
-                await asyncio.wait({*self._tasks, hurried}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                hurried.cancel()
+        await settle(lambda: self._tasks, deadline, self._hurry)
 
     # ------------------------------------------------------------------ cancels in
     async def _follow_cancels(self) -> None:

@@ -19,7 +19,7 @@ import asyncio
 import random
 import re
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -253,3 +253,20 @@ class Supervisor:
     def failing(self, critical_only: bool = False) -> list[TaskHealth]:
         return [h for h in self.health() if h.state == "failing" and (h.critical or not critical_only)]
 
+
+async def settle(
+    tasks: Callable[[], Collection[asyncio.Future[Any]]], deadline: float, hurry: asyncio.Event
+) -> None:
+    """Wait until none of `tasks()` (read again as each ends: more may come) is running, the loop's
+    clock reaches `deadline`, or `hurry` is set (a second stop signal). Cancels nothing."""
+    loop = asyncio.get_running_loop()
+    while (
+        (running := [t for t in tasks() if not t.done()])
+        and not hurry.is_set()
+        and (left := deadline - loop.time()) > 0
+    ):
+        hurried = asyncio.ensure_future(hurry.wait())
+        try:
+            await asyncio.wait({*running, hurried}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hurried.cancel()
