@@ -50,7 +50,7 @@ EXPECTED_TABLES = {
 }  # fmt: skip
 EXPECTED_INDEXES = {
     "events_job_received", "events_received", "events_fire",
-    "runs_job_created", "runs_created", "runs_active", "runs_event", "runs_key_unique", "outbox_by_sink",
+    "runs_job_created", "runs_created", "runs_state_created", "runs_event", "runs_key_unique", "outbox_by_sink",
     "runs_owner_active", "replicas_pkey", "leases_pkey",
     "runs_slots",
 }  # fmt: skip
@@ -106,6 +106,7 @@ async def test_empty_database_migrates_to_the_latest_schema_and_again_is_a_no_op
         assert tables == EXPECTED_TABLES
         indexes = {r[0] for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")}
         assert indexes >= EXPECTED_INDEXES
+        assert not indexes & {"runs_active", "events_received_source"}  # merged by 0005
         versions = await conn.fetch("SELECT version, name FROM jobwire_schema_version ORDER BY version")
         assert [tuple(r) for r in versions] == [(v, n) for v, n, _ in load_migrations("postgres")]
         # idempotent

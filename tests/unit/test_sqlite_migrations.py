@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from jobwire.model import EventOutcome, RunState
+from jobwire.store.base import RunQuery
 from jobwire.store.queries import load_migrations, to_us
-from jobwire.store.sqlite import Q, SQLiteStore, connect, latest_version, migrate, schema_version
+from jobwire.store.sqlite import Q, SQLiteStore, connect, latest_version, migrate, runs_query, schema_version
 
 LATEST = latest_version()
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -42,7 +43,7 @@ EXPECTED_TABLES = {
 }  # fmt: skip
 EXPECTED_INDEXES = {
     "events_job_received", "events_received", "events_fire",
-    "runs_job_created", "runs_created", "runs_active", "runs_event",
+    "runs_job_created", "runs_created", "runs_state_created", "runs_event",
 }  # fmt: skip
 
 
@@ -114,6 +115,7 @@ def test_empty_database_migrates_to_the_current_schema(tmp_path: Path) -> None:
     assert tables == EXPECTED_TABLES
     indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert indexes >= EXPECTED_INDEXES
+    assert not indexes & {"runs_active", "events_received_source"}  # merged by 0004
     # the dedupe constraint
     assert any(
         row[2] == 1 and [c[2] for c in conn.execute(f"PRAGMA index_info({row[1]})")] == ["key"]
@@ -147,8 +149,15 @@ def test_queries_use_the_indexes(tmp_path: Path) -> None:
         1,
         "r",
     )
-    assert "runs_active" in plan(
+    assert "runs_state_created" in plan(
         "SELECT id FROM runs WHERE state IN ('queued', 'pending', 'running') ORDER BY created_at, id"
+    )
+    # one state, newest first: the index's own order, no sort (before 0004 its id came from a sort)
+    assert plan("SELECT id FROM runs WHERE state = ? ORDER BY created_at DESC, id DESC LIMIT 5", "queued") == (
+        "SEARCH runs USING COVERING INDEX runs_state_created (state=?)"
+    )
+    assert "COVERING INDEX events_received " in plan(
+        "SELECT source, outcome, count(*) FROM events WHERE received_at >= ? GROUP BY source, outcome", 1
     )
     assert "runs_event" in plan("SELECT id FROM runs WHERE event_id = ?", "e")
     assert "events_fire" in plan(
@@ -160,6 +169,37 @@ def test_queries_use_the_indexes(tmp_path: Path) -> None:
     assert "events_job_received" in plan(
         "SELECT id FROM events WHERE job = ? ORDER BY received_at DESC, id DESC LIMIT 5", "j"
     )
+    conn.close()
+
+
+def test_listing_active_runs_reads_their_states_ranges(tmp_path: Path) -> None:
+    """With statistics that give every state the same share of 2,000 runs (as ANALYZE does), a
+    listing of the active runs still reads their states' ranges of runs_state_created, not every
+    run newest first; with a job filter the planner chooses."""
+    conn = open_raw(tmp_path / "a.db")
+    migrate(conn)
+    states = ["succeeded"] * 1990 + ["running"] * 5 + ["queued"] * 5
+    conn.executemany(
+        "INSERT INTO events (id, job, trigger, source, received_at, outcome) VALUES (?, 'j', 'api', 'api', ?, 'run')",
+        [(f"e{i}", i) for i in range(len(states))],
+    )
+    conn.executemany(
+        "INSERT INTO runs (id, key, job, trigger, event_id, state, attempt, params, created_at, target_status,"
+        " history) VALUES (?, ?, ?, 'api', ?, ?, 1, '{}', ?, '{}', '[]')",
+        [(f"r{i}", f"k{i}", f"j{i % 20}", f"e{i}", st, i) for i, st in enumerate(states)],
+    )
+    conn.execute("ANALYZE")
+
+    def plan(query: RunQuery) -> str:
+        sql, args = runs_query(query, 20)
+        return " | ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args))
+
+    active = [RunState.queued, RunState.pending, RunState.running]
+    assert "SEARCH runs USING INDEX runs_state_created (state=?)" in plan(RunQuery(states=active))
+    assert "SEARCH runs USING INDEX runs_state_created (state=?)" in plan(RunQuery(states=[RunState.running]))
+    assert "INDEXED BY" not in runs_query(RunQuery(job="j1", states=active), 20)[0]
+    sql, args = runs_query(RunQuery(states=active), 20)
+    assert [r[0] for r in conn.execute(sql, args)] == [f"r{i}" for i in range(1999, 1989, -1)]
     conn.close()
 
 
