@@ -3,6 +3,7 @@ and through `jobwire serve` with a kill -9 between the spot request and recordin
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import httpx
 from jobwire.api.app import create_app
 from jobwire.engine import Engine
 from jobwire.engine.secret import CallbackTokens
-from jobwire.model import utcnow
+from jobwire.model import Event, Run, RunState, Transition, run_id_for, time_run_key, utcnow
+from jobwire.store import Intake
 from tests.spot.conftest import SPOT_ENV, instance_state
 from tests.support.aws import MotoServer
 from tests.support.server import Server
@@ -197,3 +199,35 @@ def test_kill9_then_the_run_ends_while_down_its_instance_is_terminated(
         eventually_sync(lambda: not (data / "spot-instances").exists(), 20, "the marker gone: nothing left")
     finally:
         srv2.stop()
+
+
+async def test_a_run_recorded_under_an_older_id_is_still_the_jobs_run(engine: Engine) -> None:
+    """Before session 17 a fire's run id was the hash of its key alone; now it leads with the fire
+    time. A seed 002 job whose run was recorded under the old id finds it by its key: its status
+    shows that run, and its instance's callback token (made over the old id) is still accepted."""
+    at = utcnow() + timedelta(days=1)
+    async with client(engine) as c:
+        r = await c.post("/seed002/schedule", json={"dockerImage": "busybox:1.36", "dateTime": at.isoformat()})
+        assert r.status_code == 201, r.text
+        name = r.json()["id"]
+        key = time_run_key(name, "at", engine.jobs[name].job.triggers[0].at)  # type: ignore[union-attr]
+        old_id = "r" + hashlib.sha256(key.encode()).hexdigest()[:23]
+        assert run_id_for(key) != old_id and r.json()["run_id"] == run_id_for(key)
+        now = utcnow()
+        event = Event(id="e-old", job=name, trigger="at", source="at", received_at=now, run_id=old_id)
+        run = Run(
+            id=old_id, key=key, job=name, trigger="at", event_id=event.id, state=RunState.running,
+            created_at=now, target_status={"state": "Running", "instance_id": "i-0123456789abcdef0"},
+            history=[Transition(state=RunState.running, at=now)],
+        )  # fmt: skip
+        await engine.store.record([Intake(event=event, run=run)])
+
+        doc = (await c.get(f"/seed002/status/{name}")).json()
+        assert (doc["run_id"], doc["status"], doc["instance_id"]) == (old_id, "Running", "i-0123456789abcdef0")
+        url = f"/seed002/callback/{name}"
+        token = engine.callback_token(run_id_for(key))  # over the id this version would have made
+        r = await c.post(url, json={"status": "FinishedOK"}, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 403, r.text
+        token = engine.callback_token(old_id)
+        r = await c.post(url, json={"status": "FinishedOK"}, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code != 403, r.text  # accepted; the run is not in flight here, so not ended

@@ -149,8 +149,12 @@ def _at(job: Job) -> dt.datetime:
     return trig.at
 
 
-def run_id_of(job: Job) -> str:
-    return run_id_for(time_run_key(job.name, TRIGGER, _at(job)))
+async def run_of(engine: Engine, job: Job) -> Run | None:
+    """The run of a seed 002 job's `at` trigger, once recorded. Found by its run key: a run
+    recorded by an older jobwire has the id that version derived from the key."""
+    key = time_run_key(job.name, TRIGGER, _at(job))
+    run = engine.runs.get(run_id_for(key))
+    return run if run is not None else await engine.store.get_run_by_key(key)
 
 
 def _is_seed(job: Job) -> bool:
@@ -175,8 +179,7 @@ def seed_state(run: Run | None) -> SeedState:
 
 
 async def _doc(engine: Engine, job: Job) -> SeedJob:
-    run_id = run_id_of(job)
-    run = await engine.store.get_run(run_id) if run_id not in engine.runs else engine.runs[run_id]
+    run = await run_of(engine, job)
     spec = job.target
     assert isinstance(spec, SpotTarget)
     ts = run.target_status if run else {}
@@ -186,7 +189,7 @@ async def _doc(engine: Engine, job: Job) -> SeedJob:
         datetime=_at(job),
         env=[f"{k}={v}" for k, v in spec.env.items()],
         status=seed_state(run),
-        run_id=run_id,
+        run_id=run.id if run else run_id_for(time_run_key(job.name, TRIGGER, _at(job))),
         run_state=run.state if run else None,
         instance_id=ts.get("instance_id"),
         spot_request_id=ts.get("spot_request_id"),
@@ -269,8 +272,8 @@ async def callback(
             headers={"WWW-Authenticate": "Bearer"},
         )
     stored = engine.jobs.get(name)
-    run_id = run_id_of(stored.job) if stored is not None and _is_seed(stored.job) else None
-    if run_id is None or not hmac.compare_digest(engine.callback_token(run_id), credentials.credentials):
+    run = await run_of(engine, stored.job) if stored is not None and _is_seed(stored.job) else None
+    if run is None or not hmac.compare_digest(engine.callback_token(run.id), credentials.credentials):
         raise ApiError(403, "Forbidden", "wrong callback token for this job")
     assert stored is not None
     if body.ok is not None:
@@ -283,5 +286,5 @@ async def callback(
             )
         ok = word in ("FINISHEDOK", "OK")
     data = {k: v for k, v in (body.model_extra or {}).items()}
-    await engine.callback(run_id, credentials.credentials, ok, body.message, data)
+    await engine.callback(run.id, credentials.credentials, ok, body.message, data)
     return await _doc(engine, stored.job)
