@@ -31,11 +31,11 @@ def random_id(prefix: str) -> str:
     return f"{prefix}{_R.getrandbits(92):023x}"
 
 
-def make(ids: Callable[[str], str]) -> Intake:
+def make(ids: Callable[[str], str], run_ids: Callable[[str], str] = run_id_for) -> Intake:
     at = datetime.now(UTC)
     ev = Event(id=ids("e"), job="h", trigger="api", source="api", received_at=at)
     key = event_run_key("h", "api", ids("k"))
-    ev.run_id = run_id_for(key)
+    ev.run_id = run_ids(key)
     run = Run(
         id=ev.run_id,
         key=key,

@@ -1,29 +1,35 @@
-"""What merging two pairs of indexes bought (SQLite migration 0004, PostgreSQL 0005): a run's
-writes with today's indexes against the same store with the two indexes each pair had before put
-back (`runs_active` + `runs_state_created` without `id`; `events_received` without `source,
-outcome` + `events_received_source`).
+"""What session 17's two store changes bought, a run's writes three ways:
+
+* before: the two pairs of indexes merged by SQLite migration 0004 / PostgreSQL 0005 put back
+  (`runs_active` + `runs_state_created` without `id`; `events_received` without `source, outcome`
+  + `events_received_source`), and run ids the hash of their key alone, as before session 17;
+* merged indexes: today's indexes, run ids still the hash alone;
+* today: today's indexes, and run ids led by the key's time (`model.run_id_for`).
 
     .venv/bin/python -m bench.bench_indexes [--commits 2000] [--prefill 50000] [--rounds 2] [--no-postgres]
 
 Each cell is a fresh store (SQLite `synchronous=FULL`, as `jobwire serve`; PostgreSQL a fresh
 database on JOBWIRE_TEST_POSTGRES) holding `prefill` runs, then `commits` times: one commit of 8
 intakes and the previous 8 runs' ends, and one of the 8 new runs' `running` (a run's three writes,
-as 16 producers group them). The two kinds alternate. Prints wall time and this process's CPU per
-pair of commits, and on SQLite the pages (WAL frames) each pair writes (on PostgreSQL most of the work is the server's, so only its wall time says much).
+as 16 producers group them). The three kinds alternate. Prints wall time and this process's CPU
+per pair of commits, and on SQLite the pages (WAL frames) each pair writes; on PostgreSQL most of
+the work is the server's, so only its wall time says much.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import sqlite3
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.bench_ids import make
 from jobwire.engine.intake import new_id
-from jobwire.model import RunState
+from jobwire.model import RunState, run_id_for
 from jobwire.store import Intake, Store
 from jobwire.store.sqlite import SQLiteStore, connect, migrate
 
@@ -36,17 +42,23 @@ BEFORE = (
     "CREATE INDEX events_received_source ON events (received_at, source, outcome)",
 )
 """Today's schema back to the indexes before the merge."""
+
+
+def hashed_id(key: str) -> str:
+    """A run id as before session 17: the hash of its key alone, wherever its runs land."""
+    return "r" + hashlib.sha256(key.encode()).hexdigest()[:23]
+
 FRAMES_PAIRS = 200
 """Pairs of commits over which the WAL frames (pages written) are counted."""
 
 
-async def drive(store: Store, prefill: int, commits: int) -> tuple[float, float]:
+async def drive(store: Store, prefill: int, commits: int, ids: Callable[[str], str]) -> tuple[float, float]:
     for _ in range(prefill // 500):
-        await store.record([make(new_id) for _ in range(500)])
+        await store.record([make(new_id, ids) for _ in range(500)])
     prev: list[Intake] = []
     wall, cpu0 = 0.0, time.process_time()
     for _ in range(commits):
-        batch = [make(new_id) for _ in range(8)]
+        batch = [make(new_id, ids) for _ in range(8)]
         running = [p.run.model_copy(update={"state": RunState.running}) for p in batch if p.run]
         ended = [p.run.model_copy(update={"state": RunState.succeeded}) for p in prev if p.run]
         t0 = time.perf_counter()
@@ -57,7 +69,17 @@ async def drive(store: Store, prefill: int, commits: int) -> tuple[float, float]
     return wall / commits, (time.process_time() - cpu0) / commits
 
 
-async def sqlite_cell(before: bool, prefill: int, commits: int) -> tuple[float, float, float]:
+KINDS: tuple[tuple[str, bool, Callable[[str], str]], ...] = (
+    ("before", True, hashed_id),
+    ("merged indexes", False, hashed_id),
+    ("today", False, run_id_for),
+)
+"""(name, the indexes before the merge?, how run ids are made)."""
+
+
+async def sqlite_cell(
+    before: bool, ids: Callable[[str], str], prefill: int, commits: int
+) -> tuple[float, float, float]:
     with tempfile.TemporaryDirectory(prefix="jobwire-idx-") as tmp:
         path = f"{tmp}/jobwire.db"
         if before:
@@ -69,12 +91,12 @@ async def sqlite_cell(before: bool, prefill: int, commits: int) -> tuple[float, 
         store = SQLiteStore(f"sqlite:///{path}", synchronous="FULL")
         await store.open()
         try:
-            wall, cpu = await drive(store, prefill, commits)
+            wall, cpu = await drive(store, prefill, commits, ids)
             # pages written: the WAL emptied, then FRAMES_PAIRS pairs (fewer frames than the
             # store's checkpoint threshold, so none is folded back meanwhile)
             side = sqlite3.connect(path)
             side.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            await drive(store, 0, FRAMES_PAIRS)
+            await drive(store, 0, FRAMES_PAIRS, ids)
             frames = (Path(path + "-wal").stat().st_size - 32) / (4096 + 24) / FRAMES_PAIRS
             side.close()
             return wall, cpu, frames
@@ -82,7 +104,9 @@ async def sqlite_cell(before: bool, prefill: int, commits: int) -> tuple[float, 
             await store.close()
 
 
-async def postgres_cell(url: str, before: bool, prefill: int, commits: int) -> tuple[float, float]:
+async def postgres_cell(
+    url: str, before: bool, ids: Callable[[str], str], prefill: int, commits: int
+) -> tuple[float, float]:
     import asyncpg
 
     from jobwire.store.postgres import PostgresStore
@@ -97,7 +121,7 @@ async def postgres_cell(url: str, before: bool, prefill: int, commits: int) -> t
                     await conn.execute(sql)
             finally:
                 await conn.close()
-        return await drive(store, prefill, commits)
+        return await drive(store, prefill, commits, ids)
     finally:
         await store.close()
 
@@ -110,12 +134,11 @@ def main() -> None:
     ap.add_argument("--no-postgres", action="store_true")
     a = ap.parse_args()
     print(f"a run's writes as pairs of commits (8 intakes + 8 ends; 8 running), {a.prefill:,} runs before")
-    kinds = (("before the merge", True), ("today", False))
     for _ in range(a.rounds):
-        for name, before in kinds:
-            wall, cpu, frames = asyncio.run(sqlite_cell(before, a.prefill, a.commits))
+        for name, before, ids in KINDS:
+            wall, cpu, frames = asyncio.run(sqlite_cell(before, ids, a.prefill, a.commits))
             print(
-                f"  SQLite,     {name:<16}: {wall * 1e3:.3f} ms wall / {cpu * 1e3:.3f} ms CPU per pair,"
+                f"  SQLite,     {name:<14}: {wall * 1e3:.3f} ms wall / {cpu * 1e3:.3f} ms CPU per pair,"
                 f" {frames:.1f} pages written per pair"
             )
     if a.no_postgres:
@@ -123,10 +146,10 @@ def main() -> None:
     from bench.bench_replicas import database
 
     for _ in range(a.rounds):
-        for name, before in kinds:
+        for name, before, ids in KINDS:
             with database() as url:
-                wall, cpu = asyncio.run(postgres_cell(url, before, a.prefill, a.commits))
-            print(f"  PostgreSQL, {name:<16}: {wall * 1e3:.3f} ms wall / {cpu * 1e3:.3f} ms CPU per pair")
+                wall, cpu = asyncio.run(postgres_cell(url, before, ids, a.prefill, a.commits))
+            print(f"  PostgreSQL, {name:<14}: {wall * 1e3:.3f} ms wall / {cpu * 1e3:.3f} ms CPU per pair")
 
 
 if __name__ == "__main__":
