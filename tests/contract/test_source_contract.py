@@ -35,6 +35,8 @@ from tests.support.waiting import eventually
 class Harness(Protocol):
     kind: str
     env: dict[str, str]
+    twice: bool
+    """Whether the broker may hand one message over twice without a fault (SQS: at least once)."""
     """Settings for the kind's section (set in the environment before the engine starts)."""
 
     def trigger(self) -> dict[str, Any]: ...
@@ -50,6 +52,7 @@ class Harness(Protocol):
 
 class AmqpHarness:
     kind = "amqp"
+    twice = False
 
     def __init__(self, vhost: RabbitVhost) -> None:
         import aio_pika
@@ -123,6 +126,7 @@ class MqttHarness:
     message id as an MQTT 5 user property the trigger names as its event key."""
 
     kind = "mqtt"
+    twice = False
 
     def __init__(self, broker: Any) -> None:
         from tests.support.mqtt import unique
@@ -208,6 +212,9 @@ class SqsHarness:
     queue). The message id travels as a message attribute the trigger names as its event key."""
 
     kind = "sqs"
+    twice = True
+    """SQS delivers at least once, and moto's server can answer two pollers' concurrent receives
+    with the same message (seen once in this suite: a poison message recorded invalid twice)."""
 
     def __init__(self, proxy: Any) -> None:
         from tests.support.aws import unique_name
@@ -436,7 +443,12 @@ async def test_a_poison_message_is_dead_lettered_with_its_reason_and_the_next_ru
     assert "not valid JSON" in reasons[b"{this is not json"]
     assert "'n'" in reasons[json.dumps({"n": {"not": "a string"}}).encode()]
     invalid = [e for e in await world.events() if e.outcome == EventOutcome.invalid]
-    assert len(invalid) == 2 and all(e.reason for e in invalid)
+    assert all(e.reason for e in invalid)
+    kinds = sorted("json" if "not valid JSON" in (e.reason or "") else "param" for e in invalid)
+    if harness.twice:  # each recorded invalid at least once; no run comes of a second copy either
+        assert set(kinds) == {"json", "param"}, kinds
+    else:
+        assert kinds == ["json", "param"]
     assert world.executed() == ["2"]
 
 
