@@ -512,6 +512,29 @@ def e2e_every_second_shared(ctx: Ctx) -> list[Row]:
     return _every_second(ctx, "file", pinned=False)
 
 
+def e2e_bare_burst(ctx: Ctx) -> list[Row]:
+    """Context for the every-second rows: what their 1,000 calls at one instant cost with no
+    scheduler at all on this machine (`burst_limit`: 1,000 requests built beforehand, written at
+    a whole second over 100 connections opened beforehand; the sink on a core of its own, as the
+    rows pin it). A floor of 10 ms that this misses is out of any scheduler's reach here."""
+    from bench.burst_limit import rounds
+
+    n = 3 if ctx.quick else 5
+    settle(ctx)
+    ctx.progress(f"{n} rounds of 1,000 prepared calls at a whole second; load {loadavg()}")
+    done = rounds(n, pinned=True, each=ctx.progress)
+    p99s = [pct(late, 0.99) for late in done]
+    ctx.data["e2e_bare_burst"] = {"p99_s": p99s, "load": loadavg()}
+    return [
+        Row(
+            "e2e: bare client, no scheduler: 1,000 prepared calls at one instant, far end on its own core, p99 per round",
+            " / ".join(f"{ms(v)}" for v in p99s) + " ms",
+            "context",
+            None,
+        )
+    ]
+
+
 # --------------------------------------------------------------------------- due in the same minute
 
 
@@ -589,6 +612,7 @@ E2E_SECTIONS: dict[str, tuple[str, Callable[[Ctx], list[Row]]]] = {
         "e2e: 1,000 every-second HTTP jobs from a job file, far end sharing jobwire's cores (context)",
         e2e_every_second_shared,
     ),
+    "e2e-bare-burst": ("e2e: the same 1,000 calls at one instant from a bare client (context)", e2e_bare_burst),
     "e2e-same-minute": ("e2e: 1,000 and 10,000 HTTP jobs due at the same second", e2e_same_minute),
 }
 
