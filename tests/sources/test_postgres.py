@@ -701,6 +701,7 @@ CREATE TABLE messages (
 
 class PostgresHarness:
     kind = "postgres"
+    twice = False  # a claimed row is marked in the transaction that records it
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
