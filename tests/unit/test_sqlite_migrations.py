@@ -22,7 +22,16 @@ import pytest
 from jobwire.model import EventOutcome, RunState
 from jobwire.store.base import RunQuery
 from jobwire.store.queries import load_migrations, to_us
-from jobwire.store.sqlite import Q, SQLiteStore, connect, latest_version, migrate, runs_query, schema_version
+from jobwire.store.sqlite import (
+    ACTIVE_RUNS_SQL,
+    Q,
+    SQLiteStore,
+    connect,
+    latest_version,
+    migrate,
+    runs_query,
+    schema_version,
+)
 
 LATEST = latest_version()
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -175,7 +184,7 @@ def test_queries_use_the_indexes(tmp_path: Path) -> None:
 def test_listing_active_runs_reads_their_states_ranges(tmp_path: Path) -> None:
     """With statistics that give every state the same share of 2,000 runs (as ANALYZE does), a
     listing of the active runs still reads their states' ranges of runs_state_created, not every
-    run newest first; with a job filter the planner chooses."""
+    run (or every run of the job) newest first; one event's runs are found by runs_event."""
     conn = open_raw(tmp_path / "a.db")
     migrate(conn)
     states = ["succeeded"] * 1990 + ["running"] * 5 + ["queued"] * 5
@@ -186,7 +195,7 @@ def test_listing_active_runs_reads_their_states_ranges(tmp_path: Path) -> None:
     conn.executemany(
         "INSERT INTO runs (id, key, job, trigger, event_id, state, attempt, params, created_at, target_status,"
         " history) VALUES (?, ?, ?, 'api', ?, ?, 1, '{}', ?, '{}', '[]')",
-        [(f"r{i}", f"k{i}", f"j{i % 20}", f"e{i}", st, i) for i, st in enumerate(states)],
+        [(f"r{i}", f"k{i}", "big" if i % 2 else f"j{i % 20}", f"e{i}", st, i) for i, st in enumerate(states)],
     )
     conn.execute("ANALYZE")
 
@@ -197,9 +206,14 @@ def test_listing_active_runs_reads_their_states_ranges(tmp_path: Path) -> None:
     active = [RunState.queued, RunState.pending, RunState.running]
     assert "SEARCH runs USING INDEX runs_state_created (state=?)" in plan(RunQuery(states=active))
     assert "SEARCH runs USING INDEX runs_state_created (state=?)" in plan(RunQuery(states=[RunState.running]))
-    assert "INDEXED BY" not in runs_query(RunQuery(job="j1", states=active), 20)[0]
+    # half of the runs are one job's: its runs newest first would be the planner's choice
+    assert "SEARCH runs USING INDEX runs_state_created (state=?)" in plan(RunQuery(job="big", states=active))
+    assert "runs_event" in plan(RunQuery(event_id="e7", states=active))
     sql, args = runs_query(RunQuery(states=active), 20)
     assert [r[0] for r in conn.execute(sql, args)] == [f"r{i}" for i in range(1999, 1989, -1)]
+    # every active run oldest first (`active_runs`, what a start resumes): their ranges too
+    everything = " | ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + ACTIVE_RUNS_SQL))
+    assert "SEARCH runs USING INDEX runs_state_created (state=?)" in everything, everything
     conn.close()
 
 

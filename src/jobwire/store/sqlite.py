@@ -87,11 +87,15 @@ EVENT_COLUMNS = (
 )  # fmt: skip
 _ACTIVE_TERM = "state IN ('queued', 'pending', 'running')"
 _LISTED_ACTIVE = frozenset({RunState.queued, *ACTIVE_STATES})
-# The runs in active states, listed through their states' ranges of runs_state_created. The
-# planner's statistics give every state the same share of the rows, so with the states bound as
-# parameters it would rather walk all runs newest first (1,000,000 runs: the whole table) than sort
-# the few active ones; before migration 0004 a partial index of the active runs made the choice.
+# The runs in active states (`active_runs`, and `list_runs` with or without a job filter, not for
+# one event's runs: runs_event finds those), read through their states' ranges of
+# runs_state_created. The planner's statistics give every state the same share of the rows, so it
+# would rather walk all runs (or all of a job's runs) in time order — 1,000,000 runs: the whole
+# table — than sort the few active ones; before migration 0004 a partial index of the active runs
+# made the choice.
 _ACTIVE_RUNS = Q.select_runs + " INDEXED BY runs_state_created"  # select_runs ends "FROM runs"
+ACTIVE_RUNS_SQL = f"{_ACTIVE_RUNS} WHERE {_ACTIVE_TERM} ORDER BY created_at, id"
+"""`active_runs`: every run in an active state, oldest first."""
 _STATE_LIST = json.dumps([s.value for s in RunState])
 
 
@@ -107,7 +111,7 @@ def runs_query(query: RunQuery, limit: int) -> tuple[str, list[Any]]:
         states = [RunState(s) for s in query.states]
         where.append(f"state IN ({', '.join('?' * len(states))})")
         args.extend(s.value for s in states)
-        if states and set(states) <= _LISTED_ACTIVE and query.job is None and query.event_id is None:
+        if states and set(states) <= _LISTED_ACTIVE and query.event_id is None:
             select = _ACTIVE_RUNS
     if query.event_id is not None:
         where.append("event_id = ?")
@@ -770,7 +774,7 @@ class SQLiteStore(Store):
         return Page(items=items, next_cursor=cursor)
 
     async def active_runs(self) -> list[Run]:
-        sql = f"{Q.select_runs} WHERE {_ACTIVE_TERM} ORDER BY created_at, id"
+        sql = ACTIVE_RUNS_SQL
         rows = await self._r(lambda c: c.execute(sql).fetchall())
         return [_run_from_row(r) for r in rows]
 
