@@ -178,6 +178,12 @@ def origin_text(origin: str) -> str:
     return origin
 
 
+def id_column(table: Table, name: str, ids: list[str]) -> None:
+    """A column of ids, never cut short to fit the terminal: an id is what the next command
+    takes (`jobwire runs show <id>`). A run id is 24 or 35 characters."""
+    table.add_column(name, no_wrap=True, min_width=max((len(i) for i in ids), default=len(name)))
+
+
 def state_text(state: str) -> Text:
     return Text(state, style=STATE_STYLE.get(state, ""))
 
@@ -859,7 +865,8 @@ def runs_list(
         emit_json(page)
         return
     table = Table()
-    for col in ("run", "job", "state", "attempt", "trigger", "created", "finished"):
+    id_column(table, "run", [r["id"] for r in page["items"]])
+    for col in ("job", "state", "attempt", "trigger", "created", "finished"):
         table.add_column(col, no_wrap=True)
     table.add_column("result")
     for r in page["items"]:
@@ -991,8 +998,10 @@ def events_list(
         emit_json(page)
         return
     table = Table()
-    for col in ("event", "received", "job", "trigger", "source", "outcome", "run"):
+    id_column(table, "event", [e["id"] for e in page["items"]])
+    for col in ("received", "job", "trigger", "source", "outcome"):
         table.add_column(col, no_wrap=True)
+    id_column(table, "run", [e.get("run_id") or "-" for e in page["items"]])
     table.add_column("reason")
     for e in page["items"]:
         table.add_row(

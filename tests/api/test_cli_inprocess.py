@@ -9,13 +9,14 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from rich.console import Console
 from typer.testing import CliRunner
 
 import jobwire.cli
 from jobwire.api import create_app
 from jobwire.client import Client
-from jobwire.model import RunError, RunState
-from tests.api.test_api_schema import HELLO, FakeEngine, StoredJob, add_job, make_run, settings
+from jobwire.model import Event, RunError, RunState
+from tests.api.test_api_schema import HELLO, NOW, FakeEngine, StoredJob, add_job, make_run, settings
 
 runner = CliRunner()
 
@@ -87,3 +88,21 @@ def test_square_brackets_in_names_are_printed_not_taken_as_markup(engine: FakeEn
     )
     shown = runner.invoke(jobwire.cli.app, ["runs", "show", "r1"]).output
     assert "exit [code] 3 [red] (Failed)" in shown, shown
+
+
+def test_run_and_event_ids_are_never_cut_short(engine: FakeEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an 80-column terminal the runs and events tables squeeze other columns, not the ids a
+    next command takes (a run id made from a generated key is 35 characters)."""
+    monkeypatch.setattr(jobwire.cli, "out", Console(width=80, highlight=False, markup=False, soft_wrap=True))
+    long_id = "r66204e2d0209ce1078e58e6d9bdb912dfc"
+    engine.fake.runs[long_id] = make_run(long_id, state=RunState.succeeded, exit_code=0)
+    listed = runner.invoke(jobwire.cli.app, ["runs", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert long_id in listed.output, listed.output
+    event_id = "e66204e2d0202d832934e202"
+    engine.fake.events[event_id] = Event(
+        id=event_id, job="hello", trigger="api", source="api", received_at=NOW, run_id=long_id
+    )
+    listed = runner.invoke(jobwire.cli.app, ["events", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert long_id in listed.output and event_id in listed.output, listed.output
