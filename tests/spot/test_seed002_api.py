@@ -11,9 +11,10 @@ import boto3
 import httpx
 
 from jobwire.api.app import create_app
+from jobwire.api.routes_seed002 import run_key_of
 from jobwire.engine import Engine
 from jobwire.engine.secret import CallbackTokens
-from jobwire.model import Event, Run, RunState, Transition, run_id_for, time_run_key, utcnow
+from jobwire.model import Event, Run, RunState, Transition, run_id_for, utcnow
 from jobwire.store import Intake
 from tests.spot.conftest import SPOT_ENV, instance_state
 from tests.support.aws import MotoServer
@@ -210,7 +211,7 @@ async def test_a_run_recorded_under_an_older_id_is_still_the_jobs_run(engine: En
         r = await c.post("/seed002/schedule", json={"dockerImage": "busybox:1.36", "dateTime": at.isoformat()})
         assert r.status_code == 201, r.text
         name = r.json()["id"]
-        key = time_run_key(name, "at", engine.jobs[name].job.triggers[0].at)  # type: ignore[union-attr]
+        key = run_key_of(engine.jobs[name].job)
         old_id = "r" + hashlib.sha256(key.encode()).hexdigest()[:23]
         assert run_id_for(key) != old_id and r.json()["run_id"] == run_id_for(key)
         now = utcnow()

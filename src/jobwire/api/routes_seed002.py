@@ -149,10 +149,15 @@ def _at(job: Job) -> dt.datetime:
     return trig.at
 
 
+def run_key_of(job: Job) -> str:
+    """The run key of a seed 002 job's `at` trigger."""
+    return time_run_key(job.name, TRIGGER, _at(job))
+
+
 async def run_of(engine: Engine, job: Job) -> Run | None:
     """The run of a seed 002 job's `at` trigger, once recorded. Found by its run key: a run
     recorded by an older jobwire has the id that version derived from the key."""
-    key = time_run_key(job.name, TRIGGER, _at(job))
+    key = run_key_of(job)
     run = engine.runs.get(run_id_for(key))
     return run if run is not None else await engine.store.get_run_by_key(key)
 
@@ -189,7 +194,7 @@ async def _doc(engine: Engine, job: Job) -> SeedJob:
         datetime=_at(job),
         env=[f"{k}={v}" for k, v in spec.env.items()],
         status=seed_state(run),
-        run_id=run.id if run else run_id_for(time_run_key(job.name, TRIGGER, _at(job))),
+        run_id=run.id if run else run_id_for(run_key_of(job)),
         run_state=run.state if run else None,
         instance_id=ts.get("instance_id"),
         spot_request_id=ts.get("spot_request_id"),
