@@ -7,7 +7,7 @@ from __future__ import annotations
 import gc
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -239,13 +239,18 @@ async def test_a_big_group_prepared_ahead_is_still_called_at_its_due_time(
     job paused meanwhile is given up then); not one call goes out before it, and no garbage
     collection can start while the requests are written."""
     collecting: list[bool] = []
-    fire = _Shot.fire
+    prime = _Shot.prime
 
-    def noting_fire(shot: _Shot) -> None:
-        collecting.append(gc.isenabled())
-        fire(shot)
+    def noting_prime(shot: _Shot) -> Callable[[], object]:
+        write = prime(shot)
 
-    monkeypatch.setattr(_Shot, "fire", noting_fire)
+        def noting() -> object:
+            collecting.append(gc.isenabled())
+            return write()
+
+        return noting
+
+    monkeypatch.setattr(_Shot, "prime", noting_prime)
     assert gc.isenabled()
     server = await RecordingServer().start()
     try:

@@ -432,6 +432,25 @@ async def test_a_connection_closed_before_the_due_time_is_not_written_on(
     assert places(target) == target.in_flight
 
 
+async def test_an_armed_call_the_server_closed_its_connection_on_is_sent_again(
+    target: HttpTarget, server: RecordingServer
+) -> None:
+    """`fire` asks no system call whether the connection is still open: one the server closes as
+    the request comes (unanswered, on a kept-alive connection) is `ClosedIdle`, and the request goes
+    again, with the same Idempotency-Key, on a new connection."""
+    warm = await target.execute(FakeContext(plain(server.url("/drop-kept"), "warm"), {}))
+    assert warm.state == RunState.succeeded  # its connection is kept alive for the armed call
+    ctx = FakeContext(plain(server.url("/drop-kept")), {})
+    armed = await target.arm(ctx)
+    assert armed is not None
+    armed.prime()()
+    outcome = await target.execute(ctx)
+    assert outcome.state == RunState.succeeded and outcome.http_status == 200
+    keys = [r.headers["idempotency-key"] for r in server.requests]
+    assert keys[1:] == [ctx.run.id, ctx.run.id], "dropped on the kept-alive connection, answered on a new one"
+    assert places(target) == target.in_flight
+
+
 async def test_disarmed_its_place_and_connection_are_given_back(
     target: HttpTarget, server: RecordingServer
 ) -> None:

@@ -139,6 +139,8 @@ class RecordingServer:
     * `/big?size=N` — 200 with N bytes of `x`
     * `/hang` — never answers; `disconnects` counts clients that hung up while waiting
     * `/fail-once` — 500 the first time a body arrives, 200 when the same body comes again (a retry)
+    * `/drop-kept` — 200 `ok` as a connection's first request; later on it, the connection is closed
+      unanswered (as a server closing a kept-alive connection just as a request comes)
     * anything else — 200 `ok`
     """
 
@@ -171,6 +173,7 @@ class RecordingServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        served = 0
         try:
             while True:
                 line = await reader.readline()
@@ -187,6 +190,9 @@ class RecordingServer:
                 seen = SeenRequest(method, parts.path, parse_qs(parts.query), headers, body)
                 self.requests.append(seen)
                 self.arrived.append(time.time())
+                served += 1
+                if parts.path == "/drop-kept" and served > 1:
+                    return
                 if parts.path == "/hang":
                     self.hanging += 1
                     await reader.read()  # until the client closes the connection

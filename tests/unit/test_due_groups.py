@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from jobwire.engine import due as due_mod
-from jobwire.engine.due import APPROACH, BIG, MAX_LEAD, DueGroups, Member, lead, until
+from jobwire.engine.due import APPROACH, BIG, MAX_LEAD, SPIN, DueGroups, Member, lead, until
 from jobwire.model import Job, Run, RunState
 
 T0 = 1_800_000_000.0
@@ -28,13 +28,19 @@ def _members(n: int) -> list[Member]:
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """due.py's time, set by the test: `now[0]`; `time.sleep` moves it on."""
+    """due.py's time, set by the test: `now[0]`; `time.sleep` moves it on, and so does each reading
+    of `time.monotonic` (10 µs: `until`'s spin reads it)."""
     now = [T0]
 
     def sleep(s: float) -> None:
         now[0] += s
 
-    monkeypatch.setattr(due_mod, "time", types.SimpleNamespace(time=lambda: now[0], sleep=sleep))
+    def monotonic() -> float:
+        now[0] += 1e-5
+        return now[0]
+
+    fake = types.SimpleNamespace(time=lambda: now[0], sleep=sleep, monotonic=monotonic)
+    monkeypatch.setattr(due_mod, "time", fake)
     return now
 
 
@@ -80,14 +86,21 @@ def test_the_lead_is_time_to_sort_the_group_and_bounded() -> None:
     assert lead(1_000_000) == MAX_LEAD
 
 
-def test_until_waits_out_the_rest(clock: list[float]) -> None:
+def test_until_waits_out_the_rest(clock: list[float], monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    sleep = due_mod.time.sleep
+    monkeypatch.setattr(due_mod.time, "sleep", lambda s: (slept.append(s), sleep(s)))
     until(T0 + 0.0015)
-    assert clock[0] == pytest.approx(T0 + 0.0015)
+    assert clock[0] == pytest.approx(T0 + 0.0015, abs=2e-5)
+    assert slept == [pytest.approx(0.0015 - SPIN, abs=1e-6)], "asleep until SPIN before, then the clock read"
     until(T0)  # already past: no wait
-    assert clock[0] == pytest.approx(T0 + 0.0015)
+    assert clock[0] == pytest.approx(T0 + 0.0015, abs=2e-5) and len(slept) == 1
+    until(T0 + 0.0016)  # under SPIN away: no sleep at all
+    assert clock[0] == pytest.approx(T0 + 0.0016, abs=2e-5) and len(slept) == 1
 
 
 def test_until_never_blocks_longer_than_the_longest_lead(clock: list[float]) -> None:
-    """A wall clock stepped back after the group was handed over must not stall the loop."""
+    """A wall clock stepped back after the group was handed over must not stall the loop: neither
+    the sleep nor the spin after it (which counts on the monotonic clock)."""
     until(T0 + 3600)
-    assert clock[0] == pytest.approx(T0 + MAX_LEAD)
+    assert clock[0] == pytest.approx(T0 + MAX_LEAD + SPIN, abs=2e-5)

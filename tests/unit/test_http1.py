@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from jobwire.targets.http1 import Http1Pool, ProtocolFailed
+from jobwire.targets.http1 import ClosedIdle, Http1Pool, ProtocolFailed, replayable
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
@@ -189,3 +189,90 @@ async def test_an_answer_in_time_leaves_no_timer_behind() -> None:
     finally:
         pool.close()
         srv.close()
+
+
+# ---------------------------------------------------------------- a kept-alive connection closed unread
+# The server closes a connection it kept alive just as a request is written on it (an idle timeout
+# racing the write): the request was never answered, and is sent again on a new connection when it
+# may be (`ClosedIdle`, `replayable`), as Go's net/http does.
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+async def serve_closing_the_second() -> tuple[asyncio.Server, int, list[bytes]]:
+    """A server that answers the first request on each connection and closes the connection,
+    unanswered, at the second; the list holds every request head it read, in order."""
+    heads: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            heads.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(OK)
+            await writer.drain()
+            heads.append(await reader.readuntil(b"\r\n\r\n"))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return srv, srv.sockets[0].getsockname()[1], heads
+
+
+POST_KEYED = b"POST /hook HTTP/1.1\r\nHost: 127.0.0.1\r\nIdempotency-Key: r1\r\nContent-Length: 0\r\n\r\n"
+POST_BARE = b"POST /hook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
+
+
+@pytest.mark.parametrize("request_", [POST_KEYED, REQUEST], ids=["post-with-idempotency-key", "get"])
+async def test_a_request_on_a_kept_alive_connection_closed_unanswered_is_sent_again(request_: bytes) -> None:
+    srv, port, heads = await serve_closing_the_second()
+    pool = Http1Pool()
+    try:
+        first = await pool.request("127.0.0.1", port, True, request_, 100)
+        assert first.status == 200
+        again = await pool.request("127.0.0.1", port, True, request_, 100)  # closed unread, then replayed
+        assert (again.status, again.body) == (200, b"ok")
+        assert heads == [request_] * 3, "once on the first connection, twice on the second, once on a third"
+    finally:
+        pool.close()
+        srv.close()
+
+
+async def test_a_post_without_an_idempotency_key_is_not_sent_again() -> None:
+    srv, port, heads = await serve_closing_the_second()
+    pool = Http1Pool()
+    try:
+        await pool.request("127.0.0.1", port, True, POST_BARE, 100)
+        with pytest.raises(ClosedIdle):
+            await pool.request("127.0.0.1", port, True, POST_BARE, 100)
+        assert heads == [POST_BARE] * 2
+    finally:
+        pool.close()
+        srv.close()
+
+
+async def test_a_new_connection_closed_unanswered_is_not_taken_for_an_idle_close() -> None:
+    """On a connection that never answered, a close is the server's verdict on the request (it read
+    it and hung up): a failure, not a replay."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.close()
+
+    heads: list[bytes] = []
+    srv = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    pool = Http1Pool()
+    try:
+        with pytest.raises(ProtocolFailed) as failed:
+            await pool.request("127.0.0.1", srv.sockets[0].getsockname()[1], True, POST_KEYED, 100)
+        assert not isinstance(failed.value, ClosedIdle)
+        assert heads == [POST_KEYED]
+    finally:
+        pool.close()
+        srv.close()
+
+
+def test_which_requests_may_be_sent_again() -> None:
+    assert replayable(POST_KEYED) and replayable(POST_KEYED.replace(b"Idempotency-Key", b"idempotency-key"))
+    assert replayable(REQUEST) and replayable(b"PUT /x HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert not replayable(POST_BARE) and not replayable(b"PATCH /x HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert not replayable(b"POST /x HTTP/1.1\r\nHost: h\r\n\r\nIdempotency-Key: in the body")

@@ -7,9 +7,10 @@ T/1000 late on an idle loop (`scheduler.wait_ahead`), so the timer is set a litt
 came early, set again for the rest.
 
 A small group is handed over at its due time, never before. A group of `BIG` runs or more is handed
-over `lead(n)` before it: its starter decides then which runs start and which are given up (2–3 µs
-a run: 2–3 ms of 1,000 runs' start spent before the due time instead of after it), waits out the
-rest with `until` — the loop blocked, so nothing can change in between — and starts them.
+over `lead(n)` before it: its starter decides then which runs start and which are given up, and
+makes each one's write ready (4–6 µs a run: 4–6 ms of 1,000 runs' start spent before the due time
+instead of after it), waits out the rest with `until` — the loop blocked, so nothing can change in
+between — and starts them.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ BIG = 32
 APPROACH = 0.002
 """The part of a big group's lead that is margin (seconds): the loop's timers are in whole
 milliseconds, so the handover comes up to one early or late."""
-SORT_COST = 3e-6
-"""The starter's time per run to sort a group (seconds): measured 2–2.9 µs for 1,000 HTTP runs."""
+SORT_COST = 6e-6
+"""The starter's time per run to sort a group and prime its writes (seconds): measured 2.6–4.5 µs
+and 0.9–1.7 µs for 1,000 HTTP runs (`Attempts._start_due`), the higher on a slow turn of this VM."""
 MAX_LEAD = 0.05
 """The longest lead (seconds): 16,000 runs due together are sorted that long ahead, more in part
 after their due time."""
@@ -41,17 +43,27 @@ after their due time."""
 def lead(n: int) -> float:
     """How long before its due time a group of `n` runs is handed over: 0 under `BIG` runs, else
     enough to sort them (`SORT_COST` each) with `APPROACH` to spare, at most `MAX_LEAD`. At 1,000
-    runs: 5 ms. (A flat 2 ms left 1,000 runs' writes starting 0.8–2.7 ms after their due time.)"""
+    runs: 8 ms. (A flat 2 ms left 1,000 runs' writes starting 0.8–2.7 ms after their due time; 5 ms,
+    once they were primed too, 0.3–1.7 ms after it.)"""
     return 0.0 if n < BIG else min(MAX_LEAD, APPROACH + n * SORT_COST)
 
 
+SPIN = 0.0003
+"""The last part of `until`'s wait spent reading the clock (seconds): `time.sleep` ends 90–180 µs
+late on this project's VM (p50–p99), which every run of a big group then starts late by."""
+
+
 def until(due: float) -> None:
-    """Block until `due` (a Unix time; at most `MAX_LEAD` away, see `DueGroups`): `time.sleep`
-    ends within tens of µs, the loop's own timers within a millisecond. Never longer than
-    `MAX_LEAD`, whatever the wall clock did meanwhile (a step back must not stall the loop)."""
-    left = due - time.time()
-    if left > 0:
-        time.sleep(min(left, MAX_LEAD))
+    """Block until `due` (a Unix time; at most `MAX_LEAD` away, see `DueGroups`): a sleep to
+    `SPIN` before it, then the clock read until it comes. Never longer than `MAX_LEAD`, whatever the
+    wall clock did meanwhile (a step back must not stall the loop)."""
+    clock = time.time
+    left = due - clock()
+    if left > SPIN:
+        time.sleep(min(left - SPIN, MAX_LEAD))
+    end = time.monotonic() + SPIN  # the spin's own bound, on a clock that does not step
+    while clock() < due and time.monotonic() < end:
+        pass
 
 
 class DueGroups:

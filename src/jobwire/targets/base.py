@@ -97,6 +97,13 @@ class Armed(ABC):
         due time for every run due then, one after the other, before any of them is awaited.
         `Target.execute` follows for the rest of the attempt. Must not raise."""
 
+    def prime(self) -> Callable[[], object]:
+        """The call that fires it, as cheap as it can be made: the engine takes every due run's
+        just before their due time and makes them one after the other at that time, holding the
+        loop from the first `prime` to the last call (nothing else happens to the attempt in
+        between). By default `fire`."""
+        return self.fire
+
     @abstractmethod
     def disarm(self) -> None:
         """It will not be fired (cancelled, its job changed, no place left): give back what it holds."""

@@ -47,6 +47,13 @@ class ProtocolFailed(Exception):
     """The connection closed or the server answered something that is not HTTP/1.1."""
 
 
+class ClosedIdle(ProtocolFailed):
+    """A kept-alive connection (one that had answered before) ended before a byte of the answer to
+    the request just written on it: the server had closed it as idle, so it never read the request,
+    and the request may be sent again on a new connection (`Http1Pool.replay`). Go's `net/http`
+    replays such a request too when it carries an `Idempotency-Key`, as this target's always do."""
+
+
 class Http1Response:
     __slots__ = ("body", "complete", "status")
 
@@ -75,6 +82,10 @@ class _Conn(asyncio.Protocol):
         self.idle_since = 0.0
         self.closed = False
         self.fd = -1
+        self.answered = 0
+        """Answers read whole on this connection: above 0 it is a kept-alive one."""
+        self.heard = False
+        """A byte came after the request in flight was written."""
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -98,12 +109,14 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._fail(ProtocolFailed(f"the server closed the connection{f': {exc}' if exc else ''}"))
+        why = f"the server closed the connection{f': {exc}' if exc else ''}"
+        self._fail(ClosedIdle(why) if self.answered and not self.heard else ProtocolFailed(why))
 
     def data_received(self, data: bytes) -> None:
         if self.waiter is None:  # nothing asked: a server talking out of turn is not reused
             self.close()
             return
+        self.heard = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -153,6 +166,7 @@ class _Conn(asyncio.Protocol):
     # the call
     def _done(self, complete: bool, reusable: bool) -> None:
         waiter, self.waiter = self.waiter, None
+        self.answered += 1
         if not reusable:
             self.close()
         if waiter is not None and not waiter.done():
@@ -179,11 +193,21 @@ class _Conn(asyncio.Protocol):
 
     def send(self, request: bytes, cap: int, head_only: bool) -> asyncio.Future[Http1Response]:
         """Write `request`; its answer is `response(<the future returned>)`'s."""
-        assert self.transport is not None and self.waiter is None
-        waiter = self.waiter = self.loop.create_future()
-        self.cap, self.head_only, self.status = cap, head_only, 0
-        self.transport.write(request)
+        waiter = self.expect(cap, head_only)
+        self.write(waiter, request)
         return waiter
+
+    def expect(self, cap: int, head_only: bool) -> asyncio.Future[Http1Response]:
+        """Ready for a request `write` will send (ahead of it: `write` is then all a call's start
+        costs): the future of its answer."""
+        assert self.transport is not None and self.waiter is None
+        self.cap, self.head_only, self.status, self.heard = cap, head_only, 0, False
+        return self.loop.create_future()
+
+    def write(self, waiter: asyncio.Future[Http1Response], request: bytes) -> None:
+        """Send `request`, whose answer `waiter` (from `expect`) will be."""
+        self.waiter = waiter
+        self.transport.write(request)
 
     async def response(
         self, waiter: asyncio.Future[Http1Response], deadline: float | None = None
@@ -213,6 +237,16 @@ async def dial(host: str, port: int, ssl: SSLContext | None) -> _Conn:
     return conn
 
 
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"))
+
+
+def replayable(request: bytes) -> bool:
+    """Whether `request` may be sent again after `ClosedIdle` (as Go's `net/http` decides): an
+    idempotent method, or an `Idempotency-Key` header."""
+    head = request[: request.find(b"\r\n\r\n")]
+    return head[: head.find(b" ")] in IDEMPOTENT or b"\r\nidempotency-key:" in head.lower()
+
+
 class Http1Pool:
     """Keep-alive connections by (host, port, allow_private): a connection opened for a target
     allowed private destinations is never reused by one that must be guarded. `connect` replaces
@@ -240,6 +274,29 @@ class Http1Pool:
         bytes. Raises DestinationRefused, ConnectFailed, ProtocolFailed, and TimeoutError when
         `deadline` (loop time) passes first — connecting included."""
         conn = await self.acquire(host, port, allow_private, deadline)
+        try:
+            response = await conn.call(request, cap, head_only, deadline)
+        except ClosedIdle:
+            if not replayable(request):
+                raise
+            return await self.replay(host, port, allow_private, request, cap, head_only, deadline)
+        self.release(host, port, allow_private, conn)
+        return response
+
+    async def replay(
+        self,
+        host: str,
+        port: int,
+        allow_private: bool,
+        request: bytes,
+        cap: int,
+        head_only: bool = False,
+        deadline: float | None = None,
+    ) -> Http1Response:
+        """`request` again, once, on a new connection: the kept-alive one it was written on closed
+        unread (`ClosedIdle`). Raises as `request` does."""
+        async with asyncio.timeout_at(deadline):
+            conn = await self._dial(host, port, allow_private)
         response = await conn.call(request, cap, head_only, deadline)
         self.release(host, port, allow_private, conn)
         return response
