@@ -520,26 +520,31 @@ def trigger_to_start(ctx: Ctx) -> list[Row]:
 class _Timed:
     """Wraps the intake's `_admit` (called once per event, right after the transaction that holds it
     committed, by `submit` and `submit_many` alike) to note when each time-triggered fire was durable,
-    and the engine's `_start_due` (`engine/due.py` hands it the runs recorded ahead at their due
-    time) to note when each due time's runs were released to start.
+    and the `until` of the engine's `_start_due` (`engine/due.py` hands it the runs recorded ahead at,
+    or for a big group ahead of, their due time) to note when each due time's runs were released.
 
     The clock's **fire lateness** of a fire is when its run was released to start − its due time:
-    for a fire recorded ahead (`JOBWIRE_RECORD_AHEAD`), when `_start_due` was called for its due
-    time; for one recorded after its due time (a burst the lead did not cover), its commit (it is
+    for a fire recorded ahead (`JOBWIRE_RECORD_AHEAD`), when `_start_due` let its due time's runs
+    go (its `until` returned); for one recorded after its due time (a burst the lead did not cover), its commit (it is
     launched as it is admitted)."""
 
     def __init__(self, engine: Any) -> None:
+        from jobwire.engine import dispatch
+
         self.orig = engine.intake._admit
         self.done: list[tuple[float, float, str]] = []  # (due, committed, outcome)
-        self.released: dict[float, float] = {}  # due → when `_start_due` was called for it
+        self.released: dict[float, float] = {}  # due → when `_start_due` let its runs go
         engine.intake._admit = self
-        start_due = engine.attempts._start_due
+        until = getattr(dispatch.until, "original", dispatch.until)  # not another _Timed's wrapper
 
-        def released(due: float, members: Any) -> None:
+        def released(due: float) -> None:
+            # a group of `due.BIG` runs or more is handed to `_start_due` ahead of its due time, sorted,
+            # and let go when this returns: the handover's own time came up to 8 ms early
+            until(due)
             self.released.setdefault(due, time.time())
-            start_due(due, members)
 
-        engine.attempts.due._start = released
+        released.original = until  # type: ignore[attr-defined]
+        dispatch.until = released
 
     def __call__(self, prepared: Any, rec: Any) -> Any:
         result = self.orig(prepared, rec)
