@@ -13,6 +13,8 @@ import pytest
 from jobwire.targets.http1 import ClosedIdle, Http1Pool, ProtocolFailed, replayable
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+CHECKED = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
+"""Not replayable: its connection is checked with `stale` before it is written on."""
 
 
 async def serve(answer: bytes) -> tuple[asyncio.Server, int, list[int]]:
@@ -122,8 +124,8 @@ async def test_a_connection_whose_descriptor_is_above_1023_is_reused() -> None:
     try:
         while not filler or filler[-1] < 1030:  # the next descriptors opened are above 1023
             filler.append(os.open(os.devnull, os.O_RDONLY))
-        for _ in range(3):
-            r = await pool.request("127.0.0.1", port, True, REQUEST, 1 << 16)
+        for _ in range(3):  # a request that is not replayable: its connection is checked (`stale`)
+            r = await pool.request("127.0.0.1", port, True, CHECKED, 1 << 16)
             assert (r.status, r.body) == (200, b"ok")
         assert len(conns) == 1
     finally:
@@ -276,3 +278,80 @@ def test_which_requests_may_be_sent_again() -> None:
     assert replayable(REQUEST) and replayable(b"PUT /x HTTP/1.1\r\nHost: h\r\n\r\n")
     assert not replayable(POST_BARE) and not replayable(b"PATCH /x HTTP/1.1\r\nHost: h\r\n\r\n")
     assert not replayable(b"POST /x HTTP/1.1\r\nHost: h\r\n\r\nIdempotency-Key: in the body")
+
+
+class _ClosingAfterOne:
+    """A server in a thread (the loop does not run it, so it cannot learn of its closes): each
+    connection's first request is answered, then the connection is closed at once; `heads` are
+    the requests it read."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.heads: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                if data:
+                    self.heads.append(data)
+                    conn.sendall(OK)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _until_readable(fd: int, deadline: float) -> None:
+    """Block (the loop with it) until the kernel has news on `fd`: the server's close arrived."""
+    import select
+    import time
+
+    watch = select.poll()
+    watch.register(fd, select.POLLIN)
+    while not watch.poll(10):
+        assert time.monotonic() < deadline, "the server's close never arrived"
+
+
+@pytest.mark.parametrize(("request_", "replayed"), [(POST_KEYED, True), (POST_BARE, False)], ids=["keyed", "bare"])
+async def test_a_connection_closed_unseen_by_the_loop_is_checked_only_for_what_cannot_go_again(
+    request_: bytes, replayed: bool
+) -> None:
+    """A request `replayable` lets go again takes its kept-alive connection without a system call
+    to ask whether it is still open (a close the loop has not read yet is `ClosedIdle`, and the
+    request goes again); one that may not go again is checked first, and never written on it."""
+    import time
+
+    server = _ClosingAfterOne()
+    pool = Http1Pool()
+    try:
+        first = await pool.request("127.0.0.1", server.port, True, request_, 100)
+        assert first.status == 200
+        (conn,) = pool._idle[("127.0.0.1", server.port, True)]
+        written: list[bytes] = []
+        write = conn.write
+        conn.write = lambda waiter, data: (written.append(data), write(waiter, data))[1]  # type: ignore[method-assign]
+        _until_readable(conn.fd, time.monotonic() + 5)
+        assert not conn.closed, "the loop has not read the close"
+        again = await pool.request("127.0.0.1", server.port, True, request_, 100)
+        assert (again.status, again.body) == (200, b"ok")
+        assert server.heads == [request_, request_], "read once per connection, never twice"
+        assert conn.closed
+        assert written == ([request_] if replayed else []), "written on the closed one only if replayable"
+    finally:
+        pool.close()
+        server.close()

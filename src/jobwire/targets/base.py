@@ -93,9 +93,10 @@ class Armed(ABC):
 
     @abstractmethod
     def fire(self) -> None:
-        """Take the attempt's irreversible step now, without yielding: the engine calls it at the
-        due time for every run due then, one after the other, before any of them is awaited.
-        `Target.execute` follows for the rest of the attempt. Must not raise."""
+        """Take the attempt's irreversible step now, without yielding: at the due time, for every
+        run due then, one after the other, before any of them is awaited (the engine makes the
+        call `prime` gives, which is this one unless a target has a cheaper one). `Target.execute`
+        follows for the rest of the attempt. Must not raise."""
 
     def prime(self) -> Callable[[], object]:
         """The call that fires it, as cheap as it can be made: the engine takes every due run's

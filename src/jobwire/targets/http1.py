@@ -273,11 +273,12 @@ class Http1Pool:
         """Send `request` (the whole HTTP/1.1 request) and read the answer, its body up to `cap`
         bytes. Raises DestinationRefused, ConnectFailed, ProtocolFailed, and TimeoutError when
         `deadline` (loop time) passes first — connecting included."""
-        conn = await self.acquire(host, port, allow_private, deadline)
+        again = replayable(request)
+        conn = await self.acquire(host, port, allow_private, deadline, check=not again)
         try:
             response = await conn.call(request, cap, head_only, deadline)
         except ClosedIdle:
-            if not replayable(request):
+            if not again:
                 raise
             return await self.replay(host, port, allow_private, request, cap, head_only, deadline)
         self.release(host, port, allow_private, conn)
@@ -302,12 +303,12 @@ class Http1Pool:
         return response
 
     async def acquire(
-        self, host: str, port: int, allow_private: bool, deadline: float | None = None
+        self, host: str, port: int, allow_private: bool, deadline: float | None = None, check: bool = True
     ) -> _Conn:
         """An idle keep-alive connection to (host, port), or a new one dialled before `deadline`
         (loop time; None: no limit). Raises DestinationRefused, ConnectFailed, TimeoutError. Give
-        it back with `release` once its answer is read."""
-        conn = self._checkout((host, port, allow_private))
+        it back with `release` once its answer is read. `check`: as `_checkout`."""
+        conn = self._checkout((host, port, allow_private), check)
         if conn is not None:
             return conn
         async with asyncio.timeout_at(deadline):
@@ -319,7 +320,10 @@ class Http1Pool:
             conn.idle_since = time.monotonic()
             self._idle.setdefault((host, port, allow_private), []).append(conn)
 
-    def _checkout(self, key: tuple[str, int, bool]) -> _Conn | None:
+    def _checkout(self, key: tuple[str, int, bool], check: bool = True) -> _Conn | None:
+        """The most recently used idle connection to `key` that is not known closed; `check`: and
+        that the kernel has no news for either (`stale`, a system call: not needed for a request
+        that `replayable` lets go again if the connection turns out closed)."""
         conns = self._idle.get(key)
         if not conns:
             return None
@@ -328,7 +332,9 @@ class Http1Pool:
             conns.pop(0).close()
         while conns:
             conn = conns.pop()
-            if not conn.stale():
+            if conn.closed:
+                continue
+            if not check or not conn.stale():
                 return conn
             conn.close()
         return None
