@@ -487,15 +487,20 @@ class Attempts:
 
     def _finish(self, run: Run, job: Job, outcome: Outcome) -> None:
         host = self.host
-        run.exit_code = outcome.exit_code if outcome.exit_code is not None else run.exit_code
-        run.http_status = outcome.http_status if outcome.http_status is not None else run.http_status
+        # each assignment to a run's field is a pydantic `__setattr__` (two Python calls): none
+        # for a field that keeps its value
+        if outcome.exit_code is not None:
+            run.exit_code = outcome.exit_code
+        if outcome.http_status is not None:
+            run.http_status = outcome.http_status
         if outcome.target_status:
             called_back = run.target_status.get("callback")
             run.target_status = outcome.target_status
             if called_back is not None:  # what the job reported stays on the run
                 run.target_status = {**run.target_status, "callback": called_back}
         if outcome.state == RunState.succeeded:
-            run.error = None
+            if run.error is not None:
+                run.error = None
         else:
             run.error = outcome.error or RunError(message=outcome.state.value, reason=outcome.state.value)
         retry = (
@@ -516,7 +521,8 @@ class Attempts:
             self.launch(run, job)
             return
         run.finished_at = utcnow()
-        run.not_before = None
+        if run.not_before is not None:
+            run.not_before = None
         why = run.error.message if run.error and outcome.state != RunState.succeeded else None
         host.transition(run, outcome.state, why, outcome.status)
         attempts = run.attempt

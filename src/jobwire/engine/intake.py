@@ -285,7 +285,8 @@ class EventIntake:
         """After the commit: the run is durable, so it becomes active and is launched (unless
         queued). Returns the admission and whether an attempt was launched."""
         event, run = rec.event, p.intake.run
-        self._events(event.source, event.outcome.value).inc()
+        # `_value_`, not the `value` property (two Python-level calls), on a per-run path
+        self._events(event.source, event.outcome._value_).inc()
         if run is None or p.job is None:  # recorded without a run: invalid, paused, duplicate, overlap
             if event.outcome == EventOutcome.invalid:
                 log.warning("invalid event", event_id=event.id, job=event.job, reason=event.reason)
@@ -301,7 +302,7 @@ class EventIntake:
             self.slots.enqueue(run.job, run.concurrency_key, run.id)
         p.victims += [v for v in rec.victims if v not in p.victims]
         self.runs[run.id] = run
-        self._active(run.state.value).inc()
+        self._active(run.state._value_).inc()
         self.states.publish(run)
         for victim in p.victims:
             self._spawn(self.states.cancel(victim, f"replaced by run {run.id}"), "jobwire-replace")

@@ -113,7 +113,8 @@ class RunStates:
         self.active_keys.pop(run.key, None)
         self.touched.add(run.job)
         self.logs.finish(run.id)
-        self._finished(run.job, run.state.value).inc()
+        # `_value_`, not the `value` property (two Python-level calls), on a per-run path
+        self._finished(run.job, run.state._value_).inc()
         if run.started_at and run.finished_at:
             stored = self.jobs.get(run.job)
             kind = stored.job.target.type if stored else "unknown"

@@ -294,7 +294,8 @@ def _run_values(run: Run) -> tuple[Any, ...]:
         run.job,
         run.trigger,
         run.event_id,
-        run.state.value,
+        # `_value_`, not the `value` property (two Python-level calls), on a per-run path
+        run.state._value_,
         run.attempt,
         _json(run.params),
         run.concurrency_key,
