@@ -525,17 +525,17 @@ class _Timed:
 
     The clock's **fire lateness** of a fire is when its run was released to start − its due time:
     for a fire recorded ahead (`JOBWIRE_RECORD_AHEAD`), when `_start_due` let its due time's runs
-    go (its `until` returned); for one recorded after its due time (a burst the lead did not cover), its commit (it is
-    launched as it is admitted)."""
+    go (its `until` returned); for one recorded after its due time (a burst the lead did not
+    cover), its commit (it is launched as it is admitted)."""
 
     def __init__(self, engine: Any) -> None:
-        from jobwire.engine import dispatch
+        from jobwire.engine import dispatch, due
 
         self.orig = engine.intake._admit
         self.done: list[tuple[float, float, str]] = []  # (due, committed, outcome)
         self.released: dict[float, float] = {}  # due → when `_start_due` let its runs go
         engine.intake._admit = self
-        until = getattr(dispatch.until, "original", dispatch.until)  # not another _Timed's wrapper
+        until = due.until  # the function itself: `dispatch.until` may be another _Timed's wrapper
 
         def released(due: float) -> None:
             # a group of `due.BIG` runs or more is handed to `_start_due` ahead of its due time, sorted,
@@ -543,7 +543,6 @@ class _Timed:
             until(due)
             self.released.setdefault(due, time.time())
 
-        released.original = until  # type: ignore[attr-defined]
         dispatch.until = released
 
     def __call__(self, prepared: Any, rec: Any) -> Any:

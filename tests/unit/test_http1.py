@@ -344,7 +344,12 @@ async def test_a_connection_closed_unseen_by_the_loop_is_checked_only_for_what_c
         (conn,) = pool._idle[("127.0.0.1", server.port, True)]
         written: list[bytes] = []
         write = conn.write
-        conn.write = lambda waiter, data: (written.append(data), write(waiter, data))[1]  # type: ignore[method-assign]
+
+        def noting(waiter: asyncio.Future[Any], data: bytes) -> None:
+            written.append(data)
+            write(waiter, data)
+
+        conn.write = noting  # type: ignore[method-assign]
         _until_readable(conn.fd, time.monotonic() + 5)
         assert not conn.closed, "the loop has not read the close"
         again = await pool.request("127.0.0.1", server.port, True, request_, 100)

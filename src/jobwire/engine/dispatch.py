@@ -331,10 +331,9 @@ class Attempts:
         finally:
             if collecting:
                 gc.enable()
-        for (_, _, ctx, _), at in zip(ready, stamps, strict=False):
-            ctx.fired_at = at
         fired = self._fired
-        for run, _, _, shot in ready:
+        for (run, _, ctx, shot), at in zip(ready, stamps, strict=True):
+            ctx.fired_at = at
             fired[run.id] = shot
         for run, job, why in given_up:
             error = RunError(message=why, reason="NotDue")

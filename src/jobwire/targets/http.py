@@ -31,7 +31,6 @@ import json
 import resource
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
-from functools import partial
 from typing import Any
 
 import httpx
@@ -228,11 +227,11 @@ class _Shot(Armed):
         ask whether the connection is still open, ~1.5 µs a call). A connection the loop knows
         closed gets nothing (`execute` calls as usual); one the server closed since is
         `ClosedIdle`, which `read` replays."""
-        conn = self.conn
-        if conn.closed:
+        if self.conn.closed:
             return _nothing
-        conn.waiter = self.answer = self.waiter
-        return partial(conn.transport.write, self.wire)
+        self.answer = self.waiter
+        write: Callable[[], object] = self.conn.primed(self.waiter, self.wire)
+        return write
 
     async def read(self, deadline: float) -> Http1Response:
         """The answer to the request `fire` wrote (TimeoutError at `deadline`, loop time); the

@@ -28,6 +28,7 @@ import socket
 import time
 import zlib
 from collections.abc import Awaitable, Callable
+from functools import partial
 from ssl import SSLContext
 from typing import Any
 
@@ -208,6 +209,13 @@ class _Conn(asyncio.Protocol):
         """Send `request`, whose answer `waiter` (from `expect`) will be."""
         self.waiter = waiter
         self.transport.write(request)
+
+    def primed(self, waiter: asyncio.Future[Http1Response], request: bytes) -> Callable[[], object]:
+        """`write`, split: `waiter` is the answer's from now on, and the call returned sends
+        `request` (the transport's own `write`, nothing between). Nothing may read from this
+        connection until that call is made."""
+        self.waiter = waiter
+        return partial(self.transport.write, request)
 
     async def response(
         self, waiter: asyncio.Future[Http1Response], deadline: float | None = None
