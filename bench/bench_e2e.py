@@ -19,6 +19,9 @@ Sections (also in `python -m bench`):
   the 201 arrived), then 16 producers (16 connections, one request in flight each): runs acknowledged
   per second, runs started (arrived) per second until the last arrival, and the server's CPU time
   (utime + stime of all its threads, /proc) ÷ runs, from the first send until every run is terminal;
+  the producers (this process) and the sink on a core of their own, `jobwire serve` on the others
+  (`far_ends_apart`: they stand in for its callers and its target on other machines), then 16
+  producers again with every process sharing the cores (context);
 * `e2e-every-second-file` / `e2e-every-second-api` — 1,000 jobs `* * * * * *` defined in a job
   file before start, or created over the API (`PUT /jobs/{name}`) while serving: due → arrival
   lateness p50/p99/max and missed fires over a window after 3 s of warm-up, the server's CPU, and
@@ -167,6 +170,29 @@ def own_cores(serve_pid: int, sink_pid: int) -> str:
     return f"far end on its own core (CPU {cpus[-1]}; jobwire on {','.join(map(str, cpus[:-1]))})"
 
 
+@contextlib.contextmanager
+def far_ends_apart(serve_pid: int, sink_pid: int) -> Any:
+    """`own_cores` for the throughput rows, whose producers run in this process: they join the
+    sink on its core, so `jobwire serve` has the others to itself, as with its callers and its
+    target on other machines. Yields `own_cores`' label; every affinity is restored on leaving.
+
+    Why: sharing the cores, the producers' and the sink's ~7,000 wake-ups a second were packed
+    onto jobwire's CPUs (`kernel.sched_vcpu_pack`), and each switch cost jobwire cache and time
+    it does not spend beside a remote caller: `drive` at 16 producers, three alternating pairs,
+    290–292 µs per run shared against 262–266 µs apart (docs/performance.md, "Session 19")."""
+    everyone = os.sched_getaffinity(0)
+    label = own_cores(serve_pid, sink_pid)
+    if label:
+        os.sched_setaffinity(0, {max(everyone)})
+    try:
+        yield label
+    finally:
+        os.sched_setaffinity(0, everyone)
+        for pid in (sink_pid, *(int(t) for t in os.listdir(f"/proc/{serve_pid}/task"))):
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(pid, everyone)
+
+
 def serve(base: Path, jobs: Path | None = None, command: list[str] | None = None, **env: str) -> Any:
     from tests.support.server import Server
 
@@ -298,14 +324,23 @@ def e2e_throughput(ctx: Ctx) -> list[Row]:
         pid = srv.proc.pid
         with srv.client() as c:
             c.put("/jobs/h", json=http_job("h", sink)).raise_for_status()
+        assert sink.proc is not None
         # warm-up: the first calls open the pool's connections
         _producers(srv.port, 16, 0.5)
         sink.wait_count(1, 10)
         wait_finished(db, sink.count(), 30)
+        apart = contextlib.ExitStack()
+        cores = apart.enter_context(far_ends_apart(pid, sink.proc.pid))
+        if cores:
+            ctx.progress(f"the producers and the sink: {cores}")
         for label, key, conns, floor in (
             ("one producer back to back", "one", 1, 1000),
             ("16 producers", "sixteen", 16, 3000),
+            ("16 producers, every process sharing the cores", "sixteen_shared", 16, None),
         ):
+            if floor is None:  # context: the far ends free to run on jobwire's core too
+                apart.close()
+                cores = ""
             before_runs, before_ok = finished_count(db), succeeded_count(db)
             before_arrivals = sink.count()
             ctx.progress(f"{label}: {seconds:g}s; load average {loadavg()}")
@@ -318,6 +353,7 @@ def e2e_throughput(ctx: Ctx) -> list[Row]:
             last = max(t for t in sink.arrivals().values())
             started_rate = got / (last - t0)
             ctx.data[f"e2e_throughput_{key}"] = {
+                "cores": cores,
                 "acked": acked,
                 "arrived": got,
                 "finished": done,
@@ -332,9 +368,20 @@ def e2e_throughput(ctx: Ctx) -> list[Row]:
             lost = acked - got
             note = f"; {lost} acknowledged runs never called" if lost else ""
             note += f"; {done - ok} runs did not succeed" if done != ok else ""
+            if floor is None:
+                rows.append(
+                    Row(
+                        f"e2e: {label}, context: runs/s (201s / started); server CPU per finished run",
+                        f"{acked / (t1 - t0):,.0f} / {started_rate:,.0f} /s; {cpu / max(done, 1) * 1e6:,.0f} µs{note}",
+                        "—",
+                        None,
+                    )
+                )
+                continue
             rows.append(
                 Row(
-                    f"e2e: runs/s, HTTP job, {label} (201s / started, to the last call's arrival)",
+                    f"e2e: runs/s, HTTP job, {label} (201s / started, to the last call's arrival"
+                    + ("; producers and sink on their own core)" if cores else ")"),
                     f"{acked / (t1 - t0):,.0f} / {started_rate:,.0f} /s{note}",
                     f"≥ {floor:,} /s",
                     started_rate >= floor and not lost,
@@ -658,23 +705,26 @@ def drive(
     py_spy: Path | None,
     database_url: str | None = None,
     cprofile: Path | None = None,
+    shared: bool = False,
 ) -> None:
     """`python -m bench.bench_e2e drive`: the throughput row's load for profiling: `conns` producers
     for `seconds` against a fresh `jobwire serve`, optionally under `py-spy record -f raw`, or with
     its loop thread under cProfile for the window (`cprofile`: Python-level calls per run, which
     do not depend on the machine); prints runs/s and the server's CPU per run, for the whole
-    process and per thread."""
+    process and per thread. As the throughput row: the far ends on a core of their own
+    (`far_ends_apart`), unless `shared`."""
     import os
     import signal
     import tempfile
 
     from tests.support.fleet import metric
 
-    def threads(pid: int) -> dict[str, float]:
+    def threads(pid: int) -> dict[str, tuple[float, float]]:  # user, system seconds by thread id
         out = {}
+        tick = os.sysconf("SC_CLK_TCK")
         for task in Path(f"/proc/{pid}/task").iterdir():
             f = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            out[task.name] = (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+            out[task.name] = (int(f[11]) / tick, int(f[12]) / tick)
         return out
 
     env = {"JOBWIRE_DATABASE_URL": database_url} if database_url else {}
@@ -702,6 +752,10 @@ def drive(
             # no file (memory://): the engine's own counters
             return int(metric(srv.url, "jobwire_runs_finished_total", f'state="{state}"' if state else ""))
 
+        assert sink.proc is not None
+        stack = contextlib.ExitStack()
+        if not shared:
+            print(stack.enter_context(far_ends_apart(pid, sink.proc.pid)) or "one CPU: nothing pinned")
         _producers(srv.port, conns, 0.5)
         wait_count(ended, sink.wait_count(1, 10), 60)
         prof = None
@@ -726,10 +780,13 @@ def drive(
             f"{ok} of {done} succeeded; server CPU {cpu / max(done, 1) * 1e6:,.0f} µs/run; load {loadavg()}"
         )
         print(f"  group commits per run: {(commits() - n0) / max(done, 1):.3f}")
-        for tid, t in sorted(per1.items()):
-            used = t - per0.get(tid, 0.0)
+        for tid, (user, system) in sorted(per1.items()):
+            user0, system0 = per0.get(tid, (0.0, 0.0))
+            used, kernel = user + system - user0 - system0, system - system0
             if used > 0.01:
-                print(f"  thread {tid}: {used / max(done, 1) * 1e6:,.0f} µs/run")
+                n = max(done, 1)
+                print(f"  thread {tid}: {used / n * 1e6:,.0f} µs/run ({kernel / n * 1e6:,.0f} in the kernel)")
+        stack.close()
         if prof is not None:
             prof.wait()
         if cprofile is not None:
@@ -749,8 +806,9 @@ def main(argv: list[str] | None = None) -> None:
         d.add_argument("--py-spy", type=Path, help="also record a raw py-spy profile of the server here")
         d.add_argument("--database-url", help="the store (e.g. memory://: no store thread, nothing durable)")
         d.add_argument("--cprofile", type=Path, help="profile the loop thread over the window; print calls per run")
+        d.add_argument("--shared", action="store_true", help="pin nothing: every process shares the cores")
         a = d.parse_args(argv)
-        drive(a.conns, a.seconds, a.py_spy, a.database_url, a.cprofile)
+        drive(a.conns, a.seconds, a.py_spy, a.database_url, a.cprofile, a.shared)
         return
     section_main(E2E_SECTIONS, argv, "Run one end-to-end section (python -m bench runs them all).")
 
