@@ -205,7 +205,12 @@ class FakeEngine(Engine):
         return s
 
     async def trigger(
-        self, job: str, params: dict[str, Any], idempotency_key: str | None = None, source: str = "api"
+        self,
+        job: str,
+        params: dict[str, Any],
+        idempotency_key: str | None = None,
+        source: str = "api",
+        yield_to_launch: bool = True,
     ) -> Admission:
         stored = await self.store.get_job(job)
         if stored is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -203,3 +204,124 @@ def test_connection_close_and_the_keep_alive_timeout(server: Server) -> None:
         assert time.monotonic() - started < 8
     finally:
         conn.close()
+
+
+def test_a_byte_after_a_raw_answer_ends_the_keep_alive_timeout(server: Server) -> None:
+    """As uvicorn's keep-alive timer is cancelled by any data: a request head begun after an answer
+    is not closed at the keep-alive timeout (2 s here) but has the head deadline (10 s)."""
+    conn = Conn(server.port)
+    try:
+        assert conn.send(request())[0] == 201
+        conn.sock.sendall(b"POST /api/v1/jobs/ok/runs HTTP/1.1\r\n")
+        assert not conn.closed(3.5)
+        conn.sock.sendall(b"Host: t\r\n" + W + b"\r\n")
+        assert conn.read()[0] == 201
+        assert conn.closed(10)  # idle after this answer: closed at the keep-alive timeout
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- the job before the answer
+
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux's value where Python lacks the name
+
+
+def stamped_recv(sock: socket.socket) -> tuple[bytes, float | None]:
+    """`recv` with the kernel's receive stamp of the bytes (`SO_TIMESTAMPNS` set on `sock`)."""
+    data, ancdata, _, _ = sock.recvmsg(65536, socket.CMSG_SPACE(16))
+    for level, kind, value in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+            sec, nsec = int.from_bytes(value[:8], "little"), int.from_bytes(value[8:16], "little")
+            return data, sec + nsec / 1e9
+    return data, None
+
+
+class StampedTarget:
+    """An HTTP server in a thread answering 200 to each request on one connection at a time, noting
+    the kernel's receive stamp of each request's first bytes by its `Idempotency-Key`."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/"
+        self.arrived: dict[str, float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                sock, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._conn, args=(sock,), daemon=True).start()
+
+    def _conn(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.settimeout(0.2)
+        buf, first = b"", None
+        with sock:
+            while not self.stop.is_set():
+                try:
+                    data, stamp = stamped_recv(sock)
+                except TimeoutError:
+                    continue
+                if not data:
+                    return
+                first = stamp if not buf else first
+                buf += data
+                head, sep, rest = buf.partition(b"\r\n\r\n")
+                if not sep:
+                    continue
+                headers = dict(
+                    (k.strip().lower(), v.strip()) for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+                )
+                size = int(headers.get(b"content-length", b"0"))
+                if len(rest) < size:
+                    continue
+                buf = rest[size:]
+                assert first is not None
+                self.arrived[headers[b"idempotency-key"].decode()] = first
+                sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.listener.close()
+
+
+def test_the_job_is_called_before_its_trigger_is_answered(server: Server) -> None:
+    """A trigger's answer goes out after its run's attempt wrote the job's call: in the kernel's
+    receive stamps, each call reaches the target no later than its 201 reaches the producer (once
+    the target's connection is open: the first call waits for its connect)."""
+    target = StampedTarget()
+    try:
+        job = {"name": "called", "target": {"type": "http", "url": target.url, "allow_private": True}}
+        with server.client("w-token") as c:
+            c.put("/jobs/called", json=job).raise_for_status()
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        answered: dict[str, float] = {}
+        with sock:
+            for _ in range(21):
+                sock.sendall(request(path="/api/v1/jobs/called/runs"))
+                buf, first = b"", None
+                while b"\r\n\r\n" not in buf or len(buf.partition(b"\r\n\r\n")[2]) < int(
+                    buf.lower().partition(b"content-length:")[2].split(b"\r\n")[0] or b"0"
+                ):
+                    data, stamp = stamped_recv(sock)
+                    assert data, "closed by the server"
+                    first = stamp if first is None else first
+                    buf += data
+                assert buf.startswith(b"HTTP/1.1 201 ") and first is not None
+                answered[json.loads(buf.partition(b"\r\n\r\n")[2])["id"]] = first
+        deadline = time.monotonic() + 10
+        while len(target.arrived) < len(answered) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert target.arrived.keys() == answered.keys()
+        kept_alive = list(answered)[1:]
+        late = {rid: answered[rid] - target.arrived[rid] for rid in kept_alive if target.arrived[rid] > answered[rid]}
+        assert not late, f"answered before the job's call arrived (s): {late}"
+    finally:
+        target.close()

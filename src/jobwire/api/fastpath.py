@@ -91,10 +91,16 @@ def json_answer(status: int, content: dict[str, Any], headers: dict[str, str] | 
 
 
 async def answer(
-    engine: Engine, auth: Authenticator, job: str, headers: dict[bytes, bytes], body: bytes
+    engine: Engine,
+    auth: Authenticator,
+    job: str,
+    headers: dict[bytes, bytes],
+    body: bytes,
+    yield_to_launch: bool = True,
 ) -> Answer | None:
     """The answer to `POST /api/v1/jobs/{job}/runs` with this body, for headers `takes` accepted;
-    None when the route must answer it (a body that is not UTF-8, or JSON that is not an object)."""
+    None when the route must answer it (a body that is not UTF-8, or JSON that is not an object).
+    `yield_to_launch`: see `EventIntake.submit`."""
     try:
         params: Any = json.loads(body) if body.strip() else None
     except json.JSONDecodeError as exc:
@@ -109,7 +115,9 @@ async def answer(
     key = key_raw.decode("latin-1") if key_raw is not None else None
     try:
         auth.check_header(headers.get(b"authorization"), "write")
-        admission = await engine.trigger(job, params or {}, idempotency_key=key)
+        admission = await engine.trigger(
+            job, params or {}, idempotency_key=key, yield_to_launch=yield_to_launch
+        )
         status, extra, run = admission_parts(engine, admission)
         return status, run.model_dump_json(by_alias=True).encode(), extra
     except ApiError as exc:

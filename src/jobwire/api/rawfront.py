@@ -123,7 +123,7 @@ def trigger_front(
                 return super().data_received(data)  # type: ignore[no-any-return]
             if not self._admitted:
                 return None
-            self._unset_keepalive_if_required()
+            self._idle_until = 0.0  # a byte after an answer: no keep-alive timeout (`answered`)
             self._last_data = self.loop.time()
             self._buf += data
             if self._busy:
@@ -162,10 +162,18 @@ def trigger_front(
 
         async def _serve(self, request: _Request) -> None:
             try:
-                result: Answer | None = await answer(engine, auth, request.job, request.headers, request.body)
+                result: Answer | None = await answer(
+                    engine, auth, request.job, request.headers, request.body, yield_to_launch=False
+                )
             except Exception as exc:  # the app's handler of last resort answers the same
                 log.exception("unhandled error in request", error_type=type(exc).__name__)
                 result = json_answer(500, error_body(500, "InternalError", _INTERNAL))
+            # The run's attempt, launched at the commit, has its first step scheduled already: the
+            # answer goes out after it, so the job starts before its producer hears back (what
+            # `EventIntake.submit`'s yield does for other callers, without a step of this task).
+            self.loop.call_soon(self._respond, request, result)
+
+        def _respond(self, request: _Request, result: Answer | None) -> None:
             self._busy = False
             transport = self.transport
             if transport.is_closing():
@@ -178,7 +186,7 @@ def trigger_front(
             if close:
                 transport.close()
                 return None
-            self.on_response_complete()  # uvicorn's keep-alive timer and the guard's head deadline
+            self.answered()  # uvicorn's request count, keep-alive timeout and the guard's head deadline
             if self._paused and len(self._buf) <= MAX_BUFFERED:
                 self._paused = False
                 transport.resume_reading()

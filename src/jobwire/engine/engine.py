@@ -386,10 +386,16 @@ class Engine:
         return self.intake.submit_many(incomings)
 
     def trigger(
-        self, job: str, params: dict[str, Any], idempotency_key: str | None = None, source: str = "api"
+        self,
+        job: str,
+        params: dict[str, Any],
+        idempotency_key: str | None = None,
+        source: str = "api",
+        yield_to_launch: bool = True,
     ) -> Coroutine[Any, Any, Admission]:
-        """Manual run (API / CLI). Raises JobNotFound, InvalidParams (422 naming the parameter)."""
-        return self.intake.trigger(job, params, idempotency_key, source)
+        """Manual run (API / CLI). Raises JobNotFound, InvalidParams (422 naming the parameter).
+        `yield_to_launch`: see `EventIntake.submit`."""
+        return self.intake.trigger(job, params, idempotency_key, source, yield_to_launch)
 
     def rerun(self, run_id: str, idempotency_key: str | None = None) -> Coroutine[Any, Any, Admission]:
         return self.intake.rerun(run_id, idempotency_key)

@@ -142,8 +142,11 @@ class EventIntake:
         self.chains = ChainIndex()
         """The `after` triggers by parent job; the engine rebuilds it when definitions change."""
 
-    async def submit(self, incoming: Incoming) -> Admission:
-        """Record the event (and its run) durably, then dispatch. Returns after the commit."""
+    async def submit(self, incoming: Incoming, yield_to_launch: bool = True) -> Admission:
+        """Record the event (and its run) durably, then dispatch. Returns after the commit, and
+        after the run's attempt had its first step (`yield_to_launch`), unless the caller sees to
+        that itself: the raw front answers with a callback scheduled behind the attempt's first
+        step, which a yield here would cost a step of its whole task for."""
         if self.stopping:
             raise Unavailable("jobwire is shutting down; retry against another replica or after restart")
         prepared = self._prepare(incoming)
@@ -153,7 +156,7 @@ class EventIntake:
             self._unreserve(prepared)
             raise
         admission, launched = self._admit(prepared, rec)
-        if launched:
+        if launched and yield_to_launch:
             # Let the attempt start before the caller answers its producer (the HTTP response, the
             # broker ack): the job starting is what the latency budget is for; the answer can wait
             # the ~0.3 ms the target needs to hand it over.
@@ -190,14 +193,9 @@ class EventIntake:
     def _prepare(self, inc: Incoming) -> _Prepared:
         """Everything before the commit, without yielding: the event, the run key, the concurrency
         decision, the run — reserved (its key and slot) so the next event sees it in its decision."""
-        event = Event(
-            id=new_id("e"),
-            job=inc.job,
-            trigger=inc.trigger,
-            source=inc.source,
-            received_at=inc.received_at,
-            scheduled_at=inc.scheduled_at,
-            input_location=inc.input_location,
+        event = Event.received(
+            new_id("e"), inc.job, inc.trigger, inc.source, inc.received_at, inc.scheduled_at,
+            inc.input_location,
         )
         given, where = (inc.params, "params") if inc.params is not None else (inc.payload, "payload")
         if inc.problem is not None:  # a message the source could not read: recorded, not run
@@ -246,7 +244,7 @@ class EventIntake:
             )
         now = utcnow()
         state = RunState.queued if decision == Decision.queue else RunState.pending
-        run = Run(
+        run = Run.recorded(
             id=run_id_for(key),
             key=key,
             job=job.name,
@@ -259,7 +257,7 @@ class EventIntake:
             scheduled_at=inc.scheduled_at,
             input_location=inc.input_location or _text(params.get("input_location")),
             environment=inc.environment or _text(params.get("environment")) or job.environment,
-            history=[Transition(state=state, at=now, reason=f"event {event.id} from {inc.source}")],
+            history=[Transition.made(state, now, f"event {event.id} from {inc.source}", 1)],
         )
         if inc.scheduled_at is not None and inc.scheduled_at > now and inc.source in TIME_SOURCES:
             run.not_before = inc.scheduled_at  # recorded ahead of its due time (`scheduler.py`)
@@ -325,12 +323,18 @@ class EventIntake:
 
     # ------------------------------------------------------------------ manual runs (API / CLI)
     async def trigger(
-        self, job: str, params: dict[str, Any], idempotency_key: str | None = None, source: str = "api"
+        self,
+        job: str,
+        params: dict[str, Any],
+        idempotency_key: str | None = None,
+        source: str = "api",
+        yield_to_launch: bool = True,
     ) -> Admission:
         """Manual run (API / CLI). Raises JobNotFound, InvalidParams (422 naming the parameter)."""
         stored = self.jobs.get(job)
         adm = await self.submit(
-            Incoming(job=job, trigger=source, source=source, params=params, event_key=idempotency_key)
+            Incoming(job=job, trigger=source, source=source, params=params, event_key=idempotency_key),
+            yield_to_launch,
         )
         if stored is None:
             raise JobNotFound(f"no job named {job!r} (event {adm.event.id} recorded as invalid)")

@@ -98,9 +98,7 @@ class RunStates:
                 self._active_gauge[state].inc()
         run.state = state
         # built from the engine's own typed values: no validation pass needed
-        run.history.append(
-            Transition.model_construct(state=state, at=utcnow(), reason=reason, attempt=run.attempt)
-        )
+        run.history.append(Transition.made(state, utcnow(), reason, run.attempt))
         self.committer.update(run)
         self.publish(run, block)
 

@@ -1,0 +1,66 @@
+"""The models the engine builds without a validation pass (`model.trusted`) are the models
+validation would have built: same fields, same values, same fields set, same JSON. A field added to
+`Run`, `Event` or `Transition` and forgotten in its trusted builder fails here."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from jobwire.model import Event, Run, RunState, Transition
+
+NOW = datetime(2026, 12, 7, 11, 0, 0, 123456, tzinfo=UTC)
+
+
+def same(a: object, b: object) -> None:
+    assert type(a) is type(b)
+    assert a.__dict__ == b.__dict__  # type: ignore[attr-defined]
+    assert list(a.__dict__) == list(b.__dict__)  # type: ignore[attr-defined]
+    assert a.model_fields_set == b.model_fields_set  # type: ignore[attr-defined]
+    assert a.__pydantic_extra__ == b.__pydantic_extra__  # type: ignore[attr-defined]
+    assert a.__pydantic_private__ == b.__pydantic_private__  # type: ignore[attr-defined]
+    assert a.model_dump_json() == b.model_dump_json()  # type: ignore[attr-defined]
+
+
+def test_transition_made_is_the_validated_transition() -> None:
+    made = Transition.made(RunState.running, NOW, "started on http", 2)
+    same(made, Transition(state=RunState.running, at=NOW, reason="started on http", attempt=2))
+    same(Transition.made(RunState.pending, NOW, None, 1), Transition(state="pending", at=NOW, reason=None, attempt=1))
+
+
+def test_event_received_is_the_validated_event() -> None:
+    args = dict(
+        id="e1", job="j", trigger="api", source="api", received_at=NOW,
+        scheduled_at=NOW + timedelta(seconds=1), input_location="s3://b/k",
+    )
+    same(Event.received(**args), Event(**args))  # type: ignore[arg-type]
+    same(Event.received("e2", None, "t", "amqp", NOW, None, None),
+         Event(id="e2", job=None, trigger="t", source="amqp", received_at=NOW, scheduled_at=None, input_location=None))
+
+
+def test_run_recorded_is_the_validated_run() -> None:
+    history = [Transition.made(RunState.pending, NOW, "event e1 from api", 1)]
+    args = dict(
+        id="r1", key="j/api/k1", job="j", trigger="api", event_id="e1", state=RunState.pending,
+        params={"who": "bob", "n": 3}, concurrency_key=None, created_at=NOW, scheduled_at=None,
+        input_location=None, environment="prod", history=history,
+    )
+    same(Run.recorded(**args), Run(**args))  # type: ignore[arg-type]
+
+
+def test_snapshot_is_model_copy_with_its_own_containers() -> None:
+    run = Run.recorded(
+        "r1", "j/api/k1", "j", "api", "e1", RunState.pending, {"a": 1}, "c", NOW, None, None, None,
+        [Transition.made(RunState.pending, NOW, "x", 1)],
+    )
+    run.target_status = {"pod": "p"}
+    snap = run.snapshot()
+    same(snap, run.model_copy(update={
+        "history": list(run.history), "params": dict(run.params), "target_status": dict(run.target_status),
+    }))
+    run.history.append(Transition.made(RunState.running, NOW, "y", 1))
+    run.params["a"] = 2
+    run.target_status["pod"] = "q"
+    run.state = RunState.running
+    assert (len(snap.history), snap.params, snap.target_status, snap.state) == (
+        1, {"a": 1}, {"pod": "p"}, RunState.pending
+    )
