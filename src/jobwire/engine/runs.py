@@ -81,8 +81,7 @@ class RunStates:
 
     # ------------------------------------------------------------------ state changes
     def publish(self, run: Run, block: Any = None) -> None:
-        if not self.hub.listening:
-            self.hub.skip()
+        if self.hub.unheard():
             return
         stored = self.jobs.get(run.job)
         doc = document(run, stored.job if stored else None, block)

@@ -253,6 +253,17 @@ class StatusHub:
         resumes across it is told it missed something."""
         self.ring.skip()
 
+    def unheard(self) -> bool:
+        """`not listening`, then `skip`, in one call (three state changes a run ask it): True when
+        nobody would read a document now, whose change then took its sequence number."""
+        if self._all_sinks or self.relay is not None or self._readers:
+            return False
+        idle = self._idle_since
+        if idle is not None and time.monotonic() - idle < RESUME_WINDOW:
+            return False
+        self.ring.skip()
+        return True
+
     def subscribe(self, after: int | None = None) -> Subscription:
         """Documents after sequence number `after` still in the ring (default: every document
         published from this call on). The subscription is in place when this returns, so a caller
