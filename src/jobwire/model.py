@@ -978,6 +978,25 @@ class Incoming(BaseModel):
     recorded `invalid` with this reason, so the source dead-letters the message."""
     received_at: datetime = Field(default_factory=utcnow)
 
+    @classmethod
+    def manual(cls, job: str, source: str, params: dict[str, Any], event_key: str | None) -> Incoming:
+        """`Incoming(job=, trigger=source, source=, params=, event_key=)`: a run asked for by name
+        (API, CLI), whose values are typed already — `trusted`, no validation pass (~1.2 µs)."""
+        fields = {
+            "job": job,
+            "trigger": source,
+            "source": source,
+            "payload": None,
+            "params": params,
+            "event_key": event_key,
+            "scheduled_at": None,
+            "input_location": None,
+            "environment": None,
+            "problem": None,
+            "received_at": utcnow(),
+        }
+        return trusted(cls, fields, {"job", "trigger", "source", "params", "event_key"})
+
 
 class Admission(BaseModel):
     """The answer to an Incoming once it is durably recorded: its event, and the run it made

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from jobwire.model import Event, Run, RunState, Transition
+from jobwire.model import Event, Incoming, Run, RunState, Transition
 
 NOW = datetime(2026, 12, 7, 11, 0, 0, 123456, tzinfo=UTC)
 
@@ -64,3 +64,13 @@ def test_snapshot_is_model_copy_with_its_own_containers() -> None:
     assert (len(snap.history), snap.params, snap.target_status, snap.state) == (
         1, {"a": 1}, {"pod": "p"}, RunState.pending
     )
+
+
+def test_incoming_manual_is_the_validated_incoming() -> None:
+    made = Incoming.manual("j", "api", {"who": "bob"}, "key-1")
+    validated = Incoming(
+        job="j", trigger="api", source="api", params={"who": "bob"}, event_key="key-1", received_at=made.received_at
+    )
+    validated.__pydantic_fields_set__.discard("received_at")  # a default there, given here to compare
+    same(made, validated)
+    assert Incoming.manual("j", "cli", {}, None).received_at.tzinfo is not None

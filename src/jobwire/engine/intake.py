@@ -333,7 +333,7 @@ class EventIntake:
         """Manual run (API / CLI). Raises JobNotFound, InvalidParams (422 naming the parameter)."""
         stored = self.jobs.get(job)
         adm = await self.submit(
-            Incoming(job=job, trigger=source, source=source, params=params, event_key=idempotency_key),
+            Incoming.manual(job, source, params, idempotency_key),
             yield_to_launch,
         )
         if stored is None:
@@ -371,8 +371,8 @@ def _text(value: Any) -> str | None:
 
 
 def _json_safe(value: Any) -> Any:
-    if value is None or type(value) in (str, int, float, bool):
-        return value  # a time trigger's fire has no payload: nothing to check
+    if value is None or type(value) in (str, int, float, bool) or value == {}:
+        return value  # a time trigger's fire, a trigger without a body: nothing to check
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     try:

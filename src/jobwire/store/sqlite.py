@@ -56,7 +56,6 @@ from jobwire.store.queries import (
     from_us,
     load_migrations,
     opt_dt,
-    opt_us,
     to_us,
 )
 
@@ -283,10 +282,6 @@ def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
 # --------------------------------------------------------------------------- row mapping
 
 
-def _json(value: Any) -> str:
-    return to_json(value).decode()
-
-
 def _run_values(run: Run) -> tuple[Any, ...]:
     # Twice per run (its intake, its end), on the store thread: the fields read from the instance's
     # dict, and `to_us` / `opt_us` / `_json` written out (18 Python-level calls a run fewer).
@@ -368,18 +363,21 @@ def _run_from_row(row: Sequence[Any]) -> Run:
 
 
 def _event_values(event: Event) -> tuple[Any, ...]:
+    # once per event, on the store thread: as `_run_values`, the dict read and the helpers written out
+    d = event.__dict__
+    scheduled, payload = d["scheduled_at"], d["payload"]
     return (
-        event.id,
-        event.job,
-        event.trigger,
-        event.source,
-        to_us(event.received_at),
-        opt_us(event.scheduled_at),
-        None if event.payload is None else _json(event.payload),
-        event.outcome.value,
-        event.run_id,
-        event.reason,
-        event.input_location,
+        d["id"],
+        d["job"],
+        d["trigger"],
+        d["source"],
+        to_us(d["received_at"]),
+        None if scheduled is None else to_us(scheduled),
+        None if payload is None else to_json(payload).decode(),
+        d["outcome"]._value_,
+        d["run_id"],
+        d["reason"],
+        d["input_location"],
     )
 
 
