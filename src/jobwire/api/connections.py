@@ -10,6 +10,9 @@ accepting anything). Here every connection has one lazily re-armed timer:
   `header_timeout` to deliver a complete request head; a byte now and then does not extend it;
 * **body stall** — while a request body is still arriving, `header_timeout` without a byte closes
   it (not counted while uvicorn itself has paused reading);
+* **keep-alive** — after an answer the raw front wrote (`rawfront.py`, `answered`), uvicorn's
+  `timeout_keep_alive` closes an idle connection on this same timer, not on one of uvicorn's own
+  made and cancelled per request;
 * **cap** — at most `max_connections` are open. A new connection over the cap takes the place of
   the oldest connection that is waiting for a request head (idle keep-alive or half-sent), so
   clients that hold connections without sending cannot lock others out; when every connection is

@@ -17,10 +17,12 @@ from the start. So the dashboard, the other endpoints, oversized or chunked bodi
 requests (uvicorn answers its 400) and the route's own validation (422s) are exactly as before.
 
 Between requests the connection keeps uvicorn's and the guard's bookkeeping: each answer ends
-with the protocol's `on_response_complete` (the keep-alive timer, the next head deadline); while
-an answer is being made no deadline runs (as for uvicorn while its app works), and a graceful
-shutdown closes the connection after the answer in progress. Not used when the access log is on
-(uvicorn writes it).
+with the guard's `answered` (uvicorn's request count; its keep-alive timeout and the next head
+deadline, both on the guard's one timer per connection); while an answer is being made no
+deadline runs (as for uvicorn while its app works), and a graceful shutdown closes the connection
+after the answer in progress. The answer is written by a callback queued after the commit, behind
+the first step of the run's attempt, so the job's call leaves before the 201. Not used when the
+access log is on (uvicorn writes it).
 """
 
 from __future__ import annotations
