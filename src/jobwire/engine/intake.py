@@ -371,7 +371,7 @@ def _text(value: Any) -> str | None:
 
 
 def _json_safe(value: Any) -> Any:
-    if value is None or type(value) in (str, int, float, bool) or value == {}:
+    if value is None or type(value) in (str, int, float, bool) or (type(value) is dict and not value):
         return value  # a time trigger's fire, a trigger without a body: nothing to check
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
