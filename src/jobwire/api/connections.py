@@ -203,16 +203,14 @@ def guarded_protocol(guard: Guard, base: type[asyncio.Protocol] | None = None) -
             if self._answering:  # `disarm`: no deadline until the answer is out; look again later
                 self._arm(now + guard.header_timeout)
             elif self.waiting_for_head():
-                if self._idle_until:
-                    if now >= self._idle_until:  # uvicorn's keep-alive timeout: closed, not aborted
-                        self.transport.close()
-                        return
-                    self._arm(min(self._idle_until, self._head_deadline))
-                elif now >= self._head_deadline:
+                idle = self._idle_until
+                if idle and now >= idle:  # uvicorn's keep-alive timeout: closed, not aborted
+                    self.transport.close()
+                elif now >= self._head_deadline:  # first when the header timeout is the shorter
                     guard.log.note("no complete request head within JOBWIRE_HEADER_TIMEOUT")
                     self._abort()
                 else:
-                    self._arm(self._head_deadline)
+                    self._arm(min(idle, self._head_deadline) if idle else self._head_deadline)
             elif self._receiving_body():
                 stalled_at = self._last_data + guard.header_timeout
                 if now >= stalled_at:
