@@ -329,90 +329,90 @@ def e2e_throughput(ctx: Ctx) -> list[Row]:
         _producers(srv.port, 16, 0.5)
         sink.wait_count(1, 10)
         wait_finished(db, sink.count(), 30)
-        apart = contextlib.ExitStack()
-        cores = apart.enter_context(far_ends_apart(pid, sink.proc.pid))
-        if cores:
-            ctx.progress(f"the producers and the sink: {cores}")
-        for label, key, conns, floor in (
-            ("one producer back to back", "one", 1, 1000),
-            ("16 producers", "sixteen", 16, 3000),
-            ("16 producers, every process sharing the cores", "sixteen_shared", 16, None),
-        ):
-            if floor is None:  # context: the far ends free to run on jobwire's core too
-                apart.close()
-                cores = ""
-            before_runs, before_ok = finished_count(db), succeeded_count(db)
-            before_arrivals = sink.count()
-            ctx.progress(f"{label}: {seconds:g}s; load average {loadavg()}")
-            cpu0 = cpu_of(pid)
-            acked, t0, t1 = _producers(srv.port, conns, seconds)
-            got = sink.wait_count(before_arrivals + acked, 60) - before_arrivals
-            done = wait_finished(db, before_runs + acked, 60) - before_runs
-            cpu = cpu_of(pid) - cpu0
-            ok = succeeded_count(db) - before_ok
-            last = max(t for t in sink.arrivals().values())
-            started_rate = got / (last - t0)
-            ctx.data[f"e2e_throughput_{key}"] = {
-                "cores": cores,
-                "acked": acked,
-                "arrived": got,
-                "finished": done,
-                "succeeded": ok,
-                "seconds": t1 - t0,
-                "acked_per_s": acked / (t1 - t0),
-                "started_per_s_to_last_arrival": started_rate,
-                "server_cpu_s": cpu,
-                "cpu_us_per_run": cpu / max(done, 1) * 1e6,
-                "load": loadavg(),
-            }
-            lost = acked - got
-            note = f"; {lost} acknowledged runs never called" if lost else ""
-            note += f"; {done - ok} runs did not succeed" if done != ok else ""
-            if floor is None:
+        with contextlib.ExitStack() as apart:  # left on an error too: no pinning outlives the row
+            cores = apart.enter_context(far_ends_apart(pid, sink.proc.pid))
+            if cores:
+                ctx.progress(f"the producers and the sink: {cores}")
+            for label, key, conns, floor in (
+                ("one producer back to back", "one", 1, 1000),
+                ("16 producers", "sixteen", 16, 3000),
+                ("16 producers, every process sharing the cores", "sixteen_shared", 16, None),
+            ):
+                if floor is None:  # context: the far ends free to run on jobwire's core too
+                    apart.close()
+                    cores = ""
+                before_runs, before_ok = finished_count(db), succeeded_count(db)
+                before_arrivals = sink.count()
+                ctx.progress(f"{label}: {seconds:g}s; load average {loadavg()}")
+                cpu0 = cpu_of(pid)
+                acked, t0, t1 = _producers(srv.port, conns, seconds)
+                got = sink.wait_count(before_arrivals + acked, 60) - before_arrivals
+                done = wait_finished(db, before_runs + acked, 60) - before_runs
+                cpu = cpu_of(pid) - cpu0
+                ok = succeeded_count(db) - before_ok
+                last = max(t for t in sink.arrivals().values())
+                started_rate = got / (last - t0)
+                ctx.data[f"e2e_throughput_{key}"] = {
+                    "cores": cores,
+                    "acked": acked,
+                    "arrived": got,
+                    "finished": done,
+                    "succeeded": ok,
+                    "seconds": t1 - t0,
+                    "acked_per_s": acked / (t1 - t0),
+                    "started_per_s_to_last_arrival": started_rate,
+                    "server_cpu_s": cpu,
+                    "cpu_us_per_run": cpu / max(done, 1) * 1e6,
+                    "load": loadavg(),
+                }
+                lost = acked - got
+                note = f"; {lost} acknowledged runs never called" if lost else ""
+                note += f"; {done - ok} runs did not succeed" if done != ok else ""
+                if floor is None:
+                    rows.append(
+                        Row(
+                            f"e2e: {label}, context: runs/s (201s / started); server CPU per finished run",
+                            f"{acked / (t1 - t0):,.0f} / {started_rate:,.0f} /s; {cpu / max(done, 1) * 1e6:,.0f} µs{note}",
+                            "—",
+                            None,
+                        )
+                    )
+                    continue
                 rows.append(
                     Row(
-                        f"e2e: {label}, context: runs/s (201s / started); server CPU per finished run",
-                        f"{acked / (t1 - t0):,.0f} / {started_rate:,.0f} /s; {cpu / max(done, 1) * 1e6:,.0f} µs{note}",
-                        "—",
-                        None,
+                        f"e2e: runs/s, HTTP job, {label} (201s / started, to the last call's arrival"
+                        + ("; producers and sink on their own core)" if cores else ")"),
+                        f"{acked / (t1 - t0):,.0f} / {started_rate:,.0f} /s{note}",
+                        f"≥ {floor:,} /s",
+                        started_rate >= floor and not lost,
                     )
                 )
-                continue
-            rows.append(
-                Row(
-                    f"e2e: runs/s, HTTP job, {label} (201s / started, to the last call's arrival"
-                    + ("; producers and sink on their own core)" if cores else ")"),
-                    f"{acked / (t1 - t0):,.0f} / {started_rate:,.0f} /s{note}",
-                    f"≥ {floor:,} /s",
-                    started_rate >= floor and not lost,
-                )
-            )
-            # The CPU floor (≤ 300 µs, "≥ 3,000 runs/s on one core") is what a run costs at capacity:
-            # judged with 16 producers. One producer back to back pays a whole commit (fsync and
-            # the store thread's hand-overs) for each run: context, beside its own runs/s floor.
-            cpu_ok = done == acked == ok and cpu / max(done, 1) <= 300e-6
-            rows.append(
-                Row(
-                    f"  … server CPU per finished run ({done:,} runs, {cpu / (t1 - t0):.0%} of a core"
-                    + ("; one commit per run, context)" if conns == 1 else ")"),
-                    f"{cpu / max(done, 1) * 1e6:,.0f} µs",
-                    "—" if conns == 1 else "≤ 300 µs",
-                    None if conns == 1 else cpu_ok,
-                )
-            )
-            if conns > 1:  # context: this machine's interpreter against session 12's (bench/machine.py)
-                speed = interpreter_ns()
-                scaled = cpu / max(done, 1) * 1e6 * REFERENCE["interpreter_ns"] / speed
-                ctx.data["e2e_throughput_sixteen"]["interpreter_ns"] = speed
+                # The CPU floor (≤ 300 µs, "≥ 3,000 runs/s on one core") is what a run costs at capacity:
+                # judged with 16 producers. One producer back to back pays a whole commit (fsync and
+                # the store thread's hand-overs) for each run: context, beside its own runs/s floor.
+                cpu_ok = done == acked == ok and cpu / max(done, 1) <= 300e-6
                 rows.append(
                     Row(
-                        f"  … the same scaled to session 12's interpreter ({REFERENCE['interpreter_ns']:g} ns; "
-                        f"here {speed:.0f} ns), context",
-                        f"{scaled:,.0f} µs",
-                        "—",
-                        None,
+                        f"  … server CPU per finished run ({done:,} runs, {cpu / (t1 - t0):.0%} of a core"
+                        + ("; one commit per run, context)" if conns == 1 else ")"),
+                        f"{cpu / max(done, 1) * 1e6:,.0f} µs",
+                        "—" if conns == 1 else "≤ 300 µs",
+                        None if conns == 1 else cpu_ok,
                     )
                 )
+                if conns > 1:  # context: this machine's interpreter against session 12's (bench/machine.py)
+                    speed = interpreter_ns()
+                    scaled = cpu / max(done, 1) * 1e6 * REFERENCE["interpreter_ns"] / speed
+                    ctx.data["e2e_throughput_sixteen"]["interpreter_ns"] = speed
+                    rows.append(
+                        Row(
+                            f"  … the same scaled to session 12's interpreter ({REFERENCE['interpreter_ns']:g} ns; "
+                            f"here {speed:.0f} ns), context",
+                            f"{scaled:,.0f} µs",
+                            "—",
+                            None,
+                        )
+                    )
     return rows
 
 
