@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.support.server import Server
+from tests.support.waiting import eventually_sync
 
 JOBS = """
 jobs:
@@ -316,9 +317,7 @@ def test_the_job_is_called_before_its_trigger_is_answered(server: Server) -> Non
                     buf += data
                 assert buf.startswith(b"HTTP/1.1 201 ") and first is not None
                 answered[json.loads(buf.partition(b"\r\n\r\n")[2])["id"]] = first
-        deadline = time.monotonic() + 10
-        while len(target.arrived) < len(answered) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        eventually_sync(lambda: len(target.arrived) >= len(answered), 10, "every call at the target")
         assert target.arrived.keys() == answered.keys()
         kept_alive = list(answered)[1:]
         late = {rid: answered[rid] - target.arrived[rid] for rid in kept_alive if target.arrived[rid] > answered[rid]}

@@ -5,20 +5,23 @@ validation would have built: same fields, same values, same fields set, same JSO
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel
 
 from jobwire.model import Event, Incoming, Run, RunState, Transition
 
 NOW = datetime(2026, 12, 7, 11, 0, 0, 123456, tzinfo=UTC)
 
 
-def same(a: object, b: object) -> None:
+def same(a: BaseModel, b: BaseModel) -> None:
     assert type(a) is type(b)
-    assert a.__dict__ == b.__dict__  # type: ignore[attr-defined]
-    assert list(a.__dict__) == list(b.__dict__)  # type: ignore[attr-defined]
-    assert a.model_fields_set == b.model_fields_set  # type: ignore[attr-defined]
-    assert a.__pydantic_extra__ == b.__pydantic_extra__  # type: ignore[attr-defined]
-    assert a.__pydantic_private__ == b.__pydantic_private__  # type: ignore[attr-defined]
-    assert a.model_dump_json() == b.model_dump_json()  # type: ignore[attr-defined]
+    assert a.__dict__ == b.__dict__
+    assert list(a.__dict__) == list(b.__dict__)
+    assert a.model_fields_set == b.model_fields_set
+    assert a.__pydantic_extra__ == b.__pydantic_extra__
+    assert a.__pydantic_private__ == b.__pydantic_private__
+    assert a.model_dump_json() == b.model_dump_json()
 
 
 def test_transition_made_is_the_validated_transition() -> None:
@@ -28,23 +31,23 @@ def test_transition_made_is_the_validated_transition() -> None:
 
 
 def test_event_received_is_the_validated_event() -> None:
-    args = dict(
+    args: dict[str, Any] = dict(
         id="e1", job="j", trigger="api", source="api", received_at=NOW,
         scheduled_at=NOW + timedelta(seconds=1), input_location="s3://b/k",
     )
-    same(Event.received(**args), Event(**args))  # type: ignore[arg-type]
+    same(Event.received(**args), Event(**args))
     same(Event.received("e2", None, "t", "amqp", NOW, None, None),
          Event(id="e2", job=None, trigger="t", source="amqp", received_at=NOW, scheduled_at=None, input_location=None))
 
 
 def test_run_recorded_is_the_validated_run() -> None:
     history = [Transition.made(RunState.pending, NOW, "event e1 from api", 1)]
-    args = dict(
+    args: dict[str, Any] = dict(
         id="r1", key="j/api/k1", job="j", trigger="api", event_id="e1", state=RunState.pending,
         params={"who": "bob", "n": 3}, concurrency_key=None, created_at=NOW, scheduled_at=None,
         input_location=None, environment="prod", history=history,
     )
-    same(Run.recorded(**args), Run(**args))  # type: ignore[arg-type]
+    same(Run.recorded(**args), Run(**args))
 
 
 def test_snapshot_is_model_copy_with_its_own_containers() -> None:

@@ -254,12 +254,9 @@ class StatusHub:
         self.ring.skip()
 
     def unheard(self) -> bool:
-        """`not listening`, then `skip`, in one call (three state changes a run ask it): True when
-        nobody would read a document now, whose change then took its sequence number."""
-        if self._all_sinks or self.relay is not None or self._readers:
-            return False
-        idle = self._idle_since
-        if idle is not None and time.monotonic() - idle < RESUME_WINDOW:
+        """`not listening`, then `skip`: True when nobody would read a document now, whose change
+        then took its sequence number."""
+        if self.listening:
             return False
         self.ring.skip()
         return True
