@@ -1,16 +1,23 @@
 # jobwire — `make run` starts it on embedded defaults; `make test` runs the whole suite.
-PY ?= python3
+# the interpreter .venv is built on: the system's optimised build before a pyenv one (scripts/python.sh)
+ifeq ($(origin PY),undefined)
+PY := $(shell bash scripts/python.sh)
+endif
 VENV := .venv
 BIN := $(VENV)/bin
 WHEELHOUSE := $(VENV)/wheelhouse
-STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell (cat requirements.lock pyproject.toml; echo '$(PY)') | cksum | cut -d' ' -f1)
 PYTEST_WORKERS ?= 2
 
 .PHONY: install run test lint services browser screenshots bench soak chaos clean lock
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "jobwire needs Python >= 3.11 (set PY=python3.11)")'
-	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@# a venv built on another interpreter than $(PY) is built again (its packages would not change it)
+	@if [ -x $(BIN)/python ] && [ "$$(cat $(VENV)/.interpreter 2>/dev/null)" != '$(PY)' ]; then \
+		echo "rebuilding $(VENV) on $(PY) (it was built on $$(cat $(VENV)/.interpreter 2>/dev/null || echo another interpreter))"; \
+		rm -rf $(VENV); fi
+	@test -x $(BIN)/python || { echo "building $(VENV) on $(PY)"; $(PY) -m venv $(VENV) && echo '$(PY)' > $(VENV)/.interpreter; }
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev]'
 	@# the wheels of jobwire's runtime dependencies (every extra) and its build backend: the
