@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from pydantic import BaseModel
 
 from jobwire.model import Event, Incoming, Run, RunState, Transition
@@ -77,3 +78,43 @@ def test_incoming_manual_is_the_validated_incoming() -> None:
     validated.__pydantic_fields_set__.discard("received_at")  # a default there, given here to compare
     same(made, validated)
     assert Incoming.manual("j", "cli", {}, None).received_at.tzinfo is not None
+
+
+def test_a_field_assigned_on_run_and_event_is_what_basemodel_assigns() -> None:
+    # `FastFields.__setattr__` against BaseModel's own, on two equal models
+    def pair() -> tuple[Run, Run, Event, Event]:
+        made = [
+            Run(id="r", key="k", job="j", trigger="api", event_id="e", state=RunState.pending, created_at=NOW)
+            for _ in range(2)
+        ]
+        events = [Event(id="e", job="j", trigger="api", source="api", received_at=NOW) for _ in range(2)]
+        return made[0], made[1], events[0], events[1]
+
+    fast, slow, fast_event, slow_event = pair()
+    run_fields: list[tuple[str, Any]] = [
+        ("state", RunState.running), ("started_at", NOW), ("target_ref", "pid 1"), ("http_status", 200)
+    ]
+    event_fields: list[tuple[str, Any]] = [("run_id", "r"), ("payload", {"a": 1}), ("input_location", None)]
+    for name, value in run_fields:
+        setattr(fast, name, value)
+        BaseModel.__setattr__(slow, name, value)
+    for name, value in event_fields:
+        setattr(fast_event, name, value)
+        BaseModel.__setattr__(slow_event, name, value)
+    same(fast, slow)
+    same(fast_event, slow_event)
+    assert "target_ref" in fast.model_fields_set and "input_location" in fast_event.model_fields_set
+    # anything that is not a field still goes through BaseModel (which refuses it)
+    for model in (fast, fast_event):
+        with pytest.raises(ValueError, match="no_such_field"):
+            model.__setattr__("no_such_field", 1)
+
+
+def test_enum_values_read_in_c_are_the_enum_values() -> None:
+    from jobwire.model import EventOutcome
+
+    for enum in (RunState, EventOutcome):
+        for member in enum:
+            assert member.value == member._value_ == str(member)
+            assert type(member.value) is str
+    assert Transition.made(RunState.timed_out, NOW, None, 1).model_dump(mode="json")["state"] == "timed_out"

@@ -203,9 +203,10 @@ class StatusHub:
     def listening(self) -> bool:
         """Whether a document would reach anyone: a sink, a subscriber, or a stream client that
         left less than RESUME_WINDOW ago and may come back with `Last-Event-ID`."""
-        if self._all_sinks or self.relay is not None:
+        if self._all_sinks or self.relay is not None or self._readers:
             return True
-        return self.reading
+        # `reading`'s test written out: this runs for each state change (three a run)
+        return self._idle_since is not None and time.monotonic() - self._idle_since < RESUME_WINDOW
 
     @property
     def reading(self) -> bool:
