@@ -6,7 +6,11 @@ durable commit 65 µs to 257 µs of CPU. A row missed on a machine 2.5× slower 
 code; the two figures below, printed beside the table, say which machine it was.
 
 * `interpreter_ns` — the best of 5 `timeit` rounds of `sum((1, 2, 3))` in this interpreter: plain
-  CPython speed, what the event loop's Python work scales with.
+  CPython speed, what the event loop's Python work scales with. It depends on how the interpreter
+  was built as well as on the machine: sessions 12–19 ran pyenv's CPython 3.11.7 (no PGO or LTO);
+  from session 20, `make` builds the venv on Debian's 3.11 (PGO + LTO), which reads ~25 % lower on
+  the same machine (47.5 against 61.6 ns, alternated, 2026-12-07 13:27). So against `REFERENCE`
+  it now says less about the machine than it did.
 * `commit_cpu_us` — the CPU (user + system) of one durable SQLite commit of one row with five
   indexes (WAL, `synchronous=FULL`), a bare loop: what every group commit costs at least
   (`python -m bench.commit_floor` prints it with more detail).

@@ -20,7 +20,6 @@ import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,6 +46,7 @@ from jobwire.store.base import (
     StoreLocked,
     known_if_same,
 )
+from jobwire.store.onethread import OneThread
 from jobwire.store.queries import (
     Queries,
     check_buckets,
@@ -438,7 +438,7 @@ class SQLiteStore(Store):
             )
         self.synchronous = sync
         self.busy_timeout_ms = busy_timeout_ms
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread: OneThread | None = None
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._queued = 0
@@ -458,9 +458,9 @@ class SQLiteStore(Store):
 
     def _submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Hand `fn` to the store thread, counting it in `_queued` until it is done."""
-        if self._executor is None or self._conn is None:
+        if self._thread is None or self._conn is None:
             raise StoreError(f"{self!r} is not open: call open() first")
-        fut = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        fut = self._thread.submit(fn, *args)
         self._queued += 1
         fut.add_done_callback(self._done)
         return fut
@@ -535,15 +535,16 @@ class SQLiteStore(Store):
     # ---- lifecycle
 
     async def open(self) -> None:
-        if self._executor is not None:
+        if self._thread is not None:
             raise StoreError(f"{self!r} is already open")
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobwire-sqlite")
+        thread = OneThread("jobwire-sqlite")
+        thread.start()
         try:
-            await asyncio.get_running_loop().run_in_executor(executor, self._open_sync)
+            await thread.submit(self._open_sync)
         except BaseException:
-            executor.shutdown(wait=True)
+            await thread.stop()
             raise
-        self._executor = executor
+        self._thread = thread
 
     def _open_sync(self) -> None:
         try:
@@ -574,14 +575,14 @@ class SQLiteStore(Store):
         os.close(fd)
 
     async def close(self) -> None:
-        executor = self._executor
-        if executor is None:
+        thread = self._thread
+        if thread is None:
             return
         try:
-            await asyncio.get_running_loop().run_in_executor(executor, self._close_sync)
+            await thread.submit(self._close_sync)
         finally:
-            self._executor = None
-            executor.shutdown(wait=True)
+            self._thread = None
+            await thread.stop()
 
     def _close_sync(self) -> None:
         conn, fd = self._conn, self._lock_fd
