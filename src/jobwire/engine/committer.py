@@ -79,9 +79,15 @@ class Committer:
         """Intakes that must commit with a run's update (by run id), see `link`."""
         self._flushes: list[asyncio.Future[None]] = []
         self._after: list[Callable[[], None]] = []
-        self._wake = asyncio.Event()
-        self._urgent = asyncio.Event()
-        """Set when someone waits for the next commit (an intake, a linked intake, a flush)."""
+        # The writer loop's wake-ups (`_signal`, `_wait`): one waiter, two flags, no asyncio.Event —
+        # an Event's wait, and `asyncio.timeout` around it for the linger, cost ~15 Python-level
+        # calls a commit, which at one producer is a commit a run.
+        self._pending = False
+        """Something was handed in since the loop last looked."""
+        self._hurry = False
+        """Someone waits for the next commit (an intake, a linked intake, a flush): no linger."""
+        self._waiter: asyncio.Future[None] | None = None
+        self._lingering = False
         self.linger = UPDATE_LINGER
         self._task: asyncio.Task[None] | None = None
         self.fencing: Fencing | None = None
@@ -122,7 +128,7 @@ class Committer:
         """Start the writer loop; `spawn` runs it supervised (restarted if it ever raises)."""
 
         def run() -> Coroutine[Any, Any, None]:
-            self._wake.set()  # a restarted loop first looks at what is already waiting
+            self._pending = True  # a restarted loop first looks at what is already waiting
             return self._loop()
 
         name = "jobwire-committer"
@@ -146,8 +152,7 @@ class Committer:
             if not fut.done():
                 fut.set_exception(exc)
         self._intakes, self._updates, self._after, self._linked = [], {}, [], {}
-        self._wake.set()
-        self._urgent.set()
+        self._signal(True)
         return events, updates
 
     async def record(self, intake: Intake) -> Recorded:
@@ -157,8 +162,7 @@ class Committer:
         """Hand in an intake; the future resolves once the transaction that holds it committed."""
         fut: asyncio.Future[Recorded] = asyncio.get_running_loop().create_future()
         self._intakes.append((intake, fut))
-        self._wake.set()
-        self._urgent.set()
+        self._signal(True)
         return fut
 
     def update(self, run: Run) -> None:
@@ -166,7 +170,8 @@ class Committer:
         run goes through before the next transaction, it is written once, with its state as of
         that transaction (the store captures it before it yields — no copy here)."""
         self._updates[run.id] = run
-        self._wake.set()
+        if not self._pending:
+            self._signal(False)
 
     def link(self, run: Run, intakes: list[Intake]) -> list[asyncio.Future[Recorded]]:
         """Persist `run`'s current state and these intakes in the SAME transaction (a chained
@@ -175,14 +180,14 @@ class Committer:
         pairs = [(i, loop.create_future()) for i in intakes]
         self._linked.setdefault(run.id, []).extend(pairs)
         self.update(run)
-        self._urgent.set()
+        self._signal(True)
         return [f for _, f in pairs]
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` once everything handed in so far is committed (e.g. drop a launch marker
         only when the run's end is durable — dropping it earlier could relaunch the run after a crash)."""
         self._after.append(callback)
-        self._wake.set()
+        self._signal(False)
 
     async def flush(self) -> None:
         """Wait until everything handed in so far is committed — including a transaction already
@@ -191,8 +196,7 @@ class Committer:
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._flushes.append(fut)
-        self._wake.set()
-        self._urgent.set()
+        self._signal(True)
         await fut
 
     def _fence(
@@ -275,18 +279,41 @@ class Committer:
         """Write `row` (a status document for a durable sink) in the same transaction as the run's
         pending state change (or the next transaction, when it has none)."""
         self._rows.setdefault(run_id, []).append(row)
-        self._wake.set()
+        self._signal(False)
+
+    def _signal(self, urgent: bool) -> None:
+        """Something was handed in (`urgent`: someone waits for its commit): wake the writer loop
+        when it waits for work, or, if urgent, when it lingers."""
+        self._pending = True
+        if urgent:
+            self._hurry = True
+        waiter = self._waiter
+        if waiter is not None and (urgent or not self._lingering) and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self, linger: float | None) -> None:
+        """Until something is handed in (`linger` None), or until something urgent is or `linger`
+        seconds passed."""
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        self._lingering = linger is not None
+        timer = loop.call_later(linger, _wake_up, waiter) if linger is not None else None
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     async def _loop(self) -> None:
         while True:
-            await self._wake.wait()
-            self._wake.clear()
+            if not self._pending:
+                await self._wait(None)
+            self._pending = False
             while self._intakes or self._updates or self._after or self._rows:
-                if not self._urgent.is_set() and self.linger > 0:
-                    with suppress(TimeoutError):
-                        async with asyncio.timeout(self.linger):
-                            await self._urgent.wait()
-                self._urgent.clear()
+                if not self._hurry and self.linger > 0:
+                    await self._wait(self.linger)
+                self._hurry = False
                 batch, self._intakes = self._intakes[:MAX_BATCH], self._intakes[MAX_BATCH:]
                 updates, self._updates = self._updates, {}
                 rows, self._rows = self._rows, {}
@@ -358,6 +385,11 @@ class Committer:
                 if not f.done():
                     f.set_result(None)
             self._flushes = []
+
+
+def _wake_up(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 @dataclass(frozen=True, slots=True)
