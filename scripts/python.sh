@@ -7,7 +7,7 @@
 # images (our Dockerfile's base) compile CPython with profile-guided and link-time optimisation;
 # pyenv and asdf build it without them unless PYTHON_CONFIGURE_OPTS asks, and on a developer machine
 # (this project's build machine too) theirs is the python3 on PATH. Measured here (docs/performance.md,
-# "Session 20"): the same jobwire costs ~15 % less CPU per run on Debian's 3.11 than on pyenv's 3.11.
+# "Session 20"): the same jobwire cost ~10 % less CPU per run on Debian's 3.11 than on pyenv's 3.11.
 set -euo pipefail
 
 usable() {
