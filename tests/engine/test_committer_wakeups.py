@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from jobwire.engine.committer import Committer
 from jobwire.engine.metrics import Metrics
 from jobwire.model import Run, RunState
-from jobwire.store import Fence, Intake, OutboxRow
+from jobwire.store import Fence, Intake, OutboxRow, Recorded
 from jobwire.store.memory import MemoryStore
 from tests.contract.test_store_contract import intake
 from tests.support.waiting import eventually
@@ -29,7 +29,7 @@ class Counting(MemoryStore):
         updates: list[Run],
         outbox: Sequence[OutboxRow] = (),
         fence: Fence | None = None,
-    ):  # type: ignore[no-untyped-def]
+    ) -> list[Recorded]:
         self.commits.append((len(batch), [r.id for r in updates]))
         return await super().commit(batch, updates, outbox, fence)
 

@@ -287,9 +287,8 @@ class Committer:
         self._pending = True
         if urgent:
             self._hurry = True
-        waiter = self._waiter
-        if waiter is not None and (urgent or not self._lingering) and not waiter.done():
-            waiter.set_result(None)
+        if self._waiter is not None and (urgent or not self._lingering):
+            _wake_up(self._waiter)
 
     async def _wait(self, linger: float | None) -> None:
         """Until something is handed in (`linger` None), or until something urgent is or `linger`

@@ -64,12 +64,11 @@ class OneThread:
 
     async def stop(self) -> None:
         """Run what was handed in, then end the thread."""
-        thread, self._thread = self._thread, None
+        thread = self._thread
         if thread is None:
             return
-        loop = asyncio.get_running_loop()
-        last: asyncio.Future[None] = loop.create_future()
-        self._queue.put((loop, last, _nothing, ()))
+        last = self.submit(_nothing)
+        self._thread = None
         self._queue.put(None)
         await last
         thread.join()  # it has passed its last call: only the sentinel is left
