@@ -23,6 +23,8 @@ def _bad_text(text: str) -> bool:
 
 def unstorable(value: Any, path: str = "") -> tuple[str, str] | None:
     """(path, what is wrong) of the first value that cannot be stored, or None."""
+    if value is None or (type(value) is dict and not value):  # a trigger without a body
+        return None
     stack: list[tuple[Any, str, int]] = [(value, path, 0)]
     while stack:
         v, p, depth = stack.pop()

@@ -665,6 +665,8 @@ class Job(_Def):
         return out
 
     def trigger(self, trigger_id: str) -> Any | None:
+        if not self.triggers:  # a job run only over the API or by hand: no ids to work out
+            return None
         for tid, t in zip(self.trigger_ids(), self.triggers, strict=True):
             if tid == trigger_id:
                 return t

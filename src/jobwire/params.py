@@ -219,6 +219,8 @@ def resolve_params(
     payloads): such keys are ignored. A null value counts as not supplied. Every problem is
     collected into one ParamError.
     """
+    if not job.parameters and not fixed and (supplied is None or (type(supplied) is dict and not supplied)):
+        return {}  # nothing declared, nothing given: what the walk below finds, without it
     errors: list[tuple[str, str]] = []
     sup: Mapping[Any, Any] = {}
     if supplied is not None:

@@ -396,7 +396,7 @@ def plain(url: str, name: str = "call") -> Job:
 
 
 def places(target: HttpTarget) -> int:
-    return target._pool_for(True)[1]._value
+    return target._pool_for(True)[1].free
 
 
 async def test_armed_nothing_is_sent_until_it_is_fired(target: HttpTarget, server: RecordingServer) -> None:
@@ -481,4 +481,4 @@ async def test_only_a_first_attempt_with_a_prebuilt_request_is_armed(
     assert await target.arm(retry) is None
     refused = FakeContext(Job(name="g", target=HttpSpec(url=server.url("/ok"))), {})
     assert await target.arm(refused) is None, "a guarded destination refused is reported by execute"
-    assert places(target) == target.in_flight and target._pool_for(False)[1]._value == target.in_flight
+    assert places(target) == target.in_flight and target._pool_for(False)[1].free == target.in_flight

@@ -129,8 +129,10 @@ class EngineContext(RunContext):
         self._callback_token = value
 
     async def until_startable(self) -> float | None:
-        await self._attempts._until_alive(self.run)
-        return self._attempts.start_deadline()
+        attempts = self._attempts
+        if not attempts.may_launch():  # `_until_alive`, without its coroutine when alive
+            await attempts._until_alive(self.run)
+        return attempts.start_deadline()
 
     async def started(self, ref: str | None, status: StatusBlock | None = None) -> None:
         run = self.run
@@ -249,8 +251,10 @@ class Attempts:
     def _marked(self, run_id: str, attempts: int) -> bool:
         """Whether any attempt of the run is in the journal (not for targets without markers,
         unless a journal from before a restart holds one)."""
-        journal = self.journal
-        return any(self._name(run_id, n) in journal for n in range(1, attempts + 1))
+        live = self.journal.live
+        if attempts == 1:  # a first attempt's name is its run id (`_name`): once a run, no generator
+            return run_id in live
+        return any(self._name(run_id, n) in live for n in range(1, attempts + 1))
 
     def forget(self, run_id: str, attempts: int = 1) -> None:
         """The run's end is committed: drop every attempt of it from the journal."""
@@ -406,7 +410,9 @@ class Attempts:
         ctx: EngineContext | None = None,
     ) -> None:
         self._placed.add(run.id)
-        self._tasks[run.id] = asyncio.create_task(
+        # the loop's own `create_task` (uvloop names it in C): `asyncio.create_task` adds a Python
+        # wrapper, a `get_running_loop` (a `getpid` system call on 3.11) and `_set_task_name`
+        self._tasks[run.id] = asyncio.get_running_loop().create_task(
             self._attempt(run, job, resumed, received_at, ctx), name=f"jobwire-run-{run.id}"
         )
 
@@ -422,7 +428,8 @@ class Attempts:
             if target is None:
                 outcome = no_target(job)
             else:
-                await self._until_alive(run)
+                if not self.may_launch():  # `_until_alive`, without its coroutine when alive
+                    await self._until_alive(run)
                 # from here to the target's start nothing yields (local: to the spawn)
                 if target.launch_marker:
                     self.journal.mark(self._name(run.id, run.attempt))

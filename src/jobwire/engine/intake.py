@@ -242,6 +242,11 @@ class EventIntake:
                 EventOutcome.overlap,
                 f"concurrency policy forbid: already running {', '.join(victims)}",
             )
+        if params:
+            location = inc.input_location or _text(params.get("input_location"))
+            environment = inc.environment or _text(params.get("environment")) or job.environment
+        else:  # no parameters to read them from
+            location, environment = inc.input_location, inc.environment or job.environment
         now = utcnow()
         state = RunState.queued if decision == Decision.queue else RunState.pending
         run = Run.recorded(
@@ -255,8 +260,8 @@ class EventIntake:
             concurrency_key=ckey,
             created_at=now,
             scheduled_at=inc.scheduled_at,
-            input_location=inc.input_location or _text(params.get("input_location")),
-            environment=inc.environment or _text(params.get("environment")) or job.environment,
+            input_location=location,
+            environment=environment,
             history=[Transition.made(state, now, f"event {event.id} from {inc.source}", 1)],
         )
         if inc.scheduled_at is not None and inc.scheduled_at > now and inc.source in TIME_SOURCES:
@@ -298,7 +303,8 @@ class EventIntake:
             self.slots.release(run.job, run.concurrency_key, run.id)
             run.state, run.history = rec.run.state, rec.run.history
             self.slots.enqueue(run.job, run.concurrency_key, run.id)
-        p.victims += [v for v in rec.victims if v not in p.victims]
+        if rec.victims:  # the store replaced runs of other replicas too
+            p.victims += [v for v in rec.victims if v not in p.victims]
         self.runs[run.id] = run
         self._active(run.state._value_).inc()
         self.states.publish(run)
@@ -385,7 +391,8 @@ def _json_safe(value: Any) -> Any:
 def _mask_payload(job: Job, payload: Any) -> Any:
     """Events keep their payload for lineage, with secret parameters masked."""
     if isinstance(payload, dict):
-        return _json_safe(mask_params(job, payload))
+        # an empty body is stored as it is: nothing to mask, nothing unsafe
+        return _json_safe(mask_params(job, payload)) if payload else payload
     return _json_safe(payload)
 
 

@@ -63,7 +63,9 @@ def _lock(path: Path) -> int:
 class LaunchJournal:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._live: set[str] = set()
+        self.live: set[str] = set()
+        """The names of attempts handed over and not forgotten (read-only outside this class; one
+        set for the journal's life, so a caller may hold it)."""
         self._dead = 0
         self._fd: int | None = None
         self._lock_fd: int | None = None
@@ -91,7 +93,8 @@ class LaunchJournal:
         legacy = self.path.parent / "launched"  # one empty file per attempt (before the journal)
         if legacy.is_dir():
             live.update(p.name for p in legacy.iterdir())
-        self._live = live
+        self.live.clear()
+        self.live.update(live)
         self._rewrite()
         if legacy.is_dir():
             shutil.rmtree(legacy, ignore_errors=True)
@@ -105,28 +108,28 @@ class LaunchJournal:
             self._lock_fd = None
 
     def __contains__(self, name: object) -> bool:
-        return name in self._live
+        return name in self.live
 
     def __len__(self) -> int:
-        return len(self._live)
+        return len(self.live)
 
     def mark(self, name: str) -> None:
         """Note that attempt `name` is about to be handed to its target."""
-        if name in self._live:
+        if name in self.live:
             return
         self._append(f"+{name}\n")
-        self._live.add(name)
+        self.live.add(name)
 
     def forget(self, names: Iterable[str]) -> None:
         """The run's end is committed: its attempts need no resuming any more."""
-        lines = [f"-{n}\n" for n in names if n in self._live]
+        lines = [f"-{n}\n" for n in names if n in self.live]
         if not lines:
             return
         self._append("".join(lines))
         for line in lines:
-            self._live.discard(line[1:-1])
+            self.live.discard(line[1:-1])
         self._dead += len(lines)
-        if self._dead >= COMPACT_MIN and self._dead >= COMPACT_FACTOR * len(self._live):
+        if self._dead >= COMPACT_MIN and self._dead >= COMPACT_FACTOR * len(self.live):
             self._rewrite()
 
     def _append(self, text: str) -> None:
@@ -153,7 +156,7 @@ class LaunchJournal:
     def _rewrite(self) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
         with tmp.open("wb") as fh:
-            fh.write("".join(f"+{n}\n" for n in sorted(self._live)).encode())
+            fh.write("".join(f"+{n}\n" for n in sorted(self.live)).encode())
         os.replace(tmp, self.path)
         self.close()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)

@@ -40,7 +40,10 @@ class Slots:
         self._slots: dict[tuple[str, str | None], _Slot] = {}
 
     def _slot(self, job: str, key: str | None) -> _Slot:
-        return self._slots.setdefault((job, key), _Slot())
+        slot = self._slots.get((job, key))
+        if slot is None:  # not `setdefault(…, _Slot())`: that builds a slot (a dict, a deque) every call
+            slot = self._slots[(job, key)] = _Slot()
+        return slot
 
     def decide(self, job: Job, key: str | None) -> tuple[Decision, list[str]]:
         limit = job.concurrency.limit
@@ -56,22 +59,29 @@ class Slots:
         return Decision.queue, []
 
     def occupy(self, job: str, key: str | None, run_id: str, created_at: datetime) -> None:
-        self._slot(job, key).active[run_id] = created_at
+        slot = self._slots.get((job, key))  # `_slot`, written out: once a run
+        if slot is None:
+            slot = self._slots[(job, key)] = _Slot()
+        slot.active[run_id] = created_at
 
     def enqueue(self, job: str, key: str | None, run_id: str) -> None:
         self._slot(job, key).waiting.append(run_id)
 
-    def release(self, job: str, key: str | None, run_id: str) -> None:
+    def release(self, job: str, key: str | None, run_id: str) -> bool:
+        """`run_id` holds no slot and waits for none now. Returns whether runs of (job, key) still
+        wait for a slot (if none does, there is nothing to promote)."""
         slot = self._slots.get((job, key))
         if slot is None:
-            return
+            return False
         slot.active.pop(run_id, None)
-        try:
-            slot.waiting.remove(run_id)
-        except ValueError:
-            pass
+        if slot.waiting:
+            try:
+                slot.waiting.remove(run_id)
+            except ValueError:
+                pass
         if not slot.active and not slot.waiting:
             del self._slots[(job, key)]
+        return bool(slot.waiting)
 
     def waiting(self, job: str, key: str | None) -> list[str]:
         """The queued runs of (job, key), in order."""

@@ -112,17 +112,16 @@ class RunStates:
         self.logs.finish(run.id)
         # `_value_`, not the `value` property (two Python-level calls), on a per-run path
         self._finished(run.job, run.state._value_).inc()
+        stored = self.jobs.get(run.job)
         if run.started_at and run.finished_at:
-            stored = self.jobs.get(run.job)
             kind = stored.job.target.type if stored else "unknown"
             self._run_seconds(kind).observe(
                 (run.finished_at - run.started_at).total_seconds()
             )
-        self.slots.release(run.job, run.concurrency_key, run.id)
-        stored = self.jobs.get(run.job)
+        waiting = self.slots.release(run.job, run.concurrency_key, run.id)
         if self.slot_freed is not None and stored is not None and stored.job.concurrency.limit is not None:
             self.slot_freed(run.job, run.concurrency_key)
-        else:
+        elif waiting:  # runs of this job and key wait for the slot here
             self.promote(run.job, run.concurrency_key)
 
     def promote(self, job_name: str, ckey: str | None) -> None:

@@ -203,10 +203,7 @@ class StatusHub:
     def listening(self) -> bool:
         """Whether a document would reach anyone: a sink, a subscriber, or a stream client that
         left less than RESUME_WINDOW ago and may come back with `Last-Event-ID`."""
-        if self._all_sinks or self.relay is not None or self._readers:
-            return True
-        # `reading`'s test written out: this runs for each state change (three a run)
-        return self._idle_since is not None and time.monotonic() - self._idle_since < RESUME_WINDOW
+        return bool(self._all_sinks or self.relay is not None) or self.reading
 
     @property
     def reading(self) -> bool:
@@ -257,7 +254,10 @@ class StatusHub:
     def unheard(self) -> bool:
         """`not listening`, then `skip`: True when nobody would read a document now, whose change
         then took its sequence number."""
-        if self.listening:
+        # `listening`'s test written out: this runs for each state change (three a run)
+        if self._all_sinks or self.relay is not None or self._readers:
+            return False
+        if self._idle_since is not None and time.monotonic() - self._idle_since < RESUME_WINDOW:
             return False
         self.ring.skip()
         return True

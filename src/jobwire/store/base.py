@@ -371,10 +371,9 @@ class Store(ABC):
         """The single-process stores' owner check (`coordination`): ids of `updates` owned by
         another replica than the writer `fence.replica` — refused, as PostgreSQL's `runs.owner`
         condition refuses them."""
-        if fence is None:
+        if fence is None or not updates:
             return set()
-        owners = {r.id: self.coordination.owner(r.id) for r in updates}
-        return {rid for rid, owner in owners.items() if owner is not None and owner != fence.replica}
+        return self.coordination.foreign(fence.replica, updates)
 
     def refused(self, ids: list[str]) -> None:
         """Tell `on_refused` about run updates that were not applied (if any)."""

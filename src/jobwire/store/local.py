@@ -138,6 +138,12 @@ class LocalCoordination:
     def owner(self, run_id: str) -> str | None:
         return self._owners.get(run_id)
 
+    def foreign(self, replica: str, updates: Sequence[Run]) -> set[str]:
+        """Ids of `updates` owned by a replica other than `replica` (one call a commit, not two
+        Python-level calls an update)."""
+        owners = self._owners
+        return {r.id for r in updates if (o := owners.get(r.id)) is not None and o != replica}
+
     def claim(self, replica: str, active: Sequence[Run], limit: int, mine: bool) -> list[Run]:
         out: list[Run] = []
         for run in active:

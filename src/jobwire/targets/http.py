@@ -49,6 +49,7 @@ from jobwire.netguard import (
 from jobwire.params import render, render_headers, render_url
 from jobwire.targets.base import Armed, Outcome, RunContext, Target
 from jobwire.targets.http1 import ClosedIdle, ConnectFailed, Http1Pool, Http1Response, ProtocolFailed
+from jobwire.targets.places import Places
 
 log = structlog.get_logger(__name__)
 
@@ -166,6 +167,10 @@ def _judge(spec: HttpSpec, status: int, head: bytes) -> Outcome:
 _SENTINEL = "jobwire-run-id-5f0c9a7e1d3b"
 """Stands for the run id in a definition's cached request (`HttpTarget._static_wire`)."""
 
+_Static = tuple[httpx.URL, str, int, bytes, bytes]
+"""A definition's cached first-attempt request: its URL, host and port (read once: httpx's `host`
+and `port` are properties that decode on every read), the request's bytes before and after the run id."""
+
 
 def _build(
     spec: HttpSpec, params: dict[str, Any], run_id: str, attempt: int
@@ -210,7 +215,7 @@ class _Shot(Armed):
         conn: Any,
         wire: bytes,
         head_only: bool,
-        slots: asyncio.Semaphore,
+        slots: Places,
     ) -> None:
         self.owner, self.run_id, self.pool, self.dest, self.conn = owner, run_id, pool, dest, conn
         self.wire, self.head_only, self.slots = wire, head_only, slots
@@ -269,7 +274,7 @@ class HttpTarget(Target):
         super().__init__(settings)
         self.http1 = Http1Pool()
         """Plain `http://` calls (`targets/http1.py`); `https://` goes through httpx's transport."""
-        self._pools: dict[bool, tuple[PooledTransport, asyncio.Semaphore]] = {}
+        self._pools: dict[bool, tuple[PooledTransport, Places]] = {}
         """A transport and its `in_flight` slots by `allow_private`: targets allowed private
         destinations get their own, so a connection opened for them is never reused by a request
         that must be guarded, and calls of one kind never wait for the other's slots."""
@@ -277,7 +282,7 @@ class HttpTarget(Target):
         """Requests in flight per pool at most (`in_flight_limit`, at `start`)."""
         self._shots: dict[str, _Shot] = {}
         """Attempts armed ahead of their due time (`arm`), by run id, until `execute` takes them."""
-        self._static: dict[int, tuple[HttpSpec, tuple[httpx.URL, bytes, bytes] | None]] = {}
+        self._static: dict[int, tuple[HttpSpec, _Static | None]] = {}
         """By definition (its id, the definition held): its cached first-attempt request, or None."""
 
     async def start(self) -> None:
@@ -293,10 +298,10 @@ class HttpTarget(Target):
         for transport, _ in pools.values():
             await transport.aclose()
 
-    def _pool_for(self, allow_private: bool) -> tuple[PooledTransport, asyncio.Semaphore]:
+    def _pool_for(self, allow_private: bool) -> tuple[PooledTransport, Places]:
         pool = self._pools.get(allow_private)
         if pool is None:
-            pool = (_transport(guarded=not allow_private), asyncio.Semaphore(self.in_flight))
+            pool = (_transport(guarded=not allow_private), Places(self.in_flight))
             self._pools[allow_private] = pool
         return pool
 
@@ -318,9 +323,13 @@ class HttpTarget(Target):
             shot.disarm()
         spec = ctx.job.target
         allow_private = isinstance(spec, HttpSpec) and self._allows_private(spec)
-        _, slots = self._pool_for(allow_private)
-        async with slots:
-            return await self._execute(ctx)
+        slots = (self._pools.get(allow_private) or self._pool_for(allow_private))[1]
+        if not slots.take():  # none free: wait in line (`Places`)
+            await slots.wait()
+        try:
+            return await self._execute(ctx, allow_private)
+        finally:
+            slots.release()
 
     async def _fired(self, ctx: RunContext, shot: _Shot) -> Outcome:
         """The rest of an attempt whose request `shot.fire` wrote at the due time."""
@@ -330,18 +339,16 @@ class HttpTarget(Target):
         deadline = asyncio.get_running_loop().time() + spec.timeout.total_seconds()
         return await self._call_http1(ctx, spec, shot.read(deadline))
 
-    async def _execute(self, ctx: RunContext) -> Outcome:
+    async def _execute(self, ctx: RunContext, allow_private: bool) -> Outcome:
         spec = ctx.job.target
         if not isinstance(spec, HttpSpec):
             return _failed("WrongTarget", f"job {ctx.job.name} has no http target", retryable=False)
-        allow_private = self._allows_private(spec)
         seconds = spec.timeout.total_seconds()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
+        deadline = asyncio.get_running_loop().time() + seconds
 
         static = self._static_wire(spec) if ctx.run.attempt == 1 else None
         if static is not None:  # built once per definition: only the run id differs
-            url, before, after = static
+            url, host, port, before, after = static
             request, wire = None, before + ctx.run.id.encode("ascii") + after
         else:
             try:
@@ -349,26 +356,27 @@ class HttpTarget(Target):
                 wire = _wire(request) if url.scheme == "http" else b""
             except (ValueError, TypeError, KeyError, httpx.InvalidURL) as exc:
                 return _failed("InvalidRequest", f"cannot build the request: {exc}", retryable=False)
-        port = url.port or (443 if url.scheme == "https" else 80)
+            host, port = url.host, url.port or (443 if url.scheme == "https" else 80)
 
         try:
-            if not destination_checked(url.host, allow_private):
+            if not destination_checked(host, allow_private):
                 async with asyncio.timeout_at(deadline):
-                    await check_destination(url.host, port, allow_private)
+                    await check_destination(host, port, allow_private)
         except DestinationRefused as exc:
             log.warning("http destination refused", run_id=ctx.run.id, job=ctx.job.name, address=exc.address)
             return _failed("DestinationRefused", exc.message, retryable=False)
         except TimeoutError:
             return _timed_out(seconds)
         except OSError as exc:
-            return _failed("ConnectError", f"cannot resolve {url.host}: {exc}", retryable=True)
+            return _failed("ConnectError", f"cannot resolve {host}: {exc}", retryable=True)
 
         await ctx.started(None)
         await ctx.until_startable()
         if wire:
             head_only = spec.method == "HEAD"
+            # every request here carries an `Idempotency-Key` (`_build`): replayable
             call = self.http1.request(
-                url.host, port, allow_private, wire, BODY_LOG_CAP, head_only=head_only, deadline=deadline
+                host, port, allow_private, wire, BODY_LOG_CAP, head_only, deadline, again=True
             )
             return await self._call_http1(ctx, spec, call)
         assert request is not None
@@ -387,7 +395,7 @@ class HttpTarget(Target):
         except DestinationRefused as exc:  # the name resolved differently at connect time
             return _failed("DestinationRefused", exc.message, retryable=False)
         except httpx.ConnectError as exc:
-            return _failed("ConnectError", f"cannot connect to {url.host}:{port}: {exc}", retryable=True)
+            return _failed("ConnectError", f"cannot connect to {host}:{port}: {exc}", retryable=True)
         except httpx.TransportError as exc:
             return _failed("NetworkError", f"{type(exc).__name__}: {exc}", retryable=True)
 
@@ -404,8 +412,8 @@ class HttpTarget(Target):
         _, slots = self._pool_for(allow_private)
         if static is None or slots.locked():
             return None
-        url, before, after = static
-        dest = (url.host, url.port or 80, allow_private)
+        _, host, port, before, after = static
+        dest = (host, port, allow_private)
         await slots.acquire()  # not locked: no wait
         try:
             await check_destination(*dest)
@@ -425,14 +433,14 @@ class HttpTarget(Target):
         if isinstance(spec, HttpSpec):
             self._static_wire(spec)
 
-    def _static_wire(self, spec: HttpSpec) -> tuple[httpx.URL, bytes, bytes] | None:
+    def _static_wire(self, spec: HttpSpec) -> _Static | None:
         """For a plain-http definition without placeholders: its first attempt's request, split
         where the run id goes (None when it has placeholders or cannot be built: the slow path
         builds it, or fails it, per run)."""
         cached = self._static.get(id(spec))
         if cached is not None and cached[0] is spec:  # the spec is held: its id is not reused
             return cached[1]
-        built: tuple[httpx.URL, bytes, bytes] | None = None
+        built: _Static | None = None
         try:
             text = spec.url + json.dumps(spec.headers) + json.dumps(spec.payload)
             if "{{" not in text and _SENTINEL not in text:
@@ -440,7 +448,7 @@ class HttpTarget(Target):
                 if url.scheme == "http":
                     before, _, after = _wire(request).partition(_SENTINEL.encode())
                     if after and _SENTINEL.encode() not in after:
-                        built = (url, before, after)
+                        built = (url, url.host, url.port or 80, before, after)
         except (ValueError, TypeError, KeyError, httpx.InvalidURL):
             built = None
         if len(self._static) >= 10_000:

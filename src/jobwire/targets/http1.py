@@ -27,7 +27,7 @@ import select
 import socket
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from ssl import SSLContext
 from typing import Any
@@ -187,10 +187,12 @@ class _Conn(asyncio.Protocol):
     def _expire(self) -> None:
         self._fail(TimeoutError("no answer before the call's deadline"))
 
-    async def call(
+    def call(
         self, request: bytes, cap: int, head_only: bool, deadline: float | None = None
-    ) -> Http1Response:
-        return await self.response(self.send(request, cap, head_only), deadline)
+    ) -> Coroutine[Any, Any, Http1Response]:
+        """Write `request` now; the coroutine returned reads its answer (`send`, then `response`:
+        no coroutine of its own in between)."""
+        return self.response(self.send(request, cap, head_only), deadline)
 
     def send(self, request: bytes, cap: int, head_only: bool) -> asyncio.Future[Http1Response]:
         """Write `request`; its answer is `response(<the future returned>)`'s."""
@@ -277,12 +279,18 @@ class Http1Pool:
         cap: int,
         head_only: bool = False,
         deadline: float | None = None,
+        again: bool | None = None,
     ) -> Http1Response:
         """Send `request` (the whole HTTP/1.1 request) and read the answer, its body up to `cap`
         bytes. Raises DestinationRefused, ConnectFailed, ProtocolFailed, and TimeoutError when
-        `deadline` (loop time) passes first — connecting included."""
-        again = replayable(request)
-        conn = await self.acquire(host, port, allow_private, deadline, check=not again)
+        `deadline` (loop time) passes first — connecting included. `again`: whether the
+        request may be sent again, if known (None: `replayable` tells)."""
+        if again is None:
+            again = replayable(request)
+        # `acquire` written out: no coroutine of its own for a connection kept alive
+        conn = self._checkout((host, port, allow_private), not again) or await self._dial_by(
+            host, port, allow_private, deadline
+        )
         try:
             response = await conn.call(request, cap, head_only, deadline)
         except ClosedIdle:
@@ -319,6 +327,10 @@ class Http1Pool:
         conn = self._checkout((host, port, allow_private), check)
         if conn is not None:
             return conn
+        return await self._dial_by(host, port, allow_private, deadline)
+
+    async def _dial_by(self, host: str, port: int, allow_private: bool, deadline: float | None) -> _Conn:
+        """A new connection to (host, port), dialled before `deadline` (loop time; None: no limit)."""
         async with asyncio.timeout_at(deadline):
             return await self._dial(host, port, allow_private)
 
