@@ -1040,6 +1040,11 @@ class Admission(BaseModel):
     event: Event
     run: Run | None = None
 
+    @classmethod
+    def of(cls, event: Event, run: Run | None) -> Admission:
+        """`Admission(event=…, run=…)` of the engine's own models (`trusted`: no validation)."""
+        return trusted(cls, {"event": event, "run": run})
+
     @property
     def created(self) -> bool:
         return self.event.outcome == EventOutcome.run

@@ -30,6 +30,18 @@ from jobwire.store import StoreError
 log = structlog.get_logger("jobwire.api")
 
 _PATH = re.compile(r"/api/v1/jobs/([^/]+)/runs")
+_DECODE = json.JSONDecoder().decode
+"""What `json.loads` decodes a text with (no hooks)."""
+
+
+def loads(body: bytes) -> Any:
+    """`json.loads(body)`. A body that starts with `{` and a non-zero byte is UTF-8 to `json.loads`
+    (`json.detect_encoding`: no byte-order mark, no UTF-16/32 zeros), so it is decoded as that
+    does, without the detection: ~1 µs of a trigger's ~2 µs of JSON."""
+    if body[:1] == b"{" and (len(body) < 2 or body[1]):
+        return _DECODE(body.decode("utf-8", "surrogatepass"))
+    return json.loads(body)
+
 MAX_KEY = 255
 """Longest `Idempotency-Key` (as the route declares it); a longer one goes to the route's 422."""
 
@@ -102,7 +114,7 @@ async def answer(
     None when the route must answer it (a body that is not UTF-8, or JSON that is not an object).
     `yield_to_launch`: see `EventIntake.submit`."""
     try:
-        params: Any = json.loads(body) if body.strip() else None
+        params: Any = loads(body) if body.strip() else None
     except json.JSONDecodeError as exc:
         return json_answer(*invalid_json(exc.doc, exc.pos, exc.msg))
     except ValueError:  # not UTF-8: the route answers it

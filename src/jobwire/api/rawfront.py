@@ -44,7 +44,9 @@ log = structlog.get_logger("jobwire.api")
 _REQUEST_LINE = re.compile(rb"POST /api/v1/jobs/([A-Za-z0-9._~-]+)/runs HTTP/1\.1")
 _PREFIX = b"POST /api/v1/jobs/"
 _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-"""Control characters (tab allowed) inside a head line: uvicorn's parser decides about those."""
+"""Control characters (tab allowed) inside a head line: uvicorn's parser decides about those.
+Searched for once in the head without its line breaks (the lines joined: `split` and `replace`
+find the same CRLFs), not line by line."""
 _HANDED_OVER = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 _INTERNAL = "internal error (see the jobwire log)"
 """What the app's handler of last resort says too."""
@@ -73,30 +75,40 @@ def parse(buf: bytearray, max_body: int) -> tuple[_Request, int] | int | None:
     end = buf.find(b"\r\n\r\n", 0, MAX_HEAD)
     if end < 0:
         return 0 if n < MAX_HEAD else None
-    lines = bytes(buf[:end]).split(b"\r\n")
+    head = bytes(buf[:end])
+    lines = head.split(b"\r\n")
     line = _REQUEST_LINE.fullmatch(lines[0])
-    if line is None:
+    if line is None or _CTL.search(head.replace(b"\r\n", b"")):
         return None
     headers: dict[bytes, bytes] = {}
     for raw in lines[1:]:
         name, sep, value = raw.partition(b":")
-        if not sep or not name or name.strip(b" \t") != name or b" " in name or _CTL.search(raw):
+        if not sep or not name or name.strip(b" \t") != name or b" " in name:
             return None
         name = name.lower()
         if name in headers or name in _HANDED_OVER:
             return None
         headers[name] = value.strip(b" \t")
-    tokens = {t.strip().lower() for t in headers.get(b"connection", b"").split(b",")}
-    if b"upgrade" in tokens or not takes(headers):
+    close = False
+    connection = headers.get(b"connection")
+    if connection is not None:
+        tokens = {t.strip().lower() for t in connection.split(b",")}
+        if b"upgrade" in tokens:
+            return None
+        close = b"close" in tokens
+    if not takes(headers):
         return None
     length = headers.get(b"content-length", b"0")
-    if not length.isdigit() or len(length) > 12 or int(length) > max_body:
+    if not length.isdigit() or len(length) > 12:
         return None
-    size = end + 4 + int(length)
+    body_size = int(length)
+    if body_size > max_body:
+        return None
+    size = end + 4 + body_size
     if n < size:
         return 0
     raw = bytes(buf[:size])
-    request = _Request(line.group(1).decode("ascii"), headers, raw[end + 4 :], b"close" in tokens, raw)
+    request = _Request(line.group(1).decode("ascii"), headers, raw[end + 4 :], close, raw)
     return request, size
 
 

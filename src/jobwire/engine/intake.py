@@ -294,10 +294,10 @@ class EventIntake:
             if event.outcome == EventOutcome.invalid:
                 log.warning("invalid event", event_id=event.id, job=event.job, reason=event.reason)
             existing = self.runs.get(event.run_id) if event.run_id else None
-            return Admission(event=event, run=existing.snapshot() if existing else None), False
+            return Admission.of(event, existing.snapshot() if existing else None), False
         if event.outcome != EventOutcome.run:  # the store found the key taken or no free slot (replicas)
             self._unreserve(p)
-            return Admission(event=event, run=rec.run), False
+            return Admission.of(event, rec.run), False
         if rec.run is not None and rec.run.state == RunState.queued != run.state:
             # the store queued it: the job's slots are held by runs of other replicas
             self.slots.release(run.job, run.concurrency_key, run.id)
@@ -312,9 +312,9 @@ class EventIntake:
             self._spawn(self.states.cancel(victim, f"replaced by run {run.id}"), "jobwire-replace")
         answer = run.snapshot()  # the run as recorded, whatever its attempt does next
         if run.state != RunState.pending:
-            return Admission(event=event, run=answer), False
+            return Admission.of(event, answer), False
         self.attempts.launch(run, p.job, received_at=p.received_at)
-        return Admission(event=event, run=answer), True
+        return Admission.of(event, answer), True
 
     # ------------------------------------------------------------------ chaining
     def chain(self, parent: Run) -> None:
