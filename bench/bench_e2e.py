@@ -699,6 +699,29 @@ def call_counts(stats_file: Path, runs: int, top: int = 40) -> str:
     return "\n".join(lines)
 
 
+def opcode_counts(counts_file: Path, runs: int, top: int = 45) -> str:
+    """`bench/profile_serve.py`'s bytecode counts of the measured window, per run: the total, by
+    package, and the functions that executed the most."""
+    import pickle
+    from collections import Counter
+
+    counts: dict[tuple[str, int, str], tuple[int, int]] = pickle.loads(counts_file.read_bytes())
+    per_run = max(runs, 1)
+    by_package: Counter[str] = Counter()
+    rows = []
+    for (path, line, name), (ops, frames) in counts.items():
+        short = path.split("site-packages/")[-1].split("src/")[-1]
+        package = short.split("/")[0] if ("site-packages/" in path or "src/" in path) else "stdlib"
+        by_package[package] += ops
+        rows.append((ops / per_run, frames / per_run, f"{short}:{line} {name}"))
+    total = sum(by_package.values()) / per_run
+    lines = [f"  bytecodes per run: {total:.0f} (the loop thread's Python, by sys.settrace)"]
+    lines += [f"    {v / per_run:8.1f}  {k}" for k, v in by_package.most_common()]
+    lines += ["  most bytecodes, per run (bytecodes, frames):"]
+    lines += [f"    {n:7.1f} {f:5.2f}  {what}" for n, f, what in sorted(rows, reverse=True)[:top]]
+    return "\n".join(lines)
+
+
 def drive(
     conns: int,
     seconds: float,
@@ -706,11 +729,13 @@ def drive(
     database_url: str | None = None,
     cprofile: Path | None = None,
     shared: bool = False,
+    opcodes: Path | None = None,
 ) -> None:
     """`python -m bench.bench_e2e drive`: the throughput row's load for profiling: `conns` producers
     for `seconds` against a fresh `jobwire serve`, optionally under `py-spy record -f raw`, or with
     its loop thread under cProfile for the window (`cprofile`: Python-level calls per run, which
-    do not depend on the machine); prints runs/s and the server's CPU per run, for the whole
+    do not depend on the machine) or with its bytecodes counted (`opcodes`: per run, by function;
+    also machine-independent, and it sees inside each function); prints runs/s and the server's CPU per run, for the whole
     process and per thread. As the throughput row: the far ends on a core of their own
     (`far_ends_apart`), unless `shared`."""
     import os
@@ -729,6 +754,9 @@ def drive(
 
     env = {"JOBWIRE_DATABASE_URL": database_url} if database_url else {}
     command = None
+    if opcodes is not None:
+        env["JOBWIRE_BENCH_OPCODES"] = "1"
+        cprofile = opcodes
     if cprofile is not None:
         cprofile = cprofile.resolve()
         cprofile.with_name(cprofile.name + ".done").unlink(missing_ok=True)
@@ -789,7 +817,9 @@ def drive(
         stack.close()
         if prof is not None:
             prof.wait()
-        if cprofile is not None:
+        if opcodes is not None and cprofile is not None:
+            print(opcode_counts(cprofile, done))
+        elif cprofile is not None:
             print(call_counts(cprofile, done))
 
 
@@ -806,9 +836,10 @@ def main(argv: list[str] | None = None) -> None:
         d.add_argument("--py-spy", type=Path, help="also record a raw py-spy profile of the server here")
         d.add_argument("--database-url", help="the store (e.g. memory://: no store thread, nothing durable)")
         d.add_argument("--cprofile", type=Path, help="profile the loop thread over the window; print calls per run")
+        d.add_argument("--opcodes", type=Path, help="count the loop thread's bytecodes over the window; print them per run")
         d.add_argument("--shared", action="store_true", help="pin nothing: every process shares the cores")
         a = d.parse_args(argv)
-        drive(a.conns, a.seconds, a.py_spy, a.database_url, a.cprofile, a.shared)
+        drive(a.conns, a.seconds, a.py_spy, a.database_url, a.cprofile, a.shared, a.opcodes)
         return
     section_main(E2E_SECTIONS, argv, "Run one end-to-end section (python -m bench runs them all).")
 

@@ -25,11 +25,14 @@ from jobwire.api.auth import Authenticator
 from jobwire.api.routes_runs import admission_parts
 from jobwire.api.schemas import ApiError, ErrorDetail, error_body
 from jobwire.engine import Engine, EngineError
+from jobwire.model import Run
 from jobwire.store import StoreError
 
 log = structlog.get_logger("jobwire.api")
 
 _PATH = re.compile(r"/api/v1/jobs/([^/]+)/runs")
+_RUN_JSON = Run.__pydantic_serializer__.to_json
+"""What `Run.model_dump_json` calls, returning bytes."""
 _DECODE = json.JSONDecoder().decode
 """What `json.loads` decodes a text with (no hooks)."""
 
@@ -131,7 +134,8 @@ async def answer(
             job, params or {}, idempotency_key=key, yield_to_launch=yield_to_launch
         )
         status, extra, run = admission_parts(engine, admission)
-        return status, run.model_dump_json(by_alias=True).encode(), extra
+        # the serializer's bytes as they are: `model_dump_json` decodes them to a str (then encoded back)
+        return status, _RUN_JSON(run, by_alias=True), extra
     except ApiError as exc:
         return json_answer(exc.status, exc.body(), exc.headers)
     except EngineError as exc:
