@@ -316,10 +316,13 @@ class Committer:
                 batch, self._intakes = self._intakes[:MAX_BATCH], self._intakes[MAX_BATCH:]
                 updates, self._updates = self._updates, {}
                 rows, self._rows = self._rows, {}
-                linked = {rid: self._linked.pop(rid) for rid in updates.keys() & self._linked.keys()}
-                retry_with = {id(f): rid for rid, pairs in linked.items() for _, f in pairs}
-                for pairs in linked.values():
-                    batch += pairs
+                linked: dict[str, list[tuple[Intake, asyncio.Future[Recorded]]]] = {}
+                retry_with: dict[int, str] = {}
+                if self._linked:  # chained children, committed with their parent's end
+                    linked = {rid: self._linked.pop(rid) for rid in updates.keys() & self._linked.keys()}
+                    retry_with = {id(f): rid for rid, pairs in linked.items() for _, f in pairs}
+                    for pairs in linked.values():
+                        batch += pairs
                 batch, fence = self._fence(batch)
                 after, self._after = self._after, []
                 # a flush waits for what was handed in before it: this transaction's, unless more

@@ -742,7 +742,8 @@ class SQLiteStore(Store):
         fence: Fence | None = None,
     ) -> list[Recorded]:
         # the lease lives in this process (store/local.py): checked here, on the event loop
-        self.coordination.check(fence)
+        coordination = self.coordination  # a property: read once a commit
+        coordination.check(fence)
         # The rows are built here, on the caller's thread, before the hop: that is the snapshot
         # (and the serialization overlaps the store thread's work on the previous call).
         runs = [(i.run, _run_values(i.run)) for i in batch if i.run is not None]
@@ -759,8 +760,8 @@ class SQLiteStore(Store):
             return recorded, refused
 
         recorded, refused = await self._w_held(len(batch) + len(values) + len(rows), op)
-        self.coordination.own(fence, recorded)
-        self.coordination.ended(updates)
+        coordination.own(fence, recorded)
+        coordination.ended(updates)
         self.refused(sorted(foreign) + refused)
         return recorded
 
