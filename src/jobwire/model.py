@@ -745,9 +745,12 @@ class Event(FastFields):
         received_at: datetime,
         scheduled_at: datetime | None,
         input_location: str | None,
+        payload: Any = None,
+        run_id: str | None = None,
     ) -> Event:
         """`Event(...)` with these fields, as the intake makes it from an `Incoming` (validated
-        already): `trusted`, no second validation."""
+        already): `trusted`, no second validation. `payload` and `run_id` count as given when not
+        None (as if assigned after)."""
         fields = {
             "id": id,
             "job": job,
@@ -755,13 +758,18 @@ class Event(FastFields):
             "source": source,
             "received_at": received_at,
             "scheduled_at": scheduled_at,
-            "payload": None,
+            "payload": payload,
             "outcome": EventOutcome.run,
-            "run_id": None,
+            "run_id": run_id,
             "reason": None,
             "input_location": input_location,
         }
-        return trusted(cls, fields, {*_EVENT_GIVEN})
+        given = {*_EVENT_GIVEN}
+        if payload is not None:
+            given.add("payload")
+        if run_id is not None:
+            given.add("run_id")
+        return trusted(cls, fields, given)
 
 
 _EVENT_GIVEN = ("id", "job", "trigger", "source", "received_at", "scheduled_at", "input_location")

@@ -39,6 +39,10 @@ def test_event_received_is_the_validated_event() -> None:
     same(Event.received(**args), Event(**args))
     same(Event.received("e2", None, "t", "amqp", NOW, None, None),
          Event(id="e2", job=None, trigger="t", source="amqp", received_at=NOW, scheduled_at=None, input_location=None))
+    # the intake's run path: its payload and run known when the event is built
+    same(Event.received("e3", "j", "api", "api", NOW, None, "s3://b/k", {"who": "bob"}, "r3"),
+         Event(id="e3", job="j", trigger="api", source="api", received_at=NOW, scheduled_at=None,
+               input_location="s3://b/k", payload={"who": "bob"}, run_id="r3"))
 
 
 def test_run_recorded_is_the_validated_run() -> None:

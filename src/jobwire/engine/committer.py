@@ -243,37 +243,53 @@ class Committer:
         rows = rows or {}
         intakes = [x for x in items if isinstance(x, Intake)]
         updates = [x for x in items if isinstance(x, Run)]
-        outbox = [r for batch in rows.values() for r in batch]
         try:
-            if fence is not None:
-                recorded = await self._store.commit(intakes, updates, outbox, fence=fence)
-            elif outbox:
-                recorded = await self._store.commit(intakes, updates, outbox)
-            else:
-                recorded = await self._store.commit(intakes, updates)
+            recorded = await self._write(intakes, updates, rows, fence)
         except Exception as exc:
-            if isinstance(exc, Fenced) and self.fencing is not None:
-                self.fencing.fenced()  # the batch failed whole; its fires are refused when retried
-            unavailable = self._store.unavailable(exc)
-            if unavailable or len(items) <= 1:
-                if unavailable:
-                    self._down = exc
-                    for rid, batch in rows.items():
-                        self._rows[rid] = batch + self._rows.get(rid, [])
-                elif outbox:
-                    log.error("outbox documents not stored", documents=len(outbox), error=str(exc))
-                return [Failed(exc, unavailable)] * len(items)
-            mid = len(items) // 2
-            left_runs = {x.id for x in items[:mid] if isinstance(x, Run)}
-            right_runs = {x.id for x in items[mid:] if isinstance(x, Run)}
-            left = {rid: b for rid, b in rows.items() if rid not in right_runs}
-            right = {rid: b for rid, b in rows.items() if rid in right_runs and rid not in left_runs}
-            first = await self._commit(items[:mid], left, fence)
-            return first + await self._commit(items[mid:], right, fence)
-        if outbox and self.outbox_committed is not None:
-            self.outbox_committed({r.sink for r in outbox})
+            return await self._split(exc, items, rows, fence)
         it = iter(recorded)
         return [next(it) if isinstance(x, Intake) else None for x in items]
+
+    async def _write(
+        self, intakes: list[Intake], updates: list[Run], rows: dict[str, list[OutboxRow]], fence: Fence | None
+    ) -> list[Recorded]:
+        """One transaction of these intakes, updates and outbox rows: a Recorded per intake. Raises
+        what the store raised."""
+        outbox = [r for batch in rows.values() for r in batch] if rows else []
+        if fence is not None:
+            recorded = await self._store.commit(intakes, updates, outbox, fence=fence)
+        elif outbox:
+            recorded = await self._store.commit(intakes, updates, outbox)
+        else:
+            recorded = await self._store.commit(intakes, updates)
+        if outbox and self.outbox_committed is not None:
+            self.outbox_committed({r.sink for r in outbox})
+        return recorded
+
+    async def _split(
+        self, exc: Exception, items: list[Intake | Run], rows: dict[str, list[OutboxRow]], fence: Fence | None
+    ) -> list[Recorded | Failed | None]:
+        """`_commit` after its transaction of `items` failed with `exc`: every item Failed (the store
+        unavailable, or a single item), else each half committed on its own."""
+        outbox = [r for batch in rows.values() for r in batch]
+        if isinstance(exc, Fenced) and self.fencing is not None:
+            self.fencing.fenced()  # the batch failed whole; its fires are refused when retried
+        unavailable = self._store.unavailable(exc)
+        if unavailable or len(items) <= 1:
+            if unavailable:
+                self._down = exc
+                for rid, batch in rows.items():
+                    self._rows[rid] = batch + self._rows.get(rid, [])
+            elif outbox:
+                log.error("outbox documents not stored", documents=len(outbox), error=str(exc))
+            return [Failed(exc, unavailable)] * len(items)
+        mid = len(items) // 2
+        left_runs = {x.id for x in items[:mid] if isinstance(x, Run)}
+        right_runs = {x.id for x in items[mid:] if isinstance(x, Run)}
+        left = {rid: b for rid, b in rows.items() if rid not in right_runs}
+        right = {rid: b for rid, b in rows.items() if rid in right_runs and rid not in left_runs}
+        first = await self._commit(items[:mid], left, fence)
+        return first + await self._commit(items[mid:], right, fence)
 
     def outbox(self, run_id: str, row: OutboxRow) -> None:
         """Write `row` (a status document for a durable sink) in the same transaction as the run's
@@ -313,7 +329,10 @@ class Committer:
                 if not self._hurry and self.linger > 0:
                     await self._wait(self.linger)
                 self._hurry = False
-                batch, self._intakes = self._intakes[:MAX_BATCH], self._intakes[MAX_BATCH:]
+                if len(self._intakes) <= MAX_BATCH:
+                    batch, self._intakes = self._intakes, []
+                else:
+                    batch, self._intakes = self._intakes[:MAX_BATCH], self._intakes[MAX_BATCH:]
                 updates, self._updates = self._updates, {}
                 rows, self._rows = self._rows, {}
                 linked: dict[str, list[tuple[Intake, asyncio.Future[Recorded]]]] = {}
@@ -332,35 +351,45 @@ class Committer:
                 if not self._intakes:
                     flushes, self._flushes = self._flushes, []
                 t0 = time.perf_counter()
-                items: list[Intake | Run] = [i for i, _ in batch]
-                items += updates.values()
+                intakes = [i for i, _ in batch]
+                runs = list(updates.values())
                 self._down = None
-                results = await self._commit(items, rows, fence) if items or rows else []
+                try:  # the whole batch in one transaction: what nearly every commit is
+                    recorded = await self._write(intakes, runs, rows, fence) if batch or runs or rows else []
+                except Exception as exc:  # an item the store refuses, or the store itself: `_split`
+                    items: list[Intake | Run] = [*intakes, *runs]
+                    results = await self._split(exc, items, rows, fence)
+                else:
+                    for (_, fut), rec in zip(batch, recorded, strict=True):
+                        if not fut.done():
+                            fut.set_result(rec)
+                    results = []
                 unavailable = self._down
-                for (intake, fut), res in zip(batch, results, strict=False):
-                    if fut.done():
-                        continue
-                    if isinstance(res, Failed) and res.unavailable and id(fut) in retry_with:
-                        # a linked intake waits for its run's update, which is retried: so is it
-                        self._linked.setdefault(retry_with[id(fut)], []).append((intake, fut))
-                    elif isinstance(res, Failed):
-                        fut.set_exception(res.exc)
-                    else:
-                        assert res is not None
-                        fut.set_result(res)
-                for run, res in zip(updates.values(), results[len(batch) :], strict=True):
-                    if not isinstance(res, Failed):
-                        continue
-                    if res.unavailable:  # retried with the next batch (same object: its latest state)
-                        self._updates.setdefault(run.id, run)
-                    else:
-                        log.error(
-                            "a run's state could not be stored; it stays as last saved",
-                            run_id=run.id, state=run.state.value, error=describe(res.exc),
-                        )
-                refused = sum(1 for r in results if isinstance(r, Failed) and not r.unavailable)
-                if refused:
-                    self._metrics.store_items_refused.inc(refused)
+                if results:  # the batch failed whole: its items were committed apart, or not at all
+                    for (intake, fut), res in zip(batch, results, strict=False):
+                        if fut.done():
+                            continue
+                        if isinstance(res, Failed) and res.unavailable and id(fut) in retry_with:
+                            # a linked intake waits for its run's update, which is retried: so is it
+                            self._linked.setdefault(retry_with[id(fut)], []).append((intake, fut))
+                        elif isinstance(res, Failed):
+                            fut.set_exception(res.exc)
+                        else:
+                            assert res is not None
+                            fut.set_result(res)
+                    for run, res in zip(updates.values(), results[len(batch) :], strict=True):
+                        if not isinstance(res, Failed):
+                            continue
+                        if res.unavailable:  # retried with the next batch (same object: its latest state)
+                            self._updates.setdefault(run.id, run)
+                        else:
+                            log.error(
+                                "a run's state could not be stored; it stays as last saved",
+                                run_id=run.id, state=run.state.value, error=describe(res.exc),
+                            )
+                    refused = sum(1 for r in results if isinstance(r, Failed) and not r.unavailable)
+                    if refused:
+                        self._metrics.store_items_refused.inc(refused)
                 if unavailable is not None:  # the store failed: callers get the error, nothing is acked
                     self._write_failed(unavailable)
                     log.error(
@@ -374,7 +403,7 @@ class Committer:
                     continue
                 self._write_ok()
                 self._metrics.commit_seconds.observe(time.perf_counter() - t0)
-                self._metrics.batch_size.observe(len(items))
+                self._metrics.batch_size.observe(len(intakes) + len(runs))
                 for f in flushes:
                     if not f.done():
                         f.set_result(None)

@@ -115,6 +115,14 @@ def _no_run(event: Event, outcome: EventOutcome, reason: str, run_id: str | None
     return _Prepared(Intake(event, None))
 
 
+def _event(inc: Incoming, event_id: str, payload: Any = None) -> Event:
+    """The event of `inc` that made no run (yet): `_prepare`'s early ends."""
+    return Event.received(
+        event_id, inc.job, inc.trigger, inc.source, inc.received_at, inc.scheduled_at, inc.input_location,
+        payload,
+    )
+
+
 class EventIntake:
     def __init__(
         self,
@@ -193,38 +201,37 @@ class EventIntake:
     def _prepare(self, inc: Incoming) -> _Prepared:
         """Everything before the commit, without yielding: the event, the run key, the concurrency
         decision, the run — reserved (its key and slot) so the next event sees it in its decision."""
-        event = Event.received(
-            new_id("e"), inc.job, inc.trigger, inc.source, inc.received_at, inc.scheduled_at,
-            inc.input_location,
-        )
+        # The event is built once its fields are known: at one of the early ends below (`_event`),
+        # or with its payload, run and input location on the run's path (three assignments fewer)
+        event_id = new_id("e")
         given, where = (inc.params, "params") if inc.params is not None else (inc.payload, "payload")
         if inc.problem is not None:  # a message the source could not read: recorded, not run
             bad = unstorable(given, where)
-            event.payload = None if bad is not None else _json_safe(given)
+            event = _event(inc, event_id, None if bad is not None else _json_safe(given))
             return _no_run(event, EventOutcome.invalid, inc.problem)
         bad = unstorable(given, where)
         if bad is None and inc.event_key is not None:
             bad = unstorable(inc.event_key, "event key")
         if bad is not None:  # refused alone: it must never reach (and fail) the group commit
-            return _no_run(event, EventOutcome.invalid, f"{bad[0]}: {bad[1]}")
+            return _no_run(_event(inc, event_id), EventOutcome.invalid, f"{bad[0]}: {bad[1]}")
         stored = self.jobs.get(inc.job or "")
         if stored is None:
-            event.payload = _json_safe(inc.payload)
+            event = _event(inc, event_id, _json_safe(inc.payload))
             return _no_run(event, EventOutcome.invalid, f"no job named {inc.job!r}")
         job = stored.job
         supplied = (
             inc.params if inc.params is not None else inc.payload if isinstance(inc.payload, dict) else None
         )
-        event.payload = _mask_payload(job, inc.params if inc.params is not None else inc.payload)
+        payload = _mask_payload(job, inc.params if inc.params is not None else inc.payload)
         if stored.paused and inc.source not in MANUAL_SOURCES:
-            return _no_run(event, EventOutcome.paused, "job is paused")
+            return _no_run(_event(inc, event_id, payload), EventOutcome.paused, "job is paused")
         trig = job.trigger(inc.trigger)
         try:
             params = resolve_params(
                 job, supplied, trig.params if trig is not None else None, strict=inc.params is not None
             )
         except ParamError as exc:
-            return _no_run(event, EventOutcome.invalid, str(exc))
+            return _no_run(_event(inc, event_id, payload), EventOutcome.invalid, str(exc))
         if inc.scheduled_at is not None and inc.source in ("cron", "interval", "at"):
             key = time_run_key(job.name, inc.trigger, inc.scheduled_at)
         else:
@@ -232,13 +239,16 @@ class EventIntake:
         existing = self.active_keys.get(key)
         if existing is not None:
             return _no_run(
-                event, EventOutcome.duplicate, f"run key already has run {existing}", run_id=existing
+                _event(inc, event_id, payload),
+                EventOutcome.duplicate,
+                f"run key already has run {existing}",
+                run_id=existing,
             )
         ckey = str(params.get(job.concurrency.key)) if job.concurrency.key else None
         decision, victims = self.slots.decide(job, ckey)
         if decision == Decision.skip:
             return _no_run(
-                event,
+                _event(inc, event_id, payload),
                 EventOutcome.overlap,
                 f"concurrency policy forbid: already running {', '.join(victims)}",
             )
@@ -254,7 +264,7 @@ class EventIntake:
             key=key,
             job=job.name,
             trigger=inc.trigger,
-            event_id=event.id,
+            event_id=event_id,
             state=state,
             params=params,
             concurrency_key=ckey,
@@ -262,12 +272,14 @@ class EventIntake:
             scheduled_at=inc.scheduled_at,
             input_location=location,
             environment=environment,
-            history=[Transition.made(state, now, f"event {event.id} from {inc.source}", 1)],
+            history=[Transition.made(state, now, f"event {event_id} from {inc.source}", 1)],
         )
         if inc.scheduled_at is not None and inc.scheduled_at > now and inc.source in TIME_SOURCES:
             run.not_before = inc.scheduled_at  # recorded ahead of its due time (`scheduler.py`)
-        event.run_id = run.id
-        event.input_location = run.input_location
+        event = Event.received(
+            event_id, inc.job, inc.trigger, inc.source, inc.received_at, inc.scheduled_at, location,
+            payload, run.id,
+        )
         self.active_keys[key] = run.id
         claim = None
         if state == RunState.queued:
