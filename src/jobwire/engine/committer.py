@@ -90,6 +90,9 @@ class Committer:
         self._lingering = False
         self.linger = UPDATE_LINGER
         self._task: asyncio.Task[None] | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
+        """The loop `start` ran in: `enqueue` makes its futures there (on CPython 3.11 each
+        `asyncio.get_running_loop()` is a `getpid` system call)."""
         self.fencing: Fencing | None = None
         """Set with several replicas possible: every commit is written under a fence — a batch
         with time-trigger fires under the leader's token (checked in its transaction)."""
@@ -132,6 +135,7 @@ class Committer:
             return self._loop()
 
         name = "jobwire-committer"
+        self._event_loop = asyncio.get_running_loop()
         self._task = spawn(name, run) if spawn else asyncio.create_task(run(), name=name)
 
     async def stop(self) -> None:
@@ -160,7 +164,10 @@ class Committer:
 
     def enqueue(self, intake: Intake) -> asyncio.Future[Recorded]:
         """Hand in an intake; the future resolves once the transaction that holds it committed."""
-        fut: asyncio.Future[Recorded] = asyncio.get_running_loop().create_future()
+        loop = self._event_loop
+        if loop is None or not loop.is_running():  # not started, or started in a loop that ended
+            loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Recorded] = loop.create_future()
         self._intakes.append((intake, fut))
         self._signal(True)
         return fut

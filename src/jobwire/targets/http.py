@@ -283,9 +283,13 @@ class HttpTarget(Target):
         self._shots: dict[str, _Shot] = {}
         """Attempts armed ahead of their due time (`arm`), by run id, until `execute` takes them."""
         self._static: dict[int, tuple[HttpSpec, _Static | None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop `start` ran in, for calls' deadlines (on CPython 3.11 each
+        `asyncio.get_running_loop()` is a `getpid` system call)."""
         """By definition (its id, the definition held): its cached first-attempt request, or None."""
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self.in_flight = in_flight_limit()
         # both pools now: each makes two TLS contexts (~30 ms with the CA bundle), which on a first
         # call would delay every call due in that same second
@@ -344,7 +348,10 @@ class HttpTarget(Target):
         if not isinstance(spec, HttpSpec):
             return _failed("WrongTarget", f"job {ctx.job.name} has no http target", retryable=False)
         seconds = spec.timeout.total_seconds()
-        deadline = asyncio.get_running_loop().time() + seconds
+        loop = self._loop
+        if loop is None or not loop.is_running():  # not started, or started in a loop that ended
+            loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
 
         static = self._static_wire(spec) if ctx.run.attempt == 1 else None
         if static is not None:  # built once per definition: only the run id differs
