@@ -808,15 +808,23 @@ _setattr = object.__setattr__
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
+_new = object.__new__
+# BaseModel's slots, set through their descriptors: `object.__setattr__` looks each name up first
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
+
+
 def trusted(cls: type[ModelT], fields: dict[str, Any], fields_set: set[str] | None = None) -> ModelT:
     """A model made from `fields`, a value for every one of its fields that the engine made itself
     (typed, never from outside): no validation, as `model_construct`, but without its per-field
-    walk through aliases and defaults (a transition 2.4 → 1.0 µs, `timeit`; three a run)."""
-    m = cls.__new__(cls)
+    walk through aliases and defaults (a transition 2.4 → 1.0 µs, `timeit`; three a run; the slots
+    set through their descriptors, 1.67 → 1.34 µs with the dict's making, eight a run)."""
+    m = _new(cls)
     _setattr(m, "__dict__", fields)
-    _setattr(m, "__pydantic_fields_set__", set(fields) if fields_set is None else fields_set)
-    _setattr(m, "__pydantic_extra__", None)
-    _setattr(m, "__pydantic_private__", None)
+    _set_fields_set(m, set(fields) if fields_set is None else fields_set)
+    _set_extra(m, None)
+    _set_private(m, None)
     return m
 
 
