@@ -296,12 +296,14 @@ def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
 
 
 def _run_values(run: Run) -> tuple[Any, ...]:
-    # Twice per run (its intake, its end), on the store thread: the fields read from the instance's
-    # dict, and `to_us` / `opt_us` / `_json` written out (18 Python-level calls a run fewer).
+    # Twice per run (its intake, its end), on the caller's thread (`commit` builds the rows before
+    # the hop): the fields read from the instance's dict, and `to_us` / `opt_us` / `_json` written
+    # out (18 Python-level calls a run fewer); an empty object's JSON is "{}" without the serializer.
     d = run.__dict__
     scheduled, not_before, started, finished, error = (
         d["scheduled_at"], d["not_before"], d["started_at"], d["finished_at"], d["error"]
     )
+    params, target_status = d["params"], d["target_status"]
     return (
         d["id"],
         d["key"],
@@ -311,7 +313,7 @@ def _run_values(run: Run) -> tuple[Any, ...]:
         # `_value_`, not the `value` property (two Python-level calls), on a per-run path
         d["state"]._value_,
         d["attempt"],
-        to_json(d["params"]).decode(),
+        to_json(params).decode() if params else "{}",  # most runs: no parameters, no target status
         d["concurrency_key"],
         to_us(d["created_at"]),
         None if scheduled is None else to_us(scheduled),
@@ -322,7 +324,7 @@ def _run_values(run: Run) -> tuple[Any, ...]:
         d["http_status"],
         None if error is None else to_json(error).decode(),
         d["target_ref"],
-        to_json(d["target_status"]).decode(),
+        to_json(target_status).decode() if target_status else "{}",
         to_json(d["history"]).decode(),
         d["input_location"],
         d["environment"],
