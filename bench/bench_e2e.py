@@ -660,6 +660,59 @@ def e2e_same_minute(ctx: Ctx) -> list[Row]:
     return _same_second(ctx, 1000, 0.3) + _same_second(ctx, 10_000, 3.0)
 
 
+def e2e_bytecodes(ctx: Ctx) -> list[Row]:
+    """The throughput row's load (16 producers) with the loop thread's bytecodes counted
+    (`bench/profile_serve.py`, `sys.settrace`): how much Python a finished HTTP run executes, a
+    figure that does not depend on the machine (the µs rows do), so that tables of machines 2×
+    apart can still tell whether the code got cheaper. The run is slowed several times over by
+    the trace: its rate and CPU mean nothing and are not shown."""
+    import pickle
+    import signal
+
+    seconds = 2.0 if ctx.quick else 4.0
+    base = ctx.tmp / "e2e-bytecodes"
+    db = base / "data" / "jobwire.db"
+    counts_file = base / "opcodes.pkl"
+    base.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "bench.profile_serve"]
+    env = {"JOBWIRE_BENCH_OPCODES": "1", "JOBWIRE_BENCH_PROFILE": str(counts_file)}
+    settle(ctx)
+    with Sink() as sink, serve(base, command=command, **env) as srv:
+        assert srv.proc is not None
+        with srv.client() as c:
+            c.put("/jobs/h", json=http_job("h", sink)).raise_for_status()
+        _producers(srv.port, 16, 0.5)  # warm-up: the pool's connections, the first runs
+        sink.wait_count(1, 10)
+        wait_finished(db, sink.count(), 30)
+        before = finished_count(db)
+        ctx.progress(f"16 producers, bytecodes counted: {seconds:g}s; load average {loadavg()}")
+        os.kill(srv.proc.pid, signal.SIGUSR1)
+        acked, _, _ = _producers(srv.port, 16, seconds)
+        done = wait_finished(db, before + acked, 60) - before
+        os.kill(srv.proc.pid, signal.SIGUSR2)
+        wait_count(lambda: int(counts_file.with_name(counts_file.name + ".done").exists()), 1, 60)
+    counts: dict[tuple[str, int, str], tuple[int, int]] = pickle.loads(counts_file.read_bytes())
+    total = sum(ops for ops, _ in counts.values()) / max(done, 1)
+    top = sorted(counts.items(), key=lambda kv: -kv[1][0])[:15]
+    ctx.data["e2e_bytecodes"] = {
+        "runs": done,
+        "bytecodes_per_run": total,
+        "top": [
+            {"function": f"{path.split('src/')[-1]}:{line} {name}", "per_run": ops / max(done, 1)}
+            for (path, line, name), (ops, _) in top
+        ],
+    }
+    return [
+        Row(
+            f"e2e: bytecodes the event loop's thread executes per finished HTTP run, 16 producers "
+            f"({done:,} runs; sys.settrace; machine-independent), context",
+            f"{total:,.0f}",
+            "—",
+            None,
+        )
+    ]
+
+
 E2E_SECTIONS: dict[str, tuple[str, Callable[[Ctx], list[Row]]]] = {
     "e2e-trigger": ("e2e: API trigger → HTTP job start", e2e_trigger),
     "e2e-throughput": ("e2e: HTTP job runs per second, 1 and 16 producers", e2e_throughput),
@@ -671,6 +724,7 @@ E2E_SECTIONS: dict[str, tuple[str, Callable[[Ctx], list[Row]]]] = {
     ),
     "e2e-bare-burst": ("e2e: the same 1,000 calls at one instant from a bare client (context)", e2e_bare_burst),
     "e2e-same-minute": ("e2e: 1,000 and 10,000 HTTP jobs due at the same second", e2e_same_minute),
+    "e2e-bytecodes": ("e2e: bytecodes per HTTP run, 16 producers (machine-independent context)", e2e_bytecodes),
 }
 
 
