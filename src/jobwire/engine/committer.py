@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from jobwire import loops
 from jobwire.engine.errors import LeaseUncertain, NotLeader
 from jobwire.engine.metrics import Metrics
 from jobwire.engine.supervisor import Spawn, describe
@@ -91,8 +92,7 @@ class Committer:
         self.linger = UPDATE_LINGER
         self._task: asyncio.Task[None] | None = None
         self._event_loop: asyncio.AbstractEventLoop | None = None
-        """The loop `start` ran in: `enqueue` makes its futures there (on CPython 3.11 each
-        `asyncio.get_running_loop()` is a `getpid` system call)."""
+        """The loop `start` ran in: `enqueue` makes its futures there (`loops.current`)."""
         self.fencing: Fencing | None = None
         """Set with several replicas possible: every commit is written under a fence — a batch
         with time-trigger fires under the leader's token (checked in its transaction)."""
@@ -164,10 +164,7 @@ class Committer:
 
     def enqueue(self, intake: Intake) -> asyncio.Future[Recorded]:
         """Hand in an intake; the future resolves once the transaction that holds it committed."""
-        loop = self._event_loop
-        if loop is None or not loop.is_running():  # not started, or started in a loop that ended
-            loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Recorded] = loop.create_future()
+        fut: asyncio.Future[Recorded] = loops.current(self._event_loop).create_future()
         self._intakes.append((intake, fut))
         self._signal(True)
         return fut

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from jobwire import loops
 from jobwire.config import Settings
 from jobwire.engine.backlog import LaunchBacklog
 from jobwire.engine.committer import Committer
@@ -216,8 +217,7 @@ class Attempts:
         self._placed: set[str] = set()
         """Runs whose attempt holds a place of its target's launch limit (until its target returns)."""
         self._loop: asyncio.AbstractEventLoop | None = None
-        """The loop `open` ran in: each attempt's task is made there (on CPython 3.11 each
-        `asyncio.get_running_loop()` is a `getpid` system call)."""
+        """The loop `open` ran in: each attempt's task is made there (`loops.current`)."""
         self.may_launch: Callable[[], bool] = lambda: True
         """False while this replica's heartbeat may have expired (engine/replicas.py): it then
         launches nothing — its runs may be someone else's by now — until `wait_alive` returns."""
@@ -416,10 +416,7 @@ class Attempts:
         self._placed.add(run.id)
         # the loop's own `create_task` (uvloop names it in C): `asyncio.create_task` adds a Python
         # wrapper, a `get_running_loop` (a `getpid` system call on 3.11) and `_set_task_name`
-        loop = self._loop
-        if loop is None or not loop.is_running():  # not opened, or opened in a loop that ended
-            loop = asyncio.get_running_loop()
-        self._tasks[run.id] = loop.create_task(
+        self._tasks[run.id] = loops.current(self._loop).create_task(
             self._attempt(run, job, resumed, received_at, ctx), name=f"jobwire-run-{run.id}"
         )
 

@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 import structlog
 
+from jobwire import loops
 from jobwire.config import Settings
 from jobwire.model import HttpTarget as HttpSpec
 from jobwire.model import Job, RunError, RunState
@@ -283,10 +284,9 @@ class HttpTarget(Target):
         self._shots: dict[str, _Shot] = {}
         """Attempts armed ahead of their due time (`arm`), by run id, until `execute` takes them."""
         self._static: dict[int, tuple[HttpSpec, _Static | None]] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        """The loop `start` ran in, for calls' deadlines (on CPython 3.11 each
-        `asyncio.get_running_loop()` is a `getpid` system call)."""
         """By definition (its id, the definition held): its cached first-attempt request, or None."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop `start` ran in, for calls' deadlines (`loops.current`)."""
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -327,7 +327,7 @@ class HttpTarget(Target):
             shot.disarm()
         spec = ctx.job.target
         allow_private = isinstance(spec, HttpSpec) and self._allows_private(spec)
-        slots = (self._pools.get(allow_private) or self._pool_for(allow_private))[1]
+        _, slots = self._pool_for(allow_private)
         if not slots.take():  # none free: wait in line (`Places`)
             await slots.wait()
         try:
@@ -348,10 +348,7 @@ class HttpTarget(Target):
         if not isinstance(spec, HttpSpec):
             return _failed("WrongTarget", f"job {ctx.job.name} has no http target", retryable=False)
         seconds = spec.timeout.total_seconds()
-        loop = self._loop
-        if loop is None or not loop.is_running():  # not started, or started in a loop that ended
-            loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
+        deadline = loops.current(self._loop).time() + seconds
 
         static = self._static_wire(spec) if ctx.run.attempt == 1 else None
         if static is not None:  # built once per definition: only the run id differs
