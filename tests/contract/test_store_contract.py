@@ -642,6 +642,49 @@ async def test_active_runs(store: Store) -> None:
     assert active == want
 
 
+async def test_pending_runs_of_an_owner_oldest_first_from_a_cursor(store: Store) -> None:
+    """`pending_runs`: the launch backlog's runs kept in the store (engine/spill.py)."""
+    states = list(RunState)
+    mine: list[Intake] = []
+    theirs: list[Intake] = []
+    for n in range(30):
+        at = T0 + timedelta(seconds=n // 3)  # ties on created_at: the id breaks them
+        ev = event("a", at=at, trigger="api")
+        state = RunState.pending if n % 3 else states[n % len(states)]
+        (theirs if n % 7 == 0 else mine).append(Intake(event=ev, run=run_for(ev, state=state)))
+    await store.commit(mine, [], fence=Fence("r1"))
+    await store.commit(theirs, [], fence=Fence("r2"))
+    runs = [i.run for i in mine if i.run is not None]
+    want = sorted((r for r in runs if r.state == RunState.pending), key=lambda r: (r.created_at, r.id))
+    assert len(want) >= 15
+
+    for limit in (2, 3, 7, 100):
+        seen: list[str] = []
+        after = None
+        for _ in range(100):
+            page, after = await store.pending_runs("r1", after, limit)
+            assert all(r.state == RunState.pending for r in page)
+            seen += [r.id for r in page if r.id not in seen]  # from `after` on: the last row again
+            if after is None:
+                break
+            assert not page or after >= (page[-1].created_at, page[-1].id)  # the last row read
+        assert seen == [r.id for r in want], limit
+
+    # the rows come whole, and from a given run on
+    page, _ = await store.pending_runs("r1", (want[5].created_at, want[5].id), 100)
+    assert page == want[5:]
+    # another replica's runs are its own
+    others, _ = await store.pending_runs("r2", None, 100)
+    assert {r.id for r in others} == {
+        i.run.id for i in theirs if i.run is not None and i.run.state == RunState.pending
+    }
+    # a run that is pending no more is not returned
+    ended = want[0].model_copy(update={"state": RunState.succeeded})
+    await store.update_runs([ended])
+    page, _ = await store.pending_runs("r1", None, 100)
+    assert [r.id for r in page] == [r.id for r in want[1:]]
+
+
 async def test_last_fire(store: Store) -> None:
     assert await store.last_fire("nightly", "cron") is None
     fires = [T0 + timedelta(minutes=n) for n in (3, 1, 2)]

@@ -27,6 +27,9 @@ def test_beyond_the_limit_runs_wait_in_order_and_take_freed_places(tmp_path: Pat
         "limit": 2,
         "running": 2,
         "waiting": 2,
+        "in_memory": 2,
+        "in_store": 0,
+        "read_error": None,
         "waiting_since": None,
         "most_waiting": 2,
     }

@@ -299,6 +299,13 @@ class LaunchBacklogState(BaseModel):
     limit: int
     running: int
     waiting: int = Field(description="recorded `pending` runs waiting for a place (no task)")
+    in_memory: int = Field(
+        0, description="of those, held in memory (at most `JOBWIRE_BACKLOG_MEMORY`, all kinds)"
+    )
+    in_store: int = Field(0, description="of those, kept in the store only and read back as places free")
+    read_error: str | None = Field(
+        None, description="why reading them back from the store failed, while it is tried again"
+    )
     waiting_since: float | None = Field(None, description="Unix time the current backlog started")
     most_waiting: int = Field(0, description="the most runs waiting at once in the current backlog")
 

@@ -20,7 +20,7 @@ import structlog
 
 from jobwire import loops
 from jobwire.config import Settings
-from jobwire.engine.backlog import LaunchBacklog
+from jobwire.engine.backlog import LaunchBacklog, Waiting
 from jobwire.engine.committer import Committer
 from jobwire.engine.due import DueGroups, Member, until
 from jobwire.engine.execute import execute_attempt, no_target
@@ -30,6 +30,7 @@ from jobwire.engine.policies import backoff_delay
 from jobwire.engine.runlogs import RunLogs
 from jobwire.engine.scheduler import next_fire
 from jobwire.engine.secret import CallbackTokens
+from jobwire.engine.spill import ReadBack
 from jobwire.engine.supervisor import Supervisor, settle
 from jobwire.model import Job, Run, RunError, RunState, StatusBlock, utcnow
 from jobwire.store import StoredJob
@@ -83,6 +84,18 @@ class RunHost(Protocol):
 
     def finished(self, run: Run) -> None:
         """Bookkeeping once a run is terminal: free its slot, start whoever waits for it."""
+
+    def forget(self, run: Run) -> None:
+        """Drop a pending run from memory: it waits in the store only (the launch backlog is full)."""
+
+    def adopt(self, run: Run) -> Waiting | None:
+        """Take a run read back from the store into memory: what it waits as, or None if it is in
+        memory already (or was never out) or ended (its job is gone)."""
+
+    async def pending_runs(
+        self, after: tuple[datetime, str] | None, limit: int
+    ) -> tuple[list[Run], tuple[datetime, str] | None]:
+        """This replica's pending runs in the store (`Store.pending_runs`)."""
 
 
 class EngineContext(RunContext):
@@ -213,7 +226,19 @@ class Attempts:
         self._stopping: set[asyncio.Task[None]] = set()
         self._shutting_down = False
         self.journal = LaunchJournal(settings.data_dir / "launches.journal")
-        self.backlog = LaunchBacklog(metrics, targets, settings.max_running_attempts)
+        self.backlog = LaunchBacklog(
+            metrics, targets, settings.max_running_attempts, settings.backlog_memory
+        )
+        self.backlog.drop_run = host.forget
+        self.read_back = ReadBack(
+            self.backlog,
+            host.pending_runs,
+            committer.flush,
+            host.adopt,
+            lambda item: self._run_task(*item),
+            lambda: self._shutting_down,
+        )
+        """Runs the backlog keeps in the store, read back as memory frees (`spill.py`)."""
         self._placed: set[str] = set()
         """Runs whose attempt holds a place of its target's launch limit (until its target returns)."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -657,6 +682,7 @@ class Attempts:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        await self.read_back.stop()
         self.backlog.drop()  # they stay pending in the store: the next start launches them
         # work that goes on without jobwire (Kubernetes) is not waited for: it is adopted at restart
         tasks = [t for rid, t in self._tasks.items() if not self._survives(rid)]

@@ -151,6 +151,7 @@ class Engine:
         try:
             await self.attempts.open(self.supervisor)  # after the store's lock: it rewrites the journal
             self.committer.fencing = self.coordinator
+            self.run_states.owner = self.coordinator.replica  # whose pending runs it reads back
             self.attempts.may_launch = self.coordinator.alive
             self.attempts.wait_alive = self.coordinator.wait_alive
             self.attempts.start_deadline = self.coordinator.start_deadline

@@ -9,11 +9,13 @@ serves them as their `RunHost`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 import structlog
 
 from jobwire.config import Settings
+from jobwire.engine.backlog import Waiting
 from jobwire.engine.committer import Committer
 from jobwire.engine.dispatch import Attempts
 from jobwire.engine.errors import Conflict, Forbidden, RunNotFound
@@ -23,7 +25,7 @@ from jobwire.engine.policies import Slots
 from jobwire.engine.runlogs import RunLogs
 from jobwire.engine.secret import CallbackTokens
 from jobwire.engine.status import StatusHub, document
-from jobwire.model import TERMINAL_STATES, Run, RunState, Transition, utcnow
+from jobwire.model import TERMINAL_STATES, Run, RunError, RunState, Transition, utcnow
 from jobwire.store import Store, StoredJob
 from jobwire.targets.base import Target
 
@@ -55,6 +57,8 @@ class RunStates:
         self.logs = logs
         self.metrics = metrics
         self.tokens = tokens
+        self.owner = ""
+        """This replica's id (`replicas.Coordinator.replica`): whose pending runs it reads back."""
         self.runs: dict[str, Run] = {}
         """Active runs (queued, pending, running) by id; finished runs are only in the store."""
         self.active_keys: dict[str, str] = {}
@@ -108,6 +112,9 @@ class RunStates:
             self.chain(run)
         self.runs.pop(run.id, None)
         self.active_keys.pop(run.key, None)
+        ended = self.attempts.backlog.ended
+        if ended is not None:  # the store is being read for runs the backlog keeps there (`spill.py`)
+            ended.add(run.id)
         self.touched.add(run.job)
         self.logs.finish(run.id)
         # `_value_`, not the `value` property (two Python-level calls), on a per-run path
@@ -123,6 +130,53 @@ class RunStates:
             self.slot_freed(run.job, run.concurrency_key)
         elif waiting:  # runs of this job and key wait for the slot here
             self.promote(run.job, run.concurrency_key)
+
+    # ------------------------------------------------------------------ the backlog in the store
+    def forget(self, run: Run) -> None:
+        """The launch backlog is full: this pending run waits in the store only (`spill.py`). It
+        keeps its concurrency slot and counts as active."""
+        self.runs.pop(run.id, None)
+        if self.active_keys.get(run.key) == run.id:
+            del self.active_keys[run.key]
+
+    def adopt(self, run: Run) -> Waiting | None:
+        """A pending run read back from the store (`spill.py`): into memory, and what it waits as.
+        None when it is in memory, or recorded and about to be (its key is held), or its job is
+        gone (it fails, as at a restart)."""
+        if run.id in self.runs or run.key in self.active_keys:
+            return None
+        self.runs[run.id] = run
+        self.active_keys[run.key] = run.id
+        stored = self.jobs.get(run.job)
+        if stored is None:
+            run.finished_at = utcnow()
+            run.error = RunError(message="its job is no longer defined", reason="JobDeleted")
+            self.transition(run, RunState.failed, "job deleted while the run waited")
+            self.finished(run)
+            return None
+        return run, stored.job, False, run.created_at
+
+    async def pending_runs(
+        self, after: tuple[datetime, str] | None, limit: int
+    ) -> tuple[list[Run], tuple[datetime, str] | None]:
+        return await self.store.pending_runs(self.owner, after, limit)
+
+    async def take_back(self, run_id: str) -> Run | None:
+        """A run that the launch backlog keeps in the store (`spill.py`), taken back into memory;
+        None if `run_id` is no such run."""
+        if not self.attempts.backlog.stored or run_id in self.runs:
+            return None
+        stored = await self.store.get_run(run_id)
+        if stored is None or stored.state != RunState.pending:
+            return None
+        owner = (await self.store.run_owners([run_id])).get(run_id)
+        if owner not in (None, self.owner):
+            return None
+        if self.adopt(stored) is None:  # read back meanwhile, or just ended
+            return self.runs.get(run_id)
+        job = self.jobs[stored.job].job
+        self.attempts.backlog.gone(job.target.type)
+        return stored
 
     def promote(self, job_name: str, ckey: str | None) -> None:
         """Start the runs waiting for a free slot of this job and concurrency key, as many as fit."""
@@ -179,10 +233,12 @@ class RunStates:
         return await self.store.get_run(run_id) or stored  # as the holder committed it
 
     async def cancel(self, run_id: str, reason: str = "cancelled by user") -> Run:
-        there = await self._elsewhere(run_id, {"op": "cancel", "reason": reason})
-        if there is not None:
-            return there
-        run = await self._active(run_id)
+        run = await self.take_back(run_id)
+        if run is None:
+            there = await self._elsewhere(run_id, {"op": "cancel", "reason": reason})
+            if there is not None:
+                return there
+            run = await self._active(run_id)
         if not await self.attempts.cancel(run, reason):
             # queued, or pending before its first/next attempt: nothing runs on the target
             run.finished_at = utcnow()

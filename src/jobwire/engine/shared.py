@@ -263,10 +263,21 @@ class SharedState:
                 error = request.get("e")
                 confirmed.set_result(error if isinstance(error, str) else None)
             return
-        run = self.states.runs.get(str(request.get("run")))
-        if run is None or request.get("o") == self.origin:
-            return  # not ours (every replica hears every request)
+        run_id = str(request.get("run"))
+        run = self.states.runs.get(run_id)
+        if request.get("o") == self.origin:
+            return  # our own request (every replica hears every request)
+        if run is None:
+            if request.get("op") == "cancel" and self.states.attempts.backlog.stored:
+                # it may wait in this replica's store-kept backlog (engine/spill.py)
+                self._spawn(self._handle_dropped(run_id, request), "jobwire-replicas-request")
+            return  # else not ours
         self._spawn(self._handle(run, request), "jobwire-replicas-request")
+
+    async def _handle_dropped(self, run_id: str, request: dict[str, Any]) -> None:
+        run = await self.states.take_back(run_id)
+        if run is not None:  # ours: kept in the store by the launch backlog
+            await self._handle(run, request)
 
     async def _handle(self, run: Run, request: dict[str, Any]) -> None:
         """Do what another replica forwarded, commit it, then confirm (or say why not)."""

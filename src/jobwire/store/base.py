@@ -405,6 +405,27 @@ class Store(ABC):
     async def active_runs(self) -> list[Run]:
         """Runs not in a terminal state (queued, pending, running), oldest first: what reconcile resumes."""
 
+    async def pending_runs(
+        self, owner: str, after: tuple[datetime, str] | None, limit: int
+    ) -> tuple[list[Run], tuple[datetime, str] | None]:
+        """Pending runs of replica `owner`, oldest first by (created_at, id), from `after` on
+        (inclusive), reading at most `limit` (≥ 2) rows: the runs the launch backlog keeps in the
+        store and takes back as places free (engine/spill.py). Returns them and where to read on
+        from (the last row read; None when no row is left). A single-process store also returns
+        runs that no replica owns: its runs are all its process's."""
+        rows = [
+            r
+            for r in await self.active_runs()
+            if r.state == RunState.pending and (after is None or (r.created_at, r.id) >= after)
+        ][:limit]
+        return self._owned(rows, owner), (rows[-1].created_at, rows[-1].id) if len(rows) == limit else None
+
+    def _owned(self, runs: list[Run], owner: str) -> list[Run]:
+        """The runs of `runs` that `owner` holds (or that no replica holds), by the in-process
+        owners of a single-process store."""
+        owner_of = self.coordination.owner
+        return [r for r in runs if owner_of(r.id) in (None, owner)]
+
     @abstractmethod
     async def last_runs(self, jobs: Sequence[str]) -> dict[str, Run]:
         """The newest run (by `created_at`, then id) of each of `jobs` that has one, in one read:

@@ -847,6 +847,20 @@ class PostgresStore(Store):
         rows = await self._fetch(f"{Q.select_runs} WHERE {_ACTIVE_TERM} ORDER BY created_at, id")
         return [_run_from_row(r) for r in rows]
 
+    async def pending_runs(
+        self, owner: str, after: tuple[datetime, str] | None, limit: int
+    ) -> tuple[list[Run], tuple[datetime, str] | None]:
+        # a range of runs_state_created, this replica's rows only (a run no replica owns is
+        # claimed first, `claim_runs`, never taken from here)
+        sql = (
+            f"{Q.select_runs} WHERE state = 'pending' AND owner = $1 AND (created_at, id) >= ($2, $3)"
+            " ORDER BY created_at, id LIMIT $4"
+        )
+        start = (_ts(after[0]), after[1]) if after else (datetime(1970, 1, 1, tzinfo=UTC), "")
+        rows = await self._fetch(sql, owner, *start, limit)
+        runs = [_run_from_row(r) for r in rows]
+        return runs, (runs[-1].created_at, runs[-1].id) if len(runs) == limit else None
+
     async def get_event(self, event_id: str) -> Event | None:
         row = await self._fetchrow(Q.select_events + " WHERE id = $1", event_id)
         return None if row is None else _event_from_row(row)

@@ -108,6 +108,10 @@ _LISTED_ACTIVE = frozenset({RunState.queued, *ACTIVE_STATES})
 _ACTIVE_RUNS = Q.select_runs + " INDEXED BY runs_state_created"  # select_runs ends "FROM runs"
 ACTIVE_RUNS_SQL = f"{_ACTIVE_RUNS} WHERE {_ACTIVE_TERM} ORDER BY created_at, id"
 """`active_runs`: every run in an active state, oldest first."""
+PENDING_RUNS_SQL = (
+    f"{_ACTIVE_RUNS} WHERE state = 'pending' AND (created_at, id) >= (?, ?) ORDER BY created_at, id LIMIT ?"
+)
+"""`pending_runs`: a range of runs_state_created from a (created_at, id) on."""
 _STATE_LIST = json.dumps([s.value for s in RunState])
 
 
@@ -799,6 +803,15 @@ class SQLiteStore(Store):
         sql = ACTIVE_RUNS_SQL
         rows = await self._r(lambda c: c.execute(sql).fetchall())
         return [_run_from_row(r) for r in rows]
+
+    async def pending_runs(
+        self, owner: str, after: tuple[datetime, str] | None, limit: int
+    ) -> tuple[list[Run], tuple[datetime, str] | None]:
+        sql, args = PENDING_RUNS_SQL, [to_us(after[0]) if after else -1, after[1] if after else "", limit]
+        rows = await self._r(lambda c: c.execute(sql, args).fetchall())
+        runs = [_run_from_row(r) for r in rows]
+        last = (runs[-1].created_at, runs[-1].id) if len(runs) == limit else None
+        return self._owned(runs, owner), last
 
     async def last_runs(self, jobs: Sequence[str]) -> dict[str, Run]:
         if not jobs:
