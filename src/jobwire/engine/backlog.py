@@ -204,7 +204,7 @@ class LaunchBacklog:
             q.running = max(0, q.running - 1)
             if q.stored:
                 self.wake()  # this kind's runs all wait in the store
-            else:
+            elif q.since is not None:  # (no call once a run: this is every attempt's end)
                 self._drained(kind, q)
             return None
         nxt = q.waiting.popleft()
