@@ -272,7 +272,7 @@ class Settings(BaseSettings):
     backlog_memory: int = Field(default=10_000, ge=4)
     """Runs of the launch backlog kept in memory at most, all target kinds together
     (`JOBWIRE_BACKLOG_MEMORY`); past it a waiting run is kept in the store only and read back,
-    oldest first, once half of these have started (`engine/spill.py`). ~1–2 KB of memory each."""
+    oldest first, once half of these have started (`engine/spill.py`). ~2 KB of memory each."""
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=1 << 30)
     """Largest request body the API reads (1 MiB): trigger parameters, webhook payloads and job
     definitions are small; a larger body is answered 413 before it is read, not buffered."""
