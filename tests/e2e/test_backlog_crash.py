@@ -67,15 +67,15 @@ def test_kill9_while_runs_wait_in_the_store_then_restart(tmp_path: Path) -> None
             return state
 
         seen = backlog()
-        assert seen["in_memory"] <= MEMORY and seen["in_store"] > N // 2, seen
+        assert seen["in_memory"] <= MEMORY and seen["in_store"] > N // 4, seen
         # runs were read back from the store already: more ran than memory and places ever held
         eventually_sync(
             lambda: len(ledger.read_text().split()) > LIMIT + MEMORY + 10, 60, "runs read back from the store"
         )
-        assert backlog()["in_store"] > 0
+        assert backlog()["in_store"] > 50
     finally:
         srv.kill9()
-    ran_before = len(ledger.read_text().split())
+    before = ledger.read_text().split()
 
     srv = Server(data, jobs, port=srv.port, **env).start()
     try:
@@ -86,16 +86,21 @@ def test_kill9_while_runs_wait_in_the_store_then_restart(tmp_path: Path) -> None
                 "all runs to end after the restart",
             )
         assert {r["id"] for r in runs} == set(acked)
-        counts = collections.Counter(ledger.read_text().split())
+        lines = ledger.read_text().split()
+        counts = collections.Counter(lines)
         doubled = {rid: n for rid, n in counts.items() if n > 1}
         assert not doubled, f"processes ran twice: {doubled}"
         states = collections.Counter(r["state"] for r in runs)
-        # a process running when the server died is recorded lost, not run again; nothing else
-        lost = [r for r in runs if r["state"] != "succeeded"]
-        assert len(lost) <= LIMIT, states
-        assert all(r["state"] == "failed" and (r["error"] or {}).get("reason") == "Lost" for r in lost), lost
+        # a run whose attempt had begun when the server died (its process running, or finished with
+        # its end not yet committed, or its launch marked and not yet spawned or not yet at its
+        # echo: at most LIMIT of those) is recorded lost, not run again; every other run succeeded
+        lost = {r["id"] for r in runs if r["state"] != "succeeded"}
+        assert all(
+            r["state"] == "failed" and (r["error"] or {}).get("reason") == "Lost" for r in runs if r["id"] in lost
+        ), states
+        assert len(lost - set(before)) <= LIMIT, (states, len(before))
         assert {r["id"] for r in runs if r["state"] == "succeeded"} <= set(counts)
-        assert len(counts) >= N - LIMIT and ran_before < N
+        assert len(before) < N - MEMORY  # runs still waited in the store at the kill
     finally:
         srv.stop()
         print(srv.output()[-2000:], file=sys.stderr)
