@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -571,7 +571,8 @@ def check(
 
 @app.command("status")
 def status(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
-    """Readiness and the replicas: each one's role, whether it leads (lease token), its last
+    """Readiness, the runs waiting for a place on their target (the launch backlog, in memory and
+    in the store), and the replicas: each one's role, whether it leads (lease token), its last
     heartbeat (docs/replicas.md). Exit 1 when the server is not ready."""
     with session(url, token) as c:
         report = c.readiness()
@@ -581,6 +582,18 @@ def status(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, as_json: JsonOpt =
     out.print(f"{url}: {report.get('status')}")
     for problem in report.get("problems") or []:
         out.print(Text(f"  {problem}", style="red"))
+    for kind, b in sorted((report.get("launch_backlog") or {}).items()):
+        if b.get("waiting"):  # runs wait for a place on their target (docs/operations.md, "Overload")
+            started = b.get("waiting_since")
+            since = datetime.fromtimestamp(started, UTC).isoformat() if started else None
+            out.print(
+                f"launch backlog, {kind}: {b['waiting']:,} waiting ({b.get('in_memory', 0):,} in memory, "
+                f"{b.get('in_store', 0):,} in the store) since {when(since)}; "
+                f"{b.get('running', 0):,} of {b.get('limit', 0):,} running",
+                soft_wrap=True,
+            )
+            if b.get("read_error"):
+                out.print(Text(f"  reading them back from the store fails: {b['read_error']}", style="red"))
     me = report.get("replica") or {}
     if me:
         lead = f"leader (lease token {me.get('lease_token')})" if me.get("leader") else "follower"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -68,6 +70,14 @@ def test_kill9_while_runs_wait_in_the_store_then_restart(tmp_path: Path) -> None
 
         seen = backlog()
         assert seen["in_memory"] <= MEMORY and seen["in_store"] > N // 4, seen
+        shown = subprocess.run(
+            [str(Path(sys.executable).with_name("jobwire")), "status", "--url", srv.url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        assert re.search(r"launch backlog, local: [\d,]+ waiting \([\d,]+ in memory, [\d,]+ in the store\)", shown), shown
         # runs were read back from the store already: more ran than memory and places ever held
         eventually_sync(
             lambda: len(ledger.read_text().split()) > LIMIT + MEMORY + 10, 60, "runs read back from the store"
