@@ -56,7 +56,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     port = free_port()
     jobs = tmp / "jobs.yaml"
     jobs.write_text(jobs_yaml(port))
-    with Server(tmp / "data", jobs, port=port, JOBWIRE_API_TOKENS=f"{TOKEN}:read,write") as srv:
+    with Server(
+        tmp / "data", jobs, port=port, JOBWIRE_API_TOKENS=f"{TOKEN}:read,write", JOBWIRE_MAX_RUNNING_ATTEMPTS="50"
+    ) as srv:
         yield srv
 
 
@@ -107,6 +109,10 @@ def test_overview_shows_each_of_its_parts(page: Any, server: Server, api: httpx.
         expect(health.locator("#readiness")).to_have_text("Ready")
         expect(health).to_contain_text("store writes")
         expect(health).to_contain_text("jobwire-scheduler")
+        # the local target's places (JOBWIRE_MAX_RUNNING_ATTEMPTS): the sleeper holds one, nothing waits
+        places = health.locator("tr", has_text="launch backlog local")
+        expect(places).to_contain_text("no wait")
+        expect(places).to_contain_text(re.compile(r"[1-9]\d* of 50 running"))
         # the day window is its own chart
         page.get_by_role("link", name="Last day").click()
         expect(section(page, "Runs in the last day").locator("figcaption")).to_contain_text("runs in the last day")

@@ -1,5 +1,5 @@
 // Overview: runs by state over the last hour or day, what runs now, recent failures, next fires,
-// event rate per source, and the health of tasks, sources and sinks (/readyz).
+// event rate per source, and the health of tasks, sources, sinks and target places (/readyz).
 
 import { api } from "./api.js";
 import { ago, badge, errorBox, h, link, section, STATES, svg, table, throttle, when } from "./ui.js";
@@ -48,10 +48,24 @@ function failureRow(r) {
   return { data: { run: r.id }, cells: [link(`#/runs/${encodeURIComponent(r.id)}`, r.id), link(`#/jobs/${encodeURIComponent(r.job)}`, r.job), badge(r.state), why, ago(r.finished_at || r.created_at)] };
 }
 
+// runs waiting for a place on their target (docs/operations.md, "Overload"): in memory and in the store
+function backlogState(b) {
+  if (b.read_error) return h("span", { class: "bad" }, "read-back failing");
+  return b.waiting ? `${b.waiting} waiting` : h("span", { class: "ok" }, "no wait");
+}
+
+function backlogDetail(b) {
+  const parts = [`${b.running} of ${b.limit} running`];
+  if (b.waiting) parts.push(`${b.in_memory} in memory, ${b.in_store} in the store`);
+  if (b.read_error) parts.push(`reading them back fails: ${b.read_error}`);
+  return parts.join("; ");
+}
+
 function health(ready) {
   const rows = [
     ...(ready.sources || []).map((s) => ({ cells: [`source ${s.source}`, s.kind, s.connected ? h("span", { class: "ok" }, "connected") : h("span", { class: "bad" }, "disconnected"), s.last_error || `${s.messages} messages`] })),
     ...(ready.tasks || []).map((t) => ({ cells: [t.task, t.critical ? "critical task" : "task", t.state === "running" ? h("span", { class: "ok" }, "running") : h("span", { class: "bad" }, t.state), t.last_error || "—"] })),
+    ...Object.entries(ready.launch_backlog || {}).map(([kind, b]) => ({ cells: [`launch backlog ${kind}`, "target places", backlogState(b), backlogDetail(b)] })),
   ];
   if (ready.store) rows.unshift({ cells: ["store writes", "store", ready.store.failing ? h("span", { class: "bad" }, "failing") : h("span", { class: "ok" }, "ok"), ready.store.last_error || `${ready.store.fires_pending} fires pending`] });
   return [
