@@ -56,7 +56,7 @@ class _Queue:
     """Whether the current backlog's start was logged (it lasted `LOG_AFTER`)."""
     stored: int = 0
     """Runs of this kind that may wait in the store only (dropped from memory): never fewer than
-    truly do — a recount (`Spill.exhausted`) may find fewer."""
+    truly do — a recount (`LaunchBacklog.exhausted`) may find fewer."""
     spilled: int = 0
     """Runs of this kind ever dropped from memory (to recount those dropped while the store is read)."""
 
@@ -87,7 +87,7 @@ class LaunchBacklog:
         self.read_error: str | None = None
         """Why the last read of the store for them failed, while it is retried (`spill.py`)."""
         self.wake: Callable[[], None] = lambda: None
-        """Called when dropped runs should be read back (`spill.Spill.wake`)."""
+        """Called when dropped runs should be read back (`spill.ReadBack.wake`)."""
 
     def _limit_of(self, kind: str) -> int | None:
         """The target's own `launch_limit`, lowered by `settings.max_running_attempts`."""
@@ -149,13 +149,9 @@ class LaunchBacklog:
         """A run read back from the store (`spill.py`): True if it may start now (counted as
         running), else it waits in memory, behind those there."""
         q = self._queue(kind)
-        if q is not None and q.stored > 0:
-            q.stored -= 1
-            self.stored -= 1
-            if not self.stored:  # none left there: the next read starts at the next run dropped
-                self.cursor = None
         if q is None:
             return True
+        self._unstore(q)
         if q.running < q.limit and not q.waiting:
             q.running += 1
             self._gauge(kind).set(q.stored)
@@ -168,12 +164,18 @@ class LaunchBacklog:
     def gone(self, kind: str) -> None:
         """A run waiting in the store ended there (cancelled): one fewer to read back."""
         q = self._queues.get(kind)
-        if q is not None and q.stored > 0:
-            q.stored -= 1
-            self.stored -= 1
-            if not self.stored:
-                self.cursor = None
+        if q is not None and self._unstore(q):
             self._gauge(kind).set(len(q.waiting) + q.stored)
+
+    def _unstore(self, q: _Queue) -> bool:
+        """One fewer run of `q`'s kind waits in the store (if any was counted there)."""
+        if q.stored <= 0:
+            return False
+        q.stored -= 1
+        self.stored -= 1
+        if not self.stored:  # none left there: the next read starts at the next run dropped
+            self.cursor = None
+        return True
 
     def spilled(self) -> dict[str, int]:
         """Per kind, the runs ever dropped from memory: taken before the store is read."""

@@ -236,7 +236,6 @@ class Attempts:
             committer.flush,
             host.adopt,
             lambda item: self._run_task(*item),
-            lambda: self._shutting_down,
         )
         """Runs the backlog keeps in the store, read back as memory frees (`spill.py`)."""
         self._placed: set[str] = set()

@@ -44,7 +44,6 @@ class ReadBack:
         flush: Callable[[], Awaitable[None]],
         adopt: Callable[[Run], Waiting | None],
         start: Callable[[Waiting], None],
-        stopping: Callable[[], bool],
     ) -> None:
         self.backlog = backlog
         self._read = read
@@ -52,19 +51,19 @@ class ReadBack:
         self._adopt = adopt
         """Takes a run back into memory: what it waits as, or None (it ended: its job is gone)."""
         self._start = start
-        self._stopping = stopping
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
+        """Set by `stop`, which the launcher's shutdown calls before anything else."""
         backlog.wake = self.wake
 
     def wake(self) -> None:
-        if self._task is None and not (self._stopped or self._stopping()):
+        if self._task is None and not self._stopped:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="jobwire-backlog-read")
 
     async def _run(self) -> None:
         delay = BACKOFF[0]
         try:
-            while not (self._stopped or self._stopping()) and self.backlog.wants_back():
+            while not self._stopped and self.backlog.wants_back():
                 try:
                     await self._once()
                 except Exception as exc:  # the store away: the runs wait there, read again later
@@ -88,7 +87,7 @@ class ReadBack:
             await self._flush()  # a run that ended before this is not pending in the store
             before, start = backlog.spilled(), backlog.cursor
             runs, after = await self._read(start, max(backlog.memory - backlog.held, 2))
-            if self._stopped or self._stopping():
+            if self._stopped:
                 return
             for run in runs:
                 if run.id in ended:

@@ -216,6 +216,12 @@ def known_if_same(known: Mapping[str, Job], name: str, text: str) -> Job | None:
     return job if job is not None and job.model_dump_json() == text else None
 
 
+def read_on(rows: list[Run], limit: int) -> tuple[datetime, str] | None:
+    """`Store.pending_runs`' where to read on from: the last row read, or None when fewer than
+    `limit` came (no row is left)."""
+    return (rows[-1].created_at, rows[-1].id) if len(rows) == limit else None
+
+
 def update_allowed(stored: RunState, new: RunState) -> bool:
     """`ALLOWED_FROM` for the stores that apply it in Python."""
     if stored == new:
@@ -418,7 +424,7 @@ class Store(ABC):
             for r in await self.active_runs()
             if r.state == RunState.pending and (after is None or (r.created_at, r.id) >= after)
         ][:limit]
-        return self._owned(rows, owner), (rows[-1].created_at, rows[-1].id) if len(rows) == limit else None
+        return self._owned(rows, owner), read_on(rows, limit)
 
     def _owned(self, runs: list[Run], owner: str) -> list[Run]:
         """The runs of `runs` that `owner` holds (or that no replica holds), by the in-process

@@ -61,6 +61,7 @@ from jobwire.store.base import (
     StoredJob,
     StoreError,
     known_if_same,
+    read_on,
 )
 from jobwire.store.pgbus import PgBus
 from jobwire.store.pgslots import apply_claims, promote
@@ -859,7 +860,7 @@ class PostgresStore(Store):
         start = (_ts(after[0]), after[1]) if after else (datetime(1970, 1, 1, tzinfo=UTC), "")
         rows = await self._fetch(sql, owner, *start, limit)
         runs = [_run_from_row(r) for r in rows]
-        return runs, (runs[-1].created_at, runs[-1].id) if len(runs) == limit else None
+        return runs, read_on(runs, limit)
 
     async def get_event(self, event_id: str) -> Event | None:
         row = await self._fetchrow(Q.select_events + " WHERE id = $1", event_id)

@@ -45,6 +45,7 @@ from jobwire.store.base import (
     StoreError,
     StoreLocked,
     known_if_same,
+    read_on,
 )
 from jobwire.store.onethread import OneThread
 from jobwire.store.queries import (
@@ -810,8 +811,7 @@ class SQLiteStore(Store):
         sql, args = PENDING_RUNS_SQL, [to_us(after[0]) if after else -1, after[1] if after else "", limit]
         rows = await self._r(lambda c: c.execute(sql, args).fetchall())
         runs = [_run_from_row(r) for r in rows]
-        last = (runs[-1].created_at, runs[-1].id) if len(runs) == limit else None
-        return self._owned(runs, owner), last
+        return self._owned(runs, owner), read_on(runs, limit)
 
     async def last_runs(self, jobs: Sequence[str]) -> dict[str, Run]:
         if not jobs:
